@@ -1,0 +1,64 @@
+"""Configuration from environment variables (prefix ``PLANZOOM_``).
+
+Every setting is documented in the README's configuration table; flags of the
+CLI mirror them. S3 credentials come from the standard AWS variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) that boto3 reads itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All planzoom settings; each field maps to ``PLANZOOM_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="PLANZOOM_", extra="ignore")
+
+    # Infrastructure
+    nats_url: str = "nats://127.0.0.1:4222"
+    s3_endpoint_url: str | None = None  # None = AWS S3
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "planzoom"
+    s3_create_bucket: bool = True  # create the bucket at startup if missing
+    s3_max_connections: int = Field(64, ge=1)
+
+    # gRPC listen / connect addresses (host:port)
+    ingest_addr: str = "127.0.0.1:50051"
+    progress_addr: str = "127.0.0.1:50052"
+    render_addr: str = "127.0.0.1:50053"  # health only
+    tile_addr: str = "127.0.0.1:50054"  # health only
+    grpc_grace_seconds: float = Field(10.0, ge=0)
+
+    # Ingest limits
+    max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)  # 1 GiB
+    max_pages: int = Field(2000, ge=1)
+    upload_url_expiry_seconds: int = Field(3600, ge=60)
+
+    # Job defaults (each one a per-job option)
+    default_dpi: float = Field(300.0, gt=0)
+    default_tile_size: int = Field(256, ge=1)
+    default_overlap: int = Field(1, ge=0)
+    default_jpeg_quality: int = Field(90, ge=1, le=100)
+    max_page_pixels: int = Field(400_000_000, ge=1)  # per page, width x height
+
+    # Workers
+    render_concurrency: int = Field(1, ge=1)  # PDFium processes
+    render_band_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
+    render_recycle_pages: int = Field(50, ge=1)  # restart a PDFium process after N pages
+    tile_concurrency: int = Field(1, ge=1)  # pages tiled at once per replica
+    upload_concurrency: int = Field(32, ge=1)  # concurrent tile PUTs per page
+    ack_wait_seconds: float = Field(60.0, gt=1)
+    max_deliver: int = Field(5, ge=1)
+    work_dir: str | None = None  # temp files; default: the system temp dir
+
+    log_level: str = "INFO"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

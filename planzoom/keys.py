@@ -1,0 +1,71 @@
+"""The object layout in the S3 bucket (DESIGN.md, "Object layout").
+
+::
+
+    sources/<org>/<project>/<plan>/<sha256>.pdf
+    work/<job>/page-<n>.raw.zst                    (deleted when the job ends)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
+    tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
+    tiles/<org>/<project>/<plan>/<job>/manifest.json
+    tiles/<org>/<project>/<plan>/current.json
+
+Every id that reaches a key is checked with :func:`planzoom.ids.check_id`.
+Page numbers are 1-based.
+"""
+
+from __future__ import annotations
+
+from planzoom.ids import check_id
+from planzoom.v1 import jobs_pb2
+
+
+def _plan_path(plan: jobs_pb2.PlanRef) -> str:
+    return "/".join(
+        (
+            check_id("org", plan.org),
+            check_id("project", plan.project),
+            check_id("plan", plan.plan),
+        )
+    )
+
+
+def source_key(plan: jobs_pb2.PlanRef, sha256_hex: str, suffix: str = "pdf") -> str:
+    return f"sources/{_plan_path(plan)}/{sha256_hex}.{suffix}"
+
+
+def upload_key(plan: jobs_pb2.PlanRef, upload_id: str) -> str:
+    """Where a presigned PUT lands before SubmitJob checks and moves it."""
+    return f"uploads/{_plan_path(plan)}/{check_id('upload', upload_id)}"
+
+
+def work_prefix(job_id: str) -> str:
+    return f"work/{check_id('job_id', job_id)}/"
+
+
+def raster_key(job_id: str, page: int) -> str:
+    return f"{work_prefix(job_id)}page-{page}.raw.zst"
+
+
+def plan_tiles_prefix(plan: jobs_pb2.PlanRef) -> str:
+    return f"tiles/{_plan_path(plan)}/"
+
+
+def tiles_prefix(plan: jobs_pb2.PlanRef, job_id: str) -> str:
+    return f"{plan_tiles_prefix(plan)}{check_id('job_id', job_id)}/"
+
+
+def page_name(page: int) -> str:
+    """Base name of a page's DZI: ``page-<n>`` (``.dzi`` and ``_files/`` follow)."""
+    return f"page-{page}"
+
+
+def dzi_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
+    return f"{tiles_prefix(plan, job_id)}{page_name(page)}.dzi"
+
+
+def manifest_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
+    return f"{tiles_prefix(plan, job_id)}manifest.json"
+
+
+def current_key(plan: jobs_pb2.PlanRef) -> str:
+    return f"{plan_tiles_prefix(plan)}current.json"

@@ -1,0 +1,3 @@
+from services.progress.service import main
+
+main()

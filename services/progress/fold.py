@@ -1,0 +1,71 @@
+"""Folding progress events into a job record (pure functions, no I/O).
+
+A page moves PENDING → RENDERING → TILING → DONE | FAILED and never back: an
+event whose state ranks below the page's current state (a late or redelivered
+report) changes nothing, and a page that is DONE or FAILED stays so. The job
+is PROCESSING once any page has moved, and ends when every page has: COMPLETE
+if all are DONE, else FAILED with the failed pages' errors.
+"""
+
+from __future__ import annotations
+
+from planzoom.clock import now_ts
+from planzoom.jobstore import is_terminal
+from planzoom.v1 import jobs_pb2
+
+_RANK = {
+    jobs_pb2.PAGE_STATE_UNSPECIFIED: 0,
+    jobs_pb2.PAGE_STATE_PENDING: 0,
+    jobs_pb2.PAGE_STATE_RENDERING: 1,
+    jobs_pb2.PAGE_STATE_TILING: 2,
+    jobs_pb2.PAGE_STATE_DONE: 3,
+    jobs_pb2.PAGE_STATE_FAILED: 3,
+}
+_PAGE_TERMINAL = (jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED)
+
+
+def apply_event(job: jobs_pb2.Job, ev: jobs_pb2.ProgressEvent) -> bool:
+    """Merge ``ev`` into ``job`` in place; return True if anything changed.
+
+    Raises ValueError for an event that names a page the job does not have.
+    """
+    if is_terminal(job):
+        return False
+    n = ev.page.page
+    if not 1 <= n <= len(job.pages):
+        raise ValueError(f"job {job.job_id} has no page {n}")
+    page = job.pages[n - 1]
+    if page.state in _PAGE_TERMINAL or _RANK[ev.page.state] < _RANK[page.state]:
+        return False
+    before = page.SerializeToString(deterministic=True)
+    started = None
+    if page.HasField("started_at"):
+        started = type(page.started_at)()
+        started.CopyFrom(page.started_at)
+    page.MergeFrom(ev.page)
+    if started is not None:  # the first attempt's start time stays
+        page.started_at.CopyFrom(started)
+    if page.SerializeToString(deterministic=True) == before:
+        return False
+    recount(job)
+    return True
+
+
+def recount(job: jobs_pb2.Job) -> None:
+    """Derive counts, percent and job state from the pages."""
+    done = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)
+    failed = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_FAILED]
+    job.completed_pages, job.failed_pages = done, len(failed)
+    job.percent = 100.0 * (done + len(failed)) / job.total_pages if job.total_pages else 0.0
+    job.updated_at.CopyFrom(now_ts())
+    if done + len(failed) == job.total_pages:
+        job.finished_at.CopyFrom(job.updated_at)
+        if failed:
+            job.state = jobs_pb2.JOB_STATE_FAILED
+            job.error = f"{len(failed)} of {job.total_pages} pages failed: " + "; ".join(
+                f"page {p.page}: {p.error}" for p in failed[:5]
+            ) + ("; ..." if len(failed) > 5 else "")
+        else:
+            job.state = jobs_pb2.JOB_STATE_COMPLETE
+    elif any(p.state != jobs_pb2.PAGE_STATE_PENDING for p in job.pages):
+        job.state = jobs_pb2.JOB_STATE_PROCESSING

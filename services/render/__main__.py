@@ -1,0 +1,3 @@
+from services.render.service import main
+
+main()

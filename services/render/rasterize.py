@@ -1,0 +1,123 @@
+"""PDF page to raw raster, in horizontal bands, with PDFium (runs in a worker
+process: PDFium is not thread-safe and the bytes are untrusted).
+
+Pixel size follows pypdfium2's ``PdfPage.render``: ``ceil(points * dpi / 72)``
+per side of the displayed page (after /Rotate, whatever the MediaBox origin),
+so a band-wise render matches a whole-page render pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Pages are cached per worker process: consecutive pages of one set reuse the
+# parsed document.
+_doc_cache: dict[str, object] = {}
+
+
+class RenderFailed(Exception):
+    """PDFium cannot render this page; retrying will not help."""
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    width_pt: float
+    height_pt: float
+    dpi: float  # DPI used, after the pixel cap
+    width_px: int
+    height_px: int
+    bands: int  # samples per pixel (3 = RGB)
+    raster_bytes: int  # compressed bytes written
+
+
+def effective_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int) -> float:
+    """``dpi``, lowered if needed so ceil(w*dpi/72) * ceil(h*dpi/72) <= max_pixels.
+
+    The result is rounded down to 1/100 DPI so it prints and round-trips
+    exactly.
+    """
+
+    def pixels(d: float) -> int:
+        return math.ceil(width_pt * d / 72) * math.ceil(height_pt * d / 72)
+
+    if pixels(dpi) <= max_pixels:
+        return dpi
+    d = math.floor(72 * math.sqrt(max_pixels / (width_pt * height_pt)) * 100) / 100
+    while d > 0.01 and pixels(d) > max_pixels:
+        d = round(d - 0.01, 2)
+    return d
+
+
+def _document(path: str):
+    import pypdfium2 as pdfium
+
+    doc = _doc_cache.get(path)
+    if doc is None:
+        for old in _doc_cache.values():
+            old.close()
+        _doc_cache.clear()
+        doc = _doc_cache[path] = pdfium.PdfDocument(path)
+    return doc
+
+
+def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
+                out_path: str, band_bytes: int) -> RenderResult:
+    """Render page ``page_number`` (1-based) of ``pdf_path`` to ``out_path``
+    as one zstd frame of RGB rows (RASTER_ENCODING_RAW_ZSTD).
+
+    Memory: one band of at most ``band_bytes`` bytes (at least one row) plus
+    the compressor's window, whatever the page size.
+    Raises RenderFailed if PDFium cannot open the file, load the page, or
+    allocate a band bitmap.
+    """
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+    import zstandard
+
+    try:
+        doc = _document(pdf_path)
+        page = doc[page_number - 1]
+    except (pdfium.PdfiumError, IndexError) as e:
+        raise RenderFailed(f"PDFium could not load page {page_number}: {e}") from None
+    try:
+        width_pt, height_pt = page.get_size()
+        used_dpi = effective_dpi(width_pt, height_pt, dpi, max_pixels)
+        scale = used_dpi / 72
+        width = math.ceil(width_pt * scale)
+        height = math.ceil(height_pt * scale)
+        bands = 3
+        band_rows = max(1, min(height, band_bytes // (width * bands)))
+        try:
+            bitmap = pdfium.PdfBitmap.new_native(
+                width, band_rows, pdfium_c.FPDFBitmap_BGR, rev_byteorder=True
+            )
+        except pdfium.PdfiumError as e:
+            raise RenderFailed(
+                f"PDFium could not allocate a {width} x {band_rows} pixel band: {e}"
+            ) from None
+        flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
+        stride, row_bytes = bitmap.stride, width * bands
+        view = memoryview(bitmap.buffer).cast("B")
+        compressor = zstandard.ZstdCompressor(level=1)
+        with open(out_path, "wb") as f, compressor.stream_writer(f, closefd=False) as z:
+            for y0 in range(0, height, band_rows):
+                rows = min(band_rows, height - y0)
+                bitmap.fill_rect((255, 255, 255, 255), 0, 0, width, band_rows)
+                # Offsetting the page by -y0 renders exactly rows y0..y0+rows
+                # of the full-page raster; PDFium clips to the bitmap.
+                pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -y0, width, height, 0, flags)
+                if stride == row_bytes:
+                    z.write(view[: rows * stride])
+                else:
+                    for r in range(rows):
+                        z.write(view[r * stride : r * stride + row_bytes])
+            z.flush(zstandard.FLUSH_FRAME)
+            written = f.tell()
+        bitmap.close()
+        return RenderResult(
+            width_pt=float(width_pt), height_pt=float(height_pt), dpi=used_dpi,
+            width_px=width, height_px=height, bands=bands, raster_bytes=written,
+        )
+    finally:
+        page.close()

@@ -1,0 +1,3 @@
+from services.tile.service import main
+
+main()
