@@ -40,6 +40,8 @@ class SourceCache:
         async with self._locks.setdefault(sha256, asyncio.Lock()):
             if not os.path.exists(path):
                 tmp = path + ".part"
+                if not await asyncio.to_thread(self.store.exists, key):
+                    raise PermanentError(f"the source PDF {key} is no longer in the bucket")
                 await asyncio.to_thread(self.store.download_file, key, tmp)
                 os.replace(tmp, path)
                 self._evict(keep=path)

