@@ -3,7 +3,8 @@
 Keys:
 
 - ``job.<job_id>``: the :class:`planzoom.v1.jobs_pb2.Job` record (protobuf).
-- ``plan.<org>.<project>.<plan>.<job_id>``: empty index entry for ListJobs.
+- ``plan.<org>.<project>.<plan>``: the plan's job ids, newest first,
+  space-separated (at most ``PLAN_INDEX_SIZE``), for ListJobs.
 - ``dedup.<hex>``: job id that owns a (plan, source sha256, options) triple.
 
 Ingest creates records; the progress service is the only writer after that,
@@ -18,12 +19,13 @@ from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
-)
+    )
 from nats.js.kv import KeyValue
 
 from planzoom.ids import check_id
 from planzoom.v1 import jobs_pb2
+
+PLAN_INDEX_SIZE = 1000
 
 TERMINAL_JOB_STATES = frozenset(
     {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
@@ -44,7 +46,7 @@ def job_key(job_id: str) -> str:
     return f"job.{check_id('job_id', job_id)}"
 
 
-def plan_index_prefix(plan: jobs_pb2.PlanRef) -> str:
+def plan_index_key(plan: jobs_pb2.PlanRef) -> str:
     return "plan." + ".".join(
         (check_id("org", plan.org), check_id("project", plan.project), check_id("plan", plan.plan))
     )
@@ -53,7 +55,7 @@ def plan_index_prefix(plan: jobs_pb2.PlanRef) -> str:
 def dedup_key(plan: jobs_pb2.PlanRef, sha256_hex: str, options: jobs_pb2.JobOptions) -> str:
     """Deterministic key of (plan, content, resolved options)."""
     h = hashlib.sha256()
-    h.update(plan_index_prefix(plan).encode())
+    h.update(plan_index_key(plan).encode())
     h.update(sha256_hex.encode())
     h.update(options.SerializeToString(deterministic=True))
     return f"dedup.{h.hexdigest()}"
@@ -80,10 +82,24 @@ class JobStore:
         return job
 
     async def create(self, job: jobs_pb2.Job) -> None:
-        """Store a new record and its plan index entry."""
+        """Store a new record and add it to its plan's index."""
         job.revision = 0
         job.revision = await self.kv.create(job_key(job.job_id), job.SerializeToString())
-        await self.kv.put(f"{plan_index_prefix(job.plan)}.{job.job_id}", b"")
+        key = plan_index_key(job.plan)
+        while True:
+            try:
+                entry = await self.kv.get(key)
+                ids = [job.job_id, *entry.value.decode().split()][:PLAN_INDEX_SIZE]
+                await self.kv.update(key, " ".join(ids).encode(), last=entry.revision)
+                return
+            except (KeyNotFoundError, KeyDeletedError):
+                try:
+                    await self.kv.create(key, job.job_id.encode())
+                    return
+                except KeyWrongLastSequenceError:
+                    continue
+            except KeyWrongLastSequenceError:
+                continue
 
     async def update(self, job: jobs_pb2.Job) -> None:
         """Write ``job`` if nobody changed it since ``job.revision``; sets the
@@ -97,25 +113,17 @@ class JobStore:
         job.revision = rev
 
     async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int) -> list[jobs_pb2.Job]:
-        """Records of one plan, newest first (job ids sort by creation time)."""
-        prefix = plan_index_prefix(plan) + "."
-        watcher = await self.kv.watch(prefix + "*", meta_only=True, ignore_deletes=True)
-        ids: list[str] = []
+        """Records of one plan, newest first."""
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                ids.append(entry.key[len(prefix):])
-        except NoKeysError:
-            pass
-        finally:
-            await watcher.stop()
+            entry = await self.kv.get(plan_index_key(plan))
+        except (KeyNotFoundError, KeyDeletedError):
+            return []
         jobs = []
-        for job_id in sorted(ids, reverse=True)[:limit]:
+        for job_id in entry.value.decode().split()[:limit]:
             try:
                 jobs.append(await self.get(job_id))
             except JobNotFound:
-                continue
+                continue  # expired
         return jobs
 
     async def claim_dedup(self, key: str, job_id: str) -> str | None:

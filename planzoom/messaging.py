@@ -74,6 +74,17 @@ async def connect(settings: Settings, name: str) -> NATS:
     )
 
 
+async def close(nc: NATS, timeout: float = 5.0) -> None:
+    """Drain the connection (flush publishes, end subscriptions), closing it
+    outright if that takes longer than ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception as e:
+        log.warning("nats drain did not finish (%s); closing", e or type(e).__name__)
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
         await js.stream_info(config.name)

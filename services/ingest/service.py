@@ -139,7 +139,7 @@ class Ingest(Service, ingest_pb2_grpc.IngestServiceServicer):
 
     async def stop(self, grace: float) -> None:
         self.pool.close()
-        await self.nc.drain()
+        await messaging.close(self.nc)
 
     # -- RPCs ---------------------------------------------------------------
 

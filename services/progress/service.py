@@ -72,9 +72,11 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()
-        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(self._consumer, grace)
-        await self.nc.drain()
+        # The batch in hand is finished (acked) before the consumer stops.
+        done, _ = await asyncio.wait({self._consumer}, timeout=grace)
+        if not done:
+            self._consumer.cancel()
+        await messaging.close(self.nc)
 
     # -- event consumer -----------------------------------------------------
 
@@ -174,25 +176,25 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
     async def WatchJob(self, request, context):
         try:
             check_id("job_id", request.job_id)
+            await self.jobs.get(request.job_id)
         except InvalidId as e:
             await errors.abort(context, invalid(str(e), field="job_id"))
+        except JobNotFound:
+            await errors.abort(context, not_found(request.job_id))
+        # The record exists, so the watcher delivers it first, then each change.
         watcher = await self.kv.watch(job_key(request.job_id))
-        seen = False
         try:
             while True:
                 try:
                     entry = await watcher.updates(timeout=30)
                 except NatsTimeoutError:
                     continue
-                if entry is None:  # end of the initial values
-                    if not seen:
-                        await errors.abort(context, not_found(request.job_id))
+                if entry is None:  # "initial values delivered" marker
                     continue
                 if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                     await errors.abort(context, not_found(request.job_id))
                 job = jobs_pb2.Job.FromString(entry.value)
                 job.revision = entry.revision
-                seen = True
                 yield job
                 if is_terminal(job):
                     return

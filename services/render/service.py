@@ -85,7 +85,7 @@ class Render(Service):
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
         self.pool.close()
-        await self.nc.drain()
+        await messaging.close(self.nc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:

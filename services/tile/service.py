@@ -58,7 +58,7 @@ class Tile(Service):
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
         self.uploads.shutdown(wait=False, cancel_futures=True)
-        await self.nc.drain()
+        await messaging.close(self.nc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def _report(self, job: jobs_pb2.TileJob, record: jobs_pb2.PageRecord,

@@ -1,0 +1,83 @@
+"""Checks of a DZI pyramid in S3 against the DZI format and an independent
+render of the page (used by the end-to-end tests)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import pypdfium2 as pdfium
+import pyvips
+
+from planzoom.dzi import DziInfo, parse_dzi
+from planzoom.v1 import jobs_pb2
+from tests.conftest import list_keys
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def reference_render(pdf_path: str, page: int, dpi: float) -> np.ndarray:
+    """The page rendered whole by pypdfium2 at ``dpi``, RGB, H x W x 3."""
+    doc = pdfium.PdfDocument(pdf_path)
+    try:
+        return doc[page - 1].render(scale=dpi / 72, rev_byteorder=True).to_numpy()
+    finally:
+        doc.close()
+
+
+def decode(data: bytes) -> np.ndarray:
+    im = pyvips.Image.new_from_buffer(data, "")
+    return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8,
+                      shape=(im.height, im.width, im.bands))
+
+
+def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str) -> DziInfo:
+    """Assert everything the DZI format and the job record promise for one
+    page; return the descriptor."""
+    dzi = parse_dzi(s3.get_object(Bucket="planzoom", Key=record.dzi_key)["Body"].read())
+    scale = record.dpi / 72
+    assert (dzi.width, dzi.height) == (math.ceil(record.width_pt * scale),
+                                       math.ceil(record.height_pt * scale))
+    assert (dzi.width, dzi.height) == (record.width_px, record.height_px)
+    assert (dzi.tile_size, dzi.overlap, dzi.format) == (record.tile_size, record.overlap, "jpg")
+    levels = math.ceil(math.log2(max(dzi.width, dzi.height))) + 1
+    assert dzi.levels == levels == record.levels
+
+    files_prefix = record.dzi_key[: -len(".dzi")] + "_files/"
+    found: dict[int, set[tuple[int, int]]] = defaultdict(set)
+    for key in list_keys(s3, files_prefix):
+        level, name = key[len(files_prefix):].split("/")
+        col, row = name.removesuffix(".jpg").split("_")
+        found[int(level)].add((int(col), int(row)))
+    assert sorted(found) == list(range(levels)), "a level is missing"
+    for level in range(levels):
+        cols, rows = dzi.grid(level)
+        assert found[level] == {(c, r) for c in range(cols) for r in range(rows)}, (
+            f"level {level} tile grid incomplete")
+    assert sum(len(v) for v in found.values()) == record.tile_count == dzi.tile_count()
+
+    # Full-resolution level: every tile's size, then the reassembled raster.
+    top = levels - 1
+    canvas = np.zeros((dzi.height, dzi.width, 3), np.uint8)
+    cols, rows = dzi.grid(top)
+    for c in range(cols):
+        for r in range(rows):
+            tile = decode(s3.get_object(Bucket="planzoom",
+                                        Key=f"{files_prefix}{top}/{c}_{r}.jpg")["Body"].read())
+            x, y, w, h = dzi.tile_box(top, c, r)
+            assert tile.shape[:2] == (h, w), f"tile {top}/{c}_{r} is {tile.shape[1]}x{tile.shape[0]}"
+            assert w <= dzi.tile_size + 2 * dzi.overlap and h <= dzi.tile_size + 2 * dzi.overlap
+            ox, oy = c * dzi.tile_size - x, r * dzi.tile_size - y  # skip the overlap
+            cw = min(dzi.tile_size, dzi.width - c * dzi.tile_size)
+            ch = min(dzi.tile_size, dzi.height - r * dzi.tile_size)
+            canvas[r * dzi.tile_size : r * dzi.tile_size + ch,
+                   c * dzi.tile_size : c * dzi.tile_size + cw] = tile[oy : oy + ch, ox : ox + cw, :3]
+    reference = reference_render(pdf_path, record.page, record.dpi)
+    assert reference.shape == canvas.shape
+    quality = psnr(canvas, reference)
+    assert quality >= 35.0, f"page {record.page}: PSNR {quality:.1f} dB against the reference"
+    return dzi
