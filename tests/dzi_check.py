@@ -69,13 +69,13 @@ def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str) -> DziInfo:
             tile = decode(s3.get_object(Bucket="planzoom",
                                         Key=f"{files_prefix}{top}/{c}_{r}.jpg")["Body"].read())
             x, y, w, h = dzi.tile_box(top, c, r)
-            assert tile.shape[:2] == (h, w), f"tile {top}/{c}_{r} is {tile.shape[1]}x{tile.shape[0]}"
+            assert tile.shape[:2] == (h, w), f"tile {top}/{c}_{r}: {tile.shape[:2]} != {(h, w)}"
             assert w <= dzi.tile_size + 2 * dzi.overlap and h <= dzi.tile_size + 2 * dzi.overlap
             ox, oy = c * dzi.tile_size - x, r * dzi.tile_size - y  # skip the overlap
             cw = min(dzi.tile_size, dzi.width - c * dzi.tile_size)
             ch = min(dzi.tile_size, dzi.height - r * dzi.tile_size)
-            canvas[r * dzi.tile_size : r * dzi.tile_size + ch,
-                   c * dzi.tile_size : c * dzi.tile_size + cw] = tile[oy : oy + ch, ox : ox + cw, :3]
+            y0, x0 = r * dzi.tile_size, c * dzi.tile_size
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = tile[oy : oy + ch, ox : ox + cw, :3]
     reference = reference_render(pdf_path, record.page, record.dpi)
     assert reference.shape == canvas.shape
     quality = psnr(canvas, reference)

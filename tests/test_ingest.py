@@ -1,0 +1,200 @@
+"""Ingest: refused input, deduplication, presigned uploads, failing pages."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import grpc
+import nats
+import pytest
+import requests
+from grpc_status import rpc_status
+
+from planzoom import messaging
+from planzoom.v1 import ingest_pb2, jobs_pb2
+from tests.conftest import MAX_PAGES, MAX_UPLOAD_BYTES, list_keys
+from tests.test_pipeline import wait_terminal
+
+pytestmark = pytest.mark.integration
+
+SITEPLAN = "arch-siteplan-archd-36x24in-autocad-drawingparser.pdf"
+
+
+def _truncated(corpus) -> bytes:
+    data = (corpus / SITEPLAN).read_bytes()
+    return data[: len(data) // 3]
+
+
+def _corrupt(corpus) -> bytes:
+    return b"%PDF-1.7\n" + os.urandom(64 * 1024)
+
+
+def _executable(corpus) -> bytes:
+    with open(sys.executable, "rb") as f:
+        return f.read(256 * 1024)
+
+
+# (case, bytes or corpus file, expected code)
+BAD_FILES = [
+    ("executable", _executable, grpc.StatusCode.INVALID_ARGUMENT),
+    ("empty", lambda c: b"", grpc.StatusCode.INVALID_ARGUMENT),
+    ("truncated", _truncated, grpc.StatusCode.INVALID_ARGUMENT),
+    ("corrupt", _corrupt, grpc.StatusCode.INVALID_ARGUMENT),
+    ("encrypted-aes", "encrypted-aes-pw-ELXRTQWS-scan-pdfjs-issue3371.pdf",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("encrypted-rc4", "encrypted-rc4-userpw-openpassword-pypdf-005.pdf",
+     grpc.StatusCode.FAILED_PRECONDITION),
+    ("too-many-pages", "manypages-352p-freeculture-pdfjs.pdf",
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("oversize", lambda c: b"%PDF-1.7\n" + bytes(MAX_UPLOAD_BYTES),
+     grpc.StatusCode.RESOURCE_EXHAUSTED),
+]
+
+
+def _upload_bytes(client, data: bytes, plan, options=None):
+    def requests_():
+        yield ingest_pb2.UploadRequest(header=ingest_pb2.UploadHeader(
+            plan=plan, options=options or jobs_pb2.JobOptions(), filename="input.pdf"))
+        for i in range(0, len(data), 1024 * 1024):
+            yield ingest_pb2.UploadRequest(chunk=data[i : i + 1024 * 1024])
+
+    return client.ingest.Upload(requests_(), timeout=120)
+
+
+def _assert_refused(err: grpc.RpcError, code: grpc.StatusCode) -> None:
+    assert err.code() == code, f"{err.code()}: {err.details()}"
+    assert len(err.details()) > 20, "the message should tell a person what to do"
+    status = rpc_status.from_call(err)
+    assert status is not None and status.details, "a google.rpc detail is attached"
+
+
+def _assert_nothing_stored(client, s3, plan) -> None:
+    assert client.list_jobs(plan) == []
+    prefix = f"{plan.org}/{plan.project}/{plan.plan}/"
+    assert list_keys(s3, "tiles/" + prefix) == []
+    assert list_keys(s3, "sources/" + prefix) == []
+
+
+def _assert_still_serving(client) -> None:
+    # A refused upload must not take the service down: a good request works.
+    with pytest.raises(grpc.RpcError) as e:
+        client.ingest.GetJob(ingest_pb2.GetJobRequest(job_id="0000000000000000000000"),
+                             timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("case,source,code", BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_file_is_refused(corpus, client, s3, case, source, code):
+    data = (corpus / source).read_bytes() if isinstance(source, str) else source(corpus)
+    if case == "too-many-pages":
+        assert MAX_PAGES < 352
+    plan = jobs_pb2.PlanRef(org="acme", project="bad", plan=case)
+    with pytest.raises(grpc.RpcError) as e:
+        _upload_bytes(client, data, plan)
+    _assert_refused(e.value, code)
+    _assert_nothing_stored(client, s3, plan)
+    _assert_still_serving(client)
+
+
+BAD_REQUESTS = [
+    ("slash-in-org", jobs_pb2.PlanRef(org="a/b", project="p", plan="l"), {}),
+    ("dotdot-project", jobs_pb2.PlanRef(org="acme", project="..", plan="l"), {}),
+    ("empty-plan", jobs_pb2.PlanRef(org="acme", project="p", plan=""), {}),
+    ("nul-in-plan", jobs_pb2.PlanRef(org="acme", project="p", plan="a\x00b"), {}),
+    ("long-id", jobs_pb2.PlanRef(org="acme", project="p", plan="x" * 1000), {}),
+    ("negative-dpi", jobs_pb2.PlanRef(org="acme", project="opts", plan="dpi1"), {"dpi": -5}),
+    ("absurd-dpi", jobs_pb2.PlanRef(org="acme", project="opts", plan="dpi2"), {"dpi": 100000}),
+    ("tile-size", jobs_pb2.PlanRef(org="acme", project="opts", plan="ts"), {"tile_size": 8}),
+    ("quality", jobs_pb2.PlanRef(org="acme", project="opts", plan="q"), {"jpeg_quality": 101}),
+]
+
+
+@pytest.mark.parametrize("case,plan,opts", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_request_is_refused(corpus, client, s3, case, plan, opts):
+    before = set(list_keys(s3, ""))
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(**opts))
+    _assert_refused(e.value, grpc.StatusCode.INVALID_ARGUMENT)
+    assert set(list_keys(s3, "")) == before, "a refused request wrote to the bucket"
+    _assert_still_serving(client)
+
+
+async def _render_stream_last_seq(nats_url: str) -> int:
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(messaging.RENDER_STREAM)
+        return info.state.last_seq
+    finally:
+        await nc.close()
+
+
+def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
+    plan = jobs_pb2.PlanRef(org="acme", project="dedup", plan="siteplan")
+    options = jobs_pb2.JobOptions(dpi=40)
+    first = client.submit(str(corpus / SITEPLAN), plan, options)
+    assert not first.deduplicated
+    seq = asyncio.run(_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"]))
+    second = client.submit(str(corpus / SITEPLAN), plan, options)
+    assert second.deduplicated and second.job_id == first.job_id
+    assert asyncio.run(_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"])) == seq, (
+        "a duplicate submit published page jobs")
+    assert [j.job_id for j in client.list_jobs(plan)] == [first.job_id]
+    # Other options make another job.
+    third = client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=41))
+    assert not third.deduplicated and third.job_id != first.job_id
+    for job_id in (first.job_id, third.job_id):
+        assert wait_terminal(client, job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+
+
+def test_presigned_upload_then_submit(corpus, client, s3):
+    plan = jobs_pb2.PlanRef(org="acme", project="presigned", plan="renovation")
+    url = client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(plan=plan),
+                                        timeout=10)
+    assert url.object_key.startswith("uploads/acme/presigned/renovation/")
+    data = (corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf").read_bytes()
+    assert requests.put(url.url, data=data, timeout=30).status_code == 200
+    resp = client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(
+        plan=plan, object_key=url.object_key, options=jobs_pb2.JobOptions(dpi=30)), timeout=60)
+    assert resp.job.total_pages == 7
+    assert list_keys(s3, "uploads/acme/presigned/") == [], "the staged upload stays behind"
+    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    # A key outside this plan's upload prefix is refused.
+    with pytest.raises(grpc.RpcError) as e:
+        client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(
+            plan=plan, object_key=resp.job.source_key), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_owner_password_only_pdf_is_accepted(corpus, client):
+    plan = jobs_pb2.PlanRef(org="acme", project="ownerpw", plan="indesign")
+    resp = client.submit(str(corpus / "encrypted-ownerpw-only-a4landscape-pdfplumber-pr138.pdf"),
+                         plan, jobs_pb2.JobOptions(dpi=30))
+    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+
+
+def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
+    """The source disappears before render gets to it: every page fails with
+    its reason, the job ends FAILED with per-page errors, nothing retries
+    forever, and the render service keeps serving."""
+    stack.stop_service("render")
+    try:
+        plan = jobs_pb2.PlanRef(org="acme", project="fail", plan="renovation")
+        resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
+                             plan, jobs_pb2.JobOptions(dpi=31))
+        s3.delete_object(Bucket="planzoom", Key=resp.job.source_key)
+    finally:
+        stack.start_service("render")
+    job = wait_terminal(client, resp.job_id, timeout=120)
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    assert job.failed_pages == 7 and job.completed_pages == 0
+    for page in job.pages:
+        assert page.state == jobs_pb2.PAGE_STATE_FAILED
+        assert "no longer in the bucket" in page.error
+    assert "7 of 7 pages failed" in job.error
+    assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
+    assert list_keys(s3, job.tiles_prefix.rsplit("/", 2)[0] + "/current.json") == []
+    # The next job still goes through.
+    ok = client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=31))
+    assert wait_terminal(client, ok.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
