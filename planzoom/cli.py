@@ -245,25 +245,28 @@ def up(data_dir):
 
 
 def export_job(stack, job: jobs_pb2.Job, out: Path) -> int:
-    """Copy the job's tiles, .dzi files and manifest from the stack's S3
-    endpoint to ``out``, keeping the bucket's layout; returns files copied."""
-    import boto3
+    """Copy the job's tiles, .dzi files and manifest, and the plan's
+    current.json, from the stack's S3 endpoint to ``out``, keeping the
+    bucket's layout; returns how many files were copied."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    env = stack.env()
-    s3 = boto3.client("s3", endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"],
-                      aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    bucket = env["PLANZOOM_S3_BUCKET"]
-    n = 0
-    prefixes = [job.tiles_prefix, job.tiles_prefix.rsplit("/", 2)[0] + "/current.json"]
-    for prefix in prefixes:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                dest = out / obj["Key"]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file(bucket, obj["Key"], str(dest))
-                n += 1
-    return n
+    from planzoom import keys
+    from planzoom.config import Settings
+    from planzoom.stack import S3_ACCESS_KEY, S3_SECRET_KEY
+    from planzoom.storage import ObjectStore
+
+    store = ObjectStore(Settings(s3_endpoint_url=stack.s3_endpoint, s3_bucket=stack.bucket),
+                        credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    wanted = [*store.list_keys(job.tiles_prefix), keys.current_key(job.plan)]
+
+    def fetch(key: str) -> None:
+        dest = out / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(store.get_bytes(key))
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(fetch, wanted))
+    return len(wanted)
 
 
 @main.command()

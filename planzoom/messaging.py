@@ -220,8 +220,9 @@ class PullWorker:
         self._in_flight: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        self._tasks = [asyncio.create_task(self._loop(sub)) for _ in range(self.concurrency)]
+        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        self._tasks = [asyncio.create_task(self._loop(self._sub))
+                       for _ in range(self.concurrency)]
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()
@@ -231,6 +232,8 @@ class PullWorker:
         for t in list(self._in_flight) + self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._in_flight, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
 
     async def _loop(self, sub) -> None:
         while not self._stopping.is_set():

@@ -32,12 +32,17 @@ TRANSFER = TransferConfig(
 class ObjectStore:
     """One S3 bucket. Keys come from :mod:`planzoom.keys`."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, credentials: tuple[str, str] | None = None):
+        """``credentials`` (access key, secret key) override the standard AWS
+        variables and credential chain."""
         self.bucket = settings.s3_bucket
+        access, secret = credentials or (None, None)
         self.client = boto3.client(
             "s3",
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.s3_region,
+            aws_access_key_id=access,
+            aws_secret_access_key=secret,
             config=Config(
                 retries={"mode": "standard", "max_attempts": 8},
                 max_pool_connections=settings.s3_max_connections,

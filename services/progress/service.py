@@ -65,10 +65,10 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         self.js = self.nc.jetstream()
         self.kv = await messaging.ensure_jetstream(self.js, self.s)
         self.jobs = JobStore(self.kv)
-        sub = await self.js.pull_subscribe_bind(
+        self._sub = await self.js.pull_subscribe_bind(
             durable=messaging.PROGRESS_CONSUMER, stream=messaging.PROGRESS_STREAM
         )
-        self._consumer = asyncio.create_task(self._consume(sub))
+        self._consumer = asyncio.create_task(self._consume(self._sub))
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()
@@ -76,6 +76,9 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         done, _ = await asyncio.wait({self._consumer}, timeout=grace)
         if not done:
             self._consumer.cancel()
+        # A pull subscription's drain waits for fetched messages nobody
+        # will take now; unsubscribing first lets the drain finish.
+        await self._sub.unsubscribe()
         await messaging.close(self.nc)
 
     # -- event consumer -----------------------------------------------------
