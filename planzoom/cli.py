@@ -92,10 +92,14 @@ def watch_job(client: Client, job_id: str) -> jobs_pb2.Job:
         console=console,
     ) as bar:
         task = bar.add_task("job", total=None, state="", stage="", pages="")
-        for job in client.watch(job_id):
+        def reconnecting(e: grpc.RpcError) -> None:
+            bar.update(task, stage=f"reconnecting ({e.code().name})…")
+
+        for job in client.follow(job_id, on_retry=reconnecting):
             bar.update(task, total=job.total_pages,
                        completed=job.completed_pages + job.failed_pages,
-                       state=STATE_NAMES[job.state], stage=stage_summary(job),
+                       state=STATE_NAMES[job.state],
+                       stage=stage_summary(job) + (" · STALLED" if job.stalled else ""),
                        pages=f"{job.completed_pages}/{job.total_pages} pages")
             final = job
     return final
@@ -174,6 +178,19 @@ def watch(ctx, job_id):
         _fail_rpc(e)
     print_job(job)
     _end(job)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--reason", default="", help="Recorded in the job's error.")
+@click.pass_context
+def cancel(ctx, job_id, reason):
+    """Cancel a job that has not ended."""
+    try:
+        job = _client(ctx).cancel(job_id, reason)
+    except grpc.RpcError as e:
+        _fail_rpc(e)
+    console.print(f"job {job.job_id} {STATE_NAMES[job.state]}")
 
 
 @main.command()

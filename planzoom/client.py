@@ -7,6 +7,8 @@ server's status code and message.
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -59,9 +61,54 @@ class Client:
             timeout=CALL_TIMEOUT_SECONDS).jobs)
 
     def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[jobs_pb2.Job]:
-        """Job records from WatchJob until a terminal one."""
+        """Job records from one WatchJob stream until a terminal one."""
         yield from self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
                                           timeout=timeout)
+
+    def follow(self, job_id: str, give_up_after: float = 300.0,
+               on_retry=None) -> Iterator[jobs_pb2.Job]:
+        """Job records until a terminal one, across progress-service restarts.
+
+        When the stream breaks (UNAVAILABLE, the connection drops) it watches
+        again after an exponential backoff with jitter (0.2 s doubling to 5 s)
+        and resumes: records at or below the last revision seen are skipped,
+        so the sequence has no step backwards. Gives up when no stream could
+        be opened for ``give_up_after`` seconds. ``on_retry(error)`` is called
+        before each wait.
+        """
+        last_revision = 0
+        delay, broken_since = 0.2, None
+        while True:
+            try:
+                for job in self.watch(job_id):
+                    broken_since, delay = None, 0.2
+                    if job.revision <= last_revision:
+                        continue
+                    last_revision = job.revision
+                    yield job
+                    if job.state in TERMINAL:
+                        return
+                return
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                    raise
+                broken_since = broken_since or time.monotonic()
+                if time.monotonic() - broken_since > give_up_after:
+                    raise
+                if on_retry:
+                    on_retry(e)
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+
+    def cancel(self, job_id: str, reason: str = "") -> jobs_pb2.Job:
+        return self.progress.CancelJob(
+            progress_pb2.CancelJobRequest(job_id=job_id, reason=reason),
+            timeout=CALL_TIMEOUT_SECONDS)
+
+    def reconcile(self, job_id: str) -> progress_pb2.ReconcileResponse:
+        return self.progress.Reconcile(progress_pb2.ReconcileRequest(job_id=job_id),
+                                       timeout=CALL_TIMEOUT_SECONDS)
 
 
 def stage_summary(job: jobs_pb2.Job) -> str:

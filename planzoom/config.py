@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_deliver: int = Field(5, ge=1)
     work_dir: str | None = None  # temp files; default: the system temp dir
 
+    # Progress service
+    job_retention_seconds: float = Field(24 * 3600, gt=0)  # ended jobs stay in KV this long
+    stall_seconds: float = Field(600.0, gt=0)  # no report this long: the job is "stalled"
+    sweep_seconds: float = Field(60.0, gt=0)  # reconcile + stall check period
+
     log_level: str = "INFO"
 
 

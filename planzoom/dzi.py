@@ -16,6 +16,9 @@ import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from planzoom.clock import now_ts
+from planzoom.v1 import jobs_pb2
+
 DZI_NS = "http://schemas.microsoft.com/deepzoom/2008"
 
 
@@ -84,4 +87,13 @@ def parse_dzi(xml: bytes | str) -> DziInfo:
         tile_size=int(root.attrib["TileSize"]),
         overlap=int(root.attrib["Overlap"]),
         format=root.attrib["Format"],
+    )
+
+
+def done_record(page: int, dzi: DziInfo, dzi_key: str) -> jobs_pb2.PageRecord:
+    """The PageRecord that reports ``page`` complete with this descriptor."""
+    return jobs_pb2.PageRecord(
+        page=page, state=jobs_pb2.PAGE_STATE_DONE, width_px=dzi.width, height_px=dzi.height,
+        tile_size=dzi.tile_size, overlap=dzi.overlap, format=dzi.format, levels=dzi.levels,
+        tile_count=dzi.tile_count(), dzi_key=dzi_key, finished_at=now_ts(),
     )

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import hashlib
 
+from nats.js import JetStreamContext
 from nats.js.errors import (
+    APIError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    )
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
 from planzoom.ids import check_id
 from planzoom.v1 import jobs_pb2
 
 PLAN_INDEX_SIZE = 1000
+#: JetStream API error code "wrong last sequence" (compare-and-set lost).
+WRONG_LAST_SEQUENCE = 10071
 
 TERMINAL_JOB_STATES = frozenset(
     {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
@@ -66,8 +71,8 @@ def is_terminal(job: jobs_pb2.Job) -> bool:
 
 
 class JobStore:
-    def __init__(self, kv: KeyValue):
-        self.kv = kv
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str):
+        self.js, self.kv, self.bucket = js, kv, bucket
 
     async def get(self, job_id: str) -> jobs_pb2.Job:
         """The record with ``revision`` set. Raises JobNotFound."""
@@ -101,16 +106,47 @@ class JobStore:
             except KeyWrongLastSequenceError:
                 continue
 
-    async def update(self, job: jobs_pb2.Job) -> None:
+    async def update(self, job: jobs_pb2.Job, ttl: float | None = None) -> None:
         """Write ``job`` if nobody changed it since ``job.revision``; sets the
-        new revision. Raises Conflict otherwise."""
-        try:
-            rev = await self.kv.update(
-                job_key(job.job_id), job.SerializeToString(), last=job.revision
-            )
-        except KeyWrongLastSequenceError:
-            raise Conflict(job.job_id) from None
+        new revision. Raises Conflict otherwise. With ``ttl`` (seconds) the
+        record expires that long after this write (a per-message TTL, NATS
+        2.11+), which is how ended jobs leave the bucket."""
+        if ttl is None:
+            try:
+                rev = await self.kv.update(
+                    job_key(job.job_id), job.SerializeToString(), last=job.revision
+                )
+            except KeyWrongLastSequenceError:
+                raise Conflict(job.job_id) from None
+        else:
+            try:
+                ack = await self.js.publish(
+                    f"$KV.{self.bucket}.{job_key(job.job_id)}", job.SerializeToString(),
+                    headers={"Nats-Expected-Last-Subject-Sequence": str(job.revision)},
+                    msg_ttl=ttl,
+                )
+            except APIError as e:
+                if e.err_code == WRONG_LAST_SEQUENCE:
+                    raise Conflict(job.job_id) from None
+                raise
+            rev = ack.seq
         job.revision = rev
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        """True if the job was cancelled or no longer exists: its pages need
+        no more work."""
+        try:
+            return (await self.get(job_id)).state == jobs_pb2.JOB_STATE_CANCELLED
+        except JobNotFound:
+            return True
+
+    async def job_ids(self) -> list[str]:
+        """Ids of every job record in the bucket (for periodic sweeps)."""
+        try:
+            keys = await self.kv.keys(filters=["job."])
+        except NoKeysError:
+            return []
+        return [k.removeprefix("job.") for k in keys if k.startswith("job.")]
 
     async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int) -> list[jobs_pb2.Job]:
         """Records of one plan, newest first."""

@@ -11,6 +11,14 @@ PLANZOOM_TILE      pages.tile            work queue      tile
 PLANZOOM_PROGRESS  progress.<job_id>     limits (7 d)    progress
 =================  ====================  ==============  =========================
 
+Dead letters: a page job that fails for good (a permanent error, or its
+last delivery failed) is copied with its reason and attempt count to stream
+``PLANZOOM_DEAD_LETTERS`` (subjects ``deadletter.<stage>.<job_id>``, kept 30
+days) before it is terminated. A message whose worker died on every
+delivery never reaches that code: the server's MAX_DELIVERIES advisory is
+captured by stream ``PLANZOOM_ADVISORIES`` and the progress service (durable
+consumer ``deadletters``) dead-letters the message and fails its page.
+
 KV bucket ``planzoom_jobs`` holds job records (see :mod:`planzoom.jobstore`).
 All setup calls are idempotent: every service runs them at startup.
 """
@@ -51,8 +59,19 @@ TILE_STREAM, TILE_SUBJECT, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile", "tile"
 PROGRESS_STREAM, PROGRESS_CONSUMER = "PLANZOOM_PROGRESS", "progress"
 JOBS_BUCKET = "planzoom_jobs"
 
+DLQ_STREAM = "PLANZOOM_DEAD_LETTERS"
+ADVISORY_STREAM, ADVISORY_CONSUMER = "PLANZOOM_ADVISORIES", "deadletters"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
 DUPLICATE_WINDOW_SECONDS = 15 * 60
 PROGRESS_MAX_AGE_SECONDS = 7 * 24 * 3600
+DLQ_MAX_AGE_SECONDS = 30 * 24 * 3600
+
+#: Message type and stage name of each work stream.
+WORK_STREAMS = {
+    RENDER_STREAM: (jobs_pb2.PageJob, "render"),
+    TILE_STREAM: (jobs_pb2.TileJob, "tile"),
+}
 
 
 def progress_subject(job_id: str) -> str:
@@ -109,10 +128,14 @@ async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCo
 async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue:
     """Create or update streams, durable consumers and the jobs KV bucket;
     return the bucket. Safe to call from every service at every start."""
+    advisories = [f"{MAX_DELIVERIES_ADVISORY}.{RENDER_STREAM}.{RENDER_CONSUMER}",
+                  f"{MAX_DELIVERIES_ADVISORY}.{TILE_STREAM}.{TILE_CONSUMER}"]
     for name, subjects, retention, max_age in (
         (RENDER_STREAM, [RENDER_SUBJECT], RetentionPolicy.WORK_QUEUE, None),
         (TILE_STREAM, [TILE_SUBJECT], RetentionPolicy.WORK_QUEUE, None),
         (PROGRESS_STREAM, ["progress.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
+        (DLQ_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DLQ_MAX_AGE_SECONDS),
+        (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DLQ_MAX_AGE_SECONDS),
     ):
         await _ensure_stream(
             js,
@@ -131,6 +154,7 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
         (TILE_STREAM, TILE_CONSUMER, TILE_SUBJECT, settings.ack_wait_seconds,
          settings.max_deliver),
         (PROGRESS_STREAM, PROGRESS_CONSUMER, "progress.>", 30.0, 50),
+        (ADVISORY_STREAM, ADVISORY_CONSUMER, None, 30.0, 50),
     ):
         await _ensure_consumer(
             js,
@@ -159,6 +183,24 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: st
     if the stream reported it as a duplicate."""
     ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=10)
     return not ack.duplicate
+
+
+def decode_work(stream: str, data: bytes):
+    """The PageJob or TileJob carried by a message of a work stream."""
+    return WORK_STREAMS[stream][0].FromString(data)
+
+
+async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int, data: bytes,
+                      reason: str, attempts: int) -> None:
+    """Keep a page job that failed for good in PLANZOOM_DEAD_LETTERS."""
+    work = decode_work(stream, data)
+    stage = WORK_STREAMS[stream][1]
+    letter = jobs_pb2.DeadLetter(
+        stream=stream, subject=subject, stream_sequence=seq, data=data, reason=reason,
+        attempts=attempts, job_id=work.job_id, page=work.page, failed_at=now_ts(),
+    )
+    await publish(js, f"deadletter.{stage}.{work.job_id}", letter.SerializeToString(),
+                  f"dl.{stream}.{seq}")
 
 
 class PermanentError(Exception):
@@ -282,6 +324,10 @@ class PullWorker:
                     exc_info=not permanent,
                 )
                 try:
+                    await dead_letter(
+                        self.js, msg.metadata.stream, msg.subject, msg.metadata.sequence.stream,
+                        msg.data, reason, delivery.attempt,
+                    )
                     await self.on_failure(msg.data, delivery, reason)
                 except Exception:
                     # The failure could not be recorded: keep the message.

@@ -95,12 +95,13 @@ class EmbeddedStack:
         env.update(self.extra_env)
         return env
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env()}, start_new_session=True,
+            env={**os.environ, **self.env(), **(env or {})}, start_new_session=True,
         )
         log.close()
         self.procs[name] = proc
@@ -138,10 +139,29 @@ class EmbeddedStack:
                            "-p", str(self.ports.s3)])
         self._wait("s3", lambda: _port_open(self.ports.s3), 60)
 
-    def start_service(self, name: str, timeout: float = 60) -> None:
+    def start_service(self, name: str, replica: int = 1, timeout: float = 60) -> str:
+        """Start one service process and wait until its health check answers
+        SERVING. Replica 2, 3 … of a worker service get their own health
+        port. Returns the process's name in ``procs`` (``tile``, ``tile-2``)."""
+        proc_name, env = name, {}
         port = getattr(self.ports, name)
-        self._spawn(name, [sys.executable, "-m", f"services.{name}"])
-        self._wait(name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
+        if replica > 1:
+            proc_name, port = f"{name}-{replica}", free_port()
+            env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}"}
+        self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
+        self._wait(proc_name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
+        return proc_name
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a process of the stack, as a crash would."""
+        self.stop_service(name, sig=signal.SIGKILL)
+
+    def restart_nats(self, down_seconds: float = 0.0) -> None:
+        """Stop the NATS server and start it again on the same port and
+        JetStream store (file storage: streams, consumers and KV survive)."""
+        self.stop_service("nats")
+        time.sleep(down_seconds)
+        self.start_nats()
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         proc = self.procs.pop(name, None)
@@ -171,7 +191,8 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Services first (graceful), then the S3 endpoint and NATS."""
-        for name in [*SERVICES, "s3", "nats"]:
+        workers = [n for n in self.procs if n not in ("s3", "nats")]
+        for name in [*workers, "s3", "nats"]:
             self.stop_service(name)
 
     def __enter__(self) -> EmbeddedStack:

@@ -135,7 +135,8 @@ class Ingest(Service, ingest_pb2_grpc.IngestServiceServicer):
             await asyncio.to_thread(self.store.ensure_bucket)
         self.nc = await messaging.connect(self.s, self.name)
         self.js = self.nc.jetstream()
-        self.jobs = JobStore(await messaging.ensure_jetstream(self.js, self.s))
+        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
+                             messaging.JOBS_BUCKET)
 
     async def stop(self, grace: float) -> None:
         self.pool.close()

@@ -47,6 +47,8 @@ def apply_event(job: jobs_pb2.Job, ev: jobs_pb2.ProgressEvent) -> bool:
         page.started_at.CopyFrom(started)
     if page.SerializeToString(deterministic=True) == before:
         return False
+    job.stalled = False
+    job.last_event_at.CopyFrom(ev.emitted_at if ev.HasField("emitted_at") else now_ts())
     recount(job)
     return True
 

@@ -6,14 +6,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Callable
 
 import grpc
 from google.protobuf import json_format
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from planzoom import errors, keys, messaging
+from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
+from planzoom.dzi import done_record, parse_dzi
 from planzoom.errors import RequestError, invalid
 from planzoom.ids import InvalidId, check_id
 from planzoom.jobstore import Conflict, JobNotFound, JobStore, is_terminal, job_key
@@ -53,6 +58,7 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         self.s = settings
         self.store = ObjectStore(settings)
         self._stopping = asyncio.Event()
+        self._closing = asyncio.Event()
 
     def register(self, server):
         progress_pb2_grpc.add_ProgressServiceServicer_to_server(self, server)
@@ -64,68 +70,124 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         self.nc = await messaging.connect(self.s, self.name)
         self.js = self.nc.jetstream()
         self.kv = await messaging.ensure_jetstream(self.js, self.s)
-        self.jobs = JobStore(self.kv)
-        self._sub = await self.js.pull_subscribe_bind(
-            durable=messaging.PROGRESS_CONSUMER, stream=messaging.PROGRESS_STREAM
-        )
-        self._consumer = asyncio.create_task(self._consume(self._sub))
+        self.jobs = JobStore(self.js, self.kv, messaging.JOBS_BUCKET)
+        self._subs = [
+            await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+            for stream, durable in (
+                (messaging.PROGRESS_STREAM, messaging.PROGRESS_CONSUMER),
+                (messaging.ADVISORY_STREAM, messaging.ADVISORY_CONSUMER),
+            )
+        ]
+        self._tasks = [
+            asyncio.create_task(self._consume(self._subs[0], self._on_event)),
+            asyncio.create_task(self._consume(self._subs[1], self._on_advisory)),
+            asyncio.create_task(self._sweep_forever()),
+        ]
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()
-        # The batch in hand is finished (acked) before the consumer stops.
-        done, _ = await asyncio.wait({self._consumer}, timeout=grace)
-        if not done:
-            self._consumer.cancel()
+        # Open WatchJob streams end with UNAVAILABLE; clients reconnect.
+        self._closing.set()
+        # The batches in hand are finished (acked) before the consumers stop.
+        _, pending = await asyncio.wait(self._tasks[:2], timeout=grace)
+        for task in [*pending, self._tasks[2]]:
+            task.cancel()
         # A pull subscription's drain waits for fetched messages nobody
         # will take now; unsubscribing first lets the drain finish.
-        await self._sub.unsubscribe()
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         await messaging.close(self.nc)
 
-    # -- event consumer -----------------------------------------------------
+    # -- consumers ----------------------------------------------------------
 
-    async def _consume(self, sub) -> None:
+    async def _consume(self, sub, handle) -> None:
         while not self._stopping.is_set():
             try:
                 msgs = await sub.fetch(FETCH_BATCH, timeout=1)
             except (TimeoutError, NatsTimeoutError):
                 continue
             except Exception as e:
-                log.warning("progress fetch failed: %s", e)
+                log.warning("fetch failed: %s", e)
                 await asyncio.sleep(1)
                 continue
             for msg in msgs:
                 try:
-                    ev = jobs_pb2.ProgressEvent.FromString(msg.data)
-                    await self._apply(ev)
+                    await handle(msg.data)
                 except (ValueError, JobNotFound) as e:
-                    # Not retryable: keep it in the stream (limits retention)
-                    # for inspection, and say so.
-                    log.error("dropping progress event %s: %s", msg.subject, e)
+                    # Not retryable: the message stays in its stream for
+                    # inspection, and the log says why it was not applied.
+                    log.error("not applying %s: %s", msg.subject, e)
                     await msg.term()
                 except Exception:
-                    log.exception("progress event %s failed; will be redelivered", msg.subject)
+                    log.exception("%s failed; will be redelivered", msg.subject)
                     await msg.nak(delay=2)
                 else:
                     await msg.ack()
 
-    async def _apply(self, ev: jobs_pb2.ProgressEvent) -> None:
+    async def _on_event(self, data: bytes) -> None:
+        ev = jobs_pb2.ProgressEvent.FromString(data)
+        await self._mutate(ev.job_id, lambda job: apply_event(job, ev))
+
+    async def _on_advisory(self, data: bytes) -> None:
+        """A page job exhausted its deliveries without a worker recording the
+        failure (each worker died or stopped): dead-letter it, fail its page
+        and remove it from the work queue."""
+        advisory = json.loads(data)
+        stream, seq = advisory["stream"], int(advisory["stream_seq"])
+        deliveries = int(advisory.get("deliveries", 0))
+        if stream not in messaging.WORK_STREAMS:
+            return
+        try:
+            raw = await self.js.get_msg(stream, seq)
+        except NotFoundError:
+            return  # already acknowledged or removed
+        stage = messaging.WORK_STREAMS[stream][1]
+        reason = (f"gave up after {deliveries} deliveries: the {stage} worker stopped or "
+                  "ran out of time on every one")
+        await messaging.dead_letter(self.js, stream, raw.subject, seq, raw.data, reason,
+                                    deliveries)
+        work = messaging.decode_work(stream, raw.data)
+        await messaging.report_page(
+            self.js, stage, work.job_id, work.plan,
+            jobs_pb2.PageRecord(page=work.page, state=jobs_pb2.PAGE_STATE_FAILED,
+                                error=f"{stage}: {reason}", attempts=deliveries,
+                                finished_at=now_ts()),
+            deliveries,
+        )
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_msg(stream, seq)
+        log.warning("page dead-lettered", extra={"job_id": work.job_id, "page": work.page,
+                                                 "stage": stage, "deliveries": deliveries})
+
+    # -- job record changes ---------------------------------------------------
+
+    async def _mutate(self, job_id: str, change: Callable[[jobs_pb2.Job], bool]) -> jobs_pb2.Job:
+        """Apply ``change`` (returns True if it changed the record) with
+        compare-and-set, retrying on conflict. A job that ends gets its
+        outputs written before the terminal record is stored, and that record
+        expires after the retention period."""
         for _ in range(CAS_RETRIES):
-            job = await self.jobs.get(ev.job_id)
-            if not apply_event(job, ev):
-                return
-            if is_terminal(job):
+            job = await self.jobs.get(job_id)
+            was_terminal = is_terminal(job)
+            if not change(job):
+                return job
+            ended = is_terminal(job) and not was_terminal
+            if ended:
                 # Outputs first: a terminal record in KV means they are there.
                 await self._finish(job)
             try:
-                await self.jobs.update(job)
-                if is_terminal(job):
-                    log.info("job ended", extra={
-                        "job_id": job.job_id, "state": jobs_pb2.JobState.Name(job.state),
-                        "pages": job.total_pages, "failed": job.failed_pages})
-                return
+                await self.jobs.update(
+                    job, ttl=self.s.job_retention_seconds if is_terminal(job) else None
+                )
             except Conflict:
                 continue
-        raise Conflict(ev.job_id)
+            if ended:
+                log.info("job ended", extra={
+                    "job_id": job.job_id, "state": jobs_pb2.JobState.Name(job.state),
+                    "pages": job.total_pages, "failed": job.failed_pages})
+            return job
+        raise Conflict(job_id)
 
     async def _finish(self, job: jobs_pb2.Job) -> None:
         """Write manifest.json, point current.json at a complete job, delete
@@ -136,6 +198,73 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         if job.state == jobs_pb2.JOB_STATE_COMPLETE:
             await asyncio.to_thread(self._update_current, job)
         await asyncio.to_thread(self.store.delete_prefix, keys.work_prefix(job.job_id))
+
+    async def reconcile(self, job_id: str) -> tuple[jobs_pb2.Job, list[int]]:
+        """Mark pages DONE whose .dzi is in S3 although the record missed it
+        (a lost progress event). Returns the record and the pages repaired."""
+        job = await self.jobs.get(job_id)
+        if is_terminal(job):
+            return job, []
+        open_pages = [p.page for p in job.pages
+                      if p.state not in (jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED)]
+        if not open_pages:
+            return job, []
+        present = set(await asyncio.to_thread(
+            lambda: [k for k in self.store.list_keys(job.tiles_prefix) if k.endswith(".dzi")]))
+        found = {}
+        for page in open_pages:
+            key = keys.dzi_key(job.plan, job.job_id, page)
+            if key in present:
+                found[page] = done_record(
+                    page, parse_dzi(await asyncio.to_thread(self.store.get_bytes, key)), key)
+        if not found:
+            return job, []
+
+        def change(job: jobs_pb2.Job) -> bool:
+            changed = False
+            for record in found.values():
+                ev = jobs_pb2.ProgressEvent(job_id=job.job_id, plan=job.plan, stage="reconcile",
+                                            page=record, emitted_at=now_ts())
+                changed = apply_event(job, ev) or changed
+            if changed:
+                job.reconciled = True
+                job.reconciled_at.CopyFrom(now_ts())
+            return changed
+
+        job = await self._mutate(job_id, change)
+        log.warning("reconciled missed page completions",
+                    extra={"job_id": job_id, "pages": sorted(found)})
+        return job, sorted(found)
+
+    async def _sweep_forever(self) -> None:
+        """Every sweep period: reconcile unfinished jobs and flag stalled ones."""
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.s.sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    async def sweep(self) -> None:
+        now = time.time()
+
+        def mark_stalled(job: jobs_pb2.Job) -> bool:
+            last = job.last_event_at if job.HasField("last_event_at") else job.created_at
+            if is_terminal(job) or job.stalled or now - last.ToSeconds() < self.s.stall_seconds:
+                return False
+            job.stalled = True
+            job.updated_at.CopyFrom(now_ts())
+            return True
+
+        for job_id in await self.jobs.job_ids():
+            try:
+                job, _ = await self.reconcile(job_id)
+                if not is_terminal(job):
+                    job = await self._mutate(job_id, mark_stalled)
+                    if job.stalled:
+                        log.warning("job stalled", extra={"job_id": job_id})
+            except JobNotFound:
+                continue
 
     def _update_current(self, job: jobs_pb2.Job) -> None:
         key = keys.current_key(job.plan)
@@ -176,6 +305,41 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         return progress_pb2.ListJobsResponse(jobs=await self.jobs.list_for_plan(request.plan,
                                                                                 limit))
 
+    async def CancelJob(self, request, context):
+        try:
+            check_id("job_id", request.job_id)
+
+            def cancel(job: jobs_pb2.Job) -> bool:
+                if is_terminal(job):
+                    raise RequestError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"job {job.job_id} has already ended "
+                        f"({jobs_pb2.JobState.Name(job.state).removeprefix('JOB_STATE_')})",
+                        reason="JOB_ENDED")
+                job.state = jobs_pb2.JOB_STATE_CANCELLED
+                job.error = f"cancelled: {request.reason or 'by request'}"[:1000]
+                job.updated_at.CopyFrom(now_ts())
+                job.finished_at.CopyFrom(job.updated_at)
+                return True
+
+            return await self._mutate(request.job_id, cancel)
+        except InvalidId as e:
+            await errors.abort(context, invalid(str(e), field="job_id"))
+        except JobNotFound:
+            await errors.abort(context, not_found(request.job_id))
+        except RequestError as e:
+            await errors.abort(context, e)
+
+    async def Reconcile(self, request, context):
+        try:
+            check_id("job_id", request.job_id)
+            job, repaired = await self.reconcile(request.job_id)
+            return progress_pb2.ReconcileResponse(job=job, repaired_pages=repaired)
+        except InvalidId as e:
+            await errors.abort(context, invalid(str(e), field="job_id"))
+        except JobNotFound:
+            await errors.abort(context, not_found(request.job_id))
+
     async def WatchJob(self, request, context):
         try:
             check_id("job_id", request.job_id)
@@ -188,8 +352,13 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         watcher = await self.kv.watch(job_key(request.job_id))
         try:
             while True:
+                if self._closing.is_set():
+                    await errors.abort(context, RequestError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the progress service is restarting; watch again to resume",
+                        reason="RESTARTING"))
                 try:
-                    entry = await watcher.updates(timeout=30)
+                    entry = await watcher.updates(timeout=0.5)
                 except NatsTimeoutError:
                     continue
                 if entry is None:  # "initial values delivered" marker

@@ -12,6 +12,7 @@ import tempfile
 from planzoom import keys, messaging
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
+from planzoom.jobstore import JobStore
 from planzoom.logs import setup_logging
 from planzoom.messaging import Delivery, PermanentError, PullWorker
 from planzoom.procpool import ProcessPool
@@ -73,7 +74,8 @@ class Render(Service):
             await asyncio.to_thread(self.store.ensure_bucket)
         self.nc = await messaging.connect(self.s, self.name)
         self.js = self.nc.jetstream()
-        await messaging.ensure_jetstream(self.js, self.s)
+        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
+                             messaging.JOBS_BUCKET)
         self.worker = PullWorker(
             self.js, messaging.RENDER_STREAM, messaging.RENDER_CONSUMER,
             self.handle, self.on_failure,
@@ -91,6 +93,9 @@ class Render(Service):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = jobs_pb2.PageJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
+        if await self.jobs.is_cancelled(job.job_id):
+            log.info("job cancelled; page skipped", extra=ctx)
+            return
         log.info("rendering page", extra=ctx)
         await messaging.report_page(
             self.js, self.name, job.job_id, job.plan,
@@ -108,6 +113,9 @@ class Render(Service):
                 )
             except RenderFailed as e:
                 raise PermanentError(str(e)) from None
+            if await self.jobs.is_cancelled(job.job_id):  # safe point: nothing stored yet
+                log.info("job cancelled; page stopped before upload", extra=ctx)
+                return
             raster_key = keys.raster_key(job.job_id, job.page)
             await asyncio.to_thread(
                 self.store.upload_file, out, raster_key, "application/zstd"

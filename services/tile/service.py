@@ -12,7 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from planzoom import keys, messaging
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
-from planzoom.dzi import DziInfo, parse_dzi
+from planzoom.dzi import done_record, parse_dzi
+from planzoom.jobstore import JobStore
 from planzoom.logs import setup_logging
 from planzoom.messaging import Delivery, PermanentError, PullWorker
 from planzoom.server import Service, serve
@@ -21,14 +22,6 @@ from planzoom.v1 import jobs_pb2
 from services.tile.pyramid import RasterUnreadable, build_pyramid, decompress_raster, tile_files
 
 log = logging.getLogger(__name__)
-
-
-def done_record(page: int, dzi: DziInfo, dzi_key: str) -> jobs_pb2.PageRecord:
-    return jobs_pb2.PageRecord(
-        page=page, state=jobs_pb2.PAGE_STATE_DONE, width_px=dzi.width, height_px=dzi.height,
-        tile_size=dzi.tile_size, overlap=dzi.overlap, format=dzi.format, levels=dzi.levels,
-        tile_count=dzi.tile_count(), dzi_key=dzi_key, finished_at=now_ts(),
-    )
 
 
 class Tile(Service):
@@ -46,7 +39,8 @@ class Tile(Service):
             await asyncio.to_thread(self.store.ensure_bucket)
         self.nc = await messaging.connect(self.s, self.name)
         self.js = self.nc.jetstream()
-        await messaging.ensure_jetstream(self.js, self.s)
+        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
+                             messaging.JOBS_BUCKET)
         self.worker = PullWorker(
             self.js, messaging.TILE_STREAM, messaging.TILE_CONSUMER,
             self.handle, self.on_failure,
@@ -73,6 +67,9 @@ class Tile(Service):
         job = jobs_pb2.TileJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
+        if await self.jobs.is_cancelled(job.job_id):
+            log.info("job cancelled; page skipped", extra=ctx)
+            return
         if await asyncio.to_thread(self.store.exists, dzi_key):
             # Redelivered after the page was finished: report, don't re-tile.
             dzi = parse_dzi(await asyncio.to_thread(self.store.get_bytes, dzi_key))
@@ -102,6 +99,9 @@ class Tile(Service):
                 raise PermanentError(f"libvips could not build the pyramid: {e}") from None
             os.unlink(raw)
 
+            if await self.jobs.is_cancelled(job.job_id):  # safe point: nothing uploaded yet
+                log.info("job cancelled; page stopped before upload", extra=ctx)
+                return
             tiles = list(tile_files(work, name))
             prefix = keys.tiles_prefix(job.plan, job.job_id)
             loop = asyncio.get_running_loop()

@@ -1,0 +1,181 @@
+"""An HTTP proxy on 127.0.0.1 that injects S3 faults and latency, for tests
+and benchmarks.
+
+For each request it may answer ``503 SlowDown`` (the S3 throttling error),
+drop the connection without an answer (a reset), or add a fixed delay
+before forwarding to the upstream endpoint. Decisions come from a seeded
+random generator; counts are kept per outcome.
+
+Run alone: ``python -m planzoom.faultproxy --upstream http://127.0.0.1:9000
+--port 9001 --slowdown 0.1 --reset 0.05 --delay-ms 20``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+SLOWDOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
+               "trailer", "upgrade"}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # clients that give up on a slowed or reset request are expected
+
+
+class FaultProxy:
+    """``FaultProxy(upstream).start()``; then point clients at ``url``.
+
+    ``slowdown`` and ``reset`` are shares of requests (0..1); ``delay`` is
+    seconds added to every request. All three may be changed while running.
+    """
+
+    def __init__(self, upstream: str, port: int = 0, *, slowdown: float = 0.0,
+                 reset: float = 0.0, delay: float = 0.0, seed: int = 1):
+        self.upstream = urlsplit(upstream)
+        self.slowdown, self.reset, self.delay = slowdown, reset, delay
+        self.counts: Counter[str] = Counter()
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._server = _Server(("127.0.0.1", port), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _decide(self) -> str:
+        with self._lock:
+            r = self._random.random()
+        if r < self.slowdown:
+            return "slowdown"
+        if r < self.slowdown + self.reset:
+            return "reset"
+        return "forward"
+
+    def _upstream(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port,
+                                              timeout=120)
+            self._local.conn = conn
+        return conn
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self) -> None:
+                body = self._body()
+                outcome = proxy._decide()
+                with proxy._lock:
+                    proxy.counts[outcome] += 1
+                if proxy.delay:
+                    time.sleep(proxy.delay)
+                if outcome == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if outcome == "slowdown":
+                    self.send_response(503, "Slow Down")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(SLOWDOWN_BODY)))
+                    self.end_headers()
+                    self.wfile.write(SLOWDOWN_BODY)
+                    return
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in _HOP_BY_HOP}
+                headers["Content-Length"] = str(len(body))
+                for attempt in (1, 2):
+                    conn = proxy._upstream()
+                    try:
+                        conn.request(self.command, self.path, body=body, headers=headers)
+                        resp = conn.getresponse()
+                        data = resp.read()
+                        break
+                    except (ConnectionError, http.client.HTTPException, OSError):
+                        conn.close()
+                        proxy._local.conn = None
+                        if attempt == 2:
+                            raise
+                self.send_response(resp.status, resp.reason)
+                head = self.command == "HEAD"
+                for k, v in resp.getheaders():
+                    if k.lower() not in _HOP_BY_HOP and (head or k.lower() != "content-length"):
+                        self.send_header(k, v)
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        return Handler
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--upstream", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--slowdown", type=float, default=0.0)
+    ap.add_argument("--reset", type=float, default=0.0)
+    ap.add_argument("--delay-ms", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    proxy = FaultProxy(a.upstream, a.port, slowdown=a.slowdown, reset=a.reset,
+                       delay=a.delay_ms / 1000, seed=a.seed).start()
+    print(f"fault proxy on {proxy.url} -> {a.upstream}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        proxy.stop()
+
+
+if __name__ == "__main__":
+    main()
