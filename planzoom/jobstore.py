@@ -143,7 +143,7 @@ class JobStore:
     async def job_ids(self) -> list[str]:
         """Ids of every job record in the bucket (for periodic sweeps)."""
         try:
-            keys = await self.kv.keys(filters=["job."])
+            keys = await self.kv.keys()
         except NoKeysError:
             return []
         return [k.removeprefix("job.") for k in keys if k.startswith("job.")]

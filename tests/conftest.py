@@ -11,14 +11,20 @@ import boto3
 import pytest
 
 from planzoom.client import Client
+from planzoom.faultproxy import FaultProxy
 from planzoom.stack import EmbeddedStack, Ports
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("PLANZOOM_CORPUS", ROOT.parent / "shared" / "corpus"))
 
-#: Limits of the test stack, small enough to test without huge inputs.
+#: Limits and timings of the test stack: small enough to test without huge
+#: inputs or long waits.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PAGES = 200
+ACK_WAIT_SECONDS = 6
+MAX_DELIVER = 3
+STALL_SECONDS = 8
+SWEEP_SECONDS = 2
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +36,29 @@ def corpus() -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> EmbeddedStack:
+def s3_proxy() -> FaultProxy:
+    """Sits between the services and the S3 endpoint; passes everything
+    until a test turns faults on."""
+    ports = Ports.free()
+    proxy = FaultProxy(f"http://127.0.0.1:{ports.s3}").start()
+    proxy.stack_ports = ports
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
     s = EmbeddedStack(
         data_dir=tmp_path_factory.mktemp("stack"),
-        ports=Ports.free(),
+        ports=s3_proxy.stack_ports,
         extra_env={
+            "PLANZOOM_S3_ENDPOINT_URL": s3_proxy.url,
             "PLANZOOM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
             "PLANZOOM_MAX_PAGES": str(MAX_PAGES),
+            "PLANZOOM_ACK_WAIT_SECONDS": str(ACK_WAIT_SECONDS),
+            "PLANZOOM_MAX_DELIVER": str(MAX_DELIVER),
+            "PLANZOOM_STALL_SECONDS": str(STALL_SECONDS),
+            "PLANZOOM_SWEEP_SECONDS": str(SWEEP_SECONDS),
             "PLANZOOM_LOG_LEVEL": "INFO",
         },
     )
@@ -57,7 +79,7 @@ def client(stack) -> Client:
 def s3(stack):
     env = stack.env()
     return boto3.client(
-        "s3", endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"], region_name="us-east-1",
+        "s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
     )

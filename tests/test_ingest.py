@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 
 import grpc
-import nats
 import pytest
 import requests
 from grpc_status import rpc_status
@@ -15,7 +13,7 @@ from grpc_status import rpc_status
 from planzoom import messaging
 from planzoom.v1 import ingest_pb2, jobs_pb2
 from tests.conftest import MAX_PAGES, MAX_UPLOAD_BYTES, list_keys
-from tests.test_pipeline import wait_terminal
+from tests.helpers import run_nats, wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -121,13 +119,11 @@ def test_bad_request_is_refused(corpus, client, s3, case, plan, opts):
     _assert_still_serving(client)
 
 
-async def _render_stream_last_seq(nats_url: str) -> int:
-    nc = await nats.connect(nats_url)
-    try:
-        info = await nc.jetstream().stream_info(messaging.RENDER_STREAM)
-        return info.state.last_seq
-    finally:
-        await nc.close()
+def _render_stream_last_seq(nats_url: str) -> int:
+    async def last_seq(js):
+        return (await js.stream_info(messaging.RENDER_STREAM)).state.last_seq
+
+    return run_nats(nats_url, last_seq)
 
 
 def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
@@ -135,10 +131,10 @@ def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
     options = jobs_pb2.JobOptions(dpi=40)
     first = client.submit(str(corpus / SITEPLAN), plan, options)
     assert not first.deduplicated
-    seq = asyncio.run(_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"]))
+    seq = (_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"]))
     second = client.submit(str(corpus / SITEPLAN), plan, options)
     assert second.deduplicated and second.job_id == first.job_id
-    assert asyncio.run(_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"])) == seq, (
+    assert (_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"])) == seq, (
         "a duplicate submit published page jobs")
     assert [j.job_id for j in client.list_jobs(plan)] == [first.job_id]
     # Other options make another job.
@@ -193,6 +189,13 @@ def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
         assert page.state == jobs_pb2.PAGE_STATE_FAILED
         assert "no longer in the bucket" in page.error
     assert "7 of 7 pages failed" in job.error
+
+    async def dead_letters(js):
+        msg = await js.get_last_msg(messaging.DLQ_STREAM, f"deadletter.render.{job.job_id}")
+        return jobs_pb2.DeadLetter.FromString(msg.data)
+
+    letter = run_nats(stack.env()["PLANZOOM_NATS_URL"], dead_letters)
+    assert "no longer in the bucket" in letter.reason and letter.attempts == 1
     assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
     assert list_keys(s3, job.tiles_prefix.rsplit("/", 2)[0] + "/current.json") == []
     # The next job still goes through.

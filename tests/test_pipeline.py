@@ -10,10 +10,10 @@ import time
 import grpc
 import pytest
 
-from planzoom.client import Client
 from planzoom.v1 import jobs_pb2
 from tests.conftest import list_keys
 from tests.dzi_check import check_page
+from tests.helpers import wait_terminal
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +27,6 @@ CASES = [
     ("arch-houseplan-hugepage-607x682in-solvespace-master1.pdf", 300,
      {"max_page_pixels": 12_000_000}),
 ]
-
-
-def wait_terminal(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
-    final = None
-    for job in client.watch(job_id, timeout=timeout):
-        final = job
-    assert final is not None
-    return final
 
 
 @pytest.mark.parametrize("name,dpi,extra", CASES, ids=[c[0].split("-")[1] + "-" + c[0][:12]

@@ -31,6 +31,7 @@ from services.progress.fold import apply_event
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 100
+WATCH_RECHECK_SECONDS = 5.0
 CAS_RETRIES = 20
 
 
@@ -349,7 +350,11 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         except JobNotFound:
             await errors.abort(context, not_found(request.job_id))
         # The record exists, so the watcher delivers it first, then each change.
+        # Every WATCH_RECHECK_SECONDS without news the record is also read
+        # directly, so a watcher that lost its server-side consumer (a NATS
+        # restart) cannot leave the stream hanging.
         watcher = await self.kv.watch(job_key(request.job_id))
+        last_sent, quiet_since = 0, time.monotonic()
         try:
             while True:
                 if self._closing.is_set():
@@ -357,16 +362,29 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
                         grpc.StatusCode.UNAVAILABLE,
                         "the progress service is restarting; watch again to resume",
                         reason="RESTARTING"))
+                job = None
                 try:
                     entry = await watcher.updates(timeout=0.5)
                 except NatsTimeoutError:
+                    entry = None
+                    if time.monotonic() - quiet_since > WATCH_RECHECK_SECONDS:
+                        quiet_since = time.monotonic()
+                        try:
+                            job = await self.jobs.get(request.job_id)
+                        except JobNotFound:
+                            await errors.abort(context, not_found(request.job_id))
+                        if job.revision > last_sent:
+                            with contextlib.suppress(Exception):
+                                await watcher.stop()
+                            watcher = await self.kv.watch(job_key(request.job_id))
+                if entry is not None:
+                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                        await errors.abort(context, not_found(request.job_id))
+                    job = jobs_pb2.Job.FromString(entry.value)
+                    job.revision = entry.revision
+                if job is None or job.revision <= last_sent:
                     continue
-                if entry is None:  # "initial values delivered" marker
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                    await errors.abort(context, not_found(request.job_id))
-                job = jobs_pb2.Job.FromString(entry.value)
-                job.revision = entry.revision
+                last_sent, quiet_since = job.revision, time.monotonic()
                 yield job
                 if is_terminal(job):
                     return

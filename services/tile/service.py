@@ -77,6 +77,7 @@ class Tile(Service):
             await self._report(job, done_record(job.page, dzi, dzi_key), delivery.attempt)
             return
 
+        log.info("tiling page", extra=ctx)
         work = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
         try:
             raw = os.path.join(work, "page.raw")
@@ -116,7 +117,9 @@ class Tile(Service):
             shutil.rmtree(work, ignore_errors=True)
 
         await asyncio.to_thread(self.store.delete, job.raster_key)
-        await self._report(job, done_record(job.page, dzi, dzi_key), delivery.attempt)
+        record = done_record(job.page, dzi, dzi_key)
+        record.attempts = delivery.attempt
+        await self._report(job, record, delivery.attempt)
         log.info("page tiled", extra={**ctx, "tiles": len(tiles), "levels": dzi.levels})
 
     async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:

@@ -1,0 +1,64 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import nats
+
+from planzoom.client import Client
+from planzoom.v1 import jobs_pb2
+
+
+def wait_terminal(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
+    """Follow the job (across progress restarts) to its end; fail the test
+    if it has not ended after ``timeout`` seconds."""
+    seen: list[jobs_pb2.Job] = []
+    errors: list[BaseException] = []
+
+    def follow() -> None:
+        try:
+            seen.extend(client.follow(job_id))
+        except BaseException as e:  # reported in the test's thread
+            errors.append(e)
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    t.join(timeout)
+    if errors:
+        raise errors[0]
+    assert not t.is_alive(), f"job {job_id} did not end in {timeout} s: " + (
+        str(seen[-1]) if seen else "no record seen")
+    assert seen, f"no record of job {job_id}"
+    return seen[-1]
+
+
+def wait_until(what: str, predicate: Callable[[], object], timeout: float = 60,
+               interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting until {what}")
+
+
+def page_states(client: Client, job_id: str) -> list[int]:
+    return [p.state for p in client.get_job(job_id).pages]
+
+
+def run_nats(nats_url: str, fn):
+    """Run ``await fn(js)`` against the stack's NATS server."""
+
+    async def go():
+        nc = await nats.connect(nats_url)
+        try:
+            return await fn(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
