@@ -21,7 +21,6 @@ from nats.js.errors import (
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
@@ -141,12 +140,11 @@ class JobStore:
             return True
 
     async def job_ids(self) -> list[str]:
-        """Ids of every job record in the bucket (for periodic sweeps)."""
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        return [k.removeprefix("job.") for k in keys if k.startswith("job.")]
+        """Ids of every job record in the bucket (for periodic sweeps). Read
+        from the stream's subject counts: no consumer is created."""
+        prefix = f"$KV.{self.bucket}.job."
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=prefix + ">")
+        return [subject[len(prefix):] for subject in (info.state.subjects or {})]
 
     async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int) -> list[jobs_pb2.Job]:
         """Records of one plan, newest first."""

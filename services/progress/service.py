@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH = 100
 WATCH_RECHECK_SECONDS = 5.0
+#: The server drops a dropped watcher's consumer after this many seconds.
+WATCHER_IDLE_SECONDS = 5.0
 CAS_RETRIES = 20
 
 
@@ -353,7 +355,8 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         # Every WATCH_RECHECK_SECONDS without news the record is also read
         # directly, so a watcher that lost its server-side consumer (a NATS
         # restart) cannot leave the stream hanging.
-        watcher = await self.kv.watch(job_key(request.job_id))
+        watcher = await self.kv.watch(job_key(request.job_id),
+                                          inactive_threshold=WATCHER_IDLE_SECONDS)
         last_sent, quiet_since = 0, time.monotonic()
         try:
             while True:
@@ -376,7 +379,8 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
                         if job.revision > last_sent:
                             with contextlib.suppress(Exception):
                                 await watcher.stop()
-                            watcher = await self.kv.watch(job_key(request.job_id))
+                            watcher = await self.kv.watch(job_key(request.job_id),
+                                          inactive_threshold=WATCHER_IDLE_SECONDS)
                 if entry is not None:
                     if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                         await errors.abort(context, not_found(request.job_id))
@@ -389,6 +393,7 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
                 if is_terminal(job):
                     return
         finally:
+            log.debug("watch of %s ends", request.job_id)
             with contextlib.suppress(Exception):
                 await watcher.stop()
 

@@ -1,0 +1,180 @@
+"""Hostile and broken input: fuzzed checks, mutated PDFs through the
+PDFium worker pool and through the whole service, a client that stalls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planzoom.config import Settings
+from planzoom.errors import RequestError
+from planzoom.ids import ID_PATTERN, InvalidId, check_id
+from planzoom.procpool import ProcessPool, WorkerCrashed
+from planzoom.v1 import ingest_pb2, jobs_pb2
+from services.ingest.checks import describe_magic
+from services.ingest.service import Spool, resolve_options
+from services.render.rasterize import RenderFailed, render_page
+from tests.conftest import list_keys
+from tests.helpers import wait_terminal
+
+SEEDS = ["arch-siteplan-archd-36x24in-autocad-drawingparser.pdf",
+         "arch-renovation-plans-7p-a4-affinity-latirasse.pdf",
+         "scanned-4p-four-orientations-ocrmypdf-cardinal.pdf"]
+
+
+@given(st.text(max_size=200))
+def test_ids_fuzz(value):
+    try:
+        assert check_id("plan", value) == value
+    except InvalidId:
+        assert not ID_PATTERN.fullmatch(value)
+        return
+    assert "/" not in value and ".." not in value and "." not in value
+    assert all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+    assert 1 <= len(value) <= 64
+
+
+@given(st.binary(max_size=2048))
+def test_magic_fuzz(head):
+    what = describe_magic(head)
+    assert (what is None) == (b"%PDF-" in head[:1024])
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**32 - 1),
+       st.one_of(st.none(), st.integers(0, 2**32 - 1)), st.integers(0, 2**32 - 1))
+def test_options_fuzz(dpi, tile_size, overlap, quality):
+    opts = jobs_pb2.JobOptions(dpi=dpi, tile_size=tile_size, jpeg_quality=quality)
+    if overlap is not None:
+        opts.overlap = overlap
+    try:
+        out = resolve_options(opts, Settings())
+    except RequestError as e:
+        assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.field
+        return
+    assert 10 <= out.dpi <= 1200 and 64 <= out.tile_size <= 4096
+    assert 0 <= out.overlap <= 16 and 1 <= out.jpeg_quality <= 100
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(max_size=700), max_size=8), st.integers(1, 3000))
+def test_spool_fuzz(tmp_path_factory, chunks, limit):
+    spool = Spool(str(tmp_path_factory.getbasetemp()), limit)
+    try:
+        for c in chunks:
+            spool.write(c)
+        spool.finish()
+        data = b"".join(chunks)
+        assert len(data) <= limit and b"%PDF-" in data[:1024]
+    except RequestError as e:
+        data = b"".join(chunks)
+        assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        if e.reason == "UPLOAD_TOO_LARGE":
+            assert len(data) > limit
+    finally:
+        spool.discard()
+        assert not os.path.exists(spool.path)
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """Bit flips, a truncation, or a spliced-in run of garbage."""
+    kind = rng.choice(["flip", "truncate", "splice"])
+    b = bytearray(data)
+    if kind == "flip":
+        for _ in range(rng.randint(1, 200)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif kind == "truncate":
+        b = b[: rng.randint(len(b) // 10, len(b) - 1)]
+    else:
+        at = rng.randrange(len(b))
+        b[at : at + rng.randint(10, 5000)] = rng.randbytes(rng.randint(10, 5000))
+    return bytes(b)
+
+
+@pytest.mark.slow
+def test_mutated_pdfs_do_not_wedge_the_render_pool(corpus, tmp_path):
+    rng = random.Random(20261121)
+    pool = ProcessPool(workers=1, recycle_after=10)
+    outcomes: dict[str, int] = {}
+    try:
+        for i in range(36):
+            seed = corpus / SEEDS[i % len(SEEDS)]
+            path = tmp_path / f"m{i}.pdf"
+            path.write_bytes(mutate(seed.read_bytes(), rng))
+            t0 = time.monotonic()
+            try:
+                asyncio.run(pool.run(30, render_page, str(path), 1, 30, 10**7,
+                                     str(tmp_path / "out.zst"), 1 << 20))
+                outcome = "rendered"
+            except RenderFailed:
+                outcome = "failed"
+            except WorkerCrashed:
+                outcome = "crashed"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert time.monotonic() - t0 < 35
+        # The pool still renders a good page afterwards.
+        r = asyncio.run(pool.run(60, render_page, str(corpus / SEEDS[0]), 1, 20, 10**7,
+                                 str(tmp_path / "ok.zst"), 1 << 20))
+        assert r.width_px == 720
+    finally:
+        pool.close()
+    print("mutated PDF outcomes:", outcomes)
+    assert sum(outcomes.values()) == 36, outcomes
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_mutated_pdfs_through_the_service(corpus, client, s3):
+    """Each mutated file is refused with a clear code or becomes a job that
+    ends (COMPLETE or FAILED with reasons); the service keeps serving."""
+    rng = random.Random(7)
+    jobs = []
+    for i in range(8):
+        data = mutate((corpus / SEEDS[i % len(SEEDS)]).read_bytes(), rng)
+        plan = jobs_pb2.PlanRef(org="acme", project="mutated", plan=f"m{i}")
+
+        def requests(data=data, plan=plan):
+            yield ingest_pb2.UploadRequest(header=ingest_pb2.UploadHeader(
+                plan=plan, options=jobs_pb2.JobOptions(dpi=20)))
+            yield ingest_pb2.UploadRequest(chunk=data)
+
+        try:
+            jobs.append(client.ingest.Upload(requests(), timeout=60).job_id)
+        except grpc.RpcError as e:
+            assert e.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                                grpc.StatusCode.FAILED_PRECONDITION), e.details()
+            assert list_keys(s3, f"sources/acme/mutated/m{i}/") == []
+    for job_id in jobs:
+        job = wait_terminal(client, job_id, timeout=180)
+        assert job.state in (jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED)
+        if job.state == jobs_pb2.JOB_STATE_FAILED:
+            assert all(p.error for p in job.pages if p.state == jobs_pb2.PAGE_STATE_FAILED)
+
+
+@pytest.mark.integration
+def test_client_that_stops_sending_hits_its_deadline(corpus, client, s3):
+    plan = jobs_pb2.PlanRef(org="acme", project="stalled-upload", plan="siteplan")
+    data = (corpus / SEEDS[0]).read_bytes()
+
+    def requests():
+        yield ingest_pb2.UploadRequest(header=ingest_pb2.UploadHeader(plan=plan))
+        yield ingest_pb2.UploadRequest(chunk=data[:50_000])
+        time.sleep(4)  # the client goes quiet
+        yield ingest_pb2.UploadRequest(chunk=data[50_000:])
+
+    with pytest.raises(grpc.RpcError) as e:
+        client.ingest.Upload(requests(), timeout=1.5)
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(3)
+    assert client.list_jobs(plan) == []
+    assert list_keys(s3, "sources/acme/stalled-upload/") == []
+    assert list_keys(s3, "tiles/acme/stalled-upload/") == []
+    # The service still takes the same upload.
+    resp = client.submit(str(corpus / SEEDS[0]), plan, jobs_pb2.JobOptions(dpi=20))
+    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE

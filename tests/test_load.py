@@ -1,0 +1,122 @@
+"""A bounded load test on loopback: 20 jobs at once, 200 concurrent
+WatchJob streams, two tile workers; then watchers that come and go."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from planzoom import messaging
+from planzoom.v1 import jobs_pb2, progress_pb2
+from tests.helpers import run_nats, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+FILES = [
+    ("arch-siteplan-archd-36x24in-autocad-drawingparser.pdf", 40),
+    ("arch-renovation-plans-7p-a4-affinity-latirasse.pdf", 30),
+    ("arch-facades-58x30cm-archicad-atriumhouse.pdf", 40),
+    ("arch-floorplan-70x45cm-archicad-atriumhouse.pdf", 40),
+    ("scanned-4p-four-orientations-ocrmypdf-cardinal.pdf", 30),
+    ("mech-sheet-rasteronly-letter-pinscaling.pdf", 40),
+    ("corrupt-brokenxref-cadtitleblock-42x32in-pdfjs-issue9418.pdf", 30),
+    ("arch-floorplan-a4-dense-contentstreamerror-scaledetection-n96.pdf", 40),
+    ("encrypted-ownerpw-only-a4landscape-pdfplumber-pr138.pdf", 30),
+    ("arch-floorplan-a1-dense-offsetmediabox-scaledetection-dr.pdf", 30),
+]
+JOBS = 20
+WATCHERS = 200
+
+
+def _rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_twenty_jobs_two_hundred_watchers(corpus, stack, client):
+    second = stack.start_service("tile", replica=2)
+    try:
+        def submit(i: int):
+            name, dpi = FILES[i % len(FILES)]
+            plan = jobs_pb2.PlanRef(org="acme", project="load", plan=f"job{i}")
+            return client.submit(str(corpus / name), plan, jobs_pb2.JobOptions(dpi=dpi + i))
+
+        with ThreadPoolExecutor(JOBS) as pool:
+            job_ids = [r.job_id for r in pool.map(submit, range(JOBS))]
+        assert len(set(job_ids)) == JOBS
+
+        results: dict[int, list[tuple[int, int, int]]] = {}
+
+        def watch(w: int) -> None:
+            seq = []
+            for job in client.watch(job_ids[w % JOBS], timeout=600):
+                seq.append((job.revision, job.state, job.completed_pages))
+            results[w] = seq
+
+        threads = [threading.Thread(target=watch, args=(w,)) for w in range(WATCHERS)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        elapsed = time.monotonic() - t0
+    finally:
+        stack.stop_service(second)
+    assert len(results) == WATCHERS, "a watcher did not see its job end"
+    for w, seq in results.items():
+        assert seq[-1][1] == jobs_pb2.JOB_STATE_COMPLETE, (w, seq[-1])
+        assert [r for r, _, _ in seq] == sorted({r for r, _, _ in seq}), "state went back"
+        assert [c for _, _, c in seq] == sorted(c for _, _, c in seq), "progress went back"
+    print(f"{JOBS} jobs, {WATCHERS} watchers: all COMPLETE in {elapsed:.1f} s")
+
+
+def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
+    """Rounds of 200 open WatchJob streams that the clients drop: the
+    progress service's memory and its KV watch consumers return to the same
+    level after each round."""
+    stack.stop_service("render")  # keeps the job open, so streams stay open
+    try:
+        plan = jobs_pb2.PlanRef(org="acme", project="load", plan="held")
+        job_id = client.submit(str(corpus / FILES[0][0]), plan,
+                               jobs_pb2.JobOptions(dpi=33)).job_id
+        nats_url = stack.env()["PLANZOOM_NATS_URL"]
+        pid = stack.procs["progress"].pid
+
+        async def kv_consumers(js):
+            return (await js.stream_info(f"KV_{messaging.JOBS_BUCKET}")).state.consumer_count
+
+        def one_round() -> None:
+            calls = [client.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
+                                              timeout=60) for _ in range(WATCHERS)]
+            for call in calls:
+                assert next(call).job_id == job_id  # the stream is open
+            wait_until("every stream has a KV watcher",
+                       lambda: run_nats(nats_url, kv_consumers) >= WATCHERS, timeout=30)
+            for call in calls:
+                call.cancel()
+            for call in calls:
+                with pytest.raises(grpc.RpcError):
+                    next(call)
+
+        baseline_consumers = run_nats(nats_url, kv_consumers)
+        one_round()  # warm-up: allocator pools, gRPC buffers
+        wait_until("watch consumers are released",
+                   lambda: run_nats(nats_url, kv_consumers) <= baseline_consumers, timeout=30)
+        rss_after_first = _rss_kib(pid)
+        for _ in range(4):
+            one_round()
+            wait_until("watch consumers are released",
+                       lambda: run_nats(nats_url, kv_consumers) <= baseline_consumers,
+                       timeout=30)
+        rss_after_last = _rss_kib(pid)
+    finally:
+        stack.start_service("render")
+    growth = rss_after_last - rss_after_first
+    print(f"progress RSS {rss_after_first} KiB after round 1, {rss_after_last} KiB after 5")
+    assert growth < 20 * 1024, f"progress service grew {growth} KiB over 4 rounds"
