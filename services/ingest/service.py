@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator
 import grpc
 
 from planzoom import errors, keys, messaging
+from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
 from planzoom.errors import RequestError, invalid
 from planzoom.ids import InvalidId, check_id, new_job_id
-from planzoom.jobstore import JobNotFound, JobStore, dedup_key
+from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.logs import setup_logging
 from planzoom.procpool import ProcessPool, WorkerCrashed
-from planzoom.server import Service, serve
-from planzoom.storage import ObjectStore
+from planzoom.server import serve
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
 from services.ingest.checks import HEADER_WINDOW, PdfRejected, describe_magic, inspect_pdf
 
@@ -118,12 +118,11 @@ def not_a_pdf(what: str) -> RequestError:
                    reason="NOT_A_PDF")
 
 
-class Ingest(Service, ingest_pb2_grpc.IngestServiceServicer):
+class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
     name = "ingest"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.store = ObjectStore(settings)
+        super().__init__(settings)
         self.pool = ProcessPool(workers=1, recycle_after=100)
 
     def register(self, server):
@@ -131,16 +130,11 @@ class Ingest(Service, ingest_pb2_grpc.IngestServiceServicer):
         return [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name]
 
     async def start(self) -> None:
-        if self.s.s3_create_bucket:
-            await asyncio.to_thread(self.store.ensure_bucket)
-        self.nc = await messaging.connect(self.s, self.name)
-        self.js = self.nc.jetstream()
-        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
-                             messaging.JOBS_BUCKET)
+        await self.connect()
 
     async def stop(self, grace: float) -> None:
         self.pool.close()
-        await messaging.close(self.nc)
+        await self.disconnect()
 
     # -- RPCs ---------------------------------------------------------------
 

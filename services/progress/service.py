@@ -16,15 +16,15 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from planzoom import errors, keys, messaging
+from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
 from planzoom.dzi import done_record, parse_dzi
 from planzoom.errors import RequestError, invalid
 from planzoom.ids import InvalidId, check_id
-from planzoom.jobstore import Conflict, JobNotFound, JobStore, is_terminal, job_key
+from planzoom.jobstore import Conflict, JobNotFound, is_terminal, job_key
 from planzoom.logs import setup_logging
-from planzoom.server import Service, serve
-from planzoom.storage import ObjectStore
+from planzoom.server import serve
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress.fold import apply_event
 
@@ -54,12 +54,11 @@ def not_found(job_id: str) -> RequestError:
                         reason="JOB_NOT_FOUND")
 
 
-class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
+class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
     name = "progress"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.store = ObjectStore(settings)
+        super().__init__(settings)
         self._stopping = asyncio.Event()
         self._closing = asyncio.Event()
 
@@ -68,12 +67,7 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         return [progress_pb2.DESCRIPTOR.services_by_name["ProgressService"].full_name]
 
     async def start(self) -> None:
-        if self.s.s3_create_bucket:
-            await asyncio.to_thread(self.store.ensure_bucket)
-        self.nc = await messaging.connect(self.s, self.name)
-        self.js = self.nc.jetstream()
-        self.kv = await messaging.ensure_jetstream(self.js, self.s)
-        self.jobs = JobStore(self.js, self.kv, messaging.JOBS_BUCKET)
+        await self.connect()
         self._subs = [
             await self.js.pull_subscribe_bind(durable=durable, stream=stream)
             for stream, durable in (
@@ -100,7 +94,7 @@ class Progress(Service, progress_pb2_grpc.ProgressServiceServicer):
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await messaging.close(self.nc)
+        await self.disconnect()
 
     # -- consumers ----------------------------------------------------------
 

@@ -10,13 +10,13 @@ import shutil
 import tempfile
 
 from planzoom import keys, messaging
+from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
-from planzoom.jobstore import JobStore
 from planzoom.logs import setup_logging
 from planzoom.messaging import Delivery, PermanentError, PullWorker
 from planzoom.procpool import ProcessPool
-from planzoom.server import Service, serve
+from planzoom.server import serve
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
 from services.render.rasterize import RenderFailed, render_page
@@ -59,23 +59,17 @@ class SourceCache:
                 os.unlink(f)
 
 
-class Render(Service):
+class Render(BackedService):
     name = "render"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.store = ObjectStore(settings)
+        super().__init__(settings)
         self.pool = ProcessPool(settings.render_concurrency, settings.render_recycle_pages)
         self.tmp = tempfile.mkdtemp(prefix="planzoom-render-", dir=settings.work_dir)
         self.sources = SourceCache(self.store, self.tmp)
 
     async def start(self) -> None:
-        if self.s.s3_create_bucket:
-            await asyncio.to_thread(self.store.ensure_bucket)
-        self.nc = await messaging.connect(self.s, self.name)
-        self.js = self.nc.jetstream()
-        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
-                             messaging.JOBS_BUCKET)
+        await self.connect()
         self.worker = PullWorker(
             self.js, messaging.RENDER_STREAM, messaging.RENDER_CONSUMER,
             self.handle, self.on_failure,
@@ -87,7 +81,7 @@ class Render(Service):
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
         self.pool.close()
-        await messaging.close(self.nc)
+        await self.disconnect()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:

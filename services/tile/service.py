@@ -10,37 +10,30 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from planzoom import keys, messaging
+from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
 from planzoom.dzi import done_record, parse_dzi
-from planzoom.jobstore import JobStore
 from planzoom.logs import setup_logging
 from planzoom.messaging import Delivery, PermanentError, PullWorker
-from planzoom.server import Service, serve
-from planzoom.storage import ObjectStore
+from planzoom.server import serve
 from planzoom.v1 import jobs_pb2
 from services.tile.pyramid import RasterUnreadable, build_pyramid, decompress_raster, tile_files
 
 log = logging.getLogger(__name__)
 
 
-class Tile(Service):
+class Tile(BackedService):
     name = "tile"
 
     def __init__(self, settings: Settings):
-        self.s = settings
-        self.store = ObjectStore(settings)
+        super().__init__(settings)
         self.tmp = tempfile.mkdtemp(prefix="planzoom-tile-", dir=settings.work_dir)
         self.uploads = ThreadPoolExecutor(settings.upload_concurrency,
                                           thread_name_prefix="tile-upload")
 
     async def start(self) -> None:
-        if self.s.s3_create_bucket:
-            await asyncio.to_thread(self.store.ensure_bucket)
-        self.nc = await messaging.connect(self.s, self.name)
-        self.js = self.nc.jetstream()
-        self.jobs = JobStore(self.js, await messaging.ensure_jetstream(self.js, self.s),
-                             messaging.JOBS_BUCKET)
+        await self.connect()
         self.worker = PullWorker(
             self.js, messaging.TILE_STREAM, messaging.TILE_CONSUMER,
             self.handle, self.on_failure,
@@ -52,7 +45,7 @@ class Tile(Service):
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
         self.uploads.shutdown(wait=False, cancel_futures=True)
-        await messaging.close(self.nc)
+        await self.disconnect()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def _report(self, job: jobs_pb2.TileJob, record: jobs_pb2.PageRecord,
