@@ -1,0 +1,171 @@
+"""The Helm chart under deploy/k8s/planzoom, checked without a cluster:
+strict lint, render under default values and variants, every manifest
+validated against the Kubernetes schemas, own checks for KEDA's
+ScaledObject (a CRD the schemas do not cover) and for what operators rely on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from planzoom import messaging
+
+CHART = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "planzoom"
+K8S_VERSION = "1.30.0"
+COMPONENTS = ("ingest", "progress", "render", "tile")
+
+VARIANTS = {
+    "defaults": {},
+    "keda-off": {"keda": {"enabled": False}},
+    "network-policy": {"networkPolicy": {"enabled": True,
+                                         "clientNamespaceSelector": {"matchLabels": {"team": "x"}}}},
+    "minio-and-nats-creds": {"s3": {"endpointUrl": "http://minio.storage:9000",
+                                    "createBucket": True, "credentialsSecret": "minio-keys"},
+                             "nats": {"url": "tls://nats.nats:4222",
+                                      "credentialsSecret": "planzoom-nats"}},
+    "registry-and-tag": {"image": {"registry": "registry.example.com/plans", "tag": "1.2.3"},
+                         "config": {"PLANZOOM_DEFAULT_DPI": "200", "PLANZOOM_MAX_PAGES": 500}},
+    "render-disabled": {"components": {"render": {"enabled": False, "grpcPort": 50053}}},
+    "iam-role": {"s3": {"credentialsSecret": ""},
+                 "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:x"}}},
+}
+
+
+def render(values: dict) -> list[dict]:
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name="pz", namespace="plans")
+    docs = []
+    for name, text in out.items():
+        if name.endswith(".txt"):
+            continue
+        docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def test_lint_is_clean():
+    result = helm.lint(str(CHART), values={}, strict=True)
+    assert result["errors"] == []
+    problems = [m for m in result["messages"] if m["severity"] >= 2]
+    assert problems == [], problems
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_renders_valid_manifests(variant):
+    docs = render(VARIANTS[variant])
+    assert docs
+    for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: checked below
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_deployments_are_locked_down_and_probed():
+    docs = render({})
+    deployments = by_kind(docs, "Deployment")
+    assert sorted(deployments) == [f"pz-planzoom-{c}" for c in sorted(COMPONENTS)]
+    for name, d in deployments.items():
+        spec = d["spec"]["template"]["spec"]
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] and pod["runAsUser"] == 10001
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault"
+        (container,) = spec["containers"]
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        port = container["ports"][0]["containerPort"]
+        assert container["readinessProbe"]["grpc"]["port"] == port
+        assert container["livenessProbe"]["grpc"]["port"] == port
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
+        # Longer than the gRPC grace plus the JetStream ack wait.
+        assert spec["terminationGracePeriodSeconds"] > 10 + 60
+        env = {e["name"]: e for e in container["env"]}
+        component = name.rsplit("-", 1)[1]
+        assert env[f"PLANZOOM_{component.upper()}_ADDR"]["value"] == f"0.0.0.0:{port}"
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "planzoom-s3"
+
+
+def test_no_credentials_in_rendered_output():
+    docs = render(VARIANTS["minio-and-nats-creds"])
+    for cm in by_kind(docs, "ConfigMap").values():
+        assert not any("SECRET" in k or "PASSWORD" in k for k in cm["data"])
+    assert not by_kind(docs, "Secret"), "the chart must only reference existing Secrets"
+    d = by_kind(docs, "Deployment")["pz-planzoom-tile"]["spec"]["template"]["spec"]
+    assert {"name": "nats-creds", "secret": {"secretName": "planzoom-nats",
+            "items": [{"key": "nats.creds", "path": "nats.creds"}]}} in d["volumes"]
+
+
+def test_scaled_objects_target_the_real_stream_and_consumer():
+    docs = render({})
+    scaled = by_kind(docs, "ScaledObject")
+    expected = {
+        "pz-planzoom-render": (messaging.RENDER_STREAM, messaging.RENDER_CONSUMER),
+        "pz-planzoom-tile": (messaging.TILE_STREAM, messaging.TILE_CONSUMER),
+    }
+    assert sorted(scaled) == sorted(expected)
+    deployments = by_kind(docs, "Deployment")
+    for name, so in scaled.items():
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        assert so["spec"]["scaleTargetRef"]["name"] == name and name in deployments
+        assert 0 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["type"] == "nats-jetstream"
+        meta = trigger["metadata"]
+        assert (meta["stream"], meta["consumer"]) == expected[name]
+        assert meta["natsServerMonitoringEndpoint"] == "nats:8222"
+        assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata are strings"
+        assert int(meta["lagThreshold"]) >= 1
+    # Ingest and progress scale on CPU; no HPA competes with KEDA.
+    assert sorted(by_kind(docs, "HorizontalPodAutoscaler")) == [
+        "pz-planzoom-ingest", "pz-planzoom-progress"]
+
+
+def test_hpa_fallback_when_keda_is_off():
+    docs = render(VARIANTS["keda-off"])
+    assert not by_kind(docs, "ScaledObject")
+    assert sorted(by_kind(docs, "HorizontalPodAutoscaler")) == [
+        f"pz-planzoom-{c}" for c in sorted(COMPONENTS)]
+
+
+def test_services_only_for_grpc_apis():
+    services = by_kind(render({}), "Service")
+    assert sorted(services) == ["pz-planzoom-ingest", "pz-planzoom-progress"]
+    for svc in services.values():
+        assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
+
+
+def test_images_follow_registry_and_tag():
+    docs = render(VARIANTS["registry-and-tag"])
+    images = {d["spec"]["template"]["spec"]["containers"][0]["image"]
+              for d in by_kind(docs, "Deployment").values()}
+    assert images == {f"registry.example.com/plans/planzoom-{c}:1.2.3" for c in COMPONENTS}
+    cm = next(iter(by_kind(docs, "ConfigMap").values()))
+    assert cm["data"]["PLANZOOM_MAX_PAGES"] == "500"
+
+
+@pytest.mark.parametrize("bad", [
+    {"s3": {"bucket": "Bad_Bucket!"}},
+    {"nats": {"url": "http://nats:4222"}},
+    {"components": {"tile": {"enabled": True, "grpcPort": 70000}}},
+    {"config": {"NOT_PLANZOOM": "1"}},
+    {"image": {"repository": "planzoom", "pullPolicy": "Sometimes"}},
+])
+def test_schema_rejects_bad_values(bad):
+    with helm.Chart.load(str(CHART)) as chart:
+        chart.validate_schema({})  # the defaults pass
+        with pytest.raises(helm.errors.HelmValuesError):
+            chart.validate_schema(bad)
+
+
+def test_notes_tell_how_to_submit():
+    with helm.Chart.load(str(CHART)) as chart:
+        notes = chart.render({}, name="pz", namespace="plans")["planzoom/templates/NOTES.txt"]
+    assert "planzoom submit" in notes and "grpcurl" in notes and "pz-planzoom-ingest" in notes
