@@ -20,6 +20,7 @@ class Settings(BaseSettings):
 
     # Infrastructure
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_creds_file: str | None = None  # NATS credentials file (JWT + nkey seed)
     s3_endpoint_url: str | None = None  # None = AWS S3
     s3_region: str = "us-east-1"
     s3_bucket: str = "planzoom"
@@ -32,6 +33,7 @@ class Settings(BaseSettings):
     render_addr: str = "127.0.0.1:50053"  # health only
     tile_addr: str = "127.0.0.1:50054"  # health only
     grpc_grace_seconds: float = Field(10.0, ge=0)
+    metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
 
     # Ingest limits
     max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)  # 1 GiB

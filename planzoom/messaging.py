@@ -48,6 +48,7 @@ from nats.js.api import (
 from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
+from planzoom import metrics
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.v1 import jobs_pb2
@@ -86,6 +87,7 @@ async def connect(settings: Settings, name: str) -> NATS:
 
     return await nats.connect(
         settings.nats_url,
+        user_credentials=settings.nats_creds_file,
         name=f"planzoom-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,
@@ -309,6 +311,8 @@ class PullWorker:
 
     async def _process(self, msg: Msg) -> None:
         delivery = Delivery(attempt=msg.metadata.num_delivered, max_deliver=self.max_deliver)
+        if delivery.attempt > 1:
+            metrics.REDELIVERIES.labels(self.durable).inc()
         beat = asyncio.create_task(self._heartbeat(msg))
         try:
             await self.handle(msg.data, delivery)
@@ -334,8 +338,10 @@ class PullWorker:
                     log.exception("%s: could not record the failure", self.durable)
                     await msg.nak(delay=retry_delay(delivery.attempt))
                 else:
+                    metrics.PAGES.labels(self.durable, "failed").inc()
                     await msg.term()
             else:
+                metrics.PAGES.labels(self.durable, "retried").inc()
                 delay = retry_delay(delivery.attempt)
                 log.warning(
                     "%s: attempt %d/%d failed, retrying in %.0f s: %s",

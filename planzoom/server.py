@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from planzoom.metrics import serve_metrics
+
 log = logging.getLogger(__name__)
 
 #: 64 MiB: large enough for any planzoom message (Job records of big sets).
@@ -44,9 +46,10 @@ class Service:
         return None
 
 
-async def serve(service: Service, addr: str, grace: float,
+async def serve(service: Service, addr: str, grace: float, metrics_port: int = 0,
                 ready: Callable[[], Awaitable[None]] | None = None) -> None:
-    """Run ``service`` on ``addr`` (host:port) until SIGTERM/SIGINT."""
+    """Run ``service`` on ``addr`` (host:port) until SIGTERM/SIGINT, with
+    Prometheus metrics on ``metrics_port`` (0 = off)."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -62,6 +65,7 @@ async def serve(service: Service, addr: str, grace: float,
         server,
     )
     server.add_insecure_port(addr)
+    serve_metrics(metrics_port)
     await service.start()
     await server.start()
     for n in ["", *names]:

@@ -67,6 +67,8 @@ class EmbeddedStack:
     bucket: str = "planzoom"
     extra_env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: Prometheus /metrics port of each service process, by process name.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -143,11 +145,13 @@ class EmbeddedStack:
         """Start one service process and wait until its health check answers
         SERVING. Replica 2, 3 … of a worker service get their own health
         port. Returns the process's name in ``procs`` (``tile``, ``tile-2``)."""
-        proc_name, env = name, {}
+        proc_name = name
         port = getattr(self.ports, name)
         if replica > 1:
             proc_name, port = f"{name}-{replica}", free_port()
-            env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}"}
+        self.metrics_ports[proc_name] = free_port()
+        env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
+               "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
         self._wait(proc_name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
         return proc_name

@@ -17,6 +17,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from planzoom import metrics
 from planzoom.config import Settings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class ObjectStore:
                 s3={"addressing_style": "path"},
             ),
         )
+        metrics.count_s3_retries(self.client)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (idempotent)."""

@@ -21,8 +21,8 @@ COMPONENTS = ("ingest", "progress", "render", "tile")
 VARIANTS = {
     "defaults": {},
     "keda-off": {"keda": {"enabled": False}},
-    "network-policy": {"networkPolicy": {"enabled": True,
-                                         "clientNamespaceSelector": {"matchLabels": {"team": "x"}}}},
+    "network-policy": {"networkPolicy": {
+        "enabled": True, "clientNamespaceSelector": {"matchLabels": {"team": "x"}}}},
     "minio-and-nats-creds": {"s3": {"endpointUrl": "http://minio.storage:9000",
                                     "createBucket": True, "credentialsSecret": "minio-keys"},
                              "nats": {"url": "tls://nats.nats:4222",

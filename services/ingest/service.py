@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from planzoom import errors, keys, messaging
+from planzoom import errors, keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
@@ -161,6 +161,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 spool.path, sha, spool.size, header.plan, options, header.filename
             )
         except RequestError as e:
+            metrics.JOBS.labels("rejected").inc()
             log.info("upload refused: %s", e.message, extra={"reason": e.reason})
             await errors.abort(context, e)
         finally:
@@ -212,6 +213,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 # The staged upload is either stored under sources/ now or refused.
                 await asyncio.to_thread(self.store.delete, request.object_key)
         except RequestError as e:
+            metrics.JOBS.labels("rejected").inc()
             log.info("submit refused: %s", e.message, extra={"reason": e.reason})
             await errors.abort(context, e)
         finally:
@@ -264,6 +266,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED
             ):
                 log.info("duplicate submit", extra={"job_id": holder})
+                metrics.JOBS.labels("deduplicated").inc()
                 return ingest_pb2.SubmitJobResponse(job_id=holder, deduplicated=True,
                                                     job=existing)
             if await self.jobs.replace_dedup(dkey, holder, job_id):
@@ -296,6 +299,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             )
             await messaging.publish(self.js, messaging.RENDER_SUBJECT,
                                     page_job.SerializeToString(), f"render.{job_id}.{i + 1}")
+        metrics.JOBS.labels("created").inc()
         log.info("job created", extra={"job_id": job_id, "pages": job.total_pages,
                                        "sha256": sha, "bytes": size})
         return ingest_pb2.SubmitJobResponse(job_id=job_id, deduplicated=False, job=job)
@@ -304,4 +308,5 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 def main() -> None:
     settings = get_settings()
     setup_logging("ingest", settings.log_level)
-    asyncio.run(serve(Ingest(settings), settings.ingest_addr, settings.grpc_grace_seconds))
+    asyncio.run(serve(Ingest(settings), settings.ingest_addr, settings.grpc_grace_seconds,
+                      settings.metrics_port))

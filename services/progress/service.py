@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from planzoom import errors, keys, messaging
+from planzoom import errors, keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
@@ -125,6 +125,8 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
     async def _on_event(self, data: bytes) -> None:
         ev = jobs_pb2.ProgressEvent.FromString(data)
         await self._mutate(ev.job_id, lambda job: apply_event(job, ev))
+        if ev.HasField("emitted_at"):
+            metrics.UPDATE_LAG.observe(max(0.0, time.time() - ev.emitted_at.ToNanoseconds() / 1e9))
 
     async def _on_advisory(self, data: bytes) -> None:
         """A page job exhausted its deliveries without a worker recording the
@@ -180,6 +182,8 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
             except Conflict:
                 continue
             if ended:
+                metrics.JOBS.labels(
+                    jobs_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()).inc()
                 log.info("job ended", extra={
                     "job_id": job.job_id, "state": jobs_pb2.JobState.Name(job.state),
                     "pages": job.total_pages, "failed": job.failed_pages})
@@ -352,6 +356,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         watcher = await self.kv.watch(job_key(request.job_id),
                                           inactive_threshold=WATCHER_IDLE_SECONDS)
         last_sent, quiet_since = 0, time.monotonic()
+        metrics.WATCHERS.inc()
         try:
             while True:
                 if self._closing.is_set():
@@ -387,7 +392,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
                 if is_terminal(job):
                     return
         finally:
-            log.debug("watch of %s ends", request.job_id)
+            metrics.WATCHERS.dec()
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
@@ -395,4 +400,5 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
 def main() -> None:
     settings = get_settings()
     setup_logging("progress", settings.log_level)
-    asyncio.run(serve(Progress(settings), settings.progress_addr, settings.grpc_grace_seconds))
+    asyncio.run(serve(Progress(settings), settings.progress_addr, settings.grpc_grace_seconds,
+                      settings.metrics_port))

@@ -8,8 +8,9 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 
-from planzoom import keys, messaging
+from planzoom import keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
@@ -89,8 +90,10 @@ class Render(BackedService):
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         if await self.jobs.is_cancelled(job.job_id):
             log.info("job cancelled; page skipped", extra=ctx)
+            metrics.PAGES.labels(self.name, "skipped").inc()
             return
         log.info("rendering page", extra=ctx)
+        started = time.monotonic()
         await messaging.report_page(
             self.js, self.name, job.job_id, job.plan,
             jobs_pb2.PageRecord(page=job.page, state=jobs_pb2.PAGE_STATE_RENDERING,
@@ -109,6 +112,7 @@ class Render(BackedService):
                 raise PermanentError(str(e)) from None
             if await self.jobs.is_cancelled(job.job_id):  # safe point: nothing stored yet
                 log.info("job cancelled; page stopped before upload", extra=ctx)
+                metrics.PAGES.labels(self.name, "skipped").inc()
                 return
             raster_key = keys.raster_key(job.job_id, job.page)
             await asyncio.to_thread(
@@ -134,6 +138,8 @@ class Render(BackedService):
             ),
             delivery.attempt,
         )
+        metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        metrics.PAGES.labels(self.name, "done").inc()
         log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
@@ -152,4 +158,5 @@ class Render(BackedService):
 def main() -> None:
     settings = get_settings()
     setup_logging("render", settings.log_level)
-    asyncio.run(serve(Render(settings), settings.render_addr, settings.grpc_grace_seconds))
+    asyncio.run(serve(Render(settings), settings.render_addr, settings.grpc_grace_seconds,
+                      settings.metrics_port))

@@ -7,9 +7,10 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from planzoom import keys, messaging
+from planzoom import keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
@@ -62,15 +63,18 @@ class Tile(BackedService):
         dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
         if await self.jobs.is_cancelled(job.job_id):
             log.info("job cancelled; page skipped", extra=ctx)
+            metrics.PAGES.labels(self.name, "skipped").inc()
             return
         if await asyncio.to_thread(self.store.exists, dzi_key):
             # Redelivered after the page was finished: report, don't re-tile.
             dzi = parse_dzi(await asyncio.to_thread(self.store.get_bytes, dzi_key))
             log.info("page already tiled", extra=ctx)
+            metrics.PAGES.labels(self.name, "done").inc()
             await self._report(job, done_record(job.page, dzi, dzi_key), delivery.attempt)
             return
 
         log.info("tiling page", extra=ctx)
+        started = time.monotonic()
         work = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
         try:
             raw = os.path.join(work, "page.raw")
@@ -95,6 +99,7 @@ class Tile(BackedService):
 
             if await self.jobs.is_cancelled(job.job_id):  # safe point: nothing uploaded yet
                 log.info("job cancelled; page stopped before upload", extra=ctx)
+                metrics.PAGES.labels(self.name, "skipped").inc()
                 return
             tiles = list(tile_files(work, name))
             prefix = keys.tiles_prefix(job.plan, job.job_id)
@@ -113,6 +118,8 @@ class Tile(BackedService):
         record = done_record(job.page, dzi, dzi_key)
         record.attempts = delivery.attempt
         await self._report(job, record, delivery.attempt)
+        metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
+        metrics.PAGES.labels(self.name, "done").inc()
         log.info("page tiled", extra={**ctx, "tiles": len(tiles), "levels": dzi.levels})
 
     async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
@@ -129,4 +136,5 @@ class Tile(BackedService):
 def main() -> None:
     settings = get_settings()
     setup_logging("tile", settings.log_level)
-    asyncio.run(serve(Tile(settings), settings.tile_addr, settings.grpc_grace_seconds))
+    asyncio.run(serve(Tile(settings), settings.tile_addr, settings.grpc_grace_seconds,
+                      settings.metrics_port))
