@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planzoom.client import STATE_NAMES, TERMINAL, Client, stage_summary
+from planzoom.client import PAGE_STATE_NAMES, STATE_NAMES, TERMINAL, Client, stage_summary
 from planzoom.config import get_settings
 from planzoom.v1 import jobs_pb2
 
@@ -114,15 +114,12 @@ def print_job(job: jobs_pb2.Job) -> None:
         table.add_row(
             str(p.page), f"{p.width_pt:.0f} x {p.height_pt:.0f}", f"{p.dpi:g}" if p.dpi else "",
             f"{p.width_px} x {p.height_px}" if p.width_px else "", str(p.levels or ""),
-            str(p.tile_count or ""), PAGE_STATE(p), p.error or p.dzi_key.rsplit("/", 1)[-1],
+            str(p.tile_count or ""), PAGE_STATE_NAMES[p.state],
+            p.error or p.dzi_key.rsplit("/", 1)[-1],
         )
     console.print(table)
     if job.state == jobs_pb2.JOB_STATE_COMPLETE:
         console.print(f"DZI files under {job.tiles_prefix} (manifest.json beside them)")
-
-
-def PAGE_STATE(p: jobs_pb2.PageRecord) -> str:  # noqa: N802
-    return jobs_pb2.PageState.Name(p.state).removeprefix("PAGE_STATE_")
 
 
 def _end(job: jobs_pb2.Job) -> None:

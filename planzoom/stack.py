@@ -134,12 +134,12 @@ class EmbeddedStack:
             nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1",
             "-p", str(self.ports.nats), "-m", str(self.ports.nats_monitor),
         ])
-        self._wait("nats", lambda: _port_open(self.ports.nats), 30)
+        self._wait("nats", lambda: port_open(self.ports.nats), 30)
 
     def start_s3(self) -> None:
         self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                            "-p", str(self.ports.s3)])
-        self._wait("s3", lambda: _port_open(self.ports.s3), 60)
+        self._wait("s3", lambda: port_open(self.ports.s3), 60)
 
     def start_service(self, name: str, replica: int = 1, timeout: float = 60) -> str:
         """Start one service process and wait until its health check answers
@@ -153,7 +153,7 @@ class EmbeddedStack:
         env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
-        self._wait(proc_name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
+        self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
         return proc_name
 
     def kill(self, name: str) -> None:
@@ -206,13 +206,13 @@ class EmbeddedStack:
         self.stop()
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _serving(addr: str) -> bool:
+def grpc_serving(addr: str) -> bool:
     """True if the gRPC health service at ``addr`` answers SERVING."""
     try:
         with grpc.insecure_channel(addr) as ch:

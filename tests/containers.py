@@ -18,7 +18,14 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
-from planzoom.stack import S3_ACCESS_KEY, S3_SECRET_KEY, SERVICES, Ports, _port_open, _serving  # noqa: E402
+from planzoom.stack import (  # noqa: E402
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    SERVICES,
+    Ports,
+    grpc_serving,
+    port_open,
+)
 
 VERSION = "latest"
 
@@ -98,16 +105,16 @@ class ContainerStack:
     def start_service(self, name: str, timeout: float = 60) -> None:
         self._run(name, f"planzoom-{name}", locked_down=True)
         port = getattr(self.ports, name)
-        self._wait(name, lambda: _serving(f"127.0.0.1:{port}"), timeout)
+        self._wait(name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
 
     def start(self) -> ContainerStack:
         p = self.ports
         try:
             self._run("nats", "planzoom-nats",
                       f"-js -sd /data -a 127.0.0.1 -p {p.nats} -m {p.nats_monitor}")
-            self._wait("nats", lambda: _port_open(p.nats), 30)
+            self._wait("nats", lambda: port_open(p.nats), 30)
             self._run("s3", "planzoom-s3", f"-H 127.0.0.1 -p {p.s3}")
-            self._wait("s3", lambda: _port_open(p.s3), 60)
+            self._wait("s3", lambda: port_open(p.s3), 60)
             for name in SERVICES:
                 self.start_service(name)
         except BaseException:

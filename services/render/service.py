@@ -35,11 +35,11 @@ class SourceCache:
 
     def __init__(self, store: ObjectStore, root: str):
         self.store, self.root = store, root
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock = asyncio.Lock()  # one download at a time; pages wait for their source
 
     async def path(self, key: str, sha256: str) -> str:
         path = os.path.join(self.root, f"{sha256}.pdf")
-        async with self._locks.setdefault(sha256, asyncio.Lock()):
+        async with self._lock:
             if not os.path.exists(path):
                 tmp = path + ".part"
                 if not await asyncio.to_thread(self.store.exists, key):
