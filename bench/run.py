@@ -39,7 +39,7 @@ from planzoom.client import Client  # noqa: E402
 from planzoom.faultproxy import FaultProxy  # noqa: E402
 from planzoom.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports  # noqa: E402
 from planzoom.v1 import jobs_pb2  # noqa: E402
-from services.render.rasterize import render_page  # noqa: E402
+from services.render.rasterize import close_documents, render_page  # noqa: E402
 from services.tile.pyramid import build_pyramid  # noqa: E402
 
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
@@ -180,12 +180,13 @@ def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, ta
     return seconds, tiles, mpx, {n: v / 1024 for n, v in sampler.peak.items()}, first_page
 
 
-def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float]:
-    """(planzoom pyramid s, vips dzsave s, megapixels) for page 1 at ``dpi``."""
+def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, int]:
+    """(planzoom pyramid s, vips dzsave s, megapixels, bands) for page 1 at ``dpi``."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     zst = work / "page.raw.zst"
     r = render_page(str(pdf), 1, dpi, 10**10, str(zst), 64 << 20)
+    close_documents()
     raw = work / "page.raw"
     with open(zst, "rb") as src, open(raw, "wb") as dst:
         zstandard.ZstdDecompressor().copy_stream(src, dst)
@@ -202,7 +203,7 @@ def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float]:
                     "--overlap", "1", "--suffix", ".jpg[Q=90]"], check=True)
     theirs = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)
-    return ours, theirs, r.width_px * r.height_px / 1e6
+    return ours, theirs, r.width_px * r.height_px / 1e6, r.bands
 
 
 # -- main ---------------------------------------------------------------------
@@ -238,7 +239,7 @@ def main() -> None:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
     results = {k: Result(k) for k in ("reference", "planzoom-900", "planzoom-300")}
-    stage = {"ours": [], "vips": [], "mpx": 0.0}
+    stage = {"ours": [], "vips": [], "mpx": 0.0, "bands": 0}
     first_pages = []
     try:
         for run in range(a.runs):
@@ -255,10 +256,10 @@ def main() -> None:
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
                 if dpi == 900:
                     first_pages.append(first)
-            ours, theirs, mpx = tile_stage(a.pdf, 900, data / "tile")
+            ours, theirs, mpx, bands = tile_stage(a.pdf, 900, data / "tile")
             stage["ours"].append(ours)
             stage["vips"].append(theirs)
-            stage["mpx"] = mpx
+            stage["mpx"], stage["bands"] = mpx, bands
     finally:
         client.close()
         stack.stop()
@@ -283,7 +284,8 @@ def main() -> None:
     print(f"reference compute (before upload): {ref.peak_mib.get('compute s', 0):.1f} s")
     print(f"time to first viewable page at 900 DPI: {statistics.median(first_pages):.1f} s")
     ours, theirs = statistics.median(stage["ours"]), statistics.median(stage["vips"])
-    print(f"tile stage, page 1 at 900 DPI ({stage['mpx']:.0f} MP): planzoom pyramid "
+    print(f"tile stage, page 1 at 900 DPI ({stage['mpx']:.0f} MP, {stage['bands']} band(s)): "
+          f"planzoom pyramid "
           f"{ours:.1f} s, vips dzsave {theirs:.1f} s, ratio {theirs / ours:.2f}")
 
 

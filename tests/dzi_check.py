@@ -78,7 +78,9 @@ def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str, compare: bool = T
             cw = min(dzi.tile_size, dzi.width - c * dzi.tile_size)
             ch = min(dzi.tile_size, dzi.height - r * dzi.tile_size)
             y0, x0 = r * dzi.tile_size, c * dzi.tile_size
-            canvas[y0 : y0 + ch, x0 : x0 + cw] = tile[oy : oy + ch, ox : ox + cw, :3]
+            part = tile[oy : oy + ch, ox : ox + cw]
+            assert part.shape[2] == (1 if record.bands == 1 else 3), "tile bands"
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = part[:, :, :3]  # grey broadcasts
     reference = reference_render(pdf_path, record.page, record.dpi)
     assert reference.shape == canvas.shape
     quality = psnr(canvas, reference)

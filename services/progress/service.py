@@ -60,7 +60,6 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._stopping = asyncio.Event()
-        self._closing = asyncio.Event()
 
     def register(self, server):
         progress_pb2_grpc.add_ProgressServiceServicer_to_server(self, server)
@@ -82,9 +81,9 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         ]
 
     async def stop(self, grace: float) -> None:
+        # Consumers stop fetching; open WatchJob streams end with UNAVAILABLE
+        # and clients reconnect.
         self._stopping.set()
-        # Open WatchJob streams end with UNAVAILABLE; clients reconnect.
-        self._closing.set()
         # The batches in hand are finished (acked) before the consumers stop.
         _, pending = await asyncio.wait(self._tasks[:2], timeout=grace)
         for task in [*pending, self._tasks[2]]:
@@ -359,7 +358,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         metrics.WATCHERS.inc()
         try:
             while True:
-                if self._closing.is_set():
+                if self._stopping.is_set():
                     await errors.abort(context, RequestError(
                         grpc.StatusCode.UNAVAILABLE,
                         "the progress service is restarting; watch again to resume",

@@ -9,6 +9,7 @@ so a band-wise render matches a whole-page render pixel for pixel.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 # Pages are cached per worker process: consecutive pages of one set reuse the
@@ -27,7 +28,7 @@ class RenderResult:
     dpi: float  # DPI used, after the pixel cap
     width_px: int
     height_px: int
-    bands: int  # samples per pixel (3 = RGB)
+    bands: int  # samples per pixel: 1 = grey (no colour on the page), 3 = RGB
     raster_bytes: int  # compressed bytes written
 
 
@@ -49,14 +50,19 @@ def effective_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int
     return d
 
 
+def close_documents() -> None:
+    """Close the documents this process keeps open between pages."""
+    for doc in _doc_cache.values():
+        doc.close()
+    _doc_cache.clear()
+
+
 def _document(path: str):
     import pypdfium2 as pdfium
 
     doc = _doc_cache.get(path)
     if doc is None:
-        for old in _doc_cache.values():
-            old.close()
-        _doc_cache.clear()
+        close_documents()
         doc = _doc_cache[path] = pdfium.PdfDocument(path)
     return doc
 
@@ -64,7 +70,8 @@ def _document(path: str):
 def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
                 out_path: str, band_bytes: int) -> RenderResult:
     """Render page ``page_number`` (1-based) of ``pdf_path`` to ``out_path``
-    as one zstd frame of RGB rows (RASTER_ENCODING_RAW_ZSTD).
+    as one zstd frame of rows (RASTER_ENCODING_RAW_ZSTD): one grey sample per
+    pixel if no pixel of the page has colour, else RGB.
 
     Memory: one band of at most ``band_bytes`` bytes (at least one row) plus
     the compressor's window, whatever the page size.
@@ -99,8 +106,14 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
         stride, row_bytes = bitmap.stride, width * bands
         view = memoryview(bitmap.buffer).cast("B")
+        # Line art with no colour travels as one grey band: a grey copy is
+        # written beside the RGB one for as long as every pixel has R = G = B.
+        grey_path = out_path + ".grey"
         compressor = zstandard.ZstdCompressor(level=1)
-        with open(out_path, "wb") as f, compressor.stream_writer(f, closefd=False) as z:
+        with open(out_path, "wb") as f, compressor.stream_writer(f, closefd=False) as z, \
+                open(grey_path, "wb") as gf, \
+                zstandard.ZstdCompressor(level=1).stream_writer(gf, closefd=False) as gz:
+            grey = True
             for y0 in range(0, height, band_rows):
                 rows = min(band_rows, height - y0)
                 bitmap.fill_rect((255, 255, 255, 255), 0, 0, width, band_rows)
@@ -108,12 +121,24 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
                 # of the full-page raster; PDFium clips to the bitmap.
                 pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -y0, width, height, 0, flags)
                 if stride == row_bytes:
-                    z.write(view[: rows * stride])
+                    band = view[: rows * stride].tobytes()
                 else:
-                    for r in range(rows):
-                        z.write(view[r * stride : r * stride + row_bytes])
+                    band = b"".join(view[r * stride : r * stride + row_bytes].tobytes()
+                                    for r in range(rows))
+                z.write(band)
+                if grey:
+                    red = band[0::3]
+                    grey = red == band[1::3] == band[2::3]
+                    if grey:
+                        gz.write(red)
             z.flush(zstandard.FLUSH_FRAME)
-            written = f.tell()
+            gz.flush(zstandard.FLUSH_FRAME)
+        if grey:
+            os.replace(grey_path, out_path)
+            bands = 1
+        else:
+            os.unlink(grey_path)
+        written = os.path.getsize(out_path)
         bitmap.close()
         return RenderResult(
             width_pt=float(width_pt), height_pt=float(height_pt), dpi=used_dpi,
