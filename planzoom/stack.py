@@ -60,6 +60,22 @@ class Ports:
         return cls(*(free_port() for _ in range(7)))
 
 
+def loopback_env(ports: Ports, bucket: str) -> dict[str, str]:
+    """Settings that point services and clients at a stack on 127.0.0.1."""
+    return {
+        "PLANZOOM_NATS_URL": f"nats://127.0.0.1:{ports.nats}",
+        "PLANZOOM_S3_ENDPOINT_URL": f"http://127.0.0.1:{ports.s3}",
+        "PLANZOOM_S3_BUCKET": bucket,
+        "PLANZOOM_INGEST_ADDR": f"127.0.0.1:{ports.ingest}",
+        "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{ports.progress}",
+        "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{ports.render}",
+        "PLANZOOM_TILE_ADDR": f"127.0.0.1:{ports.tile}",
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @dataclass
 class EmbeddedStack:
     data_dir: Path
@@ -80,22 +96,8 @@ class EmbeddedStack:
 
     def env(self) -> dict[str, str]:
         """Environment for services and clients of this stack."""
-        p = self.ports
-        env = {
-            "PLANZOOM_NATS_URL": f"nats://127.0.0.1:{p.nats}",
-            "PLANZOOM_S3_ENDPOINT_URL": self.s3_endpoint,
-            "PLANZOOM_S3_BUCKET": self.bucket,
-            "PLANZOOM_INGEST_ADDR": f"127.0.0.1:{p.ingest}",
-            "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{p.progress}",
-            "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{p.render}",
-            "PLANZOOM_TILE_ADDR": f"127.0.0.1:{p.tile}",
-            "PLANZOOM_WORK_DIR": str(self.data_dir / "tmp"),
-            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-        env.update(self.extra_env)
-        return env
+        return {**loopback_env(self.ports, self.bucket),
+                "PLANZOOM_WORK_DIR": str(self.data_dir / "tmp"), **self.extra_env}
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
                ) -> subprocess.Popen:

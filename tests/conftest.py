@@ -7,12 +7,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import boto3
 import pytest
 
 from planzoom.client import Client
 from planzoom.faultproxy import FaultProxy
 from planzoom.stack import EmbeddedStack, Ports
+from tests.helpers import s3_client
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("PLANZOOM_CORPUS", ROOT.parent / "shared" / "corpus"))
@@ -77,12 +77,7 @@ def client(stack) -> Client:
 
 @pytest.fixture(scope="session")
 def s3(stack):
-    env = stack.env()
-    return boto3.client(
-        "s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
+    return s3_client(stack)
 
 
 def list_keys(s3, prefix: str) -> list[str]:

@@ -19,11 +19,10 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from planzoom.stack import (  # noqa: E402
-    S3_ACCESS_KEY,
-    S3_SECRET_KEY,
     SERVICES,
     Ports,
     grpc_serving,
+    loopback_env,
     port_open,
 )
 
@@ -59,21 +58,8 @@ class ContainerStack:
         return f"http://127.0.0.1:{self.ports.s3}"
 
     def env(self) -> dict[str, str]:
-        p = self.ports
-        return {
-            "PLANZOOM_NATS_URL": f"nats://127.0.0.1:{p.nats}",
-            "PLANZOOM_S3_ENDPOINT_URL": self.s3_endpoint,
-            "PLANZOOM_S3_BUCKET": self.bucket,
-            "PLANZOOM_INGEST_ADDR": f"127.0.0.1:{p.ingest}",
-            "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{p.progress}",
-            "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{p.render}",
-            "PLANZOOM_TILE_ADDR": f"127.0.0.1:{p.tile}",
-            "PLANZOOM_METRICS_PORT": "0",
-            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            **self.extra_env,
-        }
+        return {**loopback_env(self.ports, self.bucket), "PLANZOOM_METRICS_PORT": "0",
+                **self.extra_env}
 
     def _run(self, name: str, image: str, command: str | None = None,
              locked_down: bool = False) -> DockerContainer:

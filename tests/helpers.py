@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import boto3
 import nats
 
 from planzoom.client import Client
@@ -62,3 +63,11 @@ def run_nats(nats_url: str, fn):
             await nc.close()
 
     return asyncio.run(go())
+
+
+def s3_client(stack):
+    """A boto3 client straight to a stack's S3 endpoint (no fault proxy)."""
+    env = stack.env()
+    return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])

@@ -10,14 +10,13 @@ import os
 import threading
 import time
 
-import boto3
 import pytest
 
 from planzoom.client import Client
 from planzoom.v1 import jobs_pb2
 from tests.containers import ContainerStack, docker_ready
 from tests.dzi_check import check_page
-from tests.helpers import wait_terminal, wait_until
+from tests.helpers import s3_client, wait_terminal, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
@@ -44,10 +43,7 @@ def cclient(cstack):
 
 @pytest.fixture(scope="module")
 def cs3(cstack):
-    env = cstack.env()
-    return boto3.client("s3", endpoint_url=cstack.s3_endpoint, region_name="us-east-1",
-                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+    return s3_client(cstack)
 
 
 @pytest.mark.parametrize("name,dpi", [
