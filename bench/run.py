@@ -180,6 +180,34 @@ def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, ta
     return seconds, tiles, mpx, {n: v / 1024 for n, v in sampler.peak.items()}, first_page
 
 
+def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
+                  watchers: int) -> list[float]:
+    """Seconds from each page's completion (its .dzi written, the tile
+    worker's finished_at) to each of ``watchers`` WatchJob streams receiving
+    the record that shows it."""
+    plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
+    resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
+    delays: list[float] = []
+    lock = threading.Lock()
+
+    def watch() -> None:
+        seen: set[int] = set()
+        for job in client.watch(resp.job_id, timeout=600):
+            now = time.time()
+            for p in job.pages:
+                if p.state == jobs_pb2.PAGE_STATE_DONE and p.page not in seen:
+                    seen.add(p.page)
+                    with lock:
+                        delays.append(now - p.finished_at.ToNanoseconds() / 1e9)
+
+    threads = [threading.Thread(target=watch) for _ in range(watchers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return delays
+
+
 def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, int]:
     """(planzoom pyramid s, vips dzsave s, megapixels, bands) for page 1 at ``dpi``."""
     shutil.rmtree(work, ignore_errors=True)
@@ -214,6 +242,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--latency-ms", type=float, default=0.0,
                     help="add this delay to every S3 request (a loopback proxy)")
+    ap.add_argument("--watchers", type=int, default=200,
+                    help="WatchJob streams open while progress latency is measured")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra PLANZOOM_* setting for the services (repeatable)")
     a = ap.parse_args()
@@ -238,7 +268,9 @@ def main() -> None:
     client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
-    results = {k: Result(k) for k in ("reference", "planzoom-900", "planzoom-300")}
+    results = {k: Result(k) for k in ("reference", "planzoom-900", "planzoom-300",
+                                      "planzoom-900-2tile")}
+    latencies: list[float] = []
     stage = {"ours": [], "vips": [], "mpx": 0.0, "bands": 0}
     first_pages = []
     try:
@@ -256,6 +288,14 @@ def main() -> None:
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
                 if dpi == 900:
                     first_pages.append(first)
+            # Two tile workers on the same job.
+            second = stack.start_service("tile", replica=2)
+            secs, tiles, mpx, peaks, _ = planzoom_job(client, stack, a.pdf, 900, f"r{run}-2t")
+            stack.stop_service(second)
+            r = results["planzoom-900-2tile"]
+            r.seconds.append(secs)
+            r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
+            latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
             ours, theirs, mpx, bands = tile_stage(a.pdf, 900, data / "tile")
             stage["ours"].append(ours)
             stage["vips"].append(theirs)
@@ -272,17 +312,22 @@ def main() -> None:
     print(f"PDF: {a.pdf.name}; S3 latency added: {a.latency_ms:g} ms; settings: {a.env}; "
           f"median of {a.runs} run(s); machine: {os.cpu_count()} cores")
     print()
-    head = f"{'case':<16}{'MP':>9}{'wall s':>9}{'MP/s':>8}{'tiles':>9}{'×ref':>7}  peak RSS MiB"
+    head = f"{'case':<20}{'MP':>9}{'wall s':>9}{'MP/s':>8}{'tiles':>9}{'×ref':>7}  peak RSS MiB"
     print(head)
     print("-" * len(head) + "-" * 30)
     for name, r in results.items():
         ratio = ref.median / r.median if r is not ref else 1.0
         rss = ", ".join(f"{k} {v:.0f}" for k, v in r.peak_mib.items() if not k.endswith(" s"))
-        print(f"{name:<16}{r.megapixels:>9.1f}{r.median:>9.1f}{r.megapixels / r.median:>8.1f}"
+        print(f"{name:<20}{r.megapixels:>9.1f}{r.median:>9.1f}{r.megapixels / r.median:>8.1f}"
               f"{r.tiles:>9}{ratio:>7.2f}  {rss}")
     print()
     print(f"reference compute (before upload): {ref.peak_mib.get('compute s', 0):.1f} s")
     print(f"time to first viewable page at 900 DPI: {statistics.median(first_pages):.1f} s")
+    one, two = results["planzoom-900"].median, results["planzoom-900-2tile"].median
+    print(f"two tile workers against one at 900 DPI: {one / two:.2f}x")
+    q = statistics.quantiles(latencies, n=100)
+    print(f"page done (.dzi written) → watcher has it, {a.watchers} watchers, "
+          f"{len(latencies)} deliveries: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
     ours, theirs = statistics.median(stage["ours"]), statistics.median(stage["vips"])
     print(f"tile stage, page 1 at 900 DPI ({stage['mpx']:.0f} MP, {stage['bands']} band(s)): "
           f"planzoom pyramid "
