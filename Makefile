@@ -71,7 +71,7 @@ bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: setup
-	$(BIN)/ruff check planzoom services tests
+	$(BIN)/ruff check planzoom services tests bench
 
 clean:
 	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache build
