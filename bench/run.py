@@ -208,8 +208,22 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
     return delays
 
 
-def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, int]:
-    """(planzoom pyramid s, vips dzsave s, megapixels, bands) for page 1 at ``dpi``."""
+def blank_tiles(level_dir: Path) -> tuple[int, int, int, int]:
+    """(pure-white tiles, tiles, their bytes, all bytes) of one pyramid level."""
+    import pyvips
+
+    white = total = white_bytes = all_bytes = 0
+    for tile in level_dir.iterdir():
+        size = tile.stat().st_size
+        total, all_bytes = total + 1, all_bytes + size
+        if pyvips.Image.new_from_file(str(tile), access="sequential").min() == 255:
+            white, white_bytes = white + 1, white_bytes + size
+    return white, total, white_bytes, all_bytes
+
+
+def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, int, tuple]:
+    """(planzoom pyramid s, vips dzsave s, megapixels, bands, blank tiles of the
+    full-resolution level) for page 1 at ``dpi``."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     zst = work / "page.raw.zst"
@@ -220,9 +234,10 @@ def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, 
         zstandard.ZstdDecompressor().copy_stream(src, dst)
     (work / "pz").mkdir()
     t0 = time.monotonic()
-    build_pyramid(str(raw), r.width_px, r.height_px, r.bands, str(work / "pz"), "page-1",
-                  256, 1, 90)
+    info = build_pyramid(str(raw), r.width_px, r.height_px, r.bands, str(work / "pz"),
+                         "page-1", 256, 1, 90)
     ours = time.monotonic() - t0
+    white = blank_tiles(work / "pz" / "page-1_files" / str(info.levels - 1))
     vfile = work / "page.v"
     subprocess.run(["vips", "rawload", str(raw), str(vfile), str(r.width_px),
                     str(r.height_px), str(r.bands)], check=True)
@@ -231,7 +246,7 @@ def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, 
                     "--overlap", "1", "--suffix", ".jpg[Q=90]"], check=True)
     theirs = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)
-    return ours, theirs, r.width_px * r.height_px / 1e6, r.bands
+    return ours, theirs, r.width_px * r.height_px / 1e6, r.bands, white
 
 
 # -- main ---------------------------------------------------------------------
@@ -296,10 +311,10 @@ def main() -> None:
             r.seconds.append(secs)
             r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
-            ours, theirs, mpx, bands = tile_stage(a.pdf, 900, data / "tile")
+            ours, theirs, mpx, bands, white = tile_stage(a.pdf, 900, data / "tile")
             stage["ours"].append(ours)
             stage["vips"].append(theirs)
-            stage["mpx"], stage["bands"] = mpx, bands
+            stage["mpx"], stage["bands"], stage["white"] = mpx, bands, white
     finally:
         client.close()
         stack.stop()
@@ -332,6 +347,9 @@ def main() -> None:
     print(f"tile stage, page 1 at 900 DPI ({stage['mpx']:.0f} MP, {stage['bands']} band(s)): "
           f"planzoom pyramid "
           f"{ours:.1f} s, vips dzsave {theirs:.1f} s, ratio {theirs / ours:.2f}")
+    w, n, wb, ab = stage["white"]
+    print(f"pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
+          f"{wb / 1024:.0f} of {ab / 1024:.0f} KiB ({100 * wb / ab:.0f} % of the bytes)")
 
 
 if __name__ == "__main__":
