@@ -12,6 +12,9 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from planzoom.ids import InvalidId, check_id
+from planzoom.v1 import jobs_pb2
+
 DOMAIN = "planzoom"
 
 
@@ -41,6 +44,21 @@ class RequestError(Exception):
 def invalid(message: str, field: str | None = None, reason: str = "INVALID_ARGUMENT"
             ) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, field=field, reason=reason)
+
+
+def check_plan(plan: jobs_pb2.PlanRef) -> None:
+    """Raise an INVALID_ARGUMENT RequestError (a BadRequest on ``plan.<id>``)
+    unless org, project and plan are valid ids."""
+    for field in ("org", "project", "plan"):
+        try:
+            check_id(field, getattr(plan, field))
+        except InvalidId as e:
+            raise invalid(str(e), field=f"plan.{field}", reason="INVALID_ID") from None
+
+
+def job_not_found(job_id: str) -> RequestError:
+    return RequestError(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}",
+                        reason="JOB_NOT_FOUND")
 
 
 async def abort(context: grpc.aio.ServicerContext, err: RequestError) -> None:

@@ -33,9 +33,13 @@ def source_key(plan: jobs_pb2.PlanRef, sha256_hex: str, suffix: str = "pdf") -> 
     return f"sources/{_plan_path(plan)}/{sha256_hex}.{suffix}"
 
 
+def upload_prefix(plan: jobs_pb2.PlanRef) -> str:
+    """Where presigned PUTs for ``plan`` land before SubmitJob checks them."""
+    return f"uploads/{_plan_path(plan)}/"
+
+
 def upload_key(plan: jobs_pb2.PlanRef, upload_id: str) -> str:
-    """Where a presigned PUT lands before SubmitJob checks and moves it."""
-    return f"uploads/{_plan_path(plan)}/{check_id('upload', upload_id)}"
+    return upload_prefix(plan) + check_id("upload", upload_id)
 
 
 def work_prefix(job_id: str) -> str:

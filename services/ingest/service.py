@@ -16,8 +16,8 @@ from planzoom import errors, keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
-from planzoom.errors import RequestError, invalid
-from planzoom.ids import InvalidId, check_id, new_job_id
+from planzoom.errors import RequestError, check_plan, invalid
+from planzoom.ids import new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.logs import setup_logging
 from planzoom.procpool import ProcessPool, WorkerCrashed
@@ -31,15 +31,6 @@ INSPECT_TIMEOUT_SECONDS = 60.0
 DPI_RANGE = (10.0, 1200.0)
 TILE_SIZE_RANGE = (64, 4096)
 OVERLAP_RANGE = (0, 16)
-
-
-def check_plan(plan: jobs_pb2.PlanRef) -> None:
-    """Raise an INVALID_ARGUMENT RequestError unless every id is valid."""
-    for field in ("org", "project", "plan"):
-        try:
-            check_id(field, getattr(plan, field))
-        except InvalidId as e:
-            raise invalid(str(e), field=f"plan.{field}", reason="INVALID_ID") from None
 
 
 def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptions:
@@ -186,7 +177,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         try:
             check_plan(request.plan)
             options = resolve_options(request.options, self.s)
-            prefix = keys.upload_key(request.plan, "x")[:-1]
+            prefix = keys.upload_prefix(request.plan)
             if not request.object_key.startswith(prefix) or not request.object_key[len(prefix):]:
                 raise invalid(f"object_key must be a key returned by CreateUploadUrl for this "
                               f"plan (under {prefix})", field="object_key")
@@ -221,14 +212,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 spool.discard()
 
     async def GetJob(self, request, context):
-        try:
-            check_id("job_id", request.job_id)
-            return await self.jobs.get(request.job_id)
-        except InvalidId as e:
-            await errors.abort(context, invalid(str(e), field="job_id"))
-        except JobNotFound as e:
-            await errors.abort(context, RequestError(grpc.StatusCode.NOT_FOUND, str(e),
-                                                     reason="JOB_NOT_FOUND"))
+        return await self.get_job_or_abort(request.job_id, context)
 
     # -- job creation -------------------------------------------------------
 

@@ -20,7 +20,7 @@ from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
 from planzoom.dzi import done_record, parse_dzi
-from planzoom.errors import RequestError, invalid
+from planzoom.errors import RequestError, check_plan, invalid, job_not_found
 from planzoom.ids import InvalidId, check_id
 from planzoom.jobstore import Conflict, JobNotFound, is_terminal, job_key
 from planzoom.logs import setup_logging
@@ -47,11 +47,6 @@ def manifest_json(job: jobs_pb2.Job) -> bytes:
         record, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
         indent=2,
     ).encode()
-
-
-def not_found(job_id: str) -> RequestError:
-    return RequestError(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}",
-                        reason="JOB_NOT_FOUND")
 
 
 class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
@@ -287,20 +282,13 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
     # -- RPCs ---------------------------------------------------------------
 
     async def GetJob(self, request, context):
-        try:
-            check_id("job_id", request.job_id)
-            return await self.jobs.get(request.job_id)
-        except InvalidId as e:
-            await errors.abort(context, invalid(str(e), field="job_id"))
-        except JobNotFound:
-            await errors.abort(context, not_found(request.job_id))
+        return await self.get_job_or_abort(request.job_id, context)
 
     async def ListJobs(self, request, context):
         try:
-            for field in ("org", "project", "plan"):
-                check_id(field, getattr(request.plan, field))
-        except InvalidId as e:
-            await errors.abort(context, invalid(str(e), field=f"plan.{e.field}"))
+            check_plan(request.plan)
+        except RequestError as e:
+            await errors.abort(context, e)
         limit = min(request.page_size or 50, 500)
         return progress_pb2.ListJobsResponse(jobs=await self.jobs.list_for_plan(request.plan,
                                                                                 limit))
@@ -326,7 +314,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         except InvalidId as e:
             await errors.abort(context, invalid(str(e), field="job_id"))
         except JobNotFound:
-            await errors.abort(context, not_found(request.job_id))
+            await errors.abort(context, job_not_found(request.job_id))
         except RequestError as e:
             await errors.abort(context, e)
 
@@ -338,16 +326,10 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         except InvalidId as e:
             await errors.abort(context, invalid(str(e), field="job_id"))
         except JobNotFound:
-            await errors.abort(context, not_found(request.job_id))
+            await errors.abort(context, job_not_found(request.job_id))
 
     async def WatchJob(self, request, context):
-        try:
-            check_id("job_id", request.job_id)
-            await self.jobs.get(request.job_id)
-        except InvalidId as e:
-            await errors.abort(context, invalid(str(e), field="job_id"))
-        except JobNotFound:
-            await errors.abort(context, not_found(request.job_id))
+        await self.get_job_or_abort(request.job_id, context)
         # The record exists, so the watcher delivers it first, then each change.
         # Every WATCH_RECHECK_SECONDS without news the record is also read
         # directly, so a watcher that lost its server-side consumer (a NATS
@@ -373,7 +355,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
                         try:
                             job = await self.jobs.get(request.job_id)
                         except JobNotFound:
-                            await errors.abort(context, not_found(request.job_id))
+                            await errors.abort(context, job_not_found(request.job_id))
                         if job.revision > last_sent:
                             with contextlib.suppress(Exception):
                                 await watcher.stop()
@@ -381,7 +363,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
                                           inactive_threshold=WATCHER_IDLE_SECONDS)
                 if entry is not None:
                     if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        await errors.abort(context, not_found(request.job_id))
+                        await errors.abort(context, job_not_found(request.job_id))
                     job = jobs_pb2.Job.FromString(entry.value)
                     job.revision = entry.revision
                 if job is None or job.revision <= last_sent:
