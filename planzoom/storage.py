@@ -113,9 +113,12 @@ class ObjectStore:
         self.client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, dst_key,
                          Config=TRANSFER)
 
-    def list_keys(self, prefix: str) -> Iterator[str]:
+    def list_keys(self, prefix: str, recursive: bool = True) -> Iterator[str]:
+        """Keys under ``prefix``; with ``recursive=False`` only those with no
+        further "/" after it (one level, like a directory listing)."""
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        extra = {} if recursive else {"Delimiter": "/"}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
             for obj in page.get("Contents", []):
                 yield obj["Key"]
 

@@ -204,8 +204,9 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
                       if p.state not in (jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED)]
         if not open_pages:
             return job, []
+        # One level only: the .dzi files, not the tiles under page-N_files/.
         present = set(await asyncio.to_thread(
-            lambda: [k for k in self.store.list_keys(job.tiles_prefix) if k.endswith(".dzi")]))
+            lambda: list(self.store.list_keys(job.tiles_prefix, recursive=False))))
         found = {}
         for page in open_pages:
             key = keys.dzi_key(job.plan, job.job_id, page)
