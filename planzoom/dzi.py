@@ -70,6 +70,17 @@ def level_size(width: int, height: int, level: int) -> tuple[int, int]:
     return max(1, math.ceil(width / 2**shift)), max(1, math.ceil(height / 2**shift))
 
 
+def dzi_xml(info: DziInfo) -> bytes:
+    """The ``.dzi`` descriptor for ``info``, as libvips ``dzsave`` writes it."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f'<Image xmlns="{DZI_NS}" Format="{info.format}" Overlap="{info.overlap}" '
+        f'TileSize="{info.tile_size}">\n'
+        f'  <Size Height="{info.height}" Width="{info.width}"/>\n'
+        '</Image>\n'
+    ).encode()
+
+
 def parse_dzi(xml: bytes | str) -> DziInfo:
     """Parse a ``.dzi`` descriptor. Raises ValueError if it is not one."""
     try:

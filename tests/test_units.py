@@ -1,10 +1,16 @@
-"""Fast unit tests: ids, DZI arithmetic, magic bytes, event folding, DPI cap."""
+"""Fast unit tests: ids, DZI arithmetic, the streamed pyramid against dzsave,
+magic bytes, event folding, DPI cap."""
 
 from __future__ import annotations
 
+import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
+import pyvips
+import zstandard
 
 from planzoom import keys
 from planzoom.dzi import level_count, parse_dzi
@@ -13,6 +19,13 @@ from planzoom.v1 import jobs_pb2
 from services.ingest.checks import describe_magic
 from services.progress.fold import apply_event
 from services.render.rasterize import effective_dpi
+from services.tile.pyramid import (
+    JpegEncoder,
+    RasterUnreadable,
+    cut_pyramid,
+    raster_rows,
+    save_pyramid,
+)
 
 
 @pytest.mark.parametrize("value", ["a", "Org-1", "plan_2024", "x" * 64, new_job_id()])
@@ -49,23 +62,105 @@ def test_level_count(w, h):
     assert level_count(w, h) == expected
 
 
-def test_parse_dzi_and_tile_count(tmp_path):
-    pyvips = pytest.importorskip("pyvips")
-    from services.tile.pyramid import build_pyramid, tile_files
+def _raster(w: int, h: int, bands: int) -> np.ndarray:
+    """Line art on white with a few grey ramps: white tiles, edges, gradients."""
+    rng = np.random.default_rng(w * h * bands)
+    image = np.full((h, w, bands), 255, np.uint8)
+    image[::7, :, 0] = 0
+    image[:, ::11] = rng.integers(0, 256, (h, 1, bands), dtype=np.uint8)
+    image[h // 3 : h // 2, : w // 2] = np.arange(w // 2, dtype=np.uint8)[None, :, None]
+    return image
 
-    raw = tmp_path / "r.raw"
-    w, h = 1000, 700
-    raw.write_bytes(bytes(range(256)) * (w * h * 3 // 256) + bytes(w * h * 3 % 256))
-    info = build_pyramid(str(raw), w, h, 3, str(tmp_path), "page-1", 254, 1, 80)
-    assert (info.width, info.height, info.tile_size, info.overlap) == (w, h, 254, 1)
-    assert len(list(tile_files(str(tmp_path), "page-1"))) == info.tile_count()
-    top = info.levels - 1
-    for col in range(info.grid(top)[0]):
-        for row in range(info.grid(top)[1]):
-            im = pyvips.Image.new_from_file(str(tmp_path / f"page-1_files/{top}/{col}_{row}.jpg"))
-            assert (im.width, im.height) == info.tile_box(top, col, row)[2:]
+
+def _zstd_rows(image: np.ndarray) -> io.BytesIO:
+    return io.BytesIO(zstandard.ZstdCompressor().compress(image.tobytes()))
+
+
+def _decode(path) -> np.ndarray:
+    im = pyvips.Image.new_from_file(str(path))
+    return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8,
+                      shape=(im.height, im.width, im.bands))
+
+
+@pytest.mark.parametrize("w,h,bands,tile,overlap,block", [
+    (1000, 700, 3, 254, 1, 50_000), (513, 1025, 1, 256, 1, 7_000), (300, 1, 1, 256, 0, 10),
+    (257, 257, 3, 128, 2, 1 << 20), (1, 1, 1, 256, 1, 1),
+])
+def test_pyramid_matches_vips_dzsave(tmp_path, w, h, bands, tile, overlap, block):
+    """Same tiles, same pixels as ``dzsave`` of the same raster, whatever the
+    block boundaries; a descriptor OpenSeadragon's parser accepts."""
+    image = _raster(w, h, bands)
+    rows = raster_rows(_zstd_rows(image), w, h, bands, block_bytes=block)
+    with ThreadPoolExecutor(4) as pool:
+        info = save_pyramid(rows, w, h, bands, str(tmp_path), "ours", tile, overlap, 90, pool)
+    assert parse_dzi((tmp_path / "ours.dzi").read_bytes()) == info
+    pyvips.Image.new_from_memory(image.tobytes(), w, h, bands, "uchar").dzsave(
+        str(tmp_path / "vips"), layout="dz", depth="onepixel", tile_size=tile, overlap=overlap,
+        suffix=".jpg[Q=90]", keep="none")
+    ours = sorted(p.relative_to(tmp_path / "ours_files")
+                  for p in (tmp_path / "ours_files").rglob("*.jpg"))
+    theirs = sorted(p.relative_to(tmp_path / "vips_files")
+                    for p in (tmp_path / "vips_files").rglob("*.jpg"))
+    assert ours == theirs and len(ours) == info.tile_count()
+    for rel in ours:
+        a, b = _decode(tmp_path / "ours_files" / rel), _decode(tmp_path / "vips_files" / rel)
+        assert a.shape == b.shape, rel
+        assert (a == b).all(), rel  # same pixels before JPEG, same JPEG encoder
+
+
+@pytest.mark.parametrize("data,message", [
+    (zstandard.ZstdCompressor().compress(bytes(30 * 9)), "9 rows"),  # short
+    (zstandard.ZstdCompressor().compress(bytes(30 * 11)), "more than the 10 rows"),
+    (zstandard.ZstdCompressor().compress(bytes(30 * 10 + 3)), "3 bytes"),
+    (b"not zstd at all", "zstd"),
+])
+def test_raster_rows_refuses_wrong_rasters(data, message):
+    with pytest.raises(RasterUnreadable, match=message):
+        list(raster_rows(io.BytesIO(data), 10, 10, 3, block_bytes=64))
+
+
+def test_cut_pyramid_stops_on_store_error_and_on_check():
+    image = _raster(600, 600, 1)
+    stored: list[str] = []
+
+    def store(key: str, data: bytes) -> None:
+        if len(stored) >= 5:
+            raise OSError("disk full")
+        stored.append(key)
+
+    with ThreadPoolExecutor(2) as pool:
+        with pytest.raises(OSError, match="disk full"):
+            cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1, block_bytes=6000),
+                        600, 600, 1, 256, 1, 90, store, pool, max_in_flight=2)
+        assert len(stored) == 5
+
+        class Stop(Exception):
+            pass
+
+        def check() -> None:
+            raise Stop
+
+        with pytest.raises(Stop):
+            cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1), 600, 600, 1, 256, 1, 90,
+                        lambda k, d: None, pool, check=check)
+
+
+def test_white_tiles_are_encoded_once():
+    encoder = JpegEncoder(90)
+    white = np.full((258, 258, 1), 255, np.uint8)
+    assert encoder.encode(white) is encoder.encode(white.copy())
+    assert _decode_bytes(encoder.encode(white)).min() == 255
+    dark = white.copy()
+    dark[100, 100] = 0
+    assert encoder.encode(dark) != encoder.encode(white)
     with pytest.raises(ValueError):
         parse_dzi(b"<html/>")
+
+
+def _decode_bytes(data: bytes) -> np.ndarray:
+    im = pyvips.Image.new_from_buffer(data, "")
+    return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8,
+                      shape=(im.height, im.width, im.bands))
 
 
 @pytest.mark.parametrize("head,expected", [

@@ -1,76 +1,268 @@
-"""Raw raster → DZI pyramid on local disk, with libvips ``dzsave``.
+"""Raw raster rows → DZI pyramid tiles, streamed: tiles come out while the
+raster is still being read, so they can be uploaded while the rest is cut.
 
-Layout written (the DZI format; libvips ``dzsave`` with ``layout=dz``)::
+The pyramid is the one libvips ``dzsave`` builds with ``layout=dz``,
+``depth=onepixel`` and the default ``region_shrink=mean`` (the DZI format;
+see :mod:`planzoom.dzi` for the level and tile arithmetic): level ``l - 1``
+is level ``l`` halved with a rounded 2x2 mean, an odd last row or column
+being paired with a copy of itself, down to 1x1 pixel. Tiles are
+``tile_size`` pixels plus ``overlap`` on each inner edge. For the same
+raster the tiles decode to the same pixels as ``dzsave``'s (checked in
+``tests/test_units.py``).
 
-    <out_dir>/<name>.dzi
-    <out_dir>/<name>_files/<level>/<col>_<row>.jpg
-
-Levels run from 0 (1x1 pixel) to ceil(log2(max(w, h))) (full resolution)
-(``depth=onepixel``).
+Memory: every level keeps at most one tile row (``tile_size + 2*overlap``
+rows of its width) plus the block being fed, so a page's peak is about
+``2 * (tile_size + 2*overlap + block rows) * width * bands`` bytes whatever
+its height — about 60 MB for a 36 in wide RGB sheet at 600 DPI with the
+default block.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, wait
+from typing import BinaryIO
 
+import numpy as np
 import pyvips
 import zstandard
 
-from planzoom.dzi import DziInfo, parse_dzi
+from planzoom.dzi import DziInfo, dzi_xml, level_count, level_size
+
+#: Bytes of raster rows decompressed and fed to the pyramid at once.
+BLOCK_BYTES = 8 * 1024 * 1024
+
+#: ``emit(level, col, row, pixels)``: pixels is a read-only (height, width,
+#: bands) uint8 view of the level (never written to afterwards).
+TileSink = Callable[[int, int, int, np.ndarray], None]
 
 
 class RasterUnreadable(Exception):
     """The raster is not what its TileJob says (size, encoding)."""
 
 
-def decompress_raster(stream, out_path: str, expected_bytes: int) -> None:
-    """Write the zstd-compressed raw raster read from ``stream`` to
-    ``out_path``; raise RasterUnreadable unless it has ``expected_bytes``."""
-    written = 0
+def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
+                block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
+    """Decompress a RASTER_ENCODING_RAW_ZSTD raster (one zstd frame of
+    ``height`` rows of ``width`` x ``bands`` 8-bit samples) from ``stream``
+    and yield it in blocks of whole rows, arrays of shape (rows, width,
+    bands). Raises RasterUnreadable if the stream is not zstd or does not
+    hold exactly ``height`` rows."""
+    row_bytes = width * bands
+    want = max(1, block_bytes // row_bytes) * row_bytes
+    seen = 0
+    carry = b""
     try:
-        with open(out_path, "wb") as f:
-            reader = zstandard.ZstdDecompressor().stream_reader(stream)
-            while chunk := reader.read(8 * 1024 * 1024):
-                written += len(chunk)
-                if written > expected_bytes:
-                    break
-                f.write(chunk)
+        reader = zstandard.ZstdDecompressor().stream_reader(stream)
+        while chunk := reader.read(want - len(carry)):
+            data = carry + chunk
+            rows = len(data) // row_bytes
+            carry = data[rows * row_bytes:]
+            if not rows:
+                continue
+            seen += rows
+            if seen > height:
+                raise RasterUnreadable(f"raster holds more than the {height} rows expected")
+            yield np.frombuffer(data, np.uint8, rows * row_bytes).reshape(rows, width, bands)
     except zstandard.ZstdError as e:
         raise RasterUnreadable(f"raster is not a valid zstd stream: {e}") from None
-    if written != expected_bytes:
+    if seen != height or carry:
         raise RasterUnreadable(
-            f"raster holds {written} bytes or more, expected {expected_bytes}"
-        )
+            f"raster holds {seen} rows and {len(carry)} bytes, expected {height} rows "
+            f"of {row_bytes} bytes")
 
 
-def build_pyramid(raw_path: str, width: int, height: int, bands: int, out_dir: str,
-                  name: str, tile_size: int, overlap: int, jpeg_quality: int) -> DziInfo:
-    """Cut the raw raster (``width`` x ``height`` pixels, ``bands`` 8-bit
-    samples each, row-major) into a DZI pyramid of JPEG tiles under
-    ``out_dir``. Returns the descriptor as written."""
-    image = pyvips.Image.rawload(raw_path, width, height, bands)
-    image = image.copy(interpretation="srgb" if bands >= 3 else "b-w")
-    image.dzsave(
-        os.path.join(out_dir, name),
-        layout="dz",
-        depth="onepixel",
-        tile_size=tile_size,
-        overlap=overlap,
-        suffix=f".jpg[Q={jpeg_quality}]",
-        keep="none",
-    )
-    with open(os.path.join(out_dir, f"{name}.dzi"), "rb") as f:
-        return parse_dzi(f.read())
+def shrink(rows: np.ndarray) -> np.ndarray:
+    """Halve an even number of rows: (2k, w, b) → (k, ceil(w/2), b), each
+    pixel the rounded mean of a 2x2 block; an odd last column is paired with
+    a copy of itself (as ``dzsave`` does)."""
+    if rows.shape[1] % 2:
+        rows = np.concatenate([rows, rows[:, -1:]], axis=1)
+    s = rows[0::2].astype(np.uint16)
+    s += rows[1::2]
+    s = s[:, 0::2] + s[:, 1::2]
+    s += 2
+    s >>= 2
+    return s.astype(np.uint8)
 
 
-def tile_files(out_dir: str, name: str) -> Iterator[tuple[str, str]]:
-    """(path, relative key) of every tile under ``<name>_files``; other files
-    dzsave may leave there (``vips-properties.xml``) are skipped."""
-    root = os.path.join(out_dir, f"{name}_files")
-    for level in os.listdir(root):
-        level_dir = os.path.join(root, level)
-        if not level.isdigit() or not os.path.isdir(level_dir):
-            continue
-        for tile in os.listdir(level_dir):
-            yield os.path.join(level_dir, tile), f"{name}_files/{level}/{tile}"
+class _Level:
+    __slots__ = ("width", "height", "buf", "top", "next_row", "unpaired")
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self.buf: np.ndarray | None = None  # rows top .. top+len(buf) of this level
+        self.top = 0
+        self.next_row = 0  # next tile row to cut
+        self.unpaired: np.ndarray | None = None  # a row waiting for its pair below
+
+
+class PyramidBuilder:
+    """Cut a ``width`` x ``height`` raster, fed top to bottom in blocks of
+    rows, into DZI tiles of every level; each tile goes to ``emit`` as soon
+    as every pixel it covers is known. Levels run from 0 (1x1) to
+    ``levels - 1`` (full resolution)."""
+
+    def __init__(self, width: int, height: int, bands: int, tile_size: int, overlap: int,
+                 emit: TileSink):
+        self.levels = level_count(width, height)
+        self._level = [_Level(*level_size(width, height, lv)) for lv in range(self.levels)]
+        self.bands, self.tile_size, self.overlap = bands, tile_size, overlap
+        self._emit = emit
+
+    def feed(self, rows: np.ndarray) -> None:
+        """The next rows of the full-resolution raster, shape (n, width, bands)."""
+        self._feed(self.levels - 1, rows)
+
+    def finish(self) -> None:
+        """Flush every level; call once after the last row."""
+        for lv in range(self.levels - 1, 0, -1):
+            level = self._level[lv]
+            if level.unpaired is not None:  # odd height: the last row pairs with itself
+                last, level.unpaired = level.unpaired, None
+                self._feed(lv - 1, shrink(np.concatenate([last, last])))
+        for lv, level in enumerate(self._level):
+            rows = -(-level.height // self.tile_size)
+            if level.next_row != rows:
+                raise RuntimeError(f"level {lv}: {level.next_row} of {rows} tile rows cut")
+
+    def _feed(self, lv: int, rows: np.ndarray) -> None:
+        level = self._level[lv]
+        level.buf = rows if level.buf is None else np.concatenate([level.buf, rows])
+        if lv > 0:
+            pairs = rows if level.unpaired is None else np.concatenate([level.unpaired, rows])
+            even = len(pairs) & ~1
+            level.unpaired = pairs[even:] if even < len(pairs) else None
+            if even:
+                self._feed(lv - 1, shrink(pairs[:even]))
+        self._cut(lv, level)
+
+    def _cut(self, lv: int, level: _Level) -> None:
+        ts, ov = self.tile_size, self.overlap
+        rows = -(-level.height // ts)
+        cols = -(-level.width // ts)
+        while level.next_row < rows:
+            r = level.next_row
+            y0, y1 = max(0, r * ts - ov), min(level.height, (r + 1) * ts + ov)
+            if level.top + len(level.buf) < y1:
+                return
+            strip = level.buf[y0 - level.top : y1 - level.top]
+            for c in range(cols):
+                self._emit(lv, c, r, strip[:, max(0, c * ts - ov) : min(level.width,
+                                                                         (c + 1) * ts + ov)])
+            level.next_row += 1
+            keep = max(0, (r + 1) * ts - ov)  # the next tile row starts here
+            level.buf = level.buf[keep - level.top :]
+            level.top = keep
+
+
+class JpegEncoder:
+    """JPEG tiles with libvips (``jpegsave``, metadata stripped). A tile of
+    pure white (every sample 255) is encoded once per tile size and its bytes
+    reused: on line-art sheets most full-resolution tiles are white."""
+
+    def __init__(self, quality: int):
+        self.quality = quality
+        self._white: dict[tuple[int, int, int], bytes] = {}
+
+    def encode(self, pixels: np.ndarray) -> bytes:
+        """``pixels``: (height, width, bands) uint8 → JPEG bytes."""
+        if pixels.min() == 255:
+            shape = pixels.shape
+            data = self._white.get(shape)
+            if data is None:
+                data = self._white[shape] = self._jpeg(pixels)
+            return data
+        return self._jpeg(pixels)
+
+    def _jpeg(self, pixels: np.ndarray) -> bytes:
+        h, w, b = pixels.shape
+        image = pyvips.Image.new_from_memory(np.ascontiguousarray(pixels).data, w, h, b, "uchar")
+        image = image.copy(interpretation="srgb" if b >= 3 else "b-w")
+        return image.jpegsave_buffer(Q=self.quality, keep="none")
+
+
+#: ``store(relative_key, jpeg)``: keep one tile; ``relative_key`` is
+#: ``"<level>/<col>_<row>.jpg"`` under the page's ``_files/`` folder.
+TileStore = Callable[[str, bytes], None]
+
+
+def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
+                tile_size: int, overlap: int, quality: int, store: TileStore,
+                pool: Executor, max_in_flight: int = 256,
+                check: Callable[[], None] | None = None) -> DziInfo:
+    """Cut the raster given as blocks of rows (see :func:`raster_rows`) into
+    a JPEG DZI pyramid, encoding and storing each tile on ``pool`` while the
+    next rows are read. At most ``max_in_flight`` tiles wait in the pool
+    (back-pressure: a slow store slows the reading, memory stays bounded).
+
+    ``check()`` runs between blocks and may raise to stop early (e.g. the job
+    was cancelled). The first error of a store, of the raster or of
+    ``check`` is raised once the tiles already handed to the pool are done.
+    Returns the descriptor (not stored here: the caller stores it last).
+    """
+    encoder = JpegEncoder(quality)
+    slots = threading.BoundedSemaphore(max_in_flight)
+    failures: list[BaseException] = []
+    pending: set[Future] = set()
+    lock = threading.Lock()
+
+    def task(key: str, pixels: np.ndarray) -> None:
+        try:
+            store(key, encoder.encode(pixels))
+        except BaseException as e:
+            failures.append(e)
+            raise
+
+    def done(future: Future) -> None:  # also runs for a future the pool cancelled
+        with lock:
+            pending.discard(future)
+            if future.cancelled():
+                failures.append(RuntimeError("tile work was cancelled: the pool shut down"))
+        slots.release()
+
+    def emit(level: int, col: int, row: int, pixels: np.ndarray) -> None:
+        if failures:
+            raise failures[0]
+        slots.acquire()
+        future = pool.submit(task, f"{level}/{col}_{row}.jpg", pixels)
+        with lock:
+            pending.add(future)
+        future.add_done_callback(done)
+
+    builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)
+    try:
+        for block in blocks:
+            if check is not None:
+                check()
+            builder.feed(block)
+        builder.finish()
+    finally:
+        with lock:
+            waiting = list(pending)
+        wait(waiting)  # errors are collected in ``failures``
+    if failures:
+        raise failures[0]
+    return DziInfo(width=width, height=height, tile_size=tile_size, overlap=overlap,
+                   format="jpg")
+
+
+def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
+                 out_dir: str, name: str, tile_size: int, overlap: int, quality: int,
+                 pool: Executor) -> DziInfo:
+    """:func:`cut_pyramid` to local disk, in ``dzsave``'s layout:
+    ``<out_dir>/<name>.dzi`` and ``<out_dir>/<name>_files/<level>/<col>_<row>.jpg``."""
+    files = os.path.join(out_dir, f"{name}_files")
+    for level in range(level_count(width, height)):
+        os.makedirs(os.path.join(files, str(level)), exist_ok=True)
+
+    def store(key: str, data: bytes) -> None:
+        with open(os.path.join(files, key), "wb") as f:
+            f.write(data)
+
+    info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store, pool)
+    with open(os.path.join(out_dir, f"{name}.dzi"), "wb") as f:
+        f.write(dzi_xml(info))
+    return info

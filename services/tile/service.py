@@ -1,27 +1,35 @@
-"""Tile worker: ``pages.tile`` → libvips dzsave → tiles in S3, ``.dzi`` last."""
+"""Tile worker: ``pages.tile`` → raster streamed from S3 → DZI pyramid
+(libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pyvips
 
 from planzoom import keys, messaging, metrics
 from planzoom.backend import BackedService
 from planzoom.clock import now_ts
 from planzoom.config import Settings, get_settings
-from planzoom.dzi import done_record, parse_dzi
+from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
 from planzoom.logs import setup_logging
 from planzoom.messaging import Delivery, PermanentError, PullWorker
 from planzoom.server import serve
 from planzoom.v1 import jobs_pb2
-from services.tile.pyramid import RasterUnreadable, build_pyramid, decompress_raster, tile_files
+from services.tile.pyramid import RasterUnreadable, cut_pyramid, raster_rows
 
 log = logging.getLogger(__name__)
+
+#: Seconds between checks, while a page is being tiled, that its job is not
+#: cancelled.
+CANCEL_CHECK_SECONDS = 1.0
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while one of its pages was being tiled."""
 
 
 class Tile(BackedService):
@@ -29,7 +37,6 @@ class Tile(BackedService):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.tmp = tempfile.mkdtemp(prefix="planzoom-tile-", dir=settings.work_dir)
         self.uploads = ThreadPoolExecutor(settings.upload_concurrency,
                                           thread_name_prefix="tile-upload")
 
@@ -47,15 +54,10 @@ class Tile(BackedService):
         await self.worker.stop(grace)
         self.uploads.shutdown(wait=False, cancel_futures=True)
         await self.disconnect()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def _report(self, job: jobs_pb2.TileJob, record: jobs_pb2.PageRecord,
                       attempt: int) -> None:
         await messaging.report_page(self.js, self.name, job.job_id, job.plan, record, attempt)
-
-    def _put_tile(self, path: str, key: str) -> None:
-        with open(path, "rb") as f:
-            self.store.put_bytes(key, f.read(), "image/jpeg")
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = jobs_pb2.TileJob.FromString(data)
@@ -75,44 +77,47 @@ class Tile(BackedService):
 
         log.info("tiling page", extra=ctx)
         started = time.monotonic()
-        work = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
-        try:
-            raw = os.path.join(work, "page.raw")
-            expected = job.width_px * job.height_px * job.bands
-            body = await asyncio.to_thread(self.store.get_stream, job.raster_key)
+        files = dzi_key.removesuffix(".dzi") + "_files/"
+        loop = asyncio.get_running_loop()
+        last_check = [time.monotonic()]
+
+        def check() -> None:  # on the tiling thread, between blocks of rows
+            if time.monotonic() - last_check[0] < CANCEL_CHECK_SECONDS:
+                return
+            last_check[0] = time.monotonic()
+            if asyncio.run_coroutine_threadsafe(self.jobs.is_cancelled(job.job_id),
+                                                loop).result():
+                raise JobCancelled
+
+        def put(key: str, data: bytes) -> None:
+            self.store.put_bytes(files + key, data, "image/jpeg")
+
+        def tile() -> DziInfo:
+            body = self.store.get_stream(job.raster_key)
             try:
-                await asyncio.to_thread(decompress_raster, body, raw, expected)
-            except RasterUnreadable as e:
-                raise PermanentError(str(e)) from None
+                return cut_pyramid(
+                    raster_rows(body, job.width_px, job.height_px, job.bands),
+                    job.width_px, job.height_px, job.bands, job.options.tile_size,
+                    job.options.overlap, job.options.jpeg_quality, put, self.uploads,
+                    max_in_flight=4 * self.s.upload_concurrency, check=check,
+                )
             finally:
                 body.close()
 
-            name = keys.page_name(job.page)
-            try:
-                dzi = await asyncio.to_thread(
-                    build_pyramid, raw, job.width_px, job.height_px, job.bands, work, name,
-                    job.options.tile_size, job.options.overlap, job.options.jpeg_quality,
-                )
-            except Exception as e:  # pyvips.Error: libvips refused the raster
-                raise PermanentError(f"libvips could not build the pyramid: {e}") from None
-            os.unlink(raw)
-
-            if await self.jobs.is_cancelled(job.job_id):  # safe point: nothing uploaded yet
-                log.info("job cancelled; page stopped before upload", extra=ctx)
-                metrics.PAGES.labels(self.name, "skipped").inc()
-                return
-            tiles = list(tile_files(work, name))
-            prefix = keys.tiles_prefix(job.plan, job.job_id)
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(*(
-                loop.run_in_executor(self.uploads, self._put_tile, path, prefix + rel)
-                for path, rel in tiles
-            ))
-            # The descriptor goes last: its presence means the page is complete.
-            await asyncio.to_thread(self.store.upload_file, os.path.join(work, f"{name}.dzi"),
-                                    dzi_key, "application/xml")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        try:
+            dzi = await asyncio.to_thread(tile)
+        except RasterUnreadable as e:
+            raise PermanentError(str(e)) from None
+        except JobCancelled:
+            removed = await asyncio.to_thread(self.store.delete_prefix, files)
+            log.info("job cancelled; page stopped, its tiles removed",
+                     extra={**ctx, "tiles": removed})
+            metrics.PAGES.labels(self.name, "skipped").inc()
+            return
+        except pyvips.Error as e:
+            raise PermanentError(f"libvips could not encode a tile: {e}") from None
+        # The descriptor goes last: its presence means the page is complete.
+        await asyncio.to_thread(self.store.put_bytes, dzi_key, dzi_xml(dzi), "application/xml")
 
         await asyncio.to_thread(self.store.delete, job.raster_key)
         record = done_record(job.page, dzi, dzi_key)
@@ -120,7 +125,8 @@ class Tile(BackedService):
         await self._report(job, record, delivery.attempt)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
-        log.info("page tiled", extra={**ctx, "tiles": len(tiles), "levels": dzi.levels})
+        log.info("page tiled", extra={**ctx, "tiles": dzi.tile_count(), "levels": dzi.levels,
+                                      "seconds": round(time.monotonic() - started, 2)})
 
     async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
         job = jobs_pb2.TileJob.FromString(data)
