@@ -13,7 +13,6 @@ import grpc
 from google.protobuf import json_format
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import NotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE
 
 from planzoom import errors, keys, messaging, metrics
 from planzoom.backend import BackedService
@@ -22,18 +21,16 @@ from planzoom.config import Settings, get_settings
 from planzoom.dzi import done_record, parse_dzi
 from planzoom.errors import RequestError, check_plan, invalid, job_not_found
 from planzoom.ids import InvalidId, check_id
-from planzoom.jobstore import Conflict, JobNotFound, is_terminal, job_key
+from planzoom.jobstore import Conflict, JobNotFound, is_terminal
 from planzoom.logs import setup_logging
 from planzoom.server import serve
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from services.progress.feeds import JobFeeds
 from services.progress.fold import apply_event
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 100
-WATCH_RECHECK_SECONDS = 5.0
-#: The server drops a dropped watcher's consumer after this many seconds.
-WATCHER_IDLE_SECONDS = 5.0
 CAS_RETRIES = 20
 
 
@@ -62,6 +59,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
 
     async def start(self) -> None:
         await self.connect()
+        self.feeds = JobFeeds(self.kv, self.jobs)
         self._subs = [
             await self.js.pull_subscribe_bind(durable=durable, stream=stream)
             for stream, durable in (
@@ -330,53 +328,31 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
             await errors.abort(context, job_not_found(request.job_id))
 
     async def WatchJob(self, request, context):
-        await self.get_job_or_abort(request.job_id, context)
-        # The record exists, so the watcher delivers it first, then each change.
-        # Every WATCH_RECHECK_SECONDS without news the record is also read
-        # directly, so a watcher that lost its server-side consumer (a NATS
-        # restart) cannot leave the stream hanging.
-        watcher = await self.kv.watch(job_key(request.job_id),
-                                          inactive_threshold=WATCHER_IDLE_SECONDS)
-        last_sent, quiet_since = 0, time.monotonic()
+        job = await self.get_job_or_abort(request.job_id, context)
         metrics.WATCHERS.inc()
         try:
-            while True:
-                if self._stopping.is_set():
-                    await errors.abort(context, RequestError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "the progress service is restarting; watch again to resume",
-                        reason="RESTARTING"))
-                job = None
-                try:
-                    entry = await watcher.updates(timeout=0.5)
-                except NatsTimeoutError:
-                    entry = None
-                    if time.monotonic() - quiet_since > WATCH_RECHECK_SECONDS:
-                        quiet_since = time.monotonic()
-                        try:
-                            job = await self.jobs.get(request.job_id)
-                        except JobNotFound:
+            # The current record first, then each change from the job's feed
+            # (one KV watcher per job in this process, whatever the streams).
+            async with self.feeds.subscribe(request.job_id) as feed:
+                while True:
+                    yield job
+                    if is_terminal(job):
+                        return
+                    last_sent = job.revision
+                    while True:
+                        if self._stopping.is_set():
+                            await errors.abort(context, RequestError(
+                                grpc.StatusCode.UNAVAILABLE,
+                                "the progress service is restarting; watch again to resume",
+                                reason="RESTARTING"))
+                        await feed.wait(last_sent, timeout=0.5)
+                        if feed.gone:
                             await errors.abort(context, job_not_found(request.job_id))
-                        if job.revision > last_sent:
-                            with contextlib.suppress(Exception):
-                                await watcher.stop()
-                            watcher = await self.kv.watch(job_key(request.job_id),
-                                          inactive_threshold=WATCHER_IDLE_SECONDS)
-                if entry is not None:
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        await errors.abort(context, job_not_found(request.job_id))
-                    job = jobs_pb2.Job.FromString(entry.value)
-                    job.revision = entry.revision
-                if job is None or job.revision <= last_sent:
-                    continue
-                last_sent, quiet_since = job.revision, time.monotonic()
-                yield job
-                if is_terminal(job):
-                    return
+                        if feed.latest is not None and feed.latest.revision > last_sent:
+                            job = feed.latest
+                            break
         finally:
             metrics.WATCHERS.dec()
-            with contextlib.suppress(Exception):
-                await watcher.stop()
 
 
 def main() -> None:

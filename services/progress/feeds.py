@@ -1,0 +1,150 @@
+"""One KV watcher per watched job per progress process, shared by every
+WatchJob stream on that job.
+
+A KV watcher is an ordered push consumer on the server; one per stream made
+the server deliver every change N times and the process decode it N times,
+which with a few hundred watchers put hundreds of milliseconds between a
+page finishing and the last watcher hearing of it. A feed decodes each
+change once and wakes every stream waiting on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.kv import KV_DEL, KV_PURGE
+
+from planzoom.jobstore import JobNotFound, JobStore, job_key
+from planzoom.v1 import jobs_pb2
+
+log = logging.getLogger(__name__)
+
+#: Seconds without news after which a feed reads the record directly, so a
+#: watcher that lost its server-side consumer (a NATS restart) cannot leave
+#: the streams hanging.
+RECHECK_SECONDS = 5.0
+#: The server drops the consumer of a watcher that vanished after this long.
+WATCHER_IDLE_SECONDS = 5.0
+
+
+class JobFeed:
+    """The latest record of one job (``latest``, with its KV revision), and a
+    way to wait for the next one."""
+
+    def __init__(self, kv, jobs: JobStore, job_id: str):
+        self.kv, self.jobs, self.job_id = kv, jobs, job_id
+        self.latest: jobs_pb2.Job | None = None
+        self.gone = False  # the record was deleted or purged
+        self.subscribers = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"feed-{self.job_id}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def wait(self, after_revision: int, timeout: float) -> None:
+        """Return once ``latest`` is newer than ``after_revision``, the
+        record is gone, or ``timeout`` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while not self._has_news(after_revision):
+            changed = self._changed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+
+    def _has_news(self, after_revision: int) -> bool:
+        return self.gone or (self.latest is not None and self.latest.revision > after_revision)
+
+    def _publish(self, job: jobs_pb2.Job | None) -> None:
+        if job is None:
+            self.gone = True
+        elif self.latest is not None and job.revision <= self.latest.revision:
+            return
+        else:
+            self.latest = job
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _run(self) -> None:
+        watcher = None
+        try:
+            while True:
+                watcher = await self.kv.watch(job_key(self.job_id),
+                                              inactive_threshold=WATCHER_IDLE_SECONDS)
+                quiet_since = time.monotonic()
+                while True:
+                    try:
+                        entry = await watcher.updates(timeout=1.0)
+                    except NatsTimeoutError:
+                        entry = None
+                    if entry is not None:
+                        quiet_since = time.monotonic()
+                        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+                            self._publish(None)
+                            continue
+                        job = jobs_pb2.Job.FromString(entry.value)
+                        job.revision = entry.revision
+                        self._publish(job)
+                    elif time.monotonic() - quiet_since > RECHECK_SECONDS:
+                        quiet_since = time.monotonic()
+                        try:
+                            job = await self.jobs.get(self.job_id)
+                        except JobNotFound:
+                            self._publish(None)
+                            continue
+                        if self.latest is None or job.revision > self.latest.revision:
+                            self._publish(job)
+                            break  # the watcher missed it: start a new one
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+                watcher = None
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job feed failed", extra={"job_id": self.job_id})
+            await asyncio.sleep(1)
+            self.start()  # a new task with a new watcher; streams keep waiting
+        finally:
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+
+class JobFeeds:
+    """The feeds of one process, by job id, started on a job's first watcher
+    and stopped after its last leaves."""
+
+    def __init__(self, kv, jobs: JobStore):
+        self.kv, self.jobs = kv, jobs
+        self._feeds: dict[str, JobFeed] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, job_id: str) -> AsyncIterator[JobFeed]:
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = JobFeed(self.kv, self.jobs, job_id)
+            feed.start()
+        feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and self._feeds.get(job_id) is feed:
+                del self._feeds[job_id]
+                await feed.stop()
+
+    def __len__(self) -> int:
+        return len(self._feeds)
