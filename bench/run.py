@@ -2,22 +2,32 @@
 one run, on corpus PDFs. Prints a table of medians over --runs runs.
 
 Cases
-  reference   pdftoppm -r 600 -png → vips resize 1.5 → vips dzsave (tile 256,
-              overlap 1, .jpg[Q=90]) → sequential put_object of every file
-  planzoom    submit → COMPLETE through the running services, at the
-              reference's output size (900 DPI) and at the default 300 DPI
-  tile stage  planzoom's pyramid build (pyvips, in process) against
-              `vips dzsave` of the same raster to local disk
+  reference          pdftoppm -r 600 -png → vips resize 1.5 → vips dzsave
+                     (tile 256, overlap 1, .jpg[Q=90]) → sequential put_object
+                     of every file; "compute" is everything before the upload
+  planzoom-900/300   submit → COMPLETE through the running services, at the
+                     reference's output size (900 DPI) and at the default DPI
+  planzoom compute   render (one PDFium worker process) + pyramid + encode,
+                     tiles to local disk, no upload
+  2 tile             planzoom-900 with a second tile worker
+  tile stage         on the first --stage-pages pages: planzoom's pyramid and
+                     `vips dzsave` to local disk; the endpoint's ceiling (a
+                     bare boto3 loop PUTting the same files); the tile
+                     service's code (pyramid with PUTs as tiles come)
+  progress           page done → WatchJob delivery with --watchers streams
+  memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
+                     at 600 DPI, peak RSS of each service
 
 Peak RSS is sampled every 0.1 s over each stage's process tree (a render
 service includes its PDFium worker processes).
 
-Usage: python bench/run.py [--pdf PATH] [--runs N] [--latency-ms MS]
+Usage: python bench/run.py [--pdf PATH] [--runs N] [--latency-ms MS] [--no-memory]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -26,21 +36,27 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import pypdfium2 as pdfium
 import zstandard
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from planzoom.client import Client  # noqa: E402
+from planzoom.config import Settings  # noqa: E402
 from planzoom.faultproxy import FaultProxy  # noqa: E402
 from planzoom.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports  # noqa: E402
+from planzoom.storage import ObjectStore  # noqa: E402
 from planzoom.v1 import jobs_pb2  # noqa: E402
-from services.render.rasterize import close_documents, render_page  # noqa: E402
-from services.tile.pyramid import build_pyramid  # noqa: E402
+from services.render.rasterize import render_page  # noqa: E402
+from services.tile.pyramid import cut_pyramid, raster_rows, save_pyramid  # noqa: E402
 
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
 
@@ -105,7 +121,6 @@ class Result:
     seconds: list[float] = field(default_factory=list)
     tiles: int = 0
     peak_mib: dict[str, float] = field(default_factory=dict)
-    notes: str = ""
 
     @property
     def median(self) -> float:
@@ -127,8 +142,10 @@ def run_cmd(argv: list[str], sampler_name: str, peaks: dict[str, float]) -> floa
 
 # -- cases --------------------------------------------------------------------
 
-def reference(pdf: Path, s3, bucket: str, work: Path) -> tuple[float, int, float, dict]:
-    """The pipeline planzoom replaces; returns (seconds, tiles, megapixels, peaks)."""
+def reference(pdf: Path, s3, bucket: str, work: Path
+              ) -> tuple[float, float, int, float, dict]:
+    """The pipeline planzoom replaces; returns (seconds, seconds before the
+    first upload, objects, megapixels, peaks)."""
     peaks: dict[str, float] = {}
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -156,8 +173,7 @@ def reference(pdf: Path, s3, bucket: str, work: Path) -> tuple[float, int, float
                           Body=path.read_bytes())
             tiles += 1
     total = time.monotonic() - t0
-    peaks["compute s"] = compute
-    return total, tiles, mpx, peaks
+    return total, compute, tiles, mpx, peaks
 
 
 def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str
@@ -221,32 +237,142 @@ def blank_tiles(level_dir: Path) -> tuple[int, int, int, int]:
     return white, total, white_bytes, all_bytes
 
 
-def tile_stage(pdf: Path, dpi: float, work: Path) -> tuple[float, float, float, int, tuple]:
-    """(planzoom pyramid s, vips dzsave s, megapixels, bands, blank tiles of the
-    full-resolution level) for page 1 at ``dpi``."""
+def render_all(pdf: Path, pages: list[int], dpi: float, work: Path) -> list:
+    """Render ``pages`` with one PDFium worker process (as the render service
+    does) into ``work``; yields (page, RenderResult, raster path) as each
+    page is ready, so the caller can tile page N while page N+1 renders."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as render:
+        futures = [(p, work / f"page-{p}.raw.zst",
+                    render.submit(render_page, str(pdf), p, dpi, 10**10,
+                                  str(work / f"page-{p}.raw.zst"), 64 << 20))
+                   for p in pages]
+        for page, path, future in futures:
+            yield page, future.result(), path
+
+
+def tile_to_disk(r, raster: Path, out: Path, name: str, pool) -> object:
+    with open(raster, "rb") as f:
+        return save_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
+                            r.height_px, r.bands, str(out), name, 256, 1, 90, pool)
+
+
+def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path, threads: int
+                 ) -> tuple[float, int]:
+    """planzoom's compute with no upload: one render worker process and one
+    tile worker (this process, ``threads`` encoder threads), pipelined,
+    tiles written to local disk. Returns (seconds, tiles)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    zst = work / "page.raw.zst"
-    r = render_page(str(pdf), 1, dpi, 10**10, str(zst), 64 << 20)
-    close_documents()
-    raw = work / "page.raw"
-    with open(zst, "rb") as src, open(raw, "wb") as dst:
-        zstandard.ZstdDecompressor().copy_stream(src, dst)
-    (work / "pz").mkdir()
+    tiles = 0
     t0 = time.monotonic()
-    info = build_pyramid(str(raw), r.width_px, r.height_px, r.bands, str(work / "pz"),
-                         "page-1", 256, 1, 90)
-    ours = time.monotonic() - t0
-    white = blank_tiles(work / "pz" / "page-1_files" / str(info.levels - 1))
-    vfile = work / "page.v"
-    subprocess.run(["vips", "rawload", str(raw), str(vfile), str(r.width_px),
-                    str(r.height_px), str(r.bands)], check=True)
-    t0 = time.monotonic()
-    subprocess.run(["vips", "dzsave", str(vfile), str(work / "ref"), "--tile-size", "256",
-                    "--overlap", "1", "--suffix", ".jpg[Q=90]"], check=True)
-    theirs = time.monotonic() - t0
+    with ThreadPoolExecutor(threads) as pool:
+        for page, r, raster in render_all(pdf, pages, dpi, work):
+            tiles += tile_to_disk(r, raster, work, f"page-{page}", pool).tile_count() + 1
+            raster.unlink()
+    seconds = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)
-    return ours, theirs, r.width_px * r.height_px / 1e6, r.bands, white
+    return seconds, tiles
+
+
+@dataclass
+class Stage:
+    """The tile stage on the same rasters, four ways (seconds)."""
+    pyramid: float  # planzoom's pyramid to local disk, no upload
+    dzsave: float  # `vips dzsave` of the same rasters to local disk
+    upload: float  # bare boto3: the pyramid's files PUT by N threads
+    overlapped: float  # what the tile service runs: pyramid + PUTs as tiles come
+    objects: int
+    megapixels: float
+    bands: list[int]
+    white: tuple[int, int, int, int]
+
+
+def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: ObjectStore,
+               threads: int) -> Stage:
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rasters = list(render_all(pdf, pages, dpi, work))
+    mpx = sum(r.width_px * r.height_px for _, r, _ in rasters) / 1e6
+    # (1) pyramid only
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        levels = [tile_to_disk(r, raster, work / "pz", f"page-{page}", pool).levels
+                  for page, r, raster in rasters]
+    pyramid = time.monotonic() - t0
+    white = blank_tiles(work / "pz" / f"page-{rasters[0][0]}_files" / str(levels[0] - 1))
+    # (2) vips dzsave of the same rasters (decompressed beforehand, untimed)
+    dzsave = 0.0
+    for page, r, raster in rasters:
+        vfile = work / f"page-{page}.v"
+        raw = work / f"page-{page}.raw"
+        with open(raster, "rb") as src, open(raw, "wb") as dst:
+            zstandard.ZstdDecompressor().copy_stream(src, dst)
+        subprocess.run(["vips", "rawload", str(raw), str(vfile), str(r.width_px),
+                        str(r.height_px), str(r.bands)], check=True)
+        raw.unlink()
+        t0 = time.monotonic()
+        subprocess.run(["vips", "dzsave", str(vfile), str(work / "ref" / f"page-{page}"),
+                        "--tile-size", "256", "--overlap", "1", "--suffix", ".jpg[Q=90]"],
+                       check=True)
+        dzsave += time.monotonic() - t0
+        vfile.unlink()
+    # (3) the storage endpoint's ceiling for these objects: a bare boto3 loop
+    files = [p for p in (work / "pz").rglob("*") if p.is_file()]
+    bodies = [(str(p.relative_to(work)), p.read_bytes()) for p in files]
+    prefix = f"ceiling/{int(time.time() * 1000)}/"
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda kb: s3.put_object(Bucket="planzoom", Key=prefix + kb[0],
+                                               Body=kb[1]), bodies))
+    upload = time.monotonic() - t0
+    # (4) what the tile service does: pyramid cut while tiles are PUT
+    prefix = f"overlapped/{int(time.time() * 1000)}/"
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        for page, r, raster in rasters:
+            with open(raster, "rb") as f:
+                def put(key: str, data: bytes, page=page) -> None:
+                    store.put_bytes(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
+                cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
+                            r.height_px, r.bands, 256, 1, 90, put, pool,
+                            max_in_flight=4 * threads)
+    overlapped = time.monotonic() - t0
+    shutil.rmtree(work, ignore_errors=True)
+    return Stage(pyramid, dzsave, upload, overlapped, len(bodies), mpx,
+                 sorted({r.bands for _, r, _ in rasters}), white)
+
+
+def stage_seconds(stack: EmbeddedStack, stage: str) -> float:
+    """Seconds all ``stage`` processes spent on pages so far (their
+    planzoom_stage_duration_seconds histograms)."""
+    total = 0.0
+    for proc, port in stack.metrics_ports.items():
+        if not proc.startswith(stage) or proc not in stack.procs:
+            continue
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                if sample.name == "planzoom_stage_duration_seconds_sum" and \
+                        sample.labels.get("stage") == stage:
+                    total += sample.value
+    return total
+
+
+def sheet_pdf(src: Path, page: int, width_in: float, height_in: float, out: Path) -> Path:
+    """One page of ``src`` scaled to fit a ``width_in`` x ``height_in`` inch
+    sheet (a real drawing on a bigger or smaller sheet)."""
+    doc, dst = pdfium.PdfDocument(str(src)), pdfium.PdfDocument.new()
+    w, h = (v * 72 for v in (width_in, height_in))
+    sheet = dst.new_page(w, h)
+    obj = doc.page_as_xobject(page - 1, dst).as_pageobject()
+    left, bottom, right, top = doc[page - 1].get_mediabox()
+    scale = min(w / (right - left), h / (top - bottom))
+    obj.transform(pdfium.PdfMatrix().translate(-left, -bottom).scale(scale, scale))
+    sheet.insert_obj(obj)
+    sheet.gen_content()
+    dst.save(str(out))
+    return out
 
 
 # -- main ---------------------------------------------------------------------
@@ -259,6 +385,10 @@ def main() -> None:
                     help="add this delay to every S3 request (a loopback proxy)")
     ap.add_argument("--watchers", type=int, default=200,
                     help="WatchJob streams open while progress latency is measured")
+    ap.add_argument("--stage-pages", type=int, default=3,
+                    help="pages of the PDF used for the tile-stage comparison")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="skip the small-vs-huge sheet memory case")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra PLANZOOM_* setting for the services (repeatable)")
     a = ap.parse_args()
@@ -280,22 +410,33 @@ def main() -> None:
     stack = EmbeddedStack(data_dir=data / "stack", ports=ports, extra_env=extra)
     stack.start()
     env = stack.env()
+    settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v for k, v in env.items()
+                           if k.startswith("PLANZOOM_")})
+    threads = settings.upload_concurrency
     client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY)
-    results = {k: Result(k) for k in ("reference", "planzoom-900", "planzoom-300",
-                                      "planzoom-900-2tile")}
+                      aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
+                      config=boto3.session.Config(max_pool_connections=threads))
+    store = ObjectStore(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    total_pages = len(pdfium.PdfDocument(str(a.pdf)))
+    pages = list(range(1, total_pages + 1))
+    results = {k: Result(k, pages=total_pages) for k in (
+        "reference", "reference compute", "planzoom-900", "planzoom-900 compute",
+        "planzoom-900 2 tile", "planzoom-300")}
     latencies: list[float] = []
-    stage = {"ours": [], "vips": [], "mpx": 0.0, "bands": 0}
-    first_pages = []
+    stages: list[Stage] = []
+    first_pages, tile_rates = [], []
+    memory: dict[str, tuple[float, dict]] = {}
     try:
         for run in range(a.runs):
             print(f"run {run + 1}/{a.runs}", flush=True)
-            secs, tiles, mpx, peaks = reference(a.pdf, s3, "planzoom", data / "ref")
-            r = results["reference"]
-            r.seconds.append(secs)
-            r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
+            secs, compute, tiles, mpx, peaks = reference(a.pdf, s3, "planzoom", data / "ref")
+            for name, value in (("reference", secs), ("reference compute", compute)):
+                r = results[name]
+                r.seconds.append(value)
+                r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             for dpi in (900, 300):
+                busy = stage_seconds(stack, "tile")
                 secs, tiles, mpx, peaks, first = planzoom_job(
                     client, stack, a.pdf, dpi, f"r{run}-{dpi}")
                 r = results[f"planzoom-{dpi}"]
@@ -303,18 +444,30 @@ def main() -> None:
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
                 if dpi == 900:
                     first_pages.append(first)
+                    tile_rates.append(tiles / (stage_seconds(stack, "tile") - busy))
+            secs, tiles = compute_only(a.pdf, pages, 900, data / "compute", threads)
+            r = results["planzoom-900 compute"]
+            r.seconds.append(secs)
+            r.tiles, r.megapixels = tiles, results["planzoom-900"].megapixels
             # Two tile workers on the same job.
             second = stack.start_service("tile", replica=2)
             secs, tiles, mpx, peaks, _ = planzoom_job(client, stack, a.pdf, 900, f"r{run}-2t")
             stack.stop_service(second)
-            r = results["planzoom-900-2tile"]
+            r = results["planzoom-900 2 tile"]
             r.seconds.append(secs)
             r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
-            ours, theirs, mpx, bands, white = tile_stage(a.pdf, 900, data / "tile")
-            stage["ours"].append(ours)
-            stage["vips"].append(theirs)
-            stage["mpx"], stage["bands"], stage["white"] = mpx, bands, white
+            stages.append(tile_stage(a.pdf, pages[: a.stage_pages], 900, data / "tile", s3,
+                                     store, threads))
+        if a.memory:
+            # One real colour drawing on a letter sheet and on a 36 x 48 in
+            # sheet, both at 600 DPI: 34 MP against 622 MP.
+            src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
+            for label, (w, h) in (("8.5x11 in", (8.5, 11)), ("36x48 in", (36, 48))):
+                pdf = sheet_pdf(src, 2, w, h, data / f"sheet-{w}x{h}.pdf")
+                secs, tiles, mpx, peaks, _ = planzoom_job(client, stack, pdf, 600,
+                                                          f"mem-{w:g}x{h:g}".replace(".", "-"))
+                memory[label] = (mpx, peaks)
     finally:
         client.close()
         stack.stop()
@@ -322,34 +475,58 @@ def main() -> None:
             proxy.stop()
         shutil.rmtree(data, ignore_errors=True)
 
+    med = statistics.median
     ref = results["reference"]
     print()
     print(f"PDF: {a.pdf.name}; S3 latency added: {a.latency_ms:g} ms; settings: {a.env}; "
           f"median of {a.runs} run(s); machine: {os.cpu_count()} cores")
     print()
-    head = f"{'case':<20}{'MP':>9}{'wall s':>9}{'MP/s':>8}{'tiles':>9}{'×ref':>7}  peak RSS MiB"
+    head = (f"{'case':<22}{'pages':>6}{'MP':>8}{'wall s':>8}{'pages/min':>10}{'MP/s':>7}"
+            f"{'objects':>9}{'x ref':>7}  peak RSS MiB")
     print(head)
-    print("-" * len(head) + "-" * 30)
+    print("-" * (len(head) + 30))
     for name, r in results.items():
-        ratio = ref.median / r.median if r is not ref else 1.0
-        rss = ", ".join(f"{k} {v:.0f}" for k, v in r.peak_mib.items() if not k.endswith(" s"))
-        print(f"{name:<20}{r.megapixels:>9.1f}{r.median:>9.1f}{r.megapixels / r.median:>8.1f}"
-              f"{r.tiles:>9}{ratio:>7.2f}  {rss}")
+        base = results["reference compute"] if name.endswith("compute") else ref
+        rss = ", ".join(f"{k} {v:.0f}" for k, v in r.peak_mib.items()) if "compute" not in \
+            name or name.startswith("reference") else ""
+        print(f"{name:<22}{r.pages:>6}{r.megapixels:>8.1f}{r.median:>8.1f}"
+              f"{60 * r.pages / r.median:>10.1f}{r.megapixels / r.median:>7.1f}"
+              f"{r.tiles:>9}{base.median / r.median:>7.2f}  {rss}")
+    print("(x ref: the reference's median over this row's; compute rows against the "
+          "reference's compute, i.e. everything before its first upload)")
     print()
-    print(f"reference compute (before upload): {ref.peak_mib.get('compute s', 0):.1f} s")
-    print(f"time to first viewable page at 900 DPI: {statistics.median(first_pages):.1f} s")
-    one, two = results["planzoom-900"].median, results["planzoom-900-2tile"].median
-    print(f"two tile workers against one at 900 DPI: {one / two:.2f}x")
+    one, two = results["planzoom-900"].median, results["planzoom-900 2 tile"].median
+    print(f"two tile workers against one, 900 DPI end to end: {one / two:.2f}x")
+    print(f"time to first viewable page at 900 DPI: {med(first_pages):.1f} s "
+          f"(of {one:.1f} s for all {total_pages})")
     q = statistics.quantiles(latencies, n=100)
-    print(f"page done (.dzi written) → watcher has it, {a.watchers} watchers, "
+    print(f"page done (.dzi written) -> watcher has it, {a.watchers} watchers, "
           f"{len(latencies)} deliveries: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
-    ours, theirs = statistics.median(stage["ours"]), statistics.median(stage["vips"])
-    print(f"tile stage, page 1 at 900 DPI ({stage['mpx']:.0f} MP, {stage['bands']} band(s)): "
-          f"planzoom pyramid "
-          f"{ours:.1f} s, vips dzsave {theirs:.1f} s, ratio {theirs / ours:.2f}")
-    w, n, wb, ab = stage["white"]
-    print(f"pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
+    st = stages[-1]
+    pyr, dz = med(x.pyramid for x in stages), med(x.dzsave for x in stages)
+    up, ov = med(x.upload for x in stages), med(x.overlapped for x in stages)
+    ceiling = st.objects / up
+    print()
+    print(f"tile stage, pages 1-{min(a.stage_pages, total_pages)} at 900 DPI "
+          f"({st.megapixels:.0f} MP, bands {st.bands}, {st.objects} objects):")
+    print(f"  pyramid to local disk: planzoom {pyr:.2f} s, vips dzsave {dz:.2f} s "
+          f"-> planzoom is {dz / pyr:.2f}x dzsave's speed")
+    print(f"  storage ceiling, bare boto3 with {threads} threads: {up:.2f} s = "
+          f"{ceiling:.0f} PUT/s")
+    print(f"  pyramid + upload overlapped (the tile service's code): {ov:.2f} s = "
+          f"{st.objects / ov:.0f} PUT/s = {100 * up / ov:.0f} % of the ceiling; "
+          f"max(pyramid, upload) {max(pyr, up):.2f} s, sum {pyr + up:.2f} s")
+    print(f"  tile service during planzoom-900: {med(tile_rates):.0f} objects per busy "
+          f"second = {100 * med(tile_rates) / ceiling:.0f} % of the ceiling")
+    w, n, wb, ab = st.white
+    print(f"  pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
           f"{wb / 1024:.0f} of {ab / 1024:.0f} KiB ({100 * wb / ab:.0f} % of the bytes)")
+    if memory:
+        print()
+        print("peak RSS by sheet size, 600 DPI, one colour page (MiB):")
+        for label, (mpx, peaks) in memory.items():
+            print(f"  {label:<10} {mpx:>6.0f} MP  " +
+                  ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
 
 
 if __name__ == "__main__":
