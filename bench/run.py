@@ -251,25 +251,23 @@ def render_all(pdf: Path, pages: list[int], dpi: float, work: Path) -> list:
             yield page, future.result(), path
 
 
-def tile_to_disk(r, raster: Path, out: Path, name: str, pool) -> object:
+def tile_to_disk(r, raster: Path, out: Path, name: str) -> object:
     with open(raster, "rb") as f:
         return save_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
-                            r.height_px, r.bands, str(out), name, 256, 1, 90, pool)
+                            r.height_px, r.bands, str(out), name, 256, 1, 90)
 
 
-def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path, threads: int
-                 ) -> tuple[float, int]:
+def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[float, int]:
     """planzoom's compute with no upload: one render worker process and one
-    tile worker (this process, ``threads`` encoder threads), pipelined,
+    tile worker (this process, its default encoder threads), pipelined,
     tiles written to local disk. Returns (seconds, tiles)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tiles = 0
     t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        for page, r, raster in render_all(pdf, pages, dpi, work):
-            tiles += tile_to_disk(r, raster, work, f"page-{page}", pool).tile_count() + 1
-            raster.unlink()
+    for page, r, raster in render_all(pdf, pages, dpi, work):
+        tiles += tile_to_disk(r, raster, work, f"page-{page}").tile_count() + 1
+        raster.unlink()
     seconds = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)
     return seconds, tiles
@@ -296,9 +294,8 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: O
     mpx = sum(r.width_px * r.height_px for _, r, _ in rasters) / 1e6
     # (1) pyramid only
     t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        levels = [tile_to_disk(r, raster, work / "pz", f"page-{page}", pool).levels
-                  for page, r, raster in rasters]
+    levels = [tile_to_disk(r, raster, work / "pz", f"page-{page}").levels
+              for page, r, raster in rasters]
     pyramid = time.monotonic() - t0
     white = blank_tiles(work / "pz" / f"page-{rasters[0][0]}_files" / str(levels[0] - 1))
     # (2) vips dzsave of the same rasters (decompressed beforehand, untimed)
@@ -335,7 +332,7 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: O
                 def put(key: str, data: bytes, page=page) -> None:
                     store.put_bytes(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
                 cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
-                            r.height_px, r.bands, 256, 1, 90, put, pool,
+                            r.height_px, r.bands, 256, 1, 90, put, store_pool=pool,
                             max_in_flight=4 * threads)
     overlapped = time.monotonic() - t0
     shutil.rmtree(work, ignore_errors=True)
@@ -445,7 +442,7 @@ def main() -> None:
                 if dpi == 900:
                     first_pages.append(first)
                     tile_rates.append(tiles / (stage_seconds(stack, "tile") - busy))
-            secs, tiles = compute_only(a.pdf, pages, 900, data / "compute", threads)
+            secs, tiles = compute_only(a.pdf, pages, 900, data / "compute")
             r = results["planzoom-900 compute"]
             r.seconds.append(secs)
             r.tiles, r.megapixels = tiles, results["planzoom-900"].megapixels

@@ -91,8 +91,7 @@ def test_pyramid_matches_vips_dzsave(tmp_path, w, h, bands, tile, overlap, block
     block boundaries; a descriptor OpenSeadragon's parser accepts."""
     image = _raster(w, h, bands)
     rows = raster_rows(_zstd_rows(image), w, h, bands, block_bytes=block)
-    with ThreadPoolExecutor(4) as pool:
-        info = save_pyramid(rows, w, h, bands, str(tmp_path), "ours", tile, overlap, 90, pool)
+    info = save_pyramid(rows, w, h, bands, str(tmp_path), "ours", tile, overlap, 90)
     assert parse_dzi((tmp_path / "ours.dzi").read_bytes()) == info
     pyvips.Image.new_from_memory(image.tobytes(), w, h, bands, "uchar").dzsave(
         str(tmp_path / "vips"), layout="dz", depth="onepixel", tile_size=tile, overlap=overlap,
@@ -131,7 +130,7 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(OSError, match="disk full"):
             cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1, block_bytes=6000),
-                        600, 600, 1, 256, 1, 90, store, pool, max_in_flight=2)
+                        600, 600, 1, 256, 1, 90, store, store_pool=pool, max_in_flight=2)
         assert len(stored) == 5
 
         class Stop(Exception):
@@ -142,7 +141,7 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
 
         with pytest.raises(Stop):
             cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1), 600, 600, 1, 256, 1, 90,
-                        lambda k, d: None, pool, check=check)
+                        lambda k, d: None, check=check)
 
 
 def test_white_tiles_are_encoded_once():

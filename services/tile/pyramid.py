@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, wait
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
 import numpy as np
@@ -179,8 +179,8 @@ class JpegEncoder:
 
     def _jpeg(self, pixels: np.ndarray) -> bytes:
         h, w, b = pixels.shape
+        # new_from_memory interprets 1 band as B_W and 3 as sRGB.
         image = pyvips.Image.new_from_memory(np.ascontiguousarray(pixels).data, w, h, b, "uchar")
-        image = image.copy(interpretation="srgb" if b >= 3 else "b-w")
         return image.jpegsave_buffer(Q=self.quality, keep="none")
 
 
@@ -189,69 +189,102 @@ class JpegEncoder:
 TileStore = Callable[[str, bytes], None]
 
 
+class _InFlight:
+    """Futures of tiles being encoded or stored: at most ``limit`` tiles at
+    once (a tile's slot is freed when its last step ends), first error kept."""
+
+    def __init__(self, limit: int):
+        self._slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._pending: set[Future] = set()
+        self.failures: list[BaseException] = []
+
+    def acquire(self) -> None:
+        if self.failures:
+            raise self.failures[0]
+        self._slots.acquire()
+
+    def track(self, future: Future, last_step: bool) -> None:
+        with self._lock:
+            self._pending.add(future)
+
+        def done(f: Future) -> None:  # also runs for a future its pool cancelled
+            with self._lock:
+                self._pending.discard(f)
+                if f.cancelled():
+                    self.failures.append(RuntimeError("tile work was cancelled: the pool "
+                                                      "shut down"))
+                elif f.exception() is not None:
+                    self.failures.append(f.exception())
+            if last_step or f.cancelled() or f.exception() is not None:
+                self._slots.release()
+
+        future.add_done_callback(done)
+
+    def drain(self) -> None:
+        """Wait until nothing is pending (later steps may add futures)."""
+        while True:
+            with self._lock:
+                waiting = list(self._pending)
+            if not waiting:
+                return
+            wait(waiting)
+
+
 def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
                 tile_size: int, overlap: int, quality: int, store: TileStore,
-                pool: Executor, max_in_flight: int = 256,
-                check: Callable[[], None] | None = None) -> DziInfo:
+                store_pool: Executor | None = None, encode_threads: int | None = None,
+                max_in_flight: int = 256, check: Callable[[], None] | None = None) -> DziInfo:
     """Cut the raster given as blocks of rows (see :func:`raster_rows`) into
-    a JPEG DZI pyramid, encoding and storing each tile on ``pool`` while the
-    next rows are read. At most ``max_in_flight`` tiles wait in the pool
-    (back-pressure: a slow store slows the reading, memory stays bounded).
+    a JPEG DZI pyramid while the next rows are read: tiles are encoded by
+    ``encode_threads`` threads (default: one per CPU core; more only fight
+    over the GIL) and each is handed to ``store`` on ``store_pool`` (e.g.
+    many threads waiting on HTTP PUTs), or on the encoding thread if
+    ``store_pool`` is None. At most ``max_in_flight`` tiles are being
+    encoded or stored at once (back-pressure: a slow store slows the
+    reading, memory stays bounded).
 
     ``check()`` runs between blocks and may raise to stop early (e.g. the job
     was cancelled). The first error of a store, of the raster or of
-    ``check`` is raised once the tiles already handed to the pool are done.
+    ``check`` is raised once the tiles already handed out are done.
     Returns the descriptor (not stored here: the caller stores it last).
     """
     encoder = JpegEncoder(quality)
-    slots = threading.BoundedSemaphore(max_in_flight)
-    failures: list[BaseException] = []
-    pending: set[Future] = set()
-    lock = threading.Lock()
+    flight = _InFlight(max_in_flight)
 
-    def task(key: str, pixels: np.ndarray) -> None:
+    def encode(key: str, pixels: np.ndarray) -> None:
+        data = encoder.encode(pixels)
+        if store_pool is None:
+            store(key, data)
+        else:
+            flight.track(store_pool.submit(store, key, data), last_step=True)
+
+    with ThreadPoolExecutor(encode_threads or os.cpu_count() or 1,
+                            thread_name_prefix="tile-encode") as encoders:
+
+        def emit(level: int, col: int, row: int, pixels: np.ndarray) -> None:
+            flight.acquire()
+            flight.track(encoders.submit(encode, f"{level}/{col}_{row}.jpg", pixels),
+                         last_step=store_pool is None)
+
+        builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)
         try:
-            store(key, encoder.encode(pixels))
-        except BaseException as e:
-            failures.append(e)
-            raise
-
-    def done(future: Future) -> None:  # also runs for a future the pool cancelled
-        with lock:
-            pending.discard(future)
-            if future.cancelled():
-                failures.append(RuntimeError("tile work was cancelled: the pool shut down"))
-        slots.release()
-
-    def emit(level: int, col: int, row: int, pixels: np.ndarray) -> None:
-        if failures:
-            raise failures[0]
-        slots.acquire()
-        future = pool.submit(task, f"{level}/{col}_{row}.jpg", pixels)
-        with lock:
-            pending.add(future)
-        future.add_done_callback(done)
-
-    builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)
-    try:
-        for block in blocks:
-            if check is not None:
-                check()
-            builder.feed(block)
-        builder.finish()
-    finally:
-        with lock:
-            waiting = list(pending)
-        wait(waiting)  # errors are collected in ``failures``
-    if failures:
-        raise failures[0]
+            for block in blocks:
+                if check is not None:
+                    check()
+                builder.feed(block)
+            builder.finish()
+        finally:
+            flight.drain()  # errors are collected in ``flight.failures``
+    if flight.failures:
+        raise flight.failures[0]
     return DziInfo(width=width, height=height, tile_size=tile_size, overlap=overlap,
                    format="jpg")
 
 
 def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
-                 out_dir: str, name: str, tile_size: int, overlap: int, quality: int,
-                 pool: Executor) -> DziInfo:
+                 out_dir: str, name: str, tile_size: int, overlap: int, quality: int
+                 ) -> DziInfo:
     """:func:`cut_pyramid` to local disk, in ``dzsave``'s layout:
     ``<out_dir>/<name>.dzi`` and ``<out_dir>/<name>_files/<level>/<col>_<row>.jpg``."""
     files = os.path.join(out_dir, f"{name}_files")
@@ -262,7 +295,7 @@ def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: i
         with open(os.path.join(files, key), "wb") as f:
             f.write(data)
 
-    info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store, pool)
+    info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store)
     with open(os.path.join(out_dir, f"{name}.dzi"), "wb") as f:
         f.write(dzi_xml(info))
     return info

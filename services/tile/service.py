@@ -98,7 +98,7 @@ class Tile(BackedService):
                 return cut_pyramid(
                     raster_rows(body, job.width_px, job.height_px, job.bands),
                     job.width_px, job.height_px, job.bands, job.options.tile_size,
-                    job.options.overlap, job.options.jpeg_quality, put, self.uploads,
+                    job.options.overlap, job.options.jpeg_quality, put, store_pool=self.uploads,
                     max_in_flight=4 * self.s.upload_concurrency, check=check,
                 )
             finally:
