@@ -220,6 +220,22 @@ def test_cancel_job(corpus, stack, client, s3):
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_cancel_while_a_page_is_being_tiled(corpus, stack, client, s3):
+    """Tiles are uploaded while the page is cut; a cancel in the middle stops
+    the page and deletes what it had uploaded."""
+    resp = _submit(client, corpus, SITEPLAN, "cancel-tiling", 600)  # 21,600 x 14,400 px
+    files = resp.job.tiles_prefix + "page-1_files/"
+    wait_until("some tiles of the page are uploaded",
+               lambda: len(list_keys(s3, files)) > 50, timeout=120, interval=0.2)
+    job = client.cancel(resp.job_id, reason="superseded")
+    assert job.state == jobs_pb2.JOB_STATE_CANCELLED
+    wait_until("the tile worker stopped the page",
+               lambda: any(x.get("message") == "job cancelled; page stopped, its tiles removed"
+                           for x in _log_lines(stack, "tile", resp.job_id)), timeout=30)
+    assert list_keys(s3, resp.job.tiles_prefix) == [job.manifest_key], "tiles were left"
+    assert list_keys(s3, f"work/{job.job_id}/") == []
+
+
 def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
     stack.stop_service("progress")
     try:

@@ -283,8 +283,8 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
 
 
 def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
-                 out_dir: str, name: str, tile_size: int, overlap: int, quality: int
-                 ) -> DziInfo:
+                 out_dir: str, name: str, tile_size: int, overlap: int, quality: int,
+                 encode_threads: int | None = None) -> DziInfo:
     """:func:`cut_pyramid` to local disk, in ``dzsave``'s layout:
     ``<out_dir>/<name>.dzi`` and ``<out_dir>/<name>_files/<level>/<col>_<row>.jpg``."""
     files = os.path.join(out_dir, f"{name}_files")
@@ -295,7 +295,8 @@ def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: i
         with open(os.path.join(files, key), "wb") as f:
             f.write(data)
 
-    info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store)
+    info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store,
+                       encode_threads=encode_threads)
     with open(os.path.join(out_dir, f"{name}.dzi"), "wb") as f:
         f.write(dzi_xml(info))
     return info

@@ -85,8 +85,13 @@ class Tile(BackedService):
             if time.monotonic() - last_check[0] < CANCEL_CHECK_SECONDS:
                 return
             last_check[0] = time.monotonic()
-            if asyncio.run_coroutine_threadsafe(self.jobs.is_cancelled(job.job_id),
-                                                loop).result():
+            try:
+                cancelled = asyncio.run_coroutine_threadsafe(
+                    self.jobs.is_cancelled(job.job_id), loop).result(timeout=5)
+            except Exception as e:  # NATS unreachable for now: the next check will tell
+                log.debug("cancellation check failed: %s", e, extra=ctx)
+                return
+            if cancelled:
                 raise JobCancelled
 
         def put(key: str, data: bytes) -> None:
