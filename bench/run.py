@@ -27,6 +27,7 @@ Usage: python bench/run.py [--pdf PATH] [--runs N] [--latency-ms MS] [--no-memor
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import os
 import shutil
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import grpc
 import pypdfium2 as pdfium
 import zstandard
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,7 +56,7 @@ from planzoom.config import Settings  # noqa: E402
 from planzoom.faultproxy import FaultProxy  # noqa: E402
 from planzoom.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports  # noqa: E402
 from planzoom.storage import ObjectStore  # noqa: E402
-from planzoom.v1 import jobs_pb2  # noqa: E402
+from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc  # noqa: E402
 from services.render.rasterize import render_page  # noqa: E402
 from services.tile.pyramid import cut_pyramid, raster_rows, save_pyramid  # noqa: E402
 
@@ -91,11 +93,28 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            continue
+        todo += _children(p)
+    return total
+
+
 class PeakSampler:
-    """Max tree RSS of named pids while running (a context manager)."""
+    """Max tree RSS (KiB) of named pids while running, and the CPU seconds
+    each tree used meanwhile (a context manager)."""
 
     def __init__(self, pids: dict[str, int]):
         self.pids, self.peak = pids, dict.fromkeys(pids, 0)
+        self.cpu = {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
         self._stop = threading.Event()
 
     def _run(self) -> None:
@@ -111,6 +130,8 @@ class PeakSampler:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.cpu = {name: tree_cpu_seconds(pid) - self.cpu[name]
+                    for name, pid in self.pids.items()}
 
 
 @dataclass
@@ -176,11 +197,15 @@ def reference(pdf: Path, s3, bucket: str, work: Path
     return total, compute, tiles, mpx, peaks
 
 
+SERVICES = ("ingest", "render", "tile", "progress")
+
+
 def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str
-                 ) -> tuple[float, int, float, dict, float]:
-    """Submit → COMPLETE; returns (seconds, tiles, megapixels, peaks, first page s)."""
+                 ) -> tuple[float, int, float, dict, float, dict]:
+    """Submit → COMPLETE; returns (seconds, tiles, megapixels, peak RSS MiB of
+    each service, first page s, CPU seconds of each process incl. s3 and nats)."""
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
-    pids = {n: stack.procs[n].pid for n in ("ingest", "render", "tile", "progress")}
+    pids = {n: p.pid for n, p in stack.procs.items()}
     first_page = None
     with PeakSampler(pids) as sampler:
         t0 = time.monotonic()
@@ -193,34 +218,41 @@ def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, ta
         raise SystemExit(f"job {job.job_id} ended {job.state}: {job.error}")
     tiles = sum(p.tile_count for p in job.pages) + job.total_pages  # + the .dzi files
     mpx = sum(p.width_px * p.height_px for p in job.pages) / 1e6
-    return seconds, tiles, mpx, {n: v / 1024 for n, v in sampler.peak.items()}, first_page
+    peaks = {n: sampler.peak[n] / 1024 for n in SERVICES}
+    return seconds, tiles, mpx, peaks, first_page, sampler.cpu
 
 
 def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
                   watchers: int) -> list[float]:
     """Seconds from each page's completion (its .dzi written, the tile
     worker's finished_at) to each of ``watchers`` WatchJob streams receiving
-    the record that shows it."""
+    the record that shows it. The streams are read by one asyncio client (4
+    channels), so the measuring side adds little of its own."""
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
     resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
+    address = stack.env()["PLANZOOM_PROGRESS_ADDR"]
     delays: list[float] = []
-    lock = threading.Lock()
 
-    def watch() -> None:
+    async def watch(stub) -> None:
         seen: set[int] = set()
-        for job in client.watch(resp.job_id, timeout=600):
+        request = progress_pb2.WatchJobRequest(job_id=resp.job_id)
+        async for job in stub.WatchJob(request, timeout=600):
             now = time.time()
             for p in job.pages:
                 if p.state == jobs_pb2.PAGE_STATE_DONE and p.page not in seen:
                     seen.add(p.page)
-                    with lock:
-                        delays.append(now - p.finished_at.ToNanoseconds() / 1e9)
+                    delays.append(now - p.finished_at.ToNanoseconds() / 1e9)
 
-    threads = [threading.Thread(target=watch) for _ in range(watchers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    async def run() -> None:
+        channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+        stubs = [progress_pb2_grpc.ProgressServiceStub(c) for c in channels]
+        try:
+            await asyncio.gather(*(watch(stubs[i % len(stubs)]) for i in range(watchers)))
+        finally:
+            for c in channels:
+                await c.close()
+
+    asyncio.run(run())
     return delays
 
 
@@ -251,10 +283,33 @@ def render_all(pdf: Path, pages: list[int], dpi: float, work: Path) -> list:
             yield page, future.result(), path
 
 
-def tile_to_disk(r, raster: Path, out: Path, name: str) -> object:
+def tile_to_disk(r, raster: Path, out: Path, name: str, encode_threads: int | None = None
+                 ) -> object:
     with open(raster, "rb") as f:
         return save_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
-                            r.height_px, r.bands, str(out), name, 256, 1, 90)
+                            r.height_px, r.bands, str(out), name, 256, 1, 90,
+                            encode_threads=encode_threads)
+
+
+def _tile_worker(rasters: list, out: Path) -> None:
+    """One tile worker process with one encoder thread (a one-core replica)."""
+    for page, r, raster in rasters:
+        tile_to_disk(r, raster, out, f"page-{page}", encode_threads=1)
+
+
+def tile_workers(rasters: list, out: Path, workers: int) -> float:
+    """Seconds for ``workers`` one-core tile processes to cut ``rasters``
+    (pages dealt round-robin) to local disk."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        list(pool.map(time.sleep, [1.0] * workers))  # processes up and imported
+        t0 = time.monotonic()
+        for f in [pool.submit(_tile_worker, rasters[i::workers], out / f"w{workers}")
+                  for i in range(workers)]:
+            f.result()
+        seconds = time.monotonic() - t0
+    shutil.rmtree(out / f"w{workers}", ignore_errors=True)
+    return seconds
 
 
 def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[float, int]:
@@ -280,6 +335,8 @@ class Stage:
     dzsave: float  # `vips dzsave` of the same rasters to local disk
     upload: float  # bare boto3: the pyramid's files PUT by N threads
     overlapped: float  # what the tile service runs: pyramid + PUTs as tiles come
+    one_worker: float  # one one-core tile process, to local disk
+    two_workers: float  # two one-core tile processes, to local disk
     objects: int
     megapixels: float
     bands: list[int]
@@ -335,8 +392,15 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: O
                             r.height_px, r.bands, 256, 1, 90, put, store_pool=pool,
                             max_in_flight=4 * threads)
     overlapped = time.monotonic() - t0
+    # (5) tile workers as separate one-core processes: one against two,
+    # alternated three times (the machine is noisy), medians
+    times = {1: [], 2: []}
+    for _ in range(3):
+        for n in (1, 2):
+            times[n].append(tile_workers(rasters, work, n))
+    one, two = statistics.median(times[1]), statistics.median(times[2])
     shutil.rmtree(work, ignore_errors=True)
-    return Stage(pyramid, dzsave, upload, overlapped, len(bodies), mpx,
+    return Stage(pyramid, dzsave, upload, overlapped, one, two, len(bodies), mpx,
                  sorted({r.bands for _, r, _ in rasters}), white)
 
 
@@ -382,7 +446,7 @@ def main() -> None:
                     help="add this delay to every S3 request (a loopback proxy)")
     ap.add_argument("--watchers", type=int, default=200,
                     help="WatchJob streams open while progress latency is measured")
-    ap.add_argument("--stage-pages", type=int, default=3,
+    ap.add_argument("--stage-pages", type=int, default=4,
                     help="pages of the PDF used for the tile-stage comparison")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="skip the small-vs-huge sheet memory case")
@@ -434,13 +498,14 @@ def main() -> None:
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             for dpi in (900, 300):
                 busy = stage_seconds(stack, "tile")
-                secs, tiles, mpx, peaks, first = planzoom_job(
+                secs, tiles, mpx, peaks, first, cpu = planzoom_job(
                     client, stack, a.pdf, dpi, f"r{run}-{dpi}")
                 r = results[f"planzoom-{dpi}"]
                 r.seconds.append(secs)
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
                 if dpi == 900:
                     first_pages.append(first)
+                    cpu_900 = cpu
                     tile_rates.append(tiles / (stage_seconds(stack, "tile") - busy))
             secs, tiles = compute_only(a.pdf, pages, 900, data / "compute")
             r = results["planzoom-900 compute"]
@@ -448,7 +513,8 @@ def main() -> None:
             r.tiles, r.megapixels = tiles, results["planzoom-900"].megapixels
             # Two tile workers on the same job.
             second = stack.start_service("tile", replica=2)
-            secs, tiles, mpx, peaks, _ = planzoom_job(client, stack, a.pdf, 900, f"r{run}-2t")
+            secs, tiles, mpx, peaks, _, _ = planzoom_job(client, stack, a.pdf, 900,
+                                                         f"r{run}-2t")
             stack.stop_service(second)
             r = results["planzoom-900 2 tile"]
             r.seconds.append(secs)
@@ -456,14 +522,16 @@ def main() -> None:
             latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
             stages.append(tile_stage(a.pdf, pages[: a.stage_pages], 900, data / "tile", s3,
                                      store, threads))
+            for prefix in ("reference/", "ceiling/", "overlapped/", "tiles/"):
+                store.delete_prefix(prefix)  # each run starts from the same bucket
         if a.memory:
             # One real colour drawing on a letter sheet and on a 36 x 48 in
             # sheet, both at 600 DPI: 34 MP against 622 MP.
             src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
             for label, (w, h) in (("8.5x11 in", (8.5, 11)), ("36x48 in", (36, 48))):
                 pdf = sheet_pdf(src, 2, w, h, data / f"sheet-{w}x{h}.pdf")
-                secs, tiles, mpx, peaks, _ = planzoom_job(client, stack, pdf, 600,
-                                                          f"mem-{w:g}x{h:g}".replace(".", "-"))
+                secs, tiles, mpx, peaks, _, _ = planzoom_job(
+                    client, stack, pdf, 600, f"mem-{w:g}x{h:g}".replace(".", "-"))
                 memory[label] = (mpx, peaks)
     finally:
         client.close()
@@ -492,8 +560,14 @@ def main() -> None:
     print("(x ref: the reference's median over this row's; compute rows against the "
           "reference's compute, i.e. everything before its first upload)")
     print()
+    for name in ("planzoom-900", "planzoom-900 compute"):
+        base = results["reference compute" if "compute" in name else "reference"].seconds
+        print(f"{name} against the reference, run by run: " + ", ".join(
+            f"{b / x:.2f}x" for b, x in zip(base, results[name].seconds, strict=True)))
     one, two = results["planzoom-900"].median, results["planzoom-900 2 tile"].median
     print(f"two tile workers against one, 900 DPI end to end: {one / two:.2f}x")
+    print("CPU seconds per process during the last planzoom-900 run: " +
+          ", ".join(f"{n} {v:.1f}" for n, v in cpu_900.items()))
     print(f"time to first viewable page at 900 DPI: {med(first_pages):.1f} s "
           f"(of {one:.1f} s for all {total_pages})")
     q = statistics.quantiles(latencies, n=100)
@@ -515,6 +589,8 @@ def main() -> None:
           f"max(pyramid, upload) {max(pyr, up):.2f} s, sum {pyr + up:.2f} s")
     print(f"  tile service during planzoom-900: {med(tile_rates):.0f} objects per busy "
           f"second = {100 * med(tile_rates) / ceiling:.0f} % of the ceiling")
+    print(f"  two one-core tile worker processes against one (pyramid to disk, no "
+          f"upload): {med(x.one_worker for x in stages) / med(x.two_workers for x in stages):.2f}x")
     w, n, wb, ab = st.white
     print(f"  pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
           f"{wb / 1024:.0f} of {ab / 1024:.0f} KiB ({100 * wb / ab:.0f} % of the bytes)")
