@@ -67,6 +67,11 @@ def dzi_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.dzi"
 
 
+def page_files_prefix(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
+    """Prefix of a page's tiles: ``…/page-<n>_files/`` (``<level>/<col>_<row>.jpg`` follow)."""
+    return f"{tiles_prefix(plan, job_id)}{page_name(page)}_files/"
+
+
 def manifest_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
     return f"{tiles_prefix(plan, job_id)}manifest.json"
 

@@ -17,7 +17,7 @@ from planzoom.dzi import level_count, parse_dzi
 from planzoom.ids import InvalidId, check_id, new_job_id
 from planzoom.v1 import jobs_pb2
 from services.ingest.checks import describe_magic
-from services.progress.fold import apply_event
+from services.progress.fold import apply_event, pages_ended, settle
 from services.render.rasterize import effective_dpi
 from services.tile.pyramid import (
     JpegEncoder,
@@ -47,6 +47,7 @@ def test_keys_refuse_bad_ids():
         keys.dzi_key(jobs_pb2.PlanRef(org="o", project="..", plan="p"), new_job_id(), 1)
     plan = jobs_pb2.PlanRef(org="o", project="p", plan="l")
     assert keys.dzi_key(plan, "j1", 3) == "tiles/o/p/l/j1/page-3.dzi"
+    assert keys.page_files_prefix(plan, "j1", 3) == "tiles/o/p/l/j1/page-3_files/"
     assert keys.current_key(plan) == "tiles/o/p/l/current.json"
 
 
@@ -209,6 +210,17 @@ def test_fold_failed_page_fails_job_at_the_end():
     assert "page 1: render: broken" in job.error and job.failed_pages == 1
     with pytest.raises(ValueError):
         apply_event(_job(1), _ev(3, jobs_pb2.PAGE_STATE_DONE))
+
+
+def test_settle_ends_a_record_whose_pages_have_all_ended():
+    job = _job(2)
+    apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_DONE))
+    assert not settle(job)  # page 2 is still open
+    apply_event(job, _ev(2, jobs_pb2.PAGE_STATE_DONE))
+    job.state = jobs_pb2.JOB_STATE_PROCESSING  # as the interim record stores it
+    assert pages_ended(job) and settle(job)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
+    assert not settle(job)
 
 
 def test_effective_dpi_caps_pixels():

@@ -53,6 +53,21 @@ def apply_event(job: jobs_pb2.Job, ev: jobs_pb2.ProgressEvent) -> bool:
     return True
 
 
+def pages_ended(job: jobs_pb2.Job) -> bool:
+    """True if every page is DONE or FAILED."""
+    return all(p.state in _PAGE_TERMINAL for p in job.pages)
+
+
+def settle(job: jobs_pb2.Job) -> bool:
+    """End a job whose pages have all ended but whose record is not yet
+    terminal (the record stored just before a job's outputs are written, if
+    the writer stopped there). Returns True if it changed the record."""
+    if is_terminal(job) or not job.pages or not pages_ended(job):
+        return False
+    recount(job)
+    return True
+
+
 def recount(job: jobs_pb2.Job) -> None:
     """Derive counts, percent and job state from the pages."""
     done = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)

@@ -26,7 +26,7 @@ from planzoom.logs import setup_logging
 from planzoom.server import serve
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress.feeds import JobFeeds
-from services.progress.fold import apply_event
+from services.progress.fold import apply_event, pages_ended, settle
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,26 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         expires after the retention period."""
         for _ in range(CAS_RETRIES):
             job = await self.jobs.get(job_id)
-            was_terminal = is_terminal(job)
-            if not change(job):
+            was_terminal, were_ended = is_terminal(job), pages_ended(job)
+            settled = settle(job)  # an interim record left by a stopped writer
+            if not (change(job) or settled):
                 return job
             ended = is_terminal(job) and not was_terminal
+            if ended and pages_ended(job) and not were_ended:
+                # The last page: watchers hear of it now, in a record that is
+                # not terminal yet (writing the outputs takes a while); the
+                # terminal state follows. If this process stops in between,
+                # the redelivered event or the sweep settles the record.
+                interim = jobs_pb2.Job()
+                interim.CopyFrom(job)
+                interim.state = jobs_pb2.JOB_STATE_PROCESSING
+                interim.ClearField("finished_at")
+                interim.ClearField("error")
+                try:
+                    await self.jobs.update(interim)
+                except Conflict:
+                    continue
+                job.revision = interim.revision
             if ended:
                 # Outputs first: a terminal record in KV means they are there.
                 await self._finish(job)

@@ -77,7 +77,7 @@ class Tile(BackedService):
 
         log.info("tiling page", extra=ctx)
         started = time.monotonic()
-        files = dzi_key.removesuffix(".dzi") + "_files/"
+        files = keys.page_files_prefix(job.plan, job.job_id, job.page)
         loop = asyncio.get_running_loop()
         last_check = [time.monotonic()]
 
