@@ -345,6 +345,9 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
 
     async def WatchJob(self, request, context):
         job = await self.get_job_or_abort(request.job_id, context)
+        if is_terminal(job):  # no feed needed for a job that has ended
+            yield job
+            return
         metrics.WATCHERS.inc()
         try:
             # The current record first, then each change from the job's feed
