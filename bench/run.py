@@ -65,47 +65,44 @@ DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-
 
 # -- measurement ------------------------------------------------------------
 
-def _children(pid: int) -> list[int]:
-    out = []
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from /proc)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _proc_text(pid: int, name: str) -> str:
     try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return out
+        with open(f"/proc/{pid}/{name}") as f:
+            return f.read()
+    except OSError:  # the process has gone
+        return ""
 
 
 def tree_rss_kib(pid: int) -> int:
     """RSS of ``pid`` and all its descendants, KiB."""
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-                        break
-        except OSError:
-            continue
-        todo += _children(p)
-    return total
+    return sum(int(line.split()[1]) for p in _tree(pid)
+               for line in _proc_text(p, "status").splitlines() if line.startswith("VmRSS:"))
 
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants."""
-    total, todo = 0.0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except OSError:
-            continue
-        todo += _children(p)
-    return total
+    ticks = 0
+    for p in _tree(pid):
+        stat = _proc_text(p, "stat")
+        if stat:
+            fields = stat.rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class PeakSampler:
