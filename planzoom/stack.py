@@ -22,6 +22,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVICES = ("ingest", "render", "tile", "progress")
+#: Starts of a service whose gRPC port was taken (see start_service).
+BIND_ATTEMPTS = 5
 S3_ACCESS_KEY = "planzoom"
 S3_SECRET_KEY = "planzoom-secret"
 
@@ -154,9 +156,18 @@ class EmbeddedStack:
         self.metrics_ports[proc_name] = free_port()
         env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
-        self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
-        self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
-        return proc_name
+        for attempt in range(BIND_ATTEMPTS):
+            self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
+            try:
+                self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
+                return proc_name
+            except StackError as e:
+                # The fixed ports lie in Linux's ephemeral range, so another
+                # process's outgoing connection can hold one for a moment.
+                if "Failed to bind" not in str(e) or attempt == BIND_ATTEMPTS - 1:
+                    raise
+                time.sleep(1.0)
+        raise StackError(f"{name} could not bind 127.0.0.1:{port}")
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack, as a crash would."""
