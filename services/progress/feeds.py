@@ -145,6 +145,3 @@ class JobFeeds:
             if feed.subscribers == 0 and self._feeds.get(job_id) is feed:
                 del self._feeds[job_id]
                 await feed.stop()
-
-    def __len__(self) -> int:
-        return len(self._feeds)

@@ -353,23 +353,19 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
             # The current record first, then each change from the job's feed
             # (one KV watcher per job in this process, whatever the streams).
             async with self.feeds.subscribe(request.job_id) as feed:
-                while True:
-                    yield job
-                    if is_terminal(job):
-                        return
-                    last_sent = job.revision
-                    while True:
-                        if self._stopping.is_set():
-                            await errors.abort(context, RequestError(
-                                grpc.StatusCode.UNAVAILABLE,
-                                "the progress service is restarting; watch again to resume",
-                                reason="RESTARTING"))
-                        await feed.wait(last_sent, timeout=0.5)
-                        if feed.gone:
-                            await errors.abort(context, job_not_found(request.job_id))
-                        if feed.latest is not None and feed.latest.revision > last_sent:
-                            job = feed.latest
-                            break
+                yield job
+                while not is_terminal(job):
+                    if self._stopping.is_set():
+                        await errors.abort(context, RequestError(
+                            grpc.StatusCode.UNAVAILABLE,
+                            "the progress service is restarting; watch again to resume",
+                            reason="RESTARTING"))
+                    await feed.wait(job.revision, timeout=0.5)
+                    if feed.gone:
+                        await errors.abort(context, job_not_found(request.job_id))
+                    if feed.latest is not None and feed.latest.revision > job.revision:
+                        job = feed.latest
+                        yield job
         finally:
             metrics.WATCHERS.dec()
 
