@@ -41,8 +41,10 @@ def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str, compare: bool = T
     and comparing them with a reference render."""
     dzi = parse_dzi(s3.get_object(Bucket="planzoom", Key=record.dzi_key)["Body"].read())
     scale = record.dpi / 72
-    assert (dzi.width, dzi.height) == (math.ceil(record.width_pt * scale),
-                                       math.ceil(record.height_pt * scale))
+    expected = (math.ceil(record.width_pt * scale), math.ceil(record.height_pt * scale))
+    assert (dzi.width, dzi.height) == expected, (
+        f"{record.dzi_key}: DZI is {dzi.width}x{dzi.height} px, the page at {record.dpi} DPI "
+        f"is {expected[0]}x{expected[1]} px")
     assert (dzi.width, dzi.height) == (record.width_px, record.height_px)
     assert (dzi.tile_size, dzi.overlap, dzi.format) == (record.tile_size, record.overlap, "jpg")
     levels = math.ceil(math.log2(max(dzi.width, dzi.height))) + 1

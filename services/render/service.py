@@ -121,14 +121,9 @@ class Render(BackedService):
         finally:
             if os.path.exists(out):
                 os.unlink(out)
-        tile_job = jobs_pb2.TileJob(
-            job_id=job.job_id, plan=job.plan, page=job.page, total_pages=job.total_pages,
-            options=job.options, raster_key=raster_key,
-            encoding=jobs_pb2.RASTER_ENCODING_RAW_ZSTD,
-            width_px=result.width_px, height_px=result.height_px, bands=result.bands,
-        )
-        await messaging.publish(self.js, messaging.TILE_SUBJECT, tile_job.SerializeToString(),
-                                f"tile.{job.job_id}.{job.page}")
+        # Report before handing the page on: the tile worker's DONE report must
+        # come after this one on the job's progress subject, or the page would
+        # end without its size and DPI (a DONE page takes no further reports).
         await messaging.report_page(
             self.js, self.name, job.job_id, job.plan,
             jobs_pb2.PageRecord(
@@ -138,6 +133,15 @@ class Render(BackedService):
             ),
             delivery.attempt,
         )
+        tile_job = jobs_pb2.TileJob(
+            job_id=job.job_id, plan=job.plan, page=job.page, total_pages=job.total_pages,
+            options=job.options, raster_key=raster_key,
+            encoding=jobs_pb2.RASTER_ENCODING_RAW_ZSTD,
+            width_px=result.width_px, height_px=result.height_px, bands=result.bands,
+            dpi=result.dpi,
+        )
+        await messaging.publish(self.js, messaging.TILE_SUBJECT, tile_job.SerializeToString(),
+                                f"tile.{job.job_id}.{job.page}")
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
         log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,

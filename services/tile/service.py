@@ -59,6 +59,14 @@ class Tile(BackedService):
                       attempt: int) -> None:
         await messaging.report_page(self.js, self.name, job.job_id, job.plan, record, attempt)
 
+    async def _report_done(self, job: jobs_pb2.TileJob, dzi: DziInfo, dzi_key: str,
+                           attempt: int) -> None:
+        # Complete on its own (DPI and bands too): a DONE page takes no later
+        # report, so it must not depend on the render's report arriving first.
+        record = done_record(job.page, dzi, dzi_key)
+        record.dpi, record.bands, record.attempts = job.dpi, job.bands, attempt
+        await self._report(job, record, attempt)
+
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = jobs_pb2.TileJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
@@ -72,7 +80,7 @@ class Tile(BackedService):
             dzi = parse_dzi(await asyncio.to_thread(self.store.get_bytes, dzi_key))
             log.info("page already tiled", extra=ctx)
             metrics.PAGES.labels(self.name, "done").inc()
-            await self._report(job, done_record(job.page, dzi, dzi_key), delivery.attempt)
+            await self._report_done(job, dzi, dzi_key, delivery.attempt)
             return
 
         log.info("tiling page", extra=ctx)
@@ -125,9 +133,7 @@ class Tile(BackedService):
         await asyncio.to_thread(self.store.put_bytes, dzi_key, dzi_xml(dzi), "application/xml")
 
         await asyncio.to_thread(self.store.delete, job.raster_key)
-        record = done_record(job.page, dzi, dzi_key)
-        record.attempts = delivery.attempt
-        await self._report(job, record, delivery.attempt)
+        await self._report_done(job, dzi, dzi_key, delivery.attempt)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
         log.info("page tiled", extra={**ctx, "tiles": dzi.tile_count(), "levels": dzi.levels,
