@@ -1,5 +1,6 @@
 """The embedded stack: a NATS server with JetStream, an S3 API endpoint
-(moto's server) and the four services, each a local process on 127.0.0.1.
+(moto's S3 service, :mod:`planzoom.s3server`) and the four services, each a
+local process on 127.0.0.1.
 
 Used by ``planzoom up`` and ``planzoom demo`` and by the integration tests.
 Everything comes from Python packages the project installs: the NATS server
@@ -84,6 +85,11 @@ class EmbeddedStack:
     ports: Ports = field(default_factory=Ports)
     bucket: str = "planzoom"
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Tile worker processes started by :meth:`start`. A tile worker is one
+    #: Python process and spends most of its CPU in boto3 under the GIL, so
+    #: it uses about one core: run one per core to use the machine (the
+    #: Kubernetes deployment scales tile pods the same way).
+    tile_workers: int = 1
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -141,7 +147,7 @@ class EmbeddedStack:
         self._wait("nats", lambda: port_open(self.ports.nats), 30)
 
     def start_s3(self) -> None:
-        self._spawn("s3", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+        self._spawn("s3", [sys.executable, "-m", "planzoom.s3server", "-H", "127.0.0.1",
                            "-p", str(self.ports.s3)])
         self._wait("s3", lambda: port_open(self.ports.s3), 60)
 
@@ -201,6 +207,8 @@ class EmbeddedStack:
             self.start_s3()
             for name in SERVICES:
                 self.start_service(name)
+            for replica in range(2, self.tile_workers + 1):
+                self.start_service("tile", replica=replica)
         except BaseException:
             self.stop()
             raise
