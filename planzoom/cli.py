@@ -8,6 +8,7 @@ refused or a service could not be reached.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sys
@@ -217,11 +218,17 @@ def serve(service):
     importlib.import_module(f"services.{service}.service").main()
 
 
-def _start_stack(data_dir: Path | None):
+tile_workers_option = click.option(
+    "--tile-workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+    show_default="one per CPU core",
+    help="Tile worker processes (each uses about one core).")
+
+
+def _start_stack(data_dir: Path | None, tile_workers: int):
     from planzoom.stack import EmbeddedStack, StackError
 
     data = data_dir or Path(tempfile.mkdtemp(prefix="planzoom-stack-"))
-    stack = EmbeddedStack(data_dir=data)
+    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers)
     with console.status("starting NATS JetStream, the S3 endpoint and the four services…"):
         try:
             stack.start()
@@ -234,9 +241,10 @@ def _start_stack(data_dir: Path | None):
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="JetStream store and logs (default: a new temp dir).")
-def up(data_dir):
+@tile_workers_option
+def up(data_dir, tile_workers):
     """Run the embedded stack on 127.0.0.1 until Ctrl-C."""
-    stack = _start_stack(data_dir)
+    stack = _start_stack(data_dir, tile_workers)
     env = stack.env()
     table = Table("part", "address")
     table.add_row("NATS JetStream", env["PLANZOOM_NATS_URL"])
@@ -289,7 +297,8 @@ def export_job(stack, job: jobs_pb2.Job, out: Path) -> int:
               default=Path("planzoom-output"), show_default=True,
               help="Folder the finished job is exported to.")
 @job_options
-def demo(pdf, out, dpi, tile_size, overlap, quality):
+@tile_workers_option
+def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
     """Start the embedded stack, convert PDF, export the result, stop.
 
     PDF defaults to the 8-sheet plan set in ../shared/corpus/.
@@ -302,7 +311,7 @@ def demo(pdf, out, dpi, tile_size, overlap, quality):
     plan_id = re.sub(r"[^A-Za-z0-9_-]", "-", pdf.stem)[:64].strip("-_") or "plan"
     plan = jobs_pb2.PlanRef(org="demo", project="demo", plan=plan_id)
     started = time.monotonic()
-    stack = _start_stack(None)
+    stack = _start_stack(None, tile_workers)
     env = stack.env()
     client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
     try:
