@@ -8,7 +8,6 @@ refused or a service could not be reached.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sys
@@ -219,9 +218,8 @@ def serve(service):
 
 
 tile_workers_option = click.option(
-    "--tile-workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
-    show_default="one per CPU core",
-    help="Tile worker processes (each uses about one core).")
+    "--tile-workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Tile worker processes, each using about one CPU core.")
 
 
 def _start_stack(data_dir: Path | None, tile_workers: int):

@@ -86,9 +86,12 @@ class EmbeddedStack:
     bucket: str = "planzoom"
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Tile worker processes started by :meth:`start`. A tile worker is one
-    #: Python process and spends most of its CPU in boto3 under the GIL, so
-    #: it uses about one core: run one per core to use the machine (the
-    #: Kubernetes deployment scales tile pods the same way).
+    #: Python process that uses about one core (most of it boto3 under the
+    #: GIL). One is the default: on a 2-core machine that shares its cores
+    #: with the S3 endpoint and the renderer, a second one made a 900 DPI set
+    #: only 1.05-1.14x faster, made the first page viewable later, and, by
+    #: finishing pages at the same moment, took WatchJob's p99 from about 20
+    #: to 45-980 ms with 200 watchers. More cores: raise it.
     tile_workers: int = 1
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
