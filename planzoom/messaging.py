@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import nats
@@ -185,6 +185,27 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: st
     if the stream reported it as a duplicate."""
     ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=10)
     return not ack.duplicate
+
+
+async def publish_page_jobs(js: JetStreamContext, job: jobs_pb2.Job,
+                            pages: Iterable[int]) -> list[int]:
+    """Publish the PageJob of each of ``pages`` (1-based) of ``job`` on
+    ``pages.render``, built from the job record alone, with Nats-Msg-Id
+    ``render.<job_id>.<page>``: the same page published again within
+    DUPLICATE_WINDOW_SECONDS of the first is not stored again (JetStream
+    keeps a work-queue message's id for the whole window, acknowledged or
+    not). Returns the pages actually stored (the others were duplicates)."""
+    stored = []
+    for page in pages:
+        page_job = jobs_pb2.PageJob(
+            job_id=job.job_id, plan=job.plan, source_key=job.source_key,
+            source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
+            options=job.options,
+        )
+        if await publish(js, RENDER_SUBJECT, page_job.SerializeToString(),
+                         f"render.{job.job_id}.{page}"):
+            stored.append(page)
+    return stored
 
 
 def decode_work(stream: str, data: bytes):

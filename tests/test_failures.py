@@ -11,7 +11,9 @@ import time
 import grpc
 import pytest
 
-from planzoom import messaging
+from planzoom import keys, messaging
+from planzoom.clock import now_ts
+from planzoom.ids import new_job_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.v1 import jobs_pb2
 from tests.conftest import ACK_WAIT_SECONDS, MAX_DELIVER, STALL_SECONDS, SWEEP_SECONDS, list_keys
@@ -257,6 +259,36 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE and job.reconciled
     assert job.completed_pages == 7 and all(p.levels and p.dzi_key for p in job.pages)
     assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
+
+
+def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
+    """Ingest stopped after storing a job's record and publishing page 1 of
+    7: the sweep publishes pages 2-7 (page 1 is not stored twice) and the
+    job completes."""
+    template = _submit(client, corpus, RENOVATION, "ingest-stopped", 30)
+    wait_terminal(client, template.job_id)
+    job = jobs_pb2.Job()
+    job.CopyFrom(template.job)  # a record as ingest creates it: same source, all PENDING
+    job.job_id = new_job_id()
+    job.tiles_prefix = keys.tiles_prefix(job.plan, job.job_id)
+    job.manifest_key = keys.manifest_key(job.plan, job.job_id)
+    job.created_at.CopyFrom(now_ts())
+
+    async def create_and_publish_page_1(js):
+        kv = await js.key_value(messaging.JOBS_BUCKET)
+        await JobStore(js, kv, messaging.JOBS_BUCKET).create(job)
+        return await messaging.publish_page_jobs(js, job, [1])
+
+    assert run_nats(stack.env()["PLANZOOM_NATS_URL"], create_and_publish_page_1) == [1]
+    done = wait_terminal(client, job.job_id, timeout=180)
+    _assert_complete(s3, corpus, RENOVATION, done)
+    published = [x["pages"] for x in _log_lines(stack, "progress", job.job_id)
+                 if x.get("message") == "published page jobs that ingest had not"]
+    assert published and published[0] == [2, 3, 4, 5, 6, 7], published
+    assert sorted(p for ps in published for p in ps) == [2, 3, 4, 5, 6, 7], "published twice"
+    rendered = [x["page"] for x in _log_lines(stack, "render", job.job_id)
+                if x.get("message") == "rendering page"]
+    assert sorted(rendered) == list(range(1, 8)), "each page rendered once"
 
 
 def test_stalled_job_is_flagged_then_recovers(corpus, stack, client):

@@ -276,13 +276,9 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             ],
         )
         await self.jobs.create(job)
-        for i in range(job.total_pages):
-            page_job = jobs_pb2.PageJob(
-                job_id=job_id, plan=plan, source_key=src_key, source_sha256=sha,
-                page=i + 1, total_pages=job.total_pages, options=options,
-            )
-            await messaging.publish(self.js, messaging.RENDER_SUBJECT,
-                                    page_job.SerializeToString(), f"render.{job_id}.{i + 1}")
+        # If this process stops part-way, the progress sweep publishes the
+        # pages still PENDING again (deduplicated by their message ids).
+        await messaging.publish_page_jobs(self.js, job, range(1, job.total_pages + 1))
         metrics.JOBS.labels("created").inc()
         log.info("job created", extra={"job_id": job_id, "pages": job.total_pages,
                                        "sha256": sha, "bytes": size})

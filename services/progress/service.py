@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 
 FETCH_BATCH = 100
 CAS_RETRIES = 20
+#: A job's PENDING pages are published again by the sweep up to this long
+#: after its creation: the render stream's duplicate window less 3 minutes
+#: (clock skew between hosts, one sweep period).
+REPUBLISH_WITHIN_SECONDS = messaging.DUPLICATE_WINDOW_SECONDS - 180
 
 
 def manifest_json(job: jobs_pb2.Job) -> bytes:
@@ -247,13 +251,29 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         return job, sorted(found)
 
     async def _sweep_forever(self) -> None:
-        """Every sweep period: reconcile unfinished jobs and flag stalled ones."""
+        """Every sweep period: reconcile unfinished jobs, publish page jobs
+        ingest did not, and flag stalled jobs."""
         while not self._stopping.is_set():
             await asyncio.sleep(self.s.sweep_seconds)
             try:
                 await self.sweep()
             except Exception:
                 log.exception("sweep failed")
+
+    async def _republish_pending(self, job: jobs_pb2.Job) -> None:
+        """Publish again the page jobs of the pages still PENDING, while that
+        is safe: within the render stream's duplicate window of the job's
+        creation (less a margin for clock skew), a page job ingest did
+        publish is not stored twice, and one it never published (it stopped
+        after creating the record) is. Later, a lost page job only shows as
+        a stalled job."""
+        age = time.time() - job.created_at.ToSeconds()
+        pending = [p.page for p in job.pages if p.state == jobs_pb2.PAGE_STATE_PENDING]
+        if not pending or not self.s.sweep_seconds <= age < REPUBLISH_WITHIN_SECONDS:
+            return
+        if stored := await messaging.publish_page_jobs(self.js, job, pending):
+            log.warning("published page jobs that ingest had not",
+                        extra={"job_id": job.job_id, "pages": stored})
 
     async def sweep(self) -> None:
         now = time.time()
@@ -270,6 +290,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
             try:
                 job, _ = await self.reconcile(job_id)
                 if not is_terminal(job):
+                    await self._republish_pending(job)
                     job = await self._mutate(job_id, mark_stalled)
                     if job.stalled:
                         log.warning("job stalled", extra={"job_id": job_id})
