@@ -13,7 +13,7 @@ endpoint it runs against).
     python -m planzoom.s3server -H 127.0.0.1 -p 9000
 
 State lives in memory and is gone when the process ends. Not for production:
-point ``PLANZOOM_S3_ENDPOINT`` at MinIO, AWS S3 or R2 there.
+point ``PLANZOOM_S3_ENDPOINT_URL`` at MinIO, AWS S3 or R2 there.
 """
 
 from __future__ import annotations

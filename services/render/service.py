@@ -121,9 +121,9 @@ class Render(BackedService):
         finally:
             if os.path.exists(out):
                 os.unlink(out)
-        # Report before handing the page on: the tile worker's DONE report must
-        # come after this one on the job's progress subject, or the page would
-        # end without its size and DPI (a DONE page takes no further reports).
+        # Report before handing the page on, so that this report precedes the
+        # tile worker's DONE on the job's progress subject (a DONE page takes
+        # no later report; DONE carries the DPI too, should they cross anyway).
         await messaging.report_page(
             self.js, self.name, job.job_id, job.plan,
             jobs_pb2.PageRecord(
