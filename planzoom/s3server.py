@@ -3,7 +3,7 @@
 ``python -m moto.server`` serves every AWS service moto emulates. For each
 request it works out which one is meant, under one process-wide lock, by
 parsing the request's signature and scanning moto's package directory: on
-this machine that cost about a third of moto's CPU per PUT and capped it near
+this machine that cost about 40 % of moto's CPU per PUT and capped it near
 340 PUT/s however many clients it had. planzoom only speaks S3 to it, so this
 serves moto's S3 application directly (the one moto's dispatcher would pick),
 with werkzeug's threaded server and without a log line per request. Same
