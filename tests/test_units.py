@@ -123,7 +123,7 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
     image = _raster(600, 600, 1)
     stored: list[str] = []
 
-    def store(key: str, data: bytes) -> None:
+    def put(key: str, data: bytes) -> None:
         if len(stored) >= 5:
             raise OSError("disk full")
         stored.append(key)
@@ -131,7 +131,8 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(OSError, match="disk full"):
             cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1, block_bytes=6000),
-                        600, 600, 1, 256, 1, 90, store, store_pool=pool, max_in_flight=2)
+                        600, 600, 1, 256, 1, 90, lambda k, d: pool.submit(put, k, d),
+                        max_in_flight=2)
         assert len(stored) == 5
 
         class Stop(Exception):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import BinaryIO
 
 import numpy as np
@@ -185,13 +185,16 @@ class JpegEncoder:
 
 
 #: ``store(relative_key, jpeg)``: keep one tile; ``relative_key`` is
-#: ``"<level>/<col>_<row>.jpg"`` under the page's ``_files/`` folder.
-TileStore = Callable[[str, bytes], None]
+#: ``"<level>/<col>_<row>.jpg"`` under the page's ``_files/`` folder. Returns
+#: None once the tile is kept, or a Future that is done when it is (an
+#: upload still in flight).
+TileStore = Callable[[str, bytes], "Future | None"]
 
 
 class _InFlight:
-    """Futures of tiles being encoded or stored: at most ``limit`` tiles at
-    once (a tile's slot is freed when its last step ends), first error kept."""
+    """Tiles being encoded or stored: at most ``limit`` at once (a tile's
+    slot is freed when it is kept, or when one of its steps fails), first
+    error kept."""
 
     def __init__(self, limit: int):
         self._slots = threading.BoundedSemaphore(limit)
@@ -204,7 +207,12 @@ class _InFlight:
             raise self.failures[0]
         self._slots.acquire()
 
-    def track(self, future: Future, last_step: bool) -> None:
+    def release(self) -> None:
+        self._slots.release()
+
+    def track(self, future: Future, holds_slot: bool) -> None:
+        """Wait for ``future`` in :meth:`drain`; free the tile's slot when it
+        ends if ``holds_slot`` (its last step), or whenever it fails."""
         with self._lock:
             self._pending.add(future)
 
@@ -216,7 +224,7 @@ class _InFlight:
                                                       "shut down"))
                 elif f.exception() is not None:
                     self.failures.append(f.exception())
-            if last_step or f.cancelled() or f.exception() is not None:
+            if holds_slot or f.cancelled() or f.exception() is not None:
                 self._slots.release()
 
         future.add_done_callback(done)
@@ -233,16 +241,15 @@ class _InFlight:
 
 def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: int,
                 tile_size: int, overlap: int, quality: int, store: TileStore,
-                store_pool: Executor | None = None, encode_threads: int | None = None,
-                max_in_flight: int = 256, check: Callable[[], None] | None = None) -> DziInfo:
+                encode_threads: int | None = None, max_in_flight: int = 256,
+                check: Callable[[], None] | None = None) -> DziInfo:
     """Cut the raster given as blocks of rows (see :func:`raster_rows`) into
     a JPEG DZI pyramid while the next rows are read: tiles are encoded by
     ``encode_threads`` threads (default: one per CPU core; more only fight
-    over the GIL) and each is handed to ``store`` on ``store_pool`` (e.g.
-    many threads waiting on HTTP PUTs), or on the encoding thread if
-    ``store_pool`` is None. At most ``max_in_flight`` tiles are being
-    encoded or stored at once (back-pressure: a slow store slows the
-    reading, memory stays bounded).
+    over the GIL) and each is handed to ``store``, which may keep it at once
+    or return a Future (e.g. an upload, see :mod:`services.tile.uploads`).
+    At most ``max_in_flight`` tiles are being encoded or stored at once
+    (back-pressure: a slow store slows the reading, memory stays bounded).
 
     ``check()`` runs between blocks and may raise to stop early (e.g. the job
     was cancelled). The first error of a store, of the raster or of
@@ -253,11 +260,11 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
     flight = _InFlight(max_in_flight)
 
     def encode(key: str, pixels: np.ndarray) -> None:
-        data = encoder.encode(pixels)
-        if store_pool is None:
-            store(key, data)
+        stored = store(key, encoder.encode(pixels))
+        if stored is None:
+            flight.release()
         else:
-            flight.track(store_pool.submit(store, key, data), last_step=True)
+            flight.track(stored, holds_slot=True)
 
     with ThreadPoolExecutor(encode_threads or os.cpu_count() or 1,
                             thread_name_prefix="tile-encode") as encoders:
@@ -265,7 +272,7 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
         def emit(level: int, col: int, row: int, pixels: np.ndarray) -> None:
             flight.acquire()
             flight.track(encoders.submit(encode, f"{level}/{col}_{row}.jpg", pixels),
-                         last_step=store_pool is None)
+                         holds_slot=False)
 
         builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)
         try:

@@ -1,12 +1,16 @@
 """Tile worker: ``pages.tile`` → raster streamed from S3 → DZI pyramid
-(libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last."""
+(libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last.
+
+The PUTs run in ``PLANZOOM_UPLOAD_PROCESSES`` child processes
+(:mod:`services.tile.uploads`) so boto3 does not share a GIL with the
+pyramid."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import pyvips
 
@@ -20,6 +24,7 @@ from planzoom.messaging import Delivery, PermanentError, PullWorker
 from planzoom.server import serve
 from planzoom.v1 import jobs_pb2
 from services.tile.pyramid import RasterUnreadable, cut_pyramid, raster_rows
+from services.tile.uploads import UploadPool
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,9 @@ class Tile(BackedService):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.uploads = ThreadPoolExecutor(settings.upload_concurrency,
-                                          thread_name_prefix="tile-upload")
+        self.uploads = UploadPool(
+            settings, settings.upload_processes,
+            threads=-(-settings.upload_concurrency // settings.upload_processes))
 
     async def start(self) -> None:
         await self.connect()
@@ -52,7 +58,7 @@ class Tile(BackedService):
 
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
-        self.uploads.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.uploads.close)
         await self.disconnect()
 
     async def _report(self, job: jobs_pb2.TileJob, record: jobs_pb2.PageRecord,
@@ -102,8 +108,8 @@ class Tile(BackedService):
             if cancelled:
                 raise JobCancelled
 
-        def put(key: str, data: bytes) -> None:
-            self.store.put_bytes(files + key, data, "image/jpeg")
+        def put(key: str, data: bytes) -> Future:
+            return self.uploads.put(files + key, data, "image/jpeg")
 
         def tile() -> DziInfo:
             body = self.store.get_stream(job.raster_key)
@@ -111,7 +117,7 @@ class Tile(BackedService):
                 return cut_pyramid(
                     raster_rows(body, job.width_px, job.height_px, job.bands),
                     job.width_px, job.height_px, job.bands, job.options.tile_size,
-                    job.options.overlap, job.options.jpeg_quality, put, store_pool=self.uploads,
+                    job.options.overlap, job.options.jpeg_quality, put,
                     max_in_flight=4 * self.s.upload_concurrency, check=check,
                 )
             finally:

@@ -1,0 +1,179 @@
+"""Tile uploads spread over child processes, each with its own boto3 client.
+
+boto3 spends about 1.7 ms of CPU on every PUT (request building, signing,
+header parsing), nearly all of it holding the GIL. In one process that caps
+a tile worker near one core: 20 kB tiles went out at 300-370 a second while
+the same endpoint took 430-560 from a bare loop. Here the PUTs run in
+``processes`` spawned children, each with ``threads`` threads and one boto3
+client; the tile worker only encodes and hands each tile's bytes over a pipe
+(about 30 µs of its CPU).
+
+A child that dies fails the uploads it held (``UploadFailed``, so the page
+is retried by redelivery) and is replaced; the other children go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import count
+from multiprocessing.connection import Connection
+
+from planzoom import metrics
+from planzoom.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class UploadFailed(RuntimeError):
+    """A PUT failed after botocore's retries, or its process died."""
+
+
+def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | None,
+           threads: int) -> None:
+    """Child process: PUT each ``(task, key, data, content_type)`` received on
+    ``conn`` with ``threads`` threads; answer ``(task, error or None,
+    retries)``. Ends, once its PUTs are answered, on receiving None (the pool
+    is closing) or when the parent's end of the pipe closes (it died)."""
+    from planzoom.storage import ObjectStore  # boto3 is imported here, not at spawn
+
+    store = ObjectStore(settings, credentials)
+    retries = [0]
+
+    def count_retries(parsed=None, **_) -> None:  # reported to the parent's metrics
+        retries[0] += ((parsed or {}).get("ResponseMetadata") or {}).get("RetryAttempts", 0)
+
+    store.client.meta.events.register("after-call.s3", count_retries)
+    send_lock = threading.Lock()
+
+    def put(task: int, key: str, data: bytes, content_type: str) -> None:
+        try:
+            store.put_bytes(key, data, content_type)
+            error = None
+        except Exception as e:  # botocore exceptions do not all pickle: send text
+            error = f"PUT {key}: {type(e).__name__}: {e}"
+        with send_lock:
+            n, retries[0] = retries[0], 0
+            conn.send((task, error, n))
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="put") as pool:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            if message is None:
+                break
+            pool.submit(put, *message)
+
+
+class _Child:
+    """One child process, its pipe and the uploads it holds."""
+
+    def __init__(self, ctx, args: tuple):
+        self.conn, child_end = ctx.Pipe()
+        self.process = ctx.Process(target=_child, args=(child_end, *args),
+                                   name="tile-upload", daemon=True)
+        self.process.start()
+        self.started = time.monotonic()
+        child_end.close()
+        self.pending: dict[int, Future] = {}
+        self.send_lock = threading.Lock()
+
+
+class UploadPool:
+    """PUTs of tiles in ``processes`` child processes of ``threads`` threads
+    each (``processes * threads`` requests in flight at most), to the bucket
+    of ``settings``; ``credentials`` as for :class:`~planzoom.storage.ObjectStore`."""
+
+    def __init__(self, settings: Settings, processes: int, threads: int,
+                 credentials: tuple[str, str] | None = None):
+        self._child_args = (settings, credentials, threads)
+        self._ctx = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._tasks = count()
+        self._closed = False
+        self._children = [self._start() for _ in range(processes)]
+
+    def _start(self) -> _Child:
+        child = _Child(self._ctx, self._child_args)
+        threading.Thread(target=self._read, args=(child,), name="tile-upload-results",
+                         daemon=True).start()
+        return child
+
+    def _read(self, child: _Child) -> None:
+        """Settle the futures of ``child``'s answers; on its death, fail the
+        rest and put a new child in its place."""
+        while True:
+            try:
+                task, error, retries = child.conn.recv()
+            except (EOFError, OSError):
+                break
+            if retries:
+                metrics.S3_RETRIES.inc(retries)
+            with self._lock:
+                future = child.pending.pop(task)
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(UploadFailed(error))
+        child.process.join(timeout=5)
+        child.conn.close()
+        if time.monotonic() - child.started < 5:
+            time.sleep(1)  # one that cannot start (bad settings) is not respawned in a spin
+        with self._lock:
+            lost, child.pending = list(child.pending.values()), {}
+            if not self._closed:
+                log.error("upload process %s ended (exit code %s) holding %d uploads; "
+                          "starting another", child.process.pid, child.process.exitcode,
+                          len(lost))
+                self._children[self._children.index(child)] = self._start()
+        for future in lost:
+            future.set_exception(UploadFailed(
+                f"the upload process ended (exit code {child.process.exitcode}) "
+                "before this tile was stored"))
+
+    def pids(self) -> list[int]:
+        """Process ids of the current upload processes."""
+        with self._lock:
+            return [c.process.pid for c in self._children]
+
+    def put(self, key: str, data: bytes, content_type: str) -> Future:
+        """Queue one PUT of ``data`` (bytes) at ``key``; the future's result
+        is None once stored, or it raises UploadFailed. Never blocks on the
+        upload (the caller bounds how many are in flight)."""
+        future: Future = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the upload pool is closed")
+            child = min(self._children, key=lambda c: len(c.pending))  # least loaded
+            task = next(self._tasks)
+            child.pending[task] = future
+        try:
+            with child.send_lock:
+                child.conn.send((task, key, data, content_type))
+        except (OSError, ValueError) as e:  # the child died; its reader fails the future
+            log.warning("upload process unreachable: %s", e)
+        return future
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the children once their queued uploads are answered; kill
+        those still running after ``timeout`` seconds."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children)
+        for child in children:
+            try:
+                with child.send_lock:
+                    child.conn.send(None)
+            except (OSError, ValueError):
+                pass  # already gone
+        deadline = time.monotonic() + timeout
+        for child in children:
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join()
