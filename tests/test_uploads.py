@@ -12,6 +12,7 @@ from concurrent.futures import wait
 import pytest
 
 from planzoom.config import Settings
+from planzoom.storage import ObjectStore
 from services.tile.uploads import UploadFailed, UploadPool
 from tests.conftest import list_keys
 
@@ -43,7 +44,7 @@ def test_uploads_land_and_errors_name_the_key(stack, pool, s3):
     # S3 refuses the PUT: the error says which one and why, and the pool goes on.
     missing = _pool(stack, bucket="planzoom-no-such-bucket")
     try:
-        with pytest.raises(UploadFailed, match=r"PUT a/b\.jpg: NoSuchBucket"):
+        with pytest.raises(UploadFailed, match=r"PUT a/b\.jpg: PutFailed: NoSuchBucket"):
             missing.put("a/b.jpg", b"x", "image/jpeg").result(timeout=60)
         assert missing.put("a/c.jpg", b"x", "image/jpeg").exception(timeout=60) is not None
     finally:
@@ -74,3 +75,22 @@ def test_a_dead_upload_process_fails_its_uploads_and_is_replaced(pool, s3, s3_pr
     again = [pool.put(f"{prefix}after-{i}.jpg", b"y", "image/jpeg") for i in range(20)]
     assert all(f.result(timeout=60) is None for f in again)
     assert len([k for k in list_keys(s3, prefix) if "/after-" in k]) == 20
+
+
+def test_put_small_retries_slowdowns_and_resets(stack, s3, s3_proxy):
+    env = stack.env()
+    store = ObjectStore(Settings(s3_endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"],
+                                 s3_bucket="planzoom"),
+                        credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+    prefix = f"test-uploads/{uuid.uuid4().hex}/"
+    bodies = {f"{prefix}{i}.jpg": os.urandom(500) for i in range(40)}
+    s3_proxy.counts.clear()
+    s3_proxy.slowdown, s3_proxy.reset = 0.25, 0.1
+    try:
+        retries = sum(store.put_small(k, v, "image/jpeg") for k, v in bodies.items())
+    finally:
+        s3_proxy.slowdown = s3_proxy.reset = 0.0
+    faults = s3_proxy.counts["slowdown"] + s3_proxy.counts["reset"]
+    assert faults >= 5 and retries == faults, (retries, s3_proxy.counts)
+    for key, body in bodies.items():
+        assert s3.get_object(Bucket="planzoom", Key=key)["Body"].read() == body

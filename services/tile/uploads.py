@@ -1,12 +1,12 @@
-"""Tile uploads spread over child processes, each with its own boto3 client.
+"""Tile uploads spread over child processes, each with its own S3 client.
 
-boto3 spends about 1.7 ms of CPU on every PUT (request building, signing,
-header parsing), nearly all of it holding the GIL. In one process that caps
-a tile worker near one core: 20 kB tiles went out at 300-370 a second while
-the same endpoint took 430-560 from a bare loop. Here the PUTs run in
-``processes`` spawned children, each with ``threads`` threads and one boto3
-client; the tile worker only encodes and hands each tile's bytes over a pipe
-(about 30 µs of its CPU).
+A PUT costs CPU under the GIL (about 1.7-2.1 ms with boto3's ``put_object``,
+0.9-1.2 ms with :meth:`~planzoom.storage.ObjectStore.put_small`). In the
+tile worker's own process that capped it near one core: 20 kB tiles went out
+at 300-370 a second while the same endpoint took 430-560 from a bare loop.
+Here the PUTs run in ``processes`` spawned children, each with ``threads``
+threads; the tile worker only encodes and hands each tile's bytes over a
+pipe.
 
 A child that dies fails the uploads it held (``UploadFailed``, so the page
 is retried by redelivery) and is replaced; the other children go on.
@@ -24,12 +24,13 @@ from multiprocessing.connection import Connection
 
 from planzoom import metrics
 from planzoom.config import Settings
+from planzoom.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
 class UploadFailed(RuntimeError):
-    """A PUT failed after botocore's retries, or its process died."""
+    """A PUT failed after its retries, or its process died."""
 
 
 def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | None,
@@ -38,26 +39,17 @@ def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | 
     ``conn`` with ``threads`` threads; answer ``(task, error or None,
     retries)``. Ends, once its PUTs are answered, on receiving None (the pool
     is closing) or when the parent's end of the pipe closes (it died)."""
-    from planzoom.storage import ObjectStore  # boto3 is imported here, not at spawn
-
     store = ObjectStore(settings, credentials)
-    retries = [0]
-
-    def count_retries(parsed=None, **_) -> None:  # reported to the parent's metrics
-        retries[0] += ((parsed or {}).get("ResponseMetadata") or {}).get("RetryAttempts", 0)
-
-    store.client.meta.events.register("after-call.s3", count_retries)
     send_lock = threading.Lock()
 
     def put(task: int, key: str, data: bytes, content_type: str) -> None:
+        retries, error = 0, None
         try:
-            store.put_bytes(key, data, content_type)
-            error = None
-        except Exception as e:  # botocore exceptions do not all pickle: send text
+            retries = store.put_small(key, data, content_type)
+        except Exception as e:  # not every error pickles: send text
             error = f"PUT {key}: {type(e).__name__}: {e}"
         with send_lock:
-            n, retries[0] = retries[0], 0
-            conn.send((task, error, n))
+            conn.send((task, error, retries))
 
     with ThreadPoolExecutor(threads, thread_name_prefix="put") as pool:
         while True:
