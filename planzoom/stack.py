@@ -23,6 +23,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 SERVICES = ("ingest", "render", "tile", "progress")
+#: Niceness of the batch workers (render, tile). On one machine they would
+#: otherwise take CPU from the gRPC front services when the cores are full,
+#: and a WatchJob update would wait behind a page's PUTs; in Kubernetes each
+#: pod's CPU request plays this part.
+BATCH_NICE = 10
 #: Starts of a service whose gRPC port was taken (see start_service).
 BIND_ATTEMPTS = 5
 S3_ACCESS_KEY = "planzoom"
@@ -165,8 +170,11 @@ class EmbeddedStack:
         self.metrics_ports[proc_name] = free_port()
         env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
+        argv = [sys.executable, "-m", f"services.{name}"]
+        if name in ("render", "tile"):
+            argv = ["nice", "-n", str(BATCH_NICE), *argv]  # exec'd: same pid
         for attempt in range(BIND_ATTEMPTS):
-            self._spawn(proc_name, [sys.executable, "-m", f"services.{name}"], env)
+            self._spawn(proc_name, argv, env)
             try:
                 self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
                 return proc_name
