@@ -11,9 +11,11 @@ Cases
                      tiles to local disk, no upload
   2 tile             planzoom-900 with a second tile worker
   tile stage         on the first --stage-pages pages: planzoom's pyramid and
-                     `vips dzsave` to local disk; the endpoint's ceiling (a
-                     bare boto3 loop PUTting the same files); the tile
-                     service's code (pyramid with PUTs as tiles come)
+                     `vips dzsave` to local disk; the endpoint's ceiling (bare
+                     loops PUTting the same files: boto3's put_object from one
+                     process, the tile worker's put_small from as many
+                     processes as it uploads from; the faster one counts);
+                     the tile service's code (pyramid with PUTs as tiles come)
   progress           page done → WatchJob delivery with --watchers streams
   memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
                      at 600 DPI, peak RSS of each service
@@ -38,7 +40,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +61,7 @@ from planzoom.storage import ObjectStore  # noqa: E402
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc  # noqa: E402
 from services.render.rasterize import render_page  # noqa: E402
 from services.tile.pyramid import cut_pyramid, raster_rows, save_pyramid  # noqa: E402
+from services.tile.uploads import UploadPool  # noqa: E402
 
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
 
@@ -332,7 +335,8 @@ class Stage:
     """The tile stage on the same rasters, four ways (seconds)."""
     pyramid: float  # planzoom's pyramid to local disk, no upload
     dzsave: float  # `vips dzsave` of the same rasters to local disk
-    upload: float  # bare boto3: the pyramid's files PUT by N threads
+    upload: float  # bare boto3 put_object: the pyramid's files, N threads, one process
+    upload_procs: float  # bare put_small over the tile worker's upload processes
     overlapped: float  # what the tile service runs: pyramid + PUTs as tiles come
     one_worker: float  # one one-core tile process, to local disk
     two_workers: float  # two one-core tile processes, to local disk
@@ -342,8 +346,34 @@ class Stage:
     white: tuple[int, int, int, int]
 
 
-def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: ObjectStore,
-               threads: int) -> Stage:
+def _bare_puts(settings: Settings, prefix: str, bodies: list[tuple[str, bytes]],
+               threads: int, small: bool) -> None:
+    """PUT ``bodies`` (key, bytes) with ``threads`` threads and one client:
+    boto3's ``put_object``, or ``ObjectStore.put_small`` if ``small``."""
+    store = ObjectStore(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    put = store.put_small if small else store.put_bytes
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda kb: put(prefix + kb[0], kb[1], "image/jpeg"), bodies))
+
+
+def bare_upload(settings: Settings, bodies: list[tuple[str, bytes]], processes: int,
+                small: bool) -> float:
+    """Seconds for ``processes`` processes sharing the tile worker's
+    PLANZOOM_UPLOAD_CONCURRENCY threads to PUT ``bodies`` (see _bare_puts)."""
+    threads = -(-settings.upload_concurrency // processes)
+    prefix = f"ceiling/{processes}/{small}/{int(time.time() * 1000)}/"
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        list(pool.map(time.sleep, [1.0] * processes))  # processes up and imported
+        t0 = time.monotonic()
+        list(pool.map(_bare_puts, [settings] * processes, [prefix] * processes,
+                      [bodies[i::processes] for i in range(processes)], [threads] * processes,
+                      [small] * processes))
+        return time.monotonic() - t0
+
+
+def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, settings: Settings,
+               uploads: UploadPool) -> Stage:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     rasters = list(render_all(pdf, pages, dpi, work))
@@ -370,26 +400,23 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: O
                        check=True)
         dzsave += time.monotonic() - t0
         vfile.unlink()
-    # (3) the storage endpoint's ceiling for these objects: a bare boto3 loop
+    # (3) the storage endpoint's ceiling for these objects: bare boto3 loops
+    # from one process and from the tile worker's number of upload processes
     files = [p for p in (work / "pz").rglob("*") if p.is_file()]
     bodies = [(str(p.relative_to(work)), p.read_bytes()) for p in files]
-    prefix = f"ceiling/{int(time.time() * 1000)}/"
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda kb: s3.put_object(Bucket="planzoom", Key=prefix + kb[0],
-                                               Body=kb[1]), bodies))
-    upload = time.monotonic() - t0
-    # (4) what the tile service does: pyramid cut while tiles are PUT
+    upload = bare_upload(settings, bodies, 1, small=False)
+    upload_procs = bare_upload(settings, bodies, settings.upload_processes, small=True)
+    # (4) what the tile service does: pyramid cut while its upload processes
+    # PUT the tiles
     prefix = f"overlapped/{int(time.time() * 1000)}/"
     t0 = time.monotonic()
-    with ThreadPoolExecutor(threads) as pool:
-        for page, r, raster in rasters:
-            with open(raster, "rb") as f:
-                def put(key: str, data: bytes, page=page) -> None:
-                    store.put_bytes(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
-                cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
-                            r.height_px, r.bands, 256, 1, 90, put, store_pool=pool,
-                            max_in_flight=4 * threads)
+    for page, r, raster in rasters:
+        with open(raster, "rb") as f:
+            def put(key: str, data: bytes, page=page) -> Future:
+                return uploads.put(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
+            cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
+                        r.height_px, r.bands, 256, 1, 90, put,
+                        max_in_flight=4 * settings.upload_concurrency)
     overlapped = time.monotonic() - t0
     # (5) tile workers as separate one-core processes: one against two,
     # alternated three times (the machine is noisy), medians
@@ -399,7 +426,7 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, s3, store: O
             times[n].append(tile_workers(rasters, work, n))
     one, two = statistics.median(times[1]), statistics.median(times[2])
     shutil.rmtree(work, ignore_errors=True)
-    return Stage(pyramid, dzsave, upload, overlapped, one, two, len(bodies), mpx,
+    return Stage(pyramid, dzsave, upload, upload_procs, overlapped, one, two, len(bodies), mpx,
                  sorted({r.bands for _, r, _ in rasters}), white)
 
 
@@ -478,6 +505,9 @@ def main() -> None:
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
                       config=boto3.session.Config(max_pool_connections=threads))
     store = ObjectStore(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    uploads = UploadPool(settings, settings.upload_processes,
+                         -(-threads // settings.upload_processes),
+                         credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
     total_pages = len(pdfium.PdfDocument(str(a.pdf)))
     pages = list(range(1, total_pages + 1))
     results = {k: Result(k, pages=total_pages) for k in (
@@ -519,8 +549,8 @@ def main() -> None:
             r.seconds.append(secs)
             r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
-            stages.append(tile_stage(a.pdf, pages[: a.stage_pages], 900, data / "tile", s3,
-                                     store, threads))
+            stages.append(tile_stage(a.pdf, pages[: a.stage_pages], 900, data / "tile",
+                                     settings, uploads))
             for prefix in ("reference/", "ceiling/", "overlapped/", "tiles/"):
                 store.delete_prefix(prefix)  # each run starts from the same bucket
         if a.memory:
@@ -533,6 +563,7 @@ def main() -> None:
                     client, stack, pdf, 600, f"mem-{w:g}x{h:g}".replace(".", "-"))
                 memory[label] = (mpx, peaks)
     finally:
+        uploads.close()
         client.close()
         stack.stop()
         if proxy:
@@ -575,17 +606,22 @@ def main() -> None:
     st = stages[-1]
     pyr, dz = med(x.pyramid for x in stages), med(x.dzsave for x in stages)
     up, ov = med(x.upload for x in stages), med(x.overlapped for x in stages)
-    ceiling = st.objects / up
+    upp = med(x.upload_procs for x in stages)
+    procs = settings.upload_processes
+    best = min(up, upp)
+    ceiling = st.objects / best
     print()
     print(f"tile stage, pages 1-{min(a.stage_pages, total_pages)} at 900 DPI "
           f"({st.megapixels:.0f} MP, bands {st.bands}, {st.objects} objects):")
     print(f"  pyramid to local disk: planzoom {pyr:.2f} s, vips dzsave {dz:.2f} s "
           f"-> planzoom is {dz / pyr:.2f}x dzsave's speed")
-    print(f"  storage ceiling, bare boto3 with {threads} threads: {up:.2f} s = "
-          f"{ceiling:.0f} PUT/s")
-    print(f"  pyramid + upload overlapped (the tile service's code): {ov:.2f} s = "
-          f"{st.objects / ov:.0f} PUT/s = {100 * up / ov:.0f} % of the ceiling; "
-          f"max(pyramid, upload) {max(pyr, up):.2f} s, sum {pyr + up:.2f} s")
+    print(f"  storage ceiling, bare loops of {threads} threads: boto3 put_object in 1 "
+          f"process {up:.2f} s = {st.objects / up:.0f} PUT/s; put_small in {procs} "
+          f"processes {upp:.2f} s = {st.objects / upp:.0f} PUT/s")
+    print(f"  pyramid + upload overlapped (the tile service's code, {procs} upload "
+          f"processes): {ov:.2f} s = {st.objects / ov:.0f} PUT/s = {100 * best / ov:.0f} % "
+          f"of the ceiling; max(pyramid, upload) {max(pyr, best):.2f} s, "
+          f"sum {pyr + best:.2f} s")
     print(f"  tile service during planzoom-900: {med(tile_rates):.0f} objects per busy "
           f"second = {100 * med(tile_rates) / ceiling:.0f} % of the ceiling")
     print(f"  two one-core tile worker processes against one (pyramid to disk, no "
