@@ -2,7 +2,7 @@
 (libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last.
 
 The PUTs run in ``PLANZOOM_UPLOAD_PROCESSES`` child processes
-(:mod:`services.tile.uploads`) so boto3 does not share a GIL with the
+(:mod:`services.tile.uploads`) so that they do not share a GIL with the
 pyramid."""
 
 from __future__ import annotations
