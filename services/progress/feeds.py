@@ -56,14 +56,11 @@ class JobFeed:
     async def wait(self, after_revision: int, timeout: float) -> None:
         """Return once ``latest`` is newer than ``after_revision``, the
         record is gone, or ``timeout`` seconds have passed."""
-        deadline = time.monotonic() + timeout
-        while not self._has_news(after_revision):
-            changed = self._changed
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+        # asyncio.timeout, not wait_for: no extra task per stream per change.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self._has_news(after_revision):
+                    await self._changed.wait()
 
     def _has_news(self, after_revision: int) -> bool:
         return self.gone or (self.latest is not None and self.latest.revision > after_revision)
