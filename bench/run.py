@@ -228,22 +228,28 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
                   watchers: int) -> list[float]:
     """Seconds from each page's completion (its .dzi written, the tile
     worker's finished_at) to each of ``watchers`` WatchJob streams receiving
-    the record that shows it. The streams are read by one asyncio client (4
-    channels), so the measuring side adds little of its own."""
+    the record that shows it, for the pages that finished once every stream
+    was connected (had its first record). The streams are read by one asyncio
+    client (4 channels), so the measuring side adds little of its own."""
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
     resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
     address = stack.env()["PLANZOOM_PROGRESS_ADDR"]
-    delays: list[float] = []
+    seen_at: list[tuple[float, float]] = []  # (page finished_at, received), both epoch s
+    connected: list[float] = []
 
     async def watch(stub) -> None:
         seen: set[int] = set()
+        first = True
         request = progress_pb2.WatchJobRequest(job_id=resp.job_id)
         async for job in stub.WatchJob(request, timeout=600):
             now = time.time()
+            if first:  # this stream's first record: it is connected
+                connected.append(now)
+                first = False
             for p in job.pages:
                 if p.state == jobs_pb2.PAGE_STATE_DONE and p.page not in seen:
                     seen.add(p.page)
-                    delays.append(now - p.finished_at.ToNanoseconds() / 1e9)
+                    seen_at.append((p.finished_at.ToNanoseconds() / 1e9, now))
 
     async def run() -> None:
         channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
@@ -255,7 +261,8 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
                 await c.close()
 
     asyncio.run(run())
-    return delays
+    all_connected = max(connected)
+    return [got - done for done, got in seen_at if done > all_connected]
 
 
 def blank_tiles(level_dir: Path) -> tuple[int, int, int, int]:
@@ -601,7 +608,7 @@ def main() -> None:
     print(f"time to first viewable page at 900 DPI: {med(first_pages):.1f} s "
           f"(of {one:.1f} s for all {total_pages})")
     q = statistics.quantiles(latencies, n=100)
-    print(f"page done (.dzi written) -> watcher has it, {a.watchers} watchers, "
+    print(f"page done (.dzi written) -> watcher has it, {a.watchers} watchers connected, "
           f"{len(latencies)} deliveries: p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms")
     st = stages[-1]
     pyr, dz = med(x.pyramid for x in stages), med(x.dzsave for x in stages)
