@@ -219,7 +219,8 @@ def serve(service):
 
 tile_workers_option = click.option(
     "--tile-workers", type=click.IntRange(min=1), default=1, show_default=True,
-    help="Tile worker processes, each using about one CPU core.")
+    help="Tile workers, each using up to about two CPU cores (it and its upload "
+         "processes).")
 
 
 def _start_stack(data_dir: Path | None, tile_workers: int):
