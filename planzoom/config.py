@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     render_recycle_pages: int = Field(50, ge=1)  # restart a PDFium process after N pages
     tile_concurrency: int = Field(1, ge=1)  # pages tiled at once per replica
     upload_concurrency: int = Field(32, ge=1)  # tile PUTs in flight per tile worker
-    upload_processes: int = Field(2, ge=1)  # processes sharing them (boto3 holds the GIL)
+    upload_processes: int = Field(2, ge=1)  # processes sharing them (a PUT's CPU is under the GIL)
     ack_wait_seconds: float = Field(60.0, gt=1)
     max_deliver: int = Field(5, ge=1)
     work_dir: str | None = None  # temp files; default: the system temp dir
