@@ -512,9 +512,7 @@ def main() -> None:
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
                       config=boto3.session.Config(max_pool_connections=threads))
     store = ObjectStore(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
-    uploads = UploadPool(settings, settings.upload_processes,
-                         -(-threads // settings.upload_processes),
-                         credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    uploads = UploadPool.from_settings(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
     total_pages = len(pdfium.PdfDocument(str(a.pdf)))
     pages = list(range(1, total_pages + 1))
     results = {k: Result(k, pages=total_pages) for k in (

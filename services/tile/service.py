@@ -42,9 +42,7 @@ class Tile(BackedService):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.uploads = UploadPool(
-            settings, settings.upload_processes,
-            threads=-(-settings.upload_concurrency // settings.upload_processes))
+        self.uploads = UploadPool.from_settings(settings)
 
     async def start(self) -> None:
         await self.connect()

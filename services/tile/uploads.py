@@ -90,6 +90,15 @@ class UploadPool:
         self._closed = False
         self._children = [self._start() for _ in range(processes)]
 
+    @classmethod
+    def from_settings(cls, settings: Settings,
+                      credentials: tuple[str, str] | None = None) -> UploadPool:
+        """The tile worker's pool: ``PLANZOOM_UPLOAD_CONCURRENCY`` threads split
+        over ``PLANZOOM_UPLOAD_PROCESSES`` processes (rounded up)."""
+        processes = settings.upload_processes
+        return cls(settings, processes, -(-settings.upload_concurrency // processes),
+                   credentials)
+
     def _start(self) -> _Child:
         child = _Child(self._ctx, self._child_args)
         threading.Thread(target=self._read, args=(child,), name="tile-upload-results",
