@@ -90,13 +90,13 @@ class EmbeddedStack:
     ports: Ports = field(default_factory=Ports)
     bucket: str = "planzoom"
     extra_env: dict[str, str] = field(default_factory=dict)
-    #: Tile worker processes started by :meth:`start`. A tile worker is one
-    #: Python process that uses about one core (most of it boto3 under the
-    #: GIL). One is the default: on a 2-core machine that shares its cores
-    #: with the S3 endpoint and the renderer, a second one made a 900 DPI set
-    #: only 1.05-1.14x faster, made the first page viewable later, and, by
-    #: finishing pages at the same moment, took WatchJob's p99 from about 20
-    #: to 45-980 ms with 200 watchers. More cores: raise it.
+    #: Tile workers started by :meth:`start`. A tile worker (its process and
+    #: its upload processes) uses up to about two cores. One is the default:
+    #: on a 2-core machine that shares its cores with the S3 endpoint and the
+    #: renderer, a second one made a 900 DPI set only 1.09-1.20x faster,
+    #: made the first page viewable later, and, by finishing pages at the
+    #: same moment, raised WatchJob's p99 with 200 watchers. More cores:
+    #: raise it.
     tile_workers: int = 1
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
