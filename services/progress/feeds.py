@@ -40,6 +40,7 @@ class JobFeed:
         self.kv, self.jobs, self.job_id = kv, jobs, job_id
         self.latest: jobs_pb2.Job | None = None
         self.gone = False  # the record was deleted or purged
+        self.closed = False
         self.subscribers = 0
         self._changed = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -53,14 +54,20 @@ class JobFeed:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def wait(self, after_revision: int, timeout: float) -> None:
+    async def wait(self, after_revision: int) -> None:
         """Return once ``latest`` is newer than ``after_revision``, the
-        record is gone, or ``timeout`` seconds have passed."""
-        # asyncio.timeout, not wait_for: no extra task per stream per change.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                while not self._has_news(after_revision):
-                    await self._changed.wait()
+        record is gone, or the feed is closed (the process is stopping).
+
+        No timeout: a timer per stream per change cost about a fifth of a
+        200-stream fan-out, and every reason to stop waiting sets the event.
+        """
+        while not (self.closed or self._has_news(after_revision)):
+            await self._changed.wait()
+
+    def close(self) -> None:
+        """Wake every stream waiting on this feed for good."""
+        self.closed = True
+        self._wake()
 
     def _has_news(self, after_revision: int) -> bool:
         return self.gone or (self.latest is not None and self.latest.revision > after_revision)
@@ -72,6 +79,9 @@ class JobFeed:
             return
         else:
             self.latest = job
+        self._wake()
+
+    def _wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -127,12 +137,21 @@ class JobFeeds:
     def __init__(self, kv, jobs: JobStore):
         self.kv, self.jobs = kv, jobs
         self._feeds: dict[str, JobFeed] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Wake every waiting stream so it can end, now and on any feed
+        opened later (the process is stopping)."""
+        self.closed = True
+        for feed in self._feeds.values():
+            feed.close()
 
     @contextlib.asynccontextmanager
     async def subscribe(self, job_id: str) -> AsyncIterator[JobFeed]:
         feed = self._feeds.get(job_id)
         if feed is None:
             feed = self._feeds[job_id] = JobFeed(self.kv, self.jobs, job_id)
+            feed.closed = self.closed
             feed.start()
         feed.subscribers += 1
         try:
