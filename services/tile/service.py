@@ -135,9 +135,10 @@ class Tile(BackedService):
             raise PermanentError(f"libvips could not encode a tile: {e}") from None
         # The descriptor goes last: its presence means the page is complete.
         await asyncio.to_thread(self.store.put_bytes, dzi_key, dzi_xml(dzi), "application/xml")
-
-        await asyncio.to_thread(self.store.delete, job.raster_key)
+        # Watchers hear of the page first; the raster goes after (if this
+        # process stops in between, the job's end removes work/<job>/).
         await self._report_done(job, dzi, dzi_key, delivery.attempt)
+        await asyncio.to_thread(self.store.delete, job.raster_key)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
         log.info("page tiled", extra={**ctx, "tiles": dzi.tile_count(), "levels": dzi.levels,
