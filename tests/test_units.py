@@ -17,6 +17,7 @@ from planzoom.dzi import level_count, parse_dzi
 from planzoom.ids import InvalidId, check_id, new_job_id
 from planzoom.v1 import jobs_pb2
 from services.ingest.checks import describe_magic
+from services.progress.feeds import COALESCE_SECONDS, JobFeed
 from services.progress.fold import apply_event, pages_ended, settle
 from services.render.rasterize import effective_dpi
 from services.tile.pyramid import (
@@ -222,6 +223,47 @@ def test_settle_ends_a_record_whose_pages_have_all_ended():
     assert pages_ended(job) and settle(job)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
     assert not settle(job)
+
+
+async def test_feed_holds_changes_that_end_nothing():
+    """A page starting to render waits (and merges with the next change);
+    a page ending wakes the streams at once and carries the held change."""
+    import asyncio
+    import time
+
+    feed = JobFeed(kv=None, jobs=None, job_id="j")  # fed by hand, no watcher
+    job = _job(2)
+    apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_RENDERING))  # the job is PROCESSING
+    job.revision = 1
+    feed._publish(job)  # the first record
+    await asyncio.wait_for(feed.wait(0), 0.01)
+
+    def change(page: int, state: int) -> jobs_pb2.Job:
+        nxt = jobs_pb2.Job()
+        nxt.CopyFrom(feed._held_job or feed.latest)  # as the KV record stands
+        apply_event(nxt, _ev(page, state))
+        nxt.revision += 1
+        return nxt
+
+    feed._publish(change(1, jobs_pb2.PAGE_STATE_TILING))  # held
+    started = time.monotonic()
+    waiting = asyncio.create_task(feed.wait(1))
+    await asyncio.sleep(COALESCE_SECONDS / 4)
+    assert not waiting.done()
+    feed._publish(change(1, jobs_pb2.PAGE_STATE_DONE))  # at once, with the held one
+    await asyncio.wait_for(waiting, 0.01)
+    assert time.monotonic() - started < COALESCE_SECONDS
+    assert (feed.latest.revision, feed.latest.completed_pages) == (3, 1)
+
+    feed._publish(change(2, jobs_pb2.PAGE_STATE_TILING))  # held, then out by itself
+    started = time.monotonic()
+    await asyncio.wait_for(feed.wait(3), COALESCE_SECONDS * 5)
+    assert time.monotonic() - started >= COALESCE_SECONDS * 0.9
+    assert feed.latest.pages[1].state == jobs_pb2.PAGE_STATE_TILING
+
+    feed.close()  # stopping wakes every stream for good
+    await asyncio.wait_for(feed.wait(4), 0.01)
+    await feed.stop()
 
 
 def test_effective_dpi_caps_pixels():

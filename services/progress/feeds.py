@@ -6,6 +6,15 @@ the server deliver every change N times and the process decode it N times,
 which with a few hundred watchers put hundreds of milliseconds between a
 page finishing and the last watcher hearing of it. A feed decodes each
 change once and wakes every stream waiting on it.
+
+Waking the streams (a fan-out) is the costly part: 10-20 ms of this
+process's event loop for 200 streams on an idle 2-core machine, 20-80 ms
+while the same cores render and tile. A page has about three changes
+(rendering, tiling, done), and a page's completion that came in during
+another change's fan-out waited for it. So only the changes watchers wait
+for wake the streams at once: a page ending, the job's state, a stall. A
+page merely moving on (rendering, tiling) is held up to
+``COALESCE_SECONDS`` and goes out with whatever else changed meanwhile.
 """
 
 from __future__ import annotations
@@ -30,11 +39,24 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 5.0
 #: The server drops the consumer of a watcher that vanished after this long.
 WATCHER_IDLE_SECONDS = 5.0
+#: Seconds a change that ends nothing may wait before the streams wake. With
+#: 200 watchers during a 7-page job (5 runs each, one after the other):
+#: WatchJob p99 32-62 ms holding such changes 0.1 s, 58-202 ms without.
+COALESCE_SECONDS = 0.1
+
+
+def ends_something(before: jobs_pb2.Job | None, after: jobs_pb2.Job) -> bool:
+    """True if ``after`` is news a watcher waits for: a page ended (DONE or
+    FAILED), or the job's state or stalled flag changed."""
+    return (before is None or after.state != before.state
+            or after.completed_pages != before.completed_pages
+            or after.failed_pages != before.failed_pages
+            or after.stalled != before.stalled)
 
 
 class JobFeed:
-    """The latest record of one job (``latest``, with its KV revision), and a
-    way to wait for the next one."""
+    """The latest record of one job that streams may send (``latest``, with
+    its KV revision), and a way to wait for the next one."""
 
     def __init__(self, kv, jobs: JobStore, job_id: str):
         self.kv, self.jobs, self.job_id = kv, jobs, job_id
@@ -43,12 +65,16 @@ class JobFeed:
         self.closed = False
         self.subscribers = 0
         self._changed = asyncio.Event()
+        self._held_job: jobs_pb2.Job | None = None  # newer than latest, not out yet
+        self._held: asyncio.TimerHandle | None = None  # its release
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"feed-{self.job_id}")
 
     async def stop(self) -> None:
+        if self._held is not None:
+            self._held.cancel()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -75,13 +101,26 @@ class JobFeed:
     def _publish(self, job: jobs_pb2.Job | None) -> None:
         if job is None:
             self.gone = True
-        elif self.latest is not None and job.revision <= self.latest.revision:
-            return
         else:
-            self.latest = job
+            newest = self._held_job or self.latest
+            if newest is not None and job.revision <= newest.revision:
+                return
+            if not ends_something(self.latest, job):
+                self._held_job = job  # replaces an older held change
+                if self._held is None:
+                    self._held = asyncio.get_running_loop().call_later(COALESCE_SECONDS,
+                                                                       self._wake)
+                return
+            self._held_job, self.latest = None, job
         self._wake()
 
     def _wake(self) -> None:
+        """Release a held change, if any, and wake every waiting stream."""
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        if self._held_job is not None:
+            self.latest, self._held_job = self._held_job, None
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
