@@ -88,7 +88,7 @@ class Progress(BackedService, progress_pb2_grpc.ProgressServiceServicer):
         # and clients reconnect.
         self._stopping.set()
         self.feeds.close()
-        # The batches in hand are finished (acked) before the consumers stop.
+        # The events in hand are finished (acked) before the consumers stop.
         _, pending = await asyncio.wait(self._tasks[:2], timeout=grace)
         for task in [*pending, self._tasks[2]]:
             task.cancel()
