@@ -61,7 +61,7 @@ from planzoom.storage import ObjectStore  # noqa: E402
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc  # noqa: E402
 from services.render.rasterize import render_page  # noqa: E402
 from services.tile.pyramid import cut_pyramid, raster_rows, save_pyramid  # noqa: E402
-from services.tile.uploads import UploadPool  # noqa: E402
+from services.tile.uploads import UploadPool, threads_per_process  # noqa: E402
 
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
 
@@ -367,7 +367,7 @@ def bare_upload(settings: Settings, bodies: list[tuple[str, bytes]], processes: 
                 small: bool) -> float:
     """Seconds for ``processes`` processes sharing the tile worker's
     PLANZOOM_UPLOAD_CONCURRENCY threads to PUT ``bodies`` (see _bare_puts)."""
-    threads = -(-settings.upload_concurrency // processes)
+    threads = threads_per_process(settings.upload_concurrency, processes)
     prefix = f"ceiling/{processes}/{small}/{int(time.time() * 1000)}/"
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=ctx) as pool:

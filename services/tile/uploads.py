@@ -33,6 +33,12 @@ class UploadFailed(RuntimeError):
     """A PUT failed after its retries, or its process died."""
 
 
+def threads_per_process(concurrency: int, processes: int) -> int:
+    """PUT threads of each of ``processes`` processes that share
+    ``concurrency`` requests in flight (rounded up)."""
+    return -(-concurrency // processes)
+
+
 def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | None,
            threads: int) -> None:
     """Child process: PUT each ``(task, key, data, content_type)`` received on
@@ -96,8 +102,8 @@ class UploadPool:
         """The tile worker's pool: ``PLANZOOM_UPLOAD_CONCURRENCY`` threads split
         over ``PLANZOOM_UPLOAD_PROCESSES`` processes (rounded up)."""
         processes = settings.upload_processes
-        return cls(settings, processes, -(-settings.upload_concurrency // processes),
-                   credentials)
+        return cls(settings, processes,
+                   threads_per_process(settings.upload_concurrency, processes), credentials)
 
     def _start(self) -> _Child:
         child = _Child(self._ctx, self._child_args)
