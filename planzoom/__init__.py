@@ -1,7 +1,7 @@
-"""planzoom: construction-plan PDFs to Deep Zoom Image (DZI) tile pyramids.
-
-This package is the code every service shares: configuration, logging,
-object layout and S3 access, JetStream setup, job records, the gRPC server
-scaffold, DZI arithmetic, the embedded stack and the command-line client.
-Each service lives in its own package under ``services/``.
+"""planzoom's runtime library: what every service image installs and every
+service shares (settings, logs, metrics, the error hierarchy and the gRPC
+boundary, the server scaffold, S3, JetStream, job records, DZI arithmetic,
+ids and object keys, the worker-process sandbox). It imports nothing from
+``services/``, the CLI or the development tooling; docs/architecture.md
+draws the layers.
 """

@@ -4,18 +4,25 @@ consumers) and the jobs KV bucket."""
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from planzoom import errors, messaging
+from planzoom import metrics
+from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.ids import InvalidId, check_id
-from planzoom.jobstore import JobNotFound, JobStore
+from planzoom.ids import check_id
+from planzoom.jobstore import JobStore
+from planzoom.messaging import connection, topology
+from planzoom.messaging.events import report_page
+from planzoom.messaging.worker import Delivery, PullWorker
 from planzoom.server import Service
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
+
+log = logging.getLogger(__name__)
 
 
 class BackedService(Service):
@@ -37,21 +44,65 @@ class BackedService(Service):
         streams, consumers and the KV bucket (idempotent)."""
         if self.s.s3_create_bucket:
             await asyncio.to_thread(self.store.ensure_bucket)
-        self.nc = await messaging.connect(self.s, self.name)
+        self.nc = await connection.connect(self.s, self.name)
         self.js = self.nc.jetstream()
-        self.kv = await messaging.ensure_jetstream(self.js, self.s)
-        self.jobs = JobStore(self.js, self.kv, messaging.JOBS_BUCKET)
+        self.kv = await topology.ensure_jetstream(self.js, self.s)
+        self.jobs = JobStore(self.js, self.kv, topology.JOBS_BUCKET)
 
-    async def get_job_or_abort(self, job_id: str, context) -> jobs_pb2.Job:
-        """The job record for a GetJob-style RPC; aborts with INVALID_ARGUMENT
-        for a malformed id and NOT_FOUND for an unknown one."""
-        try:
-            check_id("job_id", job_id)
-            return await self.jobs.get(job_id)
-        except InvalidId as e:
-            await errors.abort(context, errors.invalid(str(e), field="job_id"))
-        except JobNotFound:
-            await errors.abort(context, errors.job_not_found(job_id))
+    async def get_job(self, job_id: str) -> jobs_pb2.Job:
+        """The job record for a GetJob-style RPC. Raises InvalidId for a
+        malformed id and JobNotFound for an unknown one."""
+        return await self.jobs.get(check_id("job_id", job_id))
 
     async def disconnect(self) -> None:
-        await messaging.close(self.nc)
+        await connection.close(self.nc)
+
+
+class PageStage(BackedService):
+    """A stage that works on one page at a time from a work stream (render,
+    tile): a :class:`~planzoom.messaging.worker.PullWorker` on
+    ``stream``/``consumer`` runs :meth:`handle` for each page job, and a
+    page that fails for good is reported FAILED with the reason."""
+
+    stream: str
+    consumer: str
+    concurrency: int = 1  # pages handled at once
+
+    async def handle(self, data: bytes, delivery: Delivery) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.connect()
+        self.worker = PullWorker(
+            self.js, self.stream, self.consumer, self.handle, self.on_failure,
+            concurrency=self.concurrency, ack_wait=self.s.ack_wait_seconds,
+            max_deliver=self.s.max_deliver,
+        )
+        await self.worker.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.worker.stop(grace)
+        await self.release()
+        await self.disconnect()
+
+    async def release(self) -> None:
+        """Free the stage's own resources (worker processes, scratch space)
+        once no page is in flight."""
+
+    async def report(self, job, record: jobs_pb2.PageRecord, attempt: int) -> None:
+        """Report ``record`` for the page of ``job`` (a PageJob or TileJob)."""
+        await report_page(self.js, self.name, job.job_id, job.plan, record, attempt)
+
+    async def skip_cancelled(self, job, ctx: dict, what: str = "page skipped") -> bool:
+        """True (and logged, counted) if ``job``'s job was cancelled or is gone."""
+        if not await self.jobs.is_cancelled(job.job_id):
+            return False
+        log.info("job cancelled; %s", what, extra=ctx)
+        metrics.PAGES.labels(self.name, "skipped").inc()
+        return True
+
+    async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
+        job = topology.decode_work(self.stream, data)
+        await self.report(job, jobs_pb2.PageRecord(
+            page=job.page, state=jobs_pb2.PAGE_STATE_FAILED, error=f"{self.name}: {reason}",
+            attempts=delivery.attempt, finished_at=now_ts()), delivery.attempt)

@@ -1,33 +1,75 @@
-"""gRPC errors with a ``google.rpc`` detail a client can act on.
+"""planzoom's one error hierarchy.
 
-Invalid fields carry ``google.rpc.BadRequest`` field violations; other
-refusals carry ``google.rpc.ErrorInfo`` with a ``reason`` in UPPER_SNAKE_CASE
-and domain ``planzoom``. Source: https://google.aip.dev/193.
+Every error planzoom raises on purpose is a :class:`PlanzoomError`. Its class
+fixes the gRPC status code a caller gets (``code``) and whether doing the
+same work again can help (``retryable``); an instance adds a ``reason`` (a
+stable UPPER_SNAKE_CASE cause a program can branch on), optionally the
+request ``field`` that was wrong, and a message a person can act on.
+
+Where they go:
+
+- An RPC: :mod:`planzoom.boundary` turns the error into its status code with
+  a ``google.rpc.BadRequest`` detail (when ``field`` is set) or a
+  ``google.rpc.ErrorInfo`` detail (otherwise), domain ``planzoom``
+  (https://google.aip.dev/193). Anything that is not a PlanzoomError becomes
+  INTERNAL with an error id that is also logged; its text never reaches a
+  caller.
+- A page job: :class:`planzoom.messaging.worker.PullWorker` retries a
+  retryable error (or any unexpected exception) with backoff and fails the
+  page at once for one that is not.
+
+The classes follow gotenberg's error types and OCRmyPDF's exceptions: a
+small fixed set, one per way a caller should react.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from planzoom.ids import InvalidId, check_id
-from planzoom.v1 import jobs_pb2
-
 DOMAIN = "planzoom"
 
 
-class RequestError(Exception):
-    """A request refused with ``code``; ``field`` names a bad request field,
-    ``reason`` is a stable machine-readable cause."""
+def _rebuild(cls: type, message: str, state: dict[str, Any]) -> PlanzoomError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, field: str | None = None,
-                 reason: str = "INVALID_REQUEST"):
+
+class PlanzoomError(Exception):
+    """Base of every error planzoom raises on purpose.
+
+    ``message`` is shown to the caller as it is: say what is wrong and what
+    to do, never internal detail. ``reason`` defaults to the class's;
+    ``retryable`` to the class's.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
+                 retryable: bool | None = None):
         super().__init__(message)
-        self.code, self.message, self.field, self.reason = code, message, field, reason
+        self.message = message
+        self.field = field
+        if reason is not None:
+            self.reason = reason
+        if retryable is not None:
+            self.retryable = retryable
 
-    def to_status(self) -> grpc.Status:
+    def __reduce__(self):
+        # Raised in worker processes (PDFium, libvips) and pickled back to the
+        # service: keep reason, field and retryable across the pipe.
+        return _rebuild, (type(self), self.message, dict(self.__dict__))
+
+    def to_status(self, metadata: dict[str, str] | None = None) -> grpc.Status:
+        """The gRPC status for this error, with one ``google.rpc`` detail."""
         detail = any_pb2.Any()
         if self.field:
             detail.Pack(error_details_pb2.BadRequest(field_violations=[
@@ -35,32 +77,76 @@ class RequestError(Exception):
                     field=self.field, description=self.message, reason=self.reason)
             ]))
         else:
-            detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN))
+            detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN,
+                                                    metadata=metadata or {}))
         return rpc_status.to_status(status_pb2.Status(
-            code=getattr(code_pb2, self.code.name), message=self.message, details=[detail]
-        ))
+            code=getattr(code_pb2, self.code.name), message=self.message, details=[detail]))
 
 
-def invalid(message: str, field: str | None = None, reason: str = "INVALID_ARGUMENT"
-            ) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, field=field, reason=reason)
+class InvalidInput(PlanzoomError, ValueError):
+    """The request or the file is wrong; sending it again will not help."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
 
 
-def check_plan(plan: jobs_pb2.PlanRef) -> None:
-    """Raise an INVALID_ARGUMENT RequestError (a BadRequest on ``plan.<id>``)
-    unless org, project and plan are valid ids."""
-    for field in ("org", "project", "plan"):
-        try:
-            check_id(field, getattr(plan, field))
-        except InvalidId as e:
-            raise invalid(str(e), field=f"plan.{field}", reason="INVALID_ID") from None
+class NotFound(PlanzoomError, LookupError):
+    """What the request names does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
 
 
-def job_not_found(job_id: str) -> RequestError:
-    return RequestError(grpc.StatusCode.NOT_FOUND, f"no job with id {job_id!r}",
-                        reason="JOB_NOT_FOUND")
+class FailedPrecondition(PlanzoomError):
+    """The request is well formed but the state of things refuses it (an
+    ended job, an encrypted file): change that state first."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
 
 
-async def abort(context: grpc.aio.ServicerContext, err: RequestError) -> None:
-    """Abort the RPC with ``err`` (raises)."""
-    await context.abort_with_status(err.to_status())
+class ResourceExhausted(PlanzoomError):
+    """Over a limit or quota; the message names the limit."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(PlanzoomError):
+    """A dependency or the service itself cannot serve right now; retry
+    with backoff."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
+    retryable = True
+
+
+class Timeout(PlanzoomError):
+    """The work took longer than its limit."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "TIMEOUT"
+    retryable = True
+
+
+class Cancelled(PlanzoomError):
+    """The work was cancelled (its job was)."""
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
+
+
+class Internal(PlanzoomError):
+    """Something of planzoom's own failed (a worker process died, an
+    invariant broke). Retrying may help; the log has the details."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+    retryable = True
+
+
+def internal_status(error_id: str) -> grpc.Status:
+    """The status a caller gets for an unexpected exception: INTERNAL, an
+    error id to quote (it is in the service's log), no exception text."""
+    return Internal(f"internal error; the service log has the details under error id {error_id}"
+                    ).to_status(metadata={"error_id": error_id})

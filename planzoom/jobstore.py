@@ -23,27 +23,42 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
 )
 from nats.js.kv import KeyValue
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id
 from planzoom.v1 import jobs_pb2
 
 PLAN_INDEX_SIZE = 1000
 #: JetStream API error code "wrong last sequence" (compare-and-set lost).
 WRONG_LAST_SEQUENCE = 10071
-
-TERMINAL_JOB_STATES = frozenset(
-    {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
-)
+#: Tries of one compare-and-set change before it gives up with Conflict.
+CAS_ATTEMPTS = 20
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
+    reason = "JOB_NOT_FOUND"
+
     def __init__(self, job_id: str):
         super().__init__(f"no job with id {job_id!r}")
         self.job_id = job_id
 
 
-class Conflict(Exception):
+class Conflict(Unavailable):
     """The record changed since it was read (compare-and-set lost)."""
+
+    reason = "CONFLICT"
+
+    def __init__(self, key: str):
+        super().__init__(f"{key} kept changing while it was being updated; try again")
+
+
+def compare_and_set():
+    """Attempts of a compare-and-set change: ``async for attempt in
+    compare_and_set(): with attempt: …`` re-runs the block (read, change,
+    write) while it raises Conflict, at most CAS_ATTEMPTS times."""
+    return AsyncRetrying(retry=retry_if_exception_type(Conflict),
+                         stop=stop_after_attempt(CAS_ATTEMPTS), reraise=True)
 
 
 def job_key(job_id: str) -> str:
@@ -65,11 +80,9 @@ def dedup_key(plan: jobs_pb2.PlanRef, sha256_hex: str, options: jobs_pb2.JobOpti
     return f"dedup.{h.hexdigest()}"
 
 
-def is_terminal(job: jobs_pb2.Job) -> bool:
-    return job.state in TERMINAL_JOB_STATES
-
-
 class JobStore:
+    """Job records, plan indexes and dedup claims in one KV bucket."""
+
     def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str):
         self.js, self.kv, self.bucket = js, kv, bucket
 
@@ -90,20 +103,20 @@ class JobStore:
         job.revision = 0
         job.revision = await self.kv.create(job_key(job.job_id), job.SerializeToString())
         key = plan_index_key(job.plan)
-        while True:
-            try:
-                entry = await self.kv.get(key)
-                ids = [job.job_id, *entry.value.decode().split()][:PLAN_INDEX_SIZE]
-                await self.kv.update(key, " ".join(ids).encode(), last=entry.revision)
-                return
-            except (KeyNotFoundError, KeyDeletedError):
+        async for attempt in compare_and_set():
+            with attempt:
                 try:
-                    await self.kv.create(key, job.job_id.encode())
-                    return
+                    entry = await self.kv.get(key)
+                except (KeyNotFoundError, KeyDeletedError):
+                    entry = None
+                try:
+                    if entry is None:
+                        await self.kv.create(key, job.job_id.encode())
+                    else:
+                        ids = [job.job_id, *entry.value.decode().split()][:PLAN_INDEX_SIZE]
+                        await self.kv.update(key, " ".join(ids).encode(), last=entry.revision)
                 except KeyWrongLastSequenceError:
-                    continue
-            except KeyWrongLastSequenceError:
-                continue
+                    raise Conflict(key) from None
 
     async def update(self, job: jobs_pb2.Job, ttl: float | None = None) -> None:
         """Write ``job`` if nobody changed it since ``job.revision``; sets the
@@ -116,7 +129,7 @@ class JobStore:
                     job_key(job.job_id), job.SerializeToString(), last=job.revision
                 )
             except KeyWrongLastSequenceError:
-                raise Conflict(job.job_id) from None
+                raise Conflict(f"job {job.job_id}") from None
         else:
             try:
                 ack = await self.js.publish(
@@ -126,7 +139,7 @@ class JobStore:
                 )
             except APIError as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:
-                    raise Conflict(job.job_id) from None
+                    raise Conflict(f"job {job.job_id}") from None
                 raise
             rev = ack.seq
         job.revision = rev

@@ -25,6 +25,9 @@ REDELIVERIES = Counter("planzoom_jetstream_redeliveries_total",
                        "Page jobs delivered again", ["consumer"])
 #: S3 requests botocore retried (throttling, 5xx, connection errors).
 S3_RETRIES = Counter("planzoom_s3_retries_total", "S3 request retries")
+#: RPCs refused or failed, by method and gRPC status code.
+RPC_ERRORS = Counter("planzoom_rpc_errors_total", "RPCs that ended with an error",
+                     ["method", "code"])
 #: Open WatchJob streams.
 WATCHERS = Gauge("planzoom_watchers", "Open WatchJob streams")
 #: From a stage emitting a progress event to the job record holding it, seconds.

@@ -16,16 +16,23 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from planzoom.errors import Internal
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class WorkerCrashed(RuntimeError):
+class WorkerCrashed(Internal):
     """The worker process died or overran its time limit while running a task."""
+
+    reason = "WORKER_CRASHED"
 
 
 class ProcessPool:
+    """``workers`` spawned processes, each replaced after ``recycle_after``
+    tasks; see the module docstring."""
+
     def __init__(self, workers: int, recycle_after: int):
         self.workers, self.recycle_after = workers, recycle_after
         self._executor = self._new()

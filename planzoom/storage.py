@@ -30,6 +30,7 @@ from botocore.httpsession import get_cert_path
 
 from planzoom import metrics
 from planzoom.config import Settings
+from planzoom.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,29 @@ SMALL_PUT_RETRY = urllib3.Retry(
 SMALL_PUT_SIGNATURE_SECONDS = 900
 
 
-class PutFailed(Exception):
+#: S3 error codes that mean "no such object".
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+class PutFailed(Unavailable):
     """The store refused a PUT after its retries; the message gives S3's
     error code and message."""
+
+    reason = "S3_PUT_FAILED"
+
+
+class ObjectNotFound(NotFound):
+    """No object at the key."""
+
+    reason = "OBJECT_NOT_FOUND"
+
+    def __init__(self, key: str):
+        super().__init__(f"no object at {key}")
+        self.key = key
+
+
+def _missing(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") in _MISSING
 
 
 class ObjectStore:
@@ -99,20 +120,14 @@ class ObjectStore:
                     raise
 
     def exists(self, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-            return True
-        except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
         """Object size in bytes, or None if the object does not exist."""
         try:
             return int(self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
         except ClientError as e:
-            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _missing(e):
                 return None
             raise
 
@@ -120,12 +135,13 @@ class ObjectStore:
         self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
 
     def put_small(self, key: str, data: bytes, content_type: str) -> int:
-        """PUT ``data`` (a tile: bytes, up to a few MiB) at ``key`` with about
-        1 ms of CPU where ``put_object`` spends about 2.2 ms (side by side on
-        this machine, 20 kB bodies, 16 threads). botocore signs the request
-        (a presigned URL: SigV4 query authentication, valid 15 minutes) and
-        urllib3 sends it on kept-alive connections, with ``Content-MD5`` so
-        the store checks the body (RFC 1864). Retries as :data:`SMALL_PUT_RETRY`; returns how many
+        """PUT ``data`` (a tile: bytes, up to a few MiB) at ``key`` with less
+        than half the CPU of ``put_object`` (boto3's request building, event
+        hooks and response parsing dominate a small PUT; docs/performance.md
+        has the comparison). botocore signs the request (a presigned URL:
+        SigV4 query authentication, valid 15 minutes) and urllib3 sends it on
+        kept-alive connections, with ``Content-MD5`` so the store checks the
+        body (RFC 1864). Retries as :data:`SMALL_PUT_RETRY`; returns how many
         there were. Raises PutFailed if the store still refuses it, and
         urllib3's MaxRetryError if it cannot be reached."""
         url = self.client.generate_presigned_url(
@@ -156,11 +172,18 @@ class ObjectStore:
         return urllib3.PoolManager(**kwargs)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        """The object's bytes. Raises ObjectNotFound."""
+        return self.get_stream(key).read()
 
     def get_stream(self, key: str) -> BinaryIO:
-        """A streaming body for ``key``; the caller reads and closes it."""
-        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        """A streaming body for ``key``; the caller reads and closes it.
+        Raises ObjectNotFound."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as e:
+            if _missing(e):
+                raise ObjectNotFound(key) from None
+            raise
 
     def upload_file(self, path: str, key: str, content_type: str) -> None:
         """Upload a local file, as a multipart upload above 16 MiB."""
@@ -170,11 +193,6 @@ class ObjectStore:
 
     def download_file(self, key: str, path: str) -> None:
         self.client.download_file(self.bucket, key, path, Config=TRANSFER)
-
-    def copy(self, src_key: str, dst_key: str) -> None:
-        """Server-side copy (multipart for large objects)."""
-        self.client.copy({"Bucket": self.bucket, "Key": src_key}, self.bucket, dst_key,
-                         Config=TRANSFER)
 
     def list_keys(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         """Keys under ``prefix``; with ``recursive=False`` only those with no

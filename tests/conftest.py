@@ -1,6 +1,14 @@
-"""Fixtures: the corpus, and (for integration tests) one embedded stack per
-session: a real NATS server with JetStream, moto's S3 server over HTTP and
-the four services as processes, talked to over real gRPC sockets."""
+"""Fixtures every folder shares (the corpus), and markers by folder:
+
+- ``tests/unit``: nothing is started (no server, no socket); seconds.
+- ``tests/integration`` (marker ``integration``): the embedded stack —
+  a real nats-server, the S3 endpoint over HTTP, the services as processes
+  — or other servers and worker processes on 127.0.0.1.
+- ``tests/e2e`` (markers ``integration`` and ``containers``): the images
+  ``make images`` builds, run by Docker.
+
+``slow`` marks crash, restart, fault and load scenarios.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from planzoom.client import Client
-from planzoom.faultproxy import FaultProxy
-from planzoom.stack import EmbeddedStack, Ports
-from tests.helpers import s3_client
-
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("PLANZOOM_CORPUS", ROOT.parent / "shared" / "corpus"))
 
-#: Limits and timings of the test stack: small enough to test without huge
-#: inputs or long waits.
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_PAGES = 200
-ACK_WAIT_SECONDS = 6
-MAX_DELIVER = 3
-STALL_SECONDS = 8
-SWEEP_SECONDS = 2
+_FOLDER_MARKERS = {"integration": ("integration",), "e2e": ("integration", "containers")}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        folder = Path(item.fspath).relative_to(ROOT / "tests").parts[0]
+        for marker in _FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
@@ -33,55 +36,3 @@ def corpus() -> Path:
         pytest.fail(f"the PDF corpus is missing at {CORPUS} (expected ../shared/corpus beside "
                     "the project, or set PLANZOOM_CORPUS)")
     return CORPUS
-
-
-@pytest.fixture(scope="session")
-def s3_proxy() -> FaultProxy:
-    """Sits between the services and the S3 endpoint; passes everything
-    until a test turns faults on."""
-    ports = Ports.free()
-    proxy = FaultProxy(f"http://127.0.0.1:{ports.s3}").start()
-    proxy.stack_ports = ports
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
-    s = EmbeddedStack(
-        data_dir=tmp_path_factory.mktemp("stack"),
-        ports=s3_proxy.stack_ports,
-        extra_env={
-            "PLANZOOM_S3_ENDPOINT_URL": s3_proxy.url,
-            "PLANZOOM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
-            "PLANZOOM_MAX_PAGES": str(MAX_PAGES),
-            "PLANZOOM_ACK_WAIT_SECONDS": str(ACK_WAIT_SECONDS),
-            "PLANZOOM_MAX_DELIVER": str(MAX_DELIVER),
-            "PLANZOOM_STALL_SECONDS": str(STALL_SECONDS),
-            "PLANZOOM_SWEEP_SECONDS": str(SWEEP_SECONDS),
-            "PLANZOOM_LOG_LEVEL": "INFO",
-        },
-    )
-    s.start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="session")
-def client(stack) -> Client:
-    env = stack.env()
-    c = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="session")
-def s3(stack):
-    return s3_client(stack)
-
-
-def list_keys(s3, prefix: str) -> list[str]:
-    keys = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="planzoom", Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
-    return keys

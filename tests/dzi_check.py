@@ -12,7 +12,7 @@ import pyvips
 
 from planzoom.dzi import DziInfo, parse_dzi
 from planzoom.v1 import jobs_pb2
-from tests.conftest import list_keys
+from tests.helpers import list_keys
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

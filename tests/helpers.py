@@ -10,8 +10,8 @@ from collections.abc import Callable
 import boto3
 import nats
 
-from planzoom.client import Client
 from planzoom.v1 import jobs_pb2
+from planzoom_cli.client import Client
 
 
 def wait_terminal(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
@@ -71,3 +71,11 @@ def s3_client(stack):
     return boto3.client("s3", endpoint_url=stack.s3_endpoint, region_name="us-east-1",
                         aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                         aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+
+
+def list_keys(s3, prefix: str) -> list[str]:
+    """Every key under ``prefix`` in the stack's bucket."""
+    keys = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket="planzoom", Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys

@@ -43,7 +43,10 @@ fi
 
 echo "wheel house (Python $host_py)"
 rm -rf "$BUILD/wheels"
-"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" -c "$ROOT/constraints.txt" "$ROOT[embedded]"
+# The three distributions of this checkout (named by path, so they satisfy
+# each other) and every dependency of the runtime and of the embedded stack.
+"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" -c "$ROOT/constraints.txt" \
+  "$ROOT[embedded]" "$ROOT/cli" "$ROOT/devstack"
 
 nats_bin=$(dirname "$PY")/nats-server
 nats_version=$("$nats_bin" --version | awk '{print $2}' | sed 's/^v//')

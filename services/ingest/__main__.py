@@ -1,3 +1,4 @@
-from services.ingest.service import main
+from planzoom.server import run
+from services.ingest.service import Ingest
 
-main()
+run(Ingest)

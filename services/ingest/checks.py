@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planzoom.errors import FailedPrecondition, InvalidInput
+
 #: The PDF header may start anywhere in the first 1024 bytes (ISO 32000-1,
 #: annex H.3, implementation note 13), as Acrobat and PDFium accept.
 PDF_MAGIC = b"%PDF-"
@@ -34,12 +36,25 @@ def describe_magic(head: bytes) -> str | None:
     return f"a file that starts with bytes {head[:8].hex(' ')}"
 
 
-class PdfRejected(Exception):
-    """PDFium refused the document. ``kind`` is ``encrypted`` or ``damaged``."""
+class NotAPdf(InvalidInput):
+    """The bytes are not a PDF; the message says what they look like."""
 
-    def __init__(self, kind: str, message: str):
-        super().__init__(kind, message)
-        self.kind, self.message = kind, message
+    reason = "NOT_A_PDF"
+
+    def __init__(self, what: str):
+        super().__init__(f"the file is not a PDF: it looks like {what}; upload a PDF plan set")
+
+
+class PdfDamaged(InvalidInput):
+    """PDFium cannot open the file or read a page of it."""
+
+    reason = "PDF_DAMAGED"
+
+
+class PdfEncrypted(FailedPrecondition):
+    """The PDF needs a password to open."""
+
+    reason = "PDF_ENCRYPTED"
 
 
 @dataclass(frozen=True)
@@ -50,9 +65,9 @@ class PdfInfo:
 def inspect_pdf(path: str) -> PdfInfo:
     """Open ``path`` with PDFium and read every page's size in points.
 
-    Runs in a worker process. Raises PdfRejected for a password-protected
-    file (an owner-password-only file opens and is accepted) or one PDFium
-    cannot open or read a page of.
+    Runs in a worker process. Raises PdfEncrypted for a password-protected
+    file (an owner-password-only file opens and is accepted) and PdfDamaged
+    for one PDFium cannot open or read a page of.
     """
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
@@ -61,12 +76,11 @@ def inspect_pdf(path: str) -> PdfInfo:
         doc = pdfium.PdfDocument(path)
     except pdfium.PdfiumError as e:
         if e.err_code == pdfium_c.FPDF_ERR_PASSWORD:
-            raise PdfRejected(
-                "encrypted",
-                "the PDF is password-protected; save an unprotected copy and upload that",
+            raise PdfEncrypted(
+                "the PDF is password-protected; save an unprotected copy and upload that"
             ) from None
-        raise PdfRejected(
-            "damaged", f"the file is not a readable PDF (PDFium: {e}); it may be truncated "
+        raise PdfDamaged(
+            f"the file is not a readable PDF (PDFium: {e}); it may be truncated "
             "or corrupt: export or download it again"
         ) from None
     try:
@@ -76,12 +90,12 @@ def inspect_pdf(path: str) -> PdfInfo:
             w, h = page.get_size()
             page.close()
             if not (w > 0 and h > 0):
-                raise PdfRejected("damaged", f"page {i + 1} has an empty page box ({w} x {h} pt)")
+                raise PdfDamaged(f"page {i + 1} has an empty page box ({w} x {h} pt)")
             sizes.append((float(w), float(h)))
         if not sizes:
-            raise PdfRejected("damaged", "the PDF has no pages")
+            raise PdfDamaged("the PDF has no pages")
         return PdfInfo(page_sizes=sizes)
     except pdfium.PdfiumError as e:
-        raise PdfRejected("damaged", f"PDFium could not read a page: {e}") from None
+        raise PdfDamaged(f"PDFium could not read a page: {e}") from None
     finally:
         doc.close()

@@ -1,3 +1,4 @@
-from services.progress.service import main
+from planzoom.server import run
+from services.progress.service import Progress
 
-main()
+run(Progress)

@@ -10,8 +10,9 @@ if all are DONE, else FAILED with the failed pages' errors.
 from __future__ import annotations
 
 from planzoom.clock import now_ts
-from planzoom.jobstore import is_terminal
-from planzoom.v1 import jobs_pb2
+from planzoom.errors import InvalidInput
+from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
+from planzoom.v1 import events_pb2, jobs_pb2
 
 _RANK = {
     jobs_pb2.PAGE_STATE_UNSPECIFIED: 0,
@@ -21,21 +22,20 @@ _RANK = {
     jobs_pb2.PAGE_STATE_DONE: 3,
     jobs_pb2.PAGE_STATE_FAILED: 3,
 }
-_PAGE_TERMINAL = (jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED)
 
 
-def apply_event(job: jobs_pb2.Job, ev: jobs_pb2.ProgressEvent) -> bool:
+def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     """Merge ``ev`` into ``job`` in place; return True if anything changed.
 
-    Raises ValueError for an event that names a page the job does not have.
+    Raises InvalidInput for an event that names a page the job does not have.
     """
     if is_terminal(job):
         return False
     n = ev.page.page
     if not 1 <= n <= len(job.pages):
-        raise ValueError(f"job {job.job_id} has no page {n}")
+        raise InvalidInput(f"job {job.job_id} has no page {n}", reason="NO_SUCH_PAGE")
     page = job.pages[n - 1]
-    if page.state in _PAGE_TERMINAL or _RANK[ev.page.state] < _RANK[page.state]:
+    if page.state in TERMINAL_PAGE_STATES or _RANK[ev.page.state] < _RANK[page.state]:
         return False
     before = page.SerializeToString(deterministic=True)
     started = None
@@ -55,7 +55,7 @@ def apply_event(job: jobs_pb2.Job, ev: jobs_pb2.ProgressEvent) -> bool:
 
 def pages_ended(job: jobs_pb2.Job) -> bool:
     """True if every page is DONE or FAILED."""
-    return all(p.state in _PAGE_TERMINAL for p in job.pages)
+    return all(p.state in TERMINAL_PAGE_STATES for p in job.pages)
 
 
 def settle(job: jobs_pb2.Job) -> bool:

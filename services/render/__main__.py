@@ -1,3 +1,4 @@
-from services.render.service import main
+from planzoom.server import run
+from services.render.service import Render
 
-main()
+run(Render)

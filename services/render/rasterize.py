@@ -12,13 +12,17 @@ import math
 import os
 from dataclasses import dataclass
 
+from planzoom.errors import InvalidInput
+
 # Pages are cached per worker process: consecutive pages of one set reuse the
 # parsed document.
 _doc_cache: dict[str, object] = {}
 
 
-class RenderFailed(Exception):
+class RenderFailed(InvalidInput):
     """PDFium cannot render this page; retrying will not help."""
+
+    reason = "PAGE_UNRENDERABLE"
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,4 @@
-from services.tile.service import main
+from planzoom.server import run
+from services.tile.service import Tile
 
-main()
+run(Tile)

@@ -30,6 +30,7 @@ import pyvips
 import zstandard
 
 from planzoom.dzi import DziInfo, dzi_xml, level_count, level_size
+from planzoom.errors import InvalidInput
 
 #: Bytes of raster rows decompressed and fed to the pyramid at once.
 BLOCK_BYTES = 8 * 1024 * 1024
@@ -39,8 +40,16 @@ BLOCK_BYTES = 8 * 1024 * 1024
 TileSink = Callable[[int, int, int, np.ndarray], None]
 
 
-class RasterUnreadable(Exception):
+class RasterUnreadable(InvalidInput):
     """The raster is not what its TileJob says (size, encoding)."""
+
+    reason = "RASTER_UNREADABLE"
+
+
+class TileEncodingFailed(InvalidInput):
+    """libvips could not encode a tile; the same pixels will fail again."""
+
+    reason = "TILE_ENCODING_FAILED"
 
 
 def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
@@ -181,7 +190,10 @@ class JpegEncoder:
         h, w, b = pixels.shape
         # new_from_memory interprets 1 band as B_W and 3 as sRGB.
         image = pyvips.Image.new_from_memory(np.ascontiguousarray(pixels).data, w, h, b, "uchar")
-        return image.jpegsave_buffer(Q=self.quality, keep="none")
+        try:
+            return image.jpegsave_buffer(Q=self.quality, keep="none")
+        except pyvips.Error as e:
+            raise TileEncodingFailed(f"libvips could not encode a tile: {e}") from None
 
 
 #: ``store(relative_key, jpeg)``: keep one tile; ``relative_key`` is

@@ -12,18 +12,15 @@ import logging
 import time
 from concurrent.futures import Future
 
-import pyvips
-
-from planzoom import keys, messaging, metrics
-from planzoom.backend import BackedService
-from planzoom.clock import now_ts
-from planzoom.config import Settings, get_settings
+from planzoom import keys, metrics
+from planzoom.backend import PageStage
+from planzoom.config import Settings
 from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
-from planzoom.logs import setup_logging
-from planzoom.messaging import Delivery, PermanentError, PullWorker
-from planzoom.server import serve
-from planzoom.v1 import jobs_pb2
-from services.tile.pyramid import RasterUnreadable, cut_pyramid, raster_rows
+from planzoom.errors import Cancelled
+from planzoom.messaging import topology
+from planzoom.messaging.worker import Delivery
+from planzoom.v1 import events_pb2
+from services.tile.pyramid import cut_pyramid, raster_rows
 from services.tile.uploads import UploadPool
 
 log = logging.getLogger(__name__)
@@ -33,51 +30,41 @@ log = logging.getLogger(__name__)
 CANCEL_CHECK_SECONDS = 1.0
 
 
-class JobCancelled(Exception):
+class JobCancelled(Cancelled):
     """The job was cancelled while one of its pages was being tiled."""
 
+    def __init__(self):
+        super().__init__("the job was cancelled")
 
-class Tile(BackedService):
+
+class Tile(PageStage):
+    """Consumer ``tile``, any number of replicas: a page's raster → its DZI
+    pyramid in S3, ``.dzi`` last."""
+
     name = "tile"
+    stream, consumer = topology.TILE_STREAM, topology.TILE_CONSUMER
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        self.concurrency = settings.tile_concurrency
         self.uploads = UploadPool.from_settings(settings)
 
-    async def start(self) -> None:
-        await self.connect()
-        self.worker = PullWorker(
-            self.js, messaging.TILE_STREAM, messaging.TILE_CONSUMER,
-            self.handle, self.on_failure,
-            concurrency=self.s.tile_concurrency, ack_wait=self.s.ack_wait_seconds,
-            max_deliver=self.s.max_deliver,
-        )
-        await self.worker.start()
-
-    async def stop(self, grace: float) -> None:
-        await self.worker.stop(grace)
+    async def release(self) -> None:
         await asyncio.to_thread(self.uploads.close)
-        await self.disconnect()
 
-    async def _report(self, job: jobs_pb2.TileJob, record: jobs_pb2.PageRecord,
-                      attempt: int) -> None:
-        await messaging.report_page(self.js, self.name, job.job_id, job.plan, record, attempt)
-
-    async def _report_done(self, job: jobs_pb2.TileJob, dzi: DziInfo, dzi_key: str,
+    async def _report_done(self, job: events_pb2.TileJob, dzi: DziInfo, dzi_key: str,
                            attempt: int) -> None:
         # Complete on its own (DPI and bands too): a DONE page takes no later
         # report, so it must not depend on the render's report arriving first.
         record = done_record(job.page, dzi, dzi_key)
         record.dpi, record.bands, record.attempts = job.dpi, job.bands, attempt
-        await self._report(job, record, attempt)
+        await self.report(job, record, attempt)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
-        job = jobs_pb2.TileJob.FromString(data)
+        job = events_pb2.TileJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
-        if await self.jobs.is_cancelled(job.job_id):
-            log.info("job cancelled; page skipped", extra=ctx)
-            metrics.PAGES.labels(self.name, "skipped").inc()
+        if await self.skip_cancelled(job, ctx):
             return
         if await asyncio.to_thread(self.store.exists, dzi_key):
             # Redelivered after the page was finished: report, don't re-tile.
@@ -123,16 +110,12 @@ class Tile(BackedService):
 
         try:
             dzi = await asyncio.to_thread(tile)
-        except RasterUnreadable as e:
-            raise PermanentError(str(e)) from None
         except JobCancelled:
             removed = await asyncio.to_thread(self.store.delete_prefix, files)
             log.info("job cancelled; page stopped, its tiles removed",
                      extra={**ctx, "tiles": removed})
             metrics.PAGES.labels(self.name, "skipped").inc()
             return
-        except pyvips.Error as e:
-            raise PermanentError(f"libvips could not encode a tile: {e}") from None
         # The descriptor goes last: its presence means the page is complete.
         await asyncio.to_thread(self.store.put_bytes, dzi_key, dzi_xml(dzi), "application/xml")
         # Watchers hear of the page first; the raster goes after (if this
@@ -143,20 +126,3 @@ class Tile(BackedService):
         metrics.PAGES.labels(self.name, "done").inc()
         log.info("page tiled", extra={**ctx, "tiles": dzi.tile_count(), "levels": dzi.levels,
                                       "seconds": round(time.monotonic() - started, 2)})
-
-    async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
-        job = jobs_pb2.TileJob.FromString(data)
-        await self._report(
-            job,
-            jobs_pb2.PageRecord(page=job.page, state=jobs_pb2.PAGE_STATE_FAILED,
-                                error=f"tile: {reason}", attempts=delivery.attempt,
-                                finished_at=now_ts()),
-            delivery.attempt,
-        )
-
-
-def main() -> None:
-    settings = get_settings()
-    setup_logging("tile", settings.log_level)
-    asyncio.run(serve(Tile(settings), settings.tile_addr, settings.grpc_grace_seconds,
-                      settings.metrics_port))

@@ -1,12 +1,11 @@
 """Tile uploads spread over child processes, each with its own S3 client.
 
-A PUT costs CPU under the GIL (about 1.7-2.1 ms with boto3's ``put_object``,
-0.9-1.2 ms with :meth:`~planzoom.storage.ObjectStore.put_small`). In the
-tile worker's own process that capped it near one core: 20 kB tiles went out
-at 300-370 a second while the same endpoint took 430-560 from a bare loop.
-Here the PUTs run in ``processes`` spawned children, each with ``threads``
-threads; the tile worker only encodes and hands each tile's bytes over a
-pipe.
+A PUT costs about a millisecond of CPU under the GIL, even with
+:meth:`~planzoom.storage.ObjectStore.put_small`; in the tile worker's own
+process the PUTs and the pyramid would share one core's worth of GIL and
+the endpoint would wait (docs/performance.md has the figures). Here the PUTs
+run in ``processes`` spawned children, each with ``threads`` threads; the
+tile worker only encodes and hands each tile's bytes over a pipe.
 
 A child that dies fails the uploads it held (``UploadFailed``, so the page
 is retried by redelivery) and is replaced; the other children go on.
@@ -24,13 +23,16 @@ from multiprocessing.connection import Connection
 
 from planzoom import metrics
 from planzoom.config import Settings
+from planzoom.errors import Unavailable
 from planzoom.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
 
-class UploadFailed(RuntimeError):
+class UploadFailed(Unavailable):
     """A PUT failed after its retries, or its process died."""
+
+    reason = "TILE_UPLOAD_FAILED"
 
 
 def threads_per_process(concurrency: int, processes: int) -> int:

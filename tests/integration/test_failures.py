@@ -10,15 +10,22 @@ import time
 
 import grpc
 import pytest
+from planzoom.messaging.publishing import publish_page_jobs
 
-from planzoom import keys, messaging
+from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.ids import new_job_id
 from planzoom.jobstore import JobNotFound, JobStore
-from planzoom.v1 import jobs_pb2
-from tests.conftest import ACK_WAIT_SECONDS, MAX_DELIVER, STALL_SECONDS, SWEEP_SECONDS, list_keys
+from planzoom.messaging import topology
+from planzoom.v1 import events_pb2, jobs_pb2
 from tests.dzi_check import check_page
-from tests.helpers import run_nats, wait_terminal, wait_until
+from tests.helpers import list_keys, run_nats, wait_terminal, wait_until
+from tests.integration.conftest import (
+    ACK_WAIT_SECONDS,
+    MAX_DELIVER,
+    STALL_SECONDS,
+    SWEEP_SECONDS,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,8 +168,8 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
 
         async def hold_and_drop(js):
             # A stand-in worker that takes the page and dies without acking.
-            sub = await js.pull_subscribe_bind(durable=messaging.TILE_CONSUMER,
-                                               stream=messaging.TILE_STREAM)
+            sub = await js.pull_subscribe_bind(durable=topology.TILE_CONSUMER,
+                                               stream=topology.TILE_STREAM)
             deliveries = []
             for _ in range(MAX_DELIVER):
                 msgs = await sub.fetch(1, timeout=ACK_WAIT_SECONDS * 3)
@@ -180,13 +187,13 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
     assert f"gave up after {MAX_DELIVER} deliveries" in job.pages[0].error
 
     async def dead_letter(js):
-        msg = await js.get_last_msg(messaging.DLQ_STREAM, f"deadletter.tile.{resp.job_id}")
-        info = await js.consumer_info(messaging.TILE_STREAM, messaging.TILE_CONSUMER)
-        return jobs_pb2.DeadLetter.FromString(msg.data), info
+        msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.tile.{resp.job_id}")
+        info = await js.consumer_info(topology.TILE_STREAM, topology.TILE_CONSUMER)
+        return events_pb2.DeadLetter.FromString(msg.data), info
 
     letter, info = run_nats(nats_url, dead_letter)
     assert letter.attempts == MAX_DELIVER and letter.page == 1 and "gave up" in letter.reason
-    assert jobs_pb2.TileJob.FromString(letter.data).job_id == resp.job_id
+    assert events_pb2.TileJob.FromString(letter.data).job_id == resp.job_id
     assert info.num_pending == 0 and info.num_ack_pending == 0, "the message is still queued"
 
 
@@ -207,7 +214,7 @@ def test_cancel_job(corpus, stack, client, s3):
         stack.start_service("render")
 
     async def drained(js):
-        info = await js.consumer_info(messaging.RENDER_STREAM, messaging.RENDER_CONSUMER)
+        info = await js.consumer_info(topology.RENDER_STREAM, topology.RENDER_CONSUMER)
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     nats_url = stack.env()["PLANZOOM_NATS_URL"]
@@ -247,8 +254,8 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
                                 if k.endswith(".dzi")]) == 7, timeout=120)
 
         async def lose_events(js):
-            await js.purge_stream(messaging.PROGRESS_STREAM,
-                                  subject=messaging.progress_subject(resp.job_id))
+            await js.purge_stream(topology.PROGRESS_STREAM,
+                                  subject=topology.progress_subject(resp.job_id))
 
         run_nats(stack.env()["PLANZOOM_NATS_URL"], lose_events)
     finally:
@@ -275,9 +282,9 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
     job.created_at.CopyFrom(now_ts())
 
     async def create_and_publish_page_1(js):
-        kv = await js.key_value(messaging.JOBS_BUCKET)
-        await JobStore(js, kv, messaging.JOBS_BUCKET).create(job)
-        return await messaging.publish_page_jobs(js, job, [1])
+        kv = await js.key_value(topology.JOBS_BUCKET)
+        await JobStore(js, kv, topology.JOBS_BUCKET).create(job)
+        return await publish_page_jobs(js, job, [1])
 
     assert run_nats(stack.env()["PLANZOOM_NATS_URL"], create_and_publish_page_1) == [1]
     done = wait_terminal(client, job.job_id, timeout=180)
@@ -310,11 +317,11 @@ def test_ended_jobs_expire_from_kv(stack, client, corpus):
     assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
     async def ttl_header_and_expiry(js):
-        kv = await js.key_value(messaging.JOBS_BUCKET)
+        kv = await js.key_value(topology.JOBS_BUCKET)
         entry = await kv.get(f"job.{resp.job_id}")
-        raw = await js.get_msg(f"KV_{messaging.JOBS_BUCKET}", entry.revision)
+        raw = await js.get_msg(f"KV_{topology.JOBS_BUCKET}", entry.revision)
         # An ended record written with a 1 s TTL is gone shortly after.
-        store = JobStore(js, kv, messaging.JOBS_BUCKET)
+        store = JobStore(js, kv, topology.JOBS_BUCKET)
         probe = jobs_pb2.Job(job_id="0" * 12 + "ttlprobe00", state=jobs_pb2.JOB_STATE_COMPLETE,
                              plan=jobs_pb2.PlanRef(org="acme", project="faults", plan="probe"))
         await store.create(probe)

@@ -1,0 +1,1 @@
+"""planzoom's benchmark (``make bench``): see bench/run.py."""

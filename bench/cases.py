@@ -1,0 +1,186 @@
+"""The benchmark's cases: the reference pipeline, planzoom through its
+services, planzoom's compute alone, WatchJob latency, and helpers they share."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import shutil
+import subprocess
+import time
+import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import grpc
+import pypdfium2 as pdfium
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.measure import PeakSampler, run_cmd
+from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from planzoom_cli.client import Client
+from planzoom_devstack.stack import SERVICES, EmbeddedStack
+from services.render.rasterize import render_page
+from services.tile.pyramid import raster_rows, save_pyramid
+
+
+def reference(pdf: Path, s3, bucket: str, work: Path
+              ) -> tuple[float, float, int, float, dict]:
+    """The pipeline planzoom replaces; returns (seconds, seconds before the
+    first upload, objects, megapixels, peaks)."""
+    peaks: dict[str, float] = {}
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t0 = time.monotonic()
+    run_cmd(["pdftoppm", "-r", "600", "-png", str(pdf), str(work / "p")], "pdftoppm", peaks)
+    tiles, mpx = 0, 0.0
+    for png in sorted(work.glob("p-*.png")):
+        big = png.with_suffix(".v")
+        run_cmd(["vips", "resize", str(png), str(big), "1.5"], "vips resize", peaks)
+        out = work / png.stem
+        run_cmd(["vips", "dzsave", str(big), str(out), "--tile-size", "256", "--overlap", "1",
+                 "--suffix", ".jpg[Q=90]"], "vips dzsave", peaks)
+        head = subprocess.run(["vipsheader", "-f", "width", str(big)], capture_output=True,
+                              text=True).stdout
+        hh = subprocess.run(["vipsheader", "-f", "height", str(big)], capture_output=True,
+                            text=True).stdout
+        mpx += int(head) * int(hh) / 1e6
+        big.unlink()
+        png.unlink()
+    compute = time.monotonic() - t0
+    prefix = f"reference/{int(time.time() * 1000)}/"
+    for path in work.rglob("*"):
+        if path.is_file():
+            s3.put_object(Bucket=bucket, Key=prefix + str(path.relative_to(work)),
+                          Body=path.read_bytes())
+            tiles += 1
+    total = time.monotonic() - t0
+    return total, compute, tiles, mpx, peaks
+
+def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str
+                 ) -> tuple[float, int, float, dict, float, dict]:
+    """Submit → COMPLETE; returns (seconds, tiles, megapixels, peak RSS MiB of
+    each service, first page s, CPU seconds of each process incl. s3 and nats)."""
+    plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
+    pids = {n: p.pid for n, p in stack.procs.items()}
+    first_page = None
+    with PeakSampler(pids) as sampler:
+        t0 = time.monotonic()
+        resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
+        for job in client.follow(resp.job_id):
+            if first_page is None and job.completed_pages:
+                first_page = time.monotonic() - t0
+        seconds = time.monotonic() - t0
+    if job.state != jobs_pb2.JOB_STATE_COMPLETE:
+        raise SystemExit(f"job {job.job_id} ended {job.state}: {job.error}")
+    tiles = sum(p.tile_count for p in job.pages) + job.total_pages  # + the .dzi files
+    mpx = sum(p.width_px * p.height_px for p in job.pages) / 1e6
+    # A service's peak is its largest process's (tile-2 counts as tile).
+    peaks = {n: max(v for p, v in sampler.peak.items() if p.split("-")[0] == n) / 1024
+             for n in SERVICES}
+    return seconds, tiles, mpx, peaks, first_page, sampler.cpu
+
+def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
+                  watchers: int) -> list[float]:
+    """Seconds from each page's completion (its .dzi written, the tile
+    worker's finished_at) to each of ``watchers`` WatchJob streams receiving
+    the record that shows it, for the pages that finished once every stream
+    was connected (had its first record). The streams are read by one asyncio
+    client (4 channels), so the measuring side adds little of its own."""
+    plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
+    resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
+    address = stack.env()["PLANZOOM_PROGRESS_ADDR"]
+    seen_at: list[tuple[float, float]] = []  # (page finished_at, received), both epoch s
+    connected: list[float] = []
+
+    async def watch(stub) -> None:
+        seen: set[int] = set()
+        first = True
+        request = progress_pb2.WatchJobRequest(job_id=resp.job_id)
+        async for job in stub.WatchJob(request, timeout=600):
+            now = time.time()
+            if first:  # this stream's first record: it is connected
+                connected.append(now)
+                first = False
+            for p in job.pages:
+                if p.state == jobs_pb2.PAGE_STATE_DONE and p.page not in seen:
+                    seen.add(p.page)
+                    seen_at.append((p.finished_at.ToNanoseconds() / 1e9, now))
+
+    async def run() -> None:
+        channels = [grpc.aio.insecure_channel(address) for _ in range(4)]
+        stubs = [progress_pb2_grpc.ProgressServiceStub(c) for c in channels]
+        try:
+            await asyncio.gather(*(watch(stubs[i % len(stubs)]) for i in range(watchers)))
+        finally:
+            for c in channels:
+                await c.close()
+
+    asyncio.run(run())
+    all_connected = max(connected)
+    return [got - done for done, got in seen_at if done > all_connected]
+
+def render_all(pdf: Path, pages: list[int], dpi: float, work: Path) -> list:
+    """Render ``pages`` with one PDFium worker process (as the render service
+    does) into ``work``; yields (page, RenderResult, raster path) as each
+    page is ready, so the caller can tile page N while page N+1 renders."""
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as render:
+        futures = [(p, work / f"page-{p}.raw.zst",
+                    render.submit(render_page, str(pdf), p, dpi, 10**10,
+                                  str(work / f"page-{p}.raw.zst"), 64 << 20))
+                   for p in pages]
+        for page, path, future in futures:
+            yield page, future.result(), path
+
+def tile_to_disk(r, raster: Path, out: Path, name: str, encode_threads: int | None = None
+                 ) -> object:
+    with open(raster, "rb") as f:
+        return save_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
+                            r.height_px, r.bands, str(out), name, 256, 1, 90,
+                            encode_threads=encode_threads)
+
+def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[float, int]:
+    """planzoom's compute with no upload: one render worker process and one
+    tile worker (this process, its default encoder threads), pipelined,
+    tiles written to local disk. Returns (seconds, tiles)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tiles = 0
+    t0 = time.monotonic()
+    for page, r, raster in render_all(pdf, pages, dpi, work):
+        tiles += tile_to_disk(r, raster, work, f"page-{page}").tile_count() + 1
+        raster.unlink()
+    seconds = time.monotonic() - t0
+    shutil.rmtree(work, ignore_errors=True)
+    return seconds, tiles
+
+def stage_seconds(stack: EmbeddedStack, stage: str) -> float:
+    """Seconds all ``stage`` processes spent on pages so far (their
+    planzoom_stage_duration_seconds histograms)."""
+    total = 0.0
+    for proc, port in stack.metrics_ports.items():
+        if not proc.startswith(stage) or proc not in stack.procs:
+            continue
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        for family in text_string_to_metric_families(text.decode()):
+            for sample in family.samples:
+                if sample.name == "planzoom_stage_duration_seconds_sum" and \
+                        sample.labels.get("stage") == stage:
+                    total += sample.value
+    return total
+
+def sheet_pdf(src: Path, page: int, width_in: float, height_in: float, out: Path) -> Path:
+    """One page of ``src`` scaled to fit a ``width_in`` x ``height_in`` inch
+    sheet (a real drawing on a bigger or smaller sheet)."""
+    doc, dst = pdfium.PdfDocument(str(src)), pdfium.PdfDocument.new()
+    w, h = (v * 72 for v in (width_in, height_in))
+    sheet = dst.new_page(w, h)
+    obj = doc.page_as_xobject(page - 1, dst).as_pageobject()
+    left, bottom, right, top = doc[page - 1].get_mediabox()
+    scale = min(w / (right - left), h / (top - bottom))
+    obj.transform(pdfium.PdfMatrix().translate(-left, -bottom).scale(scale, scale))
+    sheet.insert_obj(obj)
+    sheet.gen_content()
+    dst.save(str(out))
+    return out

@@ -1,0 +1,171 @@
+"""``planzoom``: the command-line client.
+
+Commands (submit, status, watch, jobs, cancel) talk to the services over
+gRPC only, at PLANZOOM_INGEST_ADDR and PLANZOOM_PROGRESS_ADDR (or the
+flags). Installed packages add commands through the ``planzoom.commands``
+entry-point group (the embedded stack adds ``up`` and ``demo``).
+Exit codes: 0 success, 1 the job FAILED or was CANCELLED, 2 a request was
+refused or a service could not be reached.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import click
+import grpc
+from rich.table import Table
+
+from planzoom.config import get_settings
+from planzoom.states import is_terminal, job_state_name
+from planzoom.v1 import jobs_pb2
+from planzoom_cli.client import Client
+from planzoom_cli.display import console, err_console, print_job, watch_job
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(ctx.obj["ingest_addr"], ctx.obj["progress_addr"])
+
+
+def fail_rpc(e: grpc.RpcError) -> None:
+    """Print the refusal as ``error: CODE: message`` and exit with status 2."""
+    err_console.print(f"[red]error:[/red] {e.code().name}: {e.details()}")
+    sys.exit(2)
+
+
+@click.group()
+@click.option("--ingest-addr", envvar="PLANZOOM_INGEST_ADDR",
+              default=lambda: get_settings().ingest_addr, show_default="127.0.0.1:50051",
+              help="IngestService host:port (PLANZOOM_INGEST_ADDR).")
+@click.option("--progress-addr", envvar="PLANZOOM_PROGRESS_ADDR",
+              default=lambda: get_settings().progress_addr, show_default="127.0.0.1:50052",
+              help="ProgressService host:port (PLANZOOM_PROGRESS_ADDR).")
+@click.pass_context
+def main(ctx: click.Context, ingest_addr: str, progress_addr: str) -> None:
+    """planzoom: construction-plan PDFs to Deep Zoom Image tile pyramids."""
+    ctx.obj = {"ingest_addr": ingest_addr, "progress_addr": progress_addr}
+
+
+def plan_options(f):
+    for opt in reversed([
+        click.option("--org", required=True, help="Organisation id."),
+        click.option("--project", required=True, help="Project id."),
+        click.option("--plan", "plan_id", required=True, help="Plan id."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def job_options(f):
+    for opt in reversed([
+        click.option("--dpi", type=float, default=0, help="Rendering DPI (default 300)."),
+        click.option("--tile-size", type=int, default=0, help="DZI tile size, px (default 256)."),
+        click.option("--overlap", type=int, default=None, help="DZI overlap, px (default 1)."),
+        click.option("--quality", type=int, default=0, help="JPEG quality 1-100 (default 90)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+def options_from_flags(dpi, tile_size, overlap, quality) -> jobs_pb2.JobOptions:
+    """JobOptions from the job_options flags (0 / None: the service's default)."""
+    o = jobs_pb2.JobOptions(dpi=dpi, tile_size=tile_size, jpeg_quality=quality)
+    if overlap is not None:
+        o.overlap = overlap
+    return o
+
+
+def exit_unless_complete(job: jobs_pb2.Job) -> None:
+    """Exit with status 1, saying why, unless the job is COMPLETE."""
+    if job.state != jobs_pb2.JOB_STATE_COMPLETE:
+        err_console.print(f"[red]job {job.job_id} {job_state_name(job.state)}:[/red] {job.error}")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("pdf", type=click.Path(exists=True, dir_okay=False))
+@plan_options
+@job_options
+@click.option("--watch/--no-watch", default=False, help="Follow the job to its end.")
+@click.pass_context
+def submit(ctx, pdf, org, project, plan_id, dpi, tile_size, overlap, quality, watch):
+    """Upload PDF as a new job for ORG/PROJECT/PLAN."""
+    client = _client(ctx)
+    try:
+        resp = client.submit(pdf, jobs_pb2.PlanRef(org=org, project=project, plan=plan_id),
+                             options_from_flags(dpi, tile_size, overlap, quality))
+        note = " (same file and options as an existing job)" if resp.deduplicated else ""
+        console.print(f"job {resp.job_id}: {resp.job.total_pages} pages{note}")
+        if watch:
+            job = watch_job(client, resp.job_id)
+            print_job(job)
+            exit_unless_complete(job)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def status(ctx, job_id):
+    """Print a job's record."""
+    try:
+        job = _client(ctx).get_job(job_id)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    print_job(job)
+    if is_terminal(job):
+        exit_unless_complete(job)
+
+
+@main.command()
+@click.argument("job_id")
+@click.pass_context
+def watch(ctx, job_id):
+    """Follow a job with a progress bar until it ends."""
+    try:
+        job = watch_job(_client(ctx), job_id)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    print_job(job)
+    exit_unless_complete(job)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--reason", default="", help="Recorded in the job's error.")
+@click.pass_context
+def cancel(ctx, job_id, reason):
+    """Cancel a job that has not ended."""
+    try:
+        job = _client(ctx).cancel(job_id, reason)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    console.print(f"job {job.job_id} {job_state_name(job.state)}")
+
+
+@main.command()
+@plan_options
+@click.option("--limit", default=20, show_default=True)
+@click.pass_context
+def jobs(ctx, org, project, plan_id, limit):
+    """List a plan's jobs, newest first."""
+    try:
+        found = _client(ctx).list_jobs(jobs_pb2.PlanRef(org=org, project=project, plan=plan_id),
+                                       limit)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    table = Table("job", "state", "pages", "done", "source")
+    for j in found:
+        table.add_row(j.job_id, job_state_name(j.state), str(j.total_pages),
+                      str(j.completed_pages), j.source_name)
+    console.print(table)
+
+
+for _command in entry_points(group="planzoom.commands"):
+    main.add_command(_command.load(), _command.name)
+
+
+if __name__ == "__main__":
+    main()

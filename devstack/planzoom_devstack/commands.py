@@ -1,0 +1,136 @@
+"""``planzoom up`` and ``planzoom demo``: the embedded stack from the CLI.
+
+Registered as ``planzoom`` commands through the ``planzoom.commands``
+entry-point group, so the CLI itself does not depend on the stack.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import grpc
+from rich.table import Table
+
+from planzoom import keys
+from planzoom.config import Settings
+from planzoom.states import job_state_name
+from planzoom.storage import ObjectStore
+from planzoom.v1 import jobs_pb2
+from planzoom_cli.client import Client
+from planzoom_cli.display import console, err_console, print_job, watch_job
+from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
+from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, StackError
+
+tile_workers_option = click.option(
+    "--tile-workers", type=click.IntRange(min=1), default=1, show_default=True,
+    help="Tile workers, each using up to about two CPU cores (it and its upload "
+         "processes).")
+
+
+def start_stack(data_dir: Path | None, tile_workers: int) -> EmbeddedStack:
+    """Start the embedded stack in ``data_dir`` (default: a new temp dir);
+    exit with status 2, saying which part failed, if it does not come up."""
+    data = data_dir or Path(tempfile.mkdtemp(prefix="planzoom-stack-"))
+    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers)
+    with console.status("starting NATS JetStream, the S3 endpoint and the four services…"):
+        try:
+            stack.start()
+        except StackError as e:
+            err_console.print(f"[red]the embedded stack did not start:[/red] {e}")
+            sys.exit(2)
+    return stack
+
+
+@click.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="JetStream store and logs (default: a new temp dir).")
+@tile_workers_option
+def up(data_dir, tile_workers):
+    """Run the embedded stack on 127.0.0.1 until Ctrl-C."""
+    stack = start_stack(data_dir, tile_workers)
+    env = stack.env()
+    table = Table("part", "address")
+    table.add_row("NATS JetStream", env["PLANZOOM_NATS_URL"])
+    table.add_row("S3 endpoint (bucket planzoom)", env["PLANZOOM_S3_ENDPOINT_URL"])
+    for name in ("ingest", "progress", "render", "tile"):
+        table.add_row(f"{name} (gRPC)", env[f"PLANZOOM_{name.upper()}_ADDR"])
+    console.print(table)
+    console.print(f"logs in {stack.log_dir}; try: planzoom submit PLAN.pdf --org o "
+                  "--project p --plan l --watch")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with console.status("stopping…"):
+            stack.stop()
+
+
+def export_job(stack: EmbeddedStack, job: jobs_pb2.Job, out: Path) -> int:
+    """Copy the job's tiles, .dzi files and manifest, and the plan's
+    current.json, from the stack's S3 endpoint to ``out``, keeping the
+    bucket's layout; returns how many files were copied."""
+    store = ObjectStore(Settings(s3_endpoint_url=stack.s3_endpoint, s3_bucket=stack.bucket),
+                        credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    wanted = [*store.list_keys(job.tiles_prefix), keys.current_key(job.plan)]
+
+    def fetch(key: str) -> None:
+        dest = out / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(store.get_bytes(key))
+
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(fetch, wanted))
+    return len(wanted)
+
+
+@click.command()
+@click.argument("pdf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("planzoom-output"), show_default=True,
+              help="Folder the finished job is exported to.")
+@job_options
+@tile_workers_option
+def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
+    """Start the embedded stack, convert PDF, export the result, stop."""
+    plan_id = re.sub(r"[^A-Za-z0-9_-]", "-", pdf.stem)[:64].strip("-_") or "plan"
+    plan = jobs_pb2.PlanRef(org="demo", project="demo", plan=plan_id)
+    started = time.monotonic()
+    stack = start_stack(None, tile_workers)
+    env = stack.env()
+    client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    try:
+        console.print(f"stack up in {time.monotonic() - started:.1f} s; submitting {pdf}")
+        t0 = time.monotonic()
+        resp = client.submit(str(pdf), plan, options_from_flags(dpi, tile_size, overlap,
+                                                                quality))
+        console.print(f"job {resp.job_id}: {resp.job.total_pages} pages, "
+                      f"{resp.job.source_bytes:,} bytes")
+        job = watch_job(client, resp.job_id)
+        wall = time.monotonic() - t0
+        print_job(job)
+        files = export_job(stack, job, out)
+        tiles = sum(p.tile_count for p in job.pages)
+        mpx = sum(p.width_px * p.height_px for p in job.pages) / 1e6
+        console.print(
+            f"{job.total_pages} pages, {mpx:.1f} megapixels, {tiles:,} tiles in {wall:.1f} s "
+            f"(submit → {job_state_name(job.state)})")
+        console.print(f"exported {files:,} files to [bold]{out / job.tiles_prefix}[/bold] "
+                      f"(manifest.json, page-N.dzi + page-N_files/)")
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    finally:
+        client.close()
+        with console.status("stopping the stack…"):
+            stack.stop()
+    exit_unless_complete(job)

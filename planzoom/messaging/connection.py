@@ -1,0 +1,42 @@
+"""Connecting to NATS and draining the connection at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats
+from nats.aio.client import Client as NATS
+
+from planzoom.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: Settings, name: str) -> NATS:
+    """Connect as ``planzoom-<name>`` with unlimited reconnects (a restarted
+    server is picked up) and the credentials file of the settings, if any."""
+
+    async def on_error(e: Exception) -> None:
+        log.warning("nats error: %s", e)
+
+    return await nats.connect(
+        settings.nats_url,
+        user_credentials=settings.nats_creds_file,
+        name=f"planzoom-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        error_cb=on_error,
+    )
+
+
+async def close(nc: NATS, timeout: float = 5.0) -> None:
+    """Drain the connection (flush publishes, end subscriptions), closing it
+    outright if that takes longer than ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception as e:
+        log.warning("nats drain did not finish (%s); closing", e or type(e).__name__)
+        with contextlib.suppress(Exception):
+            await nc.close()

@@ -1,0 +1,50 @@
+"""What the stages publish about their work: progress events on
+``progress.<job_id>`` and dead letters on ``deadletter.<stage>.<job_id>``."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+
+from planzoom.clock import now_ts
+from planzoom.ids import ID_PATTERN
+from planzoom.messaging.publishing import publish, publish_retrying
+from planzoom.messaging.topology import LETTER_STREAMS, progress_subject
+from planzoom.v1 import events_pb2, jobs_pb2
+
+
+async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_pb2.PlanRef,
+                      page: jobs_pb2.PageRecord, attempt: int) -> None:
+    """Publish a ProgressEvent for one page on ``progress.<job_id>``.
+
+    ``page`` is a PageRecord with the fields the stage knows; ``attempt`` is
+    the delivery of the page job that reports (part of the message id, so
+    a redelivered page reports anew while a retried publish is stored
+    once). Retried as :func:`~planzoom.messaging.publishing.publish_retrying`.
+    """
+    ev = events_pb2.ProgressEvent(job_id=job_id, plan=plan, stage=stage, page=page,
+                                  emitted_at=now_ts())
+    await publish_retrying(js, progress_subject(job_id), ev.SerializeToString(),
+                           f"{job_id}.{page.page}.{stage}.{page.state}.{attempt}")
+
+
+async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int, data: bytes,
+                      reason: str, attempts: int) -> None:
+    """Keep a message that failed for good in PLANZOOM_DEAD_LETTERS, with
+    its job and page when its stream's message type names them."""
+    job_id, page, stage = "", 0, stream.removeprefix("PLANZOOM_").lower()
+    if stream in LETTER_STREAMS:
+        message_type, stage = LETTER_STREAMS[stream]
+        try:
+            message = message_type.FromString(data)
+            job_id = message.job_id
+            page = message.page.page if message_type is events_pb2.ProgressEvent else message.page
+        except Exception:  # an undecodable message is kept all the same
+            pass
+    if not ID_PATTERN.fullmatch(job_id):  # it becomes a subject token
+        job_id = ""
+    letter = events_pb2.DeadLetter(
+        stream=stream, subject=subject, stream_sequence=seq, data=data, reason=reason,
+        attempts=attempts, job_id=job_id, page=page, failed_at=now_ts(),
+    )
+    await publish(js, f"deadletter.{stage}.{job_id or 'unknown'}", letter.SerializeToString(),
+                  f"dl.{stream}.{seq}")

@@ -1,0 +1,27 @@
+"""Job and page states (``JobState``, ``PageState`` in jobs.proto): which
+end a job or a page, and their short names for people."""
+
+from __future__ import annotations
+
+from planzoom.v1 import jobs_pb2
+
+#: A job in one of these states takes no more changes.
+TERMINAL_JOB_STATES = frozenset(
+    {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED})
+#: A page in one of these states takes no more reports.
+TERMINAL_PAGE_STATES = frozenset({jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED})
+
+
+def is_terminal(job: jobs_pb2.Job) -> bool:
+    """True once the job is COMPLETE, FAILED or CANCELLED."""
+    return job.state in TERMINAL_JOB_STATES
+
+
+def job_state_name(state: int) -> str:
+    """``COMPLETE`` for JOB_STATE_COMPLETE, and so on."""
+    return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def page_state_name(state: int) -> str:
+    """``DONE`` for PAGE_STATE_DONE, and so on."""
+    return jobs_pb2.PageState.Name(state).removeprefix("PAGE_STATE_")

@@ -1,0 +1,59 @@
+"""The upload on local disk while it arrives, checked as it comes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+from planzoom.errors import InvalidInput, ResourceExhausted
+from services.ingest.checks import HEADER_WINDOW, NotAPdf, describe_magic
+
+
+class UploadTooLarge(ResourceExhausted):
+    reason = "UPLOAD_TOO_LARGE"
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(
+            f"the file is larger than the {limit:,}-byte upload limit ({size:,} bytes or more); "
+            "split the plan set or ask the operator to raise PLANZOOM_MAX_UPLOAD_BYTES")
+
+
+class Spool:
+    """The upload in a temporary file under ``work_dir``: its size, sha256
+    and first bytes. Refuses more than ``limit`` bytes (UploadTooLarge) and,
+    once the first 1024 bytes are in, anything that is not a PDF (NotAPdf)."""
+
+    def __init__(self, work_dir: str | None, limit: int):
+        fd, self.path = tempfile.mkstemp(prefix="planzoom-upload-", suffix=".pdf", dir=work_dir)
+        self._file = os.fdopen(fd, "wb")
+        self.limit, self.size, self.head = limit, 0, b""
+        self._sha = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise UploadTooLarge(self.size, self.limit)
+        if len(self.head) < HEADER_WINDOW:
+            self.head += chunk[: HEADER_WINDOW - len(self.head)]
+            what = describe_magic(self.head)
+            if what and len(self.head) >= HEADER_WINDOW:
+                raise NotAPdf(what)
+        self._sha.update(chunk)
+        self._file.write(chunk)
+
+    def finish(self) -> str:
+        """Close the file, check it, and return the sha256 hex digest."""
+        self._file.close()
+        if self.size == 0:
+            raise InvalidInput("the file is empty (0 bytes); upload the plan PDF itself",
+                               reason="EMPTY_FILE")
+        what = describe_magic(self.head)
+        if what:
+            raise NotAPdf(what)
+        return self._sha.hexdigest()
+
+    def discard(self) -> None:
+        self._file.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)

@@ -1,0 +1,76 @@
+"""ProgressService's RPCs (progress.proto says what each promises)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from planzoom import metrics
+from planzoom.errors import Unavailable
+from planzoom.ids import check_id, check_plan
+from planzoom.jobstore import JobNotFound, JobStore
+from planzoom.states import is_terminal
+from planzoom.v1 import progress_pb2, progress_pb2_grpc
+from services.progress.feeds import JobFeeds
+from services.progress.records import JobRecords
+from services.progress.sweep import Sweeper
+
+#: ListJobs' page size when the request names none, and its maximum.
+LIST_DEFAULT, LIST_MAX = 50, 500
+
+
+class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
+    """WatchJob, GetJob, ListJobs, CancelJob, Reconcile over the job
+    records. ``stopping`` is set when the service begins to shut down."""
+
+    def __init__(self, jobs: JobStore, records: JobRecords, sweeper: Sweeper, feeds: JobFeeds,
+                 stopping: asyncio.Event):
+        self.jobs, self.records, self.sweeper = jobs, records, sweeper
+        self.feeds, self.stopping = feeds, stopping
+
+    async def GetJob(self, request, context):
+        """The job record. INVALID_ARGUMENT for a malformed id, NOT_FOUND for
+        an unknown one."""
+        return await self.jobs.get(check_id("job_id", request.job_id))
+
+    async def ListJobs(self, request, context):
+        """Up to ``page_size`` (default 50, at most 500) records of one plan,
+        newest first."""
+        check_plan(request.plan)
+        limit = min(request.page_size or LIST_DEFAULT, LIST_MAX)
+        return progress_pb2.ListJobsResponse(jobs=await self.jobs.list_for_plan(request.plan,
+                                                                                limit))
+
+    async def CancelJob(self, request, context):
+        """End the job CANCELLED. FAILED_PRECONDITION if it has ended."""
+        return await self.records.cancel(check_id("job_id", request.job_id), request.reason)
+
+    async def Reconcile(self, request, context):
+        """Mark pages DONE whose ``.dzi`` is in S3 but not in the record."""
+        job, repaired = await self.sweeper.reconcile(check_id("job_id", request.job_id))
+        return progress_pb2.ReconcileResponse(job=job, repaired_pages=repaired)
+
+    async def WatchJob(self, request, context):
+        """The record, then each change, until a terminal record. UNAVAILABLE
+        when the service stops (watch again to resume)."""
+        job = await self.jobs.get(check_id("job_id", request.job_id))
+        if is_terminal(job):  # no feed needed for a job that has ended
+            yield job
+            return
+        metrics.WATCHERS.inc()
+        try:
+            # The current record first, then each change from the job's feed
+            # (one KV watcher per job in this process, whatever the streams).
+            async with self.feeds.subscribe(request.job_id) as feed:
+                yield job
+                while not is_terminal(job):
+                    await feed.wait(job.revision)
+                    if self.stopping.is_set():
+                        raise Unavailable("the progress service is restarting; watch again "
+                                          "to resume", reason="RESTARTING")
+                    if feed.gone:
+                        raise JobNotFound(request.job_id)
+                    if feed.latest is not None and feed.latest.revision > job.revision:
+                        job = feed.latest
+                        yield job
+        finally:
+            metrics.WATCHERS.dec()

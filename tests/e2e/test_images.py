@@ -1,0 +1,58 @@
+"""What a service image ships: every module of the runtime library and the
+services imports inside it, and none of the development tooling is there
+(the CLI, the embedded stack, code generation, moto)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from planzoom_devstack.stack import SERVICES
+from tests.e2e.containers import VERSION, docker_ready
+
+#: Runs inside the image: import every module under planzoom/ and services/
+#: (an entry point, ``services.<name>.__main__``, would start the service: its
+#: code is compiled and the names it imports are loaded instead), then check
+#: that no tooling package is installed.
+IMPORT_ALL = """
+import ast, importlib, importlib.util, pkgutil
+import planzoom, services
+names = [m.name for pkg in (planzoom, services)
+         for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in names:
+    if not name.endswith(".__main__"):
+        importlib.import_module(name)
+        continue
+    tree = ast.parse(importlib.util.find_spec(name).loader.get_source(name))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                getattr(module, alias.name)
+present = [p for p in ("planzoom_cli", "planzoom_devstack", "grpc_tools", "click", "rich",
+                       "moto", "waitress", "pytest") if importlib.util.find_spec(p)]
+print(len(names), " ".join(present) or "-")
+"""
+
+
+@pytest.fixture(scope="module")
+def images_ready():
+    why = docker_ready()
+    if why:
+        if os.environ.get("PLANZOOM_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"container tests required but {why}")
+        pytest.skip(why)
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_service_image_imports_all_of_its_modules(images_ready, service):
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", "--entrypoint", "python",
+         f"planzoom-{service}:{VERSION}", "-c", IMPORT_ALL],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    count, present = result.stdout.split(maxsplit=1)
+    assert int(count) >= 30, f"only {count} modules found in the image"
+    assert present.strip() == "-", f"development tooling in the {service} image: {present}"

@@ -1,0 +1,66 @@
+"""One embedded stack per session: a real NATS server with JetStream, moto's
+S3 service over HTTP behind a fault-injecting proxy, and the four services as
+processes, talked to over real gRPC sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from planzoom_cli.client import Client
+from planzoom_devstack.faultproxy import FaultProxy
+from planzoom_devstack.stack import EmbeddedStack, Ports
+from tests.helpers import s3_client
+
+#: Limits and timings of the test stack: small enough to test without huge
+#: inputs or long waits.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_PAGES = 200
+ACK_WAIT_SECONDS = 6
+MAX_DELIVER = 3
+STALL_SECONDS = 8
+SWEEP_SECONDS = 2
+
+
+@pytest.fixture(scope="session")
+def s3_proxy() -> FaultProxy:
+    """Sits between the services and the S3 endpoint; passes everything
+    until a test turns faults on."""
+    ports = Ports.free()
+    proxy = FaultProxy(f"http://127.0.0.1:{ports.s3}").start()
+    proxy.stack_ports = ports
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
+    s = EmbeddedStack(
+        data_dir=tmp_path_factory.mktemp("stack"),
+        ports=s3_proxy.stack_ports,
+        extra_env={
+            "PLANZOOM_S3_ENDPOINT_URL": s3_proxy.url,
+            "PLANZOOM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
+            "PLANZOOM_MAX_PAGES": str(MAX_PAGES),
+            "PLANZOOM_ACK_WAIT_SECONDS": str(ACK_WAIT_SECONDS),
+            "PLANZOOM_MAX_DELIVER": str(MAX_DELIVER),
+            "PLANZOOM_STALL_SECONDS": str(STALL_SECONDS),
+            "PLANZOOM_SWEEP_SECONDS": str(SWEEP_SECONDS),
+            "PLANZOOM_LOG_LEVEL": "INFO",
+        },
+    )
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def client(stack) -> Client:
+    env = stack.env()
+    c = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def s3(stack):
+    return s3_client(stack)
