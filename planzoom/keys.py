@@ -1,8 +1,9 @@
-"""The object layout in the S3 bucket (DESIGN.md, "Object layout").
+"""The object layout in the S3 bucket (docs/architecture.md, "Object layout").
 
 ::
 
     sources/<org>/<project>/<plan>/<sha256>.pdf
+    uploads/<org>/<project>/<plan>/<upload id>     (presigned PUTs, until SubmitJob)
     work/<job>/page-<n>.raw.zst                    (deleted when the job ends)
     tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg

@@ -1,12 +1,10 @@
 """The end-to-end test against containers built by ``make images``: NATS,
 the S3 endpoint and the four service images, started by testcontainers with
-host networking. Skipped without a Docker engine or images, unless
-PLANZOOM_REQUIRE_DOCKER=1 (as CI sets), which turns that into a failure."""
+host networking."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
@@ -15,19 +13,14 @@ import pytest
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from tests.dzi_check import check_page
-from tests.e2e.containers import ContainerStack, docker_ready
+from tests.e2e.containers import ContainerStack
 from tests.helpers import s3_client, wait_terminal, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 
 @pytest.fixture(scope="module")
-def cstack():
-    why = docker_ready()
-    if why:
-        if os.environ.get("PLANZOOM_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"container tests required but {why}")
-        pytest.skip(why)
+def cstack(images):
     stack = ContainerStack(extra_env={"PLANZOOM_ACK_WAIT_SECONDS": "6"}).start()
     yield stack
     stack.stop()

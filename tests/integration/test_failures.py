@@ -10,13 +10,13 @@ import time
 
 import grpc
 import pytest
-from planzoom.messaging.publishing import publish_page_jobs
 
 from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.ids import new_job_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import topology
+from planzoom.messaging.publishing import publish_page_jobs
 from planzoom.v1 import events_pb2, jobs_pb2
 from tests.dzi_check import check_page
 from tests.helpers import list_keys, run_nats, wait_terminal, wait_until
