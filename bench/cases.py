@@ -90,6 +90,7 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
     resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
     address = stack.env()["PLANZOOM_PROGRESS_ADDR"]
+    metadata = (("authorization", f"Bearer {stack.token('bench', 'viewer')}"),)
     seen_at: list[tuple[float, float]] = []  # (page finished_at, received), both epoch s
     connected: list[float] = []
 
@@ -97,7 +98,7 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
         seen: set[int] = set()
         first = True
         request = progress_pb2.WatchJobRequest(job_id=resp.job_id)
-        async for job in stub.WatchJob(request, timeout=600):
+        async for job in stub.WatchJob(request, timeout=600, metadata=metadata):
             now = time.time()
             if first:  # this stream's first record: it is connected
                 connected.append(now)

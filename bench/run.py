@@ -95,7 +95,8 @@ def main() -> None:
     settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v for k, v in env.items()
                            if k.startswith("PLANZOOM_")})
     threads = settings.upload_concurrency
-    client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
+                    token=stack.token("bench", "uploader"))
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
                       config=boto3.session.Config(max_pool_connections=threads))

@@ -11,10 +11,11 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from planzoom import metrics
+from planzoom.auth import visible
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.ids import check_id
-from planzoom.jobstore import JobStore
+from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import connection, topology
 from planzoom.messaging.events import report_page
 from planzoom.messaging.worker import Delivery, PullWorker
@@ -50,9 +51,10 @@ class BackedService(Service):
         self.jobs = JobStore(self.js, self.kv, topology.JOBS_BUCKET)
 
     async def get_job(self, job_id: str) -> jobs_pb2.Job:
-        """The job record for a GetJob-style RPC. Raises InvalidId for a
-        malformed id and JobNotFound for an unknown one."""
-        return await self.jobs.get(check_id("job_id", job_id))
+        """The caller's job record, for a GetJob-style RPC. Raises InvalidId
+        for a malformed id and JobNotFound for an unknown one or one of
+        another org."""
+        return visible(await self.jobs.get(check_id("job_id", job_id)), JobNotFound)
 
     async def disconnect(self) -> None:
         await connection.close(self.nc)
@@ -89,15 +91,18 @@ class PageStage(BackedService):
         """Free the stage's own resources (worker processes, scratch space)
         once no page is in flight."""
 
-    async def report(self, job, record: jobs_pb2.PageRecord, attempt: int) -> None:
-        """Report ``record`` for the page of ``job`` (a PageJob or TileJob)."""
-        await report_page(self.js, self.name, job.job_id, job.plan, record, attempt)
+    async def report(self, job, record: jobs_pb2.PageRecord, attempt: int,
+                     kind: str = "") -> None:
+        """Report ``record`` for the page of ``job`` (a PageJob or TileJob);
+        ``kind`` tells apart two reports of one state in one attempt."""
+        await report_page(self.js, self.name, job.job_id, job.plan, record, attempt, kind)
 
-    async def skip_cancelled(self, job, ctx: dict, what: str = "page skipped") -> bool:
-        """True (and logged, counted) if ``job``'s job was cancelled or is gone."""
-        if not await self.jobs.is_cancelled(job.job_id):
+    async def skip_ended(self, job, ctx: dict, what: str = "page skipped") -> bool:
+        """True (and logged, counted) if ``job``'s job has ended or is gone:
+        cancelled, or a page job delivered again after its job finished."""
+        if not await self.jobs.has_ended(job.job_id):
             return False
-        log.info("job cancelled; %s", what, extra=ctx)
+        log.info("job ended; %s", what, extra=ctx)
         metrics.PAGES.labels(self.name, "skipped").inc()
         return True
 

@@ -1,8 +1,14 @@
-"""The one place where an RPC's errors become gRPC statuses.
+"""The one place where a caller is checked and an RPC's errors become gRPC
+statuses.
 
 :class:`RpcBoundary` is a ``grpc.aio`` server interceptor that wraps every
 handler of a server (unary and streaming alike):
 
+- unless the method is public (health), the caller's bearer token is
+  verified (:class:`planzoom.auth.TokenVerifier`) and its role checked
+  against the role the method needs; the :class:`~planzoom.auth.Caller` is
+  then what :func:`planzoom.auth.current` returns inside the handler. A
+  method nobody declared a role for needs ``admin`` (fail closed);
 - a :class:`~planzoom.errors.PlanzoomError` ends the RPC with its status
   code, message and ``google.rpc`` detail (BadRequest or ErrorInfo);
 - any other exception ends it with INTERNAL and an error id; the exception
@@ -19,14 +25,19 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 
-from planzoom import metrics
-from planzoom.errors import PlanzoomError, internal_status
+from planzoom import auth, metrics
+from planzoom.errors import PermissionDenied, PlanzoomError, internal_status
 
 log = logging.getLogger(__name__)
+
+#: Methods anyone may call: Kubernetes probes carry no token.
+PUBLIC = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+#: What a method nobody declared a role for needs.
+UNDECLARED_ROLE = "admin"
 
 
 async def _refuse(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
@@ -47,36 +58,58 @@ def _is_grpc_control(error: BaseException) -> bool:
     return isinstance(error, grpc.aio.AbortError)
 
 
-def _wrap_unary(method: str, behaviour: Callable[..., Awaitable]):
-    async def handler(request, context):
-        try:
-            return await behaviour(request, context)
-        except Exception as e:
-            if _is_grpc_control(e):
-                raise
-            await _refuse(context, method, e)
-
-    return handler
-
-
-def _wrap_streaming(method: str, behaviour: Callable):
-    if not inspect.isasyncgenfunction(behaviour):  # writes with context.write()
-        return _wrap_unary(method, behaviour)
-
-    async def handler(request, context):
-        try:
-            async for response in behaviour(request, context):
-                yield response
-        except Exception as e:
-            if _is_grpc_control(e):
-                raise
-            await _refuse(context, method, e)
-
-    return handler
-
-
 class RpcBoundary(grpc.aio.ServerInterceptor):
-    """Maps handler errors to statuses for every RPC of a server."""
+    """Authenticates, authorizes and maps errors for every RPC of a server.
+
+    ``verifier`` checks tokens; ``roles`` maps full method names
+    (``/planzoom.v1.ProgressService/GetJob``) to the role each needs; it may
+    be filled after the boundary is built, as services register.
+    """
+
+    def __init__(self, verifier: auth.TokenVerifier, roles: Mapping[str, str] | None = None):
+        self.verifier = verifier
+        self.roles = dict(roles or {})
+
+    def _admit(self, method: str, context: grpc.aio.ServicerContext):
+        """Set the caller of ``method`` (a context token to reset), or None
+        for a public method. Raises Unauthenticated or PermissionDenied."""
+        if method in PUBLIC:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        caller = self.verifier.verify(metadata.get("authorization"))
+        role = self.roles.get(method, UNDECLARED_ROLE)
+        if not caller.may(role):
+            raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {role!r} role; "
+                                   f"{caller.subject} has {caller.role!r}")
+        return auth.set_current(caller)
+
+    def _wrap_unary(self, method: str, behaviour: Callable[..., Awaitable]):
+        async def handler(request, context):
+            try:
+                self._admit(method, context)
+                return await behaviour(request, context)
+            except Exception as e:
+                if _is_grpc_control(e):
+                    raise
+                await _refuse(context, method, e)
+
+        return handler
+
+    def _wrap_streaming(self, method: str, behaviour: Callable):
+        if not inspect.isasyncgenfunction(behaviour):  # writes with context.write()
+            return self._wrap_unary(method, behaviour)
+
+        async def handler(request, context):
+            try:
+                self._admit(method, context)
+                async for response in behaviour(request, context):
+                    yield response
+            except Exception as e:
+                if _is_grpc_control(e):
+                    raise
+                await _refuse(context, method, e)
+
+        return handler
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -87,12 +120,23 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
                   "response_serializer": handler.response_serializer}
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary), **kwargs)
+                self._wrap_unary(method, handler.unary_unary), **kwargs)
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(method, handler.stream_unary), **kwargs)
+                self._wrap_unary(method, handler.stream_unary), **kwargs)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_streaming(method, handler.unary_stream), **kwargs)
+                self._wrap_streaming(method, handler.unary_stream), **kwargs)
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_streaming(method, handler.stream_stream), **kwargs)
+            self._wrap_streaming(method, handler.stream_stream), **kwargs)
+
+
+def method_roles(service_descriptor, roles: Mapping[str, str]) -> dict[str, str]:
+    """Full method names of one gRPC service mapped to their roles; raises
+    ValueError unless ``roles`` names every method of the service, so a new
+    RPC cannot ship without a decision about who may call it."""
+    methods = {m.name for m in service_descriptor.methods}
+    if set(roles) != methods:
+        raise ValueError(f"{service_descriptor.full_name}: roles for {sorted(set(roles))}, "
+                         f"methods {sorted(methods)}")
+    return {f"/{service_descriptor.full_name}/{name}": role for name, role in roles.items()}

@@ -8,6 +8,7 @@ CLI mirror them. S3 credentials come from the standard AWS variables
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,11 +35,28 @@ class Settings(BaseSettings):
     tile_addr: str = "127.0.0.1:50054"  # health only
     grpc_grace_seconds: float = Field(10.0, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
+    grpc_reflection: bool = False  # gRPC server reflection (for grpcurl), off unless enabled
+    #: Largest message a server accepts: a 4 MiB upload chunk plus its framing.
+    grpc_max_receive_bytes: int = Field(4 * 1024 * 1024 + 64 * 1024, ge=64 * 1024)
+    tls_cert_file: str | None = None  # PEM certificate chain: servers speak TLS when set
+    tls_key_file: str | None = None  # its PEM private key
+    tls_ca_file: str | None = None  # clients: CA bundle that signs the servers' certificates
+
+    # Identity (planzoom.auth): who issues bearer tokens, and with which keys
+    auth_issuer: str = "planzoom"  # required "iss" claim
+    auth_audience: str = "planzoom"  # required "aud" claim
+    auth_algorithm: Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384",
+                            "EdDSA"] = "RS256"  # the only algorithm accepted
+    auth_public_key_file: str | None = None  # the issuer's PEM public key, or
+    auth_jwks: str | None = None  # its JWKS: a file path or an http(s) URL
 
     # Ingest limits
     max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)  # 1 GiB
     max_pages: int = Field(2000, ge=1)
     upload_url_expiry_seconds: int = Field(3600, ge=60)
+    upload_idle_seconds: float = Field(30.0, gt=0)  # an upload stream silent this long ends
+    max_concurrent_uploads: int = Field(16, ge=1)  # uploads spooling at once per ingest replica
+    max_concurrent_uploads_per_org: int = Field(4, ge=1)  # of those, at most this many per org
 
     # Job defaults (each one a per-job option)
     default_dpi: float = Field(300.0, gt=0)
@@ -49,6 +67,11 @@ class Settings(BaseSettings):
 
     # Workers
     render_concurrency: int = Field(1, ge=1)  # PDFium processes
+    render_timeout_seconds: float = Field(600.0, gt=0)  # one page in PDFium, worker time
+    inspect_workers: int = Field(2, ge=1)  # PDFium processes of an ingest replica
+    inspect_timeout_seconds: float = Field(60.0, gt=0)  # opening one upload, worker time
+    inspect_queue_seconds: float = Field(30.0, gt=0)  # wait for a free one before "busy"
+    worker_memory_bytes: int = Field(4 * 1024**3, ge=0)  # address space of a worker; 0 = none
     render_band_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     render_recycle_pages: int = Field(50, ge=1)  # restart a PDFium process after N pages
     tile_concurrency: int = Field(1, ge=1)  # pages tiled at once per replica

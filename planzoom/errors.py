@@ -54,10 +54,11 @@ class PlanzoomError(Exception):
     retryable: bool = False
 
     def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
-                 retryable: bool | None = None):
+                 retryable: bool | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
+        self.retry_after = retry_after  # seconds a caller should wait before trying again
         if reason is not None:
             self.reason = reason
         if retryable is not None:
@@ -69,7 +70,9 @@ class PlanzoomError(Exception):
         return _rebuild, (type(self), self.message, dict(self.__dict__))
 
     def to_status(self, metadata: dict[str, str] | None = None) -> grpc.Status:
-        """The gRPC status for this error, with one ``google.rpc`` detail."""
+        """The gRPC status for this error with its ``google.rpc`` details:
+        BadRequest (a field was wrong) or ErrorInfo, and RetryInfo when the
+        caller should come back after ``retry_after`` seconds."""
         detail = any_pb2.Any()
         if self.field:
             detail.Pack(error_details_pb2.BadRequest(field_violations=[
@@ -79,8 +82,15 @@ class PlanzoomError(Exception):
         else:
             detail.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN,
                                                     metadata=metadata or {}))
+        details = [detail]
+        if self.retry_after is not None:
+            retry = any_pb2.Any()
+            info = error_details_pb2.RetryInfo()
+            info.retry_delay.FromNanoseconds(int(self.retry_after * 1e9))
+            retry.Pack(info)
+            details.append(retry)
         return rpc_status.to_status(status_pb2.Status(
-            code=getattr(code_pb2, self.code.name), message=self.message, details=[detail]))
+            code=getattr(code_pb2, self.code.name), message=self.message, details=details))
 
 
 class InvalidInput(PlanzoomError, ValueError):
@@ -110,6 +120,20 @@ class ResourceExhausted(PlanzoomError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(PlanzoomError):
+    """No bearer token, or one that does not verify."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(PlanzoomError):
+    """A verified caller asked for what its org or role does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class Unavailable(PlanzoomError):

@@ -27,6 +27,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id
+from planzoom.states import is_terminal
 from planzoom.v1 import jobs_pb2
 
 PLAN_INDEX_SIZE = 1000
@@ -144,11 +145,11 @@ class JobStore:
             rev = ack.seq
         job.revision = rev
 
-    async def is_cancelled(self, job_id: str) -> bool:
-        """True if the job was cancelled or no longer exists: its pages need
-        no more work."""
+    async def has_ended(self, job_id: str) -> bool:
+        """True if the job has ended (cancelled, complete or failed) or no
+        longer exists: its pages need no more work."""
         try:
-            return (await self.get(job_id)).state == jobs_pb2.JOB_STATE_CANCELLED
+            return is_terminal(await self.get(job_id))
         except JobNotFound:
             return True
 

@@ -1,73 +1,310 @@
-"""A bounded pool of worker processes for native engines that must not share
-a process with the service (PDFium is not thread-safe and parses untrusted
-bytes).
+"""The sandbox: worker processes for native engines that parse untrusted
+bytes (PDFium is not thread-safe either, so it never runs in a service's
+own process).
 
-Workers are spawned (not forked), recycled after ``recycle_after`` tasks,
-and replaced when one dies (segfault, OOM kill) or overruns its time limit.
+A worker is ``python -m planzoom.procpool`` started by :class:`ProcessPool`
+with an environment that holds no credentials (only :data:`SAFE_ENV` and
+the import path). Before it takes a task it limits itself: an address-space
+limit (RLIMIT_AS, ``memory_bytes``), a CPU-time limit per task
+(RLIMIT_CPU), and a seccomp filter under which ``socket()`` fails for
+anything but AF_UNIX, so a compromised parser can neither read a secret nor
+reach the network. Tasks go to it as pickles (the service is trusted); what
+comes back is JSON (the worker is not): a registered result dataclass or an
+error, rebuilt in the service only from classes it knows.
+
+Each task runs on one worker with its own time limit, counted from when the
+worker starts it: waiting for a free worker never counts against a file,
+and a task that overruns kills only its own worker. A task that waits more
+than ``queue_seconds`` for a worker is refused as UNAVAILABLE ("busy,
+retry"). Workers are recycled after ``recycle_after`` tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
-import multiprocessing
+import os
+import pickle
+import signal
+import struct
+import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from planzoom.errors import Internal
+from planzoom.errors import Internal, PlanzoomError, Timeout, Unavailable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Environment variables a worker keeps (nothing that can hold a secret).
+SAFE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "HOME")
+_HEADER = struct.Struct("!I")
+#: Result dataclasses a worker may return, by "module:qualname".
+_RESULTS: dict[str, type] = {}
+
+
+def sandbox_result(cls: type[T]) -> type[T]:
+    """Register a dataclass as something a worker may return (its fields
+    must be JSON values: numbers, strings, lists)."""
+    _RESULTS[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    return cls
+
 
 class WorkerCrashed(Internal):
-    """The worker process died or overran its time limit while running a task."""
+    """The worker process died (a crash, an out-of-memory kill, its CPU
+    limit) while running a task."""
 
     reason = "WORKER_CRASHED"
 
 
+class WorkerTimeout(Timeout):
+    """The task ran past its time limit; its worker was killed."""
+
+    reason = "WORKER_TIMEOUT"
+
+
+class WorkersBusy(Unavailable):
+    """No worker became free in time."""
+
+    reason = "BUSY"
+
+
+# -- the worker side ---------------------------------------------------------
+
+def _restrict(memory_bytes: int) -> None:
+    """Limit this process before it touches untrusted input."""
+    import resource
+
+    if memory_bytes:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    import socket
+
+    import pyseccomp as seccomp
+
+    rules = seccomp.SyscallFilter(seccomp.ALLOW)
+    rules.add_rule(seccomp.ERRNO(1), "socket", seccomp.Arg(0, seccomp.NE, socket.AF_UNIX))
+    rules.add_rule(seccomp.ERRNO(1), "io_uring_setup")
+    rules.load()
+
+
+def _limit_cpu(seconds: float) -> None:
+    """Allow ``seconds`` more CPU time (SIGXCPU beyond). Only the soft limit
+    moves: a hard limit can never be raised again. The service's wall-clock
+    limit on the task is the guard that cannot be lifted from inside."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = int(used + seconds) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
+
+
+def _read_frame(stream) -> bytes | None:
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(head)
+    return stream.read(size)
+
+
+def _write_frame(stream, data: bytes) -> None:
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _outcome(result: Any) -> dict:
+    if dataclasses.is_dataclass(result):
+        cls = type(result)
+        return {"result": dataclasses.asdict(result),
+                "type": f"{cls.__module__}:{cls.__qualname__}"}
+    return {"result": result}
+
+
+def _failure(error: BaseException) -> dict:
+    if isinstance(error, PlanzoomError):
+        cls = type(error)
+        return {"error": {"type": f"{cls.__module__}:{cls.__qualname__}",
+                          "message": error.message, "reason": error.reason,
+                          "field": error.field, "retryable": error.retryable}}
+    if isinstance(error, MemoryError):
+        return {"error": {"type": "planzoom.errors:ResourceExhausted",
+                          "message": "the input needs more memory than a worker may use",
+                          "reason": "WORKER_MEMORY", "field": None, "retryable": False}}
+    return {"error": {"type": "planzoom.errors:Internal",
+                      "message": f"the worker failed: {type(error).__name__}: {error}"[:2000],
+                      "reason": "WORKER_FAILED", "field": None, "retryable": True}}
+
+
+def worker_main(memory_bytes: int) -> None:
+    """The worker's loop: one task at a time from stdin, its outcome as
+    JSON on stdout, until stdin closes."""
+    _restrict(memory_bytes)
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything a library prints goes to the log, not the pipe
+    while (frame := _read_frame(stdin)) is not None:
+        fn, args, cpu_seconds = pickle.loads(frame)
+        _limit_cpu(cpu_seconds)
+        try:
+            outcome = _outcome(fn(*args))
+        except BaseException as e:  # noqa: BLE001 (every failure goes back to the service)
+            outcome = _failure(e)
+        _write_frame(stdout, json.dumps(outcome).encode())
+
+
+# -- the service side ----------------------------------------------------------
+
+def _rebuild_error(spec: dict) -> PlanzoomError:
+    """The error a worker reported, as one of planzoom's own classes (an
+    unknown class name becomes Internal)."""
+    module, _, name = spec.get("type", "").partition(":")
+    cls = None
+    if module.startswith(("planzoom.", "services.")) and module in sys.modules:
+        cls = getattr(sys.modules[module], name, None)
+    if not (isinstance(cls, type) and issubclass(cls, PlanzoomError)):
+        cls = Internal
+    error = cls.__new__(cls)
+    Exception.__init__(error, str(spec.get("message", "")))
+    error.message = str(spec.get("message", ""))[:2000]
+    error.field = spec.get("field") if isinstance(spec.get("field"), str) else None
+    error.retry_after = None
+    if isinstance(spec.get("reason"), str):
+        error.reason = spec["reason"][:100]
+    if isinstance(spec.get("retryable"), bool):
+        error.retryable = spec["retryable"]
+    return error
+
+
+def _rebuild_result(outcome: dict) -> Any:
+    if "type" not in outcome:
+        return outcome.get("result")
+    cls = _RESULTS.get(outcome["type"])
+    if cls is None:
+        raise Internal(f"a worker returned an unregistered type {outcome['type']!r}")
+    return cls(**outcome["result"])
+
+
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process, self.tasks = process, 0
+
+    async def call(self, payload: bytes) -> dict | None:
+        """Send one task; its outcome, or None if the worker died."""
+        self.process.stdin.write(_HEADER.pack(len(payload)) + payload)
+        await self.process.stdin.drain()
+        head = await self.process.stdout.readexactly(_HEADER.size)
+        (size,) = _HEADER.unpack(head)
+        return json.loads(await self.process.stdout.readexactly(size))
+
+    def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+
+
 class ProcessPool:
-    """``workers`` spawned processes, each replaced after ``recycle_after``
-    tasks; see the module docstring."""
+    """Up to ``workers`` sandboxed worker processes, started when needed.
 
-    def __init__(self, workers: int, recycle_after: int):
+    ``memory_bytes``: each worker's address-space limit (0: none);
+    ``recycle_after``: tasks before a worker is replaced; ``queue_seconds``:
+    how long a task may wait for a free worker before WorkersBusy.
+    """
+
+    def __init__(self, workers: int, recycle_after: int, memory_bytes: int = 0,
+                 queue_seconds: float = 60.0):
         self.workers, self.recycle_after = workers, recycle_after
-        self._executor = self._new()
+        self.memory_bytes, self.queue_seconds = memory_bytes, queue_seconds
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._live = 0
+        self._closed = False
 
-    def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            max_tasks_per_child=self.recycle_after,
-        )
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in SAFE_ENV}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        return env
 
-    def _replace(self) -> None:
-        old, self._executor = self._executor, self._new()
-        # The executor keeps its processes private; a hung PDFium call can only
-        # be ended by killing its process.
-        for proc in list(getattr(old, "_processes", {}).values()):
-            proc.kill()
-        old.shutdown(wait=False, cancel_futures=True)
+    async def _spawn(self) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "planzoom.procpool", str(self.memory_bytes),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=self._env())
+        return _Worker(process)
+
+    async def _acquire(self) -> _Worker:
+        if self._idle is None:
+            self._idle = asyncio.Queue()
+        if self._idle.empty() and self._live < self.workers:
+            self._live += 1
+            try:
+                return await self._spawn()
+            except BaseException:
+                self._live -= 1
+                raise
+        try:
+            return await asyncio.wait_for(self._idle.get(), self.queue_seconds)
+        except TimeoutError:
+            raise WorkersBusy(f"all {self.workers} worker processes stayed busy for "
+                              f"{self.queue_seconds:g} s; retry shortly",
+                              retry_after=5.0) from None
+
+    def _release(self, worker: _Worker, healthy: bool) -> None:
+        worker.tasks += 1
+        if healthy and not self._closed and worker.tasks < self.recycle_after:
+            self._idle.put_nowait(worker)
+            return
+        self._live -= 1
+        if worker.process.returncode is None:
+            try:
+                worker.process.stdin.close()  # the worker ends when its stdin does
+            except RuntimeError:  # its event loop is gone: end it outright
+                os.kill(worker.process.pid, signal.SIGKILL)
 
     async def run(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` in a worker; raise WorkerCrashed if the worker died
-        or ``timeout`` seconds passed. Exceptions raised by ``fn`` propagate."""
-        loop = asyncio.get_running_loop()
+        """Run ``fn(*args)`` (a module-level function) in a worker; its result
+        is a JSON value or a :func:`sandbox_result` dataclass. Raises what
+        ``fn`` raised (as planzoom's own error class), WorkerTimeout after
+        ``timeout`` seconds of the worker's time, WorkerCrashed if the worker
+        died, WorkersBusy if no worker was free in time."""
+        if self._closed:
+            raise Unavailable("the worker pool is closed")
+        payload = pickle.dumps((fn, args, timeout))
+        worker = await self._acquire()
+        healthy = False
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self._executor, fn, *args), timeout
-            )
-        except BrokenProcessPool as e:
-            log.error("worker process died; replacing the pool")
-            self._replace()
-            raise WorkerCrashed("the worker process died while handling this input") from e
-        except TimeoutError as e:
-            log.error("worker overran %.0f s; replacing the pool", timeout)
-            self._replace()
-            raise WorkerCrashed(f"processing took longer than {timeout:.0f} s") from e
+            outcome = await asyncio.wait_for(worker.call(payload), timeout)
+            healthy = True
+        except TimeoutError:
+            log.error("worker overran %.0f s; killing it", timeout)
+            raise WorkerTimeout(f"processing took longer than {timeout:g} s") from None
+        except (asyncio.IncompleteReadError, ConnectionError, json.JSONDecodeError) as e:
+            code = await _exit_code(worker)  # -9: killed (OOM, CPU hard limit); -24: SIGXCPU
+            log.error("worker process died (exit code %s)", code)
+            raise WorkerCrashed(f"the worker process died while handling this input "
+                                f"(exit code {code})") from e
+        finally:
+            if not healthy:
+                worker.kill()
+            self._release(worker, healthy)
+        if "error" in outcome:
+            raise _rebuild_error(outcome["error"])
+        return _rebuild_result(outcome)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the idle workers; busy ones stop when their task ends."""
+        self._closed = True
+        while self._idle is not None and not self._idle.empty():
+            self._release(self._idle.get_nowait(), healthy=False)
+
+
+async def _exit_code(worker: _Worker) -> int | None:
+    try:
+        return await asyncio.wait_for(worker.process.wait(), 5)
+    except TimeoutError:
+        return None
+
+
+if __name__ == "__main__":
+    worker_main(int(sys.argv[1]))

@@ -1,11 +1,14 @@
 """The gRPC server every service runs, and the process lifecycle around it.
 
-Each server registers the standard health service (``grpc.health.v1``) and
-reflection, so Kubernetes gRPC probes and ``grpcurl`` work, and runs every
-RPC through :class:`planzoom.boundary.RpcBoundary`. On SIGTERM or
-SIGINT the health status turns NOT_SERVING, the service's ``stop`` hook runs
-(workers stop fetching and finish or nak what they hold), and the server
-stops with ``grace`` seconds for RPCs in flight.
+Each server registers the standard health service (``grpc.health.v1``, no
+token needed, so Kubernetes probes work), server reflection only when
+``PLANZOOM_GRPC_REFLECTION`` is on, and runs every RPC through
+:class:`planzoom.boundary.RpcBoundary` (identity, roles, errors). It speaks
+TLS when ``PLANZOOM_TLS_CERT_FILE`` and ``PLANZOOM_TLS_KEY_FILE`` are set.
+Messages larger than ``PLANZOOM_GRPC_MAX_RECEIVE_BYTES`` are refused. On
+SIGTERM or SIGINT the health status turns NOT_SERVING, the service's
+``stop`` hook runs (workers stop fetching and finish or nak what they hold),
+and the server stops with ``grace`` seconds for RPCs in flight.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from planzoom.auth import TokenVerifier
 from planzoom.boundary import RpcBoundary
 from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
@@ -26,22 +30,30 @@ from planzoom.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
-#: 64 MiB: large enough for any planzoom message (Job records of big sets).
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: 64 MiB: large enough for any planzoom message a server sends (Job
+#: records of big sets).
+MAX_SEND_BYTES = 64 * 1024 * 1024
 
 
 class Service:
     """What a service plugs into :func:`serve`.
 
     ``start()`` connects and starts background work; ``register(server)``
-    then adds its servicers (with what ``start`` set up) and returns their
-    full service names; ``stop(grace)`` brings the work down.
+    then adds its servicers (with what ``start`` set up) and returns the
+    role each of their methods needs (full method name → role, see
+    :func:`planzoom.boundary.method_roles`); ``stop(grace)`` brings the work
+    down. ``unhealthy`` is set by :func:`serve`: call it when the service
+    can no longer do its work, so that its health turns NOT_SERVING and
+    Kubernetes restarts it.
     """
 
     name: str
 
-    def register(self, server: grpc.aio.Server) -> Iterable[str]:
-        return ()
+    def register(self, server: grpc.aio.Server) -> dict[str, str]:
+        return {}
+
+    def unhealthy(self, reason: str) -> None:
+        log.error("%s is unhealthy: %s", self.name, reason)
 
     async def start(self) -> None:
         return None
@@ -50,38 +62,64 @@ class Service:
         return None
 
 
-async def serve(service: Service, addr: str, grace: float, metrics_port: int = 0) -> None:
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' certificate and key, or None."""
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    with open(settings.tls_key_file, "rb") as k, open(settings.tls_cert_file, "rb") as c:
+        return grpc.ssl_server_credentials([(k.read(), c.read())])
+
+
+async def serve(service: Service, settings: Settings, addr: str) -> None:
     """Run ``service`` on ``addr`` (host:port) until SIGTERM/SIGINT, with
-    Prometheus metrics on ``metrics_port`` (0 = off)."""
+    Prometheus metrics on ``PLANZOOM_METRICS_PORT`` (0 = off)."""
+    boundary = RpcBoundary(TokenVerifier(settings))
     server = grpc.aio.server(
-        interceptors=[RpcBoundary()],
+        interceptors=[boundary],
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
+            ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ]
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    loop = asyncio.get_running_loop()
+    names: list[str] = []
+
+    def unhealthy(reason: str) -> None:
+        log.error("%s is unhealthy: %s", service.name, reason)
+        for n in ["", *names]:
+            loop.create_task(health_servicer.set(n, health_pb2.HealthCheckResponse.NOT_SERVING))
+
+    service.unhealthy = unhealthy
     await service.start()
-    names = list(service.register(server))
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
-        server,
-    )
-    server.add_insecure_port(addr)
-    serve_metrics(metrics_port)
+    roles = service.register(server)
+    boundary.roles.update(roles)
+    names = sorted({m.split("/")[1] for m in roles})
+    if settings.grpc_reflection:
+        boundary.roles[f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"] = "viewer"
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+    credentials = server_credentials(settings)
+    if credentials is None:
+        server.add_insecure_port(addr)
+    else:
+        server.add_secure_port(addr, credentials)
+    serve_metrics(settings.metrics_port)
     await server.start()
     for n in ["", *names]:
         await health_servicer.set(n, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s serving on %s", service.name, addr)
+    log.info("%s serving on %s%s", service.name, addr, " (TLS)" if credentials else "")
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
+    grace = settings.grpc_grace_seconds
     log.info("%s shutting down (grace %.0f s)", service.name, grace)
     await health_servicer.enter_graceful_shutdown()
     await service.stop(grace)
@@ -97,5 +135,4 @@ def run(service_type: Callable[[Settings], Service]) -> None:
     settings = get_settings()
     name = service_type.name
     setup_logging(name, settings.log_level)
-    asyncio.run(serve(service_type(settings), getattr(settings, f"{name}_addr"),
-                      settings.grpc_grace_seconds, settings.metrics_port))
+    asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))

@@ -40,10 +40,48 @@ def upload_requests(path: str, plan: jobs_pb2.PlanRef, options: jobs_pb2.JobOpti
             yield ingest_pb2.UploadRequest(chunk=chunk)
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+def channel(addr: str, token: str | None = None, ca_file: str | None = None) -> grpc.Channel:
+    """A channel to ``addr`` (host:port): TLS checked against ``ca_file``
+    when given, else plaintext; every call carries ``token`` if given."""
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            ch = grpc.secure_channel(addr, grpc.ssl_channel_credentials(f.read()))
+    else:
+        ch = grpc.insecure_channel(addr)
+    return grpc.intercept_channel(ch, _BearerToken(token)) if token else ch
+
+
 class Client:
-    def __init__(self, ingest_addr: str, progress_addr: str):
-        self._ingest_ch = grpc.insecure_channel(ingest_addr)
-        self._progress_ch = grpc.insecure_channel(progress_addr)
+    """IngestService and ProgressService as one caller: ``token`` (a JWT,
+    see planzoom.auth) goes with every call; ``ca_file`` turns on TLS."""
+
+    def __init__(self, ingest_addr: str, progress_addr: str, token: str | None = None,
+                 ca_file: str | None = None):
+        self._ingest_ch = channel(ingest_addr, token, ca_file)
+        self._progress_ch = channel(progress_addr, token, ca_file)
         self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_ch)
         self.progress = progress_pb2_grpc.ProgressServiceStub(self._progress_ch)
 

@@ -25,7 +25,12 @@ from planzoom_cli.display import console, err_console, print_job, watch_job
 
 
 def _client(ctx: click.Context) -> Client:
-    return Client(ctx.obj["ingest_addr"], ctx.obj["progress_addr"])
+    if not ctx.obj["token"]:
+        err_console.print("[red]error:[/red] no token: set PLANZOOM_TOKEN or pass --token "
+                          "(for a stack started with 'planzoom up': planzoom token --org ORG)")
+        sys.exit(2)
+    return Client(ctx.obj["ingest_addr"], ctx.obj["progress_addr"], token=ctx.obj["token"],
+                  ca_file=ctx.obj["ca_file"])
 
 
 def fail_rpc(e: grpc.RpcError) -> None:
@@ -41,10 +46,17 @@ def fail_rpc(e: grpc.RpcError) -> None:
 @click.option("--progress-addr", envvar="PLANZOOM_PROGRESS_ADDR",
               default=lambda: get_settings().progress_addr, show_default="127.0.0.1:50052",
               help="ProgressService host:port (PLANZOOM_PROGRESS_ADDR).")
+@click.option("--token", envvar="PLANZOOM_TOKEN", default=None,
+              help="Bearer token (a JWT naming your org and role) (PLANZOOM_TOKEN).")
+@click.option("--ca-file", envvar="PLANZOOM_TLS_CA_FILE", default=None,
+              help="CA bundle of the services' TLS certificates; plaintext without "
+                   "(PLANZOOM_TLS_CA_FILE).")
 @click.pass_context
-def main(ctx: click.Context, ingest_addr: str, progress_addr: str) -> None:
+def main(ctx: click.Context, ingest_addr: str, progress_addr: str, token: str | None,
+         ca_file: str | None) -> None:
     """planzoom: construction-plan PDFs to Deep Zoom Image tile pyramids."""
-    ctx.obj = {"ingest_addr": ingest_addr, "progress_addr": progress_addr}
+    ctx.obj = {"ingest_addr": ingest_addr, "progress_addr": progress_addr, "token": token,
+               "ca_file": ca_file}
 
 
 def plan_options(f):

@@ -26,6 +26,8 @@ from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
 from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
+from planzoom.auth import ROLES
+from planzoom_devstack.issuer import DevIssuer
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, StackError
 
 tile_workers_option = click.option(
@@ -62,8 +64,9 @@ def up(data_dir, tile_workers):
     for name in ("ingest", "progress", "render", "tile"):
         table.add_row(f"{name} (gRPC)", env[f"PLANZOOM_{name.upper()}_ADDR"])
     console.print(table)
-    console.print(f"logs in {stack.log_dir}; try: planzoom submit PLAN.pdf --org o "
-                  "--project p --plan l --watch")
+    console.print(f"logs in {stack.log_dir}; try:\n"
+                  "  export PLANZOOM_TOKEN=$(planzoom token --org o)\n"
+                  "  planzoom submit PLAN.pdf --org o --project p --plan l --watch")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
@@ -108,7 +111,8 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
     started = time.monotonic()
     stack = start_stack(None, tile_workers)
     env = stack.env()
-    client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
+                    token=stack.token(plan.org, "uploader"))
     try:
         console.print(f"stack up in {time.monotonic() - started:.1f} s; submitting {pdf}")
         t0 = time.monotonic()
@@ -134,3 +138,20 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
         with console.status("stopping the stack…"):
             stack.stop()
     exit_unless_complete(job)
+
+
+@click.command()
+@click.option("--org", required=True, help="Organisation the token acts for.")
+@click.option("--role", type=click.Choice(ROLES), default="uploader", show_default=True,
+              help="viewer: read and watch jobs; uploader: also submit; admin: also "
+                   "cancel and reconcile.")
+@click.option("--ttl", type=click.IntRange(min=1), default=3600, show_default=True,
+              help="Seconds until the token expires.")
+@click.option("--subject", default=None, help="The token's 'sub' (default dev:ORG:ROLE).")
+def token(org, role, ttl, subject):
+    """Print a token for a stack started with 'planzoom up' from this checkout."""
+    try:
+        print(DevIssuer().mint(org, role, ttl, subject))
+    except ValueError as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        sys.exit(2)

@@ -24,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
+from planzoom_devstack.issuer import DevIssuer
+
 SERVICES = ("ingest", "render", "tile", "progress")
 #: Niceness of the batch workers (render, tile). On one machine they would
 #: otherwise take CPU from the gRPC front services when the cores are full,
@@ -97,6 +99,8 @@ class EmbeddedStack:
     #: small machine that also runs the S3 endpoint and the renderer; more
     #: pay off with more cores (docs/performance.md).
     tile_workers: int = 1
+    #: Signs the tokens the services accept (default: this checkout's).
+    issuer: DevIssuer | None = None
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -111,8 +115,15 @@ class EmbeddedStack:
 
     def env(self) -> dict[str, str]:
         """Environment for services and clients of this stack."""
-        return {**loopback_env(self.ports, self.bucket),
+        if self.issuer is None:
+            self.issuer = DevIssuer()
+        return {**loopback_env(self.ports, self.bucket), **self.issuer.env(),
                 "PLANZOOM_WORK_DIR": str(self.data_dir / "tmp"), **self.extra_env}
+
+    def token(self, org: str, role: str = "admin", ttl: float = 3600.0) -> str:
+        """A token this stack's services accept."""
+        self.env()
+        return self.issuer.mint(org, role, ttl)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
                ) -> subprocess.Popen:

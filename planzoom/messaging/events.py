@@ -13,18 +13,19 @@ from planzoom.v1 import events_pb2, jobs_pb2
 
 
 async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_pb2.PlanRef,
-                      page: jobs_pb2.PageRecord, attempt: int) -> None:
+                      page: jobs_pb2.PageRecord, attempt: int, kind: str = "") -> None:
     """Publish a ProgressEvent for one page on ``progress.<job_id>``.
 
     ``page`` is a PageRecord with the fields the stage knows; ``attempt`` is
     the delivery of the page job that reports (part of the message id, so
     a redelivered page reports anew while a retried publish is stored
-    once). Retried as :func:`~planzoom.messaging.publishing.publish_retrying`.
+    once; ``kind`` tells apart two reports of one state in one attempt).
+    Retried as :func:`~planzoom.messaging.publishing.publish_retrying`.
     """
     ev = events_pb2.ProgressEvent(job_id=job_id, plan=plan, stage=stage, page=page,
                                   emitted_at=now_ts())
     await publish_retrying(js, progress_subject(job_id), ev.SerializeToString(),
-                           f"{job_id}.{page.page}.{stage}.{page.state}.{attempt}")
+                           f"{job_id}.{page.page}.{stage}.{page.state}.{attempt}{kind}")
 
 
 async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int, data: bytes,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planzoom.errors import FailedPrecondition, InvalidInput
+from planzoom.errors import FailedPrecondition, InvalidInput, ResourceExhausted
+from planzoom.procpool import sandbox_result
 
 #: The PDF header may start anywhere in the first 1024 bytes (ISO 32000-1,
 #: annex H.3, implementation note 13), as Acrobat and PDFium accept.
@@ -57,17 +58,23 @@ class PdfEncrypted(FailedPrecondition):
     reason = "PDF_ENCRYPTED"
 
 
+@sandbox_result
 @dataclass(frozen=True)
 class PdfInfo:
     page_sizes: list[tuple[float, float]]  # displayed (after /Rotate), points
 
 
-def inspect_pdf(path: str) -> PdfInfo:
+class TooManyPages(ResourceExhausted):
+    reason = "TOO_MANY_PAGES"
+
+
+def inspect_pdf(path: str, max_pages: int) -> PdfInfo:
     """Open ``path`` with PDFium and read every page's size in points.
 
     Runs in a worker process. Raises PdfEncrypted for a password-protected
-    file (an owner-password-only file opens and is accepted) and PdfDamaged
-    for one PDFium cannot open or read a page of.
+    file (an owner-password-only file opens and is accepted), TooManyPages
+    for more than ``max_pages`` pages (before any page is loaded), and
+    PdfDamaged for one PDFium cannot open or read a page of.
     """
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
@@ -84,6 +91,10 @@ def inspect_pdf(path: str) -> PdfInfo:
             "or corrupt: export or download it again"
         ) from None
     try:
+        if len(doc) > max_pages:
+            raise TooManyPages(
+                f"the PDF has {len(doc)} pages, more than the limit of {max_pages}; split "
+                "the set or ask the operator to raise PLANZOOM_MAX_PAGES")
         sizes = []
         for i in range(len(doc)):
             page = doc[i]

@@ -10,22 +10,24 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 
 from planzoom import keys, metrics
+from planzoom.auth import require_org
 from planzoom.backend import BackedService
+from planzoom.boundary import method_roles
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.errors import InvalidInput, NotFound, PlanzoomError, ResourceExhausted
+from planzoom.errors import InvalidInput, NotFound, PlanzoomError, ResourceExhausted, Timeout
 from planzoom.ids import check_plan, new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.messaging.publishing import publish_page_jobs
-from planzoom.procpool import ProcessPool, WorkerCrashed
+from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
+from services.ingest.admission import UploadSlots
 from services.ingest.checks import PdfDamaged, PdfInfo, inspect_pdf
 from services.ingest.options import resolve_options
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
-INSPECT_TIMEOUT_SECONDS = 60.0
 #: Bytes read from a staged upload at a time.
 READ_BYTES = 4 * 1024 * 1024
 
@@ -48,11 +50,17 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.pool = ProcessPool(workers=1, recycle_after=100)
+        self.pool = ProcessPool(workers=settings.inspect_workers, recycle_after=100,
+                                memory_bytes=settings.worker_memory_bytes,
+                                queue_seconds=settings.inspect_queue_seconds)
+        self.slots = UploadSlots(settings.max_concurrent_uploads,
+                                 settings.max_concurrent_uploads_per_org)
 
     def register(self, server):
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self, server)
-        return [ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name]
+        return method_roles(ingest_pb2.DESCRIPTOR.services_by_name["IngestService"], {
+            "Upload": "uploader", "CreateUploadUrl": "uploader", "SubmitJob": "uploader",
+            "GetJob": "viewer"})
 
     async def start(self) -> None:
         await self.connect()
@@ -64,31 +72,51 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
     # -- RPCs ---------------------------------------------------------------
 
     async def Upload(self, request_iterator: AsyncIterator[ingest_pb2.UploadRequest], context):
+        """Client-streaming upload (uploader): an UploadHeader, then chunks of
+        at most 4 MiB. A stream silent for PLANZOOM_UPLOAD_IDLE_SECONDS ends
+        with DEADLINE_EXCEEDED; over PLANZOOM_MAX_CONCURRENT_UPLOADS(_PER_ORG)
+        uploads at once, RESOURCE_EXHAUSTED with a RetryInfo."""
         with counting_refusals():
-            first = await anext(aiter(request_iterator), None)
+            messages = aiter(request_iterator)
+            first = await self._next(messages)
             if first is None or first.WhichOneof("payload") != "header":
                 raise InvalidInput("the first message of Upload must be an UploadHeader",
                                    field="header")
             header = first.header
             check_plan(header.plan)
+            require_org(header.plan.org)
             options = resolve_options(header.options, self.s)
             if header.size_bytes > self.s.max_upload_bytes:
                 raise UploadTooLarge(header.size_bytes, self.s.max_upload_bytes)
-            spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
-            try:
-                async for req in request_iterator:
-                    if req.WhichOneof("payload") != "chunk":
-                        raise InvalidInput("only the first message of Upload may be a header",
-                                           field="header")
-                    spool.write(req.chunk)
-                sha = spool.finish()
-                return await self._create_job(spool, sha, header.plan, options,
-                                              header.filename)
-            finally:
-                spool.discard()
+            with self.slots.hold(header.plan.org):
+                spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
+                try:
+                    while (req := await self._next(messages)) is not None:
+                        if req.WhichOneof("payload") != "chunk":
+                            raise InvalidInput("only the first message of Upload may be a "
+                                               "header", field="header")
+                        await asyncio.to_thread(spool.write, req.chunk)
+                    sha = spool.finish()
+                    return await self._create_job(spool, sha, header.plan, options,
+                                                  header.filename)
+                finally:
+                    spool.discard()
+
+    async def _next(self, messages: AsyncIterator):
+        """The next message of an upload stream, or None at its end; Timeout
+        (DEADLINE_EXCEEDED) if none comes for PLANZOOM_UPLOAD_IDLE_SECONDS."""
+        try:
+            async with asyncio.timeout(self.s.upload_idle_seconds):
+                return await anext(messages, None)
+        except TimeoutError:
+            raise Timeout(f"the upload sent nothing for {self.s.upload_idle_seconds:g} s and "
+                          "was abandoned; start it again", reason="UPLOAD_IDLE",
+                          retryable=False) from None
 
     async def CreateUploadUrl(self, request, context):
+        """A presigned URL to upload a large file to (uploader)."""
         check_plan(request.plan)
+        require_org(request.plan.org)
         key = keys.upload_key(request.plan, secrets.token_hex(16))
         url = await asyncio.to_thread(
             self.store.presigned_put, key, self.s.upload_url_expiry_seconds
@@ -98,8 +126,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         )
 
     async def SubmitJob(self, request, context):
+        """A job for a file uploaded to a CreateUploadUrl URL (uploader)."""
         with counting_refusals():
             check_plan(request.plan)
+            require_org(request.plan.org)
             options = resolve_options(request.options, self.s)
             prefix = keys.upload_prefix(request.plan)
             if not request.object_key.startswith(prefix) or not request.object_key[len(prefix):]:
@@ -112,41 +142,44 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             try:
                 if size > self.s.max_upload_bytes:
                     raise UploadTooLarge(size, self.s.max_upload_bytes)
-                spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
-                try:
-                    body = await asyncio.to_thread(self.store.get_stream, request.object_key)
+                with self.slots.hold(request.plan.org):
+                    spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
                     try:
-                        while chunk := await asyncio.to_thread(body.read, READ_BYTES):
-                            spool.write(chunk)
+                        body = await asyncio.to_thread(self.store.get_stream,
+                                                       request.object_key)
+                        try:
+                            while chunk := await asyncio.to_thread(body.read, READ_BYTES):
+                                await asyncio.to_thread(spool.write, chunk)
+                        finally:
+                            body.close()
+                        sha = spool.finish()
+                        return await self._create_job(spool, sha, request.plan, options,
+                                                      request.filename)
                     finally:
-                        body.close()
-                    sha = spool.finish()
-                    return await self._create_job(spool, sha, request.plan, options,
-                                                  request.filename)
-                finally:
-                    spool.discard()
+                        spool.discard()
             finally:
                 # The staged upload is either stored under sources/ now or refused.
                 await asyncio.to_thread(self.store.delete, request.object_key)
 
     async def GetJob(self, request, context):
+        """The caller's job record (viewer)."""
         return await self.get_job(request.job_id)
 
     # -- job creation -------------------------------------------------------
 
     async def _inspect(self, path: str) -> PdfInfo:
+        """Open the upload in a sandboxed worker. Only this file's own time
+        counts against it: waiting for a worker ends, at worst, in
+        WorkersBusy (UNAVAILABLE, retry), never in a verdict on the file."""
+        limit = self.s.inspect_timeout_seconds
         try:
-            info = await self.pool.run(INSPECT_TIMEOUT_SECONDS, inspect_pdf, path)
+            info = await self.pool.run(limit, inspect_pdf, path, self.s.max_pages)
+        except WorkerTimeout:
+            raise ResourceExhausted(f"opening the PDF took longer than {limit:g} s; it is too "
+                                    "complex or malformed", reason="PDF_TOO_SLOW") from None
         except WorkerCrashed as e:
             raise PdfDamaged(f"the PDF could not be read safely ({e.message}); it is "
                              "probably damaged") from None
-        if len(info.page_sizes) > self.s.max_pages:
-            raise ResourceExhausted(
-                f"the PDF has {len(info.page_sizes)} pages, more than the limit of "
-                f"{self.s.max_pages}; split the set or ask the operator to raise "
-                "PLANZOOM_MAX_PAGES",
-                reason="TOO_MANY_PAGES",
-            )
         return info
 
     async def _create_job(self, spool: Spool, sha: str, plan: jobs_pb2.PlanRef,

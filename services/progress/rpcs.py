@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from planzoom import metrics
+from planzoom.auth import require_org, visible
 from planzoom.errors import Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.states import is_terminal
-from planzoom.v1 import progress_pb2, progress_pb2_grpc
+from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
 from services.progress.sweep import Sweeper
@@ -27,32 +28,41 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         self.jobs, self.records, self.sweeper = jobs, records, sweeper
         self.feeds, self.stopping = feeds, stopping
 
+    async def _job(self, job_id: str) -> jobs_pb2.Job:
+        """The caller's job: INVALID_ARGUMENT for a malformed id, NOT_FOUND
+        for an unknown one or one of another org."""
+        return visible(await self.jobs.get(check_id("job_id", job_id)), JobNotFound)
+
     async def GetJob(self, request, context):
-        """The job record. INVALID_ARGUMENT for a malformed id, NOT_FOUND for
-        an unknown one."""
-        return await self.jobs.get(check_id("job_id", request.job_id))
+        """The job record (viewer)."""
+        return await self._job(request.job_id)
 
     async def ListJobs(self, request, context):
-        """Up to ``page_size`` (default 50, at most 500) records of one plan,
-        newest first."""
+        """Up to ``page_size`` (default 50, at most 500) records of one plan
+        of the caller's org, newest first (viewer). PERMISSION_DENIED for
+        another org's plan."""
         check_plan(request.plan)
+        require_org(request.plan.org)
         limit = min(request.page_size or LIST_DEFAULT, LIST_MAX)
         return progress_pb2.ListJobsResponse(jobs=await self.jobs.list_for_plan(request.plan,
                                                                                 limit))
 
     async def CancelJob(self, request, context):
-        """End the job CANCELLED. FAILED_PRECONDITION if it has ended."""
-        return await self.records.cancel(check_id("job_id", request.job_id), request.reason)
+        """End the job CANCELLED (admin). FAILED_PRECONDITION if it has ended."""
+        job = await self._job(request.job_id)
+        return await self.records.cancel(job.job_id, request.reason)
 
     async def Reconcile(self, request, context):
-        """Mark pages DONE whose ``.dzi`` is in S3 but not in the record."""
-        job, repaired = await self.sweeper.reconcile(check_id("job_id", request.job_id))
+        """Mark pages DONE whose ``.dzi`` is in S3 but not in the record
+        (admin)."""
+        job = await self._job(request.job_id)
+        job, repaired = await self.sweeper.reconcile(job.job_id)
         return progress_pb2.ReconcileResponse(job=job, repaired_pages=repaired)
 
     async def WatchJob(self, request, context):
-        """The record, then each change, until a terminal record. UNAVAILABLE
-        when the service stops (watch again to resume)."""
-        job = await self.jobs.get(check_id("job_id", request.job_id))
+        """The record, then each change, until a terminal record (viewer).
+        UNAVAILABLE when the service stops (watch again to resume)."""
+        job = await self._job(request.job_id)
         if is_terminal(job):  # no feed needed for a job that has ended
             yield job
             return

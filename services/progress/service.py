@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from planzoom.backend import BackedService
+from planzoom.boundary import method_roles
 from planzoom.config import Settings
 from planzoom.messaging import topology
 from planzoom.messaging.worker import PullWorker
@@ -50,7 +51,9 @@ class Progress(BackedService):
     def register(self, server):
         rpcs = ProgressRpcs(self.jobs, self.records, self.sweeper, self.feeds, self.stopping)
         progress_pb2_grpc.add_ProgressServiceServicer_to_server(rpcs, server)
-        return [progress_pb2.DESCRIPTOR.services_by_name["ProgressService"].full_name]
+        return method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
+            "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer",
+            "CancelJob": "admin", "Reconcile": "admin"})
 
     async def stop(self, grace: float) -> None:
         # Open WatchJob streams end with UNAVAILABLE and clients reconnect;

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from planzoom.errors import InvalidInput
+from planzoom.procpool import sandbox_result
 
 # Pages are cached per worker process: consecutive pages of one set reuse the
 # parsed document.
@@ -25,6 +26,7 @@ class RenderFailed(InvalidInput):
     reason = "PAGE_UNRENDERABLE"
 
 
+@sandbox_result
 @dataclass(frozen=True)
 class RenderResult:
     width_pt: float

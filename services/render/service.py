@@ -14,18 +14,20 @@ from planzoom import keys, metrics
 from planzoom.backend import PageStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.publishing import publish
 from planzoom.messaging.worker import Delivery
-from planzoom.procpool import ProcessPool
+from planzoom.procpool import ProcessPool, WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.render.rasterize import render_page
+from services.render.rasterize import RenderResult, render_page
 from services.render.sources import SourceCache
 
 log = logging.getLogger(__name__)
 
-#: Seconds one page may take in PDFium before its worker is replaced.
-RENDER_TIMEOUT_SECONDS = 600.0
+#: Times a page may run past PLANZOOM_RENDER_TIMEOUT_SECONDS before it fails
+#: for good (rather than being retried up to PLANZOOM_MAX_DELIVER times).
+MAX_RENDER_TIMEOUTS = 2
 
 
 class Render(PageStage):
@@ -38,7 +40,9 @@ class Render(PageStage):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.concurrency = settings.render_concurrency
-        self.pool = ProcessPool(settings.render_concurrency, settings.render_recycle_pages)
+        self.pool = ProcessPool(settings.render_concurrency, settings.render_recycle_pages,
+                                memory_bytes=settings.worker_memory_bytes,
+                                queue_seconds=settings.render_timeout_seconds)
         self.tmp = tempfile.mkdtemp(prefix="planzoom-render-", dir=settings.work_dir)
         self.sources = SourceCache(self.store, self.tmp)
 
@@ -49,7 +53,7 @@ class Render(PageStage):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
-        if await self.skip_cancelled(job, ctx):
+        if await self.skip_ended(job, ctx):
             return
         log.info("rendering page", extra=ctx)
         started = time.monotonic()
@@ -59,16 +63,17 @@ class Render(PageStage):
         pdf = await self.sources.path(job.source_key, job.source_sha256)
         out = os.path.join(self.tmp, f"{job.job_id}-{job.page}.raw.zst")
         try:
-            result = await self.pool.run(
-                RENDER_TIMEOUT_SECONDS, render_page, pdf, job.page, job.options.dpi,
-                job.options.max_page_pixels, out, self.s.render_band_bytes,
-            )
-            if await self.skip_cancelled(job, ctx, "page stopped before upload"):
+            result = await self._render(job, pdf, out, delivery)
+            if await self.skip_ended(job, ctx, "page stopped before upload"):
                 return  # a safe point: nothing is stored yet
             raster_key = keys.raster_key(job.job_id, job.page)
             await asyncio.to_thread(
                 self.store.upload_file, out, raster_key, "application/zstd"
             )
+            if await self.skip_ended(job, ctx, "raster removed: the job ended during its "
+                                               "upload"):
+                await asyncio.to_thread(self.store.delete, raster_key)
+                return
         finally:
             if os.path.exists(out):
                 os.unlink(out)
@@ -94,3 +99,23 @@ class Render(PageStage):
         log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
+
+    async def _render(self, job: events_pb2.PageJob, pdf: str, out: str,
+                      delivery: Delivery) -> RenderResult:
+        """Render the page in a PDFium worker. A page that runs past its time
+        limit is retried once; the second time it fails for good."""
+        limit = self.s.render_timeout_seconds
+        try:
+            return await self.pool.run(limit, render_page, pdf, job.page, job.options.dpi,
+                                       job.options.max_page_pixels, out,
+                                       self.s.render_band_bytes)
+        except WorkerTimeout:
+            page = (await self.jobs.get(job.job_id)).pages[job.page - 1]
+            timeouts = page.render_timeouts + 1
+            await self.report(job, jobs_pb2.PageRecord(
+                page=job.page, state=jobs_pb2.PAGE_STATE_RENDERING, render_timeouts=timeouts),
+                delivery.attempt, kind="timeout")
+            if timeouts >= MAX_RENDER_TIMEOUTS:
+                raise Timeout(f"rendering the page ran past {limit:g} s {timeouts} times",
+                              reason="PAGE_TOO_SLOW", retryable=False) from None
+            raise

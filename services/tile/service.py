@@ -64,7 +64,10 @@ class Tile(PageStage):
         job = events_pb2.TileJob.FromString(data)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
-        if await self.skip_cancelled(job, ctx):
+        if await self.skip_ended(job, ctx):
+            # A page job delivered again after its job ended: its raster is
+            # not needed any more (work/<job>/ must end up empty).
+            await asyncio.to_thread(self.store.delete, job.raster_key)
             return
         if await asyncio.to_thread(self.store.exists, dzi_key):
             # Redelivered after the page was finished: report, don't re-tile.
@@ -86,7 +89,7 @@ class Tile(PageStage):
             last_check[0] = time.monotonic()
             try:
                 cancelled = asyncio.run_coroutine_threadsafe(
-                    self.jobs.is_cancelled(job.job_id), loop).result(timeout=5)
+                    self.jobs.has_ended(job.job_id), loop).result(timeout=5)
             except Exception as e:  # NATS unreachable for now: the next check will tell
                 log.debug("cancellation check failed: %s", e, extra=ctx)
                 return

@@ -12,12 +12,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from testcontainers.core.container import DockerContainer  # noqa: E402
 
+from planzoom_devstack.issuer import DevIssuer  # noqa: E402
 from planzoom_devstack.stack import (  # noqa: E402
     SERVICES,
     Ports,
@@ -48,17 +51,22 @@ class ContainerStack:
 
     bucket = "planzoom"
 
+    #: Where the containers find the issuer's public key (mounted read-only).
+    ISSUER_KEY = "/etc/planzoom/issuer.pub.pem"
+
     def __init__(self, extra_env: dict[str, str] | None = None):
         self.ports = Ports.free()
         self.extra_env = extra_env or {}
         self.containers: dict[str, DockerContainer] = {}
+        self.issuer = DevIssuer(Path(tempfile.mkdtemp(prefix="planzoom-issuer-")))
 
     @property
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports.s3}"
 
     def env(self) -> dict[str, str]:
-        return {**loopback_env(self.ports, self.bucket), "PLANZOOM_METRICS_PORT": "0",
+        return {**loopback_env(self.ports, self.bucket), **self.issuer.env(),
+                "PLANZOOM_AUTH_PUBLIC_KEY_FILE": self.ISSUER_KEY, "PLANZOOM_METRICS_PORT": "0",
                 **self.extra_env}
 
     def _run(self, name: str, image: str, command: str | None = None,
@@ -67,6 +75,8 @@ class ContainerStack:
         if command:
             c = c.with_command(command)
         if locked_down:
+            self.issuer.public_key_file.chmod(0o644)
+            c = c.with_volume_mapping(str(self.issuer.public_key_file), self.ISSUER_KEY, "ro")
             c = c.with_tmpfs_mount("/tmp", "size=2g").with_kwargs(
                 network_mode="host", read_only=True, cap_drop=["ALL"],
                 security_opt=["no-new-privileges"])

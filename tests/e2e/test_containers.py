@@ -29,7 +29,8 @@ def cstack(images):
 @pytest.fixture(scope="module")
 def cclient(cstack):
     env = cstack.env()
-    c = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    c = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
+               token=cstack.issuer.mint("acme", "admin"))
     yield c
     c.close()
 

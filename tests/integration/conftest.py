@@ -8,6 +8,7 @@ import pytest
 
 from planzoom_cli.client import Client
 from planzoom_devstack.faultproxy import FaultProxy
+from planzoom_devstack.issuer import DevIssuer
 from planzoom_devstack.stack import EmbeddedStack, Ports
 from tests.helpers import s3_client
 
@@ -37,6 +38,7 @@ def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
     s = EmbeddedStack(
         data_dir=tmp_path_factory.mktemp("stack"),
         ports=s3_proxy.stack_ports,
+        issuer=DevIssuer(tmp_path_factory.mktemp("issuer")),
         extra_env={
             "PLANZOOM_S3_ENDPOINT_URL": s3_proxy.url,
             "PLANZOOM_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
@@ -53,10 +55,17 @@ def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
     s.stop()
 
 
+def client_for(stack, org: str = "acme", role: str = "admin", ttl: float = 3600) -> Client:
+    """A client of ``stack`` acting for ``org`` with ``role``."""
+    env = stack.env()
+    return Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
+                  token=stack.token(org, role, ttl))
+
+
 @pytest.fixture(scope="session")
 def client(stack) -> Client:
-    env = stack.env()
-    c = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"])
+    """An admin of org ``acme``, the org most tests work in."""
+    c = client_for(stack)
     yield c
     c.close()
 

@@ -1,22 +1,31 @@
-"""The one gRPC error boundary, on a real grpc.aio server on 127.0.0.1:
-domain errors become their status codes with details, anything unexpected
-becomes INTERNAL with an error id (logged, never the exception's text), and
+"""The one gRPC boundary, on a real grpc.aio server on 127.0.0.1: every
+call but health needs a valid token and the method's role; domain errors
+become their status codes with details, anything unexpected becomes
+INTERNAL with an error id (logged, never the exception's text), and
 streaming RPCs end the same way after what they already sent."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
 import logging
 
 import grpc
+import jwt
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from planzoom import metrics
-from planzoom.boundary import RpcBoundary
+from planzoom import auth, metrics
+from planzoom.auth import TokenVerifier
+from planzoom.boundary import RpcBoundary, method_roles
+from planzoom.config import Settings
 from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from planzoom_devstack.issuer import DevIssuer
 
 SECRET = "/srv/internal/secret-path.db"
 
@@ -32,6 +41,9 @@ class Servicer(progress_pb2_grpc.ProgressServiceServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "aborted by the handler")
         raise JobNotFound(request.job_id)
 
+    async def CancelJob(self, request, context):
+        return jobs_pb2.Job(job_id=request.job_id, error=auth.current().subject)
+
     async def WatchJob(self, request, context):
         yield jobs_pb2.Job(job_id=request.job_id)
         if request.job_id == "boom":
@@ -39,16 +51,44 @@ class Servicer(progress_pb2_grpc.ProgressServiceServicer):
         raise JobNotFound(request.job_id)
 
 
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory) -> DevIssuer:
+    return DevIssuer(tmp_path_factory.mktemp("issuer"))
+
+
 @pytest.fixture
-async def stub():
-    server = grpc.aio.server(interceptors=[RpcBoundary()])
+async def server(issuer):
+    settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v
+                           for k, v in issuer.env().items()})
+    roles = method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
+        "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer", "CancelJob": "admin",
+        "Reconcile": "admin"})
+    server = grpc.aio.server(interceptors=[RpcBoundary(TokenVerifier(settings), roles)])
     progress_pb2_grpc.add_ProgressServiceServicer_to_server(Servicer(), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield progress_pb2_grpc.ProgressServiceStub(channel)
+    yield channel
     await channel.close()
     await server.stop(0)
+
+
+class _Authorized:
+    """A ProgressService stub whose calls carry ``token``."""
+
+    def __init__(self, channel, token: str | None):
+        self._stub = progress_pb2_grpc.ProgressServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+
+    def __getattr__(self, name):
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._metadata, **kw)
+
+
+@pytest.fixture
+def stub(server, issuer):
+    return _Authorized(server, issuer.mint("acme", "viewer"))
 
 
 async def _error(call) -> grpc.aio.AioRpcError:
@@ -97,3 +137,69 @@ async def test_streams_end_with_the_mapped_code_after_what_they_sent(stub):
         e = await _error(call.read())
         assert e.code() == code
         assert SECRET not in e.details()
+
+
+def _forged(issuer: DevIssuer, **changes) -> str:
+    """A token like the issuer's, with ``changes`` to its claims, signed by
+    the issuer's key unless ``key`` is given."""
+    claims = jwt.decode(issuer.mint("acme", "viewer"), options={"verify_signature": False})
+    key = changes.pop("key", issuer._key)
+    algorithm = changes.pop("algorithm", "RS256")
+    claims.update(changes)
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key,
+                      algorithm=algorithm)
+
+
+async def test_health_needs_no_token(server):
+    reply = await health_pb2_grpc.HealthStub(server).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("case", ["none", "not-bearer", "garbage", "expired", "other-key",
+                                  "wrong-audience", "wrong-issuer", "no-exp", "alg-none",
+                                  "hs256-with-public-key", "no-org", "bad-org", "no-role"])
+async def test_bad_tokens_are_unauthenticated(server, issuer, case, tmp_path):
+    other = DevIssuer(tmp_path)
+    public = issuer.public_key_file.read_bytes()
+    token = {
+        "none": None,
+        "garbage": "not.a.jwt",
+        "expired": issuer.mint("acme", "viewer", ttl=-120),
+        "other-key": other.mint("acme", "viewer"),
+        "wrong-audience": _forged(issuer, aud="someone-else"),
+        "wrong-issuer": _forged(issuer, iss="https://evil.example"),
+        "no-exp": _forged(issuer, exp=None),
+        "alg-none": _forged(issuer, key=None, algorithm="none"),
+        "no-org": _forged(issuer, org=None),
+        "bad-org": _forged(issuer, org="../etc"),
+        "no-role": _forged(issuer, roles=["superuser"]),
+    }.get(case)
+    metadata = (("authorization", f"Basic {issuer.mint('acme', 'viewer')}"),)
+    if case == "hs256-with-public-key":  # key confusion: HMAC keyed with the public key
+        header = jwt.utils.base64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        claims = jwt.decode(issuer.mint("acme", "admin"), options={"verify_signature": False})
+        body = jwt.utils.base64url_encode(json.dumps(claims).encode())
+        signature = hmac.new(public, header + b"." + body, hashlib.sha256).digest()
+        token = (header + b"." + body + b"." + jwt.utils.base64url_encode(signature)).decode()
+    if case != "not-bearer":
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    e = await _error(progress_pb2_grpc.ProgressServiceStub(server).GetJob(
+        jobs_pb2.GetJobRequest(job_id="0123"), metadata=metadata, timeout=10))
+    assert e.code() == grpc.StatusCode.UNAUTHENTICATED, (case, e.details())
+    assert len(e.details()) > 20
+
+
+async def test_roles_are_checked_per_method(server, issuer):
+    viewer = _Authorized(server, issuer.mint("acme", "viewer"))
+    e = await _error(viewer.CancelJob(progress_pb2.CancelJobRequest(job_id="0123"), timeout=10))
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED and "'admin' role" in e.details()
+    admin = _Authorized(server, issuer.mint("acme", "admin", subject="ops@acme"))
+    job = await admin.CancelJob(progress_pb2.CancelJobRequest(job_id="0123"), timeout=10)
+    assert job.error == "ops@acme", "the handler sees the verified caller"
+
+
+def test_every_method_needs_a_declared_role():
+    service = progress_pb2.DESCRIPTOR.services_by_name["ProgressService"]
+    with pytest.raises(ValueError, match="methods"):
+        method_roles(service, {"GetJob": "viewer"})

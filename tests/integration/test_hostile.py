@@ -10,7 +10,7 @@ import time
 import grpc
 import pytest
 
-from planzoom.procpool import ProcessPool, WorkerCrashed
+from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, jobs_pb2
 from services.render.rasterize import RenderFailed, render_page
 from tests.helpers import list_keys, wait_terminal
@@ -38,30 +38,37 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
 @pytest.mark.slow
 def test_mutated_pdfs_do_not_wedge_the_render_pool(corpus, tmp_path):
     rng = random.Random(20261121)
-    pool = ProcessPool(workers=1, recycle_after=10)
+    pool = ProcessPool(workers=1, recycle_after=10, memory_bytes=2 * 1024**3)
     outcomes: dict[str, int] = {}
-    try:
+
+    async def run() -> None:
+        try:
+            await attempts()
+        finally:
+            pool.close()
+
+    async def attempts() -> None:
         for i in range(36):
             seed = corpus / SEEDS[i % len(SEEDS)]
             path = tmp_path / f"m{i}.pdf"
             path.write_bytes(mutate(seed.read_bytes(), rng))
             t0 = time.monotonic()
             try:
-                asyncio.run(pool.run(30, render_page, str(path), 1, 30, 10**7,
-                                     str(tmp_path / "out.zst"), 1 << 20))
+                await pool.run(30, render_page, str(path), 1, 30, 10**7,
+                               str(tmp_path / "out.zst"), 1 << 20)
                 outcome = "rendered"
             except RenderFailed:
                 outcome = "failed"
-            except WorkerCrashed:
+            except (WorkerCrashed, WorkerTimeout):
                 outcome = "crashed"
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             assert time.monotonic() - t0 < 35
         # The pool still renders a good page afterwards.
-        r = asyncio.run(pool.run(60, render_page, str(corpus / SEEDS[0]), 1, 20, 10**7,
-                                 str(tmp_path / "ok.zst"), 1 << 20))
+        r = await pool.run(60, render_page, str(corpus / SEEDS[0]), 1, 20, 10**7,
+                           str(tmp_path / "ok.zst"), 1 << 20)
         assert r.width_px == 720
-    finally:
-        pool.close()
+
+    asyncio.run(run())
     print("mutated PDF outcomes:", outcomes)
     assert sum(outcomes.values()) == 36, outcomes
 

@@ -1,0 +1,158 @@
+"""Who is calling, and what they may do.
+
+Every RPC but health carries ``authorization: Bearer <JWT>`` in its call
+metadata. :class:`TokenVerifier` checks the token against the issuer's
+public keys (a PEM file, or a JWKS file or URL) with one pinned algorithm,
+and requires ``exp``, ``iss``, ``aud`` and ``sub`` (RFC 7519; PyJWT). The
+claims ``org`` (an id, see :mod:`planzoom.ids`) and ``roles`` (a list) name
+the caller's organisation and what it may do:
+
+==========  ==========================================================
+role        may
+==========  ==========================================================
+viewer      GetJob, WatchJob, ListJobs
+uploader    a viewer's RPCs, Upload, CreateUploadUrl, SubmitJob
+admin       an uploader's RPCs, CancelJob, Reconcile
+==========  ==========================================================
+
+:class:`planzoom.boundary.RpcBoundary` verifies the token once per RPC and
+puts the :class:`Caller` in a context variable; handlers ask through
+:func:`require_org` and :func:`visible` whether it may touch an org's plan
+or a job. A plan of another org is PERMISSION_DENIED (the caller named the
+org, so nothing leaks); a job of another org is NOT_FOUND, exactly as an
+unknown job id, so job ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from planzoom.config import Settings
+from planzoom.errors import NotFound, PermissionDenied, Unauthenticated
+from planzoom.ids import ID_PATTERN
+
+log = logging.getLogger(__name__)
+
+#: Roles from least to most: each includes the ones before it.
+ROLES = ("viewer", "uploader", "admin")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A verified caller: ``subject`` (the token's ``sub``), ``org``, and its
+    highest role."""
+
+    subject: str
+    org: str
+    role: str
+
+    def may(self, role: str) -> bool:
+        """True if the caller's role includes ``role``."""
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("planzoom_caller")
+
+
+def current() -> Caller:
+    """The caller of the RPC being handled (set by the boundary)."""
+    try:
+        return _caller.get()
+    except LookupError:
+        raise Unauthenticated("no caller: this RPC was not authenticated") from None
+
+
+def set_current(caller: Caller) -> contextvars.Token:
+    return _caller.set(caller)
+
+
+def require_org(org: str) -> Caller:
+    """The caller, if it belongs to ``org``; else PermissionDenied."""
+    caller = current()
+    if caller.org != org:
+        raise PermissionDenied(f"{caller.subject} (org {caller.org!r}) may not act on the "
+                               f"plans of org {org!r}")
+    return caller
+
+
+def visible(job, not_found: type[NotFound]):
+    """``job`` if the caller's org owns it, else ``not_found(job.job_id)``
+    raised: a job of another org looks exactly like one that does not exist."""
+    if current().org != job.plan.org:
+        raise not_found(job.job_id)
+    return job
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured issuer keys.
+
+    Settings: ``PLANZOOM_AUTH_PUBLIC_KEY_FILE`` (a PEM public key) or
+    ``PLANZOOM_AUTH_JWKS`` (a JWKS document: a file path, or an https:// or
+    http:// URL, fetched and cached by PyJWT's PyJWKClient), with
+    ``PLANZOOM_AUTH_ISSUER``, ``PLANZOOM_AUTH_AUDIENCE`` and
+    ``PLANZOOM_AUTH_ALGORITHM`` (only that algorithm is accepted).
+    """
+
+    def __init__(self, settings: Settings):
+        self.issuer, self.audience = settings.auth_issuer, settings.auth_audience
+        self.algorithms = [settings.auth_algorithm]
+        self._key = None
+        self._jwks_client: jwt.PyJWKClient | None = None
+        self._jwks: jwt.PyJWKSet | None = None
+        if settings.auth_public_key_file:
+            self._key = Path(settings.auth_public_key_file).read_bytes()
+        elif settings.auth_jwks:
+            source = settings.auth_jwks
+            if source.startswith(("https://", "http://")):
+                self._jwks_client = jwt.PyJWKClient(source, cache_keys=True, lifespan=300)
+            else:
+                self._jwks = jwt.PyJWKSet.from_json(Path(source).read_text())
+        else:
+            raise ValueError("no token issuer is configured: set PLANZOOM_AUTH_PUBLIC_KEY_FILE "
+                             "or PLANZOOM_AUTH_JWKS")
+
+    def _signing_key(self, token: str):
+        if self._key is not None:
+            return self._key
+        if self._jwks_client is not None:
+            return self._jwks_client.get_signing_key_from_jwt(token)
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self._jwks.keys:
+            if kid is None or key.key_id == kid:
+                return key
+        raise jwt.InvalidTokenError(f"no key with kid {kid!r} in the issuer's key set")
+
+    def verify(self, authorization: str | None) -> Caller:
+        """The caller named by an ``authorization`` metadata value. Raises
+        Unauthenticated with a message saying what is wrong."""
+        if not authorization:
+            raise Unauthenticated("this RPC needs 'authorization: Bearer <token>' metadata; "
+                                  "ask your planzoom operator for a token")
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+        try:
+            claims = jwt.decode(
+                token.strip(), self._signing_key(token.strip()), algorithms=self.algorithms,
+                audience=self.audience, issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud", "sub"]}, leeway=30)
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired; get a new one") from None
+        except jwt.PyJWTError as e:
+            raise Unauthenticated(f"the token is not valid: {e}") from None
+        org, roles = claims.get("org"), claims.get("roles")
+        if not isinstance(org, str) or not ID_PATTERN.fullmatch(org):
+            raise Unauthenticated("the token's 'org' claim is missing or not a valid org id")
+        if isinstance(roles, str):
+            roles = roles.split()
+        known = [r for r in ROLES if isinstance(roles, list) and r in roles]
+        if not known:
+            raise Unauthenticated(f"the token names no role; one of {', '.join(ROLES)} is "
+                                  "needed")
+        return Caller(subject=str(claims["sub"])[:200], org=org, role=known[-1])
+
