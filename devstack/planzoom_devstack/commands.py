@@ -19,6 +19,7 @@ import grpc
 from rich.table import Table
 
 from planzoom import keys
+from planzoom.auth import ROLES
 from planzoom.config import Settings
 from planzoom.states import job_state_name
 from planzoom.storage import ObjectStore
@@ -26,7 +27,6 @@ from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
 from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
-from planzoom.auth import ROLES
 from planzoom_devstack.issuer import DevIssuer
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, StackError
 
