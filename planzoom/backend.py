@@ -18,7 +18,8 @@ from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import connection, topology
 from planzoom.messaging.events import report_page
-from planzoom.messaging.worker import Delivery, PullWorker
+from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
+from planzoom.messaging.workqueues import WorkQueues
 from planzoom.server import Service
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
@@ -27,9 +28,9 @@ log = logging.getLogger(__name__)
 
 
 class BackedService(Service):
-    """A service with ``store`` (S3), ``nc``/``js`` (NATS JetStream), ``kv``
-    and ``jobs`` (job records). ``connect()`` at start, ``disconnect()`` at
-    stop."""
+    """A service with ``store`` (S3), ``nc``/``js`` (NATS JetStream), ``kv``,
+    ``jobs`` (job records) and ``queues`` (the work queues). ``connect()`` at
+    start, ``disconnect()`` at stop."""
 
     nc: NATS
     js: JetStreamContext
@@ -49,6 +50,7 @@ class BackedService(Service):
         self.js = self.nc.jetstream()
         self.kv = await topology.ensure_jetstream(self.js, self.s)
         self.jobs = JobStore(self.js, self.kv, topology.JOBS_BUCKET)
+        self.queues = WorkQueues(self.js, self.s)
 
     async def get_job(self, job_id: str) -> jobs_pb2.Job:
         """The caller's job record, for a GetJob-style RPC. Raises InvalidId
@@ -62,9 +64,10 @@ class BackedService(Service):
 
 class PageStage(BackedService):
     """A stage that works on one page at a time from a work stream (render,
-    tile): a :class:`~planzoom.messaging.worker.PullWorker` on
-    ``stream``/``consumer`` runs :meth:`handle` for each page job, and a
-    page that fails for good is reported FAILED with the reason."""
+    tile): a :class:`~planzoom.messaging.worker.PullWorker` on the stream's
+    per-org consumers ``<consumer>-<org>``, taken in turn, runs
+    :meth:`handle` for each page job, and a page that fails for good is
+    reported FAILED with the reason."""
 
     stream: str
     consumer: str
@@ -75,10 +78,13 @@ class PageStage(BackedService):
 
     async def start(self) -> None:
         await self.connect()
+        subjects = {topology.RENDER_STREAM: topology.RENDER_SUBJECTS,
+                    topology.TILE_STREAM: topology.TILE_SUBJECTS}[self.stream]
         self.worker = PullWorker(
             self.js, self.stream, self.consumer, self.handle, self.on_failure,
             concurrency=self.concurrency, ack_wait=self.s.ack_wait_seconds,
-            max_deliver=self.s.max_deliver,
+            max_deliver=self.s.max_deliver, on_dead=self.unhealthy,
+            source=FairConsumers(self.js, self.nc, self.stream, self.consumer, subjects),
         )
         await self.worker.start()
 

@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     default_overlap: int = Field(1, ge=0)
     default_jpeg_quality: int = Field(90, ge=1, le=100)
     max_page_pixels: int = Field(400_000_000, ge=1)  # per page, width x height
+    max_page_side_pixels: int = Field(65536, ge=256)  # longest side of a page raster
+
+    # Work budget of one job, checked before it is accepted: 500 sheets of
+    # 36 x 48 in at 300 DPI (78 gigapixels, about 1.6 million tiles) pass.
+    max_job_pixels: int = Field(100_000_000_000, ge=1)
+    max_job_tiles: int = Field(2_500_000, ge=1)
+    # Per-org quotas: beyond them a new job waits, queued, until one ends.
+    org_max_jobs_in_flight: int = Field(10, ge=1)
+    org_max_pixels_in_flight: int = Field(200_000_000_000, ge=1)
+    org_max_pages_in_flight: int = Field(64, ge=1)  # per stage (render, tile)
 
     # Workers
     render_concurrency: int = Field(1, ge=1)  # PDFium processes

@@ -14,6 +14,7 @@ using compare-and-set on the KV revision (``update(..., last=revision)``).
 from __future__ import annotations
 
 import hashlib
+import time
 
 from nats.js import JetStreamContext
 from nats.js.errors import (
@@ -23,7 +24,7 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
 )
 from nats.js.kv import KeyValue
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id
@@ -33,8 +34,11 @@ from planzoom.v1 import jobs_pb2
 PLAN_INDEX_SIZE = 1000
 #: JetStream API error code "wrong last sequence" (compare-and-set lost).
 WRONG_LAST_SEQUENCE = 10071
-#: Tries of one compare-and-set change before it gives up with Conflict.
-CAS_ATTEMPTS = 20
+#: Tries of one compare-and-set change before it gives up with Conflict, and
+#: the random pause between them (so that writers racing on a busy record,
+#: such as a cancel against pages finishing, do not collide again at once).
+CAS_ATTEMPTS = 30
+CAS_JITTER_SECONDS = 0.05
 
 
 class JobNotFound(NotFound):
@@ -59,7 +63,8 @@ def compare_and_set():
     compare_and_set(): with attempt: …`` re-runs the block (read, change,
     write) while it raises Conflict, at most CAS_ATTEMPTS times."""
     return AsyncRetrying(retry=retry_if_exception_type(Conflict),
-                         stop=stop_after_attempt(CAS_ATTEMPTS), reraise=True)
+                         stop=stop_after_attempt(CAS_ATTEMPTS), reraise=True,
+                         wait=wait_random(0, CAS_JITTER_SECONDS))
 
 
 def job_key(job_id: str) -> str:
@@ -145,6 +150,27 @@ class JobStore:
             rev = ack.seq
         job.revision = rev
 
+    async def change(self, job_id: str, change, ttl: float | None = None) -> jobs_pb2.Job:
+        """Apply ``change(job)`` (returns True if it changed the record) with
+        compare-and-set, again on a fresh read while another writer gets in
+        first; ``ttl`` as for :meth:`update`. Returns the record as stored
+        (or as read, if unchanged)."""
+        async for attempt in compare_and_set():
+            with attempt:
+                job = await self.get(job_id)
+                if change(job):
+                    await self.update(job, ttl=ttl)
+                return job
+        raise AssertionError("unreachable")
+
+    async def keys(self, prefix: str) -> list[str]:
+        """Keys of the bucket that start with ``prefix`` (a token boundary,
+        e.g. ``job.``), read from the stream's subject counts: no consumer
+        is created."""
+        subject = f"$KV.{self.bucket}.{prefix}"
+        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=subject + ">")
+        return [s[len(f"$KV.{self.bucket}."):] for s in (info.state.subjects or {})]
+
     async def has_ended(self, job_id: str) -> bool:
         """True if the job has ended (cancelled, complete or failed) or no
         longer exists: its pages need no more work."""
@@ -154,11 +180,8 @@ class JobStore:
             return True
 
     async def job_ids(self) -> list[str]:
-        """Ids of every job record in the bucket (for periodic sweeps). Read
-        from the stream's subject counts: no consumer is created."""
-        prefix = f"$KV.{self.bucket}.job."
-        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=prefix + ">")
-        return [subject[len(prefix):] for subject in (info.state.subjects or {})]
+        """Ids of every job record in the bucket (for periodic sweeps)."""
+        return [key.removeprefix("job.") for key in await self.keys("job.")]
 
     async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int) -> list[jobs_pb2.Job]:
         """Records of one plan, newest first."""
@@ -174,24 +197,27 @@ class JobStore:
                 continue  # expired
         return jobs
 
-    async def claim_dedup(self, key: str, job_id: str) -> str | None:
-        """Claim ``key`` for ``job_id``; return None if claimed, else the job
-        id that holds it."""
+    async def claim_dedup(self, key: str, job_id: str) -> tuple[str, float] | None:
+        """Claim ``key`` for ``job_id``; None if claimed, else the job id that
+        holds it and when it claimed it (epoch seconds)."""
         try:
-            await self.kv.create(key, job_id.encode())
+            await self.kv.create(key, f"{job_id} {time.time():.3f}".encode())
             return None
         except KeyWrongLastSequenceError:
             entry = await self.kv.get(key)
-            return entry.value.decode()
+            holder, _, claimed_at = entry.value.decode().partition(" ")
+            return holder, float(claimed_at or 0)
 
     async def replace_dedup(self, key: str, old_job_id: str, job_id: str) -> bool:
-        """Move a claim from a job that ended without success to a new one;
+        """Move a claim from ``old_job_id`` (a job that ended without
+        success, or a claim whose job was never created) to ``job_id``;
         False if someone else moved it first."""
         entry = await self.kv.get(key)
-        if entry.value.decode() != old_job_id:
+        if entry.value.decode().partition(" ")[0] != old_job_id:
             return False
         try:
-            await self.kv.update(key, job_id.encode(), last=entry.revision)
+            await self.kv.update(key, f"{job_id} {time.time():.3f}".encode(),
+                                 last=entry.revision)
             return True
         except KeyWrongLastSequenceError:
             return False

@@ -292,16 +292,24 @@ class ProcessPool:
             raise _rebuild_error(outcome["error"])
         return _rebuild_result(outcome)
 
-    def close(self) -> None:
-        """Stop the idle workers; busy ones stop when their task ends."""
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop the idle workers (waiting up to ``timeout`` seconds for them
+        to exit); busy ones stop when their task ends."""
         self._closed = True
+        idle = []
         while self._idle is not None and not self._idle.empty():
-            self._release(self._idle.get_nowait(), healthy=False)
+            worker = self._idle.get_nowait()
+            idle.append(worker)
+            self._release(worker, healthy=True)
+        for worker in idle:
+            if await _exit_code(worker, timeout) is None:
+                worker.kill()
+                await worker.process.wait()
 
 
-async def _exit_code(worker: _Worker) -> int | None:
+async def _exit_code(worker: _Worker, timeout: float = 5.0) -> int | None:
     try:
-        return await asyncio.wait_for(worker.process.wait(), 5)
+        return await asyncio.wait_for(worker.process.wait(), timeout)
     except TimeoutError:
         return None
 

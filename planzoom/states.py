@@ -17,6 +17,12 @@ def is_terminal(job: jobs_pb2.Job) -> bool:
     return job.state in TERMINAL_JOB_STATES
 
 
+def is_final(job: jobs_pb2.Job) -> bool:
+    """True once the job has ended and its outputs are written (the last
+    record a watcher gets)."""
+    return is_terminal(job) and not job.finalizing
+
+
 def job_state_name(state: int) -> str:
     """``COMPLETE`` for JOB_STATE_COMPLETE, and so on."""
     return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")

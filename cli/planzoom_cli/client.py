@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from planzoom.states import is_terminal, page_state_name
+from planzoom.states import is_final, page_state_name
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
@@ -137,7 +137,7 @@ class Client:
                                 continue
                             last_revision = job.revision
                             yield job
-                            if is_terminal(job):
+                            if is_final(job):
                                 return
                         return
                     except grpc.RpcError as e:

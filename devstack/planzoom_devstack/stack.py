@@ -104,6 +104,8 @@ class EmbeddedStack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    #: gRPC address of each service process, by process name.
+    addrs: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -169,16 +171,19 @@ class EmbeddedStack:
                            "-p", str(self.ports.s3)])
         self._wait("s3", lambda: port_open(self.ports.s3), 60)
 
-    def start_service(self, name: str, replica: int = 1, timeout: float = 60) -> str:
+    def start_service(self, name: str, replica: int = 1, timeout: float = 60,
+                      env: dict[str, str] | None = None) -> str:
         """Start one service process and wait until its health check answers
-        SERVING. Replica 2, 3 … of a worker service get their own health
-        port. Returns the process's name in ``procs`` (``tile``, ``tile-2``)."""
+        SERVING. Replica 2, 3 … get their own gRPC port (``addrs``);
+        ``env`` adds settings for this process only. Returns the process's
+        name in ``procs`` (``tile``, ``tile-2``)."""
         proc_name = name
         port = getattr(self.ports, name)
         if replica > 1:
             proc_name, port = f"{name}-{replica}", free_port()
         self.metrics_ports[proc_name] = free_port()
-        env = {f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
+        self.addrs[proc_name] = f"127.0.0.1:{port}"
+        env = {**(env or {}), f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         argv = [sys.executable, "-m", f"services.{name}"]
         if name in ("render", "tile"):

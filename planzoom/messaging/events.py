@@ -14,7 +14,7 @@ from planzoom.v1 import events_pb2, jobs_pb2
 
 async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_pb2.PlanRef,
                       page: jobs_pb2.PageRecord, attempt: int, kind: str = "") -> None:
-    """Publish a ProgressEvent for one page on ``progress.<job_id>``.
+    """Publish a ProgressEvent for one page on ``progress.<stage>.<job_id>``.
 
     ``page`` is a PageRecord with the fields the stage knows; ``attempt`` is
     the delivery of the page job that reports (part of the message id, so
@@ -24,7 +24,7 @@ async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_
     """
     ev = events_pb2.ProgressEvent(job_id=job_id, plan=plan, stage=stage, page=page,
                                   emitted_at=now_ts())
-    await publish_retrying(js, progress_subject(job_id), ev.SerializeToString(),
+    await publish_retrying(js, progress_subject(stage, job_id), ev.SerializeToString(),
                            f"{job_id}.{page.page}.{stage}.{page.state}.{attempt}{kind}")
 
 

@@ -2,13 +2,13 @@
 
 Names (KEDA's nats-jetstream scaler and operators use them as they are):
 
-=================  ====================  ==============  =========================
-stream             subjects              retention       durable consumer
-=================  ====================  ==============  =========================
-PLANZOOM_RENDER    pages.render          work queue      render
-PLANZOOM_TILE      pages.tile            work queue      tile
-PLANZOOM_PROGRESS  progress.<job_id>     limits (7 d)    progress
-=================  ====================  ==============  =========================
+=================  =======================  =============  =========================
+stream             subjects                 retention      durable consumers
+=================  =======================  =============  =========================
+PLANZOOM_RENDER    pages.render.<org>       work queue     render-<org>, one per org
+PLANZOOM_TILE      pages.tile.<org>         work queue     tile-<org>, one per org
+PLANZOOM_PROGRESS  progress.<stage>.<job>   limits (7 d)   progress
+=================  =======================  =============  =========================
 
 Dead letters: a message that fails for good (a permanent error, or its last
 delivery failed) is copied with its reason and attempt count to stream
@@ -23,6 +23,8 @@ All setup calls are idempotent: every service runs them at startup.
 """
 
 from __future__ import annotations
+
+import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -40,8 +42,12 @@ from nats.js.kv import KeyValue
 from planzoom.config import Settings
 from planzoom.v1 import events_pb2
 
-RENDER_STREAM, RENDER_SUBJECT, RENDER_CONSUMER = "PLANZOOM_RENDER", "pages.render", "render"
-TILE_STREAM, TILE_SUBJECT, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile", "tile"
+log = logging.getLogger(__name__)
+
+#: Work streams, their subjects and the prefix of their per-org consumers
+#: (``render-<org>``; see :mod:`planzoom.messaging.workqueues`).
+RENDER_STREAM, RENDER_SUBJECTS, RENDER_CONSUMER = "PLANZOOM_RENDER", "pages.render.>", "render"
+TILE_STREAM, TILE_SUBJECTS, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile.>", "tile"
 PROGRESS_STREAM, PROGRESS_CONSUMER = "PLANZOOM_PROGRESS", "progress"
 JOBS_BUCKET = "planzoom_jobs"
 
@@ -66,8 +72,11 @@ WORK_STREAMS = {
 LETTER_STREAMS = {**WORK_STREAMS, PROGRESS_STREAM: (events_pb2.ProgressEvent, "progress")}
 
 
-def progress_subject(job_id: str) -> str:
-    return f"progress.{job_id}"
+def progress_subject(stage: str, job_id: str) -> str:
+    """``progress.<stage>.<job_id>``: the stage is part of the subject so
+    that NATS permissions tie it to the publisher (render may only publish
+    ``progress.render.>``, tile ``progress.tile.>``)."""
+    return f"progress.{stage}.{job_id}"
 
 
 def decode_work(stream: str, data: bytes):
@@ -87,23 +96,47 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     await js.update_stream(config)
 
 
-async def _ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+#: The consumer settings planzoom sets, compared to decide whether to update.
+_CONSUMER_FIELDS = ("filter_subject", "ack_policy", "deliver_policy", "ack_wait", "max_deliver",
+                    "max_ack_pending")
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
+    """Create the durable consumer, or bring an existing one's settings in
+    line. Never deletes one: that would drop the delivery state of every
+    page in flight. The server changes editable settings (ack wait,
+    deliveries, ...) in place; if it refuses a change (a setting that
+    cannot be edited, or another replica's differing settings), the
+    consumer is kept as it is and the difference is logged."""
+    try:
+        info = await js.consumer_info(stream, config.durable_name)
+    except NotFoundError:
+        try:
+            await js.add_consumer(stream, config)
+            return
+        except BadRequestError:  # created concurrently by another replica
+            info = await js.consumer_info(stream, config.durable_name)
+    current = {f: getattr(info.config, f) for f in _CONSUMER_FIELDS}
+    wanted = {f: getattr(config, f) for f in _CONSUMER_FIELDS}
+    if current == wanted:
+        return
     try:
         await js.add_consumer(stream, config)
-    except BadRequestError:
-        # Exists with other settings (e.g. changed ack wait): bring it in line.
-        await js.delete_consumer(stream, config.durable_name)
-        await js.add_consumer(stream, config)
+        log.info("consumer settings updated in place",
+                 extra={"consumer": config.durable_name, "was": str(current)})
+    except BadRequestError as e:
+        log.error("consumer %s keeps its settings %s: the server refused %s (%s)",
+                  config.durable_name, current, wanted, e)
 
 
 async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue:
     """Create or update streams, durable consumers and the jobs KV bucket;
     return the bucket. Safe to call from every service at every start."""
-    advisories = [f"{MAX_DELIVERIES_ADVISORY}.{RENDER_STREAM}.{RENDER_CONSUMER}",
-                  f"{MAX_DELIVERIES_ADVISORY}.{TILE_STREAM}.{TILE_CONSUMER}"]
+    advisories = [f"{MAX_DELIVERIES_ADVISORY}.{RENDER_STREAM}.*",
+                  f"{MAX_DELIVERIES_ADVISORY}.{TILE_STREAM}.*"]
     for name, subjects, retention, max_age in (
-        (RENDER_STREAM, [RENDER_SUBJECT], RetentionPolicy.WORK_QUEUE, None),
-        (TILE_STREAM, [TILE_SUBJECT], RetentionPolicy.WORK_QUEUE, None),
+        (RENDER_STREAM, [RENDER_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
+        (TILE_STREAM, [TILE_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
         (PROGRESS_STREAM, ["progress.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
         (DLQ_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DLQ_MAX_AGE_SECONDS),
         (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DLQ_MAX_AGE_SECONDS),
@@ -120,16 +153,12 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
             ),
         )
     for stream, durable, subject, ack_wait, max_deliver in (
-        (RENDER_STREAM, RENDER_CONSUMER, RENDER_SUBJECT, settings.ack_wait_seconds,
-         settings.max_deliver),
-        (TILE_STREAM, TILE_CONSUMER, TILE_SUBJECT, settings.ack_wait_seconds,
-         settings.max_deliver),
         (PROGRESS_STREAM, PROGRESS_CONSUMER, "progress.>", PROGRESS_ACK_WAIT_SECONDS,
          PROGRESS_MAX_DELIVER),
         (ADVISORY_STREAM, ADVISORY_CONSUMER, None, PROGRESS_ACK_WAIT_SECONDS,
          PROGRESS_MAX_DELIVER),
     ):
-        await _ensure_consumer(
+        await ensure_consumer(
             js,
             stream,
             ConsumerConfig(

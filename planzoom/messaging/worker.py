@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,107 @@ def retry_delay(attempt: int) -> float:
     return float(min(60, 2**attempt))
 
 
+class Consumer:
+    """Messages from one durable pull consumer."""
+
+    def __init__(self, js: JetStreamContext, stream: str, durable: str):
+        self.js, self.stream, self.durable = js, stream, durable
+        self._sub = None
+
+    async def next(self) -> list[Msg]:
+        """The next message (a list of at most one); [] after 2 s without."""
+        if self._sub is None:
+            self._sub = await self.js.pull_subscribe_bind(durable=self.durable,
+                                                          stream=self.stream)
+        try:
+            # One message per fetch: nats-py's fetch(n > 1) can hold a message
+            # it already has until its pull request expires (nats-io/nats.py
+            # #933), which delays progress by up to the fetch timeout; see
+            # docs/performance.md.
+            return await self._sub.fetch(1, timeout=2)
+        except (TimeoutError, NatsTimeoutError):
+            return []
+
+    async def close(self) -> None:
+        # A pull subscription's drain waits for fetched messages nobody will
+        # take now; unsubscribing first lets the connection's drain finish.
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+def next_org(backlog: dict[str, tuple[int, int]], served: dict[str, float]) -> str | None:
+    """The org whose consumer to pull from next, given each org's (messages
+    waiting, messages delivered and not yet acknowledged): of the orgs with
+    messages waiting, the one served longest ago (never served first), so
+    work is taken round robin across orgs whatever each has queued. With
+    none waiting, an org with unacknowledged messages: a pull is what makes
+    the server redeliver one whose ack wait ran out, or give it up
+    (MAX_DELIVERIES)."""
+    for which in (0, 1):
+        candidates = [org for org, counts in backlog.items() if counts[which] > 0]
+        if candidates:
+            return min(candidates, key=lambda org: (served.get(org, 0.0), org))
+    return None
+
+
+class FairConsumers:
+    """Messages from the per-org consumers ``<prefix>-<org>`` of a work
+    stream, one org after another (:func:`next_org`): one org's backlog of
+    two thousand pages waits its turn beside another org's single page. A
+    core subscription to ``doorbell`` (the stream's subjects) wakes an idle
+    worker when anything is published."""
+
+    def __init__(self, js: JetStreamContext, nc, stream: str, prefix: str, doorbell: str):
+        self.js, self.nc, self.stream, self.prefix = js, nc, stream, prefix
+        self.doorbell = doorbell
+        self._subs: dict[str, object] = {}
+        self._served: dict[str, float] = {}
+        self._rung = asyncio.Event()
+        self._bell = None
+
+    async def _backlog(self) -> dict[str, tuple[int, int]]:
+        backlog = {}
+        for info in await self.js.consumers_info(self.stream):
+            name = info.name or ""
+            if name.startswith(self.prefix + "-"):
+                backlog[name[len(self.prefix) + 1:]] = (info.num_pending or 0,
+                                                        info.num_ack_pending or 0)
+        return backlog
+
+    async def next(self) -> list[Msg]:
+        """The next message of the org whose turn it is; [] after about a
+        second without any."""
+        if self._bell is None:
+            async def ring(_msg) -> None:
+                self._rung.set()
+
+            self._bell = await self.nc.subscribe(self.doorbell, cb=ring)
+        self._rung.clear()
+        org = next_org(await self._backlog(), self._served)
+        if org is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rung.wait(), 1.0)
+            return []
+        self._served[org] = time.monotonic()
+        sub = self._subs.get(org)
+        if sub is None:
+            sub = self._subs[org] = await self.js.pull_subscribe_bind(
+                durable=f"{self.prefix}-{org}", stream=self.stream)
+        try:
+            return await sub.fetch(1, timeout=0.5)
+        except (TimeoutError, NatsTimeoutError):
+            return []  # another worker took it
+
+    async def close(self) -> None:
+        for sub in self._subs.values():
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if self._bell is not None:
+            with contextlib.suppress(Exception):
+                await self._bell.unsubscribe()
+
+
 def is_permanent(error: BaseException) -> bool:
     """True for an error no retry can fix: a PlanzoomError that is not
     retryable (a page PDFium cannot render, a raster that is not what its
@@ -60,6 +162,11 @@ class PullWorker:
     reports the page FAILED) if given, and terminates it; other errors nak it
     with exponential backoff (:func:`retry_delay`).
 
+    An error from a fetch, an ack, a nak or a term is logged and the loop
+    goes on (the message comes back after its ack wait). If a loop ends for
+    any other reason while the worker is not stopping, ``on_dead(reason)``
+    is called: the service turns NOT_SERVING so that Kubernetes restarts it.
+
     ``stop()`` stops fetching; messages in flight finish within ``grace``
     seconds or are nak'ed for immediate redelivery elsewhere.
     """
@@ -75,7 +182,11 @@ class PullWorker:
         concurrency: int,
         ack_wait: float,
         max_deliver: int,
+        on_dead: Callable[[str], None] | None = None,
+        source: Consumer | FairConsumers | None = None,
     ):
+        self.on_dead = on_dead
+        self.source = source or Consumer(js, stream, durable)
         self.js, self.stream, self.durable = js, stream, durable
         self.handle, self.on_failure = handle, on_failure
         self.concurrency, self.ack_wait, self.max_deliver = concurrency, ack_wait, max_deliver
@@ -84,9 +195,18 @@ class PullWorker:
         self._in_flight: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        self._tasks = [asyncio.create_task(self._loop(self._sub))
-                       for _ in range(self.concurrency)]
+        self._tasks = [asyncio.create_task(self._loop()) for _ in range(self.concurrency)]
+        for task in self._tasks:
+            task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        if self._stopping.is_set() or task.cancelled():
+            return
+        error = task.exception()
+        reason = f"the {self.durable} consumer loop ended: {error!r}"
+        log.critical(reason, exc_info=error)
+        if self.on_dead is not None:
+            self.on_dead(reason)
 
     async def stop(self, grace: float) -> None:
         self._stopping.set()
@@ -96,21 +216,12 @@ class PullWorker:
         for t in list(self._in_flight) + self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._in_flight, return_exceptions=True)
-        # A pull subscription's drain waits for fetched messages nobody will
-        # take now; unsubscribing first lets the connection's drain finish.
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
+        await self.source.close()
 
-    async def _loop(self, sub) -> None:
+    async def _loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                # One message per fetch: nats-py's fetch(n > 1) can hold a
-                # message it already has until its pull request expires
-                # (nats-io/nats.py#933), which delays progress by up to the
-                # fetch timeout; see docs/performance.md.
-                msgs = await sub.fetch(1, timeout=2)
-            except (TimeoutError, NatsTimeoutError):
-                continue
+                msgs = await self.source.next()
             except Exception as e:  # connection trouble: the client reconnects by itself
                 log.warning("fetch from %s failed: %s", self.durable, e)
                 await asyncio.sleep(1)
@@ -125,6 +236,10 @@ class PullWorker:
                     with contextlib.suppress(Exception):
                         await msg.nak()
                     raise
+                except Exception:
+                    # An ack, nak or term that failed (NATS away): the
+                    # message comes back after its ack wait.
+                    log.exception("%s: could not settle a message", self.durable)
                 finally:
                     self._in_flight.discard(task)
 

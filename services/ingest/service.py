@@ -7,9 +7,11 @@ import contextlib
 import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 
 from planzoom import keys, metrics
+from planzoom.admission import Admission, Quota
 from planzoom.auth import require_org
 from planzoom.backend import BackedService
 from planzoom.boundary import method_roles
@@ -18,7 +20,7 @@ from planzoom.config import Settings
 from planzoom.errors import InvalidInput, NotFound, PlanzoomError, ResourceExhausted, Timeout
 from planzoom.ids import check_plan, new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
-from planzoom.messaging.publishing import publish_page_jobs
+from planzoom.pages import Work, plan_work
 from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
 from services.ingest.admission import UploadSlots
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 
 #: Bytes read from a staged upload at a time.
 READ_BYTES = 4 * 1024 * 1024
+#: A dedup claim whose job record has not appeared after this long belongs
+#: to a submit that died: another may take it over. Long enough to store a
+#: source of PLANZOOM_MAX_UPLOAD_BYTES; identical submits wait meanwhile.
+CLAIM_STALE_SECONDS = 600.0
+CLAIM_POLL_SECONDS = 0.2
 
 
 @contextlib.contextmanager
@@ -64,9 +71,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     async def start(self) -> None:
         await self.connect()
+        self.admission = Admission(self.jobs, Quota.from_settings(self.s), self.queues)
 
     async def stop(self, grace: float) -> None:
-        self.pool.close()
+        await self.pool.close()
         await self.disconnect()
 
     # -- RPCs ---------------------------------------------------------------
@@ -182,6 +190,45 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                              "probably damaged") from None
         return info
 
+    async def _claim(self, key: str, job_id: str) -> jobs_pb2.Job | None:
+        """Claim the dedup ``key`` for ``job_id`` (None), or return the job
+        that holds it: identical submits at once, or a client retrying after
+        a timeout, get one job. A holder that has not created its record yet
+        is waited for, until its claim is CLAIM_STALE_SECONDS old; a claim
+        whose job FAILED, was CANCELLED or never came is taken over."""
+        while (holder := await self.jobs.claim_dedup(key, job_id)) is not None:
+            holder_id, claimed_at = holder
+            try:
+                existing = await self.jobs.get(holder_id)
+            except JobNotFound:
+                existing = None
+            if existing is not None and existing.state not in (
+                    jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
+                return existing
+            if existing is None and time.time() - claimed_at < CLAIM_STALE_SECONDS:
+                await asyncio.sleep(CLAIM_POLL_SECONDS)  # its creator is storing the source
+                continue
+            if await self.jobs.replace_dedup(key, holder_id, job_id):
+                return None
+        return None
+
+    def _check_budget(self, info: PdfInfo, options: jobs_pb2.JobOptions) -> Work:
+        """The job's pixels and tiles at its options; ResourceExhausted,
+        naming the limit, if over PLANZOOM_MAX_JOB_PIXELS or _TILES."""
+        work = plan_work(info.page_sizes, options.dpi, options.max_page_pixels,
+                         options.tile_size, options.overlap, self.s.max_page_side_pixels)
+        for what, amount, limit, name in (
+            ("pixels", work.pixels, self.s.max_job_pixels, "PLANZOOM_MAX_JOB_PIXELS"),
+            ("tiles", work.tiles, self.s.max_job_tiles, "PLANZOOM_MAX_JOB_TILES"),
+        ):
+            if amount > limit:
+                raise ResourceExhausted(
+                    f"at {options.dpi:g} DPI with {options.tile_size}-pixel tiles this job "
+                    f"makes {amount:,} {what}, more than the {limit:,} one job may ({name}); "
+                    "lower the DPI, use larger tiles, or split the set",
+                    reason="JOB_TOO_LARGE")
+        return work
+
     async def _create_job(self, spool: Spool, sha: str, plan: jobs_pb2.PlanRef,
                           options: jobs_pb2.JobOptions,
                           filename: str) -> ingest_pb2.SubmitJobResponse:
@@ -189,34 +236,28 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         options already have (deduplicated) or create it: store the source
         under its hash, store the record, publish one page job per page."""
         info = await self._inspect(spool.path)
-        dkey = dedup_key(plan, sha, options)
+        work = self._check_budget(info, options)
         job_id = new_job_id()
-        while (holder := await self.jobs.claim_dedup(dkey, job_id)) is not None:
-            try:
-                existing = await self.jobs.get(holder)
-            except JobNotFound:
-                existing = None  # a creation that never finished: take the claim over
-            if existing is not None and existing.state not in (
-                jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED
-            ):
-                log.info("duplicate submit", extra={"job_id": holder})
-                metrics.JOBS.labels("deduplicated").inc()
-                return ingest_pb2.SubmitJobResponse(job_id=holder, deduplicated=True,
-                                                    job=existing)
-            if await self.jobs.replace_dedup(dkey, holder, job_id):
-                break
+        existing = await self._claim(dedup_key(plan, sha, options), job_id)
+        if existing is not None:
+            log.info("duplicate submit", extra={"job_id": existing.job_id})
+            metrics.JOBS.labels("deduplicated").inc()
+            return ingest_pb2.SubmitJobResponse(job_id=existing.job_id, deduplicated=True,
+                                                job=existing)
 
         src_key = keys.source_key(plan, sha)
         if not await asyncio.to_thread(self.store.exists, src_key):
             await asyncio.to_thread(self.store.upload_file, spool.path, src_key,
                                     "application/pdf")
 
+        admitted = await self.admission.admit(plan.org, job_id, work.pixels)
         now = now_ts()
         job = jobs_pb2.Job(
             job_id=job_id, plan=plan, state=jobs_pb2.JOB_STATE_PENDING, options=options,
             source_key=src_key, source_sha256=sha, source_bytes=spool.size,
             source_name=os.path.basename(filename or "")[:255],
             total_pages=len(info.page_sizes),
+            planned_pixels=work.pixels, planned_tiles=work.tiles, queued=not admitted,
             tiles_prefix=keys.tiles_prefix(plan, job_id),
             manifest_key=keys.manifest_key(plan, job_id),
             created_at=now, updated_at=now,
@@ -226,11 +267,15 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 for i, (w, h) in enumerate(info.page_sizes)
             ],
         )
+        if admitted:
+            job.released_at.CopyFrom(now)
         await self.jobs.create(job)
-        # If this process stops part-way, the progress sweep publishes the
-        # pages still PENDING again (deduplicated by their message ids).
-        await publish_page_jobs(self.js, job, range(1, job.total_pages + 1))
-        metrics.JOBS.labels("created").inc()
-        log.info("job created", extra={"job_id": job_id, "pages": job.total_pages,
-                                       "sha256": sha, "bytes": spool.size})
+        if admitted:
+            # If this process stops part-way, the progress sweep publishes the
+            # pages still PENDING again (deduplicated by their message ids).
+            await self.queues.publish_page_jobs(job, range(1, job.total_pages + 1))
+        metrics.JOBS.labels("created" if admitted else "queued").inc()
+        log.info("job created" if admitted else "job queued: its org is at its quota",
+                 extra={"job_id": job_id, "pages": job.total_pages, "sha256": sha,
+                        "bytes": spool.size, "pixels": work.pixels})
         return ingest_pb2.SubmitJobResponse(job_id=job_id, deduplicated=False, job=job)

@@ -49,6 +49,7 @@ def ends_something(before: jobs_pb2.Job | None, after: jobs_pb2.Job) -> bool:
     """True if ``after`` is news a watcher waits for: a page ended (DONE or
     FAILED), or the job's state or stalled flag changed."""
     return (before is None or after.state != before.state
+            or after.finalizing != before.finalizing
             or after.completed_pages != before.completed_pages
             or after.failed_pages != before.failed_pages
             or after.stalled != before.stalled)

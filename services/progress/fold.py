@@ -9,6 +9,7 @@ if all are DONE, else FAILED with the failed pages' errors.
 
 from __future__ import annotations
 
+from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.errors import InvalidInput
 from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
@@ -45,6 +46,8 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     page.MergeFrom(ev.page)
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)
+    if page.state == jobs_pb2.PAGE_STATE_DONE and job.HasField("plan"):
+        page.dzi_key = keys.dzi_key(job.plan, job.job_id, n)  # derived, never reported
     if page.SerializeToString(deterministic=True) == before:
         return False
     job.stalled = False

@@ -1,7 +1,16 @@
 """Changes to job records: the progress service is their only writer after
-ingest creates them, and every change goes through :meth:`JobRecords.change`
-(compare-and-set on the KV revision, outputs written before a job's record
-turns terminal)."""
+ingest creates them, and every change goes through :meth:`JobRecords.change`.
+
+A change is a compare-and-set on the record's KV revision, retried on a
+fresh read while another writer gets in first. The change that ends a job
+(COMPLETE, FAILED or CANCELLED) stores it with ``finalizing`` set, and only
+the writer whose compare-and-set won then does the job's side effects, once
+and outside any retry: ``manifest.json`` written from that very record,
+``current.json`` moved, ``work/<job>/`` emptied, the org's queued jobs
+released. A last write clears ``finalizing`` (and starts the record's
+retention TTL); watchers end at that record. A writer that stops in between
+leaves a finalizing record, which the sweep finishes.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +20,16 @@ import time
 from collections.abc import Callable
 
 from planzoom import metrics
+from planzoom.admission import Admission
 from planzoom.clock import now_ts
-from planzoom.errors import FailedPrecondition
+from planzoom.errors import FailedPrecondition, InvalidInput
+from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
 from planzoom.messaging.worker import Delivery
 from planzoom.states import is_terminal, job_state_name
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.progress.fold import apply_event, pages_ended, settle
+from services.progress.fold import apply_event, settle
 from services.progress.outputs import write_outputs
 
 log = logging.getLogger(__name__)
@@ -26,64 +37,107 @@ log = logging.getLogger(__name__)
 #: ``change(job)`` edits a record in place and returns True if it changed it.
 Change = Callable[[jobs_pb2.Job], bool]
 
+#: The page states each stage may report; anything else in an event is
+#: refused (a stage cannot report another stage's work).
+STAGE_STATES = {
+    "render": {jobs_pb2.PAGE_STATE_RENDERING, jobs_pb2.PAGE_STATE_TILING,
+               jobs_pb2.PAGE_STATE_FAILED},
+    "tile": {jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED},
+}
+
 
 class JobEnded(FailedPrecondition):
     reason = "JOB_ENDED"
 
 
-class JobRecords:
-    """Job records in KV (``jobs``), their outputs in the bucket (``store``);
-    ended records expire after ``retention_seconds``."""
+class ForgedEvent(InvalidInput):
+    """A progress event whose subject, stage or payload do not agree."""
 
-    def __init__(self, jobs: JobStore, store: ObjectStore, retention_seconds: float):
-        self.jobs, self.store, self.retention_seconds = jobs, store, retention_seconds
+    reason = "FORGED_EVENT"
+
+
+def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
+    """The ProgressEvent of a message on ``progress.<stage>.<job_id>``, with
+    its job id and stage taken from the subject (which NATS permissions tie
+    to the publisher), not from the payload. Raises ForgedEvent if the
+    payload names another job or stage, or a state the stage may not
+    report."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[1] not in STAGE_STATES or not ID_PATTERN.fullmatch(parts[2]):
+        raise ForgedEvent(f"not a progress subject: {subject!r}")
+    _, stage, job_id = parts
+    ev = events_pb2.ProgressEvent.FromString(data)
+    if ev.job_id != job_id or ev.stage != stage:
+        raise ForgedEvent(f"an event on {subject} names job {ev.job_id!r}, stage {ev.stage!r}")
+    if ev.page.state not in STAGE_STATES[stage]:
+        raise ForgedEvent(f"{stage} may not report page state "
+                          f"{jobs_pb2.PageState.Name(ev.page.state)}")
+    ev.page.ClearField("dzi_key")  # keys are derived from the job, never taken
+    return ev
+
+
+class JobRecords:
+    """Job records in KV (``jobs``), their outputs in the bucket (``store``),
+    the orgs' quotas (``admission``); ended records expire after
+    ``retention_seconds``."""
+
+    def __init__(self, jobs: JobStore, store: ObjectStore, admission: Admission,
+                 retention_seconds: float):
+        self.jobs, self.store, self.admission = jobs, store, admission
+        self.retention_seconds = retention_seconds
 
     async def change(self, job_id: str, change: Change) -> jobs_pb2.Job:
-        """Apply ``change`` to the record with compare-and-set, again on a
-        fresh read while another writer gets in first. A job that ends gets
-        its outputs written before the terminal record is stored, and that
-        record expires after the retention period. Returns the record as
-        stored (or as read, if nothing changed). Raises JobNotFound, and
-        Conflict after CAS_ATTEMPTS lost races."""
+        """Apply ``change`` to the record with compare-and-set and, if that
+        ended the job, finalize it. Returns the record as it then stands.
+        Raises JobNotFound, and Conflict after CAS_ATTEMPTS lost races."""
+        job, ended = None, False
         async for attempt in compare_and_set():
             with attempt:
-                return await self._change_once(job_id, change)
-        raise AssertionError("unreachable")  # compare_and_set re-raises the last Conflict
+                job, ended = await self._change_once(job_id, change)
+        if ended:
+            job = await self.finalize(job)
+        return job
 
-    async def _change_once(self, job_id: str, change: Change) -> jobs_pb2.Job:
+    async def _change_once(self, job_id: str, change: Change) -> tuple[jobs_pb2.Job, bool]:
         job = await self.jobs.get(job_id)
-        was_terminal, were_ended = is_terminal(job), pages_ended(job)
-        settled = settle(job)  # an interim record left by a stopped writer
+        was_terminal = is_terminal(job)
+        settled = settle(job)
         if not (change(job) or settled):
-            return job
+            return job, False
         ended = is_terminal(job) and not was_terminal
-        if ended and pages_ended(job) and not were_ended:
-            # The last page: watchers hear of it now, in a record that is not
-            # terminal yet (writing the outputs takes a while); the terminal
-            # state follows. If this process stops in between, the
-            # redelivered event or the sweep settles the record.
-            interim = jobs_pb2.Job()
-            interim.CopyFrom(job)
-            interim.state = jobs_pb2.JOB_STATE_PROCESSING
-            interim.ClearField("finished_at")
-            interim.ClearField("error")
-            await self.jobs.update(interim)
-            job.revision = interim.revision
         if ended:
-            # Outputs first: a terminal record in KV means they are there.
-            await asyncio.to_thread(write_outputs, self.store, job)
-        await self.jobs.update(job, ttl=self.retention_seconds if is_terminal(job) else None)
-        if ended:
-            state = job_state_name(job.state)
-            metrics.JOBS.labels(state.lower()).inc()
-            log.info("job ended", extra={"job_id": job.job_id, "state": state,
-                                         "pages": job.total_pages, "failed": job.failed_pages})
+            job.finalizing = True
+        await self.jobs.update(job)
+        return job, ended
+
+    async def finalize(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
+        """The side effects of an ended job, then its final record (see the
+        module docstring). Idempotent: the sweep runs it again for a record
+        left finalizing."""
+        final = jobs_pb2.Job()
+        final.CopyFrom(job)
+        final.finalizing = False
+        await asyncio.to_thread(write_outputs, self.store, final)
+        for released in await self.admission.finish(job):
+            await self.admission.release(released)
+
+        def done(record: jobs_pb2.Job) -> bool:
+            if not record.finalizing:
+                return False
+            record.finalizing = False
+            return True
+
+        job = await self.jobs.change(job.job_id, done, ttl=self.retention_seconds)
+        state = job_state_name(job.state)
+        metrics.JOBS.labels(state.lower()).inc()
+        log.info("job ended", extra={"job_id": job.job_id, "state": state,
+                                     "pages": job.total_pages, "failed": job.failed_pages})
         return job
 
     async def on_event(self, data: bytes, delivery: Delivery) -> None:
         """Fold one ProgressEvent (a message of PLANZOOM_PROGRESS) into its
-        job's record."""
-        ev = events_pb2.ProgressEvent.FromString(data)
+        job's record; a forged one is refused (and dead-lettered)."""
+        ev = trusted_event(delivery.subject, data)
         await self.change(ev.job_id, lambda job: apply_event(job, ev))
         if ev.HasField("emitted_at"):
             metrics.UPDATE_LAG.observe(max(0.0, time.time() - ev.emitted_at.ToNanoseconds() / 1e9))
@@ -96,9 +150,9 @@ class JobRecords:
         ev = events_pb2.ProgressEvent(job_id=job_id, page=record, emitted_at=now_ts())
         await self.change(job_id, lambda job: apply_event(job, ev))
 
-    async def mark_done(self, job_id: str, records: list[jobs_pb2.PageRecord]) -> jobs_pb2.Job:
-        """Record pages found complete in S3 (``records``, DONE) that the
-        record missed, and flag the job ``reconciled``."""
+    async def mark_pages(self, job_id: str, records: list[jobs_pb2.PageRecord]) -> jobs_pb2.Job:
+        """Record outcomes the record missed (pages found DONE in S3, or
+        FAILED in the dead letters) and flag the job ``reconciled``."""
 
         def change(job: jobs_pb2.Job) -> bool:
             changed = False

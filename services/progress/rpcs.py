@@ -9,7 +9,7 @@ from planzoom.auth import require_org, visible
 from planzoom.errors import Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
-from planzoom.states import is_terminal
+from planzoom.states import is_final
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
@@ -63,7 +63,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         """The record, then each change, until a terminal record (viewer).
         UNAVAILABLE when the service stops (watch again to resume)."""
         job = await self._job(request.job_id)
-        if is_terminal(job):  # no feed needed for a job that has ended
+        if is_final(job):  # no feed needed for a job that has ended
             yield job
             return
         metrics.WATCHERS.inc()
@@ -72,7 +72,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
             # (one KV watcher per job in this process, whatever the streams).
             async with self.feeds.subscribe(request.job_id) as feed:
                 yield job
-                while not is_terminal(job):
+                while not is_final(job):
                     await feed.wait(job.revision)
                     if self.stopping.is_set():
                         raise Unavailable("the progress service is restarting; watch again "

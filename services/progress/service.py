@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from planzoom.admission import Admission, Quota
 from planzoom.backend import BackedService
 from planzoom.boundary import method_roles
 from planzoom.config import Settings
@@ -30,14 +31,15 @@ class Progress(BackedService):
 
     async def start(self) -> None:
         await self.connect()
-        self.records = JobRecords(self.jobs, self.store, self.s.job_retention_seconds)
-        self.sweeper = Sweeper(self.s, self.jobs, self.store, self.records, self.js)
+        admission = Admission(self.jobs, Quota.from_settings(self.s), self.queues)
+        self.records = JobRecords(self.jobs, self.store, admission, self.s.job_retention_seconds)
+        self.sweeper = Sweeper(self.s, self.jobs, self.store, self.records, admission, self.js)
         self.feeds = JobFeeds(self.kv, self.jobs)
         dead_letters = DeadLetters(self.js, self.records)
         self.workers = [
             PullWorker(self.js, stream, consumer, handle, concurrency=1,
                        ack_wait=topology.PROGRESS_ACK_WAIT_SECONDS,
-                       max_deliver=topology.PROGRESS_MAX_DELIVER)
+                       max_deliver=topology.PROGRESS_MAX_DELIVER, on_dead=self.unhealthy)
             for stream, consumer, handle in (
                 (topology.PROGRESS_STREAM, topology.PROGRESS_CONSUMER, self.records.on_event),
                 (topology.ADVISORY_STREAM, topology.ADVISORY_CONSUMER,

@@ -8,11 +8,11 @@ so a band-wise render matches a whole-page render pixel for pixel.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 
 from planzoom.errors import InvalidInput
+from planzoom.pages import MAX_SIDE_PIXELS, effective_dpi, raster_size
 from planzoom.procpool import sandbox_result
 
 # Pages are cached per worker process: consecutive pages of one set reuse the
@@ -38,24 +38,6 @@ class RenderResult:
     raster_bytes: int  # compressed bytes written
 
 
-def effective_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int) -> float:
-    """``dpi``, lowered if needed so ceil(w*dpi/72) * ceil(h*dpi/72) <= max_pixels.
-
-    The result is rounded down to 1/100 DPI so it prints and round-trips
-    exactly.
-    """
-
-    def pixels(d: float) -> int:
-        return math.ceil(width_pt * d / 72) * math.ceil(height_pt * d / 72)
-
-    if pixels(dpi) <= max_pixels:
-        return dpi
-    d = math.floor(72 * math.sqrt(max_pixels / (width_pt * height_pt)) * 100) / 100
-    while d > 0.01 and pixels(d) > max_pixels:
-        d = round(d - 0.01, 2)
-    return d
-
-
 def close_documents() -> None:
     """Close the documents this process keeps open between pages."""
     for doc in _doc_cache.values():
@@ -74,7 +56,7 @@ def _document(path: str):
 
 
 def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
-                out_path: str, band_bytes: int) -> RenderResult:
+                out_path: str, band_bytes: int, max_side: int = MAX_SIDE_PIXELS) -> RenderResult:
     """Render page ``page_number`` (1-based) of ``pdf_path`` to ``out_path``
     as one zstd frame of rows (RASTER_ENCODING_RAW_ZSTD): one grey sample per
     pixel if no pixel of the page has colour, else RGB.
@@ -95,10 +77,8 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         raise RenderFailed(f"PDFium could not load page {page_number}: {e}") from None
     try:
         width_pt, height_pt = page.get_size()
-        used_dpi = effective_dpi(width_pt, height_pt, dpi, max_pixels)
-        scale = used_dpi / 72
-        width = math.ceil(width_pt * scale)
-        height = math.ceil(height_pt * scale)
+        used_dpi = effective_dpi(width_pt, height_pt, dpi, max_pixels, max_side)
+        width, height = raster_size(width_pt, height_pt, used_dpi)
         bands = 3
         band_rows = max(1, min(height, band_bytes // (width * bands)))
         try:

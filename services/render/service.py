@@ -16,7 +16,6 @@ from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.errors import Timeout
 from planzoom.messaging import topology
-from planzoom.messaging.publishing import publish
 from planzoom.messaging.worker import Delivery
 from planzoom.procpool import ProcessPool, WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -47,7 +46,7 @@ class Render(PageStage):
         self.sources = SourceCache(self.store, self.tmp)
 
     async def release(self) -> None:
-        self.pool.close()
+        await self.pool.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
@@ -92,8 +91,7 @@ class Render(PageStage):
             width_px=result.width_px, height_px=result.height_px, bands=result.bands,
             dpi=result.dpi,
         )
-        await publish(self.js, topology.TILE_SUBJECT, tile_job.SerializeToString(),
-                      f"tile.{job.job_id}.{job.page}")
+        await self.queues.publish_tile_job(tile_job)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
         log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,
@@ -108,7 +106,7 @@ class Render(PageStage):
         try:
             return await self.pool.run(limit, render_page, pdf, job.page, job.options.dpi,
                                        job.options.max_page_pixels, out,
-                                       self.s.render_band_bytes)
+                                       self.s.render_band_bytes, self.s.max_page_side_pixels)
         except WorkerTimeout:
             page = (await self.jobs.get(job.job_id)).pages[job.page - 1]
             timeouts = page.render_timeouts + 1

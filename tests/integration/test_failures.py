@@ -13,10 +13,11 @@ import pytest
 
 from planzoom import keys
 from planzoom.clock import now_ts
+from planzoom.config import Settings
 from planzoom.ids import new_job_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import topology
-from planzoom.messaging.publishing import publish_page_jobs
+from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
 from tests.dzi_check import check_page
 from tests.helpers import list_keys, run_nats, wait_terminal, wait_until
@@ -168,7 +169,7 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
 
         async def hold_and_drop(js):
             # A stand-in worker that takes the page and dies without acking.
-            sub = await js.pull_subscribe_bind(durable=topology.TILE_CONSUMER,
+            sub = await js.pull_subscribe_bind(durable=f"{topology.TILE_CONSUMER}-acme",
                                                stream=topology.TILE_STREAM)
             deliveries = []
             for _ in range(MAX_DELIVER):
@@ -188,7 +189,7 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
 
     async def dead_letter(js):
         msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.tile.{resp.job_id}")
-        info = await js.consumer_info(topology.TILE_STREAM, topology.TILE_CONSUMER)
+        info = await js.consumer_info(topology.TILE_STREAM, f"{topology.TILE_CONSUMER}-acme")
         return events_pb2.DeadLetter.FromString(msg.data), info
 
     letter, info = run_nats(nats_url, dead_letter)
@@ -214,7 +215,8 @@ def test_cancel_job(corpus, stack, client, s3):
         stack.start_service("render")
 
     async def drained(js):
-        info = await js.consumer_info(topology.RENDER_STREAM, topology.RENDER_CONSUMER)
+        info = await js.consumer_info(topology.RENDER_STREAM,
+                                      f"{topology.RENDER_CONSUMER}-acme")
         return info.num_pending == 0 and info.num_ack_pending == 0
 
     nats_url = stack.env()["PLANZOOM_NATS_URL"]
@@ -255,7 +257,7 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
 
         async def lose_events(js):
             await js.purge_stream(topology.PROGRESS_STREAM,
-                                  subject=topology.progress_subject(resp.job_id))
+                                  subject=f"progress.*.{resp.job_id}")
 
         run_nats(stack.env()["PLANZOOM_NATS_URL"], lose_events)
     finally:
@@ -284,7 +286,9 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
     async def create_and_publish_page_1(js):
         kv = await js.key_value(topology.JOBS_BUCKET)
         await JobStore(js, kv, topology.JOBS_BUCKET).create(job)
-        return await publish_page_jobs(js, job, [1])
+        queues = WorkQueues(js, Settings(ack_wait_seconds=ACK_WAIT_SECONDS,
+                                         max_deliver=MAX_DELIVER))
+        return await queues.publish_page_jobs(job, [1])
 
     assert run_nats(stack.env()["PLANZOOM_NATS_URL"], create_and_publish_page_1) == [1]
     done = wait_terminal(client, job.job_id, timeout=180)

@@ -45,7 +45,7 @@ def test_mutated_pdfs_do_not_wedge_the_render_pool(corpus, tmp_path):
         try:
             await attempts()
         finally:
-            pool.close()
+            await pool.close()
 
     async def attempts() -> None:
         for i in range(36):

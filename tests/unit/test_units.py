@@ -15,11 +15,11 @@ import zstandard
 from planzoom import keys
 from planzoom.dzi import level_count, parse_dzi
 from planzoom.ids import InvalidId, check_id, new_job_id
+from planzoom.pages import effective_dpi
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.ingest.checks import describe_magic
 from services.progress.feeds import COALESCE_SECONDS, JobFeed
 from services.progress.fold import apply_event, pages_ended, settle
-from services.render.rasterize import effective_dpi
 from services.tile.pyramid import (
     JpegEncoder,
     RasterUnreadable,

@@ -1,0 +1,102 @@
+"""The render and tile work queues, one subject and one durable consumer per
+org in each stream, so that workers take work fairly across orgs
+(:class:`planzoom.messaging.worker.FairConsumers`):
+
+==================  =====================  =====================
+stream              subject                consumer
+==================  =====================  =====================
+PLANZOOM_RENDER     pages.render.<org>     render-<org>
+PLANZOOM_TILE       pages.tile.<org>       tile-<org>
+==================  =====================  =====================
+
+An org's consumers are created before anything is published for it (and a
+consumer idle for a day is removed by the server). ``max_ack_pending`` of
+each is the org's limit of pages in flight per stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from planzoom.config import Settings
+from planzoom.ids import check_id
+from planzoom.messaging.publishing import publish
+from planzoom.messaging.topology import (
+    RENDER_CONSUMER,
+    RENDER_STREAM,
+    TILE_CONSUMER,
+    TILE_STREAM,
+    ensure_consumer,
+)
+from planzoom.v1 import events_pb2, jobs_pb2
+
+#: A consumer unused this long is removed by the server.
+IDLE_CONSUMER_SECONDS = 24 * 3600
+#: An org's consumers are checked again after this long (they may have been
+#: removed as idle meanwhile).
+ENSURE_AGAIN_SECONDS = 600
+
+
+def render_subject(org: str) -> str:
+    return f"pages.render.{check_id('org', org)}"
+
+
+def tile_subject(org: str) -> str:
+    return f"pages.tile.{check_id('org', org)}"
+
+
+class WorkQueues:
+    """Publishing page jobs and tile jobs into the per-org work queues."""
+
+    def __init__(self, js: JetStreamContext, settings: Settings):
+        self.js, self.s = js, settings
+        self._ensured: dict[str, float] = {}
+
+    def _config(self, prefix: str, subject: str, org: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=f"{prefix}-{org}", filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.s.ack_wait_seconds, max_deliver=self.s.max_deliver,
+            max_ack_pending=self.s.org_max_pages_in_flight,
+            inactive_threshold=IDLE_CONSUMER_SECONDS)
+
+    async def ensure(self, org: str) -> None:
+        """Create the org's render and tile consumers if they are missing."""
+        if time.monotonic() - self._ensured.get(org, -1e9) < ENSURE_AGAIN_SECONDS:
+            return
+        await ensure_consumer(self.js, RENDER_STREAM,
+                              self._config(RENDER_CONSUMER, render_subject(org), org))
+        await ensure_consumer(self.js, TILE_STREAM,
+                              self._config(TILE_CONSUMER, tile_subject(org), org))
+        self._ensured[org] = time.monotonic()
+
+    async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
+        """Publish the PageJob of each of ``pages`` (1-based) of ``job``, built
+        from the job record alone, with Nats-Msg-Id ``render.<job_id>.<page>``:
+        the same page published again within the duplicate window of the
+        first is not stored again (JetStream keeps a work-queue message's id
+        for the whole window, acknowledged or not). Returns the pages actually
+        stored (the others were duplicates)."""
+        await self.ensure(job.plan.org)
+        subject, stored = render_subject(job.plan.org), []
+        for page in pages:
+            page_job = events_pb2.PageJob(
+                job_id=job.job_id, plan=job.plan, source_key=job.source_key,
+                source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
+                options=job.options,
+            )
+            if await publish(self.js, subject, page_job.SerializeToString(),
+                             f"render.{job.job_id}.{page}"):
+                stored.append(page)
+        return stored
+
+    async def publish_tile_job(self, tile_job: events_pb2.TileJob) -> None:
+        """Hand a rendered page to the tile stage (Nats-Msg-Id
+        ``tile.<job_id>.<page>``)."""
+        await self.ensure(tile_job.plan.org)
+        await publish(self.js, tile_subject(tile_job.plan.org), tile_job.SerializeToString(),
+                      f"tile.{tile_job.job_id}.{tile_job.page}")
