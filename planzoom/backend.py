@@ -48,7 +48,10 @@ class BackedService(Service):
             await asyncio.to_thread(self.store.ensure_bucket)
         self.nc = await connection.connect(self.s, self.name)
         self.js = self.nc.jetstream()
-        self.kv = await topology.ensure_jetstream(self.js, self.s)
+        if self.s.nats_setup:
+            self.kv = await topology.ensure_jetstream(self.js, self.s)
+        else:
+            self.kv = await self.js.key_value(topology.JOBS_BUCKET)
         self.jobs = JobStore(self.js, self.kv, topology.JOBS_BUCKET)
         self.queues = WorkQueues(self.js, self.s)
 

@@ -21,7 +21,13 @@ class Settings(BaseSettings):
 
     # Infrastructure
     nats_url: str = "nats://127.0.0.1:4222"
-    nats_creds_file: str | None = None  # NATS credentials file (JWT + nkey seed)
+    nats_creds_file: str | None = None  # NATS credentials file (JWT + nkey seed), or
+    nats_user: str | None = None  # a user and password (planzoom.messaging.permissions)
+    nats_password: str | None = None
+    #: Create or update streams, consumers and the KV bucket at start. Off
+    #: where services run with least-privilege users and
+    #: ``python -m planzoom.messaging.setup`` has done it once.
+    nats_setup: bool = True
     s3_endpoint_url: str | None = None  # None = AWS S3
     s3_region: str = "us-east-1"
     s3_bucket: str = "planzoom"

@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterator
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from planzoom.states import is_final, page_state_name
@@ -25,8 +27,26 @@ RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCEL
                              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
 
 
+#: How long :meth:`Client.submit` keeps coming back to a busy server.
+BUSY_RETRY_SECONDS = 300.0
+
+
 def _reconnectable(error: BaseException) -> bool:
     return isinstance(error, grpc.RpcError) and error.code() in RECONNECT_CODES
+
+
+def _retry_hint(error: BaseException) -> float:
+    """Seconds the server asked to wait before trying again (its RetryInfo
+    detail), or 0 if it did not ask."""
+    if not isinstance(error, grpc.RpcError) or error.code() not in (
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        return 0.0
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return 0.0
 
 
 def upload_requests(path: str, plan: jobs_pb2.PlanRef, options: jobs_pb2.JobOptions,
@@ -89,10 +109,18 @@ class Client:
         self._ingest_ch.close()
         self._progress_ch.close()
 
-    def submit(self, path: str, plan: jobs_pb2.PlanRef,
-               options: jobs_pb2.JobOptions) -> ingest_pb2.SubmitJobResponse:
-        return self.ingest.Upload(upload_requests(path, plan, options),
-                                  timeout=UPLOAD_TIMEOUT_SECONDS)
+    def submit(self, path: str, plan: jobs_pb2.PlanRef, options: jobs_pb2.JobOptions,
+               busy_for: float = BUSY_RETRY_SECONDS) -> ingest_pb2.SubmitJobResponse:
+        """Upload ``path`` as a job. When the server is busy and says when to
+        come back (a google.rpc.RetryInfo: too many uploads at once, no free
+        worker), try again after that long, for up to ``busy_for`` seconds."""
+        for attempt in Retrying(retry=retry_if_exception(_retry_hint),
+                                wait=lambda state: _retry_hint(state.outcome.exception()),
+                                stop=stop_after_delay(busy_for), reraise=True):
+            with attempt:
+                return self.ingest.Upload(upload_requests(path, plan, options),
+                                          timeout=UPLOAD_TIMEOUT_SECONDS)
+        raise AssertionError("unreachable")
 
     def get_job(self, job_id: str) -> jobs_pb2.Job:
         return self.progress.GetJob(jobs_pb2.GetJobRequest(job_id=job_id),

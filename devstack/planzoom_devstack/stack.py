@@ -11,6 +11,7 @@ run as ``python -m services.<name>``, exactly as in their images.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
+from planzoom.messaging import permissions
 from planzoom_devstack.issuer import DevIssuer
 
 SERVICES = ("ingest", "render", "tile", "progress")
@@ -106,6 +108,9 @@ class EmbeddedStack:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     #: gRPC address of each service process, by process name.
     addrs: dict[str, str] = field(default_factory=dict)
+    #: Password of each NATS user (made at the first start, kept across
+    #: restarts of the server).
+    nats_passwords: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -157,14 +162,50 @@ class EmbeddedStack:
             time.sleep(0.1)
         raise StackError(f"{name} not ready after {timeout:.0f} s:\n{self._log_tail(name)}")
 
+    def _nats_password(self, user: str) -> str:
+        if user not in self.nats_passwords:
+            self.nats_passwords[user] = secrets.token_urlsafe(24)
+        return self.nats_passwords[user]
+
+    def nats_credentials(self, service: str) -> dict[str, str]:
+        """Settings that connect as ``service``'s own NATS user."""
+        user = permissions.user_name(service)
+        return {"PLANZOOM_NATS_USER": user, "PLANZOOM_NATS_PASSWORD": self._nats_password(user),
+                "PLANZOOM_NATS_SETUP": "false"}
+
+    @property
+    def admin_nats_url(self) -> str:
+        """The NATS URL with the setup user, which may do anything (tests,
+        inspection)."""
+        user = permissions.SETUP_USER
+        return f"nats://{user}:{self._nats_password(user)}@127.0.0.1:{self.ports.nats}"
+
     def start_nats(self) -> None:
+        """nats-server with JetStream and planzoom's per-service users
+        (:func:`planzoom.messaging.permissions.users_conf`)."""
         store = self.data_dir / "jetstream"
         store.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "nats.conf"
+        conf.write_text(permissions.users_conf())
+        users = [permissions.SETUP_USER,
+                 *(permissions.user_name(s) for s in permissions.PUBLISH)]
         self._spawn("nats", [
-            nats_server_binary(), "-js", "-sd", str(store), "-a", "127.0.0.1",
+            nats_server_binary(), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1",
             "-p", str(self.ports.nats), "-m", str(self.ports.nats_monitor),
-        ])
+        ], {permissions.password_variable(u): self._nats_password(u) for u in users})
         self._wait("nats", lambda: port_open(self.ports.nats), 30)
+
+    def setup_jetstream(self) -> None:
+        """Create the streams, consumers and KV bucket as the setup user
+        (``python -m planzoom.messaging.setup``), as a cluster's init job."""
+        user = permissions.SETUP_USER
+        result = subprocess.run(
+            [sys.executable, "-m", "planzoom.messaging.setup"], capture_output=True, text=True,
+            env={**os.environ, **self.env(), "PLANZOOM_NATS_USER": user,
+                 "PLANZOOM_NATS_PASSWORD": self._nats_password(user)}, timeout=60)
+        if result.returncode:
+            raise StackError(f"JetStream setup failed:\n{result.stdout[-2000:]}"
+                             f"{result.stderr[-2000:]}")
 
     def start_s3(self) -> None:
         self._spawn("s3", [sys.executable, "-m", "planzoom_devstack.s3server", "-H", "127.0.0.1",
@@ -183,7 +224,8 @@ class EmbeddedStack:
             proc_name, port = f"{name}-{replica}", free_port()
         self.metrics_ports[proc_name] = free_port()
         self.addrs[proc_name] = f"127.0.0.1:{port}"
-        env = {**(env or {}), f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
+        env = {**self.nats_credentials(name), **(env or {}),
+               f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         argv = [sys.executable, "-m", f"services.{name}"]
         if name in ("render", "tile"):
@@ -228,6 +270,7 @@ class EmbeddedStack:
         (self.data_dir / "tmp").mkdir(exist_ok=True)
         try:
             self.start_nats()
+            self.setup_jetstream()
             self.start_s3()
             for name in SERVICES:
                 self.start_service(name)

@@ -10,13 +10,16 @@ import nats
 from nats.aio.client import Client as NATS
 
 from planzoom.config import Settings
+from planzoom.messaging.permissions import inbox_prefix
 
 log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, name: str) -> NATS:
     """Connect as ``planzoom-<name>`` with unlimited reconnects (a restarted
-    server is picked up) and the credentials file of the settings, if any."""
+    server is picked up), the credentials of the settings (a creds file, or
+    a user and password) and the service's own reply inbox prefix (see
+    :mod:`planzoom.messaging.permissions`)."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
@@ -24,6 +27,9 @@ async def connect(settings: Settings, name: str) -> NATS:
     return await nats.connect(
         settings.nats_url,
         user_credentials=settings.nats_creds_file,
+        user=settings.nats_user,
+        password=settings.nats_password,
+        inbox_prefix=inbox_prefix(name),
         name=f"planzoom-{name}",
         max_reconnect_attempts=-1,
         reconnect_time_wait=1,

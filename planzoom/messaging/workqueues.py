@@ -54,7 +54,7 @@ class WorkQueues:
 
     def __init__(self, js: JetStreamContext, settings: Settings):
         self.js, self.s = js, settings
-        self._ensured: dict[str, float] = {}
+        self._ensured: dict[tuple[str, str], float] = {}
 
     def _config(self, prefix: str, subject: str, org: str) -> ConsumerConfig:
         return ConsumerConfig(
@@ -64,15 +64,16 @@ class WorkQueues:
             max_ack_pending=self.s.org_max_pages_in_flight,
             inactive_threshold=IDLE_CONSUMER_SECONDS)
 
-    async def ensure(self, org: str) -> None:
-        """Create the org's render and tile consumers if they are missing."""
-        if time.monotonic() - self._ensured.get(org, -1e9) < ENSURE_AGAIN_SECONDS:
-            return
-        await ensure_consumer(self.js, RENDER_STREAM,
-                              self._config(RENDER_CONSUMER, render_subject(org), org))
-        await ensure_consumer(self.js, TILE_STREAM,
-                              self._config(TILE_CONSUMER, tile_subject(org), org))
-        self._ensured[org] = time.monotonic()
+    async def ensure(self, org: str, streams: tuple[str, ...] = (RENDER_STREAM, TILE_STREAM)
+                     ) -> None:
+        """Create the org's consumers on ``streams`` if they are missing."""
+        for stream in streams:
+            if time.monotonic() - self._ensured.get((stream, org), -1e9) < ENSURE_AGAIN_SECONDS:
+                continue
+            prefix, subject = ((RENDER_CONSUMER, render_subject(org)) if stream == RENDER_STREAM
+                               else (TILE_CONSUMER, tile_subject(org)))
+            await ensure_consumer(self.js, stream, self._config(prefix, subject, org))
+            self._ensured[(stream, org)] = time.monotonic()
 
     async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
         """Publish the PageJob of each of ``pages`` (1-based) of ``job``, built
@@ -97,6 +98,6 @@ class WorkQueues:
     async def publish_tile_job(self, tile_job: events_pb2.TileJob) -> None:
         """Hand a rendered page to the tile stage (Nats-Msg-Id
         ``tile.<job_id>.<page>``)."""
-        await self.ensure(tile_job.plan.org)
+        await self.ensure(tile_job.plan.org, (TILE_STREAM,))
         await publish(self.js, tile_subject(tile_job.plan.org), tile_job.SerializeToString(),
                       f"tile.{tile_job.job_id}.{tile_job.page}")

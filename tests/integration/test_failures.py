@@ -178,7 +178,7 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
             await sub.unsubscribe()
             return deliveries
 
-        nats_url = stack.env()["PLANZOOM_NATS_URL"]
+        nats_url = stack.admin_nats_url
         assert run_nats(nats_url, hold_and_drop) == list(range(1, MAX_DELIVER + 1))
     finally:
         # The server notices the exhausted deliveries when a worker pulls again.
@@ -219,7 +219,7 @@ def test_cancel_job(corpus, stack, client, s3):
                                       f"{topology.RENDER_CONSUMER}-acme")
         return info.num_pending == 0 and info.num_ack_pending == 0
 
-    nats_url = stack.env()["PLANZOOM_NATS_URL"]
+    nats_url = stack.admin_nats_url
     wait_until("render skipped the cancelled pages", lambda: run_nats(nats_url, drained))
     time.sleep(1)
     assert list_keys(s3, job.tiles_prefix) == [job.manifest_key], "pages were tiled"
@@ -259,7 +259,7 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
             await js.purge_stream(topology.PROGRESS_STREAM,
                                   subject=f"progress.*.{resp.job_id}")
 
-        run_nats(stack.env()["PLANZOOM_NATS_URL"], lose_events)
+        run_nats(stack.admin_nats_url, lose_events)
     finally:
         stack.start_service("progress")
     reconciled = client.reconcile(resp.job_id)
@@ -290,7 +290,7 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
                                          max_deliver=MAX_DELIVER))
         return await queues.publish_page_jobs(job, [1])
 
-    assert run_nats(stack.env()["PLANZOOM_NATS_URL"], create_and_publish_page_1) == [1]
+    assert run_nats(stack.admin_nats_url, create_and_publish_page_1) == [1]
     done = wait_terminal(client, job.job_id, timeout=180)
     _assert_complete(s3, corpus, RENOVATION, done)
     published = [x["pages"] for x in _log_lines(stack, "progress", job.job_id)
@@ -340,6 +340,6 @@ def test_ended_jobs_expire_from_kv(stack, client, corpus):
                 break
         return raw.headers or {}, expired
 
-    headers, expired = run_nats(stack.env()["PLANZOOM_NATS_URL"], ttl_header_and_expiry)
+    headers, expired = run_nats(stack.admin_nats_url, ttl_header_and_expiry)
     assert headers.get("Nats-TTL") in ("86400", "86400s", "24h0m0s"), headers
     assert expired

@@ -131,10 +131,10 @@ def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
     options = jobs_pb2.JobOptions(dpi=40)
     first = client.submit(str(corpus / SITEPLAN), plan, options)
     assert not first.deduplicated
-    seq = (_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"]))
+    seq = (_render_stream_last_seq(stack.admin_nats_url))
     second = client.submit(str(corpus / SITEPLAN), plan, options)
     assert second.deduplicated and second.job_id == first.job_id
-    assert (_render_stream_last_seq(stack.env()["PLANZOOM_NATS_URL"])) == seq, (
+    assert (_render_stream_last_seq(stack.admin_nats_url)) == seq, (
         "a duplicate submit published page jobs")
     assert [j.job_id for j in client.list_jobs(plan)] == [first.job_id]
     # Other options make another job.
@@ -194,7 +194,7 @@ def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
         msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.render.{job.job_id}")
         return events_pb2.DeadLetter.FromString(msg.data)
 
-    letter = run_nats(stack.env()["PLANZOOM_NATS_URL"], dead_letters)
+    letter = run_nats(stack.admin_nats_url, dead_letters)
     assert "no longer in the bucket" in letter.reason and letter.attempts == 1
     assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
     assert list_keys(s3, job.tiles_prefix.rsplit("/", 2)[0] + "/current.json") == []

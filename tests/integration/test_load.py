@@ -86,7 +86,7 @@ def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
         plan = jobs_pb2.PlanRef(org="acme", project="load", plan="held")
         job_id = client.submit(str(corpus / FILES[0][0]), plan,
                                jobs_pb2.JobOptions(dpi=33)).job_id
-        nats_url = stack.env()["PLANZOOM_NATS_URL"]
+        nats_url = stack.admin_nats_url
         pid = stack.procs["progress"].pid
 
         subject = f"$KV.{topology.JOBS_BUCKET}.{job_key(job_id)}"

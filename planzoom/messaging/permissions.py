@@ -1,0 +1,135 @@
+"""Each service's NATS identity: one user per service, allowed only the
+subjects it needs, and ``planzoom-setup``, which creates the streams,
+consumers and KV bucket before the services start.
+
+- Only ingest and progress write job records (``$KV.planzoom_jobs.>``);
+  render and tile may read them, never write.
+- Only ingest and progress publish page jobs (``pages.render.>``); only
+  render publishes tile jobs (``pages.tile.>``).
+- render may publish only ``progress.render.>``, tile only
+  ``progress.tile.>``: the progress service trusts the stage in the
+  subject (see services/progress/records.py).
+- Each user receives replies only on its own inbox prefix
+  (``_INBOX_<service>.>``), so no service can read another's replies.
+
+:func:`users_conf` renders this as a nats-server ``authorization`` block
+whose passwords are the server's environment variables
+``PLANZOOM_NATS_PASSWORD_<USER>`` (nats-server expands ``$VAR`` in its
+config). The embedded stack runs nats-server with it; the Helm chart's
+README gives the same block for the NATS chart.
+"""
+
+from __future__ import annotations
+
+from planzoom.messaging.topology import (
+    ADVISORY_CONSUMER,
+    ADVISORY_STREAM,
+    DLQ_STREAM,
+    JOBS_BUCKET,
+    PROGRESS_CONSUMER,
+    PROGRESS_STREAM,
+    RENDER_STREAM,
+    TILE_STREAM,
+)
+
+API = "$JS.API"
+KV_STREAM = f"KV_{JOBS_BUCKET}"
+SETUP_USER = "planzoom-setup"
+
+
+def inbox_prefix(service: str) -> str:
+    """The reply inbox prefix of a service's NATS connection."""
+    return f"_INBOX_{service}"
+
+
+def _kv_read() -> list[str]:
+    return [f"{API}.STREAM.INFO.{KV_STREAM}", f"{API}.DIRECT.GET.{KV_STREAM}.>",
+            f"{API}.DIRECT.GET.{KV_STREAM}", f"{API}.STREAM.MSG.GET.{KV_STREAM}"]
+
+
+def _kv_write() -> list[str]:
+    return [f"$KV.{JOBS_BUCKET}.>"]
+
+
+def _consume(stream: str, consumers: str) -> list[str]:
+    """Pull from ``consumers`` (a name or wildcard) of ``stream`` and settle."""
+    return [f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumers}",
+            f"{API}.CONSUMER.INFO.{stream}.{consumers}",
+            f"$JS.ACK.{stream}.{consumers}.>"]
+
+
+def _create_org_consumers(stream: str) -> list[str]:
+    return [f"{API}.CONSUMER.CREATE.{stream}.>", f"{API}.CONSUMER.DURABLE.CREATE.{stream}.*",
+            f"{API}.CONSUMER.INFO.{stream}.*"]
+
+
+#: Publish allow-lists, by service.
+PUBLISH: dict[str, list[str]] = {
+    "ingest": [
+        "pages.render.>", *_kv_read(), *_kv_write(),
+        *_create_org_consumers(RENDER_STREAM), *_create_org_consumers(TILE_STREAM),
+    ],
+    "render": [
+        "pages.tile.>", "progress.render.>", "deadletter.render.>", *_kv_read(),
+        *_consume(RENDER_STREAM, "*"), f"{API}.CONSUMER.LIST.{RENDER_STREAM}",
+        *_create_org_consumers(TILE_STREAM),
+    ],
+    "tile": [
+        "progress.tile.>", "deadletter.tile.>", *_kv_read(),
+        *_consume(TILE_STREAM, "*"), f"{API}.CONSUMER.LIST.{TILE_STREAM}",
+    ],
+    "progress": [
+        "pages.render.>", "deadletter.>", *_kv_read(), *_kv_write(),
+        # watching job records: ordered consumers on the KV stream
+        f"{API}.CONSUMER.CREATE.{KV_STREAM}.>", f"{API}.CONSUMER.CREATE.{KV_STREAM}",
+        f"{API}.CONSUMER.INFO.{KV_STREAM}.*", f"{API}.CONSUMER.DELETE.{KV_STREAM}.>",
+        "$JS.FC.>",
+        *_consume(PROGRESS_STREAM, PROGRESS_CONSUMER), *_consume(ADVISORY_STREAM,
+                                                                 ADVISORY_CONSUMER),
+        *_create_org_consumers(RENDER_STREAM), *_create_org_consumers(TILE_STREAM),
+        f"{API}.CONSUMER.LIST.{RENDER_STREAM}", f"{API}.CONSUMER.LIST.{TILE_STREAM}",
+        # MAX_DELIVERIES advisories: the page job they name
+        f"{API}.STREAM.MSG.GET.{RENDER_STREAM}", f"{API}.STREAM.MSG.GET.{TILE_STREAM}",
+        f"{API}.STREAM.MSG.DELETE.{RENDER_STREAM}", f"{API}.STREAM.MSG.DELETE.{TILE_STREAM}",
+        # the sweep: job ids, dead letters
+        f"{API}.STREAM.INFO.{DLQ_STREAM}", f"{API}.CONSUMER.CREATE.{DLQ_STREAM}",
+        f"{API}.CONSUMER.CREATE.{DLQ_STREAM}.>", f"{API}.CONSUMER.DELETE.{DLQ_STREAM}.>",
+        *_consume(DLQ_STREAM, "*"),
+    ],
+}
+
+#: Subscribe allow-lists beyond each service's own inbox: the work subjects
+#: a worker listens to, to be woken when work arrives.
+SUBSCRIBE: dict[str, list[str]] = {
+    "ingest": [], "render": ["pages.render.>"], "tile": ["pages.tile.>"], "progress": [],
+}
+
+
+def user_name(service: str) -> str:
+    return f"planzoom-{service}"
+
+
+def password_variable(user: str) -> str:
+    """The nats-server environment variable holding ``user``'s password."""
+    return "PLANZOOM_NATS_PASSWORD_" + user.removeprefix("planzoom-").upper()
+
+
+def users_conf() -> str:
+    """The nats-server ``authorization`` block for planzoom's users."""
+
+    def quoted(subjects: list[str]) -> str:
+        return "[" + ", ".join(f'"{s}"' for s in subjects) + "]"
+
+    entries = [f'    {{user: "{SETUP_USER}", password: ${password_variable(SETUP_USER)}}}']
+    for service, publish in PUBLISH.items():
+        subscribe = [f"{inbox_prefix(service)}.>", *SUBSCRIBE[service]]
+        entries.append(
+            f'    {{user: "{user_name(service)}", '
+            f"password: ${password_variable(user_name(service))},\n"
+            f"     permissions: {{publish: {{allow: {quoted(publish)}}},\n"
+            f"                   subscribe: {{allow: {quoted(subscribe)}}}}}}}")
+    return ("# planzoom's NATS users (planzoom/messaging/permissions.py). Passwords come\n"
+            "# from the server's environment: " + ", ".join(
+                "$" + password_variable(u) for u in
+                [SETUP_USER, *(user_name(s) for s in PUBLISH)]) + ".\n"
+            "authorization {\n  users = [\n" + ",\n".join(entries) + "\n  ]\n}\n")
