@@ -75,6 +75,7 @@ class PageStage(BackedService):
     stream: str
     consumer: str
     concurrency: int = 1  # pages handled at once
+    max_seconds: float | None = None  # one page's work, at most
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         raise NotImplementedError
@@ -88,6 +89,7 @@ class PageStage(BackedService):
             concurrency=self.concurrency, ack_wait=self.s.ack_wait_seconds,
             max_deliver=self.s.max_deliver, on_dead=self.unhealthy,
             source=FairConsumers(self.js, self.nc, self.stream, self.consumer, subjects),
+            max_seconds=self.max_seconds,
         )
         await self.worker.start()
 

@@ -197,6 +197,20 @@ class JobStore:
                 continue  # expired
         return jobs
 
+    async def use_upload(self, upload_id: str, ttl: float) -> bool:
+        """Mark a staged upload as submitted; False if it already was. The
+        mark expires after ``ttl`` seconds (after the upload's URL has)."""
+        try:
+            await self.js.publish(f"$KV.{self.bucket}.upload.{check_id('upload_id', upload_id)}",
+                                  b"submitted",
+                                  headers={"Nats-Expected-Last-Subject-Sequence": "0"},
+                                  msg_ttl=ttl)
+            return True
+        except APIError as e:
+            if e.err_code == WRONG_LAST_SEQUENCE:
+                return False
+            raise
+
     async def claim_dedup(self, key: str, job_id: str) -> tuple[str, float] | None:
         """Claim ``key`` for ``job_id``; None if claimed, else the job id that
         holds it and when it claimed it (epoch seconds)."""

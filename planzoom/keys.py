@@ -16,6 +16,8 @@ Page numbers are 1-based.
 
 from __future__ import annotations
 
+import re
+
 from planzoom.ids import check_id
 from planzoom.v1 import jobs_pb2
 
@@ -34,13 +36,28 @@ def source_key(plan: jobs_pb2.PlanRef, sha256_hex: str, suffix: str = "pdf") -> 
     return f"sources/{_plan_path(plan)}/{sha256_hex}.{suffix}"
 
 
+#: Where presigned uploads land before SubmitJob checks them.
+UPLOADS_PREFIX = "uploads/"
+
+
 def upload_prefix(plan: jobs_pb2.PlanRef) -> str:
-    """Where presigned PUTs for ``plan`` land before SubmitJob checks them."""
-    return f"uploads/{_plan_path(plan)}/"
+    """Where presigned uploads for ``plan`` land before SubmitJob checks them."""
+    return f"{UPLOADS_PREFIX}{_plan_path(plan)}/"
+
+
+#: An upload id: 32 hex digits (CreateUploadUrl makes them).
+UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def upload_key(plan: jobs_pb2.PlanRef, upload_id: str) -> str:
     return upload_prefix(plan) + check_id("upload", upload_id)
+
+
+def upload_id_of(plan: jobs_pb2.PlanRef, key: str) -> str | None:
+    """The upload id if ``key`` is exactly an upload key of ``plan``, else None."""
+    prefix = upload_prefix(plan)
+    upload_id = key[len(prefix):] if key.startswith(prefix) else ""
+    return upload_id if UPLOAD_ID.fullmatch(upload_id) else None
 
 
 def work_prefix(job_id: str) -> str:

@@ -28,6 +28,10 @@ S3_RETRIES = Counter("planzoom_s3_retries_total", "S3 request retries")
 #: RPCs refused or failed, by method and gRPC status code.
 RPC_ERRORS = Counter("planzoom_rpc_errors_total", "RPCs that ended with an error",
                      ["method", "code"])
+#: Page jobs waiting or in flight in each stage, over every org (the
+#: progress service exports them; KEDA scales render and tile on them).
+RENDER_QUEUE = Gauge("planzoom_render_queue_pages", "Page jobs waiting or rendering")
+TILE_QUEUE = Gauge("planzoom_tile_queue_pages", "Page jobs waiting or being tiled")
 #: Open WatchJob streams.
 WATCHERS = Gauge("planzoom_watchers", "Open WatchJob streams")
 #: From a stage emitting a progress event to the job record holding it, seconds.

@@ -97,6 +97,7 @@ class ObjectStore:
                 connect_timeout=10,
                 read_timeout=60,
                 s3={"addressing_style": "path"},
+                signature_version="s3v4",
             ),
         )
         metrics.count_s3_retries(self.client)
@@ -214,9 +215,24 @@ class ObjectStore:
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
         return len(keys)
 
-    def presigned_put(self, key: str, expires_seconds: int) -> str:
-        return self.client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=expires_seconds,
-        )
+    def presigned_post(self, key: str, content_type: str, min_bytes: int, max_bytes: int,
+                       expires_seconds: int) -> tuple[str, dict[str, str]]:
+        """A browser-based POST upload of exactly ``key``: the URL and the form
+        fields to send with the file (the file goes last, as field ``file``).
+        Its SigV4-signed policy binds the key, the Content-Type and
+        ``content-length-range`` [``min_bytes``, ``max_bytes``]; the store
+        refuses anything else (403). Source: S3 API reference, "Browser-based
+        uploads using POST"."""
+        post = self.client.generate_presigned_post(
+            self.bucket, key, Fields={"Content-Type": content_type},
+            Conditions=[{"Content-Type": content_type},
+                        ["content-length-range", min_bytes, max_bytes]],
+            ExpiresIn=expires_seconds)
+        return post["url"], post["fields"]
+
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, last modified as epoch seconds) of every object under ``prefix``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], obj["LastModified"].timestamp()

@@ -2,9 +2,10 @@
 and benchmarks.
 
 For each request it may answer ``503 SlowDown`` (the S3 throttling error),
-drop the connection without an answer (a reset), or add a fixed delay
-before forwarding to the upstream endpoint. Decisions come from a seeded
-random generator; counts are kept per outcome.
+drop the connection without an answer (a reset), hold it and never answer
+(a hang, for requests whose method and path match ``hang_match``), or add a
+fixed delay before forwarding to the upstream endpoint. Decisions come from
+a seeded random generator; counts are kept per outcome.
 
 Run alone: ``python -m planzoom.faultproxy --upstream http://127.0.0.1:9000
 --port 9001 --slowdown 0.1 --reset 0.05 --delay-ms 20``.
@@ -18,7 +19,7 @@ import random
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -40,14 +41,22 @@ class _Server(ThreadingHTTPServer):
 class FaultProxy:
     """``FaultProxy(upstream).start()``; then point clients at ``url``.
 
-    ``slowdown`` and ``reset`` are shares of requests (0..1); ``delay`` is
-    seconds added to every request. All three may be changed while running.
+    ``slowdown``, ``reset`` and ``hang`` are shares of requests (0..1; a
+    hang only for requests whose "METHOD /path" contains ``hang_match``);
+    ``delay`` is seconds added to every request. All may be changed while
+    running; a hung request is held, unanswered, until :meth:`release` or
+    the proxy stops (setting ``hang`` back to 0 only stops new ones).
     """
 
     def __init__(self, upstream: str, port: int = 0, *, slowdown: float = 0.0,
                  reset: float = 0.0, delay: float = 0.0, seed: int = 1):
         self.upstream = urlsplit(upstream)
         self.slowdown, self.reset, self.delay = slowdown, reset, delay
+        self.hang, self.hang_match = 0.0, ""
+        self._stopped = threading.Event()
+        self._released = threading.Event()
+        #: "METHOD /path" of the latest requests, as they arrive.
+        self.seen: deque[str] = deque(maxlen=10_000)
         self.counts: Counter[str] = Counter()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -64,18 +73,31 @@ class FaultProxy:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Let go of the requests held so far (their connections close)."""
+        self._released.set()
+        self._released = threading.Event()
+
     def stop(self) -> None:
+        self._stopped.set()
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
 
-    def _decide(self) -> str:
+    def _decide(self, request: str) -> str:
         with self._lock:
             r = self._random.random()
         if r < self.slowdown:
             return "slowdown"
         if r < self.slowdown + self.reset:
             return "reset"
+        if self.hang and self.hang_match in request and r < self.slowdown + self.reset + self.hang:
+            return "hang"
         return "forward"
+
+    def _hold(self) -> None:
+        """Answer nothing until :meth:`release` or the proxy stops."""
+        self._released.wait()
 
     def _upstream(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -109,11 +131,16 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                outcome = proxy._decide()
+                proxy.seen.append(f"{self.command} {self.path}")
+                outcome = proxy._decide(f"{self.command} {self.path}")
                 with proxy._lock:
                     proxy.counts[outcome] += 1
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if outcome == "hang":
+                    proxy._hold()
+                    self.close_connection = True
+                    return
                 if outcome == "reset":
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                b"\x01\x00\x00\x00\x00\x00\x00\x00")

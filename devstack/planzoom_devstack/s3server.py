@@ -7,6 +7,9 @@ response. planzoom only speaks S3 to it, so this serves moto's S3
 application directly (the one moto's dispatcher would pick) with waitress:
 a fixed pool of worker threads and keep-alive connections, the same S3 API
 and behaviour for a fraction of the CPU per request (docs/performance.md).
+moto stores any browser-based POST upload it gets; S3 and MinIO refuse one
+its policy does not allow, so this endpoint checks POST policies as they do
+(:mod:`planzoom_devstack.postpolicy`).
 
     python -m planzoom_devstack.s3server -H 127.0.0.1 -p 9000
 
@@ -21,6 +24,8 @@ import argparse
 import waitress
 from moto.moto_server.werkzeug_app import create_backend_app
 
+from planzoom_devstack.postpolicy import PostPolicy
+
 #: Open connections served at once. Every tile worker keeps up to
 #: ``PLANZOOM_UPLOAD_CONCURRENCY`` (32) keep-alive connections per upload
 #: process; waitress stops accepting beyond its limit (default 100), which
@@ -33,11 +38,15 @@ def main(argv: list[str] | None = None) -> None:
                                      description="moto's S3 API on one HTTP port")
     parser.add_argument("-H", "--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("-p", "--port", type=int, default=9000, help="TCP port")
+    parser.add_argument("--secret-key", default="planzoom-secret",
+                        help="the secret key that signs POST policies (checked here; "
+                             "moto itself accepts any)")
     parser.add_argument("--threads", type=int, default=8,
                         help="worker threads handling requests (moto holds the GIL "
                              "for most of a request, so more rarely help)")
     args = parser.parse_args(argv)
-    waitress.serve(create_backend_app("s3"), host=args.host, port=args.port,
+    app = PostPolicy(create_backend_app("s3"), args.secret_key)
+    waitress.serve(app, host=args.host, port=args.port,
                    threads=args.threads, connection_limit=CONNECTION_LIMIT,
                    asyncore_use_poll=True, ident="planzoom-s3", _quiet=True)
 

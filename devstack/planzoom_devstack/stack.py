@@ -209,7 +209,7 @@ class EmbeddedStack:
 
     def start_s3(self) -> None:
         self._spawn("s3", [sys.executable, "-m", "planzoom_devstack.s3server", "-H", "127.0.0.1",
-                           "-p", str(self.ports.s3)])
+                           "-p", str(self.ports.s3), "--secret-key", S3_SECRET_KEY])
         self._wait("s3", lambda: port_open(self.ports.s3), 60)
 
     def start_service(self, name: str, replica: int = 1, timeout: float = 60,

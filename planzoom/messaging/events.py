@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from nats.js import JetStreamContext
 
 from planzoom.clock import now_ts
 from planzoom.ids import ID_PATTERN
 from planzoom.messaging.publishing import publish, publish_retrying
-from planzoom.messaging.topology import LETTER_STREAMS, progress_subject
+from planzoom.messaging.topology import LETTER_STREAMS, PROGRESS_STREAM, progress_subject
 from planzoom.v1 import events_pb2, jobs_pb2
 
 
@@ -31,9 +33,14 @@ async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_
 async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int, data: bytes,
                       reason: str, attempts: int) -> None:
     """Keep a message that failed for good in PLANZOOM_DEAD_LETTERS, with
-    its job and page when its stream's message type names them."""
+    its job and page when its stream's message type names them (for a
+    progress event, the job its subject names: the payload may be forged)."""
     job_id, page, stage = "", 0, stream.removeprefix("PLANZOOM_").lower()
-    if stream in LETTER_STREAMS:
+    if stream == PROGRESS_STREAM:
+        stage, job_id = "progress", subject.rsplit(".", 1)[-1]
+        with contextlib.suppress(Exception):
+            page = events_pb2.ProgressEvent.FromString(data).page.page
+    elif stream in LETTER_STREAMS:
         message_type, stage = LETTER_STREAMS[stream]
         try:
             message = message_type.FromString(data)

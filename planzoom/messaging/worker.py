@@ -15,7 +15,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from planzoom import metrics
-from planzoom.errors import PlanzoomError
+from planzoom.errors import PlanzoomError, Timeout
 from planzoom.messaging.events import dead_letter
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,10 @@ class PullWorker:
     reports the page FAILED) if given, and terminates it; other errors nak it
     with exponential backoff (:func:`retry_delay`).
 
+    A handler still running after ``max_seconds`` is cancelled and the
+    message retried like any transient failure: in-progress heartbeats never
+    hold a stuck page forever.
+
     An error from a fetch, an ack, a nak or a term is logged and the loop
     goes on (the message comes back after its ack wait). If a loop ends for
     any other reason while the worker is not stopping, ``on_dead(reason)``
@@ -184,8 +188,9 @@ class PullWorker:
         max_deliver: int,
         on_dead: Callable[[str], None] | None = None,
         source: Consumer | FairConsumers | None = None,
+        max_seconds: float | None = None,
     ):
-        self.on_dead = on_dead
+        self.on_dead, self.max_seconds = on_dead, max_seconds
         self.source = source or Consumer(js, stream, durable)
         self.js, self.stream, self.durable = js, stream, durable
         self.handle, self.on_failure = handle, on_failure
@@ -257,10 +262,14 @@ class PullWorker:
             metrics.REDELIVERIES.labels(self.durable).inc()
         beat = asyncio.create_task(self._heartbeat(msg))
         try:
-            await self.handle(msg.data, delivery)
+            async with asyncio.timeout(self.max_seconds) as limit:
+                await self.handle(msg.data, delivery)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            if isinstance(e, TimeoutError) and limit.expired():
+                e = Timeout(f"the work took longer than {self.max_seconds:g} s",
+                            reason="WORK_TIMEOUT")
             await self._failed(msg, delivery, e)
         else:
             await msg.ack()

@@ -17,7 +17,14 @@ from planzoom.backend import BackedService
 from planzoom.boundary import method_roles
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.errors import InvalidInput, NotFound, PlanzoomError, ResourceExhausted, Timeout
+from planzoom.errors import (
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PlanzoomError,
+    ResourceExhausted,
+    Timeout,
+)
 from planzoom.ids import check_plan, new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.pages import Work, plan_work
@@ -30,6 +37,8 @@ from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
+#: The content type a presigned upload must declare.
+PDF_TYPE = "application/pdf"
 #: Bytes read from a staged upload at a time.
 READ_BYTES = 4 * 1024 * 1024
 #: A dedup claim whose job record has not appeared after this long belongs
@@ -122,16 +131,21 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                           retryable=False) from None
 
     async def CreateUploadUrl(self, request, context):
-        """A presigned URL to upload a large file to (uploader)."""
+        """A presigned POST upload for a large file (uploader): its policy
+        binds the key, the content type and the size (see ingest.proto)."""
         check_plan(request.plan)
         require_org(request.plan.org)
+        if request.size_bytes > self.s.max_upload_bytes:
+            raise UploadTooLarge(request.size_bytes, self.s.max_upload_bytes)
         key = keys.upload_key(request.plan, secrets.token_hex(16))
-        url = await asyncio.to_thread(
-            self.store.presigned_put, key, self.s.upload_url_expiry_seconds
-        )
+        low, high = ((request.size_bytes, request.size_bytes) if request.size_bytes
+                     else (1, self.s.max_upload_bytes))
+        url, fields = await asyncio.to_thread(
+            self.store.presigned_post, key, PDF_TYPE, low, high,
+            self.s.upload_url_expiry_seconds)
         return ingest_pb2.CreateUploadUrlResponse(
-            url=url, object_key=key, expires_in_seconds=self.s.upload_url_expiry_seconds
-        )
+            url=url, object_key=key, fields=fields,
+            expires_in_seconds=self.s.upload_url_expiry_seconds)
 
     async def SubmitJob(self, request, context):
         """A job for a file uploaded to a CreateUploadUrl URL (uploader)."""
@@ -139,15 +153,20 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             check_plan(request.plan)
             require_org(request.plan.org)
             options = resolve_options(request.options, self.s)
-            prefix = keys.upload_prefix(request.plan)
-            if not request.object_key.startswith(prefix) or not request.object_key[len(prefix):]:
-                raise InvalidInput(f"object_key must be a key returned by CreateUploadUrl for "
-                                   f"this plan (under {prefix})", field="object_key")
+            upload_id = keys.upload_id_of(request.plan, request.object_key)
+            if upload_id is None:
+                raise InvalidInput("object_key must be exactly a key CreateUploadUrl returned "
+                                   f"for this plan ({keys.upload_prefix(request.plan)}<id>)",
+                                   field="object_key")
             size = await asyncio.to_thread(self.store.size, request.object_key)
             if size is None:
-                raise NotFound(f"no uploaded object at {request.object_key}; PUT the file to "
+                raise NotFound(f"no uploaded object at {request.object_key}; POST the file to "
                                "the presigned URL first", reason="UPLOAD_NOT_FOUND")
             try:
+                if not await self.jobs.use_upload(upload_id,
+                                                  2 * self.s.upload_url_expiry_seconds):
+                    raise FailedPrecondition("this upload was submitted already; each upload "
+                                             "makes one job", reason="UPLOAD_USED")
                 if size > self.s.max_upload_bytes:
                     raise UploadTooLarge(size, self.s.max_upload_bytes)
                 with self.slots.hold(request.plan.org):

@@ -4,8 +4,9 @@ sweep, and ProgressService."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 
+from planzoom import metrics
 from planzoom.admission import Admission, Quota
 from planzoom.backend import BackedService
 from planzoom.boundary import method_roles
@@ -18,6 +19,11 @@ from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
 from services.progress.rpcs import ProgressRpcs
 from services.progress.sweep import Sweeper
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two exports of the queue depth gauges.
+QUEUE_METRICS_SECONDS = 5.0
 
 
 class Progress(BackedService):
@@ -48,7 +54,8 @@ class Progress(BackedService):
         ]
         for worker in self.workers:
             await worker.start()
-        self.sweep_task = asyncio.create_task(self.sweeper.run(self.stopping))
+        self.tasks = [asyncio.create_task(self.sweeper.run(self.stopping)),
+                      asyncio.create_task(self._export_queue_depth())]
 
     def register(self, server):
         rpcs = ProgressRpcs(self.jobs, self.records, self.sweeper, self.feeds, self.stopping)
@@ -62,8 +69,22 @@ class Progress(BackedService):
         # the events in hand are folded (acked) before the consumers stop.
         self.stopping.set()
         self.feeds.close()
-        self.sweep_task.cancel()
+        for task in self.tasks:
+            task.cancel()
         await asyncio.gather(*(w.stop(grace) for w in self.workers))
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.sweep_task
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.disconnect()
+
+    async def _export_queue_depth(self) -> None:
+        """Every QUEUE_METRICS_SECONDS: the page jobs waiting or in flight per
+        stage, summed over the orgs' consumers (what KEDA scales on)."""
+        while not self.stopping.is_set():
+            for stream, gauge in ((topology.RENDER_STREAM, metrics.RENDER_QUEUE),
+                                  (topology.TILE_STREAM, metrics.TILE_QUEUE)):
+                try:
+                    infos = await self.js.consumers_info(stream)
+                    gauge.set(sum((i.num_pending or 0) + (i.num_ack_pending or 0)
+                                  for i in infos))
+                except Exception as e:  # NATS away: the next round will tell
+                    log.warning("queue depth of %s unknown: %s", stream, e)
+            await asyncio.sleep(QUEUE_METRICS_SECONDS)

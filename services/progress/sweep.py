@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 #: (clock skew between hosts, one sweep period), so that a page job ingest
 #: did publish is never stored twice.
 REPUBLISH_WITHIN_SECONDS = DUPLICATE_WINDOW_SECONDS - 180
+#: A staged upload stays this long after its URL expired (a SubmitJob may be
+#: reading it).
+UPLOAD_GRACE_SECONDS = 600.0
 #: A record still finalizing this long after its last change was left by a
 #: writer that stopped; the sweep finalizes it.
 FINALIZE_AFTER_SECONDS = 30.0
@@ -178,3 +181,19 @@ class Sweeper:
                     await self.admission.release(job_id)
             except Exception:
                 log.exception("tidying an org's quota failed", extra={"org": org})
+        try:
+            await asyncio.to_thread(self._expire_uploads, now)
+        except Exception:
+            log.exception("removing expired uploads failed")
+
+    def _expire_uploads(self, now: float) -> None:
+        """Delete staged uploads (``uploads/``) whose presigned POST expired
+        before anyone submitted them (on AWS S3, a lifecycle rule on the
+        prefix does the same; docs/s3-policies.md)."""
+        cutoff = now - self.s.upload_url_expiry_seconds - UPLOAD_GRACE_SECONDS
+        stale = [key for key, modified in self.store.list_objects(keys.UPLOADS_PREFIX)
+                 if modified < cutoff]
+        for key in stale:
+            self.store.delete(key)
+        if stale:
+            log.info("expired uploads removed", extra={"count": len(stale)})

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: Times a page may run past PLANZOOM_RENDER_TIMEOUT_SECONDS before it fails
 #: for good (rather than being retried up to PLANZOOM_MAX_DELIVER times).
 MAX_RENDER_TIMEOUTS = 2
+#: What a page may spend, beyond PDFium, fetching its source and storing its
+#: raster.
+RENDER_IO_SECONDS = 600.0
 
 
 class Render(PageStage):
@@ -39,6 +42,8 @@ class Render(PageStage):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.concurrency = settings.render_concurrency
+        # PDFium's own limit, plus the source's download and the raster's upload.
+        self.max_seconds = settings.render_timeout_seconds + RENDER_IO_SECONDS
         self.pool = ProcessPool(settings.render_concurrency, settings.render_recycle_pages,
                                 memory_bytes=settings.worker_memory_bytes,
                                 queue_seconds=settings.render_timeout_seconds)

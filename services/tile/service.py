@@ -47,6 +47,7 @@ class Tile(PageStage):
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self.concurrency = settings.tile_concurrency
+        self.max_seconds = settings.tile_timeout_seconds
         self.uploads = UploadPool.from_settings(settings)
 
     async def release(self) -> None:

@@ -8,7 +8,10 @@ run in ``processes`` spawned children, each with ``threads`` threads; the
 tile worker only encodes and hands each tile's bytes over a pipe.
 
 A child that dies fails the uploads it held (``UploadFailed``, so the page
-is retried by redelivery) and is replaced; the other children go on.
+is retried by redelivery) and is replaced; the other children go on. So
+does a child holding an upload older than ``put_timeout`` seconds (a store
+that accepted the connection and never answered, a stopped process): a
+watchdog kills it, so that no page waits on a tile forever.
 """
 
 from __future__ import annotations
@@ -80,8 +83,9 @@ class _Child:
         self.process.start()
         self.started = time.monotonic()
         child_end.close()
-        self.pending: dict[int, Future] = {}
+        self.pending: dict[int, tuple[Future, float]] = {}  # task → (future, sent at)
         self.send_lock = threading.Lock()
+        self.overran = False  # killed by the watchdog
 
 
 class UploadPool:
@@ -90,13 +94,31 @@ class UploadPool:
     of ``settings``; ``credentials`` as for :class:`~planzoom.storage.ObjectStore`."""
 
     def __init__(self, settings: Settings, processes: int, threads: int,
-                 credentials: tuple[str, str] | None = None):
+                 credentials: tuple[str, str] | None = None, put_timeout: float = 120.0):
         self._child_args = (settings, credentials, threads)
         self._ctx = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._tasks = count()
         self._closed = False
+        self.put_timeout = put_timeout
         self._children = [self._start() for _ in range(processes)]
+        threading.Thread(target=self._watch, name="tile-upload-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Kill a child holding an upload older than ``put_timeout``; its
+        reader then fails what it held and starts another."""
+        while not self._closed:
+            time.sleep(min(1.0, self.put_timeout / 4))
+            now = time.monotonic()
+            with self._lock:
+                stuck = [c for c in self._children if not c.overran and any(
+                    now - sent > self.put_timeout for _, sent in c.pending.values())]
+                for child in stuck:
+                    child.overran = True
+            for child in stuck:
+                log.error("upload process %s held a tile upload for more than %.0f s; "
+                          "replacing it", child.process.pid, self.put_timeout)
+                child.process.kill()
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -105,7 +127,8 @@ class UploadPool:
         over ``PLANZOOM_UPLOAD_PROCESSES`` processes (rounded up)."""
         processes = settings.upload_processes
         return cls(settings, processes,
-                   threads_per_process(settings.upload_concurrency, processes), credentials)
+                   threads_per_process(settings.upload_concurrency, processes), credentials,
+                   put_timeout=settings.tile_put_timeout_seconds)
 
     def _start(self) -> _Child:
         child = _Child(self._ctx, self._child_args)
@@ -124,7 +147,9 @@ class UploadPool:
             if retries:
                 metrics.S3_RETRIES.inc(retries)
             with self._lock:
-                future = child.pending.pop(task)
+                future, _ = child.pending.pop(task, (None, 0))
+            if future is None:
+                continue
             if error is None:
                 future.set_result(None)
             else:
@@ -134,16 +159,16 @@ class UploadPool:
         if time.monotonic() - child.started < 5:
             time.sleep(1)  # one that cannot start (bad settings) is not respawned in a spin
         with self._lock:
-            lost, child.pending = list(child.pending.values()), {}
+            lost, child.pending = [f for f, _ in child.pending.values()], {}
             if not self._closed:
                 log.error("upload process %s ended (exit code %s) holding %d uploads; "
                           "starting another", child.process.pid, child.process.exitcode,
                           len(lost))
                 self._children[self._children.index(child)] = self._start()
+        why = (f"a tile upload took longer than {self.put_timeout:g} s" if child.overran
+               else f"the upload process ended (exit code {child.process.exitcode})")
         for future in lost:
-            future.set_exception(UploadFailed(
-                f"the upload process ended (exit code {child.process.exitcode}) "
-                "before this tile was stored"))
+            future.set_exception(UploadFailed(f"{why} before this tile was stored"))
 
     def pids(self) -> list[int]:
         """Process ids of the current upload processes."""
@@ -160,7 +185,7 @@ class UploadPool:
                 raise RuntimeError("the upload pool is closed")
             child = min(self._children, key=lambda c: len(c.pending))  # least loaded
             task = next(self._tasks)
-            child.pending[task] = future
+            child.pending[task] = (future, time.monotonic())
         try:
             with child.send_lock:
                 child.conn.send((task, key, data, content_type))

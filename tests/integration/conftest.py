@@ -20,6 +20,9 @@ ACK_WAIT_SECONDS = 6
 MAX_DELIVER = 3
 STALL_SECONDS = 8
 SWEEP_SECONDS = 2
+UPLOAD_IDLE_SECONDS = 3
+MAX_JOB_PIXELS = 50_000_000_000
+TILE_PUT_TIMEOUT_SECONDS = 5
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +50,9 @@ def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
             "PLANZOOM_MAX_DELIVER": str(MAX_DELIVER),
             "PLANZOOM_STALL_SECONDS": str(STALL_SECONDS),
             "PLANZOOM_SWEEP_SECONDS": str(SWEEP_SECONDS),
+            "PLANZOOM_UPLOAD_IDLE_SECONDS": str(UPLOAD_IDLE_SECONDS),
+            "PLANZOOM_MAX_JOB_PIXELS": str(MAX_JOB_PIXELS),
+            "PLANZOOM_TILE_PUT_TIMEOUT_SECONDS": str(TILE_PUT_TIMEOUT_SECONDS),
             "PLANZOOM_LOG_LEVEL": "INFO",
         },
     )

@@ -150,7 +150,8 @@ def test_presigned_upload_then_submit(corpus, client, s3):
                                         timeout=10)
     assert url.object_key.startswith("uploads/acme/presigned/renovation/")
     data = (corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf").read_bytes()
-    assert requests.put(url.url, data=data, timeout=30).status_code == 200
+    assert requests.post(url.url, data=dict(url.fields), timeout=30,
+                         files={"file": ("plan.pdf", data, "application/pdf")}).status_code == 204
     resp = client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(
         plan=plan, object_key=url.object_key, options=jobs_pb2.JobOptions(dpi=30)), timeout=60)
     assert resp.job.total_pages == 7
@@ -201,3 +202,39 @@ def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
     # The next job still goes through.
     ok = client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=31))
     assert wait_terminal(client, ok.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+
+
+def test_presigned_upload_is_bound_and_single_use(corpus, client, s3):
+    """The POST policy refuses another type, a larger body and another key;
+    an upload makes one job; an upload nobody submits is swept."""
+    plan = jobs_pb2.PlanRef(org="acme", project="presigned", plan="siteplan")
+    data = (corpus / SITEPLAN).read_bytes()
+    url = client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
+        plan=plan, size_bytes=len(data)), timeout=10)
+
+    def post(body: bytes, content_type: str = "application/pdf", **fields) -> int:
+        return requests.post(url.url, data={**dict(url.fields), **fields}, timeout=30,
+                             files={"file": ("plan.pdf", body, content_type)}).status_code
+
+    assert post(b"<html>" + data[6:], **{"Content-Type": "text/html"}) == 403
+    assert post(data + b"x" * 1000) == 403, "larger than the size the policy binds"
+    assert post(data, key=url.object_key + "-other") == 403
+    assert list_keys(s3, url.object_key) == [], "a refused POST stored nothing"
+    assert post(data) == 204
+    request = ingest_pb2.SubmitJobRequest(plan=plan, object_key=url.object_key,
+                                          options=jobs_pb2.JobOptions(dpi=20))
+    first = client.ingest.SubmitJob(request, timeout=60)
+    # The POST policy is still valid, so S3 takes the bytes again; planzoom
+    # does not take the upload again.
+    assert post(data) == 204
+    with pytest.raises(grpc.RpcError) as e:
+        client.ingest.SubmitJob(request, timeout=60)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "submitted already" in \
+        e.value.details()
+    assert list_keys(s3, url.object_key) == [], "the second copy is removed too"
+    for bad in (url.object_key + "/../x", url.object_key[:-1], url.object_key + "0"):
+        with pytest.raises(grpc.RpcError) as e:
+            client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(plan=plan, object_key=bad),
+                                    timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+    assert wait_terminal(client, first.job_id).state == jobs_pb2.JOB_STATE_COMPLETE

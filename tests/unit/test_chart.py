@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from planzoom.messaging import topology
+from planzoom import metrics
 from tests.conftest import ROOT
 
 CHART = ROOT / "deploy" / "k8s" / "planzoom"
@@ -102,26 +102,27 @@ def test_no_credentials_in_rendered_output():
             "items": [{"key": "nats.creds", "path": "nats.creds"}]}} in d["volumes"]
 
 
-def test_scaled_objects_target_the_real_stream_and_consumer():
+def test_scaled_objects_read_the_queue_depth_the_progress_service_exports():
     docs = render({})
     scaled = by_kind(docs, "ScaledObject")
-    expected = {
-        "pz-planzoom-render": (topology.RENDER_STREAM, topology.RENDER_CONSUMER),
-        "pz-planzoom-tile": (topology.TILE_STREAM, topology.TILE_CONSUMER),
-    }
+    expected = {"pz-planzoom-render": metrics.RENDER_QUEUE, "pz-planzoom-tile": metrics.TILE_QUEUE}
     assert sorted(scaled) == sorted(expected)
-    deployments = by_kind(docs, "Deployment")
+    deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
+    progress_metrics = {p["name"]: p["port"]
+                        for p in services["pz-planzoom-progress"]["spec"]["ports"]}
     for name, so in scaled.items():
         assert so["apiVersion"] == "keda.sh/v1alpha1"
         assert so["spec"]["scaleTargetRef"]["name"] == name and name in deployments
         assert 0 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"]
         (trigger,) = so["spec"]["triggers"]
-        assert trigger["type"] == "nats-jetstream"
+        assert trigger["type"] == "metrics-api"
         meta = trigger["metadata"]
-        assert (meta["stream"], meta["consumer"]) == expected[name]
-        assert meta["natsServerMonitoringEndpoint"] == "nats:8222"
+        assert meta["format"] == "prometheus"
+        assert meta["valueLocation"] == expected[name]._name, "the gauge the service exports"
+        assert meta["url"] == (f"http://pz-planzoom-progress.plans.svc:"
+                               f"{progress_metrics['metrics']}/metrics")
         assert all(isinstance(v, str) for v in meta.values()), "KEDA metadata are strings"
-        assert int(meta["lagThreshold"]) >= 1
+        assert int(meta["targetValue"]) >= 1
     # Ingest and progress scale on CPU; no HPA competes with KEDA.
     assert sorted(by_kind(docs, "HorizontalPodAutoscaler")) == [
         "pz-planzoom-ingest", "pz-planzoom-progress"]
