@@ -26,6 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from planzoom.messaging import permissions
+from planzoom_cli.client import channel
 from planzoom_devstack.issuer import DevIssuer
 
 SERVICES = ("ingest", "render", "tile", "progress")
@@ -238,7 +239,8 @@ class EmbeddedStack:
                                 reraise=True):
             with attempt:
                 self._spawn(proc_name, argv, env)
-                self._wait(proc_name, lambda: grpc_serving(f"127.0.0.1:{port}"), timeout)
+                self._wait(proc_name, lambda: grpc_serving(
+                    f"127.0.0.1:{port}", env.get("PLANZOOM_TLS_CA_FILE")), timeout)
         return proc_name
 
     def kill(self, name: str) -> None:
@@ -300,10 +302,11 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def grpc_serving(addr: str) -> bool:
-    """True if the gRPC health service at ``addr`` answers SERVING."""
+def grpc_serving(addr: str, ca_file: str | None = None) -> bool:
+    """True if the gRPC health service at ``addr`` answers SERVING (over
+    TLS checked against ``ca_file`` when given)."""
     try:
-        with grpc.insecure_channel(addr) as ch:
+        with channel(addr, ca_file=ca_file) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(),
                                                         timeout=1)
             return resp.status == health_pb2.HealthCheckResponse.SERVING

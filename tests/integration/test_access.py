@@ -125,3 +125,34 @@ def test_health_is_public_and_reflection_is_off(stack):
         with pytest.raises(grpc.RpcError) as e:
             list(stub.ServerReflectionInfo(iter([request]), timeout=10))
     assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_grpc_speaks_tls_when_a_certificate_is_configured(stack, tmp_path):
+    """A service given a certificate (here from a throwaway CA) serves TLS
+    only: a client that trusts the CA gets through, a plaintext one does not."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    key_file, cert_file, ca_file = (tmp_path / "key.pem", tmp_path / "cert.pem",
+                                    tmp_path / "ca.pem")
+    cert.private_key_pem.write_to_path(key_file)
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    ca.cert_pem.write_to_path(ca_file)
+    name = stack.start_service("ingest", replica=5, env={
+        "PLANZOOM_TLS_CERT_FILE": str(cert_file), "PLANZOOM_TLS_KEY_FILE": str(key_file),
+        "PLANZOOM_TLS_CA_FILE": str(ca_file)})
+    token = stack.token("acme", "viewer")
+    secure = Client(stack.addrs[name], stack.addrs[name], token=token, ca_file=str(ca_file))
+    plain = Client(stack.addrs[name], stack.addrs[name], token=token)
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            secure.ingest.GetJob(jobs_pb2.GetJobRequest(job_id="0" * 22), timeout=10)
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND, "the call went through, over TLS"
+        with pytest.raises(grpc.RpcError) as e:
+            plain.ingest.GetJob(jobs_pb2.GetJobRequest(job_id="0" * 22), timeout=5)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        secure.close()
+        plain.close()
+        stack.stop_service(name)

@@ -123,3 +123,35 @@ def test_client_that_stops_sending_hits_its_deadline(corpus, client, s3):
     # The service still takes the same upload.
     resp = client.submit(str(corpus / SEEDS[0]), plan, jobs_pb2.JobOptions(dpi=20))
     assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+
+
+def _probe_sandbox() -> dict:
+    """Runs in a worker: what it can see and reach."""
+    import os
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 22), timeout=1).close()
+        network = "reachable"
+    except PermissionError:
+        network = "refused"
+    except OSError as e:
+        network = f"other: {e}"
+    return {"secrets": sorted(k for k in os.environ if "AWS" in k or "NATS" in k
+                              or "SECRET" in k or "TOKEN" in k),
+            "network": network}
+
+
+def test_parser_workers_hold_no_credentials_and_reach_no_network(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "must-not-leak")
+    monkeypatch.setenv("PLANZOOM_NATS_PASSWORD", "must-not-leak")
+    pool = ProcessPool(workers=1, recycle_after=5, memory_bytes=1024**3)
+
+    async def run():
+        try:
+            return await pool.run(30, _probe_sandbox)
+        finally:
+            await pool.close()
+
+    seen = asyncio.run(run())
+    assert seen == {"secrets": [], "network": "refused"}

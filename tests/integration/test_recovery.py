@@ -228,3 +228,20 @@ def test_one_bad_object_does_not_stop_the_sweep(corpus, stack, client, s3):
     finally:
         stack.start_service("progress")
     assert wait_terminal(client, good.job_id, timeout=60).reconciled
+
+
+def test_a_page_that_runs_past_its_limit_twice_fails_for_good(corpus, stack, client):
+    """A render whose PDFium limit is 0.3 s: the page is tried twice, then
+    FAILED with why, instead of PLANZOOM_MAX_DELIVER tries of the limit."""
+    stack.stop_service("render")
+    name = stack.start_service("render", env={"PLANZOOM_RENDER_TIMEOUT_SECONDS": "0.3"})
+    try:
+        resp = _submit(client, corpus, SITEPLAN, "too-slow", 900)
+        job = wait_terminal(client, resp.job_id, timeout=120)
+    finally:
+        stack.stop_service(name)
+        stack.start_service("render")
+    assert job.state == jobs_pb2.JOB_STATE_FAILED
+    page = job.pages[0]
+    assert page.render_timeouts == 2 and "ran past 0.3 s 2 times" in page.error
+    assert page.attempts == 2 < MAX_DELIVER

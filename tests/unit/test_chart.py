@@ -169,3 +169,10 @@ def test_notes_tell_how_to_submit():
     with helm.Chart.load(str(CHART)) as chart:
         notes = chart.render({}, name="pz", namespace="plans")["planzoom/templates/NOTES.txt"]
     assert "planzoom submit" in notes and "grpcurl" in notes and "pz-planzoom-ingest" in notes
+
+
+def test_the_documented_nats_users_are_the_ones_the_stack_runs():
+    from planzoom.messaging.permissions import users_conf
+
+    readme = (CHART / "README.md").read_text()
+    assert users_conf() in readme, "deploy/k8s/planzoom/README.md has an old NATS users block"

@@ -275,3 +275,20 @@ def test_effective_dpi_caps_pixels():
     up = dpi + 0.01
     assert math.ceil(w * up / 72) * math.ceil(h * up / 72) > 400_000_000
     assert effective_dpi(2592, 1728, 300, 400_000_000) == 300
+
+
+def test_the_default_budget_takes_a_real_plan_set_and_refuses_amplification():
+    from planzoom.config import Settings
+    from planzoom.pages import plan_work
+
+    s = Settings()
+    sheets = plan_work([(36 * 72, 48 * 72)] * 500, 300, s.max_page_pixels, 256, 1)
+    assert sheets.pixels <= s.max_job_pixels and sheets.tiles <= s.max_job_tiles
+    bomb = plan_work([(14400, 14400)] * 2000, 1200, s.max_page_pixels, 64, 1)
+    assert bomb.tiles == 262_008_000 > s.max_job_tiles
+    from planzoom.pages import effective_dpi, raster_size
+
+    dpi = effective_dpi(14400, 72, 1200, s.max_page_pixels)  # a 200 x 1 in strip
+    width, height = raster_size(14400, 72, dpi)
+    assert width <= 65536 < raster_size(14400, 72, dpi + 0.01)[0], "the longest side is capped"
+    assert width * height <= s.max_page_pixels
