@@ -53,6 +53,19 @@ class PlanzoomError(Exception):
     reason: str = "INTERNAL"
     retryable: bool = False
 
+    def __init_subclass__(cls, code: grpc.StatusCode | None = None,
+                          retryable: bool | None = None, **kwargs):
+        """``class X(PlanzoomError, code=…, retryable=…)``: a kind of error
+        with its status code; its reason is the code's name unless the class
+        sets another."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+            if "reason" not in cls.__dict__:
+                cls.reason = code.name
+        if retryable is not None:
+            cls.retryable = retryable
+
     def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
                  retryable: bool | None = None, retry_after: float | None = None):
         super().__init__(message)
@@ -93,80 +106,50 @@ class PlanzoomError(Exception):
             code=getattr(code_pb2, self.code.name), message=self.message, details=details))
 
 
-class InvalidInput(PlanzoomError, ValueError):
+class InvalidInput(PlanzoomError, ValueError, code=grpc.StatusCode.INVALID_ARGUMENT):
     """The request or the file is wrong; sending it again will not help."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-    reason = "INVALID_ARGUMENT"
 
-
-class NotFound(PlanzoomError, LookupError):
+class NotFound(PlanzoomError, LookupError, code=grpc.StatusCode.NOT_FOUND):
     """What the request names does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
-    reason = "NOT_FOUND"
 
-
-class FailedPrecondition(PlanzoomError):
+class FailedPrecondition(PlanzoomError, code=grpc.StatusCode.FAILED_PRECONDITION):
     """The request is well formed but the state of things refuses it (an
     ended job, an encrypted file): change that state first."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    reason = "FAILED_PRECONDITION"
 
-
-class ResourceExhausted(PlanzoomError):
+class ResourceExhausted(PlanzoomError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """Over a limit or quota; the message names the limit."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    reason = "RESOURCE_EXHAUSTED"
+
+class Unauthenticated(PlanzoomError, code=grpc.StatusCode.UNAUTHENTICATED):
+    """No bearer token, or one that does not verify (expired, another
+    issuer or audience, a bad signature, no org or role)."""
 
 
-class Unauthenticated(PlanzoomError):
-    """No bearer token, or one that does not verify."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-    reason = "UNAUTHENTICATED"
-
-
-class PermissionDenied(PlanzoomError):
+class PermissionDenied(PlanzoomError, code=grpc.StatusCode.PERMISSION_DENIED):
     """A verified caller asked for what its org or role does not allow."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
-    reason = "PERMISSION_DENIED"
 
-
-class Unavailable(PlanzoomError):
+class Unavailable(PlanzoomError, code=grpc.StatusCode.UNAVAILABLE, retryable=True):
     """A dependency or the service itself cannot serve right now; retry
     with backoff."""
 
-    code = grpc.StatusCode.UNAVAILABLE
-    reason = "UNAVAILABLE"
-    retryable = True
 
-
-class Timeout(PlanzoomError):
+class Timeout(PlanzoomError, code=grpc.StatusCode.DEADLINE_EXCEEDED, retryable=True):
     """The work took longer than its limit."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "TIMEOUT"
-    retryable = True
 
 
-class Cancelled(PlanzoomError):
+class Cancelled(PlanzoomError, code=grpc.StatusCode.CANCELLED):
     """The work was cancelled (its job was)."""
 
-    code = grpc.StatusCode.CANCELLED
-    reason = "CANCELLED"
 
-
-class Internal(PlanzoomError):
+class Internal(PlanzoomError, code=grpc.StatusCode.INTERNAL, retryable=True):
     """Something of planzoom's own failed (a worker process died, an
     invariant broke). Retrying may help; the log has the details."""
-
-    code = grpc.StatusCode.INTERNAL
-    reason = "INTERNAL"
-    retryable = True
 
 
 def internal_status(error_id: str) -> grpc.Status:
