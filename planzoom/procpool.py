@@ -216,8 +216,9 @@ class ProcessPool:
                  queue_seconds: float = 60.0):
         self.workers, self.recycle_after = workers, recycle_after
         self.memory_bytes, self.queue_seconds = memory_bytes, queue_seconds
-        self._idle: asyncio.Queue[_Worker] | None = None
+        self._idle: list[_Worker] = []
         self._live = 0
+        self._freed = asyncio.Event()  # set (and replaced) whenever a worker is freed
         self._closed = False
 
     def _env(self) -> dict[str, str]:
@@ -234,28 +235,41 @@ class ProcessPool:
         return _Worker(process)
 
     async def _acquire(self) -> _Worker:
-        if self._idle is None:
-            self._idle = asyncio.Queue()
-        if self._idle.empty() and self._live < self.workers:
-            self._live += 1
+        """An idle worker, a new one if fewer than ``workers`` live, or the
+        next one freed (a worker back from a task, or room for a new one
+        after one was killed); WorkersBusy after ``queue_seconds``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_seconds
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._live < self.workers:
+                self._live += 1
+                try:
+                    return await self._spawn()
+                except BaseException:
+                    self._live -= 1
+                    self._wake()
+                    raise
             try:
-                return await self._spawn()
-            except BaseException:
-                self._live -= 1
-                raise
-        try:
-            return await asyncio.wait_for(self._idle.get(), self.queue_seconds)
-        except TimeoutError:
-            raise WorkersBusy(f"all {self.workers} worker processes stayed busy for "
-                              f"{self.queue_seconds:g} s; retry shortly",
-                              retry_after=5.0) from None
+                await asyncio.wait_for(self._freed.wait(), deadline - loop.time())
+            except TimeoutError:
+                raise WorkersBusy(f"all {self.workers} worker processes stayed busy for "
+                                  f"{self.queue_seconds:g} s; retry shortly",
+                                  retry_after=5.0) from None
+
+    def _wake(self) -> None:
+        freed, self._freed = self._freed, asyncio.Event()
+        freed.set()
 
     def _release(self, worker: _Worker, healthy: bool) -> None:
         worker.tasks += 1
         if healthy and not self._closed and worker.tasks < self.recycle_after:
-            self._idle.put_nowait(worker)
+            self._idle.append(worker)
+            self._wake()
             return
         self._live -= 1
+        self._wake()
         if worker.process.returncode is None:
             try:
                 worker.process.stdin.close()  # the worker ends when its stdin does
@@ -296,10 +310,8 @@ class ProcessPool:
         """Stop the idle workers (waiting up to ``timeout`` seconds for them
         to exit); busy ones stop when their task ends."""
         self._closed = True
-        idle = []
-        while self._idle is not None and not self._idle.empty():
-            worker = self._idle.get_nowait()
-            idle.append(worker)
+        idle, self._idle = self._idle, []
+        for worker in idle:
             self._release(worker, healthy=True)
         for worker in idle:
             if await _exit_code(worker, timeout) is None:

@@ -41,8 +41,9 @@ class _Server(ThreadingHTTPServer):
 class FaultProxy:
     """``FaultProxy(upstream).start()``; then point clients at ``url``.
 
-    ``slowdown``, ``reset`` and ``hang`` are shares of requests (0..1; a
-    hang only for requests whose "METHOD /path" contains ``hang_match``);
+    ``slowdown``, ``reset`` and ``hang`` are shares of the requests whose
+    "METHOD /path" contains ``match`` (0..1; all requests by default; the
+    others are forwarded and not counted);
     ``delay`` is seconds added to every request. All may be changed while
     running; a hung request is held, unanswered, until :meth:`release` or
     the proxy stops (setting ``hang`` back to 0 only stops new ones).
@@ -52,7 +53,7 @@ class FaultProxy:
                  reset: float = 0.0, delay: float = 0.0, seed: int = 1):
         self.upstream = urlsplit(upstream)
         self.slowdown, self.reset, self.delay = slowdown, reset, delay
-        self.hang, self.hang_match = 0.0, ""
+        self.hang, self.match = 0.0, ""
         self._stopped = threading.Event()
         self._released = threading.Event()
         #: "METHOD /path" of the latest requests, as they arrive.
@@ -84,14 +85,17 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
-    def _decide(self, request: str) -> str:
+    def _decide(self, request: str) -> str | None:
+        """The fault for this request, "forward", or None: not one of ours."""
+        if self.match not in request:
+            return None
         with self._lock:
             r = self._random.random()
         if r < self.slowdown:
             return "slowdown"
         if r < self.slowdown + self.reset:
             return "reset"
-        if self.hang and self.hang_match in request and r < self.slowdown + self.reset + self.hang:
+        if r < self.slowdown + self.reset + self.hang:
             return "hang"
         return "forward"
 
@@ -133,8 +137,9 @@ class FaultProxy:
                 body = self._body()
                 proxy.seen.append(f"{self.command} {self.path}")
                 outcome = proxy._decide(f"{self.command} {self.path}")
-                with proxy._lock:
-                    proxy.counts[outcome] += 1
+                if outcome is not None:
+                    with proxy._lock:
+                        proxy.counts[outcome] += 1
                 if proxy.delay:
                     time.sleep(proxy.delay)
                 if outcome == "hang":

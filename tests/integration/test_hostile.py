@@ -155,3 +155,26 @@ def test_parser_workers_hold_no_credentials_and_reach_no_network(monkeypatch):
 
     seen = asyncio.run(run())
     assert seen == {"secrets": [], "network": "refused"}
+
+
+def test_a_task_waiting_behind_an_overrun_gets_the_next_worker():
+    """One worker; a task that overruns its 1 s and one queued behind it: the
+    second starts on a new worker once the first is killed, long before its
+    queue limit."""
+    pool = ProcessPool(workers=1, recycle_after=5, queue_seconds=20)
+
+    async def run():
+        try:
+            slow = asyncio.create_task(pool.run(1, time.sleep, 30))
+            await asyncio.sleep(0.2)
+            t0 = time.monotonic()
+            queued = await pool.run(10, abs, -7)
+            waited = time.monotonic() - t0
+            with pytest.raises(WorkerTimeout):
+                await slow
+            return queued, waited
+        finally:
+            await pool.close()
+
+    result, waited = asyncio.run(run())
+    assert result == 7 and waited < 8, f"waited {waited:.1f} s for a worker"

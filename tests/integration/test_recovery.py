@@ -131,14 +131,14 @@ def test_a_tile_upload_that_never_finishes_is_retried(corpus, stack, client, s3,
     and the page is done again; then an upload process is stopped outright."""
     resp = _submit(client, corpus, RENOVATION, "never-answers", 60)
     s3_proxy.counts.clear()
-    s3_proxy.hang_match, s3_proxy.hang = "_files/", 0.01
+    s3_proxy.match, s3_proxy.hang = "_files/", 0.01
     try:
         wait_until("a tile PUT is held", lambda: s3_proxy.counts["hang"] >= 1, timeout=120,
                    interval=0.05)
         s3_proxy.hang = 0.0  # no new ones; the held one stays unanswered
         job = wait_terminal(client, resp.job_id, timeout=180)
     finally:
-        s3_proxy.hang = 0.0
+        s3_proxy.hang, s3_proxy.match = 0.0, ""
         s3_proxy.release()
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert any(p.attempts >= 2 for p in job.pages), "the held page was not done again"

@@ -85,11 +85,13 @@ def test_put_small_retries_slowdowns_and_resets(stack, s3, s3_proxy):
     prefix = f"test-uploads/{uuid.uuid4().hex}/"
     bodies = {f"{prefix}{i}.jpg": os.urandom(500) for i in range(40)}
     s3_proxy.counts.clear()
+    s3_proxy.match = prefix  # faults for these PUTs only, not the services' own requests
     s3_proxy.slowdown, s3_proxy.reset = 0.25, 0.1
     try:
         retries = sum(store.put_small(k, v, "image/jpeg") for k, v in bodies.items())
     finally:
         s3_proxy.slowdown = s3_proxy.reset = 0.0
+        s3_proxy.match = ""
     faults = s3_proxy.counts["slowdown"] + s3_proxy.counts["reset"]
     assert faults >= 5 and retries == faults, (retries, s3_proxy.counts)
     for key, body in bodies.items():
