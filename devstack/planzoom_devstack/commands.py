@@ -28,7 +28,7 @@ from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
 from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
 from planzoom_devstack.issuer import DevIssuer
-from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, StackError
+from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports, StackError
 
 tile_workers_option = click.option(
     "--tile-workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -36,11 +36,13 @@ tile_workers_option = click.option(
          "processes).")
 
 
-def start_stack(data_dir: Path | None, tile_workers: int) -> EmbeddedStack:
-    """Start the embedded stack in ``data_dir`` (default: a new temp dir);
-    exit with status 2, saying which part failed, if it does not come up."""
+def start_stack(data_dir: Path | None, tile_workers: int,
+                ports: Ports | None = None) -> EmbeddedStack:
+    """Start the embedded stack in ``data_dir`` (default: a new temp dir) on
+    ``ports`` (default: the documented fixed ones); exit with status 2,
+    saying which part failed, if it does not come up."""
     data = data_dir or Path(tempfile.mkdtemp(prefix="planzoom-stack-"))
-    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers)
+    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers, ports=ports or Ports())
     with console.status("starting NATS JetStream, the S3 endpoint and the four services…"):
         try:
             stack.start()
@@ -109,7 +111,9 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
     plan_id = re.sub(r"[^A-Za-z0-9_-]", "-", pdf.stem)[:64].strip("-_") or "plan"
     plan = jobs_pb2.PlanRef(org="demo", project="demo", plan=plan_id)
     started = time.monotonic()
-    stack = start_stack(None, tile_workers)
+    # Ports nobody listens on: the demo's result is the exported folder, so
+    # it need not collide with a `planzoom up` already running.
+    stack = start_stack(None, tile_workers, Ports.free())
     env = stack.env()
     client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
                     token=stack.token(plan.org, "uploader"))
