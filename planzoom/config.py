@@ -104,6 +104,20 @@ class Settings(BaseSettings):
     stall_seconds: float = Field(600.0, gt=0)  # no report this long: the job is "stalled"
     sweep_seconds: float = Field(60.0, gt=0)  # reconcile + stall check period
 
+    # HTTP gateway (services/gateway)
+    gateway_addr: str = "127.0.0.1:8080"  # host:port it listens on
+    #: Signs the gateway's short-lived links (tiles, downloads) for clients
+    #: that cannot send a bearer token. Every replica needs the same key;
+    #: unset, each process makes its own (links then work only on it).
+    gateway_signing_key: str | None = None
+    gateway_link_seconds: int = Field(900, ge=10, le=7 * 24 * 3600)  # lifetime of a signed link
+    gateway_cors_origins: list[str] = ["*"]  # origins whose pages may call the API
+    gateway_rate_per_second: int = Field(200, ge=1)  # requests per second per caller
+    gateway_max_body_bytes: int = Field(64 * 1024, ge=1024)  # JSON request bodies
+    #: Tiles answered with a redirect to a presigned S3 GET instead of the bytes.
+    gateway_tile_redirect: bool = False
+    gateway_cache_seconds: int = Field(365 * 24 * 3600, ge=0)  # max-age of tiles and .dzi
+
     log_level: str = "INFO"
 
 

@@ -186,6 +186,28 @@ class ObjectStore:
                 raise ObjectNotFound(key) from None
             raise
 
+    def get_if_changed(self, key: str, etag: str | None) -> tuple[bytes | None, str, str]:
+        """(bytes, ETag, Content-Type) of ``key``; bytes are None when the
+        object's ETag is still ``etag`` (S3 answered 304 Not Modified to
+        ``If-None-Match``). Raises ObjectNotFound."""
+        extra = {"IfNoneMatch": etag} if etag else {}
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        except ClientError as e:
+            if _missing(e):
+                raise ObjectNotFound(key) from None
+            if e.response.get("Error", {}).get("Code") in ("304", "NotModified"):
+                return None, etag or "", ""
+            raise
+        with obj["Body"] as body:
+            return body.read(), obj["ETag"], obj.get("ContentType", "")
+
+    def presigned_get(self, key: str, expires_seconds: int) -> str:
+        """A URL that GETs ``key`` without credentials until it expires
+        (SigV4 query authentication)."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds)
+
     def upload_file(self, path: str, key: str, content_type: str) -> None:
         """Upload a local file, as a multipart upload above 16 MiB."""
         self.client.upload_file(

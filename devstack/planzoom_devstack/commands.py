@@ -65,6 +65,7 @@ def up(data_dir, tile_workers):
     table.add_row("S3 endpoint (bucket planzoom)", env["PLANZOOM_S3_ENDPOINT_URL"])
     for name in ("ingest", "progress", "render", "tile"):
         table.add_row(f"{name} (gRPC)", env[f"PLANZOOM_{name.upper()}_ADDR"])
+    table.add_row("gateway (HTTP API, /docs)", stack.gateway_url)
     console.print(table)
     console.print(f"logs in {stack.log_dir}; try:\n"
                   "  export PLANZOOM_TOKEN=$(planzoom token --org o)\n"

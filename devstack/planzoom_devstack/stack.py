@@ -18,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+import urllib.request
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
@@ -69,10 +70,11 @@ class Ports:
     progress: int = 50052
     render: int = 50053
     tile: int = 50054
+    gateway: int = 8080  # HTTP
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(7)))
+        return cls(**{f.name: free_port() for f in fields(cls)})
 
 
 def loopback_env(ports: Ports, bucket: str) -> dict[str, str]:
@@ -85,6 +87,7 @@ def loopback_env(ports: Ports, bucket: str) -> dict[str, str]:
         "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{ports.progress}",
         "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{ports.render}",
         "PLANZOOM_TILE_ADDR": f"127.0.0.1:{ports.tile}",
+        "PLANZOOM_GATEWAY_ADDR": f"127.0.0.1:{ports.gateway}",
         "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -112,6 +115,8 @@ class EmbeddedStack:
     #: Password of each NATS user (made at the first start, kept across
     #: restarts of the server).
     nats_passwords: dict[str, str] = field(default_factory=dict)
+    #: Signs the gateway's links (kept across its restarts).
+    link_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
     @property
     def log_dir(self) -> Path:
@@ -243,6 +248,20 @@ class EmbeddedStack:
                     f"127.0.0.1:{port}", env.get("PLANZOOM_TLS_CA_FILE")), timeout)
         return proc_name
 
+    @property
+    def gateway_url(self) -> str:
+        """The HTTP gateway's base URL (no trailing slash)."""
+        return f"http://127.0.0.1:{self.ports.gateway}"
+
+    def start_gateway(self, timeout: float = 60, env: dict[str, str] | None = None) -> None:
+        """Start the HTTP gateway and wait until ``/readyz`` answers 200."""
+        env = {"PLANZOOM_GATEWAY_SIGNING_KEY": self.link_key,
+               "PLANZOOM_METRICS_PORT": str(self.metrics_ports.setdefault("gateway",
+                                                                          free_port())),
+               **(env or {})}
+        self._spawn("gateway", [sys.executable, "-m", "services.gateway"], env)
+        self._wait("gateway", lambda: http_ready(f"{self.gateway_url}/readyz"), timeout)
+
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack, as a crash would."""
         self.stop_service(name, sig=signal.SIGKILL)
@@ -278,6 +297,7 @@ class EmbeddedStack:
                 self.start_service(name)
             for replica in range(2, self.tile_workers + 1):
                 self.start_service("tile", replica=replica)
+            self.start_gateway()
         except BaseException:
             self.stop()
             raise
@@ -300,6 +320,16 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def http_ready(url: str) -> bool:
+    """True if ``url`` answers 200."""
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(url, timeout=1) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def grpc_serving(addr: str, ca_file: str | None = None) -> bool:

@@ -1,0 +1,130 @@
+"""Who is calling the gateway, and how often.
+
+A request carries either ``Authorization: Bearer <JWT>`` (verified here with
+:class:`planzoom.auth.TokenVerifier`, the same issuer keys the gRPC services
+use, and forwarded to them, which check it again) or, on tile, descriptor
+and download routes, ``?cap=<signed link>``: a capability the gateway minted
+for one job (``GET /v1/jobs/{id}/links``) for clients that cannot send
+headers (an ``<img>``, a download link). Links are signed with
+``PLANZOOM_GATEWAY_SIGNING_KEY`` (itsdangerous, HMAC-SHA256 over a JSON
+payload with a timestamp) and expire after ``PLANZOOM_GATEWAY_LINK_SECONDS``.
+
+Each caller (org and subject; an unauthenticated client by address) may make
+``PLANZOOM_GATEWAY_RATE_PER_SECOND`` requests a second (``limits``, a moving
+window in this process); beyond that: 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+import itsdangerous
+from fastapi import Request
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from planzoom.auth import ROLES, Caller, TokenVerifier
+from planzoom.config import Settings
+from planzoom.errors import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a signed link grants: reading one job's outputs."""
+
+    job_id: str
+    org: str
+    tiles_prefix: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Access:
+    """A request's verified identity: a bearer token's caller (and the
+    header, to forward upstream), or a signed link."""
+
+    caller: Caller
+    authorization: str | None = None
+    link: Link | None = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC call metadata that carries the caller's token upstream."""
+        if self.authorization is None:
+            raise Unauthenticated("this route needs 'Authorization: Bearer <token>'; a signed "
+                                  "link is not enough")
+        return (("authorization", self.authorization),)
+
+
+class Gatekeeper:
+    """Verifies tokens and signed links and applies the per-caller rate."""
+
+    def __init__(self, settings: Settings, verifier: TokenVerifier | None = None):
+        self.verifier = verifier or TokenVerifier(settings)
+        key = settings.gateway_signing_key
+        if not key:
+            key = secrets.token_urlsafe(32)
+            log.warning("PLANZOOM_GATEWAY_SIGNING_KEY is not set: signed links work only on "
+                        "this gateway process and end with it")
+        self.links = itsdangerous.URLSafeTimedSerializer(key, salt="planzoom-link")
+        self.link_seconds = settings.gateway_link_seconds
+        self.rate = RateLimitItemPerSecond(settings.gateway_rate_per_second)
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def sign(self, link: Link) -> tuple[str, float]:
+        """A signed link and its expiry (Unix seconds)."""
+        token = self.links.dumps({"j": link.job_id, "o": link.org, "p": link.tiles_prefix,
+                                  "s": link.subject})
+        return token, time.time() + self.link_seconds
+
+    def _link(self, cap: str) -> Link:
+        try:
+            data = self.links.loads(cap, max_age=self.link_seconds)
+        except itsdangerous.SignatureExpired:
+            raise Unauthenticated("this link has expired; ask for a new one "
+                                  "(GET /v1/jobs/{job_id}/links)", reason="LINK_EXPIRED") from None
+        except itsdangerous.BadData:
+            raise Unauthenticated("this link is not valid", reason="BAD_LINK") from None
+        return Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"], subject=data["s"])
+
+    def _throttle(self, key: str) -> None:
+        if not self.limiter.hit(self.rate, key):
+            raise ResourceExhausted(
+                f"more than {self.rate.amount} requests a second from this caller; slow down",
+                reason="RATE_LIMITED", retry_after=1.0)
+
+    def check(self, request: Request, role: str, allow_link: bool = False,
+              job_id: str | None = None) -> Access:
+        """The request's :class:`Access`, if it may act with ``role``.
+
+        A signed link (``?cap=``) counts where ``allow_link`` is set, as a
+        viewer of its own job (``job_id``) only: another job is 404, as if
+        it did not exist. Raises Unauthenticated (401), PermissionDenied
+        (403), NotFound (404) or ResourceExhausted (429)."""
+        header = request.headers.get("authorization")
+        cap = request.query_params.get("cap") if allow_link else None
+        if header is None and cap is None:
+            client = request.client.host if request.client else "unknown"
+            self._throttle(f"anonymous:{client}")
+            raise Unauthenticated("send 'Authorization: Bearer <token>'" +
+                                  (" or a signed link (?cap=)" if allow_link else ""))
+        if header is not None:
+            caller = self.verifier.verify(header)
+            access = Access(caller=caller, authorization=header)
+        else:
+            link = self._link(cap)
+            if job_id is not None and link.job_id != job_id:
+                raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            access = Access(Caller(subject=link.subject, org=link.org, role=ROLES[0]),
+                            link=link)
+        self._throttle(f"{access.caller.org}:{access.caller.subject}")
+        if not access.caller.may(role):
+            raise PermissionDenied(f"{access.caller.subject} is a {access.caller.role}; this "
+                                   f"needs the {role} role")
+        return access

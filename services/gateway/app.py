@@ -1,0 +1,144 @@
+"""The gateway's application and process: :func:`create_app` builds the
+FastAPI app (routes, RFC 9457 errors, CORS, body limit, health), :func:`run`
+serves it with uvicorn on ``PLANZOOM_GATEWAY_ADDR`` until SIGTERM.
+
+The OpenAPI document is at ``/openapi.json``, its reading at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from planzoom.config import Settings, get_settings
+from planzoom.logs import setup_logging
+from planzoom.metrics import serve_metrics
+from planzoom.storage import ObjectStore
+from services.gateway import jobs, problems, tiles
+from services.gateway.access import Gatekeeper
+from services.gateway.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """What the routes share (``request.app.state.gateway``)."""
+
+    settings: Settings
+    gatekeeper: Gatekeeper
+    upstream: Upstream
+    store: ObjectStore
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is refused with
+    413 (by its Content-Length before it is read, or as soon as a chunked
+    body passes the limit)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or ())
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refuse(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send):
+        request = Request(scope, receive)
+        response = problems.problem(request, 413, f"the request body is over {self.limit:,} "
+                                    "bytes", "BODY_TOO_LARGE")
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The gateway's FastAPI application for ``settings`` (default: from
+    the environment). Its lifespan opens the gRPC channels and the bucket
+    client and closes them at shutdown."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        upstream = Upstream(settings)
+        app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream,
+                                    ObjectStore(settings))
+        try:
+            yield
+        finally:
+            await upstream.close()
+
+    app = FastAPI(title="planzoom gateway", version="1",
+                  summary="Construction plan sets as Deep Zoom images: jobs, live progress, "
+                          "tiles.", lifespan=lifespan)
+    problems.install(app)
+    app.include_router(jobs.router)
+    app.include_router(tiles.router)
+
+    @app.get("/healthz", tags=["health"], include_in_schema=False)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], include_in_schema=False)
+    async def readyz(request: Request):
+        ready = getattr(request.app.state, "gateway", None) is not None
+        return JSONResponse({"status": "ok" if ready else "starting"},
+                            status_code=200 if ready else 503)
+
+    app.add_middleware(
+        CORSMiddleware, allow_origins=settings.gateway_cors_origins, allow_credentials=False,
+        allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "If-None-Match",
+                       "Tus-Resumable", "Upload-Length", "Upload-Offset", "Upload-Metadata",
+                       "Upload-Defer-Length", "Upload-Concat"],
+        expose_headers=["ETag", "Location", "Retry-After", "Tus-Resumable", "Tus-Version",
+                        "Tus-Extension", "Tus-Max-Size", "Upload-Offset", "Upload-Length",
+                        "Upload-Expires"],
+        max_age=600)
+    app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
+    return app
+
+
+def run() -> None:
+    """``python -m services.gateway``: settings from the environment, JSON
+    logs, Prometheus metrics on ``PLANZOOM_METRICS_PORT``, uvicorn on
+    ``PLANZOOM_GATEWAY_ADDR`` (host:port) until SIGTERM, then in-flight
+    requests get ``PLANZOOM_GRPC_GRACE_SECONDS`` to finish."""
+    settings = get_settings()
+    setup_logging("gateway", settings.log_level)
+    host, _, port = settings.gateway_addr.rpartition(":")
+    serve_metrics(settings.metrics_port)
+    config = uvicorn.Config(
+        create_app(settings), host=host.strip("[]") or "0.0.0.0", port=int(port),
+        log_config=None, access_log=False, proxy_headers=False,
+        timeout_graceful_shutdown=settings.grpc_grace_seconds,
+        ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
+    asyncio.run(uvicorn.Server(config).serve())

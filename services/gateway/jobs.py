@@ -1,0 +1,126 @@
+"""Job records over HTTP: ``GET /v1/jobs/{job_id}``, its live changes as
+Server-Sent Events, a plan's jobs, and signed links to a job's outputs.
+
+A job record is the protobuf ``planzoom.v1.Job`` in its JSON mapping with
+the field names of jobs.proto (the shape of ``manifest.json``): sizes in
+points (``width_pt``) and pixels (``width_px``), resolution in DPI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Annotated
+
+import grpc
+from fastapi import APIRouter, Header, Query, Request
+from google.protobuf import json_format
+from sse_starlette.sse import EventSourceResponse
+
+from planzoom.ids import check_id
+from planzoom.states import is_terminal
+from planzoom.v1 import jobs_pb2
+from services.gateway.access import Link
+from services.gateway.problems import HTTP_STATUS
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+#: Seconds between SSE comments that keep idle proxies from closing the stream.
+SSE_PING_SECONDS = 15
+
+
+def job_json(job: jobs_pb2.Job) -> dict:
+    """A job record as JSON (protobuf JSON mapping, proto field names, every
+    field printed)."""
+    return json_format.MessageToDict(job, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+@router.get("/jobs/{job_id}", summary="A job record")
+async def get_job(request: Request, job_id: str) -> dict:
+    """The job record (JSON, see the module docstring). Needs the viewer
+    role. 400 for a malformed id, 404 for an unknown job or one of another
+    org."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    return job_json(await gw.upstream.get_job(access, check_id("job_id", job_id)))
+
+
+@router.get("/jobs/{job_id}/events", summary="A job's changes as Server-Sent Events",
+            response_class=EventSourceResponse)
+async def job_events(request: Request, job_id: str,
+                     last_event_id: Annotated[str | None, Header()] = None):
+    """``text/event-stream`` (WHATWG HTML, Server-Sent Events): event
+    ``job`` with the whole record as data and the record's revision as id,
+    first the current record, then one at every change; the stream ends
+    after a record in a terminal state (COMPLETE, FAILED, CANCELLED). A
+    client that reconnects with ``Last-Event-ID`` gets only records newer
+    than that revision: each record is complete, so the newest one covers
+    whatever changed while it was away. An error after the stream started
+    comes as event ``problem`` (an RFC 9457 document) and ends it; before
+    that, as the usual 4xx. Needs the viewer role."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    job_id = check_id("job_id", job_id)
+    seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    first = await gw.upstream.get_job(access, job_id)  # errors answered as 4xx
+    stream = gw.upstream.watch_job(access, job_id)
+
+    async def events():
+        try:
+            if is_terminal(first) and first.revision <= seen:
+                return
+            async for job in stream:
+                if job.revision <= seen:
+                    continue
+                yield {"event": "job", "id": str(job.revision), "data": json.dumps(job_json(job))}
+                if is_terminal(job) and not job.finalizing:
+                    return
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            status = HTTP_STATUS.get(e.code(), 500)
+            detail = e.details() if status != 500 else "the job's feed failed; reconnect"
+            yield {"event": "problem", "data": json.dumps(
+                {"type": "about:blank", "status": status, "detail": detail,
+                 "reason": e.code().name, "instance": request.url.path})}
+        finally:
+            stream.cancel()
+
+    return EventSourceResponse(events(), ping=SSE_PING_SECONDS,
+                               headers={"Cache-Control": "no-store"})
+
+
+@router.get("/plans/{org}/{project}/{plan}/jobs", summary="A plan's jobs, newest first")
+async def list_jobs(request: Request, org: str, project: str, plan: str,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
+    """``{"jobs": [job record, ...]}``, newest first, at most ``limit``.
+    Needs the viewer role in ``org`` (403 for another org's plans)."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    ref = jobs_pb2.PlanRef(org=check_id("org", org), project=check_id("project", project),
+                           plan=check_id("plan", plan))
+    return {"jobs": [job_json(j) for j in await gw.upstream.list_jobs(access, ref, limit)]}
+
+
+@router.get("/jobs/{job_id}/links", summary="Signed links to a job's outputs")
+async def job_links(request: Request, job_id: str) -> dict:
+    """Links that work without a bearer token until ``expires_at`` (RFC 3339):
+    ``cap`` (append ``?cap=`` to any tile, descriptor or download URL of this
+    job), ``dzi`` (one descriptor URL per page, 1-based page order) and
+    ``download``. Needs the viewer role."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    job = await gw.upstream.get_job(access, check_id("job_id", job_id))
+    cap, expires = gw.gatekeeper.sign(Link(job.job_id, job.plan.org, job.tiles_prefix,
+                                           access.caller.subject))
+    base = str(request.base_url).rstrip("/") + f"/v1/jobs/{job.job_id}"
+    return {
+        "cap": cap,
+        "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
+        "dzi": [f"{base}/pages/{n}.dzi?cap={cap}" for n in range(1, job.total_pages + 1)],
+        "download": f"{base}/download?cap={cap}",
+    }

@@ -1,0 +1,91 @@
+"""Deep Zoom descriptors and tiles of a job, from the bucket.
+
+Paths follow the DZI layout (Microsoft Deep Zoom, "DZI file format"; the
+tile source OpenSeadragon derives from a ``.dzi`` URL): a page's descriptor
+``/v1/jobs/{job_id}/pages/{n}.dzi`` and its tiles
+``/v1/jobs/{job_id}/pages/{n}_files/{level}/{col}_{row}.{ext}`` (level 0 is
+1x1 pixel, the last level full resolution; col and row count tiles from the
+top left). A job's outputs never change once written, so answers carry
+``Cache-Control: public, max-age=…, immutable`` and the object's ``ETag``
+(``If-None-Match`` gets 304). With ``PLANZOOM_GATEWAY_TILE_REDIRECT`` a
+tile is a 307 to a presigned GET of the bucket (which stays private).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import RedirectResponse
+
+from planzoom.errors import NotFound
+from planzoom.ids import check_id
+from planzoom.storage import ObjectNotFound
+from services.gateway.upstream import JobPlace
+
+router = APIRouter(prefix="/v1", tags=["tiles"])
+
+PAGE_DZI = re.compile(r"([1-9][0-9]{0,5})\.dzi")
+PAGE_FILES = re.compile(r"([1-9][0-9]{0,5})_files")
+TILE = re.compile(r"(0|[1-9][0-9]{0,5})_(0|[1-9][0-9]{0,5})\.(jpg|jpeg|png|webp)")
+CONTENT_TYPES = {"dzi": "application/xml", "jpg": "image/jpeg", "jpeg": "image/jpeg",
+                 "png": "image/png", "webp": "image/webp"}
+
+
+def _absent(what: str) -> NotFound:
+    """404 naming what the client asked for, never the bucket key."""
+    return NotFound(f"{what}: not found (a page's descriptor and tiles appear when the "
+                    "page is done)", reason="NOT_FOUND")
+
+
+async def _place(request: Request, job_id: str) -> JobPlace:
+    gw = request.app.state.gateway
+    job_id = check_id("job_id", job_id)
+    access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id)
+    return await gw.upstream.place(access, job_id)
+
+
+async def _object(request: Request, key: str, content_type: str) -> Response:
+    gw = request.app.state.gateway
+    cache = f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"
+    if gw.settings.gateway_tile_redirect and content_type != CONTENT_TYPES["dzi"]:
+        url = await asyncio.to_thread(gw.store.presigned_get, key,
+                                      gw.settings.gateway_link_seconds)
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    try:
+        data, etag, _ = await asyncio.to_thread(gw.store.get_if_changed, key,
+                                                request.headers.get("if-none-match"))
+    except ObjectNotFound:
+        raise _absent(request.url.path) from None
+    headers = {"ETag": etag, "Cache-Control": cache}
+    if data is None:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type=content_type, headers=headers)
+
+
+@router.get("/jobs/{job_id}/pages/{name}", summary="A page's Deep Zoom descriptor (.dzi)")
+async def page_dzi(request: Request, job_id: str, name: str) -> Response:
+    """The DZI XML of page ``n`` (``{n}.dzi``, 1-based). 404 until the page
+    is done, or for a page the job does not have. Bearer (viewer) or
+    ``?cap=``."""
+    match = PAGE_DZI.fullmatch(name)
+    if not match:
+        raise _absent(f"{name} (a descriptor is named <page>.dzi)")
+    place = await _place(request, job_id)
+    return await _object(request, f"{place.tiles_prefix}page-{match[1]}.dzi",
+                         CONTENT_TYPES["dzi"])
+
+
+@router.get("/jobs/{job_id}/pages/{files}/{level}/{tile}", summary="One Deep Zoom tile")
+async def page_tile(request: Request, job_id: str, files: str, level: int,
+                    tile: str) -> Response:
+    """The tile at ``level`` (0 = 1x1 px), column ``col`` and row ``row``
+    (``{col}_{row}.{ext}``, ext as the descriptor's Format). Bearer (viewer)
+    or ``?cap=``. 404 for a tile that does not exist."""
+    page, cell = PAGE_FILES.fullmatch(files), TILE.fullmatch(tile)
+    if not page or not cell or not 0 <= level <= 64:
+        raise _absent(f"tile {files}/{level}/{tile}")
+    place = await _place(request, job_id)
+    key = f"{place.tiles_prefix}page-{page[1]}_files/{level}/{cell[1]}_{cell[2]}.{cell[3]}"
+    return await _object(request, key, CONTENT_TYPES[cell[3]])

@@ -1,0 +1,93 @@
+"""The gateway's gRPC clients: ProgressService (job records, their changes)
+with the caller's token on every call, and a small cache of where each
+job's tiles are, so that a tile request costs no RPC after the first."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from planzoom.config import Settings
+from planzoom.errors import NotFound
+from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from services.gateway.access import Access
+
+#: Seconds one upstream unary call may take.
+CALL_SECONDS = 10.0
+#: Jobs whose tile locations are kept (a few hundred bytes each).
+CACHED_JOBS = 10_000
+
+
+def aio_channel(addr: str, settings: Settings) -> grpc.aio.Channel:
+    """A channel to ``addr``: TLS checked against ``PLANZOOM_TLS_CA_FILE``
+    when set, else plaintext (a cluster-internal hop)."""
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    if settings.tls_ca_file:
+        with open(settings.tls_ca_file, "rb") as f:
+            creds = grpc.ssl_channel_credentials(f.read())
+        return grpc.aio.secure_channel(addr, creds, options=options)
+    return grpc.aio.insecure_channel(addr, options=options)
+
+
+@dataclass(frozen=True)
+class JobPlace:
+    """Where a job's outputs are, and whose they are."""
+
+    org: str
+    tiles_prefix: str
+    total_pages: int
+
+
+class Upstream:
+    """ProgressService calls as the caller (its token forwarded)."""
+
+    def __init__(self, settings: Settings):
+        self.progress_channel = aio_channel(settings.progress_addr, settings)
+        self.progress = progress_pb2_grpc.ProgressServiceStub(self.progress_channel)
+        self._places: OrderedDict[str, JobPlace] = OrderedDict()
+
+    async def close(self) -> None:
+        await self.progress_channel.close()
+
+    async def get_job(self, access: Access, job_id: str) -> jobs_pb2.Job:
+        """The job record (GetJob). Raises grpc.aio.AioRpcError as the
+        service answered: NOT_FOUND for a job of another org."""
+        job = await self.progress.GetJob(jobs_pb2.GetJobRequest(job_id=job_id),
+                                         metadata=access.metadata, timeout=CALL_SECONDS)
+        self._remember(job)
+        return job
+
+    def watch_job(self, access: Access, job_id: str) -> AsyncIterator[jobs_pb2.Job]:
+        """WatchJob's stream of records (the caller cancels it by leaving)."""
+        return self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
+                                      metadata=access.metadata)
+
+    async def list_jobs(self, access: Access, plan: jobs_pb2.PlanRef,
+                        page_size: int) -> list[jobs_pb2.Job]:
+        resp = await self.progress.ListJobs(
+            progress_pb2.ListJobsRequest(plan=plan, page_size=page_size),
+            metadata=access.metadata, timeout=CALL_SECONDS)
+        return list(resp.jobs)
+
+    def _remember(self, job: jobs_pb2.Job) -> None:
+        self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix, job.total_pages)
+        self._places.move_to_end(job.job_id)
+        while len(self._places) > CACHED_JOBS:
+            self._places.popitem(last=False)
+
+    async def place(self, access: Access, job_id: str) -> JobPlace:
+        """Where ``job_id``'s outputs are, if the caller may read them: from
+        a signed link, the cache (a job's prefix never changes) or GetJob.
+        A job of another org is NotFound, exactly as an unknown one."""
+        if access.link is not None:
+            return JobPlace(access.link.org, access.link.tiles_prefix, 0)
+        place = self._places.get(job_id)
+        if place is None:
+            job = await self.get_job(access, job_id)
+            place = self._places[job.job_id]
+        if place.org != access.caller.org:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+        return place

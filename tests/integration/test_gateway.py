@@ -1,0 +1,170 @@
+"""The HTTP gateway against the running stack, over real sockets: job
+records, Server-Sent Events, descriptors and tiles with bearer tokens and
+signed links, and every refusal as an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import httpx
+import pytest
+
+from planzoom.states import is_terminal
+from planzoom.v1 import jobs_pb2
+from tests.helpers import wait_terminal
+
+SETS = "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
+PLAN = jobs_pb2.PlanRef(org="acme", project="gateway", plan="renovation")
+DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
+        yield c
+
+
+def bearer(stack, org="acme", role="viewer") -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.token(org, role)}"}
+
+
+@pytest.fixture(scope="module")
+def done_job(corpus, client):
+    resp = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=30))
+    return wait_terminal(client, resp.job_id)
+
+
+def assert_problem(resp: httpx.Response, status: int, reason: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    body = resp.json()
+    assert body["status"] == status and body["detail"] and body["title"]
+    assert "Traceback" not in resp.text and "tiles/" not in body["detail"]
+    if reason:
+        assert body["reason"] == reason
+    return body
+
+
+def test_job_record_needs_a_token_of_its_org(stack, http, done_job):
+    url = f"/v1/jobs/{done_job.job_id}"
+    assert_problem(http.get(url), 401, "UNAUTHENTICATED")
+    assert_problem(http.get(url, headers={"Authorization": "Bearer nonsense"}), 401)
+    assert_problem(http.get(url, headers=bearer(stack, org="intruder")), 404)
+    assert_problem(http.get("/v1/jobs/not..an..id", headers=bearer(stack)), 400)
+    body = http.get(url, headers=bearer(stack)).json()
+    assert body["job_id"] == done_job.job_id
+    assert body["state"] == "JOB_STATE_COMPLETE"
+    assert [p["page"] for p in body["pages"]] == list(range(1, 8))
+    assert body["pages"][0]["width_pt"] > 0 and body["pages"][0]["dpi"] == 30
+
+
+def test_plan_jobs_lists_newest_first_and_refuses_other_orgs(stack, http, done_job):
+    url = "/v1/plans/acme/gateway/renovation/jobs"
+    jobs = http.get(url, headers=bearer(stack)).json()["jobs"]
+    assert done_job.job_id in [j["job_id"] for j in jobs]
+    assert_problem(http.get(url, headers=bearer(stack, org="intruder")), 403,
+                   "PERMISSION_DENIED")
+    assert_problem(http.get(url + "?limit=100000", headers=bearer(stack)), 400)
+
+
+def sse_events(http, url: str, headers: dict[str, str]) -> list[tuple[str, str, dict]]:
+    """(event, id, data) of every event until the server ends the stream."""
+    events, event, ident, data = [], "message", "", []
+    with http.stream("GET", url, headers=headers, timeout=120) as resp:
+        assert resp.status_code == 200, resp.read()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        for line in resp.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("id:"):
+                ident = line[3:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+            elif line == "" and data:
+                events.append((event, ident, json.loads("\n".join(data))))
+                event, ident, data = "message", "", []
+    return events
+
+
+def test_events_follow_a_job_to_its_end_and_resume_after_last_event_id(
+        stack, http, corpus, client):
+    resp = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=31))
+    url = f"/v1/jobs/{resp.job_id}/events"
+    events = sse_events(http, url, bearer(stack))
+    assert events and all(e == "job" for e, _, _ in events)
+    revisions = [int(i) for _, i, _ in events]
+    assert revisions == sorted(set(revisions))
+    assert events[-1][2]["state"] == "JOB_STATE_COMPLETE"
+    assert events[-1][2]["manifest_key"]
+    done = [sum(p["state"] == "PAGE_STATE_DONE" for p in d["pages"]) for _, _, d in events]
+    assert done == sorted(done) and done[-1] == 7
+    # Reconnecting after the last event: nothing more. After an earlier one:
+    # only newer records, ending at the same final one.
+    assert sse_events(http, url, {**bearer(stack), "Last-Event-ID": str(revisions[-1])}) == []
+    later = sse_events(http, url, {**bearer(stack), "Last-Event-ID": str(revisions[0])})
+    assert later and all(int(i) > revisions[0] for _, i, _ in later)
+    assert later[-1][2] == events[-1][2]
+    assert_problem(http.get(url, headers=bearer(stack, org="intruder")), 404)
+
+
+def test_tiles_with_a_token_are_cacheable_and_conditional(stack, http, done_job):
+    base = f"/v1/jobs/{done_job.job_id}/pages"
+    dzi = http.get(f"{base}/3.dzi", headers=bearer(stack))
+    assert dzi.status_code == 200 and dzi.headers["content-type"].startswith("application/xml")
+    image = ET.fromstring(dzi.content)
+    size = image.find(f"{DZI_NS}Size")
+    page = done_job.pages[2]
+    assert (int(size.get("Width")), int(size.get("Height"))) == (page.width_px, page.height_px)
+    assert image.get("Format") == page.format
+    top = page.levels - 1
+    tile = http.get(f"{base}/3_files/{top}/0_0.{page.format}", headers=bearer(stack))
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+    assert tile.content[:3] == b"\xff\xd8\xff"
+    assert "immutable" in tile.headers["cache-control"]
+    assert "public" in tile.headers["cache-control"]
+    again = http.get(f"{base}/3_files/{top}/0_0.{page.format}",
+                     headers={**bearer(stack), "If-None-Match": tile.headers["etag"]})
+    assert again.status_code == 304 and not again.content
+    assert_problem(http.get(f"{base}/3_files/{top + 5}/0_0.jpg", headers=bearer(stack)), 404)
+    assert_problem(http.get(f"{base}/9.dzi", headers=bearer(stack)), 404)
+    for bad in ("3.xml", "../../x.dzi", "0.dzi"):
+        assert http.get(f"{base}/{bad}", headers=bearer(stack)).status_code in (400, 404)
+    assert_problem(http.get(f"{base}/3_files/0/0_0.exe", headers=bearer(stack)), 404)
+    assert_problem(http.get(f"{base}/3.dzi", headers=bearer(stack, org="intruder")), 404)
+    assert_problem(http.get(f"{base}/3.dzi"), 401)
+
+
+def test_signed_links_open_one_job_only_until_they_expire(stack, http, done_job, corpus,
+                                                          client):
+    links = http.get(f"/v1/jobs/{done_job.job_id}/links", headers=bearer(stack)).json()
+    assert len(links["dzi"]) == 7 and links["expires_at"]
+    dzi = http.get(links["dzi"][0])
+    assert dzi.status_code == 200 and b"deepzoom" in dzi.content
+    cap = links["cap"]
+    base = f"/v1/jobs/{done_job.job_id}/pages"
+    assert http.get(f"{base}/1_files/0/0_0.jpg", params={"cap": cap}).status_code == 200
+    # The link opens nothing else: another job, the job record, a forgery.
+    other = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=32))
+    assert_problem(http.get(f"/v1/jobs/{other.job_id}/pages/1.dzi", params={"cap": cap}), 404)
+    assert_problem(http.get(f"/v1/jobs/{done_job.job_id}", params={"cap": cap}), 401)
+    forged = cap[:-4] + ("AAAA" if not cap.endswith("AAAA") else "BBBB")
+    assert_problem(http.get(f"{base}/1.dzi", params={"cap": forged}), 401, "BAD_LINK")
+    assert is_terminal(wait_terminal(client, other.job_id))
+
+
+def test_cors_preflight_lets_another_origin_send_a_bearer_token(http, done_job):
+    resp = http.options(f"/v1/jobs/{done_job.job_id}/pages/1.dzi", headers={
+        "Origin": "https://viewer.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert resp.status_code == 200
+    assert resp.headers["access-control-allow-origin"] in ("*", "https://viewer.example")
+    assert "authorization" in resp.headers["access-control-allow-headers"].lower()
+
+
+def test_oversized_bodies_and_unknown_routes_are_problems(stack, http):
+    big = http.post("/v1/jobs/x", content=b"x" * (70 * 1024), headers=bearer(stack))
+    assert_problem(big, 413, "BODY_TOO_LARGE")
+    assert_problem(http.get("/v1/nothing-here"), 404)
+    spec = http.get("/openapi.json").json()
+    assert "/v1/jobs/{job_id}/events" in spec["paths"]
