@@ -253,14 +253,21 @@ class EmbeddedStack:
         """The HTTP gateway's base URL (no trailing slash)."""
         return f"http://127.0.0.1:{self.ports.gateway}"
 
-    def start_gateway(self, timeout: float = 60, env: dict[str, str] | None = None) -> None:
-        """Start the HTTP gateway and wait until ``/readyz`` answers 200."""
+    def start_gateway(self, timeout: float = 60, env: dict[str, str] | None = None,
+                      name: str = "gateway") -> str:
+        """Start an HTTP gateway process and wait until ``/readyz`` answers
+        200; returns its base URL. The first (``gateway``) listens on
+        ``ports.gateway``; another ``name`` gets a free port and ``env``
+        (settings of its own, e.g. other limits)."""
+        port = self.ports.gateway if name == "gateway" else free_port()
+        url = f"http://127.0.0.1:{port}"
         env = {"PLANZOOM_GATEWAY_SIGNING_KEY": self.link_key,
-               "PLANZOOM_METRICS_PORT": str(self.metrics_ports.setdefault("gateway",
-                                                                          free_port())),
+               "PLANZOOM_GATEWAY_ADDR": f"127.0.0.1:{port}",
+               "PLANZOOM_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
                **(env or {})}
-        self._spawn("gateway", [sys.executable, "-m", "services.gateway"], env)
-        self._wait("gateway", lambda: http_ready(f"{self.gateway_url}/readyz"), timeout)
+        self._spawn(name, [sys.executable, "-m", "services.gateway"], env)
+        self._wait(name, lambda: http_ready(f"{url}/readyz"), timeout)
+        return url
 
     def kill(self, name: str) -> None:
         """SIGKILL a process of the stack, as a crash would."""

@@ -109,20 +109,23 @@ class Gatekeeper:
         (403), NotFound (404) or ResourceExhausted (429)."""
         header = request.headers.get("authorization")
         cap = request.query_params.get("cap") if allow_link else None
+        anonymous = f"anonymous:{request.client.host if request.client else 'unknown'}"
         if header is None and cap is None:
-            client = request.client.host if request.client else "unknown"
-            self._throttle(f"anonymous:{client}")
+            self._throttle(anonymous)
             raise Unauthenticated("send 'Authorization: Bearer <token>'" +
                                   (" or a signed link (?cap=)" if allow_link else ""))
-        if header is not None:
-            caller = self.verifier.verify(header)
-            access = Access(caller=caller, authorization=header)
-        else:
-            link = self._link(cap)
-            if job_id is not None and link.job_id != job_id:
-                raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
-            access = Access(Caller(subject=link.subject, org=link.org, role=ROLES[0]),
-                            link=link)
+        try:
+            if header is not None:
+                access = Access(caller=self.verifier.verify(header), authorization=header)
+            else:
+                link = self._link(cap)
+                access = Access(Caller(subject=link.subject, org=link.org, role=ROLES[0]),
+                                link=link)
+        except Unauthenticated:
+            self._throttle(anonymous)  # forged credentials cost their sender, not the rest
+            raise
+        if access.link is not None and job_id is not None and access.link.job_id != job_id:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
         self._throttle(f"{access.caller.org}:{access.caller.subject}")
         if not access.caller.may(role):
             raise PermissionDenied(f"{access.caller.subject} is a {access.caller.role}; this "

@@ -168,3 +168,25 @@ def test_oversized_bodies_and_unknown_routes_are_problems(stack, http):
     assert_problem(http.get("/v1/nothing-here"), 404)
     spec = http.get("/openapi.json").json()
     assert "/v1/jobs/{job_id}/events" in spec["paths"]
+
+
+def test_each_caller_has_its_own_rate(stack):
+    url = stack.start_gateway(name="gateway-rate", env={"PLANZOOM_GATEWAY_RATE_PER_SECOND": "5"})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            path = "/v1/plans/acme/gateway/renovation/jobs?limit=1"
+            codes = [c.get(path, headers=bearer(stack)).status_code for _ in range(12)]
+            assert codes.count(200) >= 5 and 429 in codes
+            limited = c.get(path, headers=bearer(stack))
+            if limited.status_code == 429:
+                assert_problem(limited, 429, "RATE_LIMITED")
+                assert int(limited.headers["retry-after"]) >= 1
+            # Another caller is not held back by the first one's rate.
+            assert c.get("/v1/plans/other/p/q/jobs",
+                         headers=bearer(stack, org="other")).status_code == 200
+            # Forged tokens are throttled by address.
+            bad = [c.get(path, headers={"Authorization": "Bearer x"}).status_code
+                   for _ in range(12)]
+            assert bad.count(401) >= 5 and 429 in bad
+    finally:
+        stack.stop_service("gateway-rate")
