@@ -170,7 +170,10 @@ class EmbeddedStack:
 
     def _nats_password(self, user: str) -> str:
         if user not in self.nats_passwords:
-            self.nats_passwords[user] = secrets.token_urlsafe(24)
+            # nats-server parses an expanded $VARIABLE as a config value: one
+            # that starts with a digit is read as a number and the server
+            # refuses to start. Letters first, then hex: always a string.
+            self.nats_passwords[user] = "pz" + secrets.token_hex(24)
         return self.nats_passwords[user]
 
     def nats_credentials(self, service: str) -> dict[str, str]:

@@ -15,7 +15,9 @@ consumers and KV bucket before the services start.
 :func:`users_conf` renders this as a nats-server ``authorization`` block
 whose passwords are the server's environment variables
 ``PLANZOOM_NATS_PASSWORD_<USER>`` (nats-server expands ``$VAR`` in its
-config). The embedded stack runs nats-server with it; the Helm chart's
+config, parsing the value as a config token: a password must start with a
+letter, or one like ``3f…`` is read as a number and the server will not
+start). The embedded stack runs nats-server with it; the Helm chart's
 README gives the same block for the NATS chart.
 """
 
