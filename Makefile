@@ -15,13 +15,16 @@ PDF    ?= $(CORPUS)/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf
 OUT    ?= planzoom-output
 PROTOS := $(wildcard protos/planzoom/v1/*.proto)
 GEN    := planzoom/v1/.generated
+WEB    := services/gateway/web
+VENDOR := services/gateway/static/vendor
+OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm
 
 .PHONY: setup proto demo up test test-fast lint images bench clean
 
-setup: $(STAMP) $(GEN)
+setup: $(STAMP) $(GEN) $(OSD)
 
 # Python packages: direct ones pinned in the pyproject.toml files, every one
 # in constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
@@ -35,6 +38,16 @@ $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.
 	$(BIN)/pip install --quiet -c constraints.txt \
 	    -e '.[cli,embedded,dev,test]' -e ./cli -e ./devstack
 	touch $@
+
+# The viewer's OpenSeadragon: the npm package pinned in
+# services/gateway/web/package-lock.json (integrity-checked by npm ci), its
+# build copied to where the gateway serves it. Nothing comes from a CDN.
+$(OSD): $(WEB)/package.json $(WEB)/package-lock.json
+	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
+	rm -rf $(VENDOR)/openseadragon && mkdir -p $(VENDOR)/openseadragon
+	cp -r $(WEB)/node_modules/openseadragon/build/openseadragon/openseadragon.min.js \
+	      $(WEB)/node_modules/openseadragon/build/openseadragon/images \
+	      $(WEB)/node_modules/openseadragon/LICENSE.txt $(VENDOR)/openseadragon/
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
 proto: $(GEN)
@@ -51,7 +64,10 @@ up: setup
 
 # With a Docker engine the images are built first and the container variant
 # of the integration tests runs too; without one it is skipped.
+# The viewer's tests drive Debian's chromium (Playwright, no browser download).
 test: setup
+	@command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
 	 else echo "no Docker engine: the container tests will be skipped"; fi
 	$(BIN)/python -m pytest -v -rs
@@ -77,4 +93,5 @@ lint: setup
 	$(BIN)/ruff check planzoom services cli devstack tests bench
 
 clean:
-	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache build
+	rm -rf $(VENV) planzoom/v1/*_pb2*.py planzoom/v1/*_pb2*.pyi $(GEN) .pytest_cache build \
+	    $(WEB)/node_modules $(VENDOR)

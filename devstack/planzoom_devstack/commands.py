@@ -11,24 +11,21 @@ import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
 import grpc
 from rich.table import Table
 
-from planzoom import keys
 from planzoom.auth import ROLES
-from planzoom.config import Settings
 from planzoom.states import job_state_name
-from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
 from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
+from planzoom_devstack.export import export_job, write_offline_viewer
 from planzoom_devstack.issuer import DevIssuer
-from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports, StackError
+from planzoom_devstack.stack import EmbeddedStack, Ports, StackError
 
 tile_workers_option = click.option(
     "--tile-workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -82,24 +79,6 @@ def up(data_dir, tile_workers):
             stack.stop()
 
 
-def export_job(stack: EmbeddedStack, job: jobs_pb2.Job, out: Path) -> int:
-    """Copy the job's tiles, .dzi files and manifest, and the plan's
-    current.json, from the stack's S3 endpoint to ``out``, keeping the
-    bucket's layout; returns how many files were copied."""
-    store = ObjectStore(Settings(s3_endpoint_url=stack.s3_endpoint, s3_bucket=stack.bucket),
-                        credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
-    wanted = [*store.list_keys(job.tiles_prefix), keys.current_key(job.plan)]
-
-    def fetch(key: str) -> None:
-        dest = out / key
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(store.get_bytes(key))
-
-    with ThreadPoolExecutor(32) as pool:
-        list(pool.map(fetch, wanted))
-    return len(wanted)
-
-
 @click.command()
 @click.argument("pdf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -124,7 +103,9 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
         resp = client.submit(str(pdf), plan, options_from_flags(dpi, tile_size, overlap,
                                                                 quality))
         console.print(f"job {resp.job_id}: {resp.job.total_pages} pages, "
-                      f"{resp.job.source_bytes:,} bytes")
+                      f"{resp.job.source_bytes:,} bytes; watch it live (while the demo "
+                      f"runs): {stack.gateway_url}/view/{resp.job_id}"
+                      f"#token={stack.token(plan.org, 'viewer')}", soft_wrap=True)
         job = watch_job(client, resp.job_id)
         wall = time.monotonic() - t0
         print_job(job)
@@ -136,6 +117,8 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
             f"(submit → {job_state_name(job.state)})")
         console.print(f"exported {files:,} files to [bold]{out / job.tiles_prefix}[/bold] "
                       f"(manifest.json, page-N.dzi + page-N_files/)")
+        page = write_offline_viewer(out, job)
+        console.print(f"open the plan set in a browser: [bold]{page.resolve().as_uri()}[/bold]")
     except grpc.RpcError as e:
         fail_rpc(e)
     finally:

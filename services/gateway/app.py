@@ -16,12 +16,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
 from planzoom.storage import ObjectStore
-from services.gateway import jobs, problems, tiles
+from services.gateway import jobs, problems, tiles, viewer
 from services.gateway.access import Gatekeeper
 from services.gateway.upstream import Upstream
 
@@ -102,6 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(tiles.router)
+    app.include_router(viewer.router)
+    if not viewer.OPENSEADRAGON.exists():
+        log.warning("%s is missing (run make setup): the viewer will not load",
+                    viewer.OPENSEADRAGON)
+    app.mount("/static", StaticFiles(directory=viewer.STATIC_DIR), name="static")
 
     @app.get("/healthz", tags=["health"], include_in_schema=False)
     async def healthz():

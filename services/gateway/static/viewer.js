@@ -1,0 +1,236 @@
+/* planzoom's plan viewer: a strip of pages and an OpenSeadragon deep-zoom
+ * view of the selected one.
+ *
+ * config.mode "live": the job is read from the gateway (config.api) with the
+ * bearer token given in the URL fragment (#token=...; kept in this tab's
+ * sessionStorage and removed from the address bar). Changes arrive as
+ * Server-Sent Events read with fetch (EventSource cannot send a header) and
+ * resumed with Last-Event-ID. Descriptors and tiles load with the token in
+ * an Authorization header; thumbnails and the download use a signed link.
+ * config.mode "static": config.job is a manifest.json and config.base the
+ * folder of its .dzi files (an exported job opened from disk).
+ *
+ * Keys: PageDown / PageUp / n / p (or arrows on the strip) change page,
+ * Home / End go to the first / last page.
+ */
+"use strict";
+
+function planzoomViewer(element, config) {
+  const $ = (id) => document.getElementById(id);
+  const CSS_PX_PER_INCH = 96;
+  let job = null, selected = 0, links = null, viewer = null, shown = 0;
+  const items = [];  // one button per page
+
+  const token = (() => {
+    if (config.mode !== "live") return null;
+    const m = location.hash.match(/token=([^&]+)/);
+    if (m) {
+      sessionStorage.setItem("planzoom-token", decodeURIComponent(m[1]));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+    return sessionStorage.getItem("planzoom-token");
+  })();
+  const headers = token ? {Authorization: "Bearer " + token} : {};
+
+  viewer = OpenSeadragon({
+    element, prefixUrl: config.static + "/vendor/openseadragon/images/",
+    showNavigator: true, navigatorPosition: "BOTTOM_RIGHT", maxZoomPixelRatio: 4,
+    loadTilesWithAjax: !!token, ajaxHeaders: headers, crossOriginPolicy: false,
+    // From file:// every tile is cross-origin, which WebGL refuses to draw.
+    drawer: location.protocol === "file:" ? "canvas" : ["webgl", "canvas"],
+    gestureSettingsMouse: {clickToZoom: false}, keyboardShortcuts: true,
+  });
+  viewer.addHandler("animation", showZoom);
+  viewer.addHandler("open", showZoom);
+  window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select};
+
+  function pageState(p) { return (p.state || "").replace("PAGE_STATE_", "").toLowerCase(); }
+  function done(p) { return pageState(p) === "done"; }
+
+  function dziUrl(n) {
+    return config.mode === "live" ? `${config.api}/jobs/${config.jobId}/pages/${n}.dzi`
+                                  : `${config.base}page-${n}.dzi`;
+  }
+  function tileSource(n) {
+    if (config.mode === "live") return dziUrl(n);
+    const p = job.pages[n - 1];  // inline: no XML request, so it opens from file:// too
+    return {Image: {xmlns: "http://schemas.microsoft.com/deepzoom/2008",
+                    Url: `${config.base}page-${n}_files/`, Format: p.format,
+                    Overlap: String(p.overlap), TileSize: String(p.tile_size),
+                    Size: {Width: String(p.width_px), Height: String(p.height_px)}}};
+  }
+  function thumbUrl(n) {
+    const p = job.pages[n - 1];
+    const longest = Math.max(p.width_px, p.height_px);
+    const level = Math.max(0, p.levels - 1 - Math.ceil(Math.log2(Math.max(1, longest / p.tile_size))));
+    const path = `page-${n}_files/${level}/0_0.${p.format}`;
+    if (config.mode !== "live") return config.base + path;
+    return links ? `${config.api}/jobs/${config.jobId}/pages/${n}_files/${level}/0_0.${p.format}?cap=${links.cap}` : null;
+  }
+
+  function render() {
+    $("title").textContent = `${job.plan.project} / ${job.plan.plan}`;
+    const state = (job.state || "").replace("JOB_STATE_", "").toLowerCase();
+    $("state").textContent = `${state}${job.queued ? " (queued)" : ""} · ${job.completed_pages}/${job.total_pages} pages` +
+      (job.failed_pages ? ` · ${job.failed_pages} failed` : "");
+    $("progress").value = job.percent || 0;
+    const strip = $("strip");
+    job.pages.forEach((p, i) => {
+      const n = i + 1;
+      let item = items[i];
+      if (!item) {
+        item = items[i] = document.createElement("button");
+        item.className = "page"; item.dataset.page = n; item.tabIndex = -1;
+        item.addEventListener("click", () => select(n));
+        strip.appendChild(item);
+      }
+      const st = pageState(p);
+      if (item.dataset.state === st && (st !== "done" || item.querySelector("img"))) return;
+      item.dataset.state = st;
+      item.classList.toggle("failed", st === "failed");
+      item.replaceChildren();
+      const src = st === "done" ? thumbUrl(n) : null;
+      if (src) {
+        const img = document.createElement("img");
+        img.alt = `page ${n}`; img.src = src; item.appendChild(img);
+      } else {
+        const ph = document.createElement("div");
+        ph.className = "placeholder"; ph.textContent = st || "pending"; item.appendChild(ph);
+      }
+      const label = document.createElement("div");
+      label.textContent = `page ${n}`; item.appendChild(label);
+      if (st === "failed") {
+        const reason = document.createElement("div");
+        reason.className = "reason"; reason.textContent = p.error || "failed";
+        item.appendChild(reason);
+      }
+    });
+    if (!selected) {
+      const first = job.pages.findIndex(done);
+      if (first >= 0) select(first + 1);
+    } else {
+      showNotice();
+      if (done(job.pages[selected - 1]) && shown !== selected) open(selected);
+    }
+    if (links && /complete|failed|cancelled/.test(state)) {
+      $("download").href = links.download; $("download").hidden = false;
+    }
+  }
+
+  function select(n) {
+    if (!job || n < 1 || n > job.pages.length) return;
+    selected = n;
+    items.forEach((item, i) => item.setAttribute("aria-current", String(i + 1 === n)));
+    items[n - 1].scrollIntoView({block: "nearest"});
+    const p = job.pages[n - 1];
+    $("sheet").textContent = p.width_pt ?
+      `${(p.width_pt / 72).toFixed(1)} × ${(p.height_pt / 72).toFixed(1)} in · ${Math.round(p.dpi || 0)} DPI` +
+      (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "";
+    showNotice();
+    if (done(p)) open(n); else { viewer.close(); shown = 0; }
+  }
+
+  function open(n) { shown = n; viewer.open(tileSource(n)); }
+
+  function showNotice() {
+    const p = job.pages[selected - 1], notice = $("notice");
+    const st = pageState(p);
+    notice.hidden = st === "done";
+    notice.textContent = st === "failed" ? `Page ${selected} failed: ${p.error || "no reason given"}`
+                                         : `Page ${selected} is ${st || "pending"}…`;
+  }
+
+  function showZoom() {
+    const p = job && job.pages[selected - 1];
+    if (!p || !viewer.world.getItemCount()) { $("zoom").textContent = ""; return; }
+    // Image pixels per screen pixel, then screen pixels per inch of paper.
+    const imageZoom = viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
+    const pxPerPaperInch = imageZoom * (p.dpi || 1);
+    $("zoom").textContent = `${Math.round(100 * pxPerPaperInch / CSS_PX_PER_INCH)}% of paper size`;
+    // Scale bar: the round paper length whose bar is 60-150 screen px long.
+    const steps = [0.0625, 0.125, 0.25, 0.5, 1, 2, 4, 6, 12, 24, 48];
+    const inches = steps.find((s) => s * pxPerPaperInch >= 60) || steps[steps.length - 1];
+    $("scalebar-line").style.width = `${Math.round(inches * pxPerPaperInch)}px`;
+    $("scalebar-label").textContent = inches >= 1 ? `${inches} in on paper` : `1/${1 / inches} in on paper`;
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if (!job || e.altKey || e.ctrlKey || e.metaKey) return;
+    const inStrip = document.activeElement === $("strip");
+    const moves = {PageDown: 1, PageUp: -1, n: 1, p: -1};
+    if (inStrip) Object.assign(moves, {ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1});
+    let target = null;
+    if (e.key in moves) target = (selected || 1) + moves[e.key];
+    else if (e.key === "Home") target = 1;
+    else if (e.key === "End") target = job.pages.length;
+    if (target !== null) { e.preventDefault(); select(Math.min(job.pages.length, Math.max(1, target))); }
+  });
+
+  async function api(path) {
+    const resp = await fetch(config.api + path, {headers});
+    if (!resp.ok) {
+      let detail = resp.statusText;
+      try { detail = (await resp.json()).detail || detail; } catch (_) { /* not a problem document */ }
+      throw new Error(`${resp.status}: ${detail}`);
+    }
+    return resp.json();
+  }
+
+  async function refreshLinks() {
+    links = await api(`/jobs/${config.jobId}/links`);
+    const ms = Math.max(10_000, (Date.parse(links.expires_at) - Date.now()) / 2);
+    setTimeout(() => refreshLinks().then(() => { items.forEach((it) => it.dataset.state = ""); render(); })
+                                   .catch(fail), ms);
+  }
+
+  // Server-Sent Events over fetch, so the token goes in a header.
+  async function follow() {
+    let lastId = "";
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const resp = await fetch(`${config.api}/jobs/${config.jobId}/events`,
+          {headers: {...headers, ...(lastId ? {"Last-Event-ID": lastId} : {})}});
+        if (!resp.ok) return fail(new Error(`${resp.status}: ${(await resp.json()).detail}`));
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "", raw = "";
+        for (;;) {
+          const {value, done: ended} = await reader.read();
+          if (ended) break;
+          // Any of the three line ends SSE allows; a CR at a chunk's end may
+          // be the first half of a CRLF, so it waits for the next chunk.
+          raw += value;
+          if (raw.endsWith("\r")) continue;
+          buffer += raw.replace(/\r\n?/g, "\n");
+          raw = "";
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, cut); buffer = buffer.slice(cut + 2);
+            let event = "message", data = "", id = "";
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event:")) event = line.slice(6).trim();
+              else if (line.startsWith("data:")) data += line.slice(5).trim();
+              else if (line.startsWith("id:")) id = line.slice(3).trim();
+            }
+            if (event === "job" && data) { job = JSON.parse(data); lastId = id || lastId; render(); attempt = 0; }
+            else if (event === "problem" && data) fail(new Error(JSON.parse(data).detail));
+          }
+        }
+        if (job && /COMPLETE|FAILED|CANCELLED/.test(job.state)) return;
+      } catch (e) {
+        console.warn("event stream broke, reconnecting", e);
+      }
+      await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** attempt)));
+    }
+  }
+
+  function fail(error) {
+    $("state").textContent = `error: ${error.message}`;
+  }
+
+  if (config.mode === "live") {
+    if (!token) { fail(new Error("no token: open this page as /view/JOB#token=<bearer token>")); return; }
+    refreshLinks().then(follow).catch(fail);
+  } else {
+    job = config.job; render();
+  }
+}

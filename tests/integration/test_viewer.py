@@ -1,0 +1,190 @@
+"""The plan viewer in a real browser (Debian's chromium driven by
+Playwright) against the running stack: pages appear while the job runs,
+the last page's deep zoom loads without one failed request, what it shows
+at 1:1 is what PDFium draws, and the keyboard moves between pages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pyvips
+
+from planzoom.v1 import jobs_pb2
+from tests.helpers import wait_terminal
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
+PLAN = jobs_pb2.PlanRef(org="acme", project="viewer", plan="crayfishinn")
+DPI = 120
+VIEW = (1000, 700)  # CSS pixels of the browser window, device scale factor 1
+#: What the browser shows at 1:1 (JPEG tiles at quality 90, drawn by
+#: OpenSeadragon) against PDFium's own raster of the same region: 40.5 dB
+#: measured on this sheet, the loss being JPEG's around fine lines. The same
+#: region one pixel off measures 19 dB, a wrong page or level lower still;
+#: 30 dB lies well between, with room for JPEG on denser line work.
+MIN_PSNR_DB = 30.0
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: make test installs Debian's chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def pdfium_region(pdf: Path, page: int, width_px: int, height_px: int, x0: int, y0: int,
+                  w: int, h: int) -> np.ndarray:
+    """Pixels (x0, y0)-(x0+w, y0+h) of the page rendered at width_px x
+    height_px, as the render stage draws it (annotations on)."""
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as c
+
+    doc = pdfium.PdfDocument(str(pdf))
+    bitmap = pdfium.PdfBitmap.new_native(w, h, c.FPDFBitmap_BGR, rev_byteorder=True)
+    bitmap.fill_rect((255, 255, 255, 255), 0, 0, w, h)
+    c.FPDF_RenderPageBitmap(bitmap, doc[page - 1], -x0, -y0, width_px, height_px, 0,
+                            c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER)
+    rows = np.frombuffer(bitmap.buffer, np.uint8).reshape(h, bitmap.stride)
+    return rows[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_viewer_follows_a_job_and_shows_what_pdfium_draws(stack, browser, corpus, client):
+    context = browser.new_context(viewport={"width": VIEW[0], "height": VIEW[1]},
+                                  device_scale_factor=1)
+    page = context.new_page()
+    failures: list[str] = []
+    # Chromium reports a response body read to its end through a stream
+    # (the viewer's Server-Sent Events) as ERR_ABORTED: that one request is
+    # judged by its status alone.
+    page.on("requestfailed", lambda r: failures.append(f"{r.url}: {r.failure}")
+            if not r.url.endswith("/events") else None)
+    page.on("response", lambda r: failures.append(f"{r.url}: {r.status}")
+            if r.status >= 400 else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    submitted = time.monotonic()
+    resp = client.submit(str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
+    token = stack.token("acme", "viewer")
+    page.goto(f"{stack.gateway_url}/view/{resp.job_id}#token={token}")
+    assert "token=" not in page.url  # taken out of the address bar
+
+    # Pages appear one by one while the job runs.
+    seen, first_visible = [], None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        shown = page.evaluate("document.querySelectorAll('.page img').length")
+        if shown and first_visible is None:
+            page.wait_for_function("() => planzoom.viewer.world.getItemCount() > 0 && "
+                                   "planzoom.viewer.world.getItemAt(0).getFullyLoaded()")
+            first_visible = time.monotonic() - submitted
+        if not seen or seen[-1] != shown:
+            seen.append(shown)
+        if shown == 8 and "complete" in page.inner_text("#state"):
+            break
+        time.sleep(0.1)
+    assert seen[-1] == 8, seen
+    assert len(set(seen)) >= 3, f"pages did not appear one by one: {seen}"
+    assert seen == sorted(seen)
+    print(f"\nsubmit → first page visible in the browser: {first_visible:.1f} s; "
+          f"thumbnails over time: {seen}")
+    job = wait_terminal(client, resp.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
+
+    # Keyboard: End, PageUp, PageDown, Home, n, p.
+    for key, expected in (("End", 8), ("PageUp", 7), ("PageDown", 8), ("Home", 1), ("n", 2),
+                          ("p", 1), ("End", 8)):
+        page.keyboard.press(key)
+        assert page.evaluate("planzoom.page") == expected, key
+        assert page.get_attribute(f'.page[data-page="{expected}"]', "aria-current") == "true"
+
+    # The last page at 1:1 (one image pixel per CSS pixel), on whole pixels.
+    record = job.pages[7]
+    w, h = VIEW[0] - 150, VIEW[1] - 60  # inside the stage, whatever the header's height
+    x0, y0 = record.width_px // 2 - 300, record.height_px // 2 - 200
+    page.wait_for_function("() => planzoom.viewer.world.getItemCount() > 0")
+    page.evaluate("""([x0, y0]) => {
+        const v = planzoom.viewer, item = v.world.getItemAt(0), c = v.viewport.getContainerSize();
+        v.viewport.fitBounds(item.imageToViewportRectangle(x0, y0, c.x, c.y), true);
+        v.navigator && (v.navigator.element.style.display = "none");
+    }""", [x0, y0])
+    page.wait_for_function("() => planzoom.viewer.world.getItemAt(0).getFullyLoaded()",
+                           timeout=60_000)
+    page.wait_for_timeout(300)  # the last tiles' fade-in
+    zoom = page.evaluate("planzoom.viewer.viewport.viewportToImageZoom("
+                         "planzoom.viewer.viewport.getZoom(true))")
+    assert abs(zoom - 1) < 1e-6
+    shot = page.locator("#osd").screenshot()
+    Path(stack.data_dir / "viewer-1to1.png").write_bytes(shot)
+    image = pyvips.Image.new_from_buffer(shot, "")[:3]
+    pixels = np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8,
+                        shape=(image.height, image.width, 3))
+    # Compare away from the corners, where OpenSeadragon draws its controls.
+    cx, cy, cw, ch = 60, 60, min(w, pixels.shape[1]) - 120, min(h, pixels.shape[0]) - 120
+    ours = pixels[cy:cy + ch, cx:cx + cw]
+    reference = pdfium_region(corpus / SET, 8, record.width_px, record.height_px,
+                              x0 + cx, y0 + cy, cw, ch)
+    Path(stack.data_dir / "pdfium-1to1.png").write_bytes(
+        pyvips.Image.new_from_memory(reference.tobytes(), cw, ch, 3, "uchar").pngsave_buffer())
+    value = psnr(ours, reference)
+    shifted = psnr(pixels[cy:cy + ch, cx + 1:cx + cw + 1], reference)
+    print(f"1:1 region of page 8 against PDFium: PSNR {value:.1f} dB "
+          f"(one pixel off: {shifted:.1f} dB)")
+    assert value >= MIN_PSNR_DB
+    assert shifted < value - 3  # the comparison can tell a one-pixel shift
+
+    assert page.inner_text("#zoom").endswith("% of paper size")
+    assert not failures, failures
+    assert not errors, errors
+    context.close()
+
+
+def test_viewer_without_a_token_says_what_to_do(stack, browser):
+    page = browser.new_page()
+    page.goto(f"{stack.gateway_url}/view/01a228a0b2ee0d37a9df8b")
+    assert "no token" in page.inner_text("#state")
+    page.close()
+
+
+def test_the_demo_export_opens_from_disk(stack, browser, corpus, client, tmp_path):
+    from planzoom_devstack.export import export_job, write_offline_viewer
+
+    resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
+                         jobs_pb2.PlanRef(org="acme", project="viewer", plan="offline"),
+                         jobs_pb2.JobOptions(dpi=50))
+    job = wait_terminal(client, resp.job_id)
+    export_job(stack, job, tmp_path)
+    index = write_offline_viewer(tmp_path, job)
+    page = browser.new_page()
+    failures: list[str] = []
+    page.on("requestfailed", lambda r: failures.append(f"{r.url}: {r.failure}"))
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(index.as_uri())
+    page.wait_for_function("() => planzoom.viewer.world.getItemCount() > 0 && "
+                           "planzoom.viewer.world.getItemAt(0).getFullyLoaded()")
+    assert page.evaluate("document.querySelectorAll('.page img').length") == 7
+    page.keyboard.press("End")
+    page.wait_for_function("() => planzoom.page === 7 && planzoom.viewer.world.getItemCount() > 0"
+                           " && planzoom.viewer.world.getItemAt(0).getFullyLoaded()")
+    # Drawn, not blank: the canvas holds the sheet's dark line work.
+    shot = pyvips.Image.new_from_buffer(page.locator("#osd").screenshot(), "")[:3]
+    assert shot.min() < 60 and shot.max() > 200
+    assert not failures and not errors, (failures, errors)
+    page.close()
