@@ -252,6 +252,13 @@ class ObjectStore:
             ExpiresIn=expires_seconds)
         return post["url"], post["fields"]
 
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under ``prefix``."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
+
     def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
         """(key, last modified as epoch seconds) of every object under ``prefix``."""
         paginator = self.client.get_paginator("list_objects_v2")

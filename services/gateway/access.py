@@ -72,10 +72,17 @@ class Gatekeeper:
             key = secrets.token_urlsafe(32)
             log.warning("PLANZOOM_GATEWAY_SIGNING_KEY is not set: signed links work only on "
                         "this gateway process and end with it")
-        self.links = itsdangerous.URLSafeTimedSerializer(key, salt="planzoom-link")
+        self._key = key
+        self.links = self.serializer("planzoom-link")
         self.link_seconds = settings.gateway_link_seconds
         self.rate = RateLimitItemPerSecond(settings.gateway_rate_per_second)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def serializer(self, salt: str) -> itsdangerous.URLSafeTimedSerializer:
+        """Signs and checks timestamped payloads of one kind (``salt``) with
+        the gateway's key: a payload signed for one kind never verifies as
+        another."""
+        return itsdangerous.URLSafeTimedSerializer(self._key, salt=salt)
 
     def sign(self, link: Link) -> tuple[str, float]:
         """A signed link and its expiry (Unix seconds)."""
@@ -93,7 +100,8 @@ class Gatekeeper:
             raise Unauthenticated("this link is not valid", reason="BAD_LINK") from None
         return Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"], subject=data["s"])
 
-    def _throttle(self, key: str) -> None:
+    def throttle(self, key: str) -> None:
+        """ResourceExhausted (429) once ``key`` is over the per-caller rate."""
         if not self.limiter.hit(self.rate, key):
             raise ResourceExhausted(
                 f"more than {self.rate.amount} requests a second from this caller; slow down",
@@ -111,7 +119,7 @@ class Gatekeeper:
         cap = request.query_params.get("cap") if allow_link else None
         anonymous = f"anonymous:{request.client.host if request.client else 'unknown'}"
         if header is None and cap is None:
-            self._throttle(anonymous)
+            self.throttle(anonymous)
             raise Unauthenticated("send 'Authorization: Bearer <token>'" +
                                   (" or a signed link (?cap=)" if allow_link else ""))
         try:
@@ -122,11 +130,11 @@ class Gatekeeper:
                 access = Access(Caller(subject=link.subject, org=link.org, role=ROLES[0]),
                                 link=link)
         except Unauthenticated:
-            self._throttle(anonymous)  # forged credentials cost their sender, not the rest
+            self.throttle(anonymous)  # forged credentials cost their sender, not the rest
             raise
         if access.link is not None and job_id is not None and access.link.job_id != job_id:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
-        self._throttle(f"{access.caller.org}:{access.caller.subject}")
+        self.throttle(f"{access.caller.org}:{access.caller.subject}")
         if not access.caller.may(role):
             raise PermissionDenied(f"{access.caller.subject} is a {access.caller.role}; this "
                                    f"needs the {role} role")

@@ -22,7 +22,7 @@ from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
 from planzoom.storage import ObjectStore
-from services.gateway import jobs, problems, tiles, viewer
+from services.gateway import downloads, jobs, problems, tiles, viewer
 from services.gateway.access import Gatekeeper
 from services.gateway.upstream import Upstream
 
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(jobs.router)
     app.include_router(tiles.router)
+    app.include_router(downloads.router)
     app.include_router(viewer.router)
     if not viewer.OPENSEADRAGON.exists():
         log.warning("%s is missing (run make setup): the viewer will not load",

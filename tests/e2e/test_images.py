@@ -14,7 +14,8 @@ from tests.e2e.containers import VERSION
 #: Runs inside the image: import every module under planzoom/ and services/
 #: (an entry point, ``services.<name>.__main__``, would start the service: its
 #: code is compiled and the names it imports are loaded instead), then check
-#: that no tooling package is installed.
+#: that no tooling package is installed (click is not on the list: the
+#: gateway's uvicorn depends on it).
 IMPORT_ALL = """
 import ast, importlib, importlib.util, pkgutil
 import planzoom, services
@@ -30,8 +31,8 @@ for name in names:
             module = importlib.import_module(node.module)
             for alias in node.names:
                 getattr(module, alias.name)
-present = [p for p in ("planzoom_cli", "planzoom_devstack", "grpc_tools", "click", "rich",
-                       "moto", "waitress", "pytest") if importlib.util.find_spec(p)]
+present = [p for p in ("planzoom_cli", "planzoom_devstack", "grpc_tools", "rich", "moto",
+                       "waitress", "pytest", "playwright") if importlib.util.find_spec(p)]
 print(len(names), " ".join(present) or "-")
 """
 

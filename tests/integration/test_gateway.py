@@ -4,12 +4,16 @@ signed links, and every refusal as an RFC 9457 problem document."""
 
 from __future__ import annotations
 
+import io
 import json
 import xml.etree.ElementTree as ET
+import zipfile
 
 import httpx
 import pytest
+import pyvips
 
+from planzoom.dzi import DziInfo, level_size, parse_dzi
 from planzoom.states import is_terminal
 from planzoom.v1 import jobs_pb2
 from tests.helpers import wait_terminal
@@ -190,3 +194,93 @@ def test_each_caller_has_its_own_rate(stack):
             assert bad.count(401) >= 5 and 429 in bad
     finally:
         stack.stop_service("gateway-rate")
+
+
+def check_zip_pyramids(data: bytes, job_id: str) -> dict[int, DziInfo]:
+    """Every DZI in a downloaded zip: a complete tile grid on every level its
+    descriptor implies, top-level tiles of the sizes DZI prescribes, and a
+    manifest that agrees. Returns the descriptors by page."""
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    assert archive.testzip() is None
+    names = set(archive.namelist())
+    manifest = json.loads(archive.read(f"{job_id}/manifest.json"))
+    found: dict[int, DziInfo] = {}
+    for record in manifest["pages"]:
+        n = record["page"]
+        dzi = parse_dzi(archive.read(f"{job_id}/page-{n}.dzi"))
+        assert (dzi.width, dzi.height) == (record["width_px"], record["height_px"])
+        assert dzi.levels == record["levels"] and dzi.tile_count() == int(record["tile_count"])
+        files = f"{job_id}/page-{n}_files/"
+        tiles = {name[len(files):] for name in names if name.startswith(files)}
+        expected = {f"{level}/{c}_{r}.{dzi.format}" for level in range(dzi.levels)
+                    for c in range(dzi.grid(level)[0]) for r in range(dzi.grid(level)[1])}
+        assert tiles == expected, f"page {n}: tiles differ from the DZI grid"
+        top = dzi.levels - 1
+        for c in range(dzi.grid(top)[0]):
+            for r in range(dzi.grid(top)[1]):
+                tile = pyvips.Image.new_from_buffer(
+                    archive.read(f"{files}{top}/{c}_{r}.{dzi.format}"), "")
+                assert (tile.width, tile.height) == dzi.tile_box(top, c, r)[2:]
+        found[n] = dzi
+    return found
+
+
+def test_download_is_a_zip_of_valid_pyramids_sized_up_front(stack, http, done_job):
+    url = f"/v1/jobs/{done_job.job_id}/download"
+    head = http.head(url, headers=bearer(stack))
+    assert head.status_code == 200 and head.headers["content-type"] == "application/zip"
+    resp = http.get(url, headers=bearer(stack))
+    assert resp.status_code == 200
+    assert int(head.headers["content-length"]) == len(resp.content)
+    assert "attachment" in resp.headers["content-disposition"]
+    pyramids = check_zip_pyramids(resp.content, done_job.job_id)
+    assert sorted(pyramids) == list(range(1, 8))
+    assert all((d.width, d.height) == (p.width_px, p.height_px)
+               for d, p in zip(pyramids.values(), done_job.pages, strict=True))
+
+
+def test_offline_bundle_keeps_only_the_pages_and_levels_asked_for(stack, http, done_job):
+    resp = http.get(f"/v1/jobs/{done_job.job_id}/download",
+                    params={"pages": "2,4-5", "max_level": 6}, headers=bearer(stack))
+    assert resp.status_code == 200
+    pyramids = check_zip_pyramids(resp.content, done_job.job_id)
+    assert sorted(pyramids) == [2, 4, 5]
+    for n, dzi in pyramids.items():
+        full = done_job.pages[n - 1]
+        assert dzi.levels == 7  # levels 0..6: a valid DZI of the level-6 image
+        assert (dzi.width, dzi.height) == level_size(full.width_px, full.height_px, 6)
+    names = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
+    assert not [n for n in names if "_files/7/" in n or "page-1" in n]
+
+
+def test_downloads_refuse_what_they_should(stack, http, done_job, corpus, client):
+    url = f"/v1/jobs/{done_job.job_id}/download"
+    assert_problem(http.get(url, params={"pages": "0"}, headers=bearer(stack)), 400)
+    assert_problem(http.get(url, params={"pages": "3-99"}, headers=bearer(stack)), 400)
+    assert_problem(http.get(url, params={"pages": "a"}, headers=bearer(stack)), 400)
+    assert_problem(http.get(url, params={"max_level": -1}, headers=bearer(stack)), 400)
+    assert_problem(http.get(url, headers=bearer(stack, org="intruder")), 404)
+    assert_problem(http.get(url), 401)
+    cap = http.get(f"/v1/jobs/{done_job.job_id}/links", headers=bearer(stack)).json()["cap"]
+    assert http.head(url, params={"cap": cap}).status_code == 200
+    running = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=200))
+    assert_problem(http.get(f"/v1/jobs/{running.job_id}/download", headers=bearer(stack)),
+                   409, "JOB_RUNNING")
+    wait_terminal(client, running.job_id)
+
+
+def test_batch_download_holds_each_job(stack, http, done_job, corpus, client):
+    other = wait_terminal(client, client.submit(str(corpus / SETS), PLAN,
+                                                jobs_pb2.JobOptions(dpi=33)).job_id)
+    link = http.post("/v1/downloads", json={"jobs": [done_job.job_id, other.job_id],
+                                            "max_level": 5}, headers=bearer(stack))
+    assert link.status_code == 200, link.text
+    body = link.json()
+    resp = httpx.get(body["url"], timeout=60)  # no header: the URL is the grant
+    assert resp.status_code == 200 and len(resp.content) == body["size_bytes"]
+    for job in (done_job, other):
+        assert all(d.levels == 6 for d in check_zip_pyramids(resp.content, job.job_id).values())
+    assert_problem(httpx.get(body["url"][:-3] + "xyz"), 401, "BAD_LINK")
+    assert_problem(http.post("/v1/downloads", json={"jobs": [done_job.job_id]},
+                             headers=bearer(stack, org="intruder")), 404)
+    assert_problem(http.post("/v1/downloads", json={"jobs": []}, headers=bearer(stack)), 400)

@@ -1,0 +1,255 @@
+"""A job as one zip, streamed: ``GET /v1/jobs/{job_id}/download`` (``HEAD``
+first gives its size) and ``POST /v1/downloads`` for several jobs.
+
+The zip (PKZIP APPNOTE, stored entries, ZIP64 where needed; zipstream-ng)
+is built while it is sent, from the bucket, never staged on disk: its size
+is known before the first byte (every entry's size comes from the listing),
+and objects are fetched a few dozen ahead of the one being written. It holds
+``<job_id>/manifest.json`` and, per page, ``page-<n>.dzi`` and
+``page-<n>_files/<level>/<col>_<row>.<ext>``: exactly the layout
+OpenSeadragon opens.
+
+A smaller offline bundle: ``?pages=1,3-5`` keeps those pages (1-based),
+``?max_level=N`` keeps levels 0..N. A level-N bundle is itself a valid DZI
+of the level-N image (``ceil(W / 2**(L-1-N))`` pixels wide, the DZI level
+arithmetic of :mod:`planzoom.dzi`): its descriptors and manifest say that
+size, and its pages' DPI is scaled to match.
+
+Only an ended job (its ``manifest.json`` written) can be downloaded: 409
+while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated
+
+import itsdangerous
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from zipstream import ZipStream
+
+from planzoom.dzi import DziInfo, dzi_xml, level_size
+from planzoom.errors import FailedPrecondition, InvalidInput, Unauthenticated
+from planzoom.ids import check_id
+from planzoom.storage import ObjectNotFound, ObjectStore
+
+router = APIRouter(prefix="/v1", tags=["downloads"])
+
+#: Objects fetched ahead of the one being written into the zip.
+PREFETCH = 32
+#: Jobs in one batch download.
+MAX_BATCH_JOBS = 50
+PAGES = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
+
+
+@dataclass
+class Entry:
+    """One file of the zip: bytes in hand, or an object to fetch."""
+
+    arcname: str
+    size: int
+    data: bytes | None = None
+    key: str | None = None
+
+
+def parse_pages(spec: str | None, total: int) -> list[int]:
+    """``"1,3-5"`` → [1, 3, 4, 5] (all pages if ``spec`` is empty). Raises
+    InvalidInput naming the part that is not a page or range of pages."""
+    if not spec:
+        return list(range(1, total + 1))
+    pages: set[int] = set()
+    for part in spec.split(","):
+        match = PAGES.fullmatch(part)
+        first, last = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+        if not match or not 1 <= first <= last <= total:
+            raise InvalidInput(f"pages: {part.strip()!r} is not a page or range of pages "
+                               f"within 1-{total}", field="pages")
+        pages.update(range(first, last + 1))
+    return sorted(pages)
+
+
+def _bundle_page(record: dict, max_level: int | None) -> tuple[dict, DziInfo, int]:
+    """A page's record and descriptor in the bundle, and its top level."""
+    full = DziInfo(record["width_px"], record["height_px"], record["tile_size"],
+                   record["overlap"], record["format"])
+    top = full.levels - 1 if max_level is None else min(max_level, full.levels - 1)
+    width, height = level_size(full.width, full.height, top)
+    info = DziInfo(width, height, full.tile_size, full.overlap, full.format)
+    if top == full.levels - 1:
+        return record, info, top
+    scaled = {**record, "width_px": width, "height_px": height, "levels": info.levels,
+              "tile_count": str(info.tile_count()),
+              "dpi": record.get("dpi", 0) * width / full.width}
+    return scaled, info, top
+
+
+def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int],
+                max_level: int | None) -> list[Entry]:
+    """The zip entries of one ended job (``manifest``: its manifest.json),
+    under ``folder/``. Blocking (lists the bucket)."""
+    prefix = manifest["tiles_prefix"]
+    records, entries = [], []
+    for page in pages:
+        record = manifest["pages"][page - 1]
+        if record.get("state") != "PAGE_STATE_DONE":
+            continue
+        record, info, top = _bundle_page(record, max_level)
+        records.append(record)
+        entries.append(Entry(f"{folder}/page-{page}.dzi", 0, data=dzi_xml(info)))
+        files = f"{prefix}page-{page}_files/"
+        for key, size in store.list_sizes(files):
+            level = key[len(files):].split("/", 1)[0]
+            if level.isdigit() and int(level) <= top:
+                entries.append(Entry(f"{folder}/{key[len(prefix):]}", size, key=key))
+    kept = {**manifest, "pages": records}
+    if len(records) != len(manifest["pages"]) or max_level is not None:
+        kept["bundle"] = {"pages": [r["page"] for r in records], "max_level": max_level}
+    entries.insert(0, Entry(f"{folder}/manifest.json", 0,
+                            data=json.dumps(kept, indent=2).encode()))
+    return entries
+
+
+def build_zip(store: ObjectStore, entries: list[Entry]) -> ZipStream:
+    """A sized ZipStream whose objects are fetched in order, PREFETCH ahead,
+    by a thread pool, as the stream is read."""
+    fetched = _prefetch(store, [e.key for e in entries if e.key])
+    zs = ZipStream(sized=True)
+    for entry in entries:
+        if entry.data is not None:
+            zs.add(entry.data, entry.arcname)
+        else:
+            zs.add(_Next(fetched), entry.arcname, size=entry.size)
+    return zs
+
+
+class _Next:
+    """An entry's data: the next object the prefetcher delivers."""
+
+    def __init__(self, fetched: Iterator[bytes]):
+        self.fetched = fetched
+
+    def __iter__(self):
+        yield next(self.fetched)
+
+
+def _prefetch(store: ObjectStore, keys: list[str]) -> Iterator[bytes]:
+    def generate():
+        with ThreadPoolExecutor(8) as pool:
+            window = [pool.submit(store.get_bytes, k) for k in keys[:PREFETCH]]
+            for i in range(len(keys)):
+                data = window.pop(0).result()
+                if i + PREFETCH < len(keys):
+                    window.append(pool.submit(store.get_bytes, keys[i + PREFETCH]))
+                yield data
+    return generate()
+
+
+async def read_manifest(store: ObjectStore, tiles_prefix: str, job_id: str) -> dict:
+    """The job's manifest.json; FailedPrecondition (409) while it runs."""
+    try:
+        return json.loads(await asyncio.to_thread(store.get_bytes,
+                                                  f"{tiles_prefix}manifest.json"))
+    except ObjectNotFound:
+        raise FailedPrecondition(f"job {job_id} has not ended yet: download it when it has",
+                                 reason="JOB_RUNNING") from None
+
+
+def zip_response(request: Request, zs: ZipStream, filename: str) -> Response:
+    headers = {"Content-Length": str(len(zs)), "Cache-Control": "private, no-store",
+               "Content-Disposition": f'attachment; filename="{filename}"'}
+    if request.method == "HEAD":
+        return Response(status_code=200, media_type="application/zip", headers=headers)
+    return StreamingResponse(iter(zs), media_type="application/zip", headers=headers)
+
+
+@router.api_route("/jobs/{job_id}/download", methods=["GET", "HEAD"],
+                  summary="A job's tiles and descriptors as one zip")
+async def download(request: Request, job_id: str, pages: str | None = None,
+                   max_level: Annotated[int | None, Query(ge=0, le=64)] = None) -> Response:
+    """``application/zip`` (see the module docstring), ``Content-Length``
+    known up front; ``HEAD`` answers the size alone. ``pages``: ``1,3-5``
+    (1-based); ``max_level``: keep DZI levels 0..N. Bearer (viewer) or
+    ``?cap=``. 400 bad pages, 404 unknown job, 409 job still running."""
+    gw = request.app.state.gateway
+    job_id = check_id("job_id", job_id)
+    access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id)
+    place = await gw.upstream.place(access, job_id)
+    manifest = await read_manifest(gw.store, place.tiles_prefix, job_id)
+    selected = parse_pages(pages, len(manifest["pages"]))
+    entries = await asyncio.to_thread(job_entries, gw.store, manifest, job_id, selected,
+                                      max_level)
+    plan = manifest["plan"]["plan"]
+    return zip_response(request, build_zip(gw.store, entries), f"{plan}-{job_id}.zip")
+
+
+class BatchRequest(BaseModel):
+    """Jobs to download together (each ended, of the caller's org)."""
+
+    jobs: list[str] = Field(min_length=1, max_length=MAX_BATCH_JOBS)
+    max_level: int | None = Field(None, ge=0, le=64)
+
+
+class BatchLink(BaseModel):
+    url: str  # GET it (no header needed) for the zip
+    size_bytes: int
+    expires_in_seconds: int
+
+
+def _batch_signer(request: Request) -> itsdangerous.URLSafeTimedSerializer:
+    return request.app.state.gateway.gatekeeper.serializer("planzoom-batch")
+
+
+@router.post("/downloads", summary="Several jobs as one zip", response_model=BatchLink)
+async def create_batch(request: Request, body: BatchRequest) -> BatchLink:
+    """A signed URL for one zip holding each job under ``<job_id>/``, and the
+    zip's size in bytes. Needs the viewer role; every job must be the
+    caller's org's (404 otherwise) and ended (409 otherwise)."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    jobs = []
+    for job_id in dict.fromkeys(body.jobs):
+        place = await gw.upstream.place(access, check_id("job_id", job_id))
+        await read_manifest(gw.store, place.tiles_prefix, job_id)
+        jobs.append([job_id, place.tiles_prefix])
+    token = _batch_signer(request).dumps({"o": access.caller.org, "s": access.caller.subject,
+                                          "j": jobs, "m": body.max_level})
+    zs = await _batch_zip(gw.store, jobs, body.max_level)
+    return BatchLink(url=str(request.base_url).rstrip("/") + f"/v1/downloads/{token}",
+                     size_bytes=len(zs), expires_in_seconds=gw.settings.gateway_link_seconds)
+
+
+async def _batch_zip(store: ObjectStore, jobs: list[list[str]], max_level: int | None
+                     ) -> ZipStream:
+    entries = []
+    for job_id, prefix in jobs:
+        manifest = await read_manifest(store, prefix, job_id)
+        entries += await asyncio.to_thread(job_entries, store, manifest, job_id,
+                                           parse_pages(None, len(manifest["pages"])),
+                                           max_level)
+    return build_zip(store, entries)
+
+
+@router.api_route("/downloads/{token}", methods=["GET", "HEAD"],
+                  summary="A batch download made by POST /v1/downloads")
+async def batch_download(request: Request, token: str) -> Response:
+    """The zip of a batch (no header needed: the URL is the grant, until it
+    expires). 401 for an expired or altered URL."""
+    gw = request.app.state.gateway
+    try:
+        grant = _batch_signer(request).loads(token, max_age=gw.settings.gateway_link_seconds)
+    except itsdangerous.SignatureExpired:
+        raise Unauthenticated("this download link has expired; ask for a new one",
+                              reason="LINK_EXPIRED") from None
+    except itsdangerous.BadData:
+        raise Unauthenticated("this download link is not valid", reason="BAD_LINK") from None
+    gw.gatekeeper.throttle(f"{grant['o']}:{grant['s']}")
+    zs = await _batch_zip(gw.store, grant["j"], grant["m"])
+    return zip_response(request, zs, "planzoom-download.zip")
+
