@@ -37,7 +37,7 @@ print(len(names), " ".join(present) or "-")
 """
 
 
-@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("service", (*SERVICES, "gateway"))
 def test_service_image_imports_all_of_its_modules(images, service):
     result = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", "--read-only", "--entrypoint", "python",
@@ -47,3 +47,14 @@ def test_service_image_imports_all_of_its_modules(images, service):
     count, present = result.stdout.split(maxsplit=1)
     assert int(count) >= 30, f"only {count} modules found in the image"
     assert present.strip() == "-", f"development tooling in the {service} image: {present}"
+
+
+def test_gateway_image_serves_the_viewer_without_a_cdn(images):
+    check = ("from services.gateway.viewer import OPENSEADRAGON, STATIC_DIR; "
+             "print(OPENSEADRAGON.stat().st_size, (STATIC_DIR / 'viewer.js').exists())")
+    result = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", "--read-only", "--entrypoint", "python",
+         f"planzoom-gateway:{VERSION}", "-c", check], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    size, viewer = result.stdout.split()
+    assert int(size) > 100_000 and viewer == "True"

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 CHART = ROOT / "deploy" / "k8s" / "planzoom"
 K8S_VERSION = "1.30.0"
-COMPONENTS = ("ingest", "progress", "render", "tile")
+COMPONENTS = ("gateway", "ingest", "progress", "render", "tile")
 
 VARIANTS = {
     "defaults": {},
@@ -80,8 +80,13 @@ def test_deployments_are_locked_down_and_probed():
         assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
         assert sc["capabilities"]["drop"] == ["ALL"]
         port = container["ports"][0]["containerPort"]
-        assert container["readinessProbe"]["grpc"]["port"] == port
-        assert container["livenessProbe"]["grpc"]["port"] == port
+        if name.endswith("gateway"):  # HTTP: /readyz, /healthz on its named port
+            assert container["ports"][0]["name"] == "http"
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+        else:
+            assert container["readinessProbe"]["grpc"]["port"] == port
+            assert container["livenessProbe"]["grpc"]["port"] == port
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
         assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
         # Longer than the gRPC grace plus the JetStream ack wait.
@@ -125,7 +130,7 @@ def test_scaled_objects_read_the_queue_depth_the_progress_service_exports():
         assert int(meta["targetValue"]) >= 1
     # Ingest and progress scale on CPU; no HPA competes with KEDA.
     assert sorted(by_kind(docs, "HorizontalPodAutoscaler")) == [
-        "pz-planzoom-ingest", "pz-planzoom-progress"]
+        "pz-planzoom-gateway", "pz-planzoom-ingest", "pz-planzoom-progress"]
 
 
 def test_hpa_fallback_when_keda_is_off():
@@ -135,11 +140,28 @@ def test_hpa_fallback_when_keda_is_off():
         f"pz-planzoom-{c}" for c in sorted(COMPONENTS)]
 
 
-def test_services_only_for_grpc_apis():
+def test_services_only_for_apis():
     services = by_kind(render({}), "Service")
-    assert sorted(services) == ["pz-planzoom-ingest", "pz-planzoom-progress"]
-    for svc in services.values():
-        assert svc["spec"]["ports"][0]["appProtocol"] == "grpc"
+    assert sorted(services) == ["pz-planzoom-gateway", "pz-planzoom-ingest",
+                                "pz-planzoom-progress"]
+    for name, svc in services.items():
+        port = svc["spec"]["ports"][0]
+        assert port["appProtocol"] == ("http" if name.endswith("gateway") else "grpc")
+        assert port["targetPort"] == port["name"] == port["appProtocol"]
+
+
+def test_gateway_reaches_progress_and_shares_its_signing_key():
+    docs = render({})
+    (container,) = by_kind(docs, "Deployment")["pz-planzoom-gateway"]["spec"]["template"][
+        "spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    progress = by_kind(docs, "Service")["pz-planzoom-progress"]["spec"]["ports"][0]["port"]
+    assert env["PLANZOOM_PROGRESS_ADDR"]["value"] == f"pz-planzoom-progress:{progress}"
+    assert env["PLANZOOM_GATEWAY_ADDR"]["value"] == "0.0.0.0:8080"
+    assert env["PLANZOOM_GATEWAY_SIGNING_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "planzoom-gateway", "key": "signing-key"}
+    policy = by_kind(render(VARIANTS["network-policy"]), "NetworkPolicy")["pz-planzoom-gateway"]
+    assert {"port": 8080, "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
 
 
 def test_images_follow_registry_and_tag():

@@ -52,3 +52,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "planzoom.terminationGrace" -}}
 {{- add (int .Values.grpcGraceSeconds) (int .Values.ackWaitSeconds) 15 }}
 {{- end }}
+
+{{/* The component's listening port and its name: http (the gateway) or grpc. */}}
+{{- define "planzoom.port" -}}
+{{- $c := index .root.Values.components .component -}}
+{{- $c.httpPort | default $c.grpcPort -}}
+{{- end -}}
+{{- define "planzoom.portName" -}}
+{{- $c := index .root.Values.components .component -}}
+{{- if $c.httpPort }}http{{ else }}grpc{{ end -}}
+{{- end -}}
