@@ -38,7 +38,6 @@ class JobPlace:
 
     org: str
     tiles_prefix: str
-    total_pages: int
 
 
 class Upstream:
@@ -73,7 +72,7 @@ class Upstream:
         return list(resp.jobs)
 
     def _remember(self, job: jobs_pb2.Job) -> None:
-        self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix, job.total_pages)
+        self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix)
         self._places.move_to_end(job.job_id)
         while len(self._places) > CACHED_JOBS:
             self._places.popitem(last=False)
@@ -83,7 +82,7 @@ class Upstream:
         a signed link, the cache (a job's prefix never changes) or GetJob.
         A job of another org is NotFound, exactly as an unknown one."""
         if access.link is not None:
-            return JobPlace(access.link.org, access.link.tiles_prefix, 0)
+            return JobPlace(access.link.org, access.link.tiles_prefix)
         place = self._places.get(job_id)
         if place is None:
             job = await self.get_job(access, job_id)
