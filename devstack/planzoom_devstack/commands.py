@@ -66,7 +66,8 @@ def up(data_dir, tile_workers):
     console.print(table)
     console.print(f"logs in {stack.log_dir}; try:\n"
                   "  export PLANZOOM_TOKEN=$(planzoom token --org o)\n"
-                  "  planzoom submit PLAN.pdf --org o --project p --plan l --watch")
+                  "  planzoom submit PLAN.pdf --org o --project p --plan l --watch\n"
+                  f"then view it: {stack.gateway_url}/view/JOB_ID#token=$PLANZOOM_TOKEN")
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:
