@@ -13,6 +13,7 @@ import pytest
 import pyvips
 
 from planzoom.v1 import jobs_pb2
+from tests.dzi_check import psnr
 from tests.helpers import wait_terminal
 
 CHROMIUM = "/usr/bin/chromium"
@@ -57,11 +58,6 @@ def pdfium_region(pdf: Path, page: int, width_px: int, height_px: int, x0: int, 
                             c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER)
     rows = np.frombuffer(bitmap.buffer, np.uint8).reshape(h, bitmap.stride)
     return rows[:, : w * 3].reshape(h, w, 3).copy()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def test_viewer_follows_a_job_and_shows_what_pdfium_draws(stack, browser, corpus, client):
