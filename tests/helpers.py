@@ -10,6 +10,7 @@ from collections.abc import Callable
 import boto3
 import nats
 
+from planzoom.messaging import topology
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 
@@ -63,6 +64,16 @@ def run_nats(nats_url: str, fn):
             await nc.close()
 
     return asyncio.run(go())
+
+
+def lose_progress_events(stack, job_id: str) -> None:
+    """Purge every progress event of ``job_id`` from PLANZOOM_PROGRESS, as
+    if they had never arrived (the progress service should be stopped)."""
+
+    async def purge(js):
+        await js.purge_stream(topology.PROGRESS_STREAM, subject=f"progress.*.{job_id}")
+
+    run_nats(stack.admin_nats_url, purge)
 
 
 def s3_client(stack):

@@ -20,7 +20,7 @@ from planzoom.messaging import topology
 from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
 from tests.dzi_check import check_page
-from tests.helpers import list_keys, run_nats, wait_terminal, wait_until
+from tests.helpers import list_keys, lose_progress_events, run_nats, wait_terminal, wait_until
 from tests.integration.conftest import (
     ACK_WAIT_SECONDS,
     MAX_DELIVER,
@@ -255,11 +255,7 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
                    lambda: len([k for k in list_keys(s3, resp.job.tiles_prefix)
                                 if k.endswith(".dzi")]) == 7, timeout=120)
 
-        async def lose_events(js):
-            await js.purge_stream(topology.PROGRESS_STREAM,
-                                  subject=f"progress.*.{resp.job_id}")
-
-        run_nats(stack.admin_nats_url, lose_events)
+        lose_progress_events(stack, resp.job_id)
     finally:
         stack.start_service("progress")
     reconciled = client.reconcile(resp.job_id)

@@ -21,7 +21,7 @@ from planzoom.messaging import topology
 from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom_cli.client import Client
-from tests.helpers import list_keys, run_nats, wait_terminal, wait_until
+from tests.helpers import list_keys, lose_progress_events, run_nats, wait_terminal, wait_until
 from tests.integration.conftest import ACK_WAIT_SECONDS, MAX_DELIVER, TILE_PUT_TIMEOUT_SECONDS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -220,11 +220,7 @@ def test_one_bad_object_does_not_stop_the_sweep(corpus, stack, client, s3):
         wait_until("the good page's .dzi is in S3", lambda: list_keys(
             s3, keys.dzi_key(good.job.plan, good.job_id, 1)), timeout=120)
 
-        async def lose_events(js):
-            await js.purge_stream(topology.PROGRESS_STREAM,
-                                  subject=f"progress.*.{good.job_id}")
-
-        run_nats(stack.admin_nats_url, lose_events)
+        lose_progress_events(stack, good.job_id)
     finally:
         stack.start_service("progress")
     assert wait_terminal(client, good.job_id, timeout=60).reconciled
