@@ -216,11 +216,10 @@ async def create_batch(request: Request, body: BatchRequest) -> BatchLink:
     jobs = []
     for job_id in dict.fromkeys(body.jobs):
         place = await gw.upstream.place(access, check_id("job_id", job_id))
-        await read_manifest(gw.store, place.tiles_prefix, job_id)
         jobs.append([job_id, place.tiles_prefix])
+    zs = await _batch_zip(gw.store, jobs, body.max_level)  # 409 for a job still running
     token = _batch_signer(request).dumps({"o": access.caller.org, "s": access.caller.subject,
                                           "j": jobs, "m": body.max_level})
-    zs = await _batch_zip(gw.store, jobs, body.max_level)
     return BatchLink(url=str(request.base_url).rstrip("/") + f"/v1/downloads/{token}",
                      size_bytes=len(zs), expires_in_seconds=gw.settings.gateway_link_seconds)
 
