@@ -117,6 +117,19 @@ class Settings(BaseSettings):
     #: Tiles answered with a redirect to a presigned S3 GET instead of the bytes.
     gateway_tile_redirect: bool = False
     gateway_cache_seconds: int = Field(365 * 24 * 3600, ge=0)  # max-age of tiles and .dzi
+    # tus uploads: S3 multipart parts (S3 takes 5 MiB to 5 GiB, the last smaller)
+    gateway_upload_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
+    gateway_upload_expiry_seconds: int = Field(24 * 3600, ge=1)  # unfinished uploads removed after
+    gateway_max_concurrent_patches: int = Field(16, ge=1)  # PATCH bodies at once (a part each)
+    # Webhooks: deliveries tried this often, waiting retry, 2 x retry, ... up to max
+    webhook_max_attempts: int = Field(12, ge=1)
+    webhook_retry_seconds: float = Field(5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)  # one delivery, connect to last byte
+    webhook_max_endpoints: int = Field(16, ge=1)  # per org
+    #: Endpoints on loopback, private, link-local or reserved addresses are
+    #: refused (SSRF) unless this is set.
+    webhook_allow_private: bool = False
 
     log_level: str = "INFO"
 

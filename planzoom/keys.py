@@ -4,6 +4,7 @@
 
     sources/<org>/<project>/<plan>/<sha256>.pdf
     uploads/<org>/<project>/<plan>/<upload id>     (presigned PUTs, until SubmitJob)
+    tus/<tus upload id>.pending                    (a tus upload's bytes short of a part)
     work/<job>/page-<n>.raw.zst                    (deleted when the job ends)
     tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
@@ -43,6 +44,12 @@ UPLOADS_PREFIX = "uploads/"
 def upload_prefix(plan: jobs_pb2.PlanRef) -> str:
     """Where presigned uploads for ``plan`` land before SubmitJob checks them."""
     return f"{UPLOADS_PREFIX}{_plan_path(plan)}/"
+
+
+def tus_pending_key(tus_id: str) -> str:
+    """Where a tus upload keeps the bytes it has received beyond its last
+    multipart part, between two PATCH requests."""
+    return f"tus/{check_id('upload', tus_id)}.pending"
 
 
 #: An upload id: 32 hex digits (CreateUploadUrl makes them).

@@ -252,6 +252,36 @@ class ObjectStore:
             ExpiresIn=expires_seconds)
         return post["url"], post["fields"]
 
+    # -- multipart uploads (S3 API reference, "Multipart upload overview"):
+    # parts 1..10,000 of 5 MiB to 5 GiB each, the last one smaller.
+
+    def start_multipart(self, key: str, content_type: str) -> str:
+        """Begin a multipart upload of ``key``; returns its UploadId."""
+        return self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ContentType=content_type)["UploadId"]
+
+    def put_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
+        """Store part ``number`` (1-based) of a multipart upload, checked by
+        Content-MD5; returns its ETag."""
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        return self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                       PartNumber=number, Body=data, ContentMD5=md5)["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        """Join the parts (ETags of parts 1..n, in order) into the object."""
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": n}
+                                       for n, etag in enumerate(etags, 1)]})
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop a multipart upload and its parts (one already gone is fine)."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+                raise
+
     def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size in bytes) of every object under ``prefix``."""
         paginator = self.client.get_paginator("list_objects_v2")

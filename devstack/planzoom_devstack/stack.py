@@ -264,7 +264,9 @@ class EmbeddedStack:
         (settings of its own, e.g. other limits)."""
         port = self.ports.gateway if name == "gateway" else free_port()
         url = f"http://127.0.0.1:{port}"
-        env = {"PLANZOOM_GATEWAY_SIGNING_KEY": self.link_key,
+        env = {**self.nats_credentials("gateway"), "PLANZOOM_GATEWAY_SIGNING_KEY": self.link_key,
+               # the stack's webhook receivers are on this machine
+               "PLANZOOM_WEBHOOK_ALLOW_PRIVATE": "true",
                "PLANZOOM_GATEWAY_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
                **(env or {})}

@@ -1,5 +1,6 @@
 """What the stages publish about their work: progress events on
-``progress.<job_id>`` and dead letters on ``deadletter.<stage>.<job_id>``."""
+``progress.<stage>.<job_id>``, dead letters on ``deadletter.<stage>.<job_id>``
+and, once a job has ended, a JobEnded on ``jobs.ended.<org>.<job_id>``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ from nats.js import JetStreamContext
 from planzoom.clock import now_ts
 from planzoom.ids import ID_PATTERN
 from planzoom.messaging.publishing import publish, publish_retrying
-from planzoom.messaging.topology import LETTER_STREAMS, PROGRESS_STREAM, progress_subject
+from planzoom.messaging.topology import (
+    LETTER_STREAMS,
+    PROGRESS_STREAM,
+    job_ended_subject,
+    progress_subject,
+)
 from planzoom.v1 import events_pb2, jobs_pb2
 
 
@@ -56,3 +62,16 @@ async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int,
     )
     await publish(js, f"deadletter.{stage}.{job_id or 'unknown'}", letter.SerializeToString(),
                   f"dl.{stream}.{seq}")
+
+
+async def announce_ended(js: JetStreamContext, job: jobs_pb2.Job) -> None:
+    """Publish ``job``'s JobEnded (it has ended) on
+    ``jobs.ended.<org>.<job_id>``, once (Nats-Msg-Id ``ended.<job_id>``: a
+    finalization run again within the duplicate window is not announced
+    again). Retried as :func:`~planzoom.messaging.publishing.publish_retrying`."""
+    ended = events_pb2.JobEnded(
+        job_id=job.job_id, plan=job.plan, state=job.state, total_pages=job.total_pages,
+        completed_pages=job.completed_pages, failed_pages=job.failed_pages, error=job.error,
+        manifest_key=job.manifest_key, finished_at=job.finished_at)
+    await publish_retrying(js, job_ended_subject(job.plan.org, job.job_id),
+                           ended.SerializeToString(), f"ended.{job.job_id}")

@@ -9,6 +9,9 @@ consumers and KV bucket before the services start.
 - render may publish only ``progress.render.>``, tile only
   ``progress.tile.>``: the progress service trusts the stage in the
   subject (see services/progress/records.py).
+- Only progress publishes job-ended events (``jobs.ended.>``); only the
+  gateway reads them, writes its own KV bucket (``planzoom_gateway``:
+  uploads, webhook endpoints) and publishes webhook deliveries.
 - Each user receives replies only on its own inbox prefix
   (``_INBOX_<service>.>``), so no service can read another's replies.
 
@@ -27,15 +30,21 @@ from planzoom.messaging.topology import (
     ADVISORY_CONSUMER,
     ADVISORY_STREAM,
     DLQ_STREAM,
+    GATEWAY_BUCKET,
+    JOB_EVENTS_CONSUMER,
+    JOB_EVENTS_STREAM,
     JOBS_BUCKET,
     PROGRESS_CONSUMER,
     PROGRESS_STREAM,
     RENDER_STREAM,
     TILE_STREAM,
+    WEBHOOKS_CONSUMER,
+    WEBHOOKS_STREAM,
 )
 
 API = "$JS.API"
 KV_STREAM = f"KV_{JOBS_BUCKET}"
+GATEWAY_KV_STREAM = f"KV_{GATEWAY_BUCKET}"
 SETUP_USER = "planzoom-setup"
 
 
@@ -44,13 +53,19 @@ def inbox_prefix(service: str) -> str:
     return f"_INBOX_{service}"
 
 
-def _kv_read() -> list[str]:
-    return [f"{API}.STREAM.INFO.{KV_STREAM}", f"{API}.DIRECT.GET.{KV_STREAM}.>",
-            f"{API}.DIRECT.GET.{KV_STREAM}", f"{API}.STREAM.MSG.GET.{KV_STREAM}"]
+def _kv_read(stream: str = KV_STREAM) -> list[str]:
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.DIRECT.GET.{stream}.>",
+            f"{API}.DIRECT.GET.{stream}", f"{API}.STREAM.MSG.GET.{stream}"]
 
 
-def _kv_write() -> list[str]:
-    return [f"$KV.{JOBS_BUCKET}.>"]
+def _kv_write(bucket: str = JOBS_BUCKET) -> list[str]:
+    return [f"$KV.{bucket}.>"]
+
+
+def _kv_watch(stream: str) -> list[str]:
+    """Watching keys (an ordered consumer on the bucket's stream)."""
+    return [f"{API}.CONSUMER.CREATE.{stream}.>", f"{API}.CONSUMER.CREATE.{stream}",
+            f"{API}.CONSUMER.INFO.{stream}.*", f"{API}.CONSUMER.DELETE.{stream}.>", "$JS.FC.>"]
 
 
 def _consume(stream: str, consumers: str) -> list[str]:
@@ -81,11 +96,8 @@ PUBLISH: dict[str, list[str]] = {
         *_consume(TILE_STREAM, "*"), f"{API}.CONSUMER.LIST.{TILE_STREAM}",
     ],
     "progress": [
-        "pages.render.>", "deadletter.>", *_kv_read(), *_kv_write(),
-        # watching job records: ordered consumers on the KV stream
-        f"{API}.CONSUMER.CREATE.{KV_STREAM}.>", f"{API}.CONSUMER.CREATE.{KV_STREAM}",
-        f"{API}.CONSUMER.INFO.{KV_STREAM}.*", f"{API}.CONSUMER.DELETE.{KV_STREAM}.>",
-        "$JS.FC.>",
+        "pages.render.>", "deadletter.>", "jobs.ended.>", *_kv_read(), *_kv_write(),
+        *_kv_watch(KV_STREAM),  # watching job records
         *_consume(PROGRESS_STREAM, PROGRESS_CONSUMER), *_consume(ADVISORY_STREAM,
                                                                  ADVISORY_CONSUMER),
         *_create_org_consumers(RENDER_STREAM), *_create_org_consumers(TILE_STREAM),
@@ -98,12 +110,19 @@ PUBLISH: dict[str, list[str]] = {
         f"{API}.CONSUMER.CREATE.{DLQ_STREAM}.>", f"{API}.CONSUMER.DELETE.{DLQ_STREAM}.>",
         *_consume(DLQ_STREAM, "*"),
     ],
+    "gateway": [
+        "webhooks.deliver.>", *_kv_read(GATEWAY_KV_STREAM), *_kv_write(GATEWAY_BUCKET),
+        *_kv_watch(GATEWAY_KV_STREAM),
+        *_consume(JOB_EVENTS_STREAM, JOB_EVENTS_CONSUMER),
+        *_consume(WEBHOOKS_STREAM, WEBHOOKS_CONSUMER),
+    ],
 }
 
 #: Subscribe allow-lists beyond each service's own inbox: the work subjects
 #: a worker listens to, to be woken when work arrives.
 SUBSCRIBE: dict[str, list[str]] = {
     "ingest": [], "render": ["pages.render.>"], "tile": ["pages.tile.>"], "progress": [],
+    "gateway": [],
 }
 
 

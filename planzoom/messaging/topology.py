@@ -8,7 +8,14 @@ stream             subjects                 retention      durable consumers
 PLANZOOM_RENDER    pages.render.<org>       work queue     render-<org>, one per org
 PLANZOOM_TILE      pages.tile.<org>         work queue     tile-<org>, one per org
 PLANZOOM_PROGRESS  progress.<stage>.<job>   limits (7 d)   progress
+PLANZOOM_JOB_EVENTS jobs.ended.<org>.<job>  limits (7 d)   webhooks (the gateway)
+PLANZOOM_WEBHOOKS  webhooks.deliver.<org>   work queue     deliveries (the gateway)
 =================  =======================  =============  =========================
+
+The progress service publishes a JobEnded on ``jobs.ended.<org>.<job>``
+when a job ends (once: Nats-Msg-Id ``ended.<job>``); the gateway turns each
+into one WebhookDelivery per endpoint that asked for it, which its delivery
+workers send, retry and finally keep as a dead letter.
 
 Dead letters: a message that fails for good (a permanent error, or its last
 delivery failed) is copied with its reason and attempt count to stream
@@ -18,7 +25,9 @@ delivery never reaches that code: the server's MAX_DELIVERIES advisory is
 captured by stream ``PLANZOOM_ADVISORIES`` and the progress service (durable
 consumer ``deadletters``) dead-letters the message and fails its page.
 
-KV bucket ``planzoom_jobs`` holds job records (see :mod:`planzoom.jobstore`).
+KV bucket ``planzoom_jobs`` holds job records (see :mod:`planzoom.jobstore`),
+``planzoom_gateway`` the gateway's state: tus uploads, webhook endpoints
+and webhook dead letters.
 All setup calls are idempotent: every service runs them at startup.
 """
 
@@ -50,6 +59,11 @@ RENDER_STREAM, RENDER_SUBJECTS, RENDER_CONSUMER = "PLANZOOM_RENDER", "pages.rend
 TILE_STREAM, TILE_SUBJECTS, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile.>", "tile"
 PROGRESS_STREAM, PROGRESS_CONSUMER = "PLANZOOM_PROGRESS", "progress"
 JOBS_BUCKET = "planzoom_jobs"
+GATEWAY_BUCKET = "planzoom_gateway"
+JOB_EVENTS_STREAM, JOB_EVENTS_CONSUMER = "PLANZOOM_JOB_EVENTS", "webhooks"
+WEBHOOKS_STREAM, WEBHOOKS_CONSUMER = "PLANZOOM_WEBHOOKS", "deliveries"
+#: Ack wait of the webhook consumers: a delivery's HTTP timeout and then some.
+WEBHOOK_ACK_WAIT_SECONDS = 60.0
 
 DLQ_STREAM = "PLANZOOM_DEAD_LETTERS"
 ADVISORY_STREAM, ADVISORY_CONSUMER = "PLANZOOM_ADVISORIES", "deadletters"
@@ -77,6 +91,14 @@ def progress_subject(stage: str, job_id: str) -> str:
     that NATS permissions tie it to the publisher (render may only publish
     ``progress.render.>``, tile ``progress.tile.>``)."""
     return f"progress.{stage}.{job_id}"
+
+
+def job_ended_subject(org: str, job_id: str) -> str:
+    return f"jobs.ended.{org}.{job_id}"
+
+
+def webhook_subject(org: str) -> str:
+    return f"webhooks.deliver.{org}"
 
 
 def decode_work(stream: str, data: bytes):
@@ -140,6 +162,9 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
         (PROGRESS_STREAM, ["progress.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
         (DLQ_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DLQ_MAX_AGE_SECONDS),
         (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DLQ_MAX_AGE_SECONDS),
+        (JOB_EVENTS_STREAM, ["jobs.ended.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
+        (WEBHOOKS_STREAM, ["webhooks.deliver.>"], RetentionPolicy.WORK_QUEUE,
+         PROGRESS_MAX_AGE_SECONDS),
     ):
         await _ensure_stream(
             js,
@@ -157,6 +182,11 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
          PROGRESS_MAX_DELIVER),
         (ADVISORY_STREAM, ADVISORY_CONSUMER, None, PROGRESS_ACK_WAIT_SECONDS,
          PROGRESS_MAX_DELIVER),
+        (JOB_EVENTS_STREAM, JOB_EVENTS_CONSUMER, None, WEBHOOK_ACK_WAIT_SECONDS,
+         PROGRESS_MAX_DELIVER),
+        # One delivery per attempt: the worker gives up (and keeps a dead
+        # letter) after webhook_max_attempts, never the server.
+        (WEBHOOKS_STREAM, WEBHOOKS_CONSUMER, None, WEBHOOK_ACK_WAIT_SECONDS, -1),
     ):
         await ensure_consumer(
             js,
@@ -171,9 +201,15 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
                 max_ack_pending=1000,
             ),
         )
+    await ensure_bucket(js, GATEWAY_BUCKET)
+    return await ensure_bucket(js, JOBS_BUCKET)
+
+
+async def ensure_bucket(js: JetStreamContext, name: str) -> KeyValue:
+    """The KV bucket ``name`` (one revision per key, file storage), created
+    if missing."""
     try:
-        return await js.key_value(JOBS_BUCKET)
+        return await js.key_value(name)
     except BucketNotFoundError:
         return await js.create_key_value(
-            KeyValueConfig(bucket=JOBS_BUCKET, history=1, storage=StorageType.FILE)
-        )
+            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE))

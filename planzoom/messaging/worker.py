@@ -160,7 +160,9 @@ class PullWorker:
     its lease. A permanent error (:func:`is_permanent`), or any error on the
     last delivery, dead-letters the message, calls ``on_failure`` (which
     reports the page FAILED) if given, and terminates it; other errors nak it
-    with exponential backoff (:func:`retry_delay`).
+    with exponential backoff (``backoff``, by default :func:`retry_delay`).
+    With ``dead_letters=False`` a message that fails for good is not copied
+    to PLANZOOM_DEAD_LETTERS: ``on_failure`` keeps what is worth keeping.
 
     A handler still running after ``max_seconds`` is cancelled and the
     message retried like any transient failure: in-progress heartbeats never
@@ -189,8 +191,11 @@ class PullWorker:
         on_dead: Callable[[str], None] | None = None,
         source: Consumer | FairConsumers | None = None,
         max_seconds: float | None = None,
+        backoff: Callable[[int], float] = retry_delay,
+        dead_letters: bool = True,
     ):
         self.on_dead, self.max_seconds = on_dead, max_seconds
+        self.backoff, self.dead_letters = backoff, dead_letters
         self.source = source or Consumer(js, stream, durable)
         self.js, self.stream, self.durable = js, stream, durable
         self.handle, self.on_failure = handle, on_failure
@@ -282,7 +287,7 @@ class PullWorker:
             or type(error).__name__
         if not (permanent or delivery.last):
             metrics.PAGES.labels(self.durable, "retried").inc()
-            delay = retry_delay(delivery.attempt)
+            delay = self.backoff(delivery.attempt)
             log.warning("%s: attempt %d/%d failed, retrying in %.0f s: %s", self.durable,
                         delivery.attempt, self.max_deliver, delay, reason, exc_info=True)
             await msg.nak(delay=delay)
@@ -290,14 +295,16 @@ class PullWorker:
         log.error("%s: giving up after attempt %d/%d: %s", self.durable, delivery.attempt,
                   self.max_deliver, reason, exc_info=not permanent)
         try:
-            await dead_letter(self.js, msg.metadata.stream, msg.subject,
-                              msg.metadata.sequence.stream, msg.data, reason, delivery.attempt)
+            if self.dead_letters:
+                await dead_letter(self.js, msg.metadata.stream, msg.subject,
+                                  msg.metadata.sequence.stream, msg.data, reason,
+                                  delivery.attempt)
             if self.on_failure is not None:
                 await self.on_failure(msg.data, delivery, reason)
         except Exception:
             # The failure could not be recorded: keep the message.
             log.exception("%s: could not record the failure", self.durable)
-            await msg.nak(delay=retry_delay(delivery.attempt))
+            await msg.nak(delay=self.backoff(delivery.attempt))
         else:
             metrics.PAGES.labels(self.durable, "failed").inc()
             await msg.term()

@@ -22,8 +22,9 @@ from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
 from planzoom.storage import ObjectStore
-from services.gateway import downloads, jobs, problems, tiles, viewer
+from services.gateway import downloads, jobs, problems, tiles, uploads, viewer
 from services.gateway.access import Gatekeeper
+from services.gateway.bus import Bus
 from services.gateway.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -37,18 +38,21 @@ class Gateway:
     gatekeeper: Gatekeeper
     upstream: Upstream
     store: ObjectStore
+    bus: Bus
+    uploads: uploads.Uploads
 
 
 class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is refused with
     413 (by its Content-Length before it is read, or as soon as a chunked
-    body passes the limit)."""
+    body passes the limit). Paths under ``exempt`` (tus uploads, which
+    bound their bodies by Upload-Length) pass as they are."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, exempt: str = "/v1/uploads"):
+        self.app, self.limit, self.exempt = app, limit, exempt
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
@@ -83,19 +87,24 @@ class _TooLarge(Exception):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway's FastAPI application for ``settings`` (default: from
-    the environment). Its lifespan opens the gRPC channels and the bucket
-    client and closes them at shutdown."""
+    the environment). Its lifespan opens the gRPC channels, the NATS
+    connection and the bucket client, runs the sweep for expired uploads,
+    and closes them at shutdown."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        upstream = Upstream(settings)
-        app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream,
-                                    ObjectStore(settings))
+        upstream, store = Upstream(settings), ObjectStore(settings)
+        bus = await Bus.open(settings)
+        app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream, store, bus,
+                                    uploads.Uploads(settings, bus, store, upstream))
+        sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
         try:
             yield
         finally:
+            sweep.cancel()
             await upstream.close()
+            await bus.close()
 
     app = FastAPI(title="planzoom gateway", version="1",
                   summary="Construction plan sets as Deep Zoom images: jobs, live progress, "
@@ -104,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(tiles.router)
     app.include_router(downloads.router)
+    app.include_router(uploads.router)
     app.include_router(viewer.router)
     if not viewer.OPENSEADRAGON.exists():
         log.warning("%s is missing (run make setup): the viewer will not load",
@@ -128,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        "Upload-Defer-Length", "Upload-Concat"],
         expose_headers=["ETag", "Location", "Retry-After", "Tus-Resumable", "Tus-Version",
                         "Tus-Extension", "Tus-Max-Size", "Upload-Offset", "Upload-Length",
-                        "Upload-Expires"],
+                        "Upload-Expires", "Planzoom-Job-Id"],
         max_age=600)
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     return app

@@ -66,11 +66,23 @@ def problem(request: Request, status: int, detail: str, reason: str,
                         headers={"Cache-Control": "no-store", **(headers or {})})
 
 
+class Problem(Exception):
+    """An HTTP answer no gRPC code names (a tus offset conflict is 409, an
+    expired upload 410, a locked one 423): status, reason, message and
+    headers as given."""
+
+    def __init__(self, status: int, message: str, reason: str,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.reason = status, message, reason
+        self.headers = headers or {}
+
+
 def _retry_after(seconds: float | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, round(seconds)))} if seconds else {}
 
 
-def _rpc_reason(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
+def rpc_reason(error: grpc.aio.AioRpcError) -> tuple[str, float | None]:
     status = rpc_status.from_call(error) if error.trailing_metadata() else None
     reason, retry = error.code().name, None
     for detail in status.details if status else ():
@@ -93,12 +105,16 @@ def install(app: FastAPI) -> None:
         return problem(request, status, error.message, error.reason,
                        _retry_after(error.retry_after), **extra)
 
+    @app.exception_handler(Problem)
+    async def http_problem(request: Request, error: Problem):
+        return problem(request, error.status, error.message, error.reason, error.headers)
+
     @app.exception_handler(grpc.aio.AioRpcError)
     async def rpc_error(request: Request, error: grpc.aio.AioRpcError):
         status = HTTP_STATUS.get(error.code())
         if status is None:  # INTERNAL, UNKNOWN, DATA_LOSS: the upstream's text stays there
             return await unexpected(request, error)
-        reason, retry = _rpc_reason(error)
+        reason, retry = rpc_reason(error)
         return problem(request, status, error.details() or error.code().name, reason,
                        _retry_after(retry))
 

@@ -1,5 +1,6 @@
 """The gateway's gRPC clients: ProgressService (job records, their changes)
-with the caller's token on every call, and a small cache of where each
+and IngestService (uploads finished over tus) with the caller's token on
+every call, and a small cache of where each
 job's tiles are, so that a tile request costs no RPC after the first."""
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import grpc
 
 from planzoom.config import Settings
 from planzoom.errors import NotFound
-from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.gateway.access import Access
 
 #: Seconds one upstream unary call may take.
 CALL_SECONDS = 10.0
+#: Seconds SubmitJob may take: ingest reads the whole upload and opens it.
+SUBMIT_SECONDS = 300.0
 #: Jobs whose tile locations are kept (a few hundred bytes each).
 CACHED_JOBS = 10_000
 
@@ -41,15 +44,39 @@ class JobPlace:
 
 
 class Upstream:
-    """ProgressService calls as the caller (its token forwarded)."""
+    """ProgressService and IngestService calls as the caller (its token
+    forwarded)."""
 
     def __init__(self, settings: Settings):
         self.progress_channel = aio_channel(settings.progress_addr, settings)
         self.progress = progress_pb2_grpc.ProgressServiceStub(self.progress_channel)
+        self.ingest_channel = aio_channel(settings.ingest_addr, settings)
+        self.ingest = ingest_pb2_grpc.IngestServiceStub(self.ingest_channel)
         self._places: OrderedDict[str, JobPlace] = OrderedDict()
 
     async def close(self) -> None:
         await self.progress_channel.close()
+        await self.ingest_channel.close()
+
+    async def create_upload(self, access: Access, plan: jobs_pb2.PlanRef, filename: str,
+                            size_bytes: int) -> str:
+        """The object key where a file of ``size_bytes`` for ``plan`` may be
+        staged (CreateUploadUrl: ingest checks the plan, the caller's role
+        and org, and the size). Raises grpc.aio.AioRpcError."""
+        resp = await self.ingest.CreateUploadUrl(
+            ingest_pb2.CreateUploadUrlRequest(plan=plan, filename=filename,
+                                              size_bytes=size_bytes),
+            metadata=access.metadata, timeout=CALL_SECONDS)
+        return resp.object_key
+
+    async def submit_job(self, access: Access, plan: jobs_pb2.PlanRef,
+                         options: jobs_pb2.JobOptions, object_key: str,
+                         filename: str) -> ingest_pb2.SubmitJobResponse:
+        """SubmitJob for a staged object (ingest checks and takes it, once)."""
+        return await self.ingest.SubmitJob(
+            ingest_pb2.SubmitJobRequest(plan=plan, options=options, object_key=object_key,
+                                        filename=filename),
+            metadata=access.metadata, timeout=SUBMIT_SECONDS)
 
     async def get_job(self, access: Access, job_id: str) -> jobs_pb2.Job:
         """The job record (GetJob). Raises grpc.aio.AioRpcError as the

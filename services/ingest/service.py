@@ -27,12 +27,12 @@ from planzoom.errors import (
 )
 from planzoom.ids import check_plan, new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
+from planzoom.options import resolve_options
 from planzoom.pages import Work, plan_work
 from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
 from services.ingest.admission import UploadSlots
 from services.ingest.checks import PdfDamaged, PdfInfo, inspect_pdf
-from services.ingest.options import resolve_options
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
+from planzoom.messaging.events import announce_ended
 from planzoom.messaging.worker import Delivery
 from planzoom.states import is_terminal, job_state_name
 from planzoom.storage import ObjectStore
@@ -120,6 +121,9 @@ class JobRecords:
         await asyncio.to_thread(write_outputs, self.store, final)
         for released in await self.admission.finish(job):
             await self.admission.release(released)
+        # Announced before the record leaves "finalizing": a crash between
+        # the two runs this again (the sweep), never skips it.
+        await announce_ended(self.jobs.js, final)
 
         def done(record: jobs_pb2.Job) -> bool:
             if not record.finalizing:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from planzoom.config import Settings
 from planzoom.errors import PlanzoomError
 from planzoom.ids import ID_PATTERN, InvalidId, check_id
+from planzoom.options import resolve_options
 from planzoom.v1 import jobs_pb2
 from services.ingest.checks import describe_magic
-from services.ingest.options import resolve_options
 from services.ingest.spool import Spool
 
 
