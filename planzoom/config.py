@@ -127,6 +127,8 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(3600.0, gt=0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)  # one delivery, connect to last byte
     webhook_max_endpoints: int = Field(16, ge=1)  # per org
+    webhook_workers: int = Field(8, ge=0)  # deliveries at once per gateway replica; 0 = none
+    webhook_org_in_flight: int = Field(50, ge=1)  # an org's deliveries in flight or backing off
     #: Endpoints on loopback, private, link-local or reserved addresses are
     #: refused (SSRF) unless this is set.
     webhook_allow_private: bool = False

@@ -38,7 +38,6 @@ from planzoom.messaging.topology import (
     PROGRESS_STREAM,
     RENDER_STREAM,
     TILE_STREAM,
-    WEBHOOKS_CONSUMER,
     WEBHOOKS_STREAM,
 )
 
@@ -114,7 +113,8 @@ PUBLISH: dict[str, list[str]] = {
         "webhooks.deliver.>", *_kv_read(GATEWAY_KV_STREAM), *_kv_write(GATEWAY_BUCKET),
         *_kv_watch(GATEWAY_KV_STREAM),
         *_consume(JOB_EVENTS_STREAM, JOB_EVENTS_CONSUMER),
-        *_consume(WEBHOOKS_STREAM, WEBHOOKS_CONSUMER),
+        *_create_org_consumers(WEBHOOKS_STREAM), *_consume(WEBHOOKS_STREAM, "*"),
+        f"{API}.CONSUMER.LIST.{WEBHOOKS_STREAM}",
     ],
 }
 
@@ -122,7 +122,7 @@ PUBLISH: dict[str, list[str]] = {
 #: a worker listens to, to be woken when work arrives.
 SUBSCRIBE: dict[str, list[str]] = {
     "ingest": [], "render": ["pages.render.>"], "tile": ["pages.tile.>"], "progress": [],
-    "gateway": [],
+    "gateway": ["webhooks.deliver.>"],
 }
 
 

@@ -9,7 +9,7 @@ PLANZOOM_RENDER    pages.render.<org>       work queue     render-<org>, one per
 PLANZOOM_TILE      pages.tile.<org>         work queue     tile-<org>, one per org
 PLANZOOM_PROGRESS  progress.<stage>.<job>   limits (7 d)   progress
 PLANZOOM_JOB_EVENTS jobs.ended.<org>.<job>  limits (7 d)   webhooks (the gateway)
-PLANZOOM_WEBHOOKS  webhooks.deliver.<org>   work queue     deliveries (the gateway)
+PLANZOOM_WEBHOOKS  webhooks.deliver.<org>   work queue     deliveries-<org>, one per org
 =================  =======================  =============  =========================
 
 The progress service publishes a JobEnded on ``jobs.ended.<org>.<job>``
@@ -184,9 +184,6 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
          PROGRESS_MAX_DELIVER),
         (JOB_EVENTS_STREAM, JOB_EVENTS_CONSUMER, None, WEBHOOK_ACK_WAIT_SECONDS,
          PROGRESS_MAX_DELIVER),
-        # One delivery per attempt: the worker gives up (and keeps a dead
-        # letter) after webhook_max_attempts, never the server.
-        (WEBHOOKS_STREAM, WEBHOOKS_CONSUMER, None, WEBHOOK_ACK_WAIT_SECONDS, -1),
     ):
         await ensure_consumer(
             js,

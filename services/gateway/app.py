@@ -22,7 +22,7 @@ from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
 from planzoom.storage import ObjectStore
-from services.gateway import downloads, jobs, problems, tiles, uploads, viewer
+from services.gateway import downloads, jobs, problems, tiles, uploads, viewer, webhooks
 from services.gateway.access import Gatekeeper
 from services.gateway.bus import Bus
 from services.gateway.upstream import Upstream
@@ -40,6 +40,7 @@ class Gateway:
     store: ObjectStore
     bus: Bus
     uploads: uploads.Uploads
+    webhooks: webhooks.Webhooks
 
 
 class BodyLimit:
@@ -88,21 +89,24 @@ class _TooLarge(Exception):
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The gateway's FastAPI application for ``settings`` (default: from
     the environment). Its lifespan opens the gRPC channels, the NATS
-    connection and the bucket client, runs the sweep for expired uploads,
-    and closes them at shutdown."""
+    connection and the bucket client, runs the sweep for expired uploads
+    and the webhook workers, and closes them at shutdown."""
     settings = settings or get_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         upstream, store = Upstream(settings), ObjectStore(settings)
         bus = await Bus.open(settings)
+        hooks = webhooks.Webhooks(settings, bus)
         app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream, store, bus,
-                                    uploads.Uploads(settings, bus, store, upstream))
+                                    uploads.Uploads(settings, bus, store, upstream), hooks)
         sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
+        await hooks.start()
         try:
             yield
         finally:
             sweep.cancel()
+            await hooks.stop(settings.grpc_grace_seconds)
             await upstream.close()
             await bus.close()
 
@@ -114,6 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tiles.router)
     app.include_router(downloads.router)
     app.include_router(uploads.router)
+    app.include_router(webhooks.router)
     app.include_router(viewer.router)
     if not viewer.OPENSEADRAGON.exists():
         log.warning("%s is missing (run make setup): the viewer will not load",
