@@ -39,6 +39,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 from fastapi import APIRouter, Request, Response
@@ -138,6 +139,14 @@ def tus_headers(**extra: str) -> dict[str, str]:
     return {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store", **extra}
 
 
+@dataclass
+class Held:
+    """An upload as last saved, and its KV revision."""
+
+    upload: events_pb2.TusUpload
+    revision: int
+
+
 class Uploads:
     """tus uploads: their state in KV, their bytes in S3."""
 
@@ -164,10 +173,13 @@ class Uploads:
                           "start a new one", "UPLOAD_EXPIRED", tus_headers())
         return got
 
-    async def _save(self, upload: events_pb2.TusUpload, revision: int) -> int:
+    async def _save(self, held: Held) -> None:
+        """Write ``held.upload`` over revision ``held.revision`` (409 if it
+        changed meanwhile) and keep the new revision."""
         try:
-            return await self.bus.kv.update(self.key(upload.upload_id),
-                                            upload.SerializeToString(), last=revision)
+            held.revision = await self.bus.kv.update(
+                self.key(held.upload.upload_id), held.upload.SerializeToString(),
+                last=held.revision)
         except KeyWrongLastSequenceError:
             raise Problem(409, "the upload was changed by another request meanwhile; HEAD it "
                           "for its offset and resume", "UPLOAD_CONFLICT", tus_headers()) from None
@@ -199,8 +211,11 @@ class Uploads:
         """Append ``body`` at ``offset`` (which must be the upload's offset:
         409 otherwise), holding the upload's lease. Every byte that arrives
         is kept, also when the client goes away mid-body. On the last byte
-        the file is joined and submitted."""
-        upload, revision = await self.load(access, upload_id)
+        the file is joined and submitted; a refusal of ingest is raised
+        after it is recorded. A PATCH of no bytes at a complete upload's
+        length submits it again if ingest could not be reached before."""
+        held = Held(*await self.load(access, upload_id))
+        upload = held.upload
         if upload.lease and _seconds(upload.lease_until) > time.time():
             wait = max(1, round(_seconds(upload.lease_until) - time.time()))
             raise Problem(423, "another request is writing to this upload; try again when it "
@@ -212,25 +227,33 @@ class Uploads:
         if self.slots.locked():
             raise Unavailable("the gateway is taking as many upload requests as it can; try "
                               "again shortly", reason="UPLOADS_BUSY", retry_after=2.0)
+        refusal = None
         async with self.slots:
-            lease = secrets.token_hex(8)
-            upload.lease = lease
+            upload.lease = secrets.token_hex(8)
             upload.lease_until.CopyFrom(_ts(time.time() + LEASE_SECONDS))
-            revision = await self._save(upload, revision)
+            await self._save(held)
             try:
-                upload, revision = await self._write(upload, revision, body)
+                if upload.offset < upload.length:
+                    await self._write(held, body)
+                else:
+                    async for chunk in body:
+                        if chunk:
+                            raise Problem(413, "the upload is complete; no more bytes",
+                                          "UPLOAD_TOO_LONG", tus_headers())
+                if upload.offset == upload.length and not upload.job_id and not upload.error:
+                    refusal = await self._submit(access, held)
             finally:
                 with contextlib.suppress(Problem):
                     upload.lease = ""
                     upload.ClearField("lease_until")
-                    revision = await self._save(upload, revision)
-        if upload.offset == upload.length and not upload.job_id and not upload.error:
-            upload, revision = await self._submit(access, upload, revision)
+                    await self._save(held)
+        if refusal is not None:
+            raise refusal
         return upload
 
-    async def _write(self, upload: events_pb2.TusUpload, revision: int,
-                     body: AsyncIterator[bytes]) -> tuple[events_pb2.TusUpload, int]:
-        """Stream ``body`` into parts; returns the upload as saved last."""
+    async def _write(self, held: Held, body: AsyncIterator[bytes]) -> None:
+        """Stream ``body`` into parts, saving the upload after each."""
+        upload = held.upload
         buffer = bytearray()
         if upload.pending_bytes:
             buffer += await asyncio.to_thread(self.store.get_bytes,
@@ -253,11 +276,11 @@ class Uploads:
                     base += len(part)
                     upload.offset, upload.pending_bytes = base, 0
                     upload.lease_until.CopyFrom(_ts(time.time() + LEASE_SECONDS))
-                    revision = await self._save(upload, revision)
+                    await self._save(held)
                     renewed = time.monotonic()
                 if time.monotonic() - renewed > LEASE_SECONDS / 3:
                     upload.lease_until.CopyFrom(_ts(time.time() + LEASE_SECONDS))
-                    revision = await self._save(upload, revision)
+                    await self._save(held)
                     renewed = time.monotonic()
         except ClientDisconnect:
             log.info("upload request cut; keeping what arrived",
@@ -272,24 +295,22 @@ class Uploads:
             await asyncio.to_thread(self.store.complete_multipart, upload.object_key,
                                     upload.multipart_id, list(upload.part_etags))
             upload.offset, upload.pending_bytes = upload.length, 0
-            revision = await self._save(upload, revision)
+            await self._save(held)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.store.delete, pending_key)
-        elif len(buffer) != upload.pending_bytes or base + len(buffer) != upload.offset:
+        elif base + len(buffer) != upload.offset:
             await asyncio.to_thread(self.store.put_bytes, pending_key, bytes(buffer),
                                     "application/octet-stream")
             upload.offset, upload.pending_bytes = base + len(buffer), len(buffer)
-            revision = await self._save(upload, revision)
+            await self._save(held)
         log.info("upload bytes kept", extra={"upload_id": upload.upload_id,
                                               "offset": upload.offset})
-        return upload, revision
 
-    async def _submit(self, access: Access, upload: events_pb2.TusUpload, revision: int
-                      ) -> tuple[events_pb2.TusUpload, int]:
-        """SubmitJob for a complete upload; its job id (or the refusal) is
-        kept. A refusal is raised after it is kept; an unreachable ingest
-        leaves the upload complete without a job, and a PATCH of no bytes
-        at its length submits it again."""
+    async def _submit(self, access: Access, held: Held) -> grpc.aio.AioRpcError | None:
+        """SubmitJob for a complete upload; its job id, or ingest's refusal,
+        is kept. Returns the refusal. An unreachable ingest is raised as it
+        is: the upload stays complete without a job, to be submitted again."""
+        upload = held.upload
         try:
             reply = await self.upstream.submit_job(access, upload.plan, upload.options,
                                                    upload.object_key, upload.filename)
@@ -297,13 +318,13 @@ class Uploads:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
             upload.error, upload.error_reason = e.details() or e.code().name, rpc_reason(e)[0]
-            await self._save(upload, revision)
-            raise
+            await self._save(held)
+            return e
         upload.job_id = reply.job_id
-        revision = await self._save(upload, revision)
+        await self._save(held)
         log.info("upload submitted", extra={"upload_id": upload.upload_id,
                                              "job_id": reply.job_id})
-        return upload, revision
+        return None
 
     async def terminate(self, access: Access, upload_id: str) -> None:
         """End an upload and drop its bytes (tus termination)."""

@@ -340,7 +340,7 @@ async def register_webhook(request: Request, endpoint: NewEndpoint) -> dict:
         created = await _webhooks(request).register(access.caller.org, endpoint.url,
                                                     endpoint.events)
     except Unavailable as e:  # the host does not resolve: the request is what is wrong
-        raise InvalidInput(e.message, field="url") from None
+        raise InvalidInput(e.message, field="url", reason=e.reason) from None
     return endpoint_json(created, secret=True)
 
 

@@ -5,6 +5,7 @@ job made on the last byte, termination, expiry, and every refusal."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import socket
 import time
@@ -77,9 +78,11 @@ def patch(http, stack, url: str, offset: int, data: bytes, **headers) -> httpx.R
         "Content-Type": "application/offset+octet-stream", **headers})
 
 
-def cut_patch(url: str, token: str, offset: int, total: int, data: bytes) -> None:
-    """Send a PATCH that announces ``total`` bytes, send only ``data``, wait
-    until the gateway has read them, then cut the connection."""
+@contextlib.contextmanager
+def patch_in_flight(url: str, token: str, offset: int, total: int, data: bytes):
+    """A PATCH that announces ``total`` bytes and sends only ``data``: held
+    open inside the block (the gateway has read what was sent), cut at its
+    end."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.sendall((f"PATCH {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
@@ -88,6 +91,7 @@ def cut_patch(url: str, token: str, offset: int, total: int, data: bytes) -> Non
                       "Content-Type: application/offset+octet-stream\r\n\r\n").encode())
         sock.sendall(data)
         time.sleep(3)  # let the gateway take in what was sent
+        yield
         sock.shutdown(socket.SHUT_RDWR)
 
 
@@ -116,7 +120,11 @@ def test_a_cut_upload_resumes_from_its_offset_with_tuspy(stack, http, big_set, c
 
     # a part and a bit, then the connection dies
     sent = PART + 1_000_000
-    cut_patch(url, stack.token("acme", "uploader"), 0, len(data), data[:sent])
+    with patch_in_flight(url, stack.token("acme", "uploader"), 0, len(data), data[:sent]):
+        # while it is open, nobody else may write the upload
+        locked = patch(http, stack, url, 0, data[:100])
+        assert_problem(locked, 423, "UPLOAD_LOCKED")
+        assert int(locked.headers["Retry-After"]) >= 1
     offset = wait_until("the cut request released", lambda: _settled_offset(http, stack, url))
     assert offset == sent, "bytes that reached the gateway were lost"
 

@@ -1,0 +1,86 @@
+"""The gateway's rules that need no stack: tus metadata, webhook URL and
+address checks, the delivery backoff, the payload."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import json
+
+import pytest
+
+from planzoom.config import Settings
+from planzoom.errors import InvalidInput
+from planzoom.v1 import events_pb2, jobs_pb2
+from services.gateway.uploads import job_request, parse_metadata
+from services.gateway.webhooks import Unsafe, _backoff, check_url, payload, resolve_allowed
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_tus_metadata_is_pairs_of_key_and_base64():
+    meta = parse_metadata(f"project {b64('tower')},plan {b64('A-101')}, filename {b64('é.pdf')},"
+                          "empty")
+    assert meta == {"project": "tower", "plan": "A-101", "filename": "é.pdf", "empty": ""}
+    for bad in (f"plan {b64('a')},plan {b64('b')}", "plan !!!", f"plan {b64('a')} extra",
+                "plan " + base64.b64encode(b"\xff\xfe").decode()):
+        with pytest.raises(InvalidInput):
+            parse_metadata(bad)
+
+
+def test_tus_metadata_names_a_plan_and_options():
+    plan, options, name = job_request({"project": "p", "plan": "l", "dpi": "150.5",
+                                       "overlap": "0"}, "acme")
+    assert plan == jobs_pb2.PlanRef(org="acme", project="p", plan="l") and name == ""
+    assert options.dpi == 150.5 and options.HasField("overlap") and options.overlap == 0
+    for bad in ({"plan": "l"}, {"project": "p", "plan": "l", "dpi": "x"},
+                {"project": "p", "plan": "l", "colour": "red"}):
+        with pytest.raises(InvalidInput):
+            job_request(bad, "acme")
+
+
+def test_webhook_urls():
+    assert check_url("https://hooks.example.com/a?b=1") == ("https", "hooks.example.com", 443)
+    assert check_url("http://10.0.0.1:8080/") == ("http", "10.0.0.1", 8080)
+    for bad in ("ftp://x/", "https://u:p@x/", "https://x/#f", "https://x:99999/", "/relative",
+                "https://" + "a" * 2000 + ".com/"):
+        with pytest.raises(InvalidInput):
+            check_url(bad)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "10.2.3.4", "172.16.0.1", "192.168.1.1",
+                                  "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1",
+                                  "fe80::1", "fc00::1", "::ffff:10.0.0.1", "224.0.0.1",
+                                  "240.0.0.1"])
+def test_non_public_addresses_are_refused(host):
+    with pytest.raises(Unsafe):
+        asyncio.run(resolve_allowed(host, 443, allow_private=False))
+    allowed = asyncio.run(resolve_allowed(host, 443, allow_private=True))
+    assert ipaddress.ip_address(allowed) == ipaddress.ip_address(host)
+
+
+def test_public_addresses_pass():
+    for host in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"):
+        assert asyncio.run(resolve_allowed(host, 443, allow_private=False)) == host
+
+
+def test_backoff_doubles_up_to_its_cap():
+    delay = _backoff(Settings(webhook_retry_seconds=5, webhook_retry_max_seconds=60))
+    assert [delay(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+
+def test_payload_is_the_documented_json():
+    ended = events_pb2.JobEnded(job_id="j1", plan=jobs_pb2.PlanRef(org="o", project="p",
+                                                                    plan="l"),
+                                state=jobs_pb2.JOB_STATE_FAILED, total_pages=3,
+                                completed_pages=2, failed_pages=1, error="page 3: broken")
+    ended.finished_at.FromSeconds(1_800_000_000)
+    body = json.loads(payload(ended, "job.failed"))
+    assert body["type"] == "job.failed" and body["timestamp"] == "2027-01-15T08:00:00Z"
+    assert body["data"] == {"job_id": "j1", "plan": {"org": "o", "project": "p", "plan": "l"},
+                            "state": "JOB_STATE_FAILED", "total_pages": 3,
+                            "completed_pages": 2, "failed_pages": 1, "error": "page 3: broken",
+                            "finished_at": "2027-01-15T08:00:00Z"}
