@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     default_jpeg_quality: int = Field(90, ge=1, le=100)
     max_page_pixels: int = Field(400_000_000, ge=1)  # per page, width x height
     max_page_side_pixels: int = Field(65536, ge=256)  # longest side of a page raster
+    #: An image page with more pixels (from its header) is refused undecoded.
+    max_image_pixels: int = Field(200_000_000, ge=1)
 
     # Work budget of one job, checked before it is accepted: 500 sheets of
     # 36 x 48 in at 300 DPI (78 gigapixels, about 1.6 million tiles) pass.

@@ -2,7 +2,7 @@
 
 ::
 
-    sources/<org>/<project>/<plan>/<sha256>.pdf
+    sources/<org>/<project>/<plan>/<sha256>.<suffix>  (pdf, jpg, tif, heic, ...: the kind)
     uploads/<org>/<project>/<plan>/<upload id>     (presigned PUTs, until SubmitJob)
     tus/<tus upload id>.pending                    (a tus upload's bytes short of a part)
     work/<job>/page-<n>.raw.zst                    (deleted when the job ends)

@@ -65,10 +65,16 @@ def plan_work(page_sizes: Iterable[tuple[float, float]], dpi: float, max_page_pi
               tile_size: int, overlap: int, max_side: int = MAX_SIDE_PIXELS) -> Work:
     """The :class:`Work` of pages of these sizes (points) at ``dpi`` under
     the caps, with DZI tiles of ``tile_size`` pixels."""
+    return raster_work((raster_size(w_pt, h_pt, effective_dpi(w_pt, h_pt, dpi, max_page_pixels,
+                                                               max_side))
+                        for w_pt, h_pt in page_sizes), tile_size, overlap)
+
+
+def raster_work(sizes: Iterable[tuple[int, int]], tile_size: int, overlap: int) -> Work:
+    """The :class:`Work` of rasters of these sizes (pixels), with DZI tiles
+    of ``tile_size`` pixels."""
     pixels = tiles = largest = 0
-    for w_pt, h_pt in page_sizes:
-        w, h = raster_size(w_pt, h_pt, effective_dpi(w_pt, h_pt, dpi, max_page_pixels,
-                                                     max_side))
+    for w, h in sizes:
         pixels += w * h
         largest = max(largest, w * h)
         tiles += DziInfo(width=w, height=h, tile_size=tile_size, overlap=overlap,

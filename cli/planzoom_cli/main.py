@@ -102,7 +102,8 @@ def exit_unless_complete(job: jobs_pb2.Job) -> None:
 @click.option("--watch/--no-watch", default=False, help="Follow the job to its end.")
 @click.pass_context
 def submit(ctx, pdf, org, project, plan_id, dpi, tile_size, overlap, quality, watch):
-    """Upload PDF as a new job for ORG/PROJECT/PLAN."""
+    """Upload PDF (a plan set, or a photo, scan or RAW image) as a new job
+    for ORG/PROJECT/PLAN."""
     client = _client(ctx)
     try:
         resp = client.submit(pdf, jobs_pb2.PlanRef(org=org, project=project, plan=plan_id),

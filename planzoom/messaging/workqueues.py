@@ -88,7 +88,8 @@ class WorkQueues:
             page_job = events_pb2.PageJob(
                 job_id=job.job_id, plan=job.plan, source_key=job.source_key,
                 source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
-                options=job.options,
+                options=job.options, source_kind=job.source_kind,
+                source_index=job.pages[page - 1].source_index if job.pages else 0,
             )
             if await publish(self.js, subject, page_job.SerializeToString(),
                              f"render.{job.job_id}.{page}"):

@@ -1,49 +1,16 @@
-"""Checks on uploaded bytes: magic bytes here, PDF structure in a PDFium
-worker process (:func:`inspect_pdf`)."""
+"""Checks on an upload's structure in a sandboxed worker process: a PDF's
+pages with PDFium (:func:`inspect_pdf`), an image's pages from its headers
+(:func:`inspect_image`). Its kind was recognised by its bytes before
+(:func:`planzoom.media.sniff`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from planzoom.errors import FailedPrecondition, InvalidInput, ResourceExhausted
+from planzoom.images import image_pages
+from planzoom.media import KINDS
 from planzoom.procpool import sandbox_result
-
-#: The PDF header may start anywhere in the first 1024 bytes (ISO 32000-1,
-#: annex H.3, implementation note 13), as Acrobat and PDFium accept.
-PDF_MAGIC = b"%PDF-"
-HEADER_WINDOW = 1024
-
-_KNOWN_MAGICS = (
-    (b"MZ", "a Windows executable"),
-    (b"\x7fELF", "a Linux executable (ELF)"),
-    (b"\x89PNG", "a PNG image"),
-    (b"\xff\xd8\xff", "a JPEG image"),
-    (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
-    (b"II*\x00", "a TIFF image"),
-    (b"MM\x00*", "a TIFF image"),
-    (b"GIF8", "a GIF image"),
-    (b"\xd0\xcf\x11\xe0", "a legacy Office document"),
-)
-
-
-def describe_magic(head: bytes) -> str | None:
-    """Return None if ``head`` (the first bytes of a file) holds a PDF
-    header, else a description of what the file looks like."""
-    if PDF_MAGIC in head[:HEADER_WINDOW]:
-        return None
-    for magic, what in _KNOWN_MAGICS:
-        if head.startswith(magic):
-            return what
-    return f"a file that starts with bytes {head[:8].hex(' ')}"
-
-
-class NotAPdf(InvalidInput):
-    """The bytes are not a PDF; the message says what they look like."""
-
-    reason = "NOT_A_PDF"
-
-    def __init__(self, what: str):
-        super().__init__(f"the file is not a PDF: it looks like {what}; upload a PDF plan set")
 
 
 class PdfDamaged(InvalidInput):
@@ -60,15 +27,21 @@ class PdfEncrypted(FailedPrecondition):
 
 @sandbox_result
 @dataclass(frozen=True)
-class PdfInfo:
+class SourceInfo:
+    """The pages of an upload: displayed size in points; for an image also
+    its pixels, DPI and directory in the file (empty lists for a PDF)."""
+
     page_sizes: list[tuple[float, float]]  # displayed (after /Rotate), points
+    pixel_sizes: list[tuple[int, int]] = ()
+    dpis: list[float] = ()
+    indexes: list[int] = ()
 
 
 class TooManyPages(ResourceExhausted):
     reason = "TOO_MANY_PAGES"
 
 
-def inspect_pdf(path: str, max_pages: int) -> PdfInfo:
+def inspect_pdf(path: str, max_pages: int) -> SourceInfo:
     """Open ``path`` with PDFium and read every page's size in points.
 
     Runs in a worker process. Raises PdfEncrypted for a password-protected
@@ -105,8 +78,18 @@ def inspect_pdf(path: str, max_pages: int) -> PdfInfo:
             sizes.append((float(w), float(h)))
         if not sizes:
             raise PdfDamaged("the PDF has no pages")
-        return PdfInfo(page_sizes=sizes)
+        return SourceInfo(page_sizes=sizes)
     except pdfium.PdfiumError as e:
         raise PdfDamaged(f"PDFium could not read a page: {e}") from None
     finally:
         doc.close()
+
+
+def inspect_image(path: str, kind_name: str, max_pages: int, max_pixels: int) -> SourceInfo:
+    """The pages of an image file from its headers (nothing is decoded; see
+    :func:`planzoom.images.image_pages` for what is refused). Runs in a
+    worker process."""
+    pages = image_pages(path, KINDS[kind_name], max_pages, max_pixels)
+    return SourceInfo(page_sizes=[(p.width_pt, p.height_pt) for p in pages],
+                      pixel_sizes=[(p.width_px, p.height_px) for p in pages],
+                      dpis=[p.dpi for p in pages], indexes=[p.index for p in pages])

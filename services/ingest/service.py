@@ -26,13 +26,15 @@ from planzoom.errors import (
     Timeout,
 )
 from planzoom.ids import check_plan, new_job_id
+from planzoom.images import ImageDamaged
 from planzoom.jobstore import JobNotFound, dedup_key
+from planzoom.media import Kind
 from planzoom.options import resolve_options
-from planzoom.pages import Work, plan_work
+from planzoom.pages import Work, plan_work, raster_work
 from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
 from services.ingest.admission import UploadSlots
-from services.ingest.checks import PdfDamaged, PdfInfo, inspect_pdf
+from services.ingest.checks import PdfDamaged, SourceInfo, inspect_image, inspect_pdf
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -194,20 +196,26 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     # -- job creation -------------------------------------------------------
 
-    async def _inspect(self, path: str) -> PdfInfo:
-        """Open the upload in a sandboxed worker. Only this file's own time
+    async def _inspect(self, path: str, kind: Kind) -> SourceInfo:
+        """Open the upload in a sandboxed worker (a PDF with PDFium, an
+        image's headers with libvips or LibRaw). Only this file's own time
         counts against it: waiting for a worker ends, at worst, in
         WorkersBusy (UNAVAILABLE, retry), never in a verdict on the file."""
-        limit = self.s.inspect_timeout_seconds
+        limit, what = self.s.inspect_timeout_seconds, "PDF" if kind.is_pdf else "image"
         try:
-            info = await self.pool.run(limit, inspect_pdf, path, self.s.max_pages)
+            if kind.is_pdf:
+                return await self.pool.run(limit, inspect_pdf, path, self.s.max_pages)
+            return await self.pool.run(limit, inspect_image, path, kind.name, self.s.max_pages,
+                                       self.s.max_image_pixels)
         except WorkerTimeout:
-            raise ResourceExhausted(f"opening the PDF took longer than {limit:g} s; it is too "
-                                    "complex or malformed", reason="PDF_TOO_SLOW") from None
+            raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
+                                    "too complex or malformed",
+                                    reason="PDF_TOO_SLOW" if kind.is_pdf else "IMAGE_TOO_SLOW"
+                                    ) from None
         except WorkerCrashed as e:
-            raise PdfDamaged(f"the PDF could not be read safely ({e.message}); it is "
-                             "probably damaged") from None
-        return info
+            damaged = PdfDamaged if kind.is_pdf else ImageDamaged
+            raise damaged(f"the {what} could not be read safely ({e.message}); it is "
+                          "probably damaged") from None
 
     async def _claim(self, key: str, job_id: str) -> jobs_pb2.Job | None:
         """Claim the dedup ``key`` for ``job_id`` (None), or return the job
@@ -231,11 +239,15 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 return None
         return None
 
-    def _check_budget(self, info: PdfInfo, options: jobs_pb2.JobOptions) -> Work:
-        """The job's pixels and tiles at its options; ResourceExhausted,
-        naming the limit, if over PLANZOOM_MAX_JOB_PIXELS or _TILES."""
-        work = plan_work(info.page_sizes, options.dpi, options.max_page_pixels,
-                         options.tile_size, options.overlap, self.s.max_page_side_pixels)
+    def _check_budget(self, info: SourceInfo, options: jobs_pb2.JobOptions) -> Work:
+        """The job's pixels and tiles at its options (an image's pages at
+        their own size); ResourceExhausted, naming the limit, if over
+        PLANZOOM_MAX_JOB_PIXELS or _TILES."""
+        if info.pixel_sizes:
+            work = raster_work(info.pixel_sizes, options.tile_size, options.overlap)
+        else:
+            work = plan_work(info.page_sizes, options.dpi, options.max_page_pixels,
+                             options.tile_size, options.overlap, self.s.max_page_side_pixels)
         for what, amount, limit, name in (
             ("pixels", work.pixels, self.s.max_job_pixels, "PLANZOOM_MAX_JOB_PIXELS"),
             ("tiles", work.tiles, self.s.max_job_tiles, "PLANZOOM_MAX_JOB_TILES"),
@@ -254,7 +266,8 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         """Inspect the spooled file, then return the job these bytes, plan and
         options already have (deduplicated) or create it: store the source
         under its hash, store the record, publish one page job per page."""
-        info = await self._inspect(spool.path)
+        kind = spool.kind
+        info = await self._inspect(spool.path, kind)
         work = self._check_budget(info, options)
         job_id = new_job_id()
         existing = await self._claim(dedup_key(plan, sha, options), job_id)
@@ -264,10 +277,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             return ingest_pb2.SubmitJobResponse(job_id=existing.job_id, deduplicated=True,
                                                 job=existing)
 
-        src_key = keys.source_key(plan, sha)
+        src_key = keys.source_key(plan, sha, kind.suffix)
         if not await asyncio.to_thread(self.store.exists, src_key):
             await asyncio.to_thread(self.store.upload_file, spool.path, src_key,
-                                    "application/pdf")
+                                    kind.content_type)
 
         admitted = await self.admission.admit(plan.org, job_id, work.pixels)
         now = now_ts()
@@ -285,7 +298,11 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                                     width_pt=w, height_pt=h)
                 for i, (w, h) in enumerate(info.page_sizes)
             ],
+            source_kind=kind.name,
         )
+        for page, (w, h), dpi, index in zip(job.pages, info.pixel_sizes, info.dpis,
+                                            info.indexes, strict=False):
+            page.width_px, page.height_px, page.dpi, page.source_index = w, h, dpi, index
         if admitted:
             job.released_at.CopyFrom(now)
         await self.jobs.create(job)

@@ -7,7 +7,7 @@ import os
 import tempfile
 
 from planzoom.errors import InvalidInput, ResourceExhausted
-from services.ingest.checks import HEADER_WINDOW, NotAPdf, describe_magic
+from planzoom.media import HEADER_WINDOW, Kind, sniff
 
 
 class UploadTooLarge(ResourceExhausted):
@@ -20,14 +20,16 @@ class UploadTooLarge(ResourceExhausted):
 
 
 class Spool:
-    """The upload in a temporary file under ``work_dir``: its size, sha256
-    and first bytes. Refuses more than ``limit`` bytes (UploadTooLarge) and,
-    once the first 1024 bytes are in, anything that is not a PDF (NotAPdf)."""
+    """The upload in a temporary file under ``work_dir``: its size, sha256,
+    first bytes and :class:`~planzoom.media.Kind`. Refuses more than
+    ``limit`` bytes (UploadTooLarge) and, once the first 1024 bytes are in,
+    anything that is not a PDF or a still image (Unsupported)."""
 
     def __init__(self, work_dir: str | None, limit: int):
-        fd, self.path = tempfile.mkstemp(prefix="planzoom-upload-", suffix=".pdf", dir=work_dir)
+        fd, self.path = tempfile.mkstemp(prefix="planzoom-upload-", dir=work_dir)
         self._file = os.fdopen(fd, "wb")
         self.limit, self.size, self.head = limit, 0, b""
+        self.kind: Kind | None = None
         self._sha = hashlib.sha256()
 
     def write(self, chunk: bytes) -> None:
@@ -36,9 +38,8 @@ class Spool:
             raise UploadTooLarge(self.size, self.limit)
         if len(self.head) < HEADER_WINDOW:
             self.head += chunk[: HEADER_WINDOW - len(self.head)]
-            what = describe_magic(self.head)
-            if what and len(self.head) >= HEADER_WINDOW:
-                raise NotAPdf(what)
+            if len(self.head) >= HEADER_WINDOW:
+                self.kind = sniff(self.head)
         self._sha.update(chunk)
         self._file.write(chunk)
 
@@ -48,9 +49,7 @@ class Spool:
         if self.size == 0:
             raise InvalidInput("the file is empty (0 bytes); upload the plan PDF itself",
                                reason="EMPTY_FILE")
-        what = describe_magic(self.head)
-        if what:
-            raise NotAPdf(what)
+        self.kind = sniff(self.head)
         return self._sha.hexdigest()
 
     def discard(self) -> None:

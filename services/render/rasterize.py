@@ -1,5 +1,7 @@
-"""PDF page to raw raster, in horizontal bands, with PDFium (runs in a worker
-process: PDFium is not thread-safe and the bytes are untrusted).
+"""A page to a raw raster, in horizontal bands: a PDF page with PDFium
+(:func:`render_page`), an image page decoded by libvips or LibRaw
+(:func:`render_image`). Both run in a worker process: PDFium is not
+thread-safe and the bytes are untrusted.
 
 Pixel size follows pypdfium2's ``PdfPage.render``: ``ceil(points * dpi / 72)``
 per side of the displayed page (after /Rotate, whatever the MediaBox origin),
@@ -12,6 +14,8 @@ import os
 from dataclasses import dataclass
 
 from planzoom.errors import InvalidInput
+from planzoom.images import decoded, image_pages
+from planzoom.media import KINDS
 from planzoom.pages import MAX_SIDE_PIXELS, effective_dpi, raster_size
 from planzoom.procpool import sandbox_result
 
@@ -132,3 +136,32 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         )
     finally:
         page.close()
+
+
+def render_image(path: str, kind_name: str, index: int, max_pages: int, max_pixels: int,
+                 out_path: str, band_bytes: int) -> RenderResult:
+    """Decode directory ``index`` of an image file (see
+    :func:`planzoom.images.decoded`: upright, 8-bit sRGB or grey) to
+    ``out_path`` as one zstd frame of rows, like :func:`render_page`: one
+    sample per pixel for a grey image, else RGB. The page is at the image's
+    own size; its DPI is the image's resolution. Raises ImageDamaged and
+    ImageTooLarge (the header is read again and checked as at ingest)."""
+    import zstandard
+
+    kind = KINDS[kind_name]
+    page = next((p for p in image_pages(path, kind, max_pages, max_pixels) if p.index == index),
+                None)
+    if page is None:
+        raise RenderFailed(f"the image has no directory {index}")
+    image = decoded(path, kind, page)
+    width, height, bands = image.width, image.height, image.bands
+    band_rows = max(1, min(height, band_bytes // (width * bands)))
+    with open(out_path, "wb") as f, \
+            zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z:
+        for y0 in range(0, height, band_rows):
+            rows = min(band_rows, height - y0)
+            z.write(image.crop(0, y0, width, rows).write_to_memory())
+        z.flush(zstandard.FLUSH_FRAME)
+    return RenderResult(width_pt=page.width_pt, height_pt=page.height_pt, dpi=page.dpi,
+                        width_px=width, height_px=height, bands=bands,
+                        raster_bytes=os.path.getsize(out_path))

@@ -19,7 +19,7 @@ from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.procpool import ProcessPool, WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.render.rasterize import RenderResult, render_page
+from services.render.rasterize import RenderResult, render_image, render_page
 from services.render.sources import SourceCache
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,8 @@ RENDER_IO_SECONDS = 600.0
 
 
 class Render(PageStage):
-    """Consumer ``render``: one PDF page → raster in ``work/<job>/`` → a
-    TileJob on ``pages.tile``."""
+    """Consumer ``render``: one page (of a PDF, or of an image) → raster in
+    ``work/<job>/`` → a TileJob on ``pages.tile``."""
 
     name = "render"
     stream, consumer = topology.RENDER_STREAM, topology.RENDER_CONSUMER
@@ -64,10 +64,10 @@ class Render(PageStage):
         await self.report(job, jobs_pb2.PageRecord(
             page=job.page, state=jobs_pb2.PAGE_STATE_RENDERING, attempts=delivery.attempt,
             started_at=now_ts()), delivery.attempt)
-        pdf = await self.sources.path(job.source_key, job.source_sha256)
+        source = await self.sources.path(job.source_key, job.source_sha256)
         out = os.path.join(self.tmp, f"{job.job_id}-{job.page}.raw.zst")
         try:
-            result = await self._render(job, pdf, out, delivery)
+            result = await self._render(job, source, out, delivery)
             if await self.skip_ended(job, ctx, "page stopped before upload"):
                 return  # a safe point: nothing is stored yet
             raster_key = keys.raster_key(job.job_id, job.page)
@@ -103,13 +103,19 @@ class Render(PageStage):
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
 
-    async def _render(self, job: events_pb2.PageJob, pdf: str, out: str,
+    async def _render(self, job: events_pb2.PageJob, source: str, out: str,
                       delivery: Delivery) -> RenderResult:
-        """Render the page in a PDFium worker. A page that runs past its time
-        limit is retried once; the second time it fails for good."""
+        """Render the page in a worker (PDFium, or an image decoder). A page
+        that runs past its time limit is retried once; the second time it
+        fails for good."""
         limit = self.s.render_timeout_seconds
         try:
-            return await self.pool.run(limit, render_page, pdf, job.page, job.options.dpi,
+            if job.source_kind not in ("", "pdf"):
+                return await self.pool.run(limit, render_image, source, job.source_kind,
+                                           job.source_index, self.s.max_pages,
+                                           self.s.max_image_pixels, out,
+                                           self.s.render_band_bytes)
+            return await self.pool.run(limit, render_page, source, job.page, job.options.dpi,
                                        job.options.max_page_pixels, out,
                                        self.s.render_band_bytes, self.s.max_page_side_pixels)
         except WorkerTimeout:

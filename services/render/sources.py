@@ -1,4 +1,5 @@
-"""Source PDFs on the render worker's local disk, downloaded once per set."""
+"""Sources (PDFs, images) on the render worker's local disk, downloaded once
+per set."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import os
 from planzoom.errors import InvalidInput
 from planzoom.storage import ObjectStore
 
-#: Source PDFs kept on local disk for the next pages of the same set.
+#: Sources kept on local disk for the next pages of the same set.
 SOURCE_CACHE_FILES = 8
+SUFFIX = ".src"
 
 
 class SourceGone(InvalidInput):
@@ -29,12 +31,12 @@ class SourceCache:
     async def path(self, key: str, sha256: str) -> str:
         """Local path of the source at ``key``, downloading it if needed.
         Raises SourceGone if the bucket no longer has it."""
-        path = os.path.join(self.root, f"{sha256}.pdf")
+        path = os.path.join(self.root, f"{sha256}{SUFFIX}")
         async with self._lock:
             if not os.path.exists(path):
                 tmp = path + ".part"
                 if not await asyncio.to_thread(self.store.exists, key):
-                    raise SourceGone(f"the source PDF {key} is no longer in the bucket")
+                    raise SourceGone(f"the source {key} is no longer in the bucket")
                 await asyncio.to_thread(self.store.download_file, key, tmp)
                 os.replace(tmp, path)
                 self._evict(keep=path)
@@ -43,7 +45,7 @@ class SourceCache:
 
     def _evict(self, keep: str) -> None:
         files = sorted(
-            (os.path.join(self.root, f) for f in os.listdir(self.root) if f.endswith(".pdf")),
+            (os.path.join(self.root, f) for f in os.listdir(self.root) if f.endswith(SUFFIX)),
             key=os.path.getmtime,
         )
         for f in files[: max(0, len(files) - SOURCE_CACHE_FILES)]:

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from planzoom.config import Settings
 from planzoom.errors import PlanzoomError
 from planzoom.ids import ID_PATTERN, InvalidId, check_id
+from planzoom.media import Unsupported, sniff
 from planzoom.options import resolve_options
 from planzoom.v1 import jobs_pb2
-from services.ingest.checks import describe_magic
 from services.ingest.spool import Spool
 
 
@@ -31,9 +31,16 @@ def test_ids_fuzz(value):
 
 
 @given(st.binary(max_size=2048))
-def test_magic_fuzz(head):
-    what = describe_magic(head)
-    assert (what is None) == (b"%PDF-" in head[:1024])
+def test_sniff_fuzz(head):
+    """Any bytes: a kind or Unsupported, and a PDF header makes a PDF unless
+    an image signature comes first."""
+    try:
+        kind = sniff(head)
+    except Unsupported as e:
+        assert b"%PDF-" not in head[:1024] and e.message
+        return
+    if kind.name == "pdf":
+        assert b"%PDF-" in head[:1024]
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**32 - 1),

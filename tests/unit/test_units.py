@@ -15,9 +15,9 @@ import zstandard
 from planzoom import keys
 from planzoom.dzi import level_count, parse_dzi
 from planzoom.ids import InvalidId, check_id, new_job_id
+from planzoom.media import Unsupported, sniff
 from planzoom.pages import effective_dpi
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.ingest.checks import describe_magic
 from services.progress.feeds import COALESCE_SECONDS, JobFeed
 from services.progress.fold import apply_event, pages_ended, settle
 from services.tile.pyramid import (
@@ -166,12 +166,26 @@ def _decode_bytes(data: bytes) -> np.ndarray:
 
 
 @pytest.mark.parametrize("head,expected", [
-    (b"%PDF-1.7\n", None), (b"\n\n%PDF-1.4", None), (b"MZ\x90\x00", "Windows executable"),
-    (b"\x7fELF\x02", "ELF"), (b"\x89PNG\r\n", "PNG"), (b"hello", "starts with bytes"),
+    (b"%PDF-1.7\n", "pdf"), (b"\n\n%PDF-1.4", "pdf"), (b"\xff\xd8\xff\xe0", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+    (b"GIF89a", "gif"), (b"II*\x00\x08\x00\x00\x00", "tiff"), (b"II+\x00", "tiff"),
+    (b"II*\x00\x10\x00\x00\x00CR\x02\x00", "raw"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heif"),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "avif"),
 ])
-def test_describe_magic(head, expected):
-    got = describe_magic(head)
-    assert got is None if expected is None else expected in got
+def test_sniff_recognises_kinds_by_their_bytes(head, expected):
+    assert sniff(head).name == expected
+
+
+@pytest.mark.parametrize("head,expected", [
+    (b"MZ\x90\x00", "Windows executable"), (b"\x7fELF\x02", "ELF"),
+    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">', "SVG"),
+    (b"\x00\x00\x00\x18ftypisom", "video"), (b"hello", "starts with bytes"),
+])
+def test_sniff_names_what_it_refuses(head, expected):
+    with pytest.raises(Unsupported) as refused:
+        sniff(head)
+    assert expected in refused.value.message
 
 
 def _job(pages: int) -> jobs_pb2.Job:

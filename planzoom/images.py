@@ -1,0 +1,293 @@
+"""Still images (photos, scans, RAW) as pages: what their headers say
+(:func:`image_pages`, read without decoding pixels) and their pixels made
+upright 8-bit sRGB or grey (:func:`decoded`), with libvips and, for camera
+RAW, LibRaw (``rawpy``).
+
+Both run in sandboxed worker processes (the bytes are untrusted): ingest
+reads the pages, render decodes one. Each page's size in pixels is known
+from the header, after orientation, before anything is decoded, so a
+decompression bomb is refused without a decode.
+
+HEIC/HEIF (HEVC) is decoded with libheif through ``pillow-heif`` (libvips'
+wheel has no HEVC decoder), everything else with libvips.
+
+Normalisation, in order: orientation applied: EXIF orientation, and for
+HEIF/AVIF the container's irot/imir transforms (libheif applies them; EXIF
+orientation is used only for a file that has none, as an iPhone HEIC
+without irot needs); alpha flattened on white; an embedded ICC profile
+converted to sRGB (perceptual intent), CMYK without one through libvips'
+default CMYK profile; 16-bit scaled to 8-bit; grey images stay one band.
+Metadata (EXIF, GPS, XMP, maker notes) is dropped: only pixels leave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planzoom.errors import InvalidInput, ResourceExhausted
+from planzoom.media import Kind
+
+#: A page whose header gives no usable resolution is taken as 72 DPI.
+DEFAULT_DPI = 72.0
+#: Resolutions outside this range (DPI) are treated as missing.
+DPI_RANGE = (50.0, 20000.0)
+
+
+class ImageDamaged(InvalidInput):
+    """The image cannot be read: truncated, corrupt or not what it says."""
+
+    reason = "IMAGE_DAMAGED"
+
+
+class ImageTooLarge(ResourceExhausted):
+    """More pixels than a page may have (a decompression bomb, or a
+    mosaic too large for one page)."""
+
+    reason = "IMAGE_TOO_LARGE"
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of an image file as it will be shown (after orientation)."""
+
+    index: int  # the loader's page (TIFF directory), 0-based
+    width_px: int
+    height_px: int
+    dpi: float  # from the header, or DEFAULT_DPI
+
+    @property
+    def width_pt(self) -> float:
+        return self.width_px * 72 / self.dpi
+
+    @property
+    def height_pt(self) -> float:
+        return self.height_px * 72 / self.dpi
+
+
+def _dpi(image) -> float:
+    dpi = image.xres * 25.4  # libvips keeps pixels per millimetre
+    if not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+        return DEFAULT_DPI
+    # 2.835 px/mm is 72 DPI written in metric: snap what rounding moved
+    return float(round(dpi)) if abs(dpi - round(dpi)) < 0.1 else round(dpi, 2)
+
+
+def _orientation(image) -> int:
+    return image.get("orientation") if image.get_typeof("orientation") else 1
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
+    if width * height > max_pixels:
+        raise ImageTooLarge(f"{what} is {width:,} x {height:,} pixels, more than the "
+                            f"{max_pixels:,} a page may have; it was not decoded "
+                            "(PLANZOOM_MAX_IMAGE_PIXELS)")
+
+
+def _is_overview(page, first) -> bool:
+    """A TIFF directory that is a reduced copy of the first (a COG overview)."""
+    return (page.width * 2 <= first.width + 1 and page.height * 2 <= first.height + 1
+            and abs(page.width / page.height - first.width / first.height) < 0.02)
+
+
+def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[ImagePage]:
+    """The pages of an image file from its headers: every page of a TIFF
+    (overviews and directories libvips cannot read skipped), the first frame
+    of a GIF, the primary image of a HEIF/AVIF, the developed image of a RAW.
+
+    Raises ImageDamaged (unreadable, truncated JPEG), ImageTooLarge (a page
+    over ``max_pixels``) and ResourceExhausted TOO_MANY_PAGES."""
+    import pyvips
+
+    if kind.is_raw:
+        return [_raw_page(path, max_pixels)]
+    if kind.name == "heif":
+        return [_heif_page(path, max_pixels)]
+    try:
+        first = pyvips.Image.new_from_file(path, access="sequential")
+    except pyvips.Error as e:
+        raise ImageDamaged(f"the {kind.name.upper()} image cannot be read: "
+                           f"{_vips_reason(e)}") from None
+    if kind.name == "jpeg":
+        _check_jpeg_end(path)
+    pages = [(0, first)]
+    if kind.name == "tiff" and first.get_typeof("n-pages"):
+        count = first.get("n-pages")
+        for index in range(1, count):
+            try:
+                page = pyvips.Image.new_from_file(path, page=index, access="sequential")
+            except pyvips.Error:
+                continue  # a mask or a directory of another kind
+            if not _is_overview(page, first):
+                pages.append((index, page))
+            if len(pages) > max_pages:
+                raise ResourceExhausted(
+                    f"the TIFF has more than {max_pages} pages (PLANZOOM_MAX_PAGES)",
+                    reason="TOO_MANY_PAGES")
+    out = []
+    for n, (index, page) in enumerate(pages):
+        width, height = page.width, page.height
+        if _orientation(page) in (5, 6, 7, 8):
+            width, height = height, width
+        _check_pixels(width, height, max_pixels, f"page {n + 1}" if len(pages) > 1 else
+                      "the image")
+        out.append(ImagePage(index=index, width_px=width, height_px=height, dpi=_dpi(page)))
+    return out
+
+
+def _check_jpeg_end(path: str) -> None:
+    """The last start-of-scan marker (FFDA) of a JPEG must be followed by an
+    end-of-image marker (FFD9); inside scan data an FF byte is always
+    followed by 00 or a restart marker (ISO 10918-1, B.1.1.5), so an FFD9
+    there is the real end. One that has none was cut short, and would
+    decode to a grey band. Data after the end (phone makers' trailers) is
+    allowed."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        scan = data.rfind(b"\xff\xda")
+        if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
+            raise ImageDamaged("the JPEG is truncated (its image data has no end-of-image "
+                               "marker); upload the whole file")
+
+
+def _raw_page(path: str, max_pixels: int) -> ImagePage:
+    import rawpy
+
+    try:
+        with rawpy.imread(path) as raw:
+            sizes = raw.sizes
+    except (rawpy.LibRawError, OSError) as e:
+        raise ImageDamaged(f"LibRaw cannot read this RAW file: {_raw_reason(e)}") from None
+    width, height = sizes.iwidth, sizes.iheight
+    if sizes.flip in (5, 6):
+        width, height = height, width
+    _check_pixels(width, height, max_pixels, "the RAW image")
+    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI)
+
+
+def _heif(path: str):
+    import pillow_heif
+
+    try:
+        return pillow_heif.open_heif(path, convert_hdr_to_8bit=True)
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ImageDamaged(f"the HEIF image cannot be read: {e}") from None
+
+
+def _heif_orientation(path: str, heif) -> int:
+    """The EXIF orientation to apply to a HEIF that libheif decoded: none
+    if the file has irot/imir transforms (libheif applied them)."""
+    exif = heif.info.get("exif")
+    if not exif:
+        return 1
+    with open(path, "rb") as f:
+        head = f.read(1 << 18)
+    if b"irot" in head or b"imir" in head:
+        return 1
+    from PIL import Image
+
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+    except Exception:
+        return 1
+    value = tags.get(0x0112, 1)
+    return value if value in range(1, 9) else 1
+
+
+def _heif_page(path: str, max_pixels: int) -> ImagePage:
+    heif = _heif(path)
+    width, height = heif.size
+    if _heif_orientation(path, heif) in (5, 6, 7, 8):
+        width, height = height, width
+    _check_pixels(width, height, max_pixels, "the HEIF image")
+    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI)
+
+
+def _decoded_heif(path: str):
+    import numpy as np
+    import pyvips
+
+    heif = _heif(path)
+    try:
+        pixels = np.ascontiguousarray(np.asarray(heif))
+    except (ValueError, RuntimeError) as e:
+        raise ImageDamaged(f"the HEIF image cannot be decoded: {e}") from None
+    bands = pixels.shape[2] if pixels.ndim == 3 else 1
+    image = pyvips.Image.new_from_memory(pixels.data, pixels.shape[1], pixels.shape[0], bands,
+                                         "uchar")
+    image = image.copy(interpretation="srgb" if bands >= 3 else "b-w")
+    icc = heif.info.get("icc_profile")
+    if icc:
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
+    image.set_type(pyvips.GValue.gint_type, "orientation", _heif_orientation(path, heif))
+    return image
+
+
+def _raw_reason(error: Exception) -> str:
+    text = error.args[0] if error.args else type(error).__name__
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+
+
+def _vips_reason(error) -> str:
+    """The first line of libvips' own explanation, without file paths."""
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    detail = lines[-1].strip() if lines else "unknown error"
+    return detail.split(": ", 1)[-1] if "/" in detail else detail
+
+
+def decoded(path: str, kind: Kind, page: ImagePage):
+    """The page's pixels as a pyvips image: upright, 8-bit, sRGB (3 bands)
+    or grey (1 band), no alpha, ``page.width_px x page.height_px``. Pixels
+    are computed as they are read (the caller crops it in strips). Raises
+    ImageDamaged."""
+    import pyvips
+
+    if kind.is_raw:
+        image = _developed_raw(path)
+    elif kind.name == "heif":
+        image = _decoded_heif(path).autorot()
+    else:
+        extra = {"page": page.index} if kind.name == "tiff" else {}
+        try:
+            image = pyvips.Image.new_from_file(path, fail_on="error", **extra)
+        except pyvips.Error as e:
+            raise ImageDamaged(f"the image cannot be read: {_vips_reason(e)}") from None
+        image = image.autorot()
+    white = 65535 if image.format == "ushort" else 255
+    if image.hasalpha():
+        image = image.flatten(background=[white] * (image.bands - 1), max_alpha=white)
+    grey = image.bands == 1
+    if grey:
+        image = image.colourspace("b-w")
+    elif image.get_typeof("icc-profile-data") or image.interpretation == "cmyk":
+        try:
+            image = image.icc_transform("srgb", embedded=True, intent="perceptual", depth=8,
+                                        **({"input_profile": "cmyk"}
+                                           if image.interpretation == "cmyk" else {}))
+        except pyvips.Error:
+            image = image.colourspace("srgb")  # a broken profile: keep the pixels
+    else:
+        image = image.colourspace("srgb")
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    if (image.width, image.height) != (page.width_px, page.height_px):
+        raise ImageDamaged(f"the decoded image is {image.width} x {image.height} pixels, not "
+                           f"the {page.width_px} x {page.height_px} its header said")
+    return image
+
+
+def _developed_raw(path: str):
+    """A RAW file developed by LibRaw: camera white balance, sRGB, 8 bits,
+    its orientation applied."""
+    import numpy as np
+    import pyvips
+    import rawpy
+
+    try:
+        with rawpy.imread(path) as raw:
+            rgb = raw.postprocess(use_camera_wb=True, output_bps=8, no_auto_bright=False)
+    except (rawpy.LibRawError, OSError) as e:
+        raise ImageDamaged(f"LibRaw cannot develop this RAW file: {_raw_reason(e)}") from None
+    rgb = np.ascontiguousarray(rgb)
+    return pyvips.Image.new_from_memory(rgb.data, rgb.shape[1], rgb.shape[0], 3, "uchar")

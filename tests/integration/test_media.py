@@ -1,0 +1,160 @@
+"""Still images through the running stack, on the real photos, scans and RAW
+files of ``../shared/corpus/media/``: each kind converts to a valid DZI
+whose full-resolution pixels match an independent decode (Pillow with
+LittleCMS, pillow-heif, LibRaw), upright, sRGB, with no metadata left; and
+what must be refused is refused before anything is decoded."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+import pyvips
+from PIL import Image, ImageCms, ImageOps
+
+from planzoom.v1 import jobs_pb2
+from tests.dzi_check import check_page
+from tests.helpers import wait_terminal
+from tests.integration.test_limits import _reason
+
+BOMB = "hostile-decompression-bomb-jpeg-280mp-sharp.jpg"
+#: file, kind, pages, upright (width, height) of page 1, bands (1 = grey)
+CASES = [
+    ("photo-exif-orient6-stone-building-metadata-extractor-images.jpg", "jpeg", 1, (1932, 2576), 3),
+    ("photo-exif-orient8-skyscrapers-metadata-extractor-images.jpg", "jpeg", 1, (2272, 1704), 3),
+    ("photo-cmyk-park-sharp.jpg", "jpeg", 1, (500, 333), 3),
+    ("photo-progressive-tractor-field-metadata-extractor-images.jpg", "jpeg", 1, (960, 1280), 3),
+    ("hostile-lying-extension-jpeg-named-png-photoprism.png", "jpeg", 1, (240, 180), 3),
+    ("png-rgba-alpha-dice-pillow.png", "png", 1, (200, 150), 3),
+    ("png-16bit-rgb-flag-sharp.png", "png", 1, (900, 600), 3),
+    ("png-palette-photo-libvips.png", "png", 1, (290, 442), 3),
+    ("tiff-16bit-rgb-photo-libvips.tif", "tiff", 1, (290, 442), 3),
+    ("tiff-multipage-3p-g4-fax-pillow.tiff", "tiff", 3, (3307, 4677), 1),
+    ("tiff-scanned-document-1bit-ccitt-g4-pillow.tif", "tiff", 1, (2548, 3296), 1),
+    ("tiff-bigtiff-hopper-pillow.tif", "tiff", 1, (128, 128), 3),
+    ("tiff-geotiff-landsat-rgb-rasterio.tif", "tiff", 1, (791, 718), 3),
+    ("tiff-tiled-cog-overviews-aerial-rasterio.tif", "tiff", 1, (1024, 1024), 3),
+    ("tiff-flatbed-scan-epson-v800-metadata-extractor-images.tiff", "tiff", 1, (425, 640), 3),
+    ("webp-lossy-exif-orient6-office-tower-metadata-extractor-images.webp", "webp", 1,
+     (2736, 3648), 3),
+    ("webp-lossless-alpha-rose-metadata-extractor-images.webp", "webp", 1, (400, 301), 3),
+    ("gif-animated-42frames-pillow.gif", "gif", 1, (245, 245), 3),
+    ("avif-irot-imir-hopper-pillow.avif", "avif", 1, (640, 427), 3),
+    ("avif-iphonexs-portrait-p3-libvips.avif", "avif", 1, (3024, 4032), 3),
+    ("heic-iphone7-building-exif-orient6-photoprism.heic", "heif", 1, (3024, 4032), 3),
+    ("raw-dng-canon-eos6d-photoprism.dng", "raw", 1, (1224, 816), 3),
+]
+
+
+def reference(path, kind: str, page: int) -> np.ndarray:
+    """An independent decode of the page as it should look: Pillow (with
+    EXIF orientation and LittleCMS for embedded profiles), pillow-heif for
+    HEIC (EXIF orientation 6 applied by hand: the file has no irot box),
+    LibRaw for RAW."""
+    if kind == "raw":
+        import rawpy
+        with rawpy.imread(str(path)) as raw:
+            return raw.postprocess(use_camera_wb=True, output_bps=8)
+    if kind == "heif":
+        import pillow_heif
+        return np.rot90(np.asarray(pillow_heif.open_heif(str(path))), k=-1)
+    im = Image.open(path)
+    im.seek(page - 1)
+    im = ImageOps.exif_transpose(im)
+    icc = im.info.get("icc_profile")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+    if icc and im.mode in ("RGB", "RGBA", "CMYK"):
+        im = ImageCms.profileToProfile(
+            im.convert("CMYK" if im.mode == "CMYK" else "RGB"),
+            ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"),
+            renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+    return np.asarray(im.convert("L" if im.mode in ("1", "L") else "RGB"))
+
+
+@pytest.fixture(scope="module")
+def converted(corpus, client):
+    """Every case submitted at once, then each job's final record."""
+    replies = {name: client.submit(str(corpus / "media" / name), jobs_pb2.PlanRef(
+        org="acme", project="media", plan=f"case-{i}"), jobs_pb2.JobOptions())
+        for i, (name, *_) in enumerate(CASES)}
+    return {name: wait_terminal(client, reply.job_id) for name, reply in replies.items()}
+
+
+@pytest.mark.parametrize("name,kind,pages,size,bands", CASES,
+                         ids=[c[0].split("-")[0] + "-" + c[0].split("-")[1] for c in CASES])
+def test_each_kind_converts_upright_and_true_to_its_colours(corpus, s3, converted, name, kind,
+                                                            pages, size, bands):
+    job = converted[name]
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
+    assert job.source_kind == kind and job.total_pages == pages
+    first = job.pages[0]
+    assert (first.width_px, first.height_px) == size, "not upright, or not its own size"
+    assert first.bands == bands
+    for record in job.pages:
+        # JPEG tiles at quality 90 against an exact decode: photos land at
+        # 36-50 dB; a page turned the wrong way or with wrong colours is
+        # under 15 dB.
+        check_page(s3, record, None, reference=reference(corpus / "media" / name, kind,
+                                                         record.page), min_psnr=33.0)
+    assert job.source_key.startswith("sources/acme/media/")
+
+
+def test_outputs_carry_no_metadata(s3, converted):
+    """The photo with GPS and maker notes: its tiles have no EXIF or XMP."""
+    job = converted["photo-exif-orient6-stone-building-metadata-extractor-images.jpg"]
+    prefix = job.pages[0].dzi_key.removesuffix(".dzi") + "_files/"
+    top = job.pages[0].levels - 1
+    tile = pyvips.Image.new_from_buffer(
+        s3.get_object(Bucket="planzoom", Key=f"{prefix}{top}/0_0.jpg")["Body"].read(), "")
+    fields = tile.get_fields()
+    assert not [f for f in fields if f.startswith(("exif", "xmp", "iptc"))], fields
+
+
+@pytest.mark.parametrize("name,code,reason", [
+    ("hostile-decompression-bomb-jpeg-280mp-sharp.jpg", grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "IMAGE_TOO_LARGE"),
+    ("hostile-decompression-bomb-gif-pillow.gif", grpc.StatusCode.INVALID_ARGUMENT,
+     "IMAGE_DAMAGED"),
+    ("hostile-truncated-jpeg-phone-photo-metadata-extractor-images.jpg",
+     grpc.StatusCode.INVALID_ARGUMENT, "IMAGE_DAMAGED"),
+    ("raw-cr2-canon-350d-metadata-stub-exiftool.cr2", grpc.StatusCode.INVALID_ARGUMENT,
+     "IMAGE_DAMAGED"),
+    ("hostile-svg-with-script-svg-sanitizer.svg", grpc.StatusCode.INVALID_ARGUMENT,
+     "UNSUPPORTED_FILE"),
+    ("video-h264-mp4-chaplin-moviepy.mp4", grpc.StatusCode.INVALID_ARGUMENT,
+     "UNSUPPORTED_FILE"),
+])
+def test_what_cannot_be_taken_is_refused_up_front(corpus, client, name, code, reason):
+    with pytest.raises(grpc.RpcError) as refused:
+        client.submit(str(corpus / "media" / name),
+                      jobs_pb2.PlanRef(org="acme", project="media", plan="refused"),
+                      jobs_pb2.JobOptions())
+    assert refused.value.code() == code and _reason(refused.value) == reason, \
+        refused.value.details()
+    assert "/" not in refused.value.details(), "a path leaked"
+    if name.endswith(".svg"):
+        assert "SVG" in refused.value.details()
+
+
+def test_a_bomb_is_refused_from_its_header_alone(corpus):
+    """What ingest's worker does with the 280-megapixel JPEG, in a process of
+    its own: refused, with a peak memory far below one decoded row band
+    (decoding it would take 280 MB)."""
+    # VmHWM: the peak of this program's own memory (ru_maxrss would count
+    # the pytest process it was forked from).
+    code = ("from planzoom.images import image_pages, ImageTooLarge\n"
+            "from planzoom.media import JPEG\n"
+            "try:\n"
+            f"    image_pages({str(corpus / 'media' / BOMB)!r}, JPEG, 10, 200_000_000)\n"
+            "except ImageTooLarge:\n"
+            "    print(next(line.split()[1] for line in open('/proc/self/status')\n"
+            "               if line.startswith('VmHWM:')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    peak_kib = int(out.stdout.strip())
+    assert peak_kib < 150 * 1024, f"peak {peak_kib} KiB: the bomb was decoded"
