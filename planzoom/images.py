@@ -254,11 +254,23 @@ def decoded(path: str, kind: Kind, page: ImagePage):
         except pyvips.Error as e:
             raise ImageDamaged(f"the image cannot be read: {_vips_reason(e)}") from None
         image = image.autorot()
+    image = normalised(image)
+    if (image.width, image.height) != (page.width_px, page.height_px):
+        raise ImageDamaged(f"the decoded image is {image.width} x {image.height} pixels, not "
+                           f"the {page.width_px} x {page.height_px} its header said")
+    return image
+
+
+def normalised(image):
+    """An upright image made 8-bit sRGB (3 bands) or grey (1 band) on white:
+    alpha flattened, an embedded ICC profile (or CMYK) converted to sRGB,
+    16-bit scaled down."""
+    import pyvips
+
     white = 65535 if image.format == "ushort" else 255
     if image.hasalpha():
         image = image.flatten(background=[white] * (image.bands - 1), max_alpha=white)
-    grey = image.bands == 1
-    if grey:
+    if image.bands == 1:
         image = image.colourspace("b-w")
     elif image.get_typeof("icc-profile-data") or image.interpretation == "cmyk":
         try:
@@ -271,9 +283,6 @@ def decoded(path: str, kind: Kind, page: ImagePage):
         image = image.colourspace("srgb")
     if image.format != "uchar":
         image = image.cast("uchar")
-    if (image.width, image.height) != (page.width_px, page.height_px):
-        raise ImageDamaged(f"the decoded image is {image.width} x {image.height} pixels, not "
-                           f"the {page.width_px} x {page.height_px} its header said")
     return image
 
 

@@ -8,6 +8,7 @@
     work/<job>/page-<n>.raw.zst                    (deleted when the job ends)
     tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, icon, ...)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
 
@@ -103,3 +104,14 @@ def manifest_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
 
 def current_key(plan: jobs_pb2.PlanRef) -> str:
     return f"{plan_tiles_prefix(plan)}current.json"
+
+
+#: A variant's name: thumbnail, icon, display, webp-<px>.
+VARIANT_NAME = re.compile(r"(thumbnail|icon|display|webp-[1-9][0-9]{0,3})")
+
+
+def variant_key(plan: jobs_pb2.PlanRef, job_id: str, page: int, name: str, fmt: str) -> str:
+    """Where one of a page's variants is stored (services/render/variants.py)."""
+    if not VARIANT_NAME.fullmatch(name) or fmt not in ("jpg", "webp"):
+        raise ValueError(f"not a variant: {name}.{fmt}")
+    return f"{tiles_prefix(plan, job_id)}{page_name(page)}.{name}.{fmt}"

@@ -43,11 +43,17 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     if page.HasField("started_at"):
         started = type(page.started_at)()
         started.CopyFrom(page.started_at)
+    if ev.page.variants:  # a report's variants replace the earlier ones
+        del page.variants[:]
     page.MergeFrom(ev.page)
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)
     if page.state == jobs_pb2.PAGE_STATE_DONE and job.HasField("plan"):
         page.dzi_key = keys.dzi_key(job.plan, job.job_id, n)  # derived, never reported
+    if job.HasField("plan"):
+        for variant in page.variants:  # derived too
+            variant.key = keys.variant_key(job.plan, job.job_id, n, variant.name,
+                                           variant.format)
     if page.SerializeToString(deterministic=True) == before:
         return False
     job.stalled = False

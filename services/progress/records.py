@@ -25,6 +25,7 @@ from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
+from planzoom.keys import VARIANT_NAME
 from planzoom.messaging.events import announce_ended
 from planzoom.messaging.worker import Delivery
 from planzoom.states import is_terminal, job_state_name
@@ -74,6 +75,9 @@ def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
         raise ForgedEvent(f"{stage} may not report page state "
                           f"{jobs_pb2.PageState.Name(ev.page.state)}")
     ev.page.ClearField("dzi_key")  # keys are derived from the job, never taken
+    for variant in ev.page.variants:
+        if not VARIANT_NAME.fullmatch(variant.name) or variant.format not in ("jpg", "webp"):
+            raise ForgedEvent(f"{stage} reported a variant {variant.name!r}.{variant.format!r}")
     return ev
 
 

@@ -21,6 +21,7 @@ from planzoom.procpool import ProcessPool, WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.render.rasterize import RenderResult, render_image, render_page
 from services.render.sources import SourceCache
+from services.render.variants import image_variants, pdf_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Render(PageStage):
         finally:
             if os.path.exists(out):
                 os.unlink(out)
+        variants = await self._variants(job, source)
         # Report before handing the page on, so that this report precedes the
         # tile worker's DONE on the job's progress subject (a DONE page takes
         # no later report; DONE carries the DPI too, should they cross anyway).
@@ -88,6 +90,7 @@ class Render(PageStage):
             page=job.page, state=jobs_pb2.PAGE_STATE_TILING,
             width_pt=result.width_pt, height_pt=result.height_pt, dpi=result.dpi,
             width_px=result.width_px, height_px=result.height_px, bands=result.bands,
+            variants=variants,
         ), delivery.attempt)
         tile_job = events_pb2.TileJob(
             job_id=job.job_id, plan=job.plan, page=job.page, total_pages=job.total_pages,
@@ -102,6 +105,34 @@ class Render(PageStage):
         log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
+
+    async def _variants(self, job: events_pb2.PageJob, source: str) -> list[jobs_pb2.Variant]:
+        """Make and store the page's variants (services/render/variants.py):
+        all of them for an image page, the thumbnail for a PDF page."""
+        opts = job.options.variants
+        out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
+        try:
+            if job.source_kind in ("", "pdf"):
+                made = await self.pool.run(self.s.render_timeout_seconds, pdf_thumbnail, source,
+                                           job.page, opts.thumbnail_px, opts.jpeg_quality,
+                                           out_dir)
+            else:
+                watermark = opts.watermark_text or \
+                    f"{job.plan.org} · {job.plan.project}/{job.plan.plan}"
+                made = await self.pool.run(self.s.render_timeout_seconds, image_variants, source,
+                                           job.source_kind, job.source_index, opts, watermark,
+                                           self.s.max_pages, self.s.max_image_pixels, out_dir)
+            variants = []
+            for v in made:
+                key = keys.variant_key(job.plan, job.job_id, job.page, v["name"], v["format"])
+                await asyncio.to_thread(self.store.upload_file, v["path"], key,
+                                        "image/webp" if v["format"] == "webp" else "image/jpeg")
+                variants.append(jobs_pb2.Variant(name=v["name"], format=v["format"],
+                                                 width=v["width"], height=v["height"],
+                                                 bytes=v["bytes"]))
+            return variants
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
     async def _render(self, job: events_pb2.PageJob, source: str, out: str,
                       delivery: Delivery) -> RenderResult:

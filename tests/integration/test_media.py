@@ -11,13 +11,14 @@ import subprocess
 import sys
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import pyvips
 from PIL import Image, ImageCms, ImageOps
 
 from planzoom.v1 import jobs_pb2
-from tests.dzi_check import check_page
+from tests.dzi_check import check_page, psnr
 from tests.helpers import wait_terminal
 from tests.integration.test_limits import _reason
 
@@ -158,3 +159,86 @@ def test_a_bomb_is_refused_from_its_header_alone(corpus):
                          timeout=60, check=True)
     peak_kib = int(out.stdout.strip())
     assert peak_kib < 150 * 1024, f"peak {peak_kib} KiB: the bomb was decoded"
+
+
+def _image(s3, key: str) -> pyvips.Image:
+    return pyvips.Image.new_from_buffer(s3.get_object(Bucket="planzoom", Key=key)["Body"].read(),
+                                        "")
+
+
+def _pixels(image: pyvips.Image) -> np.ndarray:
+    return np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8,
+                      shape=(image.height, image.width, image.bands))
+
+
+def test_an_image_page_has_its_variants(corpus, s3, converted):
+    name = "photo-exif-orient6-stone-building-metadata-extractor-images.jpg"
+    page = converted[name].pages[0]
+    variants = {v.name: v for v in page.variants}
+    expected = {"thumbnail": (225, 300), "icon": (128, 128), "webp-400": (300, 400),
+                "webp-800": (600, 800), "webp-1920": (1440, 1920), "display": (1440, 1920)}
+    assert {n: (v.width, v.height) for n, v in variants.items()} == expected
+    for variant in variants.values():
+        image = _image(s3, variant.key)
+        assert (image.width, image.height) == (variant.width, variant.height)
+        assert image.get("vips-loader") == ("webpload_buffer" if variant.format == "webp"
+                                            else "jpegload_buffer")
+        assert not [f for f in image.get_fields() if f.startswith(("exif", "xmp", "iptc"))]
+        assert variant.key.endswith(f"page-1.{variant.name}.{variant.format}")
+    # upright: the thumbnail is the reference, made small
+    upright = pyvips.Image.new_from_array(reference(corpus / "media" / name, "jpeg", 1))
+    small = _pixels(upright.thumbnail_image(300, height=300))
+    thumb = _pixels(_image(s3, variants["thumbnail"].key))
+    assert small.shape == thumb.shape
+    assert psnr(thumb, small) > 25, "the thumbnail is not the upright photo"
+    # the display image carries its watermark at the bottom right: it differs
+    # from the same-size preview there, and barely anywhere else
+    display = _pixels(_image(s3, variants["display"].key)).astype(int)
+    plain = _pixels(_image(s3, variants["webp-1920"].key)).astype(int)
+    corner = np.abs(display[-150:, -700:] - plain[-150:, -700:]).mean()
+    elsewhere = np.abs(display[:600, :600] - plain[:600, :600]).mean()
+    assert corner > 4 * elsewhere and corner > 5, (corner, elsewhere)
+
+
+def test_variants_never_upscale(converted):
+    page = converted["png-rgba-alpha-dice-pillow.png"].pages[0]
+    assert {(v.width, v.height) for v in page.variants if v.name != "icon"} == {(200, 150)}
+    assert [(v.width, v.height) for v in page.variants if v.name == "icon"] == [(128, 128)]
+
+
+def test_variant_options_choose_what_is_made(corpus, client, s3):
+    reply = client.submit(
+        str(corpus / "media" / "photo-exif-orient8-skyscrapers-metadata-extractor-images.jpg"),
+        jobs_pb2.PlanRef(org="acme", project="media", plan="variants"),
+        jobs_pb2.JobOptions(variants=jobs_pb2.VariantOptions(
+            thumbnail_px=0, icon_px=64, webp_px=[256], display_px=0)))
+    page = wait_terminal(client, reply.job_id).pages[0]
+    assert sorted((v.name, v.width, v.height) for v in page.variants) == [
+        ("icon", 64, 64), ("webp-256", 256, 192)]
+    with pytest.raises(grpc.RpcError) as refused:
+        client.submit(str(corpus / "media" / "png-palette-photo-libvips.png"),
+                      jobs_pb2.PlanRef(org="acme", project="media", plan="variants"),
+                      jobs_pb2.JobOptions(variants=jobs_pb2.VariantOptions(display_px=5000)))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "display_px" in refused.value.details()
+
+
+def test_pdf_pages_get_thumbnails_the_gateway_serves(corpus, client, stack, s3):
+    reply = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
+                          jobs_pb2.PlanRef(org="acme", project="media", plan="pdf-thumbs"),
+                          jobs_pb2.JobOptions(dpi=40))
+    job = wait_terminal(client, reply.job_id)
+    for page in job.pages:
+        [thumb] = page.variants
+        assert thumb.name == "thumbnail" and max(thumb.width, thumb.height) == 300
+        assert (thumb.width > thumb.height) == (page.width_pt > page.height_pt)
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as http:
+        resp = http.get(f"/v1/jobs/{job.job_id}/pages/2.thumbnail.jpg",
+                        headers={"Authorization": f"Bearer {stack.token('acme', 'viewer')}"})
+        assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+        assert resp.content == s3.get_object(Bucket="planzoom",
+                                             Key=job.pages[1].variants[0].key)["Body"].read()
+        assert "immutable" in resp.headers["cache-control"]
+        missing = http.get(f"/v1/jobs/{job.job_id}/pages/2.icon.jpg",
+                           headers={"Authorization": f"Bearer {stack.token('acme')}"})
+        assert missing.status_code == 404

@@ -61,6 +61,11 @@ function planzoomViewer(element, config) {
   }
   function thumbUrl(n) {
     const p = job.pages[n - 1];
+    if ((p.variants || []).some(v => v.name === "thumbnail")) {  // made with the page
+      const name = `${n}.thumbnail.jpg`;
+      if (config.mode !== "live") return `${config.base}page-${name}`;
+      return links ? `${config.api}/jobs/${config.jobId}/pages/${name}?cap=${links.cap}` : null;
+    }
     const longest = Math.max(p.width_px, p.height_px);
     const level = Math.max(0, p.levels - 1 - Math.ceil(Math.log2(Math.max(1, longest / p.tile_size))));
     const path = `page-${n}_files/${level}/0_0.${p.format}`;
