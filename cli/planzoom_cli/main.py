@@ -10,6 +10,8 @@ refused or a service could not be reached.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from importlib.metadata import entry_points
 
@@ -96,26 +98,71 @@ def exit_unless_complete(job: jobs_pb2.Job) -> None:
 
 
 @main.command()
-@click.argument("pdf", type=click.Path(exists=True, dir_okay=False))
+@click.argument("path", type=click.Path(exists=True, file_okay=True, dir_okay=True))
 @plan_options
 @job_options
-@click.option("--watch/--no-watch", default=False, help="Follow the job to its end.")
+@click.option("--watch/--no-watch", default=False, help="Follow the job(s) to their end.")
 @click.pass_context
-def submit(ctx, pdf, org, project, plan_id, dpi, tile_size, overlap, quality, watch):
-    """Upload PDF (a plan set, or a photo, scan or RAW image) as a new job
-    for ORG/PROJECT/PLAN."""
+def submit(ctx, path, org, project, plan_id, dpi, tile_size, overlap, quality, watch):
+    """Upload PATH as a new job for ORG/PROJECT/PLAN: a plan set (PDF) or a
+    photo, scan or RAW image, recognised by its bytes.
+
+    PATH may be a folder: each file in it (not its subfolders; hidden files
+    skipped) becomes its own job, for plan PLAN-<file name> (the name made
+    a valid id). A file that is refused is reported and the others go on;
+    the exit status is then 2."""
     client = _client(ctx)
-    try:
-        resp = client.submit(pdf, jobs_pb2.PlanRef(org=org, project=project, plan=plan_id),
-                             options_from_flags(dpi, tile_size, overlap, quality))
-        note = " (same file and options as an existing job)" if resp.deduplicated else ""
-        console.print(f"job {resp.job_id}: {resp.job.total_pages} pages{note}")
-        if watch:
-            job = watch_job(client, resp.job_id)
-            print_job(job)
+    options = options_from_flags(dpi, tile_size, overlap, quality)
+    if not os.path.isdir(path):
+        try:
+            job = _submit_one(client, path, jobs_pb2.PlanRef(org=org, project=project,
+                                                            plan=plan_id), options, watch)
+        except grpc.RpcError as e:
+            fail_rpc(e)
+        if job is not None:
             exit_unless_complete(job)
-    except grpc.RpcError as e:
-        fail_rpc(e)
+        return
+    files = sorted(f for f in os.listdir(path)
+                   if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
+    if not files:
+        err_console.print(f"[red]error:[/red] {path} has no files to submit")
+        sys.exit(2)
+    refused, ended = 0, []
+    for name in files:
+        plan = jobs_pb2.PlanRef(org=org, project=project, plan=folder_plan_id(plan_id, name))
+        console.print(f"{name} → plan {plan.plan}")
+        try:
+            ended.append(_submit_one(client, os.path.join(path, name), plan, options, watch))
+        except grpc.RpcError as e:
+            refused += 1
+            err_console.print(f"[red]  refused:[/red] {e.code().name}: {e.details()}")
+    console.print(f"{len(files) - refused} of {len(files)} files submitted")
+    if refused:
+        sys.exit(2)
+    for job in ended:
+        if job is not None:
+            exit_unless_complete(job)
+
+
+def folder_plan_id(plan_id: str, file_name: str) -> str:
+    """``<plan>-<file name>`` as a valid id: characters other than letters,
+    digits, '_' and '-' become '-', cut to 64 characters."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", file_name).strip("-") or "file"
+    return f"{plan_id}-{stem}"[:64].rstrip("-")
+
+
+def _submit_one(client, path: str, plan: jobs_pb2.PlanRef, options, watch: bool
+                ) -> jobs_pb2.Job | None:
+    """Upload one file; with ``watch``, follow it and return its final
+    record. Raises grpc.RpcError if it is refused."""
+    resp = client.submit(path, plan, options)
+    note = " (same file and options as an existing job)" if resp.deduplicated else ""
+    console.print(f"job {resp.job_id}: {resp.job.total_pages} pages{note}")
+    if not watch:
+        return None
+    job = watch_job(client, resp.job_id)
+    print_job(job)
+    return job
 
 
 @main.command()

@@ -7,8 +7,10 @@ what must be refused is refused before anything is decoded."""
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import httpx
@@ -242,3 +244,32 @@ def test_pdf_pages_get_thumbnails_the_gateway_serves(corpus, client, stack, s3):
         missing = http.get(f"/v1/jobs/{job.job_id}/pages/2.icon.jpg",
                            headers={"Authorization": f"Bearer {stack.token('acme')}"})
         assert missing.status_code == 404
+
+
+def test_the_cli_submits_a_photo_and_a_folder(corpus, stack, client, tmp_path):
+    """``planzoom submit photo.heic`` and ``planzoom submit DIR``: one job per
+    file, plan PLAN-<file name>; a refused file is reported, the rest go on,
+    and the exit status says one was refused."""
+    cli = Path(sys.executable).parent / "planzoom"
+    env = {**os.environ, **stack.env(), "PLANZOOM_TOKEN": stack.token("acme", "uploader")}
+    heic = corpus / "media" / "heic-iphone7-building-exif-orient6-photoprism.heic"
+    one = subprocess.run([cli, "submit", heic, "--org", "acme", "--project", "cli", "--plan",
+                          "one", "--watch"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr
+    folder = tmp_path / "site visit"
+    folder.mkdir()
+    for name in ("photo-cmyk-park-sharp.jpg", "tiff-multipage-3p-g4-fax-pillow.tiff",
+                 "hostile-svg-with-script-svg-sanitizer.svg"):
+        (folder / name).write_bytes((corpus / "media" / name).read_bytes())
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / "nested").mkdir()
+    run = subprocess.run([cli, "submit", folder, "--org", "acme", "--project", "cli",
+                          "--plan", "visit", "--watch"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "2 of 3 files submitted" in run.stdout and "SVG" in run.stderr
+    for plan, pages in (("visit-photo-cmyk-park-sharp-jpg", 1),
+                        ("visit-tiff-multipage-3p-g4-fax-pillow-tiff", 3)):
+        [job] = client.list_jobs(jobs_pb2.PlanRef(org="acme", project="cli", plan=plan))
+        assert job.state == jobs_pb2.JOB_STATE_COMPLETE and job.total_pages == pages

@@ -1,0 +1,109 @@
+"""planzoom's still-image path per kind, on the largest file of each kind in
+``../shared/corpus/media/``, beside the simplest alternative a user could
+script: ``vips copy`` of the same file to an 8-bit sRGB raw (libvips' own
+decode, no orientation, profile or variant work).
+
+For each file, in a fresh process (so peak memory is the file's own): the
+render worker's two calls, :func:`services.render.rasterize.render_image`
+(decode, normalise, write the zstd raster) and
+:func:`services.render.variants.image_variants` (thumbnail, icon, three
+WebP sizes, watermarked display image). Prints megapixels per second of the
+decode (source pixels / seconds), the variants' seconds, the process's peak
+RSS (VmHWM), and the ratio to the alternative. Medians over --runs runs.
+
+Usage: python -m bench.media [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from planzoom.media import sniff
+
+MEDIA = Path(os.environ.get("PLANZOOM_CORPUS", Path(__file__).resolve().parents[2] / "shared"
+                            / "corpus")) / "media"
+
+_CHILD = """
+import json, sys, tempfile, time
+from planzoom.options import resolve_variants
+from planzoom.v1 import jobs_pb2
+from services.render.rasterize import render_image
+from services.render.variants import image_variants
+path, kind = sys.argv[1], sys.argv[2]
+out = tempfile.mkdtemp()
+t0 = time.perf_counter()
+r = render_image(path, kind, 0, 100, 200_000_000, out + "/raster.zst", 64 * 1024 * 1024)
+t1 = time.perf_counter()
+image_variants(path, kind, 0, resolve_variants(jobs_pb2.VariantOptions()), "bench", 100,
+               200_000_000, out)
+t2 = time.perf_counter()
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"pixels": r.width_px * r.height_px, "raster": t1 - t0, "variants": t2 - t1,
+                  "hwm_kib": hwm}))
+"""
+
+
+def largest_per_kind() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(MEDIA.iterdir()):
+        if path.name.startswith(("hostile", "video")) or path.suffix == ".md":
+            continue
+        try:
+            kind = sniff(path.read_bytes()[:1024]).name
+        except Exception:
+            continue
+        if kind not in found or path.stat().st_size > found[kind].stat().st_size:
+            found[kind] = path
+    return found
+
+
+def ours(path: Path, kind: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), kind], capture_output=True,
+                         text=True, check=True, timeout=600)
+    return json.loads(out.stdout)
+
+
+def alternative(path: Path) -> float:
+    """Seconds of ``vips colourspace`` to an 8-bit sRGB .v file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run(["vips", "colourspace", str(path), f"{tmp}/out.v", "srgb"], check=True,
+                       capture_output=True, timeout=600)
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    for kind, path in largest_per_kind().items():
+        runs = [ours(path, kind) for _ in range(args.runs)]
+        raster = statistics.median(r["raster"] for r in runs)
+        variants = statistics.median(r["variants"] for r in runs)
+        pixels = runs[0]["pixels"]
+        try:
+            alt = statistics.median(alternative(path) for _ in range(args.runs))
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            alt = None  # Debian's libvips cannot read it (HEVC, RAW)
+        rows.append((kind, path.name[:44], pixels / 1e6, pixels / 1e6 / raster, variants,
+                     max(r["hwm_kib"] for r in runs) / 1024, alt and alt / raster))
+    print(f"{'kind':6} {'file':44} {'MP':>6} {'MP/s':>7} {'variants s':>10} "
+          f"{'peak MiB':>8} {'vs vips':>8}")
+    for kind, name, mp, rate, var, peak, ratio in rows:
+        vs = f"{ratio:.2f}x" if ratio else "n/a"
+        print(f"{kind:6} {name:44} {mp:6.1f} {rate:7.1f} {var:10.2f} {peak:8.0f} {vs:>8}")
+    print("MP/s: source megapixels per second of decode + normalise + raster write; "
+          "'vs vips': the alternative's seconds / ours (above 1: planzoom is faster).")
+
+
+if __name__ == "__main__":
+    main()
