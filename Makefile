@@ -5,6 +5,7 @@
 #   make lint                  ruff on the project's own code
 #   make images                build the service, NATS and S3 images (needs Docker)
 #   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
+#   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
 
 PYTHON ?= python3
 VENV   := .venv
@@ -20,9 +21,9 @@ VENDOR := services/gateway/static/vendor
 OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-BASE_IMAGE ?= planzoom-base:bookworm
+BASE_IMAGE ?= planzoom-base:bookworm-fonts
 
-.PHONY: setup proto demo up test test-fast lint images bench clean
+.PHONY: setup proto demo up test test-fast lint images bench bench-media clean
 
 setup: $(STAMP) $(GEN) $(OSD)
 
@@ -88,6 +89,11 @@ bench: setup
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    poppler-utils libvips-tools >/dev/null; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+bench-media: setup
+	@command -v vips >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libvips-tools >/dev/null; }
+	$(BIN)/python -m bench.media
 
 lint: setup
 	$(BIN)/ruff check planzoom services cli devstack tests bench

@@ -54,6 +54,7 @@ class ImagePage:
     width_px: int
     height_px: int
     dpi: float  # from the header, or DEFAULT_DPI
+    facts: dict  # ImageFacts fields (see image_facts)
 
     @property
     def width_pt(self) -> float:
@@ -130,8 +131,50 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
             width, height = height, width
         _check_pixels(width, height, max_pixels, f"page {n + 1}" if len(pages) > 1 else
                       "the image")
-        out.append(ImagePage(index=index, width_px=width, height_px=height, dpi=_dpi(page)))
+        exif = page.get("exif-data") if page.get_typeof("exif-data") else None
+        facts = image_facts(exif, page.width, page.height, _orientation(page))
+        out.append(ImagePage(index=index, width_px=width, height_px=height, dpi=_dpi(page),
+                             facts=facts))
     return out
+
+
+def _text(value) -> str:
+    return value.strip("\x00 ").strip()[:100] if isinstance(value, str) else ""
+
+
+def _degrees(dms, ref) -> float | None:
+    try:
+        value = float(dms[0]) + float(dms[1]) / 60 + float(dms[2]) / 3600
+    except (TypeError, ValueError, IndexError, ZeroDivisionError):
+        return None
+    return -value if ref in ("S", "W") else value
+
+
+def image_facts(exif: bytes | None, width: int, height: int, orientation: int) -> dict:
+    """ImageFacts fields from an EXIF block (parsed with Pillow's reader):
+    capture time, camera, the stored size and the orientation applied, and
+    the GPS position if there is one (the caller keeps it only if asked)."""
+    facts = {"original_width": width, "original_height": height,
+             "orientation": orientation if orientation in range(1, 9) else 1}
+    if not exif:
+        return facts
+    from PIL import Image
+
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+        detail, gps = tags.get_ifd(0x8769), tags.get_ifd(0x8825)
+    except Exception:
+        return facts
+    facts["camera_make"], facts["camera_model"] = _text(tags.get(0x010F)), _text(tags.get(0x0110))
+    taken = _text(detail.get(0x9003) or tags.get(0x0132))
+    if len(taken) >= 19 and taken[4] == ":" and taken[7] == ":":
+        facts["captured_at"] = taken[:10].replace(":", "-") + "T" + taken[11:19]
+    if gps and 2 in gps and 4 in gps:
+        lat, lon = _degrees(gps[2], gps.get(1)), _degrees(gps[4], gps.get(3))
+        if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
+            facts["gps_latitude"], facts["gps_longitude"] = round(lat, 7), round(lon, 7)
+    return {k: v for k, v in facts.items() if v != ""}
 
 
 def _check_jpeg_end(path: str) -> None:
@@ -162,7 +205,9 @@ def _raw_page(path: str, max_pixels: int) -> ImagePage:
     if sizes.flip in (5, 6):
         width, height = height, width
     _check_pixels(width, height, max_pixels, "the RAW image")
-    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI)
+    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
+                     facts=image_facts(None, sizes.iwidth, sizes.iheight,
+                                       {0: 1, 3: 3, 5: 8, 6: 6}.get(sizes.flip, 1)))
 
 
 def _heif(path: str):
@@ -201,7 +246,9 @@ def _heif_page(path: str, max_pixels: int) -> ImagePage:
     if _heif_orientation(path, heif) in (5, 6, 7, 8):
         width, height = height, width
     _check_pixels(width, height, max_pixels, "the HEIF image")
-    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI)
+    orientation = _heif_orientation(path, heif)
+    return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
+                     facts=image_facts(heif.info.get("exif"), *heif.size, orientation))
 
 
 def _decoded_heif(path: str):

@@ -26,7 +26,7 @@ def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptio
         overlap=opts.overlap if opts.HasField("overlap") else s.default_overlap,
         jpeg_quality=opts.jpeg_quality or s.default_jpeg_quality,
         max_page_pixels=min(opts.max_page_pixels or s.max_page_pixels, s.max_page_pixels),
-        variants=resolve_variants(opts.variants),
+        variants=resolve_variants(opts.variants), keep_gps=opts.keep_gps,
     )
     if not DPI_RANGE[0] <= out.dpi <= DPI_RANGE[1]:
         raise InvalidInput(f"dpi {opts.dpi:g} is out of range: use {DPI_RANGE[0]:g} to "

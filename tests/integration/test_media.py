@@ -273,3 +273,33 @@ def test_the_cli_submits_a_photo_and_a_folder(corpus, stack, client, tmp_path):
                         ("visit-tiff-multipage-3p-g4-fax-pillow-tiff", 3)):
         [job] = client.list_jobs(jobs_pb2.PlanRef(org="acme", project="cli", plan=plan))
         assert job.state == jobs_pb2.JOB_STATE_COMPLETE and job.total_pages == pages
+
+
+def test_the_record_keeps_useful_facts_and_gps_only_when_asked(corpus, client):
+    path = corpus / "media" / "photo-12mp-arch-building-galaxy-s7-metadata-extractor-images.jpg"
+    facts = {}
+    for keep in (False, True):
+        reply = client.submit(str(path), jobs_pb2.PlanRef(org="acme", project="media",
+                                                           plan=f"facts-{keep}"),
+                              jobs_pb2.JobOptions(keep_gps=keep, tile_size=1024))
+        assert reply.job.pages[0].HasField("image"), "ingest records the facts"
+        job = wait_terminal(client, reply.job_id)
+        assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
+        facts[keep] = job.pages[0].image
+    plain, with_gps = facts[False], facts[True]
+    assert (plain.camera_make, plain.camera_model) == ("samsung", "SM-G935L")
+    assert plain.captured_at == "2017-02-09T19:51:38"
+    assert (plain.original_width, plain.original_height, plain.orientation) == (4032, 3024, 1)
+    assert not plain.HasField("gps_latitude") and not plain.HasField("gps_longitude")
+    # 48° 53' 33" N, 2° 14' 11" E (SOURCES.md: the EXIF GPS block)
+    assert abs(with_gps.gps_latitude - 48.8925) < 1e-4
+    assert abs(with_gps.gps_longitude - 2.236389) < 1e-4
+
+
+def test_an_oriented_photo_records_what_was_applied(converted):
+    photo = "photo-exif-orient6-stone-building-metadata-extractor-images.jpg"
+    facts = converted[photo].pages[0].image
+    assert (facts.original_width, facts.original_height, facts.orientation) == (2576, 1932, 6)
+    heic = converted["heic-iphone7-building-exif-orient6-photoprism.heic"].pages[0].image
+    assert (heic.original_width, heic.original_height, heic.orientation) == (4032, 3024, 6)
+    assert heic.camera_make == "Apple"
