@@ -47,7 +47,8 @@ def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptio
 def resolve_variants(v: jobs_pb2.VariantOptions) -> jobs_pb2.VariantOptions:
     """Variant options with defaults filled in: thumbnail 300 px, icon 128
     px, WebP 400/800/1920 px, display image 1920 px watermarked at the
-    bottom right with opacity 0.35, JPEG quality 85, WebP quality 80.
+    bottom right with opacity 0.35, JPEG quality 85 (each JPEG variant may
+    set its own), WebP quality 80.
     Raises InvalidInput (``options.variants.<field>``) for a size over
     VARIANT_MAX_PX, more than five WebP sizes, an unknown watermark position,
     an opacity outside 0..1, a quality outside 1..100 or a watermark text
@@ -70,6 +71,8 @@ def resolve_variants(v: jobs_pb2.VariantOptions) -> jobs_pb2.VariantOptions:
         WATERMARK_POSITIONS[0],
         watermark_opacity=v.watermark_opacity if v.HasField("watermark_opacity") else 0.35,
         jpeg_quality=v.jpeg_quality or 85, webp_quality=v.webp_quality or 80)
+    for name in ("thumbnail_quality", "icon_quality", "display_quality"):
+        setattr(out, name, getattr(v, name) or out.jpeg_quality)
     if out.watermark_position not in WATERMARK_POSITIONS:
         raise InvalidInput(f"variants.watermark_position must be one of {WATERMARK_POSITIONS}",
                            field="options.variants.watermark_position")
@@ -79,7 +82,8 @@ def resolve_variants(v: jobs_pb2.VariantOptions) -> jobs_pb2.VariantOptions:
     if len(out.watermark_text) > 200:
         raise InvalidInput("variants.watermark_text is over 200 characters",
                            field="options.variants.watermark_text")
-    for name in ("jpeg_quality", "webp_quality"):
+    for name in ("jpeg_quality", "webp_quality", "thumbnail_quality", "icon_quality",
+                 "display_quality"):
         if not 1 <= getattr(out, name) <= 100:
             raise InvalidInput(f"variants.{name} must be 1 to 100",
                                field=f"options.variants.{name}")

@@ -114,8 +114,8 @@ class Render(PageStage):
         try:
             if job.source_kind in ("", "pdf"):
                 made = await self.pool.run(self.s.render_timeout_seconds, pdf_thumbnail, source,
-                                           job.page, opts.thumbnail_px, opts.jpeg_quality,
-                                           out_dir)
+                                           job.page, opts.thumbnail_px,
+                                           opts.thumbnail_quality or opts.jpeg_quality, out_dir)
             else:
                 watermark = opts.watermark_text or \
                     f"{job.plan.org} · {job.plan.project}/{job.plan.plan}"

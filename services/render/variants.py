@@ -85,17 +85,18 @@ def image_variants(path: str, kind_name: str, index: int, opts: jobs_pb2.Variant
     made = []
     if opts.thumbnail_px:
         made.append(_save(_fit(base, opts.thumbnail_px), out_dir, "thumbnail", "jpg",
-                          opts.jpeg_quality))
+                          opts.thumbnail_quality or opts.jpeg_quality))
     if opts.icon_px:
         side = min(opts.icon_px, base.width, base.height)
         icon = base.thumbnail_image(side, height=side, crop="centre", size="down")
-        made.append(_save(icon, out_dir, "icon", "jpg", opts.jpeg_quality))
+        made.append(_save(icon, out_dir, "icon", "jpg", opts.icon_quality or opts.jpeg_quality))
     for px in opts.webp_px:
         made.append(_save(_fit(base, px), out_dir, f"webp-{px}", "webp", opts.webp_quality))
     if opts.display_px:
         display = watermarked(_fit(base, opts.display_px), watermark,
                               opts.watermark_position, opts.watermark_opacity)
-        made.append(_save(display, out_dir, "display", "jpg", opts.jpeg_quality))
+        made.append(_save(display, out_dir, "display", "jpg",
+                          opts.display_quality or opts.jpeg_quality))
     return made
 
 
