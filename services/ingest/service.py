@@ -28,7 +28,7 @@ from planzoom.errors import (
 from planzoom.ids import check_plan, new_job_id
 from planzoom.images import ImageDamaged
 from planzoom.jobstore import JobNotFound, dedup_key
-from planzoom.media import Kind
+from planzoom.media import KINDS, Kind
 from planzoom.options import resolve_options
 from planzoom.pages import Work, plan_work, raster_work
 from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The content type a presigned upload must declare.
 PDF_TYPE = "application/pdf"
+#: Content types a presigned POST may declare (the bytes decide the kind).
+UPLOAD_TYPES = frozenset(kind.content_type for kind in KINDS.values())
 #: Bytes read from a staged upload at a time.
 READ_BYTES = 4 * 1024 * 1024
 #: A dedup claim whose job record has not appeared after this long belongs
@@ -139,11 +141,15 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         require_org(request.plan.org)
         if request.size_bytes > self.s.max_upload_bytes:
             raise UploadTooLarge(request.size_bytes, self.s.max_upload_bytes)
+        content_type = request.content_type or PDF_TYPE
+        if content_type not in UPLOAD_TYPES:
+            raise InvalidInput(f"content_type {content_type[:80]!r} is not one planzoom takes: "
+                               f"{', '.join(sorted(UPLOAD_TYPES))}", field="content_type")
         key = keys.upload_key(request.plan, secrets.token_hex(16))
         low, high = ((request.size_bytes, request.size_bytes) if request.size_bytes
                      else (1, self.s.max_upload_bytes))
         url, fields = await asyncio.to_thread(
-            self.store.presigned_post, key, PDF_TYPE, low, high,
+            self.store.presigned_post, key, content_type, low, high,
             self.s.upload_url_expiry_seconds)
         return ingest_pb2.CreateUploadUrlResponse(
             url=url, object_key=key, fields=fields,

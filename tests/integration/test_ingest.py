@@ -164,6 +164,27 @@ def test_presigned_upload_then_submit(corpus, client, s3):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_presigned_upload_of_a_photo_declares_its_type(corpus, client):
+    plan = jobs_pb2.PlanRef(org="acme", project="presigned", plan="photo")
+    data = (corpus / "media" / "photo-cmyk-park-sharp.jpg").read_bytes()
+    url = client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
+        plan=plan, content_type="image/jpeg"), timeout=10)
+    as_pdf = requests.post(url.url, data={**url.fields, "Content-Type": "application/pdf"},
+                           timeout=30, files={"file": ("park.jpg", data, "application/pdf")})
+    assert as_pdf.status_code == 403, "the policy let another content type through"
+    assert requests.post(url.url, data=dict(url.fields), timeout=30,
+                         files={"file": ("park.jpg", data, "image/jpeg")}).status_code == 204
+    resp = client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(plan=plan,
+                                                               object_key=url.object_key),
+                                   timeout=60)
+    assert resp.job.source_kind == "jpeg" and resp.job.source_key.endswith(".jpg")
+    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    with pytest.raises(grpc.RpcError) as refused:
+        client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
+            plan=plan, content_type="text/html"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_owner_password_only_pdf_is_accepted(corpus, client):
     plan = jobs_pb2.PlanRef(org="acme", project="ownerpw", plan="indesign")
     resp = client.submit(str(corpus / "encrypted-ownerpw-only-a4landscape-pdfplumber-pr138.pdf"),
