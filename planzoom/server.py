@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -135,4 +136,8 @@ def run(service_type: Callable[[Settings], Service]) -> None:
     settings = get_settings()
     name = service_type.name
     setup_logging(name, settings.log_level)
+    if settings.work_dir:
+        # An emptyDir mounted at /tmp starts empty: the scratch directory
+        # under it is this process's to make.
+        os.makedirs(settings.work_dir, mode=0o700, exist_ok=True)
     asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))

@@ -21,7 +21,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
 @pytest.fixture(scope="module")
 def cstack(images):
-    stack = ContainerStack(extra_env={"PLANZOOM_ACK_WAIT_SECONDS": "6"}).start()
+    # The chart's scratch directory, under a tmpfs that starts empty.
+    stack = ContainerStack(extra_env={"PLANZOOM_ACK_WAIT_SECONDS": "6",
+                                      "PLANZOOM_WORK_DIR": "/tmp/planzoom"}).start()
     yield stack
     stack.stop()
 
