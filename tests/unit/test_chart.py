@@ -5,6 +5,8 @@ ScaledObject (a CRD the schemas do not cover) and for what operators rely on."""
 
 from __future__ import annotations
 
+import json
+
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -198,3 +200,69 @@ def test_the_documented_nats_users_are_the_ones_the_stack_runs():
 
     readme = (CHART / "README.md").read_text()
     assert users_conf() in readme, "deploy/k8s/planzoom/README.md has an old NATS users block"
+
+
+def _rules(rules: list[dict], peers: str) -> set[tuple]:
+    """Each rule as (ports, peers) in a comparable form."""
+    return {(tuple(sorted((p["port"], p["protocol"]) for p in r["ports"])),
+             json.dumps(r.get(peers, "anywhere"), sort_keys=True)) for r in rules}
+
+
+def test_network_policies_allow_exactly_the_documented_traffic():
+    """Rendered with client and scrape namespaces set: API ports from the
+    clients (ingest and progress also from the gateway), metrics from the
+    scrapers; out to DNS, NATS and S3 only, the gateway also to ingest,
+    progress and public webhook endpoints. Nothing else."""
+    team = {"matchLabels": {"team": "x"}}
+    docs = render({"networkPolicy": {"enabled": True, "clientNamespaceSelector": team,
+                                     "metricsNamespaceSelector": {"matchLabels": {"m": "y"}},
+                                     "s3": {"ports": [443, 9000]}}})
+    policies = by_kind(docs, "NetworkPolicy")
+    assert sorted(policies) == [f"pz-planzoom-{c}" for c in COMPONENTS]
+
+    def pods(component):
+        return json.dumps([{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "planzoom", "app.kubernetes.io/instance": "pz",
+            "app.kubernetes.io/component": component}}}], sort_keys=True)
+
+    clients = json.dumps([{"namespaceSelector": team}], sort_keys=True)
+    scrapers = json.dumps([{"namespaceSelector": {"matchLabels": {"m": "y"}}}], sort_keys=True)
+    ports = {"ingest": 50051, "progress": 50052, "gateway": 8080}
+    common_egress = {
+        ((53, "TCP"), (53, "UDP")): json.dumps([{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "kube-system"}}}], sort_keys=True),
+        ((4222, "TCP"),): json.dumps("anywhere"),
+        ((443, "TCP"), (9000, "TCP")): json.dumps("anywhere"),
+    }
+    for component in COMPONENTS:
+        spec = policies[f"pz-planzoom-{component}"]["spec"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        ingress = {(((9102, "TCP"),), scrapers)}
+        if component in ports:
+            ingress.add((((ports[component], "TCP"),), clients))
+        if component in ("ingest", "progress"):
+            ingress.add((((ports[component], "TCP"),), pods("gateway")))
+        assert _rules(spec["ingress"], "from") == ingress, component
+        egress = set(common_egress.items())
+        if component == "gateway":
+            egress |= {(((50051, "TCP"),), pods("ingest")), (((50052, "TCP"),), pods("progress"))}
+            [hooks] = [r for r in spec["egress"] if any("ipBlock" in p for p in r.get("to", []))]
+            assert {p["port"] for p in hooks["ports"]} == {80, 443}
+            blocks = {p["ipBlock"]["cidr"]: set(p["ipBlock"]["except"]) for p in hooks["to"]}
+            assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= blocks["0.0.0.0/0"]
+            assert {"fc00::/7", "::1/128"} <= blocks["::/0"]
+            egress.add((tuple(sorted((p["port"], "TCP") for p in hooks["ports"])),
+                        json.dumps(hooks["to"], sort_keys=True)))
+        assert _rules(spec["egress"], "to") == egress, component
+
+
+def test_default_network_policy_lets_any_client_reach_the_apis():
+    """With no client namespaces set, an API port takes any caller (the
+    gateway needs no rule of its own); without networkPolicy.enabled there
+    are no policies at all."""
+    assert by_kind(render({}), "NetworkPolicy") == {}
+    policies = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    ingest = policies["pz-planzoom-ingest"]["spec"]["ingress"]
+    assert [r for r in ingest if "from" not in r] == [
+        {"ports": [{"port": 50051, "protocol": "TCP"}]}]
+    assert len(ingest) == 2
