@@ -1,5 +1,6 @@
 """What a job leaves in the bucket when it ends: ``manifest.json``, the
-plan's ``current.json`` (for a complete job), and no ``work/<job>/``."""
+plan's ``current.json`` (for a complete job), no ``work/<job>/``, and for a
+cancelled job none of the variants of its pages that did not finish."""
 
 from __future__ import annotations
 
@@ -51,3 +52,9 @@ def write_outputs(store: ObjectStore, job: jobs_pb2.Job) -> None:
         if newest <= job.job_id:
             store.put_bytes(key, current_json(job), "application/json")
     store.delete_prefix(keys.work_prefix(job.job_id))
+    if job.state == jobs_pb2.JOB_STATE_CANCELLED:
+        for page in job.pages:
+            if page.state != jobs_pb2.PAGE_STATE_DONE:
+                for variant in page.variants:
+                    store.delete(keys.variant_key(job.plan, job.job_id, page.page,
+                                                  variant.name, variant.format))

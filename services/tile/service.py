@@ -116,6 +116,10 @@ class Tile(PageStage):
             dzi = await asyncio.to_thread(tile)
         except JobCancelled:
             removed = await asyncio.to_thread(self.store.delete_prefix, files)
+            # and the variants render made beside it (page-<n>.<variant>.<ext>)
+            removed += await asyncio.to_thread(
+                self.store.delete_prefix, keys.tiles_prefix(job.plan, job.job_id)
+                + keys.page_name(job.page) + ".")
             log.info("job cancelled; page stopped, its tiles removed",
                      extra={**ctx, "tiles": removed})
             metrics.PAGES.labels(self.name, "skipped").inc()

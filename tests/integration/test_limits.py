@@ -189,10 +189,14 @@ def test_a_slow_pdf_never_fails_other_uploads(corpus, stack):
 
 
 def test_jobs_over_the_org_quota_wait_queued(corpus, stack, client):
-    """An ingest where an org may have one job in flight: the next two are
+    """Services where an org may have one job in flight: the next two are
     created PENDING and queued, published only once the first ends, and
-    everything completes."""
-    name = stack.start_service("ingest", replica=3, env={"PLANZOOM_ORG_MAX_JOBS_IN_FLIGHT": "1"})
+    everything completes. The quota is a setting of ingest (which admits)
+    and of progress (which releases): both get it."""
+    one = {"PLANZOOM_ORG_MAX_JOBS_IN_FLIGHT": "1"}
+    stack.stop_service("progress")
+    stack.start_service("progress", env=one)
+    name = stack.start_service("ingest", replica=3, env=one)
     quota = Client(stack.addrs[name], stack.env()["PLANZOOM_PROGRESS_ADDR"],
                    token=stack.token("quota-org", "admin"))
     try:
@@ -210,6 +214,8 @@ def test_jobs_over_the_org_quota_wait_queued(corpus, stack, client):
     finally:
         quota.close()
         stack.stop_service(name)
+        stack.stop_service("progress")
+        stack.start_service("progress")
     assert all(f.state == jobs_pb2.JOB_STATE_COMPLETE for f in finals)
     first_end = finals[0].finished_at.ToSeconds()
     for later in finals[1:]:
