@@ -40,15 +40,18 @@ $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.
 	    -e '.[cli,embedded,dev,test]' -e ./cli -e ./devstack
 	touch $@
 
-# The viewer's OpenSeadragon: the npm package pinned in
-# services/gateway/web/package-lock.json (integrity-checked by npm ci), its
-# build copied to where the gateway serves it. Nothing comes from a CDN.
+# The viewer's OpenSeadragon and hls.js: the npm packages pinned in
+# services/gateway/web/package-lock.json (integrity-checked by npm ci), their
+# builds copied to where the gateway serves them. Nothing comes from a CDN.
 $(OSD): $(WEB)/package.json $(WEB)/package-lock.json
 	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
-	rm -rf $(VENDOR)/openseadragon && mkdir -p $(VENDOR)/openseadragon
+	rm -rf $(VENDOR)/openseadragon $(VENDOR)/hls.js
+	mkdir -p $(VENDOR)/openseadragon $(VENDOR)/hls.js
 	cp -r $(WEB)/node_modules/openseadragon/build/openseadragon/openseadragon.min.js \
 	      $(WEB)/node_modules/openseadragon/build/openseadragon/images \
 	      $(WEB)/node_modules/openseadragon/LICENSE.txt $(VENDOR)/openseadragon/
+	cp $(WEB)/node_modules/hls.js/dist/hls.min.js $(WEB)/node_modules/hls.js/LICENSE \
+	   $(VENDOR)/hls.js/
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
 proto: $(GEN)

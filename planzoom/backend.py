@@ -82,8 +82,7 @@ class PageStage(BackedService):
 
     async def start(self) -> None:
         await self.connect()
-        subjects = {topology.RENDER_STREAM: topology.RENDER_SUBJECTS,
-                    topology.TILE_STREAM: topology.TILE_SUBJECTS}[self.stream]
+        subjects = topology.WORK_SUBJECTS[self.stream]
         self.worker = PullWorker(
             self.js, self.stream, self.consumer, self.handle, self.on_failure,
             concurrency=self.concurrency, ack_wait=self.s.ack_wait_seconds,

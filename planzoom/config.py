@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     progress_addr: str = "127.0.0.1:50052"
     render_addr: str = "127.0.0.1:50053"  # health only
     tile_addr: str = "127.0.0.1:50054"  # health only
+    transcode_addr: str = "127.0.0.1:50055"  # health only
     grpc_grace_seconds: float = Field(10.0, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     grpc_reflection: bool = False  # gRPC server reflection (for grpcurl), off unless enabled
@@ -73,6 +74,13 @@ class Settings(BaseSettings):
     max_page_side_pixels: int = Field(65536, ge=256)  # longest side of a page raster
     #: An image page with more pixels (from its header) is refused undecoded.
     max_image_pixels: int = Field(200_000_000, ge=1)
+    # Videos: size, length and frame size, checked by probing before any transcode
+    max_video_bytes: int = Field(5 * 1024**3, ge=1)
+    max_video_seconds: float = Field(3600.0, gt=0)
+    max_video_pixels: int = Field(4096 * 2304, ge=1)  # per frame
+    transcode_concurrency: int = Field(1, ge=1, le=8)  # videos at once per transcode replica
+    #: Wall-clock seconds a transcode may take per second of video (plus a minute).
+    transcode_seconds_per_second: float = Field(20.0, gt=0)
 
     # Work budget of one job, checked before it is accepted: 500 sheets of
     # 36 x 48 in at 300 DPI (78 gigapixels, about 1.6 million tiles) pass.
@@ -136,6 +144,11 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
 
     log_level: str = "INFO"
+
+    @property
+    def largest_upload_bytes(self) -> int:
+        """The largest file any kind may be (a video's limit, or the others')."""
+        return max(self.max_upload_bytes, self.max_video_bytes)
 
 
 @lru_cache(maxsize=1)

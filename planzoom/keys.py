@@ -11,6 +11,8 @@
     tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, icon, ...)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
+    previews/<org>/<project>/<plan>/<job>/master.m3u8, <rung>/index.m3u8,
+        <rung>/seg-NNNNN.ts, poster.jpg, thumbnail.jpg       (a video's HLS)
 
 Every id that reaches a key is checked with :func:`planzoom.ids.check_id`.
 Page numbers are 1-based.
@@ -115,3 +117,12 @@ def variant_key(plan: jobs_pb2.PlanRef, job_id: str, page: int, name: str, fmt: 
     if not VARIANT_NAME.fullmatch(name) or fmt not in ("jpg", "webp"):
         raise ValueError(f"not a variant: {name}.{fmt}")
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.{name}.{fmt}"
+
+
+#: A rendition's name (it becomes a directory of the preview).
+RENDITION_NAME = re.compile(r"[1-9][0-9]{1,3}p")
+
+
+def preview_prefix(plan: jobs_pb2.PlanRef, job_id: str) -> str:
+    """Where a video job's HLS files are."""
+    return f"previews/{_plan_path(plan)}/{check_id('job_id', job_id)}/"

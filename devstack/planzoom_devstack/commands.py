@@ -60,7 +60,7 @@ def up(data_dir, tile_workers):
     table = Table("part", "address")
     table.add_row("NATS JetStream", env["PLANZOOM_NATS_URL"])
     table.add_row("S3 endpoint (bucket planzoom)", env["PLANZOOM_S3_ENDPOINT_URL"])
-    for name in ("ingest", "progress", "render", "tile"):
+    for name in ("ingest", "progress", "render", "tile", "transcode"):
         table.add_row(f"{name} (gRPC)", env[f"PLANZOOM_{name.upper()}_ADDR"])
     table.add_row("gateway (HTTP API, /docs)", stack.gateway_url)
     console.print(table)

@@ -30,7 +30,7 @@ from planzoom.messaging import permissions
 from planzoom_cli.client import channel
 from planzoom_devstack.issuer import DevIssuer
 
-SERVICES = ("ingest", "render", "tile", "progress")
+SERVICES = ("ingest", "render", "tile", "progress", "transcode")
 #: Niceness of the batch workers (render, tile). On one machine they would
 #: otherwise take CPU from the gRPC front services when the cores are full,
 #: and a WatchJob update would wait behind a page's PUTs; in Kubernetes each
@@ -70,6 +70,7 @@ class Ports:
     progress: int = 50052
     render: int = 50053
     tile: int = 50054
+    transcode: int = 50055
     gateway: int = 8080  # HTTP
 
     @classmethod
@@ -87,6 +88,7 @@ def loopback_env(ports: Ports, bucket: str) -> dict[str, str]:
         "PLANZOOM_PROGRESS_ADDR": f"127.0.0.1:{ports.progress}",
         "PLANZOOM_RENDER_ADDR": f"127.0.0.1:{ports.render}",
         "PLANZOOM_TILE_ADDR": f"127.0.0.1:{ports.tile}",
+        "PLANZOOM_TRANSCODE_ADDR": f"127.0.0.1:{ports.transcode}",
         "PLANZOOM_GATEWAY_ADDR": f"127.0.0.1:{ports.gateway}",
         "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
@@ -237,7 +239,7 @@ class EmbeddedStack:
                f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         argv = [sys.executable, "-m", f"services.{name}"]
-        if name in ("render", "tile"):
+        if name in ("render", "tile", "transcode"):
             argv = ["nice", "-n", str(BATCH_NICE), *argv]  # exec'd: same pid
         # The fixed ports lie in Linux's ephemeral range, so another
         # process's outgoing connection can hold one for a moment: a start

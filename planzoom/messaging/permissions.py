@@ -4,11 +4,12 @@ consumers and KV bucket before the services start.
 
 - Only ingest and progress write job records (``$KV.planzoom_jobs.>``);
   render and tile may read them, never write.
-- Only ingest and progress publish page jobs (``pages.render.>``); only
-  render publishes tile jobs (``pages.tile.>``).
+- Only ingest and progress publish page jobs (``pages.render.>``) and
+  video jobs (``videos.transcode.>``); only render publishes tile jobs
+  (``pages.tile.>``).
 - render may publish only ``progress.render.>``, tile only
-  ``progress.tile.>``: the progress service trusts the stage in the
-  subject (see services/progress/records.py).
+  ``progress.tile.>``, transcode only ``progress.transcode.>``: the
+  progress service trusts the stage in the subject (see services/progress/records.py).
 - Only progress publishes job-ended events (``jobs.ended.>``); only the
   gateway reads them, writes its own KV bucket (``planzoom_gateway``:
   uploads, webhook endpoints) and publishes webhook deliveries.
@@ -38,6 +39,7 @@ from planzoom.messaging.topology import (
     PROGRESS_STREAM,
     RENDER_STREAM,
     TILE_STREAM,
+    TRANSCODE_STREAM,
     WEBHOOKS_STREAM,
 )
 
@@ -82,8 +84,9 @@ def _create_org_consumers(stream: str) -> list[str]:
 #: Publish allow-lists, by service.
 PUBLISH: dict[str, list[str]] = {
     "ingest": [
-        "pages.render.>", *_kv_read(), *_kv_write(),
+        "pages.render.>", "videos.transcode.>", *_kv_read(), *_kv_write(),
         *_create_org_consumers(RENDER_STREAM), *_create_org_consumers(TILE_STREAM),
+        *_create_org_consumers(TRANSCODE_STREAM),
     ],
     "render": [
         "pages.tile.>", "progress.render.>", "deadletter.render.>", *_kv_read(),
@@ -95,19 +98,25 @@ PUBLISH: dict[str, list[str]] = {
         *_consume(TILE_STREAM, "*"), f"{API}.CONSUMER.LIST.{TILE_STREAM}",
     ],
     "progress": [
-        "pages.render.>", "deadletter.>", "jobs.ended.>", *_kv_read(), *_kv_write(),
+        "pages.render.>", "videos.transcode.>", "deadletter.>", "jobs.ended.>",
+        *_kv_read(), *_kv_write(),
         *_kv_watch(KV_STREAM),  # watching job records
         *_consume(PROGRESS_STREAM, PROGRESS_CONSUMER), *_consume(ADVISORY_STREAM,
                                                                  ADVISORY_CONSUMER),
         *_create_org_consumers(RENDER_STREAM), *_create_org_consumers(TILE_STREAM),
-        f"{API}.CONSUMER.LIST.{RENDER_STREAM}", f"{API}.CONSUMER.LIST.{TILE_STREAM}",
+        *_create_org_consumers(TRANSCODE_STREAM),
+        *(f"{API}.CONSUMER.LIST.{s}" for s in (RENDER_STREAM, TILE_STREAM, TRANSCODE_STREAM)),
         # MAX_DELIVERIES advisories: the page job they name
-        f"{API}.STREAM.MSG.GET.{RENDER_STREAM}", f"{API}.STREAM.MSG.GET.{TILE_STREAM}",
-        f"{API}.STREAM.MSG.DELETE.{RENDER_STREAM}", f"{API}.STREAM.MSG.DELETE.{TILE_STREAM}",
+        *(f"{API}.STREAM.MSG.{op}.{s}" for op in ("GET", "DELETE")
+          for s in (RENDER_STREAM, TILE_STREAM, TRANSCODE_STREAM)),
         # the sweep: job ids, dead letters
         f"{API}.STREAM.INFO.{DLQ_STREAM}", f"{API}.CONSUMER.CREATE.{DLQ_STREAM}",
         f"{API}.CONSUMER.CREATE.{DLQ_STREAM}.>", f"{API}.CONSUMER.DELETE.{DLQ_STREAM}.>",
         *_consume(DLQ_STREAM, "*"),
+    ],
+    "transcode": [
+        "progress.transcode.>", "deadletter.transcode.>", *_kv_read(),
+        *_consume(TRANSCODE_STREAM, "*"), f"{API}.CONSUMER.LIST.{TRANSCODE_STREAM}",
     ],
     "gateway": [
         "webhooks.deliver.>", *_kv_read(GATEWAY_KV_STREAM), *_kv_write(GATEWAY_BUCKET),
@@ -122,7 +131,7 @@ PUBLISH: dict[str, list[str]] = {
 #: a worker listens to, to be woken when work arrives.
 SUBSCRIBE: dict[str, list[str]] = {
     "ingest": [], "render": ["pages.render.>"], "tile": ["pages.tile.>"], "progress": [],
-    "gateway": ["webhooks.deliver.>"],
+    "transcode": ["videos.transcode.>"], "gateway": ["webhooks.deliver.>"],
 }
 
 

@@ -7,6 +7,7 @@ stream             subjects                 retention      durable consumers
 =================  =======================  =============  =========================
 PLANZOOM_RENDER    pages.render.<org>       work queue     render-<org>, one per org
 PLANZOOM_TILE      pages.tile.<org>         work queue     tile-<org>, one per org
+PLANZOOM_TRANSCODE videos.transcode.<org>   work queue     transcode-<org>, one per org
 PLANZOOM_PROGRESS  progress.<stage>.<job>   limits (7 d)   progress
 PLANZOOM_JOB_EVENTS jobs.ended.<org>.<job>  limits (7 d)   webhooks (the gateway)
 PLANZOOM_WEBHOOKS  webhooks.deliver.<org>   work queue     deliveries-<org>, one per org
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 #: (``render-<org>``; see :mod:`planzoom.messaging.workqueues`).
 RENDER_STREAM, RENDER_SUBJECTS, RENDER_CONSUMER = "PLANZOOM_RENDER", "pages.render.>", "render"
 TILE_STREAM, TILE_SUBJECTS, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile.>", "tile"
+TRANSCODE_STREAM, TRANSCODE_SUBJECTS, TRANSCODE_CONSUMER = (
+    "PLANZOOM_TRANSCODE", "videos.transcode.>", "transcode")
 PROGRESS_STREAM, PROGRESS_CONSUMER = "PLANZOOM_PROGRESS", "progress"
 JOBS_BUCKET = "planzoom_jobs"
 GATEWAY_BUCKET = "planzoom_gateway"
@@ -81,7 +84,11 @@ PROGRESS_ACK_WAIT_SECONDS, PROGRESS_MAX_DELIVER = 30.0, 50
 WORK_STREAMS = {
     RENDER_STREAM: (events_pb2.PageJob, "render"),
     TILE_STREAM: (events_pb2.TileJob, "tile"),
+    TRANSCODE_STREAM: (events_pb2.PageJob, "transcode"),
 }
+#: Each work stream's subjects (the doorbell its workers listen to).
+WORK_SUBJECTS = {RENDER_STREAM: RENDER_SUBJECTS, TILE_STREAM: TILE_SUBJECTS,
+                 TRANSCODE_STREAM: TRANSCODE_SUBJECTS}
 #: Message type and stage of every stream whose messages can be dead-lettered.
 LETTER_STREAMS = {**WORK_STREAMS, PROGRESS_STREAM: (events_pb2.ProgressEvent, "progress")}
 
@@ -154,11 +161,11 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
 async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue:
     """Create or update streams, durable consumers and the jobs KV bucket;
     return the bucket. Safe to call from every service at every start."""
-    advisories = [f"{MAX_DELIVERIES_ADVISORY}.{RENDER_STREAM}.*",
-                  f"{MAX_DELIVERIES_ADVISORY}.{TILE_STREAM}.*"]
+    advisories = [f"{MAX_DELIVERIES_ADVISORY}.{stream}.*" for stream in WORK_STREAMS]
     for name, subjects, retention, max_age in (
         (RENDER_STREAM, [RENDER_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
         (TILE_STREAM, [TILE_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
+        (TRANSCODE_STREAM, [TRANSCODE_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
         (PROGRESS_STREAM, ["progress.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
         (DLQ_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DLQ_MAX_AGE_SECONDS),
         (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DLQ_MAX_AGE_SECONDS),

@@ -7,6 +7,7 @@ stream              subject                consumer
 ==================  =====================  =====================
 PLANZOOM_RENDER     pages.render.<org>     render-<org>
 PLANZOOM_TILE       pages.tile.<org>       tile-<org>
+PLANZOOM_TRANSCODE  videos.transcode.<org> transcode-<org>
 ==================  =====================  =====================
 
 An org's consumers are created before anything is published for it (and a
@@ -24,12 +25,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from planzoom.config import Settings
 from planzoom.ids import check_id
+from planzoom.media import VIDEO_KINDS
 from planzoom.messaging.publishing import publish
 from planzoom.messaging.topology import (
     RENDER_CONSUMER,
     RENDER_STREAM,
     TILE_CONSUMER,
     TILE_STREAM,
+    TRANSCODE_CONSUMER,
+    TRANSCODE_STREAM,
     ensure_consumer,
 )
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -47,6 +51,16 @@ def render_subject(org: str) -> str:
 
 def tile_subject(org: str) -> str:
     return f"pages.tile.{check_id('org', org)}"
+
+
+def transcode_subject(org: str) -> str:
+    return f"videos.transcode.{check_id('org', org)}"
+
+
+#: Per work stream: its consumers' prefix and the subject of an org.
+_QUEUES = {RENDER_STREAM: (RENDER_CONSUMER, render_subject),
+           TILE_STREAM: (TILE_CONSUMER, tile_subject),
+           TRANSCODE_STREAM: (TRANSCODE_CONSUMER, transcode_subject)}
 
 
 class WorkQueues:
@@ -70,9 +84,8 @@ class WorkQueues:
         for stream in streams:
             if time.monotonic() - self._ensured.get((stream, org), -1e9) < ENSURE_AGAIN_SECONDS:
                 continue
-            prefix, subject = ((RENDER_CONSUMER, render_subject(org)) if stream == RENDER_STREAM
-                               else (TILE_CONSUMER, tile_subject(org)))
-            await ensure_consumer(self.js, stream, self._config(prefix, subject, org))
+            prefix, subject = _QUEUES[stream]
+            await ensure_consumer(self.js, stream, self._config(prefix, subject(org), org))
             self._ensured[(stream, org)] = time.monotonic()
 
     async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
@@ -81,9 +94,12 @@ class WorkQueues:
         the same page published again within the duplicate window of the
         first is not stored again (JetStream keeps a work-queue message's id
         for the whole window, acknowledged or not). Returns the pages actually
-        stored (the others were duplicates)."""
-        await self.ensure(job.plan.org)
-        subject, stored = render_subject(job.plan.org), []
+        stored (the others were duplicates). A video's one "page" goes to the
+        transcode stream (Nats-Msg-Id ``transcode.<job_id>.1``)."""
+        video = job.source_kind in VIDEO_KINDS
+        stream = TRANSCODE_STREAM if video else RENDER_STREAM
+        await self.ensure(job.plan.org, (stream,) if video else (RENDER_STREAM, TILE_STREAM))
+        subject, stored = _QUEUES[stream][1](job.plan.org), []
         for page in pages:
             page_job = events_pb2.PageJob(
                 job_id=job.job_id, plan=job.plan, source_key=job.source_key,
@@ -92,7 +108,7 @@ class WorkQueues:
                 source_index=job.pages[page - 1].source_index if job.pages else 0,
             )
             if await publish(self.js, subject, page_job.SerializeToString(),
-                             f"render.{job.job_id}.{page}"):
+                             f"{'transcode' if video else 'render'}.{job.job_id}.{page}"):
                 stored.append(page)
         return stored
 

@@ -32,7 +32,11 @@ PAGE_VARIANT = re.compile(r"([1-9][0-9]{0,5})\.(thumbnail|icon|display|webp-[1-9
 PAGE_FILES = re.compile(r"([1-9][0-9]{0,5})_files")
 TILE = re.compile(r"(0|[1-9][0-9]{0,5})_(0|[1-9][0-9]{0,5})\.(jpg|jpeg|png|webp)")
 CONTENT_TYPES = {"dzi": "application/xml", "jpg": "image/jpeg", "jpeg": "image/jpeg",
-                 "png": "image/png", "webp": "image/webp"}
+                 "png": "image/png", "webp": "image/webp",
+                 "m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t"}
+#: A video's preview files (planzoom/keys.py: previews/…/<job>/).
+PREVIEW_FILE = re.compile(r"master\.m3u8|poster\.jpg|thumbnail\.jpg|"
+                          r"[1-9][0-9]{1,3}p/(index\.m3u8|seg-[0-9]{5}\.ts)")
 
 
 def _absent(what: str) -> NotFound:
@@ -51,7 +55,8 @@ async def _place(request: Request, job_id: str) -> JobPlace:
 async def _object(request: Request, key: str, content_type: str) -> Response:
     gw = request.app.state.gateway
     cache = f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"
-    if gw.settings.gateway_tile_redirect and content_type != CONTENT_TYPES["dzi"]:
+    if gw.settings.gateway_tile_redirect and content_type not in (CONTENT_TYPES["dzi"],
+                                                                  CONTENT_TYPES["m3u8"]):
         url = await asyncio.to_thread(gw.store.presigned_get, key,
                                       gw.settings.gateway_link_seconds)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
@@ -98,3 +103,27 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
     place = await _place(request, job_id)
     key = f"{place.tiles_prefix}page-{page[1]}_files/{level}/{cell[1]}_{cell[2]}.{cell[3]}"
     return await _object(request, key, CONTENT_TYPES[cell[3]])
+
+
+@router.get("/jobs/{job_id}/video/{path:path}", summary="A video's HLS preview")
+async def video_file(request: Request, job_id: str, path: str) -> Response:
+    """A file of a video job's HLS preview (RFC 8216): ``master.m3u8``,
+    ``<rung>/index.m3u8``, ``<rung>/seg-NNNNN.ts``, ``poster.jpg``,
+    ``thumbnail.jpg``. 404 until the transcode is done. Bearer (viewer) or
+    ``?cap=``: with a signed link, the playlists' URIs carry it too, so a
+    player that cannot send headers (a ``<video>`` element, hls.js without
+    configuration) follows them."""
+    if not PREVIEW_FILE.fullmatch(path):
+        raise _absent(f"video file {path}")
+    place = await _place(request, job_id)
+    key = "previews/" + place.tiles_prefix.removeprefix("tiles/") + path
+    ext = path.rsplit(".", 1)[1]
+    response = await _object(request, key, CONTENT_TYPES[ext])
+    cap = request.query_params.get("cap")
+    if ext != "m3u8" or not cap or response.status_code != 200:
+        return response
+    lines = [line if not line or line.startswith("#") else f"{line}?cap={cap}"
+             for line in response.body.decode().splitlines()]
+    headers = {k: v for k, v in response.headers.items()
+               if k.lower() in ("cache-control", "etag")}
+    return Response("\n".join(lines) + "\n", media_type=CONTENT_TYPES[ext], headers=headers)

@@ -5,7 +5,8 @@ expiration extensions.
 - ``POST /v1/uploads/`` creates an upload of ``Upload-Length`` bytes (1 to
   ``PLANZOOM_MAX_UPLOAD_BYTES``). ``Upload-Metadata`` (tus: ``key
   base64(value)`` pairs, comma-separated) names ``project`` and ``plan``
-  (required), ``org`` (default: the caller's), ``filename``, and the job
+  (required), ``org`` (default: the caller's), ``filename``, ``filetype``
+  (a video's content type lets it use the video size limit), and the job
   options ``dpi``, ``tile_size``, ``overlap``, ``jpeg_quality``. Ingest's
   CreateUploadUrl checks the plan, the caller (uploader of that org) and
   the size, and names the object the file is assembled at.
@@ -74,7 +75,7 @@ LEASE_SECONDS = 60.0
 CLEAN_SECONDS = 60.0
 #: Job options an upload's metadata may set, and their types.
 OPTION_FIELDS = {"dpi": float, "tile_size": int, "overlap": int, "jpeg_quality": int}
-METADATA_KEYS = {"org", "project", "plan", "filename", *OPTION_FIELDS}
+METADATA_KEYS = {"org", "project", "plan", "filename", "filetype", *OPTION_FIELDS}
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -189,8 +190,14 @@ class Uploads:
         """A new upload of ``length`` bytes (ingest names its object)."""
         plan, options, filename = job_request(meta, access.caller.org)
         resolve_options(options, self.s)  # refuse bad options now, not after a gigabyte
-        object_key = await self.upstream.create_upload(access, plan, filename, length)
-        multipart_id = await asyncio.to_thread(self.store.start_multipart, object_key, PDF_TYPE)
+        # "filetype" (tus-js-client's and Uppy's name) sets the limit a video
+        # gets; the bytes still decide what the file is.
+        content_type = meta.get("filetype", "")
+        content_type = content_type if content_type.startswith(("video/", "image/")) else ""
+        object_key = await self.upstream.create_upload(access, plan, filename, length,
+                                                       content_type)
+        multipart_id = await asyncio.to_thread(self.store.start_multipart, object_key,
+                                               content_type or PDF_TYPE)
         now = time.time()
         upload = events_pb2.TusUpload(
             upload_id=secrets.token_hex(16), plan=plan, options=options, filename=filename,
@@ -403,7 +410,7 @@ async def discover(request: Request) -> Response:
     settings = request.app.state.gateway.settings
     return Response(status_code=204, headers=tus_headers(**{
         "Tus-Version": TUS_VERSION, "Tus-Extension": EXTENSIONS,
-        "Tus-Max-Size": str(settings.max_upload_bytes)}))
+        "Tus-Max-Size": str(settings.largest_upload_bytes)}))
 
 
 @router.post("/", status_code=201, responses={201: {"description": "Created; Location names "
@@ -427,10 +434,10 @@ async def create_upload(request: Request) -> Response:
     length = _length_header(request, "Upload-Length")
     if not length:
         raise InvalidInput("Upload-Length (bytes, at least 1) is required", field="Upload-Length")
-    if length > gateway.settings.max_upload_bytes:
-        raise Problem(413, f"Upload-Length {length:,} is over the limit of "
-                      f"{gateway.settings.max_upload_bytes:,} bytes", "UPLOAD_TOO_LARGE",
-                      tus_headers(**{"Tus-Max-Size": str(gateway.settings.max_upload_bytes)}))
+    largest = gateway.settings.largest_upload_bytes
+    if length > largest:
+        raise Problem(413, f"Upload-Length {length:,} is over the limit of {largest:,} bytes",
+                      "UPLOAD_TOO_LARGE", tus_headers(**{"Tus-Max-Size": str(largest)}))
     has_body = (_length_header(request, "Content-Length") or 0) > 0 or \
         "chunked" in request.headers.get("transfer-encoding", "")
     if has_body and request.headers.get("content-type") != OFFSET_TYPE:

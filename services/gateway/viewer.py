@@ -38,6 +38,9 @@ async def view(job_id: str) -> HTMLResponse:
               "static": "/static"}
     return HTMLResponse(viewer_page(config, "/static"), headers={
         "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+        # blob: for media and workers: hls.js feeds the <video> through a
+        # MediaSource and transmuxes in a worker.
         "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                   "media-src 'self' blob:; worker-src 'self' blob:; "
                                    "script-src 'self' 'unsafe-inline'; style-src 'self' "
                                    "'unsafe-inline'; frame-ancestors 'none'"})

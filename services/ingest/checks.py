@@ -5,12 +5,14 @@ pages with PDFium (:func:`inspect_pdf`), an image's pages from its headers
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from planzoom.errors import FailedPrecondition, InvalidInput, ResourceExhausted
 from planzoom.images import image_pages
 from planzoom.media import KINDS
 from planzoom.procpool import sandbox_result
+from planzoom.video import probe
 
 
 class PdfDamaged(InvalidInput):
@@ -36,6 +38,7 @@ class SourceInfo:
     dpis: list[float] = ()
     indexes: list[int] = ()
     facts: list[dict] = ()  # ImageFacts fields, GPS included
+    video: dict | None = None  # VideoInfo fields (planzoom.video)
 
 
 class TooManyPages(ResourceExhausted):
@@ -95,3 +98,13 @@ def inspect_image(path: str, kind_name: str, max_pages: int, max_pixels: int) ->
                       pixel_sizes=[(p.width_px, p.height_px) for p in pages],
                       dpis=[p.dpi for p in pages], indexes=[p.index for p in pages],
                       facts=[p.facts for p in pages])
+
+
+def inspect_video(path: str, max_seconds: float, max_pixels: int) -> SourceInfo:
+    """A video's one "page" (its upright frame size) and what it holds (see
+    :func:`planzoom.video.probe` for what is refused). Runs in a worker
+    process."""
+    info = probe(path, max_seconds, max_pixels)
+    return SourceInfo(page_sizes=[(float(info.width), float(info.height))],
+                      pixel_sizes=[(info.width, info.height)], dpis=[72.0], indexes=[0],
+                      facts=[{}], video=dataclasses.asdict(info))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import time
@@ -33,8 +34,15 @@ from planzoom.options import resolve_options
 from planzoom.pages import Work, plan_work, raster_work
 from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
+from planzoom.video import VideoDamaged
 from services.ingest.admission import UploadSlots
-from services.ingest.checks import PdfDamaged, SourceInfo, inspect_image, inspect_pdf
+from services.ingest.checks import (
+    PdfDamaged,
+    SourceInfo,
+    inspect_image,
+    inspect_pdf,
+    inspect_video,
+)
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -107,10 +115,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             check_plan(header.plan)
             require_org(header.plan.org)
             options = resolve_options(header.options, self.s)
-            if header.size_bytes > self.s.max_upload_bytes:
-                raise UploadTooLarge(header.size_bytes, self.s.max_upload_bytes)
+            if header.size_bytes > self.s.largest_upload_bytes:
+                raise UploadTooLarge(header.size_bytes, self.s.largest_upload_bytes)
             with self.slots.hold(header.plan.org):
-                spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
+                spool = Spool(self.s.work_dir, self.s.max_upload_bytes, self.s.max_video_bytes)
                 try:
                     while (req := await self._next(messages)) is not None:
                         if req.WhichOneof("payload") != "chunk":
@@ -139,15 +147,17 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         binds the key, the content type and the size (see ingest.proto)."""
         check_plan(request.plan)
         require_org(request.plan.org)
-        if request.size_bytes > self.s.max_upload_bytes:
-            raise UploadTooLarge(request.size_bytes, self.s.max_upload_bytes)
+        video = (request.content_type or "").startswith("video/")
+        limit = self.s.max_video_bytes if video else self.s.max_upload_bytes
+        if request.size_bytes > limit:
+            raise UploadTooLarge(request.size_bytes, limit)
         content_type = request.content_type or PDF_TYPE
         if content_type not in UPLOAD_TYPES:
             raise InvalidInput(f"content_type {content_type[:80]!r} is not one planzoom takes: "
                                f"{', '.join(sorted(UPLOAD_TYPES))}", field="content_type")
         key = keys.upload_key(request.plan, secrets.token_hex(16))
         low, high = ((request.size_bytes, request.size_bytes) if request.size_bytes
-                     else (1, self.s.max_upload_bytes))
+                     else (1, limit))
         url, fields = await asyncio.to_thread(
             self.store.presigned_post, key, content_type, low, high,
             self.s.upload_url_expiry_seconds)
@@ -175,10 +185,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                                                   2 * self.s.upload_url_expiry_seconds):
                     raise FailedPrecondition("this upload was submitted already; each upload "
                                              "makes one job", reason="UPLOAD_USED")
-                if size > self.s.max_upload_bytes:
-                    raise UploadTooLarge(size, self.s.max_upload_bytes)
+                if size > self.s.largest_upload_bytes:
+                    raise UploadTooLarge(size, self.s.largest_upload_bytes)
                 with self.slots.hold(request.plan.org):
-                    spool = Spool(self.s.work_dir, self.s.max_upload_bytes)
+                    spool = Spool(self.s.work_dir, self.s.max_upload_bytes, self.s.max_video_bytes)
                     try:
                         body = await asyncio.to_thread(self.store.get_stream,
                                                        request.object_key)
@@ -207,19 +217,23 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         image's headers with libvips or LibRaw). Only this file's own time
         counts against it: waiting for a worker ends, at worst, in
         WorkersBusy (UNAVAILABLE, retry), never in a verdict on the file."""
-        limit, what = self.s.inspect_timeout_seconds, "PDF" if kind.is_pdf else "image"
+        limit = self.s.inspect_timeout_seconds
+        what = "PDF" if kind.is_pdf else "video" if kind.is_video else "image"
         try:
             if kind.is_pdf:
                 return await self.pool.run(limit, inspect_pdf, path, self.s.max_pages)
+            if kind.is_video:
+                return await self.pool.run(limit, inspect_video, path,
+                                           self.s.max_video_seconds, self.s.max_video_pixels)
             return await self.pool.run(limit, inspect_image, path, kind.name, self.s.max_pages,
                                        self.s.max_image_pixels)
         except WorkerTimeout:
             raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
                                     "too complex or malformed",
-                                    reason="PDF_TOO_SLOW" if kind.is_pdf else "IMAGE_TOO_SLOW"
-                                    ) from None
+                                    reason=f"{what.upper()}_TOO_SLOW") from None
         except WorkerCrashed as e:
-            damaged = PdfDamaged if kind.is_pdf else ImageDamaged
+            damaged = PdfDamaged if kind.is_pdf else VideoDamaged if kind.is_video else \
+                ImageDamaged
             raise damaged(f"the {what} could not be read safely ({e.message}); it is "
                           "probably damaged") from None
 
@@ -249,6 +263,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         """The job's pixels and tiles at its options (an image's pages at
         their own size); ResourceExhausted, naming the limit, if over
         PLANZOOM_MAX_JOB_PIXELS or _TILES."""
+        if info.video:  # bounded by its length and frame size; pixel-seconds for quotas
+            (w, h), = info.pixel_sizes
+            return Work(pixels=int(w * h * math.ceil(info.video["duration_seconds"])), tiles=0,
+                        largest_page_pixels=w * h)
         if info.pixel_sizes:
             work = raster_work(info.pixel_sizes, options.tile_size, options.overlap)
         else:
@@ -309,6 +327,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         for page, (w, h), dpi, index, facts in zip(job.pages, info.pixel_sizes, info.dpis,
                                                    info.indexes, info.facts, strict=False):
             page.width_px, page.height_px, page.dpi, page.source_index = w, h, dpi, index
+            if info.video:
+                page.video.CopyFrom(jobs_pb2.VideoFacts(**{
+                    k: v for k, v in info.video.items() if k not in ("width", "height")}))
+                continue
             if not options.keep_gps:  # a photo's position is kept only when asked for
                 facts = {k: v for k, v in facts.items() if not k.startswith("gps_")}
             page.image.CopyFrom(jobs_pb2.ImageFacts(**facts))

@@ -25,10 +25,14 @@ class Spool:
     ``limit`` bytes (UploadTooLarge) and, once the first 1024 bytes are in,
     anything that is not a PDF or a still image (Unsupported)."""
 
-    def __init__(self, work_dir: str | None, limit: int):
+    def __init__(self, work_dir: str | None, limit: int, video_limit: int | None = None):
+        """``limit`` bytes for any file; a video (known from its first bytes)
+        may have up to ``video_limit``."""
         fd, self.path = tempfile.mkstemp(prefix="planzoom-upload-", dir=work_dir)
         self._file = os.fdopen(fd, "wb")
-        self.limit, self.size, self.head = limit, 0, b""
+        self.video_limit = video_limit or limit
+        self.limit, self.size, self.head = max(limit, self.video_limit), 0, b""
+        self._other_limit = limit
         self.kind: Kind | None = None
         self._sha = hashlib.sha256()
 
@@ -40,6 +44,9 @@ class Spool:
             self.head += chunk[: HEADER_WINDOW - len(self.head)]
             if len(self.head) >= HEADER_WINDOW:
                 self.kind = sniff(self.head)
+                self.limit = self.video_limit if self.kind.is_video else self._other_limit
+                if self.size > self.limit:
+                    raise UploadTooLarge(self.size, self.limit)
         self._sha.update(chunk)
         self._file.write(chunk)
 
@@ -50,6 +57,9 @@ class Spool:
             raise InvalidInput("the file is empty (0 bytes); upload the plan PDF itself",
                                reason="EMPTY_FILE")
         self.kind = sniff(self.head)
+        limit = self.video_limit if self.kind.is_video else self._other_limit
+        if self.size > limit:
+            raise UploadTooLarge(self.size, limit)
         return self._sha.hexdigest()
 
     def discard(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.errors import InvalidInput
+from planzoom.media import VIDEO_KINDS
 from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
 from planzoom.v1 import events_pb2, jobs_pb2
 
@@ -45,11 +46,25 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
         started.CopyFrom(page.started_at)
     if ev.page.variants:  # a report's variants replace the earlier ones
         del page.variants[:]
+    if ev.page.video.renditions:  # and so do a video's renditions
+        del page.video.renditions[:]
+    progress = page.progress
     page.MergeFrom(ev.page)
+    page.progress = max(progress, page.progress)  # reports may cross; it never goes back
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)
-    if page.state == jobs_pb2.PAGE_STATE_DONE and job.HasField("plan"):
-        page.dzi_key = keys.dzi_key(job.plan, job.job_id, n)  # derived, never reported
+    video = job.source_kind in VIDEO_KINDS
+    if page.state == jobs_pb2.PAGE_STATE_DONE:
+        page.progress = 1.0
+        if job.HasField("plan") and not video:
+            page.dzi_key = keys.dzi_key(job.plan, job.job_id, n)  # derived, never reported
+    if video and page.video.renditions and job.HasField("plan"):  # derived too
+        prefix = keys.preview_prefix(job.plan, job.job_id)
+        for rendition in page.video.renditions:
+            rendition.playlist_key = f"{prefix}{rendition.name}/index.m3u8"
+        page.video.master_key = f"{prefix}master.m3u8"
+        page.video.poster_key, page.video.thumbnail_key = (f"{prefix}poster.jpg",
+                                                           f"{prefix}thumbnail.jpg")
     if job.HasField("plan"):
         for variant in page.variants:  # derived too
             variant.key = keys.variant_key(job.plan, job.job_id, n, variant.name,
@@ -82,7 +97,9 @@ def recount(job: jobs_pb2.Job) -> None:
     done = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)
     failed = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_FAILED]
     job.completed_pages, job.failed_pages = done, len(failed)
-    job.percent = 100.0 * (done + len(failed)) / job.total_pages if job.total_pages else 0.0
+    partial = sum(p.progress for p in job.pages if p.state not in TERMINAL_PAGE_STATES)
+    job.percent = (100.0 * (done + len(failed) + partial) / job.total_pages
+                   if job.total_pages else 0.0)
     job.updated_at.CopyFrom(now_ts())
     if done + len(failed) == job.total_pages:
         job.finished_at.CopyFrom(job.updated_at)

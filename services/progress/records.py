@@ -25,7 +25,7 @@ from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
-from planzoom.keys import VARIANT_NAME
+from planzoom.keys import RENDITION_NAME, VARIANT_NAME
 from planzoom.messaging.events import announce_ended
 from planzoom.messaging.worker import Delivery
 from planzoom.states import is_terminal, job_state_name
@@ -45,6 +45,8 @@ STAGE_STATES = {
     "render": {jobs_pb2.PAGE_STATE_RENDERING, jobs_pb2.PAGE_STATE_TILING,
                jobs_pb2.PAGE_STATE_FAILED},
     "tile": {jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED},
+    "transcode": {jobs_pb2.PAGE_STATE_RENDERING, jobs_pb2.PAGE_STATE_DONE,
+                  jobs_pb2.PAGE_STATE_FAILED},
 }
 
 
@@ -78,6 +80,11 @@ def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
     for variant in ev.page.variants:
         if not VARIANT_NAME.fullmatch(variant.name) or variant.format not in ("jpg", "webp"):
             raise ForgedEvent(f"{stage} reported a variant {variant.name!r}.{variant.format!r}")
+    for rendition in ev.page.video.renditions:
+        if stage != "transcode" or not RENDITION_NAME.fullmatch(rendition.name):
+            raise ForgedEvent(f"{stage} reported a rendition {rendition.name!r}")
+    if not 0 <= ev.page.progress <= 1:
+        raise ForgedEvent(f"{stage} reported progress {ev.page.progress}")
     return ev
 
 

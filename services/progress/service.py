@@ -80,7 +80,8 @@ class Progress(BackedService):
         stage, summed over the orgs' consumers (what KEDA scales on)."""
         while not self.stopping.is_set():
             for stream, gauge in ((topology.RENDER_STREAM, metrics.RENDER_QUEUE),
-                                  (topology.TILE_STREAM, metrics.TILE_QUEUE)):
+                                  (topology.TILE_STREAM, metrics.TILE_QUEUE),
+                                  (topology.TRANSCODE_STREAM, metrics.TRANSCODE_QUEUE)):
                 try:
                     infos = await self.js.consumers_info(stream)
                     gauge.set(sum((i.num_pending or 0) + (i.num_ack_pending or 0)

@@ -18,9 +18,9 @@ from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.procpool import ProcessPool, WorkerTimeout
+from planzoom.sources import SourceCache
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.render.rasterize import RenderResult, render_image, render_page
-from services.render.sources import SourceCache
 from services.render.variants import image_variants, pdf_thumbnail
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,13 @@ class Render(PageStage):
             if os.path.exists(out):
                 os.unlink(out)
         variants = await self._variants(job, source)
+        if await self.skip_ended(job, ctx, "page stopped: the job ended while its variants "
+                                           "were made"):
+            for v in variants:
+                await asyncio.to_thread(self.store.delete, keys.variant_key(
+                    job.plan, job.job_id, job.page, v.name, v.format))
+            await asyncio.to_thread(self.store.delete, raster_key)
+            return
         # Report before handing the page on, so that this report precedes the
         # tile worker's DONE on the job's progress subject (a DONE page takes
         # no later report; DONE carries the DPI too, should they cross anyway).

@@ -129,8 +129,6 @@ def test_outputs_carry_no_metadata(s3, converted):
      "IMAGE_DAMAGED"),
     ("hostile-svg-with-script-svg-sanitizer.svg", grpc.StatusCode.INVALID_ARGUMENT,
      "UNSUPPORTED_FILE"),
-    ("video-h264-mp4-chaplin-moviepy.mp4", grpc.StatusCode.INVALID_ARGUMENT,
-     "UNSUPPORTED_FILE"),
 ])
 def test_what_cannot_be_taken_is_refused_up_front(corpus, client, name, code, reason):
     with pytest.raises(grpc.RpcError) as refused:

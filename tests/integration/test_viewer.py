@@ -184,3 +184,33 @@ def test_the_demo_export_opens_from_disk(stack, browser, corpus, client, tmp_pat
     assert shot.min() < 60 and shot.max() > 200
     assert not failures and not errors, (failures, errors)
     page.close()
+
+
+def test_the_viewer_plays_a_video_with_hls_js(stack, browser, corpus, client):
+    """A site video's HLS preview plays in chromium through the bundled
+    hls.js, segments fetched with the signed link, for a few seconds."""
+    resp = client.submit(str(corpus / "media" / "video-h264-mp4-chaplin-moviepy.mp4"),
+                         jobs_pb2.PlanRef(org="acme", project="viewer", plan="video"),
+                         jobs_pb2.JobOptions())
+    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    page = browser.new_page()
+    failed = []
+    page.on("requestfailed", lambda r: failed.append(r.url) if "/events" not in r.url else None)
+    console = []
+    page.on("console", lambda m: console.append(m.text))
+    page.goto(f"{stack.gateway_url}/view/{resp.job_id}#token={stack.token('acme', 'viewer')}")
+    page.wait_for_function("() => window.planzoom && window.planzoom.hls", timeout=30_000)
+    try:  # the manifest and the first segment are in
+        page.wait_for_function("() => document.getElementById('video').readyState >= 2",
+                               timeout=30_000)
+    finally:
+        print(page.text_content("#state"), failed, console)
+    page.evaluate("() => { const v = document.getElementById('video'); v.muted = true; "
+                  "return v.play(); }")
+    page.wait_for_function("() => document.getElementById('video').currentTime > 2",
+                           timeout=30_000)
+    assert page.evaluate("() => document.getElementById('video').videoWidth") == 640
+    assert not page.text_content("#state").startswith("error"), page.text_content("#state")
+    assert failed == [], failed
+    assert page.evaluate("() => document.getElementById('osd').hidden")
+    page.close()

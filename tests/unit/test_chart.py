@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 
 CHART = ROOT / "deploy" / "k8s" / "planzoom"
 K8S_VERSION = "1.30.0"
-COMPONENTS = ("gateway", "ingest", "progress", "render", "tile")
+COMPONENTS = ("gateway", "ingest", "progress", "render", "tile", "transcode")
 
 VARIANTS = {
     "defaults": {},
@@ -112,7 +112,8 @@ def test_no_credentials_in_rendered_output():
 def test_scaled_objects_read_the_queue_depth_the_progress_service_exports():
     docs = render({})
     scaled = by_kind(docs, "ScaledObject")
-    expected = {"pz-planzoom-render": metrics.RENDER_QUEUE, "pz-planzoom-tile": metrics.TILE_QUEUE}
+    expected = {"pz-planzoom-render": metrics.RENDER_QUEUE, "pz-planzoom-tile": metrics.TILE_QUEUE,
+                "pz-planzoom-transcode": metrics.TRANSCODE_QUEUE}
     assert sorted(scaled) == sorted(expected)
     deployments, services = by_kind(docs, "Deployment"), by_kind(docs, "Service")
     progress_metrics = {p["name"]: p["port"]

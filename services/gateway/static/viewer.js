@@ -10,6 +10,9 @@
  * config.mode "static": config.job is a manifest.json and config.base the
  * folder of its .dzi files (an exported job opened from disk).
  *
+ * A video job shows its HLS preview instead, played by hls.js (Safari:
+ * natively) from the gateway's /video/ route with a signed link.
+ *
  * Keys: PageDown / PageUp / n / p (or arrows on the strip) change page,
  * Home / End go to the first / last page.
  */
@@ -18,7 +21,10 @@
 function planzoomViewer(element, config) {
   const $ = (id) => document.getElementById(id);
   const CSS_PX_PER_INCH = 96;
-  let job = null, selected = 0, links = null, viewer = null, shown = 0;
+  let job = null, selected = 0, links = null, viewer = null, shown = 0, hls = null;
+  const VIDEO_KINDS = ["mp4", "mov", "mkv", "webm", "avi"];
+  const isVideo = () => job && VIDEO_KINDS.includes(job.source_kind);
+  const videoUrl = (file) => links ? `${config.api}/jobs/${config.jobId}/video/${file}?cap=${links.cap}` : null;
   const items = [];  // one button per page
 
   const token = (() => {
@@ -42,7 +48,8 @@ function planzoomViewer(element, config) {
   });
   viewer.addHandler("animation", showZoom);
   viewer.addHandler("open", showZoom);
-  window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select};
+  window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select,
+                     get hls() { return hls; }};
 
   function pageState(p) { return (p.state || "").replace("PAGE_STATE_", "").toLowerCase(); }
   function done(p) { return pageState(p) === "done"; }
@@ -61,6 +68,7 @@ function planzoomViewer(element, config) {
   }
   function thumbUrl(n) {
     const p = job.pages[n - 1];
+    if (isVideo()) return config.mode === "live" ? videoUrl("thumbnail.jpg") : null;
     if ((p.variants || []).some(v => v.name === "thumbnail")) {  // made with the page
       const name = `${n}.thumbnail.jpg`;
       if (config.mode !== "live") return `${config.base}page-${name}`;
@@ -128,6 +136,14 @@ function planzoomViewer(element, config) {
     items.forEach((item, i) => item.setAttribute("aria-current", String(i + 1 === n)));
     items[n - 1].scrollIntoView({block: "nearest"});
     const p = job.pages[n - 1];
+    if (isVideo()) {
+      const v = p.video || {};
+      $("sheet").textContent = `${(v.duration_seconds || 0).toFixed(1)} s · ` +
+        (v.renditions || []).map((r) => r.name).join(" / ");
+      showNotice();
+      if (done(p)) open(n);
+      return;
+    }
     $("sheet").textContent = p.width_pt ?
       `${(p.width_pt / 72).toFixed(1)} × ${(p.height_pt / 72).toFixed(1)} in · ${Math.round(p.dpi || 0)} DPI` +
       (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "";
@@ -135,7 +151,24 @@ function planzoomViewer(element, config) {
     if (done(p)) open(n); else { viewer.close(); shown = 0; }
   }
 
-  function open(n) { shown = n; viewer.open(tileSource(n)); }
+  function open(n) {
+    shown = n;
+    if (!isVideo()) { viewer.open(tileSource(n)); return; }
+    const video = $("video"), url = videoUrl("master.m3u8");
+    if (!url || hls) return;
+    $("osd").hidden = true; video.hidden = false;
+    video.poster = videoUrl("poster.jpg");
+    if (window.Hls && Hls.isSupported()) {
+      hls = new Hls();
+      hls.on(Hls.Events.ERROR, (_, data) => { if (data.fatal) fail(new Error(`video: ${data.details}`)); });
+      hls.loadSource(url);
+      hls.attachMedia(video);
+    } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+      video.src = url;
+    } else {
+      fail(new Error("this browser cannot play HLS"));
+    }
+  }
 
   function showNotice() {
     const p = job.pages[selected - 1], notice = $("notice");

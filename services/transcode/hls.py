@@ -1,0 +1,194 @@
+"""A video to an HLS ladder (worker function; PyAV, see :mod:`planzoom.video`).
+
+The source is decoded once; each frame is turned upright (the display
+matrix's rotation), brought to a constant frame rate and scaled for every
+rung of :func:`planzoom.video.ladder`, and encoded with libx264 (main
+profile, 2-second closed GOPs, no scene-cut keyframes) and, when the source
+has sound, AAC-LC at 128 kbit/s, 48 kHz stereo. FFmpeg's HLS muxer cuts
+~6-second MPEG-TS segments at keyframes into ``<rung>/seg-NNNNN.ts`` with a
+VOD media playlist ``<rung>/index.m3u8``; this module then writes the master
+playlist ``master.m3u8`` (RFC 8216, 4.3.4.2: BANDWIDTH is the peak segment
+bit rate, AVERAGE-BANDWIDTH the mean, CODECS per RFC 6381), a poster JPEG
+(the largest rung's size) and a 300-pixel thumbnail. Names are fixed, so a
+transcode run again writes the same files.
+
+Progress: the share of the source's duration decoded so far is written to
+``progress_path`` at most twice a second, for the service to report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from planzoom.video import AUDIO_BITRATE, ladder
+
+SEGMENT_SECONDS = 6
+GOP_SECONDS = 2
+THUMBNAIL_PX = 300
+#: RFC 6381 codec strings: H.264 main profile at level 3.1 / 4.0, AAC-LC.
+AVC_MAIN = {"3.1": "avc1.4d401f", "4.0": "avc1.4d4028"}
+AAC_LC = "mp4a.40.2"
+
+
+def _graph(stream, rotation: int, width: int, height: int, fps: int):
+    import av
+
+    graph = av.filter.Graph()
+    chain = [graph.add_buffer(template=stream)]
+    if rotation in (90, -90):
+        chain.append(graph.add("transpose", "clock" if rotation == -90 else "cclock"))
+    elif rotation in (180, -180):
+        chain += [graph.add("hflip"), graph.add("vflip")]
+    chain += [graph.add("fps", str(fps)), graph.add("scale", f"{width}:{height}"),
+              graph.add("format", "yuv420p"), graph.add("buffersink")]
+    for a, b in zip(chain, chain[1:], strict=False):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def _pull(graph):
+    import av
+
+    frames = []
+    while True:
+        try:
+            frames.append(graph.pull())
+        except (av.error.BlockingIOError, av.error.EOFError):
+            return frames
+
+
+def _still(frame, rotation: int, out_dir: str, sizes: tuple[int, int]) -> list[str]:
+    """The poster (fitting ``sizes``) and the thumbnail of one frame."""
+    import numpy as np
+    import pyvips
+
+    rgb = frame.to_ndarray(format="rgb24")
+    rgb = np.ascontiguousarray(np.rot90(rgb, k={-90: -1, 90: 1, 180: 2, -180: 2}.get(
+        rotation, 0)))
+    image = pyvips.Image.new_from_memory(rgb.data, rgb.shape[1], rgb.shape[0], 3, "uchar")
+    poster = image.thumbnail_image(sizes[0], height=sizes[1], size="down")
+    poster.jpegsave(os.path.join(out_dir, "poster.jpg"), Q=85, keep="none")
+    thumb = image.thumbnail_image(THUMBNAIL_PX, height=THUMBNAIL_PX, size="down")
+    thumb.jpegsave(os.path.join(out_dir, "thumbnail.jpg"), Q=85, keep="none")
+    return ["poster.jpg", "thumbnail.jpg"]
+
+
+def _copy_audio(frame):
+    import av
+
+    copy = av.AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name,
+                                      layout=frame.layout.name)
+    copy.sample_rate, copy.pts, copy.time_base = frame.sample_rate, frame.pts, frame.time_base
+    return copy
+
+
+def _segments(playlist: str) -> list[tuple[float, str]]:
+    """(duration, file) of each segment of a media playlist."""
+    out, duration = [], None
+    with open(playlist) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("#EXTINF:"):
+                duration = float(line[8:].split(",")[0])
+            elif line and not line.startswith("#") and duration is not None:
+                out.append((duration, line))
+                duration = None
+    return out
+
+
+def transcode(path: str, out_dir: str, info: dict, progress_path: str) -> dict:
+    """Transcode ``path`` (probed as ``info``, a VideoInfo's fields) into
+    ``out_dir``. Returns ``{"renditions": [{name, width, height, bandwidth,
+    average_bandwidth, codecs, segments, files}], "files": [...every file,
+    the master playlist last]}``, paths relative to ``out_dir``."""
+    import av
+
+    rungs = ladder(info["width"], info["height"])
+    fps = max(1, min(60, round(info["frame_rate"] or 25)))
+    gop = GOP_SECONDS * fps
+    rotation, duration = info["rotation"], max(info["duration_seconds"], 0.001)
+    source = av.open(path, metadata_errors="ignore")
+    video = source.streams.video[0]
+    video.thread_type = "AUTO"
+    audio = source.streams.audio[0] if source.streams.audio else None
+    outputs = []
+    for name, width, height, bitrate in rungs:
+        os.makedirs(os.path.join(out_dir, name), exist_ok=True)
+        level = "3.1" if width * height <= 1280 * 720 else "4.0"
+        out = av.open(os.path.join(out_dir, name, "index.m3u8"), "w", format="hls", options={
+            "hls_time": str(SEGMENT_SECONDS), "hls_playlist_type": "vod", "hls_list_size": "0",
+            "hls_flags": "independent_segments",
+            "hls_segment_filename": os.path.join(out_dir, name, "seg-%05d.ts")})
+        vs = out.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt, vs.bit_rate = width, height, "yuv420p", bitrate
+        vs.options = {"preset": "veryfast", "profile": "main", "level": level,
+                      "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:open-gop=0",
+                      "maxrate": str(bitrate * 3 // 2), "bufsize": str(bitrate * 2)}
+        aus = None
+        if audio is not None:
+            aus = out.add_stream("aac", rate=48000, layout="stereo")
+            aus.bit_rate = AUDIO_BITRATE
+        outputs.append({"name": name, "width": width, "height": height, "container": out,
+                        "video": vs, "audio": aus, "level": level,
+                        "graph": _graph(video, rotation, width, height, fps)})
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=48000) if audio else None
+    files, still_done, last_report = [], False, 0.0
+    streams = [video] + ([audio] if audio is not None else [])
+    for packet in source.demux(*streams):
+        for frame in packet.decode():
+            if packet.stream.type == "video":
+                if not still_done and frame.time is not None and \
+                        frame.time >= min(1.0, duration / 10):
+                    files += _still(frame, rotation, out_dir,
+                                    (outputs[-1]["width"], outputs[-1]["height"]))
+                    still_done = True
+                for o in outputs:
+                    o["graph"].push(frame)
+                    for out_frame in _pull(o["graph"]):
+                        for p in o["video"].encode(out_frame):
+                            o["container"].mux(p)
+                now = time.monotonic()
+                if frame.time is not None and now - last_report > 0.5:
+                    with open(progress_path, "w") as f:
+                        f.write(f"{min(1.0, frame.time / duration):.4f}")
+                    last_report = now
+            elif resampler is not None:
+                for resampled in resampler.resample(frame):
+                    for o in outputs:  # an encoder takes its frame over: one copy each
+                        for p in o["audio"].encode(_copy_audio(resampled)):
+                            o["container"].mux(p)
+    for o in outputs:  # drain filters and encoders
+        o["graph"].push(None)
+        for out_frame in _pull(o["graph"]):
+            for p in o["video"].encode(out_frame):
+                o["container"].mux(p)
+        for p in o["video"].encode(None):
+            o["container"].mux(p)
+        if o["audio"] is not None:
+            for p in o["audio"].encode(None):
+                o["container"].mux(p)
+        o["container"].close()
+    source.close()
+    if not still_done:
+        raise RuntimeError("no frame of the video decoded")
+    renditions, master = [], ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for o in outputs:
+        segments = _segments(os.path.join(out_dir, o["name"], "index.m3u8"))
+        sizes = [(d, os.path.getsize(os.path.join(out_dir, o["name"], f))) for d, f in segments]
+        peak = max(int(8 * size / max(d, 0.1)) for d, size in sizes)
+        average = int(8 * sum(s for _, s in sizes) / max(sum(d for d, _ in sizes), 0.1))
+        codecs = AVC_MAIN[o["level"]] + (f",{AAC_LC}" if o["audio"] is not None else "")
+        renditions.append({"name": o["name"], "width": o["width"], "height": o["height"],
+                           "bandwidth": peak, "average_bandwidth": average, "codecs": codecs,
+                           "segments": len(segments)})
+        files += [f"{o['name']}/{f}" for _, f in segments] + [f"{o['name']}/index.m3u8"]
+        master += [f"#EXT-X-STREAM-INF:BANDWIDTH={peak},AVERAGE-BANDWIDTH={average},"
+                   f"RESOLUTION={o['width']}x{o['height']},FRAME-RATE={fps:.3f},"
+                   f'CODECS="{codecs}"', f"{o['name']}/index.m3u8"]
+    with open(os.path.join(out_dir, "master.m3u8"), "w") as f:
+        f.write("\n".join(master) + "\n")
+    with open(progress_path, "w") as f:
+        f.write("1.0000")
+    return {"renditions": renditions, "files": files + ["master.m3u8"]}
