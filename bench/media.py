@@ -11,6 +11,11 @@ WebP sizes, watermarked display image). Prints megapixels per second of the
 decode (source pixels / seconds), the variants' seconds, the process's peak
 RSS (VmHWM), and the ratio to the alternative. Medians over --runs runs.
 
+Videos: each corpus video, and the chaplin clip six times over (a minute),
+transcoded one rung at a time by :func:`services.transcode.hls.transcode`
+(the ladder restricted to that rung) and with its whole ladder: seconds of
+video per second of transcoding ("x real time").
+
 Usage: python -m bench.media [--runs N]
 """
 
@@ -80,6 +85,67 @@ def alternative(path: Path) -> float:
         return time.perf_counter() - t0
 
 
+_VIDEO_CHILD = """
+import dataclasses, json, sys, tempfile, time
+import planzoom.video as video
+import services.transcode.hls as hls
+from planzoom.video import probe
+path, rung = sys.argv[1], sys.argv[2]
+info = dataclasses.asdict(probe(path, 7200, 10**9))
+full = video.ladder(info["width"], info["height"])
+if rung != "all":
+    hls.ladder = lambda w, h: [r for r in full if r[0] == rung]
+out = tempfile.mkdtemp()
+t0 = time.perf_counter()
+hls.transcode(path, out, info, out + "/.progress")
+print(json.dumps({"seconds": time.perf_counter() - t0, "duration": info["duration_seconds"],
+                  "rungs": [r[0] for r in full]}))
+"""
+
+
+def _video(path: Path, rung: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _VIDEO_CHILD, str(path), rung],
+                         capture_output=True, text=True, check=True, timeout=1800)
+    return json.loads(out.stdout)
+
+
+def _minute_clip(tmp: Path) -> Path:
+    import av
+
+    src_path = MEDIA / "video-h264-mp4-chaplin-moviepy.mp4"
+    out_path = tmp / "chaplin-x6.mp4"
+    with av.open(str(out_path), "w") as out:
+        with av.open(str(src_path)) as first:
+            streams = {s.index: out.add_stream_from_template(s) for s in first.streams
+                       if s.type in ("video", "audio")}
+            duration = first.duration / av.time_base
+        for n in range(6):
+            with av.open(str(src_path)) as src:
+                for packet in src.demux(*[s for s in src.streams if s.index in streams]):
+                    if packet.dts is None:
+                        continue
+                    shift = int(n * duration / packet.time_base)
+                    packet.pts += shift
+                    packet.dts += shift
+                    packet.stream = streams[packet.stream.index]
+                    out.mux(packet)
+    return out_path
+
+
+def videos(runs: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        files = sorted(p for p in MEDIA.iterdir() if p.name.startswith("video"))
+        files.append(_minute_clip(Path(tmp)))
+        print(f"\n{'video':44} {'s':>6} {'rung':>6} {'x real time':>12}")
+        for path in files:
+            rungs = _video(path, "all")["rungs"]
+            for rung in [*rungs, "all"]:
+                done = [_video(path, rung) for _ in range(runs)]
+                seconds = statistics.median(d["seconds"] for d in done)
+                print(f"{path.name[:44]:44} {done[0]['duration']:6.1f} {rung:>6} "
+                      f"{done[0]['duration'] / seconds:11.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -103,6 +169,7 @@ def main() -> None:
         print(f"{kind:6} {name:44} {mp:6.1f} {rate:7.1f} {var:10.2f} {peak:8.0f} {vs:>8}")
     print("MP/s: source megapixels per second of decode + normalise + raster write; "
           "'vs vips': the alternative's seconds / ours (above 1: planzoom is faster).")
+    videos(args.runs)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     max_video_bytes: int = Field(5 * 1024**3, ge=1)
     max_video_seconds: float = Field(3600.0, gt=0)
     max_video_pixels: int = Field(4096 * 2304, ge=1)  # per frame
-    transcode_concurrency: int = Field(1, ge=1, le=8)  # videos at once per transcode replica
+    transcode_concurrency: int = Field(1, ge=1, le=3)  # videos at once per transcode replica
     #: Wall-clock seconds a transcode may take per second of video (plus a minute).
     transcode_seconds_per_second: float = Field(20.0, gt=0)
 

@@ -34,8 +34,8 @@ def watch_job(client: Client, job_id: str) -> jobs_pb2.Job:
             bar.update(task, stage=f"reconnecting ({e.code().name})…")
 
         for job in client.follow(job_id, on_retry=reconnecting):
-            bar.update(task, total=job.total_pages,
-                       completed=job.completed_pages + job.failed_pages,
+            # percent counts a page's own progress too (a video's transcode)
+            bar.update(task, total=100.0, completed=job.percent,
                        state=job_state_name(job.state),
                        stage=stage_summary(job) + (" · STALLED" if job.stalled else ""),
                        pages=f"{job.completed_pages}/{job.total_pages} pages")
@@ -55,7 +55,7 @@ def print_job(job: jobs_pb2.Job) -> None:
             str(p.page), f"{p.width_pt:.0f} x {p.height_pt:.0f}", f"{p.dpi:g}" if p.dpi else "",
             f"{p.width_px} x {p.height_px}" if p.width_px else "", str(p.levels or ""),
             str(p.tile_count or ""), page_state_name(p.state),
-            p.error or p.dzi_key.rsplit("/", 1)[-1],
+            p.error or p.dzi_key.rsplit("/", 1)[-1] or p.video.master_key.rsplit("/", 2)[-1],
         )
     console.print(table)
     if job.state == jobs_pb2.JOB_STATE_COMPLETE:

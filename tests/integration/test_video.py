@@ -7,7 +7,11 @@ worker; and what is refused before any transcode."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import av
 import grpc
@@ -240,3 +244,13 @@ def test_the_gateway_serves_a_preview_with_bearer_or_signed_link(stack, videos):
         intruder = {"Authorization": f"Bearer {stack.token('intruder', 'viewer')}"}
         assert http.get(base + "master.m3u8", headers=intruder).status_code == 404
         assert http.get(base + "master.m3u8").status_code == 401
+
+
+def test_the_cli_submits_a_walkthrough(corpus, stack):
+    env = {**os.environ, **stack.env(), "PLANZOOM_TOKEN": stack.token("acme", "uploader")}
+    mov = corpus / MEDIA / CASES[1][0]
+    run = subprocess.run([Path(sys.executable).parent / "planzoom", "submit", mov,
+                          "--org", "acme", "--project", "video", "--plan", "walkthrough",
+                          "--watch"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "COMPLETE" in run.stdout
