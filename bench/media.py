@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from planzoom.media import sniff
+from planzoom_devstack.samples import repeated_video
 
 MEDIA = Path(os.environ.get("PLANZOOM_CORPUS", Path(__file__).resolve().parents[2] / "shared"
                             / "corpus")) / "media"
@@ -109,33 +110,11 @@ def _video(path: Path, rung: str) -> dict:
     return json.loads(out.stdout)
 
 
-def _minute_clip(tmp: Path) -> Path:
-    import av
-
-    src_path = MEDIA / "video-h264-mp4-chaplin-moviepy.mp4"
-    out_path = tmp / "chaplin-x6.mp4"
-    with av.open(str(out_path), "w") as out:
-        with av.open(str(src_path)) as first:
-            streams = {s.index: out.add_stream_from_template(s) for s in first.streams
-                       if s.type in ("video", "audio")}
-            duration = first.duration / av.time_base
-        for n in range(6):
-            with av.open(str(src_path)) as src:
-                for packet in src.demux(*[s for s in src.streams if s.index in streams]):
-                    if packet.dts is None:
-                        continue
-                    shift = int(n * duration / packet.time_base)
-                    packet.pts += shift
-                    packet.dts += shift
-                    packet.stream = streams[packet.stream.index]
-                    out.mux(packet)
-    return out_path
-
-
 def videos(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         files = sorted(p for p in MEDIA.iterdir() if p.name.startswith("video"))
-        files.append(_minute_clip(Path(tmp)))
+        files.append(repeated_video(MEDIA / "video-h264-mp4-chaplin-moviepy.mp4",
+                                   Path(tmp) / "chaplin-x6.mp4", 6))
         print(f"\n{'video':44} {'s':>6} {'rung':>6} {'x real time':>12}")
         for path in files:
             rungs = _video(path, "all")["rungs"]

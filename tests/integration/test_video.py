@@ -22,6 +22,7 @@ import pyvips
 
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
+from planzoom_devstack.samples import repeated_video
 from tests.helpers import list_keys, wait_terminal, wait_until
 from tests.integration.test_limits import _reason
 
@@ -40,26 +41,18 @@ def _get(s3, key: str) -> bytes:
 
 
 def _longer(corpus, tmp_path, times: int):
-    """The chaplin clip ``times`` over, one after another, remuxed (no
-    re-encode) into one MP4: a longer real video."""
-    src_path = corpus / MEDIA / "video-h264-mp4-chaplin-moviepy.mp4"
-    out_path = tmp_path / f"chaplin-x{times}.mp4"
-    with av.open(str(out_path), "w") as out:
-        with av.open(str(src_path)) as probe:
-            streams = {s.index: out.add_stream_from_template(s) for s in probe.streams
-                       if s.type in ("video", "audio")}
-            duration = probe.duration / av.time_base
-        for n in range(times):
-            with av.open(str(src_path)) as src:
-                for packet in src.demux(*[s for s in src.streams if s.index in streams]):
-                    if packet.dts is None:
-                        continue
-                    shift = int(n * duration / packet.time_base)
-                    packet.pts += shift
-                    packet.dts += shift
-                    packet.stream = streams[packet.stream.index]
-                    out.mux(packet)
-    return out_path
+    """The chaplin clip ``times`` over: a longer real video."""
+    return repeated_video(corpus / MEDIA / "video-h264-mp4-chaplin-moviepy.mp4",
+                          tmp_path / f"chaplin-x{times}.mp4", times)
+
+
+def _under_way(corpus, client, tmp_path, times: int, plan: str):
+    """A long video submitted, once its transcode has started."""
+    reply = client.submit(str(_longer(corpus, tmp_path, times)), jobs_pb2.PlanRef(
+        org="acme", project="video", plan=plan), jobs_pb2.JobOptions())
+    wait_until("the transcode is under way",
+               lambda: client.get_job(reply.job_id).percent > 5, timeout=120, interval=0.1)
+    return reply
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +133,7 @@ def test_progress_is_reported_as_it_goes(corpus, client, tmp_path):
 
 
 def test_cancel_stops_the_transcode_and_keeps_nothing(corpus, stack, client, s3, tmp_path):
-    path = _longer(corpus, tmp_path, 12)
-    reply = client.submit(str(path), jobs_pb2.PlanRef(org="acme", project="video",
-                                                       plan="cancelled"), jobs_pb2.JobOptions())
-    wait_until("the transcode is under way",
-               lambda: client.get_job(reply.job_id).percent > 5, timeout=120, interval=0.1)
+    reply = _under_way(corpus, client, tmp_path, 12, "cancelled")
     client.cancel(reply.job_id, "wrong video")
     cancelled_at = time.time()
 
@@ -161,11 +150,7 @@ def test_cancel_stops_the_transcode_and_keeps_nothing(corpus, stack, client, s3,
 
 
 def test_a_killed_transcode_worker_is_redelivered(corpus, stack, client, s3, tmp_path):
-    path = _longer(corpus, tmp_path, 8)
-    reply = client.submit(str(path), jobs_pb2.PlanRef(org="acme", project="video",
-                                                       plan="killed"), jobs_pb2.JobOptions())
-    wait_until("the transcode is under way",
-               lambda: client.get_job(reply.job_id).percent > 5, timeout=120, interval=0.1)
+    reply = _under_way(corpus, client, tmp_path, 8, "killed")
     stack.kill("transcode")
     stack.start_service("transcode")
     job = wait_terminal(client, reply.job_id, timeout=300)
