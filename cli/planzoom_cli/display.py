@@ -59,4 +59,8 @@ def print_job(job: jobs_pb2.Job) -> None:
         )
     console.print(table)
     if job.state == jobs_pb2.JOB_STATE_COMPLETE:
-        console.print(f"DZI files under {job.tiles_prefix} (manifest.json beside them)")
+        master = job.pages[0].video.master_key if job.pages else ""
+        if master:
+            console.print(f"HLS preview: {master} (manifest.json under {job.tiles_prefix})")
+        else:
+            console.print(f"DZI files under {job.tiles_prefix} (manifest.json beside them)")

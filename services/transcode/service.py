@@ -94,8 +94,7 @@ class Transcode(PageStage):
                 return
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
-        renditions = [jobs_pb2.Rendition(**{k: v for k, v in r.items()})
-                      for r in result["renditions"]]
+        renditions = [jobs_pb2.Rendition(**r) for r in result["renditions"]]
         fields = dataclasses.asdict(info)
         await self.report(job, jobs_pb2.PageRecord(
             page=job.page, state=jobs_pb2.PAGE_STATE_DONE, width_px=info.width,

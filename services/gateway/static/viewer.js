@@ -157,6 +157,7 @@ function planzoomViewer(element, config) {
     const video = $("video"), url = videoUrl("master.m3u8");
     if (!url || hls) return;
     $("osd").hidden = true; video.hidden = false;
+    $("scalebar").hidden = true; $("zoom").hidden = true;  // paper scale means nothing here
     video.poster = videoUrl("poster.jpg");
     if (window.Hls && Hls.isSupported()) {
       hls = new Hls();
