@@ -434,18 +434,21 @@ async def create_upload(request: Request) -> Response:
     length = _length_header(request, "Upload-Length")
     if not length:
         raise InvalidInput("Upload-Length (bytes, at least 1) is required", field="Upload-Length")
-    largest = gateway.settings.largest_upload_bytes
-    if length > largest:
-        raise Problem(413, f"Upload-Length {length:,} is over the limit of {largest:,} bytes",
-                      "UPLOAD_TOO_LARGE", tus_headers(**{"Tus-Max-Size": str(largest)}))
+    meta = parse_metadata(request.headers.get("upload-metadata", ""))
+    video = meta.get("filetype", "").startswith("video/")
+    limit = gateway.settings.max_video_bytes if video else gateway.settings.max_upload_bytes
+    if length > limit:
+        raise Problem(413, f"Upload-Length {length:,} is over the limit of {limit:,} bytes"
+                      + ("" if video else " (a video, with filetype video/..., may be larger)"
+                         if gateway.settings.max_video_bytes > limit else ""),
+                      "UPLOAD_TOO_LARGE", tus_headers(**{"Tus-Max-Size": str(limit)}))
     has_body = (_length_header(request, "Content-Length") or 0) > 0 or \
         "chunked" in request.headers.get("transfer-encoding", "")
     if has_body and request.headers.get("content-type") != OFFSET_TYPE:
         raise Problem(415, f"an upload's bytes are sent as {OFFSET_TYPE}",
                       "UNSUPPORTED_MEDIA_TYPE", tus_headers())
     uploads = _uploads(request)
-    upload = await uploads.create(access, length,
-                                  parse_metadata(request.headers.get("upload-metadata", "")))
+    upload = await uploads.create(access, length, meta)
     if has_body:
         upload = await uploads.append(access, upload.upload_id, 0, request.stream())
     headers = _state_headers(upload)

@@ -188,6 +188,10 @@ def test_refused_uploads(stack, http):
     assert_problem(no_version, 412, "TUS_VERSION")
     assert no_version.headers["Tus-Version"] == "1.0.0"
     assert_problem(create(http, stack, MAX_UPLOAD_BYTES + 1), 413, "UPLOAD_TOO_LARGE")
+    video = create(http, stack, MAX_UPLOAD_BYTES + 1, filetype="video/mp4")
+    assert video.status_code == 201, "a video may be larger (PLANZOOM_MAX_VIDEO_BYTES)"
+    assert http.delete(video.headers["Location"], headers={
+        **TUS, **bearer(stack, role="uploader")}).status_code == 204
     assert_problem(create(http, stack, 0), 400)
     assert_problem(create(http, stack, 100, plan=""), 400)
     assert_problem(create(http, stack, 100, dpi="5000"), 400)
