@@ -6,6 +6,7 @@
 #   make images                build the service, NATS and S3 images (needs Docker)
 #   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
 #   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
+#   make soak DURATION=180     jobs from several orgs under chaos; every count must be 0
 
 PYTHON ?= python3
 VENV   := .venv
@@ -23,7 +24,7 @@ OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm-fonts
 
-.PHONY: setup proto demo up test test-fast lint images bench bench-media clean
+.PHONY: setup proto demo up test test-fast lint images bench bench-media soak clean
 
 setup: $(STAMP) $(GEN) $(OSD)
 
@@ -92,6 +93,11 @@ bench: setup
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    poppler-utils libvips-tools >/dev/null; }
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A bounded soak of an embedded stack under chaos (planzoom_devstack/soak.py).
+DURATION ?= 180
+soak: setup
+	$(BIN)/python -m planzoom_devstack.soak --duration $(DURATION)
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \
