@@ -36,6 +36,8 @@ TRANSCODE_QUEUE = Gauge("planzoom_transcode_queue_videos",
                         "Videos waiting or being transcoded")
 #: Open WatchJob streams.
 WATCHERS = Gauge("planzoom_watchers", "Open WatchJob streams")
+STALLED_JOBS = Gauge("planzoom_stalled_jobs",
+                     "Jobs stalled at the last sweep (no report for PLANZOOM_STALL_SECONDS)")
 #: From a stage emitting a progress event to the job record holding it, seconds.
 UPDATE_LAG = Histogram(
     "planzoom_progress_update_lag_seconds", "Progress event to job record update",

@@ -19,7 +19,7 @@ import time
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from planzoom import keys
+from planzoom import keys, metrics
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
 from planzoom.config import Settings
@@ -139,16 +139,17 @@ class Sweeper:
             log.warning("published page jobs that ingest had not",
                         extra={"job_id": job.job_id, "pages": stored})
 
-    async def _sweep_job(self, job_id: str, now: float) -> None:
+    async def _sweep_job(self, job_id: str, now: float) -> bool:
+        """One job's sweep; True if it is (still) stalled."""
         job = await self.jobs.get(job_id)
         if job.finalizing:
             if now - job.updated_at.ToSeconds() >= FINALIZE_AFTER_SECONDS:
                 log.warning("finalizing a job its writer left", extra={"job_id": job_id})
                 await self.records.finalize(job)
-            return
+            return False
         job, _ = await self.reconcile(job_id)
         if is_terminal(job):
-            return
+            return False
         await self._republish_pending(job)
 
         def mark_stalled(job: jobs_pb2.Job) -> bool:
@@ -163,18 +164,20 @@ class Sweeper:
         job = await self.records.change(job_id, mark_stalled)
         if job.stalled:
             log.warning("job stalled", extra={"job_id": job_id})
+        return job.stalled
 
     async def sweep(self) -> None:
         """One pass over every job record, then every org's quota record."""
-        now = time.time()
+        now, stalled = time.time(), 0
         for job_id in await self.jobs.job_ids():
             try:
-                await self._sweep_job(job_id, now)
+                stalled += await self._sweep_job(job_id, now)
             except JobNotFound:
                 continue
             except Exception:
                 log.exception("sweeping a job failed; going on with the others",
                               extra={"job_id": job_id})
+        metrics.STALLED_JOBS.set(stalled)
         for org in await self.admission.orgs():
             try:
                 for job_id in await self.admission.tidy(org):

@@ -31,6 +31,7 @@ VARIANTS = {
     "registry-and-tag": {"image": {"registry": "registry.example.com/plans", "tag": "1.2.3"},
                          "config": {"PLANZOOM_DEFAULT_DPI": "200", "PLANZOOM_MAX_PAGES": 500}},
     "render-disabled": {"components": {"render": {"enabled": False, "grpcPort": 50053}}},
+    "alerts": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
     "iam-role": {"s3": {"credentialsSecret": ""},
                  "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:x"}}},
 }
@@ -63,8 +64,8 @@ def test_renders_valid_manifests(variant):
     docs = render(VARIANTS[variant])
     assert docs
     for doc in docs:
-        if doc["apiVersion"].startswith("keda.sh/"):
-            continue  # a CRD: checked below
+        if doc["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
+            continue  # CRDs: checked below
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
@@ -267,3 +268,26 @@ def test_default_network_policy_lets_any_client_reach_the_apis():
     assert [r for r in ingest if "from" not in r] == [
         {"ports": [{"port": 50051, "protocol": "TCP"}]}]
     assert len(ingest) == 2
+
+
+def test_alerts_name_only_metrics_planzoom_exports():
+    """The PrometheusRule's alerts: each expression parses as far as a
+    metric name goes, and every planzoom_* name in it is one a service
+    exports (a renamed metric would otherwise silence its alert)."""
+    import re
+
+    from prometheus_client import REGISTRY
+
+    exported = {m.name for m in REGISTRY.collect() if m.name.startswith("planzoom_")}
+    exported |= {f"{n}_total" for n in exported}
+    rule = by_kind(render(VARIANTS["alerts"]), "PrometheusRule")["pz-planzoom"]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert set(alerts) == {"PlanzoomJobsStalled", "PlanzoomDeadLetters", "PlanzoomQueueBacklog",
+                           "PlanzoomRedeliveries", "PlanzoomInternalErrors"}
+    for name, alert in alerts.items():
+        used = set(re.findall(r"planzoom_[a-z_]+", alert["expr"]))
+        assert used and used <= exported, (name, used - exported)
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        assert alert["annotations"]["summary"] and alert["annotations"]["description"]
+    assert by_kind(render({}), "PrometheusRule") == {}, "off unless asked for"
