@@ -18,8 +18,10 @@ Printed at the end, each a count that must be zero:
 - duplicates: identical submits that got two different jobs;
 - stalled: jobs flagged stalled at the end;
 - went backwards: watchers that saw a revision or a page count go down;
-- memory grew: services (not restarted by the chaos) whose RSS at the end is
-  over twice, and 100 MiB over, what it was after the first minute.
+- memory grew: services the chaos does not restart (ingest, the gateway)
+  whose RSS at the end is over twice, and 100 MiB over, what it was after
+  the first minute. (The S3 endpoint keeps every object in memory, so its
+  growth is the data; it is printed, not counted.)
 
 Any non-zero count makes the exit status 1. The seed (``--seed``) makes the
 chaos repeatable.
@@ -175,7 +177,7 @@ class Soak:
         counts["duplicates"] = self.duplicates
         counts["went backwards"] = self.backwards
         grew = [name for name, before in baseline.items()
-                if name in ("ingest", "gateway", "s3") and before
+                if name in ("ingest", "gateway") and before
                 and (after := _rss_kib(self.stack.procs[name].pid)) > 2 * before
                 and after - before > 100 * 1024]
         counts["memory grew"] = len(grew)
