@@ -11,6 +11,9 @@ handler of a server (unary and streaming alike):
   method nobody declared a role for needs ``admin`` (fail closed);
 - a :class:`~planzoom.errors.PlanzoomError` ends the RPC with its status
   code, message and ``google.rpc`` detail (BadRequest or ErrorInfo);
+- NATS away for the moment (a timeout, a closed or reconnecting
+  connection, no JetStream responder) ends it with UNAVAILABLE, which
+  clients retry: a server restart is not the caller's problem;
 - any other exception ends it with INTERNAL and an error id; the exception
   and its traceback are logged under that id, and no text of it reaches
   the caller;
@@ -28,9 +31,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
+from nats import errors as nats_errors
 
 from planzoom import auth, metrics
-from planzoom.errors import PermissionDenied, PlanzoomError, internal_status
+from planzoom.errors import PermissionDenied, PlanzoomError, Unavailable, internal_status
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,18 @@ PUBLIC = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watc
 UNDECLARED_ROLE = "admin"
 
 
+#: NATS errors that mean "not reachable right now".
+_NATS_AWAY = (nats_errors.TimeoutError, nats_errors.ConnectionClosedError,
+              nats_errors.ConnectionReconnectingError, nats_errors.NoRespondersError,
+              nats_errors.NoServersError)
+
+
 async def _refuse(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
     """End the RPC for ``error`` (raises grpc's abort exception)."""
+    if isinstance(error, _NATS_AWAY):
+        log.warning("%s: NATS unreachable: %r", method, error)
+        error = Unavailable("the message bus is restarting; try again in a moment",
+                            reason="BUS_UNAVAILABLE", retry_after=1.0)
     if isinstance(error, PlanzoomError):
         metrics.RPC_ERRORS.labels(method, error.code.name).inc()
         log.info("%s refused: %s", method, error.message,

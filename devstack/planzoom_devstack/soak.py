@@ -18,6 +18,8 @@ Printed at the end, each a count that must be zero:
 - duplicates: identical submits that got two different jobs;
 - stalled: jobs flagged stalled at the end;
 - went backwards: watchers that saw a revision or a page count go down;
+- internal errors: submits answered INTERNAL (a refusal while something
+  restarts must be UNAVAILABLE, which clients retry);
 - memory grew: services the chaos does not restart (ingest, the gateway)
   whose RSS at the end is over twice, and 100 MiB over, what it was after
   the first minute. (The S3 endpoint keeps every object in memory, so its
@@ -39,6 +41,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import grpc
 
 from planzoom.states import is_terminal
 from planzoom.v1 import jobs_pb2
@@ -74,6 +78,7 @@ class Soak:
                         for org in ORGS}
         self.jobs: dict[str, str] = {}  # job id → org
         self.duplicates = 0
+        self.internal = 0
         self.backwards = 0
         self.chaos = Counter()
         self.lock = threading.Lock()
@@ -104,8 +109,10 @@ class Soak:
             for f in futures:
                 try:
                     replies.append(f.result())
-                except Exception as e:  # NATS or ingest restarting: counted as not submitted
+                except Exception as e:  # a restart under way: not submitted
                     print(f"submit {plan.plan} refused: {e}", file=sys.stderr)
+                    if getattr(e, "code", lambda: None)() == grpc.StatusCode.INTERNAL:
+                        self.internal += 1
         if len({r.job_id for r in replies}) > 1:
             self.duplicates += 1
         for reply in replies[:1]:
@@ -175,6 +182,7 @@ class Soak:
             if job.stalled:
                 counts["stalled"] += 1
         counts["duplicates"] = self.duplicates
+        counts["internal errors"] = self.internal
         counts["went backwards"] = self.backwards
         grew = [name for name, before in baseline.items()
                 if name in ("ingest", "gateway") and before
@@ -187,7 +195,7 @@ class Soak:
             for n, b in sorted(baseline.items()) if n in self.stack.procs))
         return {k: counts[k] for k in ("not ended", "failed", "pages lost or twice",
                                         "duplicates", "stalled", "went backwards",
-                                        "memory grew")}
+                                        "internal errors", "memory grew")}
 
 
 def main() -> None:

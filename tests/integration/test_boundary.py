@@ -17,6 +17,7 @@ import jwt
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from nats import errors as nats_errors
 
 from planzoom import auth, metrics
 from planzoom.auth import TokenVerifier
@@ -39,6 +40,8 @@ class Servicer(progress_pb2_grpc.ProgressServiceServicer):
             raise RuntimeError(f"cannot open {SECRET}")
         if request.job_id == "abort":
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "aborted by the handler")
+        if request.job_id == "bus-away":
+            raise nats_errors.TimeoutError  # what a KV read raises while NATS restarts
         raise JobNotFound(request.job_id)
 
     async def CancelJob(self, request, context):
@@ -122,6 +125,11 @@ async def test_unexpected_errors_are_internal_with_an_error_id(stub, caplog):
     error_id = e.details().rsplit(" ", 1)[1]
     (record,) = [r for r in caplog.records if getattr(r, "error_id", None) == error_id]
     assert SECRET in str(record.exc_info[1]), "the log has what the caller does not"
+
+
+async def test_nats_away_is_unavailable_so_clients_retry(stub):
+    e = await _error(stub.GetJob(jobs_pb2.GetJobRequest(job_id="bus-away"), timeout=10))
+    assert e.code() == grpc.StatusCode.UNAVAILABLE and "restarting" in e.details()
 
 
 async def test_a_handlers_own_abort_passes_through(stub):
