@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -20,7 +22,9 @@ from planzoom.messaging import connection, topology
 from planzoom.messaging.events import report_page
 from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
 from planzoom.messaging.workqueues import WorkQueues
+from planzoom.procpool import ProcessPool
 from planzoom.server import Service
+from planzoom.sources import SourceCache
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
 
@@ -121,3 +125,23 @@ class PageStage(BackedService):
         await self.report(job, jobs_pb2.PageRecord(
             page=job.page, state=jobs_pb2.PAGE_STATE_FAILED, error=f"{self.name}: {reason}",
             attempts=delivery.attempt, finished_at=now_ts()), delivery.attempt)
+
+
+class SourceStage(PageStage):
+    """A stage that reads job sources in sandboxed worker processes (render,
+    transcode): ``pool`` (``concurrency`` workers, each replaced after
+    ``recycle`` tasks), ``tmp`` (its scratch directory under
+    ``PLANZOOM_WORK_DIR``) and ``sources`` (sources cached there). All three
+    are released when the stage stops."""
+
+    def __init__(self, settings: Settings, concurrency: int, recycle: int):
+        super().__init__(settings)
+        self.concurrency = concurrency
+        self.pool = ProcessPool(concurrency, recycle, memory_bytes=settings.worker_memory_bytes,
+                                queue_seconds=settings.render_timeout_seconds)
+        self.tmp = tempfile.mkdtemp(prefix=f"planzoom-{self.name}-", dir=settings.work_dir)
+        self.sources = SourceCache(self.store, self.tmp)
+
+    async def release(self) -> None:
+        await self.pool.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)

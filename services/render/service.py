@@ -11,14 +11,13 @@ import tempfile
 import time
 
 from planzoom import keys, metrics
-from planzoom.backend import PageStage
+from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.procpool import ProcessPool, WorkerTimeout
-from planzoom.sources import SourceCache
+from planzoom.procpool import WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.render.rasterize import RenderResult, render_image, render_page
 from services.render.variants import image_variants, pdf_thumbnail
@@ -33,7 +32,7 @@ MAX_RENDER_TIMEOUTS = 2
 RENDER_IO_SECONDS = 600.0
 
 
-class Render(PageStage):
+class Render(SourceStage):
     """Consumer ``render``: one page (of a PDF, or of an image) → raster in
     ``work/<job>/`` → a TileJob on ``pages.tile``."""
 
@@ -41,19 +40,9 @@ class Render(PageStage):
     stream, consumer = topology.RENDER_STREAM, topology.RENDER_CONSUMER
 
     def __init__(self, settings: Settings):
-        super().__init__(settings)
-        self.concurrency = settings.render_concurrency
+        super().__init__(settings, settings.render_concurrency, settings.render_recycle_pages)
         # PDFium's own limit, plus the source's download and the raster's upload.
         self.max_seconds = settings.render_timeout_seconds + RENDER_IO_SECONDS
-        self.pool = ProcessPool(settings.render_concurrency, settings.render_recycle_pages,
-                                memory_bytes=settings.worker_memory_bytes,
-                                queue_seconds=settings.render_timeout_seconds)
-        self.tmp = tempfile.mkdtemp(prefix="planzoom-render-", dir=settings.work_dir)
-        self.sources = SourceCache(self.store, self.tmp)
-
-    async def release(self) -> None:
-        await self.pool.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)

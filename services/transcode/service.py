@@ -13,14 +13,13 @@ import tempfile
 import time
 
 from planzoom import keys, metrics
-from planzoom.backend import PageStage
+from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.errors import Timeout, Unavailable
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.procpool import ProcessPool, WorkerTimeout
-from planzoom.sources import SourceCache
+from planzoom.procpool import WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom.video import probe
 from services.transcode.hls import transcode
@@ -40,7 +39,7 @@ CONTENT_TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".ts": "video/mp2t",
                  ".jpg": "image/jpeg"}
 
 
-class Transcode(PageStage):
+class Transcode(SourceStage):
     """Consumer ``transcode``: one video → an HLS ladder, a poster and a
     thumbnail; progress reported as the share of the source transcoded."""
 
@@ -48,17 +47,7 @@ class Transcode(PageStage):
     stream, consumer = topology.TRANSCODE_STREAM, topology.TRANSCODE_CONSUMER
 
     def __init__(self, settings: Settings):
-        super().__init__(settings)
-        self.concurrency = settings.transcode_concurrency
-        self.pool = ProcessPool(settings.transcode_concurrency, 1,
-                                memory_bytes=settings.worker_memory_bytes,
-                                queue_seconds=settings.render_timeout_seconds)
-        self.tmp = tempfile.mkdtemp(prefix="planzoom-transcode-", dir=settings.work_dir)
-        self.sources = SourceCache(self.store, self.tmp)
-
-    async def release(self) -> None:
-        await self.pool.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        super().__init__(settings, settings.transcode_concurrency, 1)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
