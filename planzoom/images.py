@@ -243,10 +243,10 @@ def _heif_orientation(path: str, heif) -> int:
 def _heif_page(path: str, max_pixels: int) -> ImagePage:
     heif = _heif(path)
     width, height = heif.size
-    if _heif_orientation(path, heif) in (5, 6, 7, 8):
+    orientation = _heif_orientation(path, heif)
+    if orientation in (5, 6, 7, 8):
         width, height = height, width
     _check_pixels(width, height, max_pixels, "the HEIF image")
-    orientation = _heif_orientation(path, heif)
     return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
                      facts=image_facts(heif.info.get("exif"), *heif.size, orientation))
 
