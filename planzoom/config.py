@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     render_addr: str = "127.0.0.1:50053"  # health only
     tile_addr: str = "127.0.0.1:50054"  # health only
     transcode_addr: str = "127.0.0.1:50055"  # health only
+    #: host:port of a plaintext listener serving only grpc.health.v1 (kubelet
+    #: gRPC probes cannot speak TLS); None = health on the service's port only.
+    health_addr: str | None = None
     grpc_grace_seconds: float = Field(10.0, ge=0)
     metrics_port: int = Field(0, ge=0, le=65535)  # Prometheus /metrics; 0 = off
     grpc_reflection: bool = False  # gRPC server reflection (for grpcurl), off unless enabled

@@ -4,7 +4,9 @@ Each server registers the standard health service (``grpc.health.v1``, no
 token needed, so Kubernetes probes work), server reflection only when
 ``PLANZOOM_GRPC_REFLECTION`` is on, and runs every RPC through
 :class:`planzoom.boundary.RpcBoundary` (identity, roles, errors). It speaks
-TLS when ``PLANZOOM_TLS_CERT_FILE`` and ``PLANZOOM_TLS_KEY_FILE`` are set.
+TLS when ``PLANZOOM_TLS_CERT_FILE`` and ``PLANZOOM_TLS_KEY_FILE`` are set;
+``PLANZOOM_HEALTH_ADDR`` adds a plaintext listener with the health service
+alone, because the kubelet's gRPC probes cannot speak TLS.
 Messages larger than ``PLANZOOM_GRPC_MAX_RECEIVE_BYTES`` are refused. On
 SIGTERM or SIGINT the health status turns NOT_SERVING, the service's
 ``stop`` hook runs (workers stop fetching and finish or nak what they hold),
@@ -109,11 +111,18 @@ async def serve(service: Service, settings: Settings, addr: str) -> None:
         server.add_insecure_port(addr)
     else:
         server.add_secure_port(addr, credentials)
+    probes = None
+    if settings.health_addr:
+        probes = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, probes)
+        probes.add_insecure_port(settings.health_addr)
+        await probes.start()
     serve_metrics(settings.metrics_port)
     await server.start()
     for n in ["", *names]:
         await health_servicer.set(n, health_pb2.HealthCheckResponse.SERVING)
-    log.info("%s serving on %s%s", service.name, addr, " (TLS)" if credentials else "")
+    log.info("%s serving on %s%s%s", service.name, addr, " (TLS)" if credentials else "",
+             f", health on {settings.health_addr}" if probes else "")
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,6 +134,9 @@ async def serve(service: Service, settings: Settings, addr: str) -> None:
     await health_servicer.enter_graceful_shutdown()
     await service.stop(grace)
     await server.stop(grace)
+    if probes is not None:
+        # Last: a probe sees NOT_SERVING for the whole drain, not a refusal.
+        await probes.stop(0)
     log.info("%s stopped", service.name)
 
 

@@ -32,6 +32,11 @@ VARIANTS = {
                          "config": {"PLANZOOM_DEFAULT_DPI": "200", "PLANZOOM_MAX_PAGES": 500}},
     "render-disabled": {"components": {"render": {"enabled": False, "grpcPort": 50053}}},
     "alerts": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}},
+    "tls-users-jwks": {"tls": {"secretName": "pz-tls"}, "nats": {"usersSecret": "pz-nats"},
+                       "auth": {"jwksUrl": "https://id.example.com/jwks.json",
+                                "publicKeySecret": ""},
+                       "quotas": {"jobsInFlight": 3, "pagesInFlight": 8,
+                                  "pixelsInFlight": 5_000_000_000}},
     "iam-role": {"s3": {"credentialsSecret": ""},
                  "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:x"}}},
 }
@@ -88,8 +93,11 @@ def test_deployments_are_locked_down_and_probed():
             assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
             assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         else:
-            assert container["readinessProbe"]["grpc"]["port"] == port
-            assert container["livenessProbe"]["grpc"]["port"] == port
+            # Probes go to the plaintext health listener, which TLS leaves alone.
+            health = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
+            assert container["readinessProbe"]["grpc"]["port"] == health != port
+            assert container["livenessProbe"]["grpc"]["port"] == health
+            assert {"name": "PLANZOOM_HEALTH_ADDR", "value": f"0.0.0.0:{health}"} in container["env"]
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
         assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
         # Longer than the gRPC grace plus the JetStream ack wait.
@@ -108,6 +116,49 @@ def test_no_credentials_in_rendered_output():
     d = by_kind(docs, "Deployment")["pz-planzoom-tile"]["spec"]["template"]["spec"]
     assert {"name": "nats-creds", "secret": {"secretName": "planzoom-nats",
             "items": [{"key": "nats.creds", "path": "nats.creds"}]}} in d["volumes"]
+
+
+def test_tls_nats_users_and_issuer_reach_every_component():
+    docs = render(VARIANTS["tls-users-jwks"])
+    (cm,) = by_kind(docs, "ConfigMap").values()
+    assert cm["data"]["PLANZOOM_AUTH_JWKS"] == "https://id.example.com/jwks.json"
+    assert "PLANZOOM_AUTH_PUBLIC_KEY_FILE" not in cm["data"]
+    assert cm["data"]["PLANZOOM_NATS_SETUP"] == "false"
+    assert cm["data"]["PLANZOOM_TLS_CA_FILE"] == "/etc/planzoom/tls/ca.crt"
+    assert (cm["data"]["PLANZOOM_ORG_MAX_JOBS_IN_FLIGHT"], cm["data"]["PLANZOOM_ORG_MAX_PAGES_IN_FLIGHT"],
+            cm["data"]["PLANZOOM_ORG_MAX_PIXELS_IN_FLIGHT"]) == ("3", "8", "5000000000")
+    for name, d in by_kind(docs, "Deployment").items():
+        component = name.rsplit("-", 1)[1]
+        spec = d["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["PLANZOOM_NATS_USER"]["value"] == f"planzoom-{component}"
+        assert env["PLANZOOM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "pz-nats", "key": component}
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        assert mounts["tls"] == {"name": "tls", "mountPath": "/etc/planzoom/tls", "readOnly": True}
+        assert "issuer" not in mounts
+        if component != "gateway":  # the gateway serves HTTP; it only checks the servers
+            assert env["PLANZOOM_TLS_CERT_FILE"]["value"] == "/etc/planzoom/tls/tls.crt"
+    (job,) = by_kind(docs, "Job").values()
+    hooks = job["metadata"]["annotations"]["helm.sh/hook"]
+    assert hooks == "pre-install,pre-upgrade", "streams exist before any service starts"
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert container["command"] == ["python", "-m", "planzoom.messaging.setup"]
+    assert env["PLANZOOM_NATS_USER"]["value"] == "planzoom-setup"
+    assert {k: env[k]["value"] for k in cm["data"]} == cm["data"], "the ConfigMap's settings"
+
+
+def test_default_issuer_key_comes_from_a_secret():
+    docs = render({})
+    assert not by_kind(docs, "Job"), "no setup Job without per-service NATS users"
+    for d in by_kind(docs, "Deployment").values():
+        spec = d["spec"]["template"]["spec"]
+        assert {"name": "issuer", "secret": {"secretName": "planzoom-issuer", "items": [
+            {"key": "public-key.pem", "path": "public-key.pem"}]}} in spec["volumes"]
+    with pytest.raises(Exception, match="auth.publicKeySecret or auth.jwksUrl"):
+        render({"auth": {"publicKeySecret": ""}})
 
 
 def test_scaled_objects_read_the_queue_depth_the_progress_service_exports():

@@ -62,3 +62,41 @@ app.kubernetes.io/component: {{ .component }}
 {{- $c := index .root.Values.components .component -}}
 {{- if $c.httpPort }}http{{ else }}grpc{{ end -}}
 {{- end -}}
+
+{{/* Settings every component reads (the ConfigMap's data; the NATS setup
+Job, a pre-install hook that runs before the ConfigMap exists, gets them as
+env values). A YAML map of strings. */}}
+{{- define "planzoom.config" -}}
+PLANZOOM_NATS_URL: {{ .Values.nats.url | quote }}
+PLANZOOM_S3_REGION: {{ .Values.s3.region | quote }}
+PLANZOOM_S3_BUCKET: {{ .Values.s3.bucket | quote }}
+PLANZOOM_S3_CREATE_BUCKET: {{ .Values.s3.createBucket | quote }}
+{{- with .Values.s3.endpointUrl }}
+PLANZOOM_S3_ENDPOINT_URL: {{ . | quote }}
+{{- end }}
+PLANZOOM_GRPC_GRACE_SECONDS: {{ .Values.grpcGraceSeconds | quote }}
+PLANZOOM_ACK_WAIT_SECONDS: {{ .Values.ackWaitSeconds | quote }}
+PLANZOOM_METRICS_PORT: {{ .Values.metrics.port | quote }}
+PLANZOOM_WORK_DIR: /tmp/planzoom
+PLANZOOM_AUTH_ISSUER: {{ .Values.auth.issuer | quote }}
+PLANZOOM_AUTH_AUDIENCE: {{ .Values.auth.audience | quote }}
+PLANZOOM_AUTH_ALGORITHM: {{ .Values.auth.algorithm | quote }}
+{{- if .Values.auth.jwksUrl }}
+PLANZOOM_AUTH_JWKS: {{ .Values.auth.jwksUrl | quote }}
+{{- else }}
+PLANZOOM_AUTH_PUBLIC_KEY_FILE: /etc/planzoom/auth/public-key.pem
+{{- end }}
+PLANZOOM_ORG_MAX_JOBS_IN_FLIGHT: {{ .Values.quotas.jobsInFlight | int64 | quote }}
+PLANZOOM_ORG_MAX_PIXELS_IN_FLIGHT: {{ .Values.quotas.pixelsInFlight | int64 | quote }}
+PLANZOOM_ORG_MAX_PAGES_IN_FLIGHT: {{ .Values.quotas.pagesInFlight | int64 | quote }}
+{{- if .Values.tls.secretName }}
+PLANZOOM_TLS_CA_FILE: /etc/planzoom/tls/ca.crt
+{{- end }}
+{{- if .Values.nats.usersSecret }}
+PLANZOOM_NATS_SETUP: "false"
+{{- end }}
+{{- range $k, $v := .Values.config }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
