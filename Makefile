@@ -7,6 +7,7 @@
 #   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
 #   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
 #   make soak DURATION=180     jobs from several orgs under chaos; every count must be 0
+#   make chart-e2e             the Helm chart's rendered pods run as a kubelet would (Docker)
 
 PYTHON ?= python3
 VENV   := .venv
@@ -24,7 +25,7 @@ OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm-fonts
 
-.PHONY: setup proto demo up test test-fast lint images bench bench-media soak clean
+.PHONY: setup proto demo up test test-fast lint images bench bench-media soak chart-e2e clean
 
 setup: $(STAMP) $(GEN) $(OSD)
 
@@ -98,6 +99,14 @@ bench: setup
 DURATION ?= 180
 soak: setup
 	$(BIN)/python -m planzoom_devstack.soak --duration $(DURATION)
+
+# The chart rendered with an operator's values, its Deployments and hook Job
+# run from the images by tests/e2e/kubelet.py on a Docker network; make test
+# runs it too. Needs a Docker engine (.ci/run starts one).
+chart-e2e: setup
+	@docker info >/dev/null 2>&1 || { echo "chart-e2e needs a Docker engine (dockerd)"; exit 1; }
+	$(MAKE) --no-print-directory images
+	PLANZOOM_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -v -s tests/e2e/test_chart_e2e.py
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \

@@ -97,7 +97,8 @@ def test_deployments_are_locked_down_and_probed():
             health = {p["name"]: p["containerPort"] for p in container["ports"]}["health"]
             assert container["readinessProbe"]["grpc"]["port"] == health != port
             assert container["livenessProbe"]["grpc"]["port"] == health
-            assert {"name": "PLANZOOM_HEALTH_ADDR", "value": f"0.0.0.0:{health}"} in container["env"]
+            health_addr = {"name": "PLANZOOM_HEALTH_ADDR", "value": f"0.0.0.0:{health}"}
+            assert health_addr in container["env"]
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
         assert any(v["name"] == "tmp" and "emptyDir" in v for v in spec["volumes"])
         # Longer than the gRPC grace plus the JetStream ack wait.
@@ -125,8 +126,8 @@ def test_tls_nats_users_and_issuer_reach_every_component():
     assert "PLANZOOM_AUTH_PUBLIC_KEY_FILE" not in cm["data"]
     assert cm["data"]["PLANZOOM_NATS_SETUP"] == "false"
     assert cm["data"]["PLANZOOM_TLS_CA_FILE"] == "/etc/planzoom/tls/ca.crt"
-    assert (cm["data"]["PLANZOOM_ORG_MAX_JOBS_IN_FLIGHT"], cm["data"]["PLANZOOM_ORG_MAX_PAGES_IN_FLIGHT"],
-            cm["data"]["PLANZOOM_ORG_MAX_PIXELS_IN_FLIGHT"]) == ("3", "8", "5000000000")
+    quotas = [cm["data"][f"PLANZOOM_ORG_MAX_{q}_IN_FLIGHT"] for q in ("JOBS", "PAGES", "PIXELS")]
+    assert quotas == ["3", "8", "5000000000"]
     for name, d in by_kind(docs, "Deployment").items():
         component = name.rsplit("-", 1)[1]
         spec = d["spec"]["template"]["spec"]
