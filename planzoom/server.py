@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from planzoom import tracing
 from planzoom.auth import TokenVerifier
 from planzoom.boundary import RpcBoundary
 from planzoom.config import Settings, get_settings
@@ -78,7 +79,7 @@ async def serve(service: Service, settings: Settings, addr: str) -> None:
     Prometheus metrics on ``PLANZOOM_METRICS_PORT`` (0 = off)."""
     boundary = RpcBoundary(TokenVerifier(settings))
     server = grpc.aio.server(
-        interceptors=[boundary],
+        interceptors=[*tracing.server_interceptors(), boundary],
         options=[
             ("grpc.max_receive_message_length", settings.grpc_max_receive_bytes),
             ("grpc.max_send_message_length", MAX_SEND_BYTES),
@@ -152,4 +153,8 @@ def run(service_type: Callable[[Settings], Service]) -> None:
         # An emptyDir mounted at /tmp starts empty: the scratch directory
         # under it is this process's to make.
         os.makedirs(settings.work_dir, mode=0o700, exist_ok=True)
-    asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))
+    tracing.setup(name)
+    try:
+        asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))
+    finally:
+        tracing.shutdown()

@@ -7,14 +7,18 @@ import logging
 from nats.js import JetStreamContext
 from tenacity import AsyncRetrying, before_sleep_log, stop_after_attempt, wait_exponential
 
+from planzoom import tracing
+
 log = logging.getLogger(__name__)
 
 
 async def publish(js: JetStreamContext, subject: str, payload: bytes, msg_id: str) -> bool:
     """Publish durably (waits for the stream's ack, 10 s at most). ``msg_id``
     goes in the ``Nats-Msg-Id`` header so a retried publish is stored once.
-    Returns False if the stream reported it as a duplicate."""
-    ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=10)
+    Returns False if the stream reported it as a duplicate. The current
+    trace context goes along in the headers (:mod:`planzoom.tracing`)."""
+    headers = tracing.inject({"Nats-Msg-Id": msg_id})
+    ack = await js.publish(subject, payload, headers=headers, timeout=10)
     return not ack.duplicate
 
 

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
-from planzoom import metrics
+from planzoom import metrics, tracing
 from planzoom.errors import PlanzoomError, Timeout
 from planzoom.messaging.events import dead_letter
 
@@ -266,9 +266,14 @@ class PullWorker:
         if delivery.attempt > 1:
             metrics.REDELIVERIES.labels(self.durable).inc()
         beat = asyncio.create_task(self._heartbeat(msg))
+        span = tracing.consuming(f"{self.stream} process", msg.headers, **{
+            "messaging.system": "nats", "messaging.destination.name": msg.subject,
+            "messaging.consumer.group.name": self.durable,
+            "messaging.message.delivery_attempt": delivery.attempt})
         try:
-            async with asyncio.timeout(self.max_seconds) as limit:
-                await self.handle(msg.data, delivery)
+            with span:
+                async with asyncio.timeout(self.max_seconds) as limit:
+                    await self.handle(msg.data, delivery)
         except asyncio.CancelledError:
             raise
         except Exception as e:

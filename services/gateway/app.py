@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from planzoom import tracing
 from planzoom.config import Settings, get_settings
 from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
@@ -146,6 +147,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "Upload-Expires", "Planzoom-Job-Id"],
         max_age=600)
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
+    if tracing.setup("gateway"):
+        # Outermost: a server span per request, joining a caller's traceparent.
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+        app.add_middleware(OpenTelemetryMiddleware)
     return app
 
 
@@ -163,4 +168,7 @@ def run() -> None:
         log_config=None, access_log=False, proxy_headers=False,
         timeout_graceful_shutdown=settings.grpc_grace_seconds,
         ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
-    asyncio.run(uvicorn.Server(config).serve())
+    try:
+        asyncio.run(uvicorn.Server(config).serve())
+    finally:
+        tracing.shutdown()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from planzoom import tracing
 from planzoom.config import Settings
 from planzoom.errors import NotFound
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
@@ -28,11 +29,12 @@ def aio_channel(addr: str, settings: Settings) -> grpc.aio.Channel:
     """A channel to ``addr``: TLS checked against ``PLANZOOM_TLS_CA_FILE``
     when set, else plaintext (a cluster-internal hop)."""
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    interceptors = tracing.client_interceptors()
     if settings.tls_ca_file:
         with open(settings.tls_ca_file, "rb") as f:
             creds = grpc.ssl_channel_credentials(f.read())
-        return grpc.aio.secure_channel(addr, creds, options=options)
-    return grpc.aio.insecure_channel(addr, options=options)
+        return grpc.aio.secure_channel(addr, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(addr, options=options, interceptors=interceptors)
 
 
 @dataclass(frozen=True)

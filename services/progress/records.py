@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from planzoom import metrics
+from planzoom import metrics, tracing
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput
@@ -126,6 +126,12 @@ class JobRecords:
         """The side effects of an ended job, then its final record (see the
         module docstring). Idempotent: the sweep runs it again for a record
         left finalizing."""
+        with tracing.tracer.start_as_current_span("job ended", attributes={
+                "planzoom.job_id": job.job_id, "planzoom.state": job_state_name(job.state),
+                "planzoom.pages": job.total_pages}):
+            return await self._finalize(job)
+
+    async def _finalize(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
         final = jobs_pb2.Job()
         final.CopyFrom(job)
         final.finalizing = False
@@ -153,6 +159,7 @@ class JobRecords:
         """Fold one ProgressEvent (a message of PLANZOOM_PROGRESS) into its
         job's record; a forged one is refused (and dead-lettered)."""
         ev = trusted_event(delivery.subject, data)
+        tracing.annotate(job_id=ev.job_id, page=ev.page.page)
         await self.change(ev.job_id, lambda job: apply_event(job, ev))
         if ev.HasField("emitted_at"):
             metrics.UPDATE_LAG.observe(max(0.0, time.time() - ev.emitted_at.ToNanoseconds() / 1e9))

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 
-from planzoom import keys, metrics
+from planzoom import keys, metrics, tracing
 from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
@@ -46,6 +46,7 @@ class Render(SourceStage):
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
+        tracing.annotate(job_id=job.job_id, page=job.page)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         if await self.skip_ended(job, ctx):
             return

@@ -12,7 +12,7 @@ import logging
 import time
 from concurrent.futures import Future
 
-from planzoom import keys, metrics
+from planzoom import keys, metrics, tracing
 from planzoom.backend import PageStage
 from planzoom.config import Settings
 from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
@@ -63,6 +63,7 @@ class Tile(PageStage):
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.TileJob.FromString(data)
+        tracing.annotate(job_id=job.job_id, page=job.page)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
         if await self.skip_ended(job, ctx):

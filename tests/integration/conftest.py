@@ -11,6 +11,7 @@ from planzoom_devstack.faultproxy import FaultProxy
 from planzoom_devstack.issuer import DevIssuer
 from planzoom_devstack.stack import EmbeddedStack, Ports
 from tests.helpers import s3_client
+from tests.otlp import OtlpReceiver
 
 #: Limits and timings of the test stack: small enough to test without huge
 #: inputs or long waits.
@@ -37,7 +38,15 @@ def s3_proxy() -> FaultProxy:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
+def otlp() -> OtlpReceiver:
+    """Where the stack's services export their traces (kept in memory)."""
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, s3_proxy, otlp) -> EmbeddedStack:
     s = EmbeddedStack(
         data_dir=tmp_path_factory.mktemp("stack"),
         ports=s3_proxy.stack_ports,
@@ -54,6 +63,9 @@ def stack(tmp_path_factory, s3_proxy) -> EmbeddedStack:
             "PLANZOOM_MAX_JOB_PIXELS": str(MAX_JOB_PIXELS),
             "PLANZOOM_TILE_PUT_TIMEOUT_SECONDS": str(TILE_PUT_TIMEOUT_SECONDS),
             "PLANZOOM_LOG_LEVEL": "INFO",
+            # Traces on, as an operator turns them on, exported every 0.2 s.
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
         },
     )
     s.start()

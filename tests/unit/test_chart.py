@@ -151,6 +151,18 @@ def test_tls_nats_users_and_issuer_reach_every_component():
     assert {k: env[k]["value"] for k in cm["data"]} == cm["data"], "the ConfigMap's settings"
 
 
+def test_traces_are_off_unless_an_endpoint_is_given():
+    (cm,) = by_kind(render({}), "ConfigMap").values()
+    assert not any(k.startswith("OTEL_") for k in cm["data"])
+    (cm,) = by_kind(render({"otel": {"endpoint": "http://otel.obs:4318", "env": {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": 0.1}}}),
+        "ConfigMap").values()
+    assert cm["data"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel.obs:4318"
+    assert cm["data"]["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
+    with pytest.raises(Exception, match="OTEL_"):
+        render({"otel": {"env": {"PLANZOOM_X": "1"}}})
+
+
 def test_default_issuer_key_comes_from_a_secret():
     docs = render({})
     assert not by_kind(docs, "Job"), "no setup Job without per-service NATS users"

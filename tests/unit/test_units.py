@@ -313,3 +313,16 @@ def test_the_default_budget_takes_a_real_plan_set_and_refuses_amplification():
     width, height = raster_size(14400, 72, dpi)
     assert width <= 65536 < raster_size(14400, 72, dpi + 0.01)[0], "the longest side is capped"
     assert width * height <= s.max_page_pixels
+
+
+@pytest.mark.parametrize("env,on", [
+    ({}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, True),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, True),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
+    ({"OTEL_TRACES_EXPORTER": "console"}, True),
+])
+def test_traces_follow_the_standard_otel_variables(env, on):
+    from planzoom.tracing import enabled_by_env
+    assert enabled_by_env(env) is on

@@ -95,6 +95,12 @@ PLANZOOM_TLS_CA_FILE: /etc/planzoom/tls/ca.crt
 {{- if .Values.nats.usersSecret }}
 PLANZOOM_NATS_SETUP: "false"
 {{- end }}
+{{- with .Values.otel.endpoint }}
+OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
+{{- end }}
+{{- range $k, $v := .Values.otel.env }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
 {{- range $k, $v := .Values.config }}
 {{ $k }}: {{ $v | quote }}
 {{- end }}
