@@ -16,10 +16,11 @@ and the server stops with ``grace`` seconds for RPCs in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -141,13 +142,13 @@ async def serve(service: Service, settings: Settings, addr: str) -> None:
     log.info("%s stopped", service.name)
 
 
-def run(service_type: Callable[[Settings], Service]) -> None:
-    """A service's entry point (``python -m services.<name>``): settings from
-    the environment, JSON logs, then :func:`serve` on the service's address
-    (``PLANZOOM_<NAME>_ADDR``) until SIGTERM. ``service_type`` is the
-    service's class (its ``name`` says which service it is)."""
+@contextlib.contextmanager
+def service_process(name: str) -> Iterator[Settings]:
+    """What every service process does around its work (the gRPC services
+    through :func:`run`, the gateway too): settings from the environment,
+    JSON logs, its scratch directory, traces if the OTEL_* variables ask
+    (flushed at the end). Yields the settings."""
     settings = get_settings()
-    name = service_type.name
     setup_logging(name, settings.log_level)
     if settings.work_dir:
         # An emptyDir mounted at /tmp starts empty: the scratch directory
@@ -155,6 +156,16 @@ def run(service_type: Callable[[Settings], Service]) -> None:
         os.makedirs(settings.work_dir, mode=0o700, exist_ok=True)
     tracing.setup(name)
     try:
-        asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))
+        yield settings
     finally:
         tracing.shutdown()
+
+
+def run(service_type: Callable[[Settings], Service]) -> None:
+    """A service's entry point (``python -m services.<name>``): see
+    :func:`service_process`, then :func:`serve` on the service's address
+    (``PLANZOOM_<NAME>_ADDR``) until SIGTERM. ``service_type`` is the
+    service's class (its ``name`` says which service it is)."""
+    name = service_type.name
+    with service_process(name) as settings:
+        asyncio.run(serve(service_type(settings), settings, getattr(settings, f"{name}_addr")))

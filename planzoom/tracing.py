@@ -69,6 +69,11 @@ def setup(service: str) -> bool:
     return True
 
 
+def active() -> bool:
+    """Whether :func:`setup` installed the SDK (spans are being exported)."""
+    return _provider is not None
+
+
 def shutdown() -> None:
     """Export the spans still buffered (at the end of a process)."""
     if _provider is not None:

@@ -83,12 +83,16 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._details(details), request_iterator)
 
 
-def channel(addr: str, token: str | None = None, ca_file: str | None = None) -> grpc.Channel:
+def channel(addr: str, token: str | None = None, ca_file: str | None = None,
+            server_name: str | None = None) -> grpc.Channel:
     """A channel to ``addr`` (host:port): TLS checked against ``ca_file``
-    when given, else plaintext; every call carries ``token`` if given."""
+    when given, else plaintext; every call carries ``token`` if given.
+    ``server_name`` is the name the server's certificate must carry when it
+    is not ``addr``'s host (through a port-forward to localhost)."""
     if ca_file:
+        options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
         with open(ca_file, "rb") as f:
-            ch = grpc.secure_channel(addr, grpc.ssl_channel_credentials(f.read()))
+            ch = grpc.secure_channel(addr, grpc.ssl_channel_credentials(f.read()), options)
     else:
         ch = grpc.insecure_channel(addr)
     return grpc.intercept_channel(ch, _BearerToken(token)) if token else ch
@@ -99,9 +103,9 @@ class Client:
     see planzoom.auth) goes with every call; ``ca_file`` turns on TLS."""
 
     def __init__(self, ingest_addr: str, progress_addr: str, token: str | None = None,
-                 ca_file: str | None = None):
-        self._ingest_ch = channel(ingest_addr, token, ca_file)
-        self._progress_ch = channel(progress_addr, token, ca_file)
+                 ca_file: str | None = None, server_name: str | None = None):
+        self._ingest_ch = channel(ingest_addr, token, ca_file, server_name)
+        self._progress_ch = channel(progress_addr, token, ca_file, server_name)
         self.ingest = ingest_pb2_grpc.IngestServiceStub(self._ingest_ch)
         self.progress = progress_pb2_grpc.ProgressServiceStub(self._progress_ch)
 

@@ -32,7 +32,7 @@ def _client(ctx: click.Context) -> Client:
                           "(for a stack started with 'planzoom up': planzoom token --org ORG)")
         sys.exit(2)
     return Client(ctx.obj["ingest_addr"], ctx.obj["progress_addr"], token=ctx.obj["token"],
-                  ca_file=ctx.obj["ca_file"])
+                  ca_file=ctx.obj["ca_file"], server_name=ctx.obj["server_name"])
 
 
 def fail_rpc(e: grpc.RpcError) -> None:
@@ -53,12 +53,15 @@ def fail_rpc(e: grpc.RpcError) -> None:
 @click.option("--ca-file", envvar="PLANZOOM_TLS_CA_FILE", default=None,
               help="CA bundle of the services' TLS certificates; plaintext without "
                    "(PLANZOOM_TLS_CA_FILE).")
+@click.option("--tls-server-name", envvar="PLANZOOM_TLS_SERVER_NAME", default=None,
+              help="Name the services' certificate must carry when the address is another "
+                   "(e.g. pz-planzoom-ingest through a port-forward) (PLANZOOM_TLS_SERVER_NAME).")
 @click.pass_context
 def main(ctx: click.Context, ingest_addr: str, progress_addr: str, token: str | None,
-         ca_file: str | None) -> None:
+         ca_file: str | None, tls_server_name: str | None) -> None:
     """planzoom: construction-plan PDFs to Deep Zoom Image tile pyramids."""
     ctx.obj = {"ingest_addr": ingest_addr, "progress_addr": progress_addr, "token": token,
-               "ca_file": ca_file}
+               "ca_file": ca_file, "server_name": tls_server_name}
 
 
 def plan_options(f):

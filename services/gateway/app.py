@@ -20,8 +20,8 @@ from fastapi.staticfiles import StaticFiles
 
 from planzoom import tracing
 from planzoom.config import Settings, get_settings
-from planzoom.logs import setup_logging
 from planzoom.metrics import serve_metrics
+from planzoom.server import service_process
 from planzoom.storage import ObjectStore
 from services.gateway import downloads, jobs, problems, tiles, uploads, viewer, webhooks
 from services.gateway.access import Gatekeeper
@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         "Upload-Expires", "Planzoom-Job-Id"],
         max_age=600)
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
-    if tracing.setup("gateway"):
+    if tracing.active():
         # Outermost: a server span per request, joining a caller's traceparent.
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
         app.add_middleware(OpenTelemetryMiddleware)
@@ -159,16 +159,12 @@ def run() -> None:
     logs, Prometheus metrics on ``PLANZOOM_METRICS_PORT``, uvicorn on
     ``PLANZOOM_GATEWAY_ADDR`` (host:port) until SIGTERM, then in-flight
     requests get ``PLANZOOM_GRPC_GRACE_SECONDS`` to finish."""
-    settings = get_settings()
-    setup_logging("gateway", settings.log_level)
-    host, _, port = settings.gateway_addr.rpartition(":")
-    serve_metrics(settings.metrics_port)
-    config = uvicorn.Config(
-        create_app(settings), host=host.strip("[]") or "0.0.0.0", port=int(port),
-        log_config=None, access_log=False, proxy_headers=False,
-        timeout_graceful_shutdown=settings.grpc_grace_seconds,
-        ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
-    try:
+    with service_process("gateway") as settings:
+        host, _, port = settings.gateway_addr.rpartition(":")
+        serve_metrics(settings.metrics_port)
+        config = uvicorn.Config(
+            create_app(settings), host=host.strip("[]") or "0.0.0.0", port=int(port),
+            log_config=None, access_log=False, proxy_headers=False,
+            timeout_graceful_shutdown=settings.grpc_grace_seconds,
+            ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
         asyncio.run(uvicorn.Server(config).serve())
-    finally:
-        tracing.shutdown()

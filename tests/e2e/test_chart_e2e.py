@@ -13,13 +13,18 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import boto3
 import grpc
+import helm_python as helm
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -79,11 +84,9 @@ def throwaway_ca(names: list[str]) -> dict[str, str]:
 
 
 def documented_nats_config() -> str:
-    """The NATS server config the chart README documents (its users block)."""
-    readme = (CHART / "README.md").read_text()
-    block = readme.split("## NATS users", 1)[1].split("```", 2)[1]
-    assert "authorization" in block
-    return block
+    """The users block the chart ships for the NATS server
+    (files/nats-users.conf, which deploy/k8s/nats/values.yaml includes)."""
+    return (CHART / "files" / "nats-users.conf").read_text()
 
 
 def secret(name: str, data: dict[str, str], type_: str = "Opaque") -> dict:
@@ -120,9 +123,11 @@ def infrastructure(nats_passwords: dict[str, str]) -> list[dict]:
              "spec": {"selector": labels, "ports": [{"port": port}]}},
         ]
 
-    conf = "jetstream {store_dir: /data}\n" + documented_nats_config()
+    # As deploy/k8s/nats/values.yaml has the NATS chart write it.
+    conf = "jetstream {store_dir: /data}\ninclude planzoom-users.conf;\n"
     return [
-        {"kind": "ConfigMap", "metadata": {"name": "nats-config"}, "data": {"nats.conf": conf}},
+        {"kind": "ConfigMap", "metadata": {"name": "nats-config"},
+         "data": {"nats.conf": conf, "planzoom-users.conf": documented_nats_config()}},
         secret("nats-passwords", {permissions.password_variable(u): p
                                   for u, p in nats_passwords.items()}),
         *pod("nats", "planzoom-nats:latest", ["-c", "/etc/nats/nats.conf", "-p", "4222"], 4222,
@@ -139,8 +144,7 @@ def cluster(images, tmp_path_factory):
                       "pz" + secrets.token_hex(16) for u in users}
     services = [f"{RELEASE}-planzoom-{c}" for c in ("ingest", "progress", "gateway")]
     tls = throwaway_ca([n for s in services for n in (
-        s, f"{s}.{NAMESPACE}", f"{s}.{NAMESPACE}.svc", f"{s}.{NAMESPACE}.svc.cluster.local")]
-        + ["localhost"])
+        s, f"{s}.{NAMESPACE}", f"{s}.{NAMESPACE}.svc", f"{s}.{NAMESPACE}.svc.cluster.local")])
     operator_secrets = [
         secret("planzoom-issuer", {"public-key.pem": issuer.public_key_file.read_text()}),
         secret("planzoom-tls", tls, "kubernetes.io/tls"),
@@ -171,23 +175,22 @@ def cluster(images, tmp_path_factory):
             kubelet.start_pod(d)
         kubelet.wait_ready(timeout=60)
         kubelet.apply(docs, timeout=180)
-        kubelet.issuer = issuer
-        kubelet.tls = tls
-        kubelet.docs = docs
-        kubelet.values = values
+        kubelet.issuer, kubelet.docs, kubelet.values = issuer, docs, values
+        kubelet.ca_file = tmp_path_factory.mktemp("ca") / "ca.crt"
+        kubelet.ca_file.write_text(tls["ca.crt"])
+        kubelet.ingest = kubelet.proxy(f"{RELEASE}-planzoom-ingest", "grpc")
+        kubelet.progress = kubelet.proxy(f"{RELEASE}-planzoom-progress", "grpc")
         yield kubelet
     finally:
         kubelet.delete()
 
 
 @pytest.fixture(scope="module")
-def client(cluster, tmp_path_factory):
-    ca = tmp_path_factory.mktemp("ca") / "ca.crt"
-    ca.write_text(cluster.tls["ca.crt"])
-    ingest = cluster.proxy(f"{RELEASE}-planzoom-ingest", "grpc")
-    progress = cluster.proxy(f"{RELEASE}-planzoom-progress", "grpc")
-    c = Client(f"localhost:{ingest.port}", f"localhost:{progress.port}",
-               token=cluster.issuer.mint("acme", "admin"), ca_file=str(ca))
+def client(cluster):
+    # As through a port-forward: the certificate names the Services.
+    c = Client(cluster.ingest.addr, cluster.progress.addr,
+               token=cluster.issuer.mint("acme", "admin"), ca_file=str(cluster.ca_file),
+               server_name=f"{RELEASE}-planzoom-ingest")
     yield c
     c.close()
 
@@ -198,6 +201,12 @@ def s3(cluster):
     return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{pod.port(9000)}",
                         aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
                         region_name="us-east-1")
+
+
+def render_notes(values: dict) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE)[
+            "planzoom/templates/NOTES.txt"]
 
 
 def folded_events(pod) -> float:
@@ -236,8 +245,7 @@ def test_pods_run_as_the_chart_says(cluster):
     assert len(cluster.pods_of(f"{RELEASE}-planzoom-progress")) == 2
     # TLS: a plaintext call to the ingest Service is refused; the probe port
     # stays plaintext.
-    ingest = cluster.proxy(f"{RELEASE}-planzoom-ingest", "grpc")
-    with grpc.insecure_channel(ingest.addr) as ch:
+    with grpc.insecure_channel(cluster.ingest.addr) as ch:
         with pytest.raises(grpc.FutureTimeoutError):
             grpc.channel_ready_future(ch).result(timeout=3)
 
@@ -258,6 +266,19 @@ def test_corpus_pdf_through_the_ingest_pod(cluster, client, s3, corpus):
     folded = {p.name: folded_events(p) for p in cluster.pods_of(f"{RELEASE}-planzoom-progress")}
     print("events folded per progress pod:", folded)
     assert len(folded) == 2 and all(folded.values()), folded
+    # The command the release's NOTES give works as written (TLS, the
+    # certificate checked against the Service's name).
+    notes = render_notes(cluster.values)
+    assert f"--tls-server-name {RELEASE}-planzoom-ingest" in notes
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "planzoom"), "--ingest-addr", cluster.ingest.addr,
+         "--progress-addr", cluster.progress.addr, "--ca-file", str(cluster.ca_file),
+         "--tls-server-name", f"{RELEASE}-planzoom-ingest", "submit", str(corpus / PDF),
+         "--org", "acme", "--project", "chart", "--plan", "notes", "--dpi", "30", "--watch"],
+        env={**os.environ, "PLANZOOM_TOKEN": cluster.issuer.mint("acme", "uploader")},
+        capture_output=True, text=True, timeout=240)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "COMPLETE" in cli.stdout + cli.stderr
     # The gateway reaches progress over TLS by the Service's name.
     (gw,) = cluster.pods_of(f"{RELEASE}-planzoom-gateway")[:1]
     req = urllib.request.Request(

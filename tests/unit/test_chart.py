@@ -258,7 +258,13 @@ def test_schema_rejects_bad_values(bad):
 def test_notes_tell_how_to_submit():
     with helm.Chart.load(str(CHART)) as chart:
         notes = chart.render({}, name="pz", namespace="plans")["planzoom/templates/NOTES.txt"]
-    assert "planzoom submit" in notes and "grpcurl" in notes and "pz-planzoom-ingest" in notes
+        tls = chart.render({"tls": {"secretName": "pz-tls"}}, name="pz",
+                           namespace="plans")["planzoom/templates/NOTES.txt"]
+    assert "planzoom submit" in notes and "svc/pz-planzoom-ingest" in notes
+    assert "--tls-server-name" not in notes
+    # With TLS: the CA from the Secret, and the name the certificate carries
+    # (the port-forward's address is localhost). tests/e2e runs this command.
+    assert "secret pz-tls" in tls and "--tls-server-name pz-planzoom-ingest" in tls
 
 
 def test_the_documented_nats_users_are_the_ones_the_stack_runs():
@@ -266,6 +272,8 @@ def test_the_documented_nats_users_are_the_ones_the_stack_runs():
 
     readme = (CHART / "README.md").read_text()
     assert users_conf() in readme, "deploy/k8s/planzoom/README.md has an old NATS users block"
+    shipped = (CHART / "files" / "nats-users.conf").read_text()
+    assert shipped == users_conf(), "deploy/k8s/planzoom/files/nats-users.conf is old"
 
 
 def _rules(rules: list[dict], peers: str) -> set[tuple]:

@@ -21,6 +21,7 @@ class Msg:
     subject: str = "pages.render"
     calls: list = field(default_factory=list)
     fail_ack: bool = False
+    headers: dict | None = None
 
     @property
     def metadata(self):
