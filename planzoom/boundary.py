@@ -12,8 +12,10 @@ handler of a server (unary and streaming alike):
 - a :class:`~planzoom.errors.PlanzoomError` ends the RPC with its status
   code, message and ``google.rpc`` detail (BadRequest or ErrorInfo);
 - NATS away for the moment (a timeout, a closed or reconnecting
-  connection, no JetStream responder) ends it with UNAVAILABLE, which
-  clients retry: a server restart is not the caller's problem;
+  connection, no JetStream responder, JetStream recovering) or the object
+  store not answering once its client's retries are spent (no connection,
+  a timeout, 5xx or SlowDown) ends it with UNAVAILABLE, which clients
+  retry: a server restart is not the caller's problem;
 - any other exception ends it with INTERNAL and an error id; the exception
   and its traceback are logged under that id, and no text of it reaches
   the caller;
@@ -31,7 +33,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
+from boto3.exceptions import S3UploadFailedError
+from botocore import exceptions as botocore_errors
 from nats import errors as nats_errors
+from nats.js import errors as nats_js_errors
 
 from planzoom import auth, metrics
 from planzoom.errors import PermissionDenied, PlanzoomError, Unavailable, internal_status
@@ -44,10 +49,32 @@ PUBLIC = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watc
 UNDECLARED_ROLE = "admin"
 
 
-#: NATS errors that mean "not reachable right now".
+#: NATS errors that mean "not reachable right now": the connection is down
+#: or coming back, or JetStream answers 503 while it recovers its streams
+#: after a restart.
 _NATS_AWAY = (nats_errors.TimeoutError, nats_errors.ConnectionClosedError,
               nats_errors.ConnectionReconnectingError, nats_errors.NoRespondersError,
-              nats_errors.NoServersError)
+              nats_errors.NoServersError, nats_errors.UnexpectedEOF,
+              nats_errors.StaleConnectionError, nats_js_errors.ServiceUnavailableError,
+              nats_js_errors.NoStreamResponseError)
+
+
+#: botocore/boto3 errors that mean "the object store is not answering" once
+#: their own retries are spent: no connection, a timeout, a dropped one.
+_STORE_UNREACHABLE = (botocore_errors.EndpointConnectionError,
+                      botocore_errors.ConnectionClosedError,
+                      botocore_errors.ReadTimeoutError, botocore_errors.ConnectTimeoutError,
+                      S3UploadFailedError)
+
+
+def _store_away(error: Exception) -> bool:
+    """The object store is unreachable, or answered 5xx (SlowDown, ...)."""
+    if isinstance(error, _STORE_UNREACHABLE):
+        return True
+    if isinstance(error, botocore_errors.ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or error.response.get("Error", {}).get("Code") == "SlowDown"
+    return False
 
 
 async def _refuse(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
@@ -56,6 +83,10 @@ async def _refuse(context: grpc.aio.ServicerContext, method: str, error: Excepti
         log.warning("%s: NATS unreachable: %r", method, error)
         error = Unavailable("the message bus is restarting; try again in a moment",
                             reason="BUS_UNAVAILABLE", retry_after=1.0)
+    elif _store_away(error):
+        log.warning("%s: object store unreachable: %r", method, error)
+        error = Unavailable("the object store is not answering; try again in a moment",
+                            reason="STORE_UNAVAILABLE", retry_after=2.0)
     if isinstance(error, PlanzoomError):
         metrics.RPC_ERRORS.labels(method, error.code.name).inc()
         log.info("%s refused: %s", method, error.message,

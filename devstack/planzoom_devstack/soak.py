@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -113,6 +114,7 @@ class Soak:
                     print(f"submit {plan.plan} refused: {e}", file=sys.stderr)
                     if getattr(e, "code", lambda: None)() == grpc.StatusCode.INTERNAL:
                         self.internal += 1
+                        self._explain(e.details() or "")
         if len({r.job_id for r in replies}) > 1:
             self.duplicates += 1
         for reply in replies[:1]:
@@ -120,6 +122,16 @@ class Soak:
             watcher = threading.Thread(target=self._watch, args=(org, reply.job_id), daemon=True)
             watcher.start()
             self.watchers.append(watcher)
+
+    def _explain(self, details: str) -> None:
+        """Print the service log's record of an INTERNAL answer (its error id)."""
+        match = re.search(r"error id ([0-9a-f]+)", details)
+        if not match:
+            return
+        for log in sorted(self.stack.log_dir.glob("*.log")):
+            for line in log.read_text(errors="replace").splitlines():
+                if match.group(1) in line:
+                    print(f"  {log.stem}: {line[:4000]}", file=sys.stderr)
 
     def _chaos(self) -> None:
         while not self.stop.wait(self.rng.uniform(5, 15)):

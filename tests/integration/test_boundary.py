@@ -15,9 +15,11 @@ import logging
 import grpc
 import jwt
 import pytest
+from botocore.exceptions import ClientError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from nats import errors as nats_errors
+from nats.js import errors as nats_js_errors
 
 from planzoom import auth, metrics
 from planzoom.auth import TokenVerifier
@@ -42,6 +44,15 @@ class Servicer(progress_pb2_grpc.ProgressServiceServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, "aborted by the handler")
         if request.job_id == "bus-away":
             raise nats_errors.TimeoutError  # what a KV read raises while NATS restarts
+        if request.job_id == "store-slowdown":  # S3 still saying SlowDown after retries
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Reduce your rate"},
+                               "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+        if request.job_id == "store-denied":  # a 403 is a bug or a policy, not a blip
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "denied"},
+                               "ResponseMetadata": {"HTTPStatusCode": 403}}, "PutObject")
+        if request.job_id == "bus-recovering":
+            # What JetStream answers while it recovers its streams after a restart.
+            raise nats_js_errors.ServiceUnavailableError(code=503, description="unavailable")
         raise JobNotFound(request.job_id)
 
     async def CancelJob(self, request, context):
@@ -127,9 +138,17 @@ async def test_unexpected_errors_are_internal_with_an_error_id(stub, caplog):
     assert SECRET in str(record.exc_info[1]), "the log has what the caller does not"
 
 
-async def test_nats_away_is_unavailable_so_clients_retry(stub):
-    e = await _error(stub.GetJob(jobs_pb2.GetJobRequest(job_id="bus-away"), timeout=10))
-    assert e.code() == grpc.StatusCode.UNAVAILABLE and "restarting" in e.details()
+@pytest.mark.parametrize("job_id,says", [("bus-away", "restarting"),
+                                         ("bus-recovering", "restarting"),
+                                         ("store-slowdown", "object store")])
+async def test_a_dependency_away_is_unavailable_so_clients_retry(stub, job_id, says):
+    e = await _error(stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10))
+    assert e.code() == grpc.StatusCode.UNAVAILABLE and says in e.details()
+
+
+async def test_a_store_refusal_that_is_not_a_blip_stays_internal(stub):
+    e = await _error(stub.GetJob(jobs_pb2.GetJobRequest(job_id="store-denied"), timeout=10))
+    assert e.code() == grpc.StatusCode.INTERNAL
 
 
 async def test_a_handlers_own_abort_passes_through(stub):
