@@ -39,7 +39,7 @@ $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt \
-	    -e '.[cli,embedded,dev,test]' -e ./cli -e ./devstack
+	    -e '.[cli,embedded,dev,test,bench]' -e ./cli -e ./devstack
 	touch $@
 
 # The viewer's OpenSeadragon and hls.js: the npm packages pinned in

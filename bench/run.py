@@ -19,11 +19,19 @@ Cases
   progress           page done → WatchJob delivery with --watchers streams
   memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
                      at 600 DPI, peak RSS of each service
+  against the peer   on each --set (default: the renovation set at 900 DPI
+                     and the 117-page geotopo set at 300 DPI): planzoom end
+                     to end and compute-only; the strong peer (bench/peer.py:
+                     vips dzsave on poppler, two pages at a time, s5cmd cp
+                     per page) end to end and to local disk; the limit
+                     (PDFium render-only, libjpeg-turbo encode of the same
+                     pixels); ratios to the peer, fractions of the limit
 
 Peak RSS is sampled every 0.1 s over each stage's process tree (a render
 service includes its PDFium worker processes).
 
 Usage: python -m bench.run [--pdf PATH] [--runs N] [--latency-ms MS] [--no-memory]
+                           [--set PATH@DPI ...] [--no-peer]
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from bench.cases import (
     watch_latency,
 )
 from bench.measure import Result
+from bench.peer import limit, peer
 from bench.stage import Stage, tile_stage
 from planzoom.config import Settings
 from planzoom.storage import ObjectStore
@@ -57,6 +66,8 @@ from services.tile.uploads import UploadPool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
+DEFAULT_SETS = [f"{DEFAULT_PDF}@900",
+                f"{ROOT.parent}/shared/corpus/manypages-117p-vectorfigures-pypdf-geotopo.pdf@300"]
 
 
 def main() -> None:
@@ -73,7 +84,16 @@ def main() -> None:
                     help="skip the small-vs-huge sheet memory case")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra PLANZOOM_* setting for the services (repeatable)")
+    ap.add_argument("--set", dest="sets", action="append", metavar="PATH@DPI",
+                    help="a set for the comparison with the strong peer (repeatable; "
+                         "default: the renovation set at 900 DPI, geotopo at 300 DPI)")
+    ap.add_argument("--no-peer", dest="peer", action="store_false",
+                    help="skip the comparison with the strong peer")
+    ap.add_argument("--peer-only", action="store_true",
+                    help="only the comparison with the strong peer")
     a = ap.parse_args()
+    sets = [(Path(s.rsplit("@", 1)[0]), float(s.rsplit("@", 1)[1]))
+            for s in (a.sets or DEFAULT_SETS)] if a.peer else []
     for tool in ("pdftoppm", "vips", "vipsheader"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install poppler-utils libvips-tools")
@@ -111,9 +131,15 @@ def main() -> None:
     stages: list[Stage] = []
     first_pages, tile_rates = [], []
     memory: dict[str, tuple[float, dict]] = {}
+    vs_peer = {(pdf, dpi): PeerRow() for pdf, dpi in sets}
     try:
         for run in range(a.runs):
             print(f"run {run + 1}/{a.runs}", flush=True)
+            for (pdf, dpi), row in vs_peer.items():
+                row.measure(pdf, dpi, client, stack, endpoint, data, f"r{run}")
+                store.delete_prefix("peer/")
+            if a.peer_only:
+                continue
             secs, compute, tiles, mpx, peaks = reference(a.pdf, s3, "planzoom", data / "ref")
             for name, value in (("reference", secs), ("reference compute", compute)):
                 r = results[name]
@@ -147,7 +173,7 @@ def main() -> None:
                                      settings, uploads))
             for prefix in ("reference/", "ceiling/", "overlapped/", "tiles/"):
                 store.delete_prefix(prefix)  # each run starts from the same bucket
-        if a.memory:
+        if a.memory and not a.peer_only:
             # One real colour drawing on a letter sheet and on a 36 x 48 in
             # sheet, both at 600 DPI: 34 MP against 622 MP.
             src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
@@ -164,6 +190,9 @@ def main() -> None:
             proxy.stop()
         shutil.rmtree(data, ignore_errors=True)
 
+    if a.peer_only:
+        print_vs_peer(vs_peer, a.runs)
+        return
     med = statistics.median
     ref = results["reference"]
     print()
@@ -223,12 +252,73 @@ def main() -> None:
     w, n, wb, ab = st.white
     print(f"  pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
           f"{wb / 1024:.0f} of {ab / 1024:.0f} KiB ({100 * wb / ab:.0f} % of the bytes)")
+    if vs_peer:
+        print_vs_peer(vs_peer, a.runs)
     if memory:
         print()
         print("peak RSS by sheet size, 600 DPI, one colour page (MiB):")
         for label, (mpx, peaks) in memory.items():
             print(f"  {label:<10} {mpx:>6.0f} MP  " +
                   ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
+
+
+class PeerRow:
+    """One set's measurements against the strong peer, run by run."""
+
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {k: [] for k in (
+            "planzoom", "planzoom compute", "peer", "peer local")}
+        self.limits = []
+        self.megapixels = 0.0
+        self.pages = 0
+
+    def measure(self, pdf: Path, dpi: float, client, stack, endpoint: str, data: Path,
+                tag: str) -> None:
+        pages = list(range(1, len(pdfium.PdfDocument(str(pdf))) + 1))
+        self.pages = len(pages)
+        print(f"  {pdf.name} at {dpi:g} DPI: peer to disk, peer end to end, planzoom end to "
+              f"end, planzoom compute, the limit", flush=True)
+        creds = (S3_ACCESS_KEY, S3_SECRET_KEY)
+        self.seconds["peer local"].append(peer(pdf, pages, dpi, data / "peer", None,
+                                               "planzoom", creds))
+        self.seconds["peer"].append(peer(pdf, pages, dpi, data / "peer", endpoint,
+                                         "planzoom", creds))
+        secs, _, mpx, _, _, _ = planzoom_job(client, stack, pdf, dpi,
+                                             f"{tag}-peer-{pdf.stem[:20]}-{dpi:g}")
+        self.seconds["planzoom"].append(secs)
+        self.megapixels = mpx
+        self.seconds["planzoom compute"].append(
+            compute_only(pdf, pages, dpi, data / "compute")[0])
+        self.limits.append(limit(pdf, pages, dpi))
+
+
+def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
+    med = statistics.median
+    cores = os.cpu_count() or 1
+    print()
+    print(f"against the strong peer (vips dzsave on poppler, 2 pages at a time, s5cmd cp per "
+          f"page) and the limit on {cores} cores; medians of {runs} run(s):")
+    head = (f"{'set':<34}{'DPI':>5}{'pages':>6}{'MP':>8}  {'case':<18}{'wall s':>8}"
+            f"{'MP/s':>7}{'x peer':>8}{'of limit':>9}")
+    print(head)
+    print("-" * len(head))
+    for (pdf, dpi), row in rows.items():
+        lim = row.limits
+        compute_limit = med(x.compute_mp_s(cores) for x in lim)
+        name = pdf.stem[:33]
+        for case, versus in (("planzoom", "peer"), ("peer", "peer"),
+                             ("planzoom compute", "peer local"), ("peer local", "peer local")):
+            secs = med(row.seconds[case])
+            rate = row.megapixels / secs
+            share = f"{100 * rate / compute_limit:>8.0f}%" if "compute" in case or \
+                case == "peer local" else ""
+            print(f"{name:<34}{dpi:>5g}{row.pages:>6}{row.megapixels:>8.0f}  {case:<18}"
+                  f"{secs:>8.1f}{rate:>7.1f}{med(row.seconds[versus]) / secs:>8.2f}{share}")
+        print(f"{'':<53}limit: PDFium {med(x.render_mp_s for x in lim):.0f} MP/s per core, "
+              f"libjpeg-turbo {med(x.encode_mp_s for x in lim):.0f} MP/s per core "
+              f"-> render+pyramid+encode {compute_limit:.0f} MP/s on {cores} cores")
+    print("(x peer: end-to-end rows against the peer end to end, compute rows against the "
+          "peer to local disk; of limit: the row's MP/s over the limit's)")
 
 
 if __name__ == "__main__":
