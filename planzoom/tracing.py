@@ -33,40 +33,43 @@ tracer = trace.get_tracer("planzoom")
 _provider = None
 
 
+def _exporters(env: Mapping[str, str]) -> set[str]:
+    """The exporters OTEL_TRACES_EXPORTER names (comma-separated; default otlp)."""
+    names = env.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+    return {n.strip() for n in names} - {"", "none"}
+
+
 def enabled_by_env(env: Mapping[str, str] = os.environ) -> bool:
     """Whether the OTEL_* variables ask for traces to be exported."""
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    exporters = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower()
-    if exporters in ("", "none"):
-        return False
-    if "console" in exporters.split(","):
+    exporters = _exporters(env)
+    if "console" in exporters:
         return True
-    return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    return "otlp" in exporters and bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                                        or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup(service: str) -> bool:
+def setup(service: str) -> None:
     """Install the SDK's tracer provider for ``service`` if the environment
-    asks for traces; return whether it did."""
+    asks for traces (see :func:`active`)."""
     global _provider
     if _provider is not None or not enabled_by_env():
-        return _provider is not None
+        return
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     name = os.environ.get("OTEL_SERVICE_NAME") or f"planzoom-{service}"
     _provider = TracerProvider(resource=Resource.create({"service.name": name}))
-    exporters = os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")
+    exporters = _exporters(os.environ)
     if "otlp" in exporters:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         _provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     if "console" in exporters:
         _provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     trace.set_tracer_provider(_provider)
-    log.info("tracing on: service %s, exporters %s", name, ",".join(exporters))
-    return True
+    log.info("tracing on: service %s, exporters %s", name, ",".join(sorted(exporters)))
 
 
 def active() -> bool:

@@ -167,10 +167,10 @@ def cluster(images, tmp_path_factory):
         "components": {"tile": {"autoscaling": {"minReplicas": 2}}},
     }
     docs = render(values)
-    kubelet = Kubelet(NAMESPACE, [*operator_secrets, *infrastructure(nats_passwords)])
+    infra = infrastructure(nats_passwords)
+    kubelet = Kubelet(NAMESPACE, [*operator_secrets, *infra])
     try:
-        infra = [d for d in infrastructure(nats_passwords) if d["kind"] == "Deployment"]
-        for d in infra:
+        for d in (d for d in infra if d["kind"] == "Deployment"):
             kubelet.deployments[d["metadata"]["name"]] = d
             kubelet.start_pod(d)
         kubelet.wait_ready(timeout=60)

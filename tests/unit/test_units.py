@@ -348,6 +348,8 @@ def test_the_default_budget_takes_a_real_plan_set_and_refuses_amplification():
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}, False),
     ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_TRACES_EXPORTER": "none"}, False),
     ({"OTEL_TRACES_EXPORTER": "console"}, True),
+    ({"OTEL_TRACES_EXPORTER": "otlp, console"}, True),
+    ({"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, False),
 ])
 def test_traces_follow_the_standard_otel_variables(env, on):
     from planzoom.tracing import enabled_by_env
