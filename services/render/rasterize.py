@@ -19,6 +19,14 @@ from planzoom.media import KINDS
 from planzoom.pages import MAX_SIDE_PIXELS, effective_dpi, raster_size
 from planzoom.procpool import sandbox_result
 
+#: Pixels PDFium renders per call: a page is rendered in full-width strips of
+#: about this many pixels. PDFium builds a clip mask the size of its bitmap
+#: for every object whose clip path it does not take for a rectangle; on
+#: sheets printed through macOS Quartz every object has such a clip, and a
+#: whole-page bitmap made rendering grow with objects x page area
+#: (docs/performance.md, "Quartz sheets").
+PDFIUM_STRIP_PIXELS = 256 * 1024
+
 # Pages are cached per worker process: consecutive pages of one set reuse the
 # parsed document.
 _doc_cache: dict[str, object] = {}
@@ -66,12 +74,13 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
     pixel if no pixel of the page has colour, else RGB.
 
     Memory: one band of at most ``band_bytes`` bytes (at least one row) plus
-    the compressor's window, whatever the page size.
+    the compressor's window, whatever the page size. PDFium fills the band
+    in strips of about :data:`PDFIUM_STRIP_PIXELS` pixels.
     Raises RenderFailed if PDFium cannot open the file, load the page, or
-    allocate a band bitmap.
+    allocate a band.
     """
+    import numpy as np
     import pypdfium2 as pdfium
-    import pypdfium2.raw as pdfium_c
     import zstandard
 
     try:
@@ -84,43 +93,32 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         used_dpi = effective_dpi(width_pt, height_pt, dpi, max_pixels, max_side)
         width, height = raster_size(width_pt, height_pt, used_dpi)
         bands = 3
-        band_rows = max(1, min(height, band_bytes // (width * bands)))
+        row_bytes = width * bands
+        band_rows = max(1, min(height, band_bytes // row_bytes))
         try:
-            bitmap = pdfium.PdfBitmap.new_native(
-                width, band_rows, pdfium_c.FPDFBitmap_BGR, rev_byteorder=True
-            )
-        except pdfium.PdfiumError as e:
+            band = np.empty((band_rows, width, bands), np.uint8)
+        except MemoryError:
             raise RenderFailed(
-                f"PDFium could not allocate a {width} x {band_rows} pixel band: {e}"
-            ) from None
-        flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
-        stride, row_bytes = bitmap.stride, width * bands
-        view = memoryview(bitmap.buffer).cast("B")
+                f"could not allocate a {width} x {band_rows} pixel band") from None
         # Line art with no colour travels as one grey band: a grey copy is
         # written beside the RGB one for as long as every pixel has R = G = B.
         grey_path = out_path + ".grey"
-        compressor = zstandard.ZstdCompressor(level=1)
-        with open(out_path, "wb") as f, compressor.stream_writer(f, closefd=False) as z, \
+        with open(out_path, "wb") as f, \
+                zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z, \
                 open(grey_path, "wb") as gf, \
                 zstandard.ZstdCompressor(level=1).stream_writer(gf, closefd=False) as gz:
             grey = True
             for y0 in range(0, height, band_rows):
                 rows = min(band_rows, height - y0)
-                bitmap.fill_rect((255, 255, 255, 255), 0, 0, width, band_rows)
-                # Offsetting the page by -y0 renders exactly rows y0..y0+rows
-                # of the full-page raster; PDFium clips to the bitmap.
-                pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -y0, width, height, 0, flags)
-                if stride == row_bytes:
-                    band = view[: rows * stride].tobytes()
-                else:
-                    band = b"".join(view[r * stride : r * stride + row_bytes].tobytes()
-                                    for r in range(rows))
-                z.write(band)
+                pixels = band[:rows]
+                render_rows(page, pixels, y0, height)
+                z.write(memoryview(pixels).cast("B"))
                 if grey:
-                    red = band[0::3]
-                    grey = red == band[1::3] == band[2::3]
+                    red = pixels[..., 0]
+                    grey = bool(np.array_equal(red, pixels[..., 1])
+                                and np.array_equal(red, pixels[..., 2]))
                     if grey:
-                        gz.write(red)
+                        gz.write(np.ascontiguousarray(red).data)
             z.flush(zstandard.FLUSH_FRAME)
             gz.flush(zstandard.FLUSH_FRAME)
         if grey:
@@ -129,13 +127,42 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         else:
             os.unlink(grey_path)
         written = os.path.getsize(out_path)
-        bitmap.close()
         return RenderResult(
             width_pt=float(width_pt), height_pt=float(height_pt), dpi=used_dpi,
             width_px=width, height_px=height, bands=bands, raster_bytes=written,
         )
     finally:
         page.close()
+
+
+def render_rows(page, pixels, y0: int, height: int) -> None:
+    """Render rows ``y0`` .. ``y0 + len(pixels)`` of the full-page raster of
+    ``page`` (a pypdfium2 page; the raster is ``height`` rows of
+    ``pixels.shape[1]`` pixels) into ``pixels``, a C-contiguous (rows, width,
+    3) uint8 RGB array, annotations drawn. PDFium gets full-width strips of
+    about :data:`PDFIUM_STRIP_PIXELS` pixels, each a bitmap over part of
+    the array and the page offset upwards (PDFium clips to the bitmap), so
+    nothing is copied. Raises RenderFailed if PDFium cannot make a bitmap."""
+    import ctypes
+
+    import pypdfium2.raw as pdfium_c
+
+    rows, width = pixels.shape[0], pixels.shape[1]
+    if pixels.shape[2] != 3 or not pixels.flags.c_contiguous:
+        raise ValueError("pixels must be a C-contiguous (rows, width, 3) array")
+    pixels.fill(255)
+    strip = max(1, PDFIUM_STRIP_PIXELS // width)
+    flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
+    for s0 in range(0, rows, strip):
+        n = min(strip, rows - s0)
+        first = ctypes.c_void_p(pixels.ctypes.data + s0 * width * 3)
+        bitmap = pdfium_c.FPDFBitmap_CreateEx(width, n, pdfium_c.FPDFBitmap_BGR, first, width * 3)
+        if not bitmap:
+            raise RenderFailed(f"PDFium could not make a {width} x {n} pixel bitmap")
+        try:
+            pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -(y0 + s0), width, height, 0, flags)
+        finally:
+            pdfium_c.FPDFBitmap_Destroy(bitmap)
 
 
 def render_image(path: str, kind_name: str, index: int, max_pages: int, max_pixels: int,
