@@ -27,6 +27,7 @@ from services.tile.pyramid import (
     cut_pyramid,
     raster_rows,
     save_pyramid,
+    shrink,
 )
 
 
@@ -88,6 +89,22 @@ def _decode(path) -> np.ndarray:
     im = pyvips.Image.new_from_file(str(path))
     return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8,
                       shape=(im.height, im.width, im.bands))
+
+
+@pytest.mark.parametrize("bands", [1, 3])
+def test_shrink_is_the_rounded_2x2_mean(bands):
+    """Every pixel (a + b + c + d + 2) >> 2 of its block, an odd last column
+    paired with itself, for odd and even widths and for rows that are a
+    view into a bigger buffer (as the pyramid passes them)."""
+    rng = np.random.default_rng(bands)
+    for h in (2, 6, 264):
+        for w in (1, 2, 3, 257, 10537):
+            big = rng.integers(0, 256, (h + 2, w, bands), dtype=np.uint8)
+            rows = big[1 : h + 1]
+            padded = np.concatenate([rows, rows[:, -1:]], axis=1) if w % 2 else rows
+            s = padded.astype(np.uint16)
+            want = ((s[0::2, 0::2] + s[0::2, 1::2] + s[1::2, 0::2] + s[1::2, 1::2] + 2) >> 2)
+            assert np.array_equal(shrink(rows), want.astype(np.uint8)), (h, w, bands)
 
 
 @pytest.mark.parametrize("w,h,bands,tile,overlap,block", [
