@@ -11,6 +11,7 @@ so a band-wise render matches a whole-page render pixel for pixel.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from planzoom.errors import InvalidInput
@@ -18,14 +19,6 @@ from planzoom.images import decoded, image_pages
 from planzoom.media import KINDS
 from planzoom.pages import MAX_SIDE_PIXELS, effective_dpi, raster_size
 from planzoom.procpool import sandbox_result
-
-#: Pixels PDFium renders per call: a page is rendered in full-width strips of
-#: about this many pixels. PDFium builds a clip mask the size of its bitmap
-#: for every object whose clip path it does not take for a rectangle; on
-#: sheets printed through macOS Quartz every object has such a clip, and a
-#: whole-page bitmap made rendering grow with objects x page area
-#: (docs/performance.md, "Quartz sheets").
-PDFIUM_STRIP_PIXELS = 256 * 1024
 
 # Pages are cached per worker process: consecutive pages of one set reuse the
 # parsed document.
@@ -75,7 +68,7 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
 
     Memory: one band of at most ``band_bytes`` bytes (at least one row) plus
     the compressor's window, whatever the page size. PDFium fills the band
-    in strips of about :data:`PDFIUM_STRIP_PIXELS` pixels.
+    in strips (:class:`StripSizer`).
     Raises RenderFailed if PDFium cannot open the file, load the page, or
     allocate a band.
     """
@@ -100,32 +93,40 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         except MemoryError:
             raise RenderFailed(
                 f"could not allocate a {width} x {band_rows} pixel band") from None
-        # Line art with no colour travels as one grey band: a grey copy is
-        # written beside the RGB one for as long as every pixel has R = G = B.
+        # Line art with no colour travels as one grey band. Bands are written
+        # grey for as long as every pixel has R = G = B; at the first band
+        # with colour, the grey rows so far are expanded into the RGB
+        # raster (exactly: they had R = G = B) and the rest is written RGB.
         grey_path = out_path + ".grey"
-        with open(out_path, "wb") as f, \
-                zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z, \
-                open(grey_path, "wb") as gf, \
+        sizer = StripSizer(width)
+        with open(grey_path, "wb") as gf, \
                 zstandard.ZstdCompressor(level=1).stream_writer(gf, closefd=False) as gz:
-            grey = True
             for y0 in range(0, height, band_rows):
-                rows = min(band_rows, height - y0)
-                pixels = band[:rows]
-                render_rows(page, pixels, y0, height)
-                z.write(memoryview(pixels).cast("B"))
-                if grey:
-                    red = pixels[..., 0]
-                    grey = bool(np.array_equal(red, pixels[..., 1])
-                                and np.array_equal(red, pixels[..., 2]))
-                    if grey:
-                        gz.write(np.ascontiguousarray(red).data)
-            z.flush(zstandard.FLUSH_FRAME)
+                pixels = band[: min(band_rows, height - y0)]
+                render_rows(page, pixels, y0, height, sizer)
+                red = _grey_plane(pixels)
+                if red is None:
+                    break
+                gz.write(red.data)
             gz.flush(zstandard.FLUSH_FRAME)
-        if grey:
+        if red is not None:
             os.replace(grey_path, out_path)
             bands = 1
         else:
-            os.unlink(grey_path)
+            with open(out_path, "wb") as f, \
+                    zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z:
+                with open(grey_path, "rb") as gf:
+                    reader = zstandard.ZstdDecompressor().stream_reader(gf)
+                    while chunk := reader.read(band_rows * width):
+                        plane = np.frombuffer(chunk, np.uint8)
+                        z.write(np.repeat(plane, 3).data)
+                os.unlink(grey_path)
+                z.write(memoryview(pixels).cast("B"))  # the first band with colour
+                for y in range(y0 + len(pixels), height, band_rows):
+                    pixels = band[: min(band_rows, height - y)]
+                    render_rows(page, pixels, y, height, sizer)
+                    z.write(memoryview(pixels).cast("B"))
+                z.flush(zstandard.FLUSH_FRAME)
         written = os.path.getsize(out_path)
         return RenderResult(
             width_pt=float(width_pt), height_pt=float(height_pt), dpi=used_dpi,
@@ -135,34 +136,101 @@ def render_page(pdf_path: str, page_number: int, dpi: float, max_pixels: int,
         page.close()
 
 
-def render_rows(page, pixels, y0: int, height: int) -> None:
+def _grey_plane(pixels):
+    """The red plane of a (rows, width, 3) RGB array as a contiguous
+    (rows, width) array if every pixel has R = G = B, else None."""
+    import cv2
+
+    cv2.setNumThreads(1)  # a worker process is one core's worth of work
+    red, green, blue = cv2.split(pixels)
+    if cv2.norm(red, green, cv2.NORM_INF) or cv2.norm(red, blue, cv2.NORM_INF):
+        return None
+    return red
+
+
+class StripSizer:
+    """How many rows PDFium renders per call on one page.
+
+    PDFium builds a clip mask the size of its bitmap for every object whose
+    clip path it does not take for a rectangle (on sheets printed through
+    macOS Quartz, every object): there small strips are faster, the cost
+    growing with objects x strip area (a whole-page bitmap made such sheets
+    10-40x slower). Images cost the other way, a fixed amount per image per
+    call: there big strips are faster. Big strips are the default; a
+    quarter of the way down each band one big strip's rows are rendered both
+    ways, and the rest of the band uses small strips if they were clearly
+    faster (docs/performance.md has the figures)."""
+
+    #: Pixels per strip: small, big.
+    SMALL, BIG = 256 * 1024, 2 * 1024 * 1024
+    #: Small strips are used when they took less than this share of the
+    #: time big ones took on the same rows.
+    MARGIN = 0.8
+
+    def __init__(self, width: int):
+        self.small_rows = max(1, self.SMALL // width)
+        self.big_rows = max(1, self.BIG // width)
+        self.rows = self.big_rows
+        self.probes: list[tuple[float, float]] = []  # (small, big) seconds
+
+    def probed(self, small_seconds: float, big_seconds: float) -> None:
+        self.probes.append((small_seconds, big_seconds))
+        small = small_seconds < self.MARGIN * big_seconds
+        self.rows = self.small_rows if small else self.big_rows
+
+
+def render_rows(page, pixels, y0: int, height: int, sizer: StripSizer | None = None) -> None:
     """Render rows ``y0`` .. ``y0 + len(pixels)`` of the full-page raster of
     ``page`` (a pypdfium2 page; the raster is ``height`` rows of
     ``pixels.shape[1]`` pixels) into ``pixels``, a C-contiguous (rows, width,
-    3) uint8 RGB array, annotations drawn. PDFium gets full-width strips of
-    about :data:`PDFIUM_STRIP_PIXELS` pixels, each a bitmap over part of
-    the array and the page offset upwards (PDFium clips to the bitmap), so
-    nothing is copied. Raises RenderFailed if PDFium cannot make a bitmap."""
+    3) uint8 RGB array, annotations drawn. PDFium gets full-width strips,
+    each a bitmap over part of the array and the page offset upwards (PDFium
+    clips to the bitmap), so nothing is copied; ``sizer`` (one per page)
+    picks the strips' height. Raises RenderFailed if PDFium cannot make a
+    bitmap."""
+    rows, width = pixels.shape[0], pixels.shape[1]
+    if pixels.shape[2] != 3 or not pixels.flags.c_contiguous:
+        raise ValueError("pixels must be a C-contiguous (rows, width, 3) array")
+    sizer = sizer or StripSizer(width)
+    pixels.fill(255)
+    probe = rows // 4 if rows >= 2 * sizer.big_rows else None
+    s0 = 0
+    while s0 < rows:
+        if probe is not None and s0 >= probe:
+            n = min(sizer.big_rows, rows - s0)
+            big = _render_strips(page, pixels, s0, n, sizer.big_rows, y0, height)
+            pixels[s0 : s0 + n].fill(255)
+            small = _render_strips(page, pixels, s0, n, sizer.small_rows, y0, height)
+            sizer.probed(small, big)
+            probe = None
+        else:
+            n = min(sizer.rows, rows - s0, (probe - s0) if probe is not None else rows)
+            _render_strips(page, pixels, s0, n, n, y0, height)
+        s0 += n
+
+
+def _render_strips(page, pixels, s0: int, rows: int, strip: int, y0: int, height: int
+                   ) -> float:
+    """Rows ``s0`` .. ``s0 + rows`` of ``pixels`` (rows ``y0 + s0`` .. of the
+    page's raster) in PDFium calls of ``strip`` rows; returns the seconds."""
     import ctypes
 
     import pypdfium2.raw as pdfium_c
 
-    rows, width = pixels.shape[0], pixels.shape[1]
-    if pixels.shape[2] != 3 or not pixels.flags.c_contiguous:
-        raise ValueError("pixels must be a C-contiguous (rows, width, 3) array")
-    pixels.fill(255)
-    strip = max(1, PDFIUM_STRIP_PIXELS // width)
+    width = pixels.shape[1]
     flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
-    for s0 in range(0, rows, strip):
-        n = min(strip, rows - s0)
-        first = ctypes.c_void_p(pixels.ctypes.data + s0 * width * 3)
+    started = time.perf_counter()
+    for top in range(s0, s0 + rows, strip):
+        n = min(strip, s0 + rows - top)
+        first = ctypes.c_void_p(pixels.ctypes.data + top * width * 3)
         bitmap = pdfium_c.FPDFBitmap_CreateEx(width, n, pdfium_c.FPDFBitmap_BGR, first, width * 3)
         if not bitmap:
             raise RenderFailed(f"PDFium could not make a {width} x {n} pixel bitmap")
         try:
-            pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -(y0 + s0), width, height, 0, flags)
+            pdfium_c.FPDF_RenderPageBitmap(bitmap, page, 0, -(y0 + top), width, height, 0, flags)
         finally:
             pdfium_c.FPDFBitmap_Destroy(bitmap)
+    return time.perf_counter() - started
 
 
 def render_image(path: str, kind_name: str, index: int, max_pages: int, max_pixels: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from services.render.rasterize import render_page
+from services.render.rasterize import StripSizer, render_page
 from tests.dzi_check import psnr, reference_render
 
 
@@ -59,11 +59,11 @@ def test_line_art_is_grey_and_colour_stays_colour(corpus, tmp_path):
 
 def test_pdfium_renders_in_strips_of_bounded_area(corpus, tmp_path, monkeypatch):
     # PDFium's cost on clipped objects grows with the bitmap's area (a clip
-    # mask per object), so every call gets a strip of bounded area, however
-    # big the band: count the strips PDFium is asked for.
+    # mask per object), so no call gets more than a big strip, however big
+    # the band; the rows probed both ways are the only ones rendered twice.
     import pypdfium2.raw as pdfium_c
 
-    from services.render import rasterize
+    from services.render.rasterize import StripSizer
 
     calls = []
     real = pdfium_c.FPDFBitmap_CreateEx
@@ -74,8 +74,21 @@ def test_pdfium_renders_in_strips_of_bounded_area(corpus, tmp_path, monkeypatch)
 
     monkeypatch.setattr(pdfium_c, "FPDFBitmap_CreateEx", create)
     name = "arch-vvd2-nyboda-A2-autocad2017-quartz10125-pdfium-slow-michelagalassini-strumet.pdf"
-    r = render_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 64 << 20)
-    assert sum(h for _, h in calls) == r.height_px
-    assert all(w == r.width_px and w * h <= max(w, rasterize.PDFIUM_STRIP_PIXELS)
-               for w, h in calls)
-    assert len(calls) >= r.width_px * r.height_px // rasterize.PDFIUM_STRIP_PIXELS
+    r = render_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 32 << 20)
+    sizer = StripSizer(r.width_px)
+    assert (32 << 20) // (r.width_px * 3) > r.height_px >= 2 * sizer.big_rows  # 1 band, 1 probe
+    assert sum(h for _, h in calls) == r.height_px + sizer.big_rows
+    assert all(w == r.width_px and h <= sizer.big_rows for w, h in calls)
+    assert {h for _, h in calls} >= {sizer.small_rows, sizer.big_rows}
+
+
+def test_strip_size_follows_the_probe():
+    sizer = StripSizer(10_000)
+    assert sizer.rows == sizer.big_rows > sizer.small_rows >= 1
+    sizer.probed(small_seconds=0.5, big_seconds=1.0)  # a Quartz-like sheet
+    assert sizer.rows == sizer.small_rows
+    sizer.probed(small_seconds=0.9, big_seconds=1.0)  # not clearly faster
+    assert sizer.rows == sizer.big_rows
+    sizer.probed(small_seconds=1.5, big_seconds=1.0)  # images
+    assert sizer.rows == sizer.big_rows
+    assert StripSizer(10**7).small_rows == 1  # a very wide page: one row at a time
