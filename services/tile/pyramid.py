@@ -36,9 +36,10 @@ from planzoom.errors import InvalidInput
 #: Bytes of raster rows decompressed and fed to the pyramid at once.
 BLOCK_BYTES = 8 * 1024 * 1024
 
-#: ``emit(level, col, row, pixels)``: pixels is a read-only (height, width,
-#: bands) uint8 view of the level (never written to afterwards).
-TileSink = Callable[[int, int, int, np.ndarray], None]
+#: ``emit(level, col, row, pieces)``: the tile's pixels are the (rows,
+#: width, bands) uint8 views in ``pieces`` stacked top to bottom; they are
+#: never written to afterwards.
+TileSink = Callable[[int, int, int, tuple[np.ndarray, ...]], None]
 
 
 class RasterUnreadable(InvalidInput):
@@ -63,19 +64,28 @@ def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
     row_bytes = width * bands
     want = max(1, block_bytes // row_bytes) * row_bytes
     seen = 0
-    carry = b""
+    carry = b""  # the start of a row the last read ended in
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(stream)
-        while chunk := reader.read(want - len(carry)):
-            data = carry + chunk
-            rows = len(data) // row_bytes
-            carry = data[rows * row_bytes:]
-            if not rows:
-                continue
-            seen += rows
-            if seen > height:
-                raise RasterUnreadable(f"raster holds more than the {height} rows expected")
-            yield np.frombuffer(data, np.uint8, rows * row_bytes).reshape(rows, width, bands)
+        while True:
+            # Each block is a fresh buffer the pyramid may keep views of;
+            # the frame is decompressed straight into it.
+            block = bytearray(want)
+            block[: len(carry)] = carry
+            filled = len(carry)
+            while filled < want and (n := reader.readinto(memoryview(block)[filled:])):
+                filled += n
+            rows = filled // row_bytes
+            carry = bytes(block[rows * row_bytes : filled])
+            if rows:
+                seen += rows
+                if seen > height:
+                    raise RasterUnreadable(
+                        f"raster holds more than the {height} rows expected")
+                yield np.frombuffer(block, np.uint8, rows * row_bytes).reshape(
+                    rows, width, bands)
+            if filled < want:
+                break
     except zstandard.ZstdError as e:
         raise RasterUnreadable(f"raster is not a valid zstd stream: {e}") from None
     if seen != height or carry:
@@ -106,21 +116,48 @@ def shrink(rows: np.ndarray) -> np.ndarray:
 
 
 class _Level:
-    __slots__ = ("width", "height", "buf", "top", "next_row", "unpaired")
+    __slots__ = ("width", "height", "parts", "top", "next_row", "unpaired")
 
     def __init__(self, width: int, height: int):
         self.width, self.height = width, height
-        self.buf: np.ndarray | None = None  # rows top .. top+len(buf) of this level
+        # Consecutive blocks of this level's rows, as fed (never copied
+        # together): parts[0] starts at row ``top``.
+        self.parts: list[np.ndarray] = []
         self.top = 0
         self.next_row = 0  # next tile row to cut
         self.unpaired: np.ndarray | None = None  # a row waiting for its pair below
+
+    def rows_held(self) -> int:
+        return self.top + sum(len(p) for p in self.parts)
+
+    def pieces(self, y0: int, y1: int) -> tuple[np.ndarray, ...]:
+        """Views of rows y0 .. y1 (all held), one per part they fall in."""
+        out, at = [], self.top
+        for part in self.parts:
+            lo, hi = max(y0, at), min(y1, at + len(part))
+            if lo < hi:
+                out.append(part[lo - at : hi - at])
+            at += len(part)
+        return tuple(out)
+
+    def drop_before(self, row: int) -> None:
+        """Forget the rows above ``row``."""
+        while self.parts and self.top + len(self.parts[0]) <= row:
+            self.top += len(self.parts.pop(0))
+        if self.parts and self.top < row:
+            self.parts[0] = self.parts[0][row - self.top :]
+            self.top = row
 
 
 class PyramidBuilder:
     """Cut a ``width`` x ``height`` raster, fed top to bottom in blocks of
     rows, into DZI tiles of every level; each tile goes to ``emit`` as soon
     as every pixel it covers is known. Levels run from 0 (1x1) to
-    ``levels - 1`` (full resolution)."""
+    ``levels - 1`` (full resolution).
+
+    No row is copied to cut a tile: ``emit`` gets the tile as one or more
+    views (the blocks of rows it straddles), to stack top to bottom, e.g.
+    with ``np.concatenate`` where the tile is encoded."""
 
     def __init__(self, width: int, height: int, bands: int, tile_size: int, overlap: int,
                  emit: TileSink):
@@ -147,13 +184,19 @@ class PyramidBuilder:
 
     def _feed(self, lv: int, rows: np.ndarray) -> None:
         level = self._level[lv]
-        level.buf = rows if level.buf is None else np.concatenate([level.buf, rows])
+        if not len(rows):
+            return
+        level.parts.append(rows)
         if lv > 0:
-            pairs = rows if level.unpaired is None else np.concatenate([level.unpaired, rows])
-            even = len(pairs) & ~1
-            level.unpaired = pairs[even:] if even < len(pairs) else None
+            start = 0
+            if level.unpaired is not None:  # its pair is this block's first row
+                self._feed(lv - 1, shrink(np.concatenate([level.unpaired, rows[:1]])))
+                level.unpaired, start = None, 1
+            even = (len(rows) - start) & ~1
             if even:
-                self._feed(lv - 1, shrink(pairs[:even]))
+                self._feed(lv - 1, shrink(rows[start : start + even]))
+            if start + even < len(rows):
+                level.unpaired = rows[-1:]
         self._cut(lv, level)
 
     def _cut(self, lv: int, level: _Level) -> None:
@@ -163,16 +206,14 @@ class PyramidBuilder:
         while level.next_row < rows:
             r = level.next_row
             y0, y1 = max(0, r * ts - ov), min(level.height, (r + 1) * ts + ov)
-            if level.top + len(level.buf) < y1:
+            if level.rows_held() < y1:
                 return
-            strip = level.buf[y0 - level.top : y1 - level.top]
+            pieces = level.pieces(y0, y1)
             for c in range(cols):
-                self._emit(lv, c, r, strip[:, max(0, c * ts - ov) : min(level.width,
-                                                                         (c + 1) * ts + ov)])
+                x0, x1 = max(0, c * ts - ov), min(level.width, (c + 1) * ts + ov)
+                self._emit(lv, c, r, tuple(p[:, x0:x1] for p in pieces))
             level.next_row += 1
-            keep = max(0, (r + 1) * ts - ov)  # the next tile row starts here
-            level.buf = level.buf[keep - level.top :]
-            level.top = keep
+            level.drop_before(max(0, (r + 1) * ts - ov))  # the next tile row starts here
 
 
 class JpegEncoder:
@@ -192,6 +233,7 @@ class JpegEncoder:
 
     def encode(self, pixels: np.ndarray) -> bytes:
         """``pixels``: (height, width, bands) uint8 → JPEG bytes."""
+        pixels = np.ascontiguousarray(pixels)
         if pixels.min() == 255:
             shape = pixels.shape
             data = self._white.get(shape)
@@ -204,8 +246,7 @@ class JpegEncoder:
         grey = pixels.shape[2] == 1
         try:
             return simplejpeg.encode_jpeg(
-                np.ascontiguousarray(pixels), quality=self.quality,
-                colorspace="GRAY" if grey else "RGB",
+                pixels, quality=self.quality, colorspace="GRAY" if grey else "RGB",
                 colorsubsampling="Gray" if grey else self._subsampling)
         except (ValueError, RuntimeError) as e:
             raise TileEncodingFailed(f"libjpeg-turbo could not encode a tile: {e}") from None
@@ -286,7 +327,9 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
     encoder = JpegEncoder(quality)
     flight = _InFlight(max_in_flight)
 
-    def encode(key: str, pixels: np.ndarray) -> None:
+    def encode(key: str, pieces: tuple[np.ndarray, ...]) -> None:
+        # Stacked here, on an encoder thread: the feeding thread copies nothing.
+        pixels = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         stored = store(key, encoder.encode(pixels))
         if stored is None:
             flight.release()
@@ -296,9 +339,9 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
     with ThreadPoolExecutor(encode_threads or os.cpu_count() or 1,
                             thread_name_prefix="tile-encode") as encoders:
 
-        def emit(level: int, col: int, row: int, pixels: np.ndarray) -> None:
+        def emit(level: int, col: int, row: int, pieces: tuple[np.ndarray, ...]) -> None:
             flight.acquire()
-            flight.track(encoders.submit(encode, f"{level}/{col}_{row}.jpg", pixels),
+            flight.track(encoders.submit(encode, f"{level}/{col}_{row}.jpg", pieces),
                          holds_slot=False)
 
         builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)

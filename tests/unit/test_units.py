@@ -132,7 +132,8 @@ def test_pyramid_matches_vips_dzsave(tmp_path, w, h, bands, tile, overlap, block
     assert ours == theirs and len(ours) == info.tile_count()
     raw: dict = {}
     builder = PyramidBuilder(w, h, bands, tile, overlap,
-                             lambda lv, c, r, px: raw.__setitem__(f"{lv}/{c}_{r}", px.copy()))
+                             lambda lv, c, r, px: raw.__setitem__(f"{lv}/{c}_{r}",
+                                                                   np.concatenate(px)))
     for block_rows in raster_rows(_zstd_rows(image), w, h, bands, block_bytes=block):
         builder.feed(block_rows)
     builder.finish()
@@ -371,3 +372,4 @@ def test_the_default_budget_takes_a_real_plan_set_and_refuses_amplification():
 def test_traces_follow_the_standard_otel_variables(env, on):
     from planzoom.tracing import enabled_by_env
     assert enabled_by_env(env) is on
+
