@@ -126,3 +126,39 @@ RENDITION_NAME = re.compile(r"[1-9][0-9]{1,3}p")
 def preview_prefix(plan: jobs_pb2.PlanRef, job_id: str) -> str:
     """Where a video job's HLS files are."""
     return f"previews/{_plan_path(plan)}/{check_id('job_id', job_id)}/"
+
+
+def derive_page_keys(job: jobs_pb2.Job, page: jobs_pb2.PageRecord, video: bool) -> None:
+    """Set the S3 keys of ``page``'s outputs that follow from the job and the
+    page (its ``.dzi`` once DONE, its variants, a video's HLS files). They
+    are never reported by a stage nor stored in the job record: see
+    :func:`strip_page_keys`."""
+    if not job.HasField("plan"):
+        return
+    n = page.page
+    if page.state == jobs_pb2.PAGE_STATE_DONE and not video:
+        page.dzi_key = dzi_key(job.plan, job.job_id, n)
+    if video and page.video.renditions:
+        prefix = preview_prefix(job.plan, job.job_id)
+        for rendition in page.video.renditions:
+            rendition.playlist_key = f"{prefix}{rendition.name}/index.m3u8"
+        page.video.master_key = f"{prefix}master.m3u8"
+        page.video.poster_key, page.video.thumbnail_key = (f"{prefix}poster.jpg",
+                                                           f"{prefix}thumbnail.jpg")
+    for variant in page.variants:
+        variant.key = variant_key(job.plan, job.job_id, n, variant.name, variant.format)
+
+
+def strip_page_keys(page: jobs_pb2.PageRecord) -> None:
+    """Clear what :func:`derive_page_keys` sets: the stored job record leaves
+    them out, which keeps a 2,000-page record well under NATS's 1 MiB
+    message limit (each page's keys repeat the org, project, plan and job
+    ids, up to 1.7 kB a page with every variant)."""
+    page.ClearField("dzi_key")
+    for variant in page.variants:
+        variant.ClearField("key")
+    if page.HasField("video"):
+        for rendition in page.video.renditions:
+            rendition.ClearField("playlist_key")
+        for field in ("master_key", "poster_key", "thumbnail_key"):
+            page.video.ClearField(field)

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from planzoom.jobstore import JobNotFound, JobStore, job_key
+from planzoom.jobstore import JobNotFound, JobStore, decode_record, job_key
 from planzoom.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,7 @@ class JobFeed:
                         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
                             self._publish(None)
                             continue
-                        job = jobs_pb2.Job.FromString(entry.value)
-                        job.revision = entry.revision
-                        self._publish(job)
+                        self._publish(decode_record(entry.value, entry.revision))
                     elif time.monotonic() - quiet_since > RECHECK_SECONDS:
                         quiet_since = time.monotonic()
                         try:

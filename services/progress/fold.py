@@ -53,22 +53,9 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     page.progress = max(progress, page.progress)  # reports may cross; it never goes back
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)
-    video = job.source_kind in VIDEO_KINDS
     if page.state == jobs_pb2.PAGE_STATE_DONE:
         page.progress = 1.0
-        if job.HasField("plan") and not video:
-            page.dzi_key = keys.dzi_key(job.plan, job.job_id, n)  # derived, never reported
-    if video and page.video.renditions and job.HasField("plan"):  # derived too
-        prefix = keys.preview_prefix(job.plan, job.job_id)
-        for rendition in page.video.renditions:
-            rendition.playlist_key = f"{prefix}{rendition.name}/index.m3u8"
-        page.video.master_key = f"{prefix}master.m3u8"
-        page.video.poster_key, page.video.thumbnail_key = (f"{prefix}poster.jpg",
-                                                           f"{prefix}thumbnail.jpg")
-    if job.HasField("plan"):
-        for variant in page.variants:  # derived too
-            variant.key = keys.variant_key(job.plan, job.job_id, n, variant.name,
-                                           variant.format)
+    keys.derive_page_keys(job, page, video=job.source_kind in VIDEO_KINDS)
     if page.SerializeToString(deterministic=True) == before:
         return False
     job.stalled = False

@@ -373,3 +373,37 @@ def test_traces_follow_the_standard_otel_variables(env, on):
     from planzoom.tracing import enabled_by_env
     assert enabled_by_env(env) is on
 
+
+def test_a_2000_page_record_fits_a_nats_message():
+    """The largest job record (the page limit, every page DONE with every
+    variant, ids of the longest allowed) stays under NATS's default 1 MiB
+    max_payload, and reads back with every output key."""
+    from planzoom.config import Settings
+    from planzoom.jobstore import decode_record, encode_record
+
+    plan = jobs_pb2.PlanRef(org="o" * 64, project="p" * 64, plan="q" * 64)
+    job_id = new_job_id()
+    pages = Settings().max_pages
+    job = jobs_pb2.Job(job_id=job_id, plan=plan, total_pages=pages, source_kind="pdf")
+    for n in range(1, pages + 1):
+        page = job.pages.add(page=n, state=jobs_pb2.PAGE_STATE_UNSPECIFIED)
+        event = events_pb2.ProgressEvent(job_id=job_id)
+        event.page.CopyFrom(jobs_pb2.PageRecord(
+            page=n, state=jobs_pb2.PAGE_STATE_DONE, width_pt=2592, height_pt=1728, dpi=300,
+            width_px=10800, height_px=7200, tile_size=254, overlap=1, format="jpg",
+            levels=15, tile_count=1600, attempts=1, bands=3))
+        for name, fmt, px in (("thumbnail", "jpg", 300), ("icon", "jpg", 128),
+                              ("display", "jpg", 1920), ("webp-400", "webp", 400),
+                              ("webp-800", "webp", 800), ("webp-1920", "webp", 1920)):
+            event.page.variants.add(name=name, format=fmt, width=px, height=px, bytes=10**6)
+        event.page.started_at.GetCurrentTime()
+        event.page.finished_at.GetCurrentTime()
+        assert apply_event(job, event)
+        assert page.dzi_key == keys.dzi_key(plan, job_id, n)
+        assert page.variants[5].key == keys.variant_key(plan, job_id, n, "webp-1920", "webp")
+    stored = encode_record(job)
+    assert len(stored) < 1024 * 1024, len(stored)
+    assert job.ByteSize() > 3 * len(stored)  # the keys are most of it
+    back = decode_record(stored, revision=7)
+    job.revision = 7
+    assert back == job
