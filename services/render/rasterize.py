@@ -149,64 +149,79 @@ def _grey_plane(pixels):
 
 
 class StripSizer:
-    """How many rows PDFium renders per call on one page.
+    """How PDFium renders one page: in strips of :attr:`PROBE` pixels, or of
+    :attr:`SMALL` pixels.
 
     PDFium builds a clip mask the size of its bitmap for every object whose
     clip path it does not take for a rectangle (on sheets printed through
-    macOS Quartz, every object): there small strips are faster, the cost
-    growing with objects x strip area (a whole-page bitmap made such sheets
-    10-40x slower). Images cost the other way, a fixed amount per image per
-    call: there big strips are faster. Big strips are the default; a
-    quarter of the way down each band one big strip's rows are rendered both
-    ways, and the rest of the band uses small strips if they were clearly
-    faster (docs/performance.md has the figures)."""
+    macOS Quartz, every object), so its cost grows with objects x bitmap
+    area: a whole-page bitmap made such sheets 10-40x slower, and small
+    strips cure it. Images cost the other way, a fixed amount per image
+    per call: for them bigger strips are faster. So a probe renders the
+    same rows of a band both ways, timed, and the page keeps small strips
+    if they were clearly faster. A probe over rows with too little on them
+    to tell decides nothing, and the next band is probed
+    (docs/performance.md has the figures). A band too small to probe is
+    rendered in one call unless small strips were chosen."""
 
-    #: Pixels per strip: small, big.
-    SMALL, BIG = 256 * 1024, 2 * 1024 * 1024
-    #: Small strips are used when they took less than this share of the
-    #: time big ones took on the same rows.
+    #: Pixels per small strip, and per probe and big strip.
+    SMALL, PROBE = 256 * 1024, 2 * 1024 * 1024
+    #: Small strips are kept when they took less than this share of the
+    #: time a big one took on the same rows.
     MARGIN = 0.8
+    #: A probe whose big strip took less than this (seconds) saw too little
+    #: to decide on.
+    INFORMATIVE_SECONDS = 0.005
 
     def __init__(self, width: int):
         self.small_rows = max(1, self.SMALL // width)
-        self.big_rows = max(1, self.BIG // width)
-        self.rows = self.big_rows
+        self.probe_rows = max(1, self.PROBE // width)
+        self.decided = False
+        self.small = False
         self.probes: list[tuple[float, float]] = []  # (small, big) seconds
 
     def probed(self, small_seconds: float, big_seconds: float) -> None:
         self.probes.append((small_seconds, big_seconds))
-        small = small_seconds < self.MARGIN * big_seconds
-        self.rows = self.small_rows if small else self.big_rows
+        if big_seconds >= self.INFORMATIVE_SECONDS:
+            self.decided = True
+            self.small = small_seconds < self.MARGIN * big_seconds
+
+    @property
+    def rows(self) -> int:
+        """Rows per call."""
+        return self.small_rows if self.small else self.probe_rows
 
 
 def render_rows(page, pixels, y0: int, height: int, sizer: StripSizer | None = None) -> None:
     """Render rows ``y0`` .. ``y0 + len(pixels)`` of the full-page raster of
     ``page`` (a pypdfium2 page; the raster is ``height`` rows of
     ``pixels.shape[1]`` pixels) into ``pixels``, a C-contiguous (rows, width,
-    3) uint8 RGB array, annotations drawn. PDFium gets full-width strips,
-    each a bitmap over part of the array and the page offset upwards (PDFium
-    clips to the bitmap), so nothing is copied; ``sizer`` (one per page)
-    picks the strips' height. Raises RenderFailed if PDFium cannot make a
-    bitmap."""
+    3) uint8 RGB array, annotations drawn. PDFium gets full-width bitmaps
+    over parts of the array and the page offset upwards (PDFium clips to
+    the bitmap), so nothing is copied; ``sizer`` (one per page) decides
+    the strips' height. Raises RenderFailed if PDFium cannot
+    make a bitmap."""
     rows, width = pixels.shape[0], pixels.shape[1]
     if pixels.shape[2] != 3 or not pixels.flags.c_contiguous:
         raise ValueError("pixels must be a C-contiguous (rows, width, 3) array")
     sizer = sizer or StripSizer(width)
     pixels.fill(255)
-    probe = rows // 4 if rows >= 2 * sizer.big_rows else None
-    s0 = 0
-    while s0 < rows:
-        if probe is not None and s0 >= probe:
-            n = min(sizer.big_rows, rows - s0)
-            big = _render_strips(page, pixels, s0, n, sizer.big_rows, y0, height)
-            pixels[s0 : s0 + n].fill(255)
-            small = _render_strips(page, pixels, s0, n, sizer.small_rows, y0, height)
-            sizer.probed(small, big)
-            probe = None
-        else:
-            n = min(sizer.rows, rows - s0, (probe - s0) if probe is not None else rows)
-            _render_strips(page, pixels, s0, n, n, y0, height)
-        s0 += n
+    if rows < 2 * sizer.probe_rows:  # too few rows to probe: one call, unless decided
+        strip = sizer.small_rows if sizer.small else rows
+        _render_strips(page, pixels, 0, rows, strip, y0, height)
+        return
+    parts = [(0, rows)]
+    if not sizer.decided:
+        # A quarter of the way down: the top of a sheet is often blank margin.
+        top, n = rows // 4, sizer.probe_rows
+        small = _render_strips(page, pixels, top, n, sizer.small_rows, y0, height)
+        pixels[top : top + n].fill(255)
+        big = _render_strips(page, pixels, top, n, n, y0, height)
+        sizer.probed(small, big)
+        parts = [(0, top), (top + n, rows)]
+    for start, end in parts:
+        if end > start:
+            _render_strips(page, pixels, start, end - start, sizer.rows, y0, height)
 
 
 def _render_strips(page, pixels, s0: int, rows: int, strip: int, y0: int, height: int

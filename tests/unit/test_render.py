@@ -57,13 +57,10 @@ def test_line_art_is_grey_and_colour_stays_colour(corpus, tmp_path):
         assert not (tmp_path / "p.zst.grey").exists()
 
 
-def test_pdfium_renders_in_strips_of_bounded_area(corpus, tmp_path, monkeypatch):
-    # PDFium's cost on clipped objects grows with the bitmap's area (a clip
-    # mask per object), so no call gets more than a big strip, however big
-    # the band; the rows probed both ways are the only ones rendered twice.
+def test_a_probe_decides_between_one_call_and_small_strips(corpus, tmp_path, monkeypatch):
+    # The first band big enough gets its probe rows rendered both ways
+    # (small strips, then one call); every other row is rendered once.
     import pypdfium2.raw as pdfium_c
-
-    from services.render.rasterize import StripSizer
 
     calls = []
     real = pdfium_c.FPDFBitmap_CreateEx
@@ -76,19 +73,22 @@ def test_pdfium_renders_in_strips_of_bounded_area(corpus, tmp_path, monkeypatch)
     name = "arch-vvd2-nyboda-A2-autocad2017-quartz10125-pdfium-slow-michelagalassini-strumet.pdf"
     r = render_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 32 << 20)
     sizer = StripSizer(r.width_px)
-    assert (32 << 20) // (r.width_px * 3) > r.height_px >= 2 * sizer.big_rows  # 1 band, 1 probe
-    assert sum(h for _, h in calls) == r.height_px + sizer.big_rows
-    assert all(w == r.width_px and h <= sizer.big_rows for w, h in calls)
-    assert {h for _, h in calls} >= {sizer.small_rows, sizer.big_rows}
+    assert (32 << 20) // (r.width_px * 3) > r.height_px >= 2 * sizer.probe_rows  # 1 band
+    assert all(w == r.width_px for w, _ in calls)
+    assert sum(h for _, h in calls) >= r.height_px + sizer.probe_rows  # probed once or more
+    assert {h for _, h in calls} >= {sizer.small_rows, sizer.probe_rows}
 
 
 def test_strip_size_follows_the_probe():
     sizer = StripSizer(10_000)
-    assert sizer.rows == sizer.big_rows > sizer.small_rows >= 1
+    assert not sizer.decided and sizer.probe_rows > sizer.small_rows >= 1
+    assert sizer.rows == sizer.probe_rows
+    sizer.probed(small_seconds=0.001, big_seconds=0.003)  # blank rows: no decision
+    assert not sizer.decided and sizer.rows == sizer.probe_rows
     sizer.probed(small_seconds=0.5, big_seconds=1.0)  # a Quartz-like sheet
-    assert sizer.rows == sizer.small_rows
+    assert sizer.decided and sizer.rows == sizer.small_rows
     sizer.probed(small_seconds=0.9, big_seconds=1.0)  # not clearly faster
-    assert sizer.rows == sizer.big_rows
+    assert sizer.rows == sizer.probe_rows
     sizer.probed(small_seconds=1.5, big_seconds=1.0)  # images
-    assert sizer.rows == sizer.big_rows
+    assert sizer.rows == sizer.probe_rows
     assert StripSizer(10**7).small_rows == 1  # a very wide page: one row at a time
