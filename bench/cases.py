@@ -98,12 +98,12 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
         seen: set[int] = set()
         first = True
         request = progress_pb2.WatchJobRequest(job_id=resp.job_id)
-        async for job in stub.WatchJob(request, timeout=600, metadata=metadata):
+        async for update in stub.WatchJob(request, timeout=600, metadata=metadata):
             now = time.time()
-            if first:  # this stream's first record: it is connected
+            if first:  # this stream's first update: it is connected
                 connected.append(now)
                 first = False
-            for p in job.pages:
+            for p in update.job.pages:  # a delta holds the pages that changed
                 if p.state == jobs_pb2.PAGE_STATE_DONE and p.page not in seen:
                     seen.add(p.page)
                     seen_at.append((p.finished_at.ToNanoseconds() / 1e9, now))

@@ -26,10 +26,8 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from planzoom import keys
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id
-from planzoom.media import VIDEO_KINDS
 from planzoom.states import is_terminal
 from planzoom.v1 import jobs_pb2
 
@@ -43,23 +41,11 @@ CAS_ATTEMPTS = 30
 CAS_JITTER_SECONDS = 0.05
 
 
-def encode_record(job: jobs_pb2.Job) -> bytes:
-    """The job record as stored in the KV bucket: ``job`` without the
-    output keys that follow from it (:func:`planzoom.keys.strip_page_keys`)."""
-    stored = jobs_pb2.Job()
-    stored.CopyFrom(job)
-    for page in stored.pages:
-        keys.strip_page_keys(page)
-    return stored.SerializeToString()
-
-
 def decode_record(value: bytes, revision: int) -> jobs_pb2.Job:
-    """A stored record (:func:`encode_record`) with its output keys derived
-    again and ``revision`` set."""
+    """A stored record with ``revision`` set. Stored records hold no output
+    keys (:func:`planzoom.keys.derive_keys` adds them where a record leaves
+    planzoom)."""
     job = jobs_pb2.Job.FromString(value)
-    video = job.source_kind in VIDEO_KINDS
-    for page in job.pages:
-        keys.derive_page_keys(job, page, video)
     job.revision = revision
     return job
 
@@ -128,7 +114,7 @@ class JobStore:
     async def create(self, job: jobs_pb2.Job) -> None:
         """Store a new record and add it to its plan's index."""
         job.revision = 0
-        job.revision = await self.kv.create(job_key(job.job_id), encode_record(job))
+        job.revision = await self.kv.create(job_key(job.job_id), job.SerializeToString())
         key = plan_index_key(job.plan)
         async for attempt in compare_and_set():
             with attempt:
@@ -153,14 +139,14 @@ class JobStore:
         if ttl is None:
             try:
                 rev = await self.kv.update(
-                    job_key(job.job_id), encode_record(job), last=job.revision
+                    job_key(job.job_id), job.SerializeToString(), last=job.revision
                 )
             except KeyWrongLastSequenceError:
                 raise Conflict(f"job {job.job_id}") from None
         else:
             try:
                 ack = await self.js.publish(
-                    f"$KV.{self.bucket}.{job_key(job.job_id)}", encode_record(job),
+                    f"$KV.{self.bucket}.{job_key(job.job_id)}", job.SerializeToString(),
                     headers={"Nats-Expected-Last-Subject-Sequence": str(job.revision)},
                     msg_ttl=ttl,
                 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 
 from planzoom.ids import check_id
+from planzoom.media import VIDEO_KINDS
 from planzoom.v1 import jobs_pb2
 
 
@@ -128,32 +129,49 @@ def preview_prefix(plan: jobs_pb2.PlanRef, job_id: str) -> str:
     return f"previews/{_plan_path(plan)}/{check_id('job_id', job_id)}/"
 
 
-def derive_page_keys(job: jobs_pb2.Job, page: jobs_pb2.PageRecord, video: bool) -> None:
-    """Set the S3 keys of ``page``'s outputs that follow from the job and the
-    page (its ``.dzi`` once DONE, its variants, a video's HLS files). They
-    are never reported by a stage nor stored in the job record: see
-    :func:`strip_page_keys`."""
+
+def with_keys(job: jobs_pb2.Job) -> jobs_pb2.Job:
+    """A copy of ``job`` with :func:`derive_keys` applied: the record as
+    planzoom's APIs and manifest.json show it."""
+    out = jobs_pb2.Job()
+    out.CopyFrom(job)
+    derive_keys(out, out)
+    return out
+
+
+def derive_keys(job: jobs_pb2.Job, into: jobs_pb2.Job) -> None:
+    """Set, on each page in ``into.pages`` (``job`` itself, or a message
+    holding some of its pages, e.g. a WatchJob delta), the S3 keys of the
+    page's outputs, which follow from ``job`` and the page number: its
+    ``.dzi`` once DONE, its variants, a video's HLS files.
+
+    They are never reported by a stage nor kept in the stored record: with
+    the longest ids and every variant they were 85 % of a 2,000-page record,
+    which then no longer fit a NATS message."""
     if not job.HasField("plan"):
         return
-    n = page.page
-    if page.state == jobs_pb2.PAGE_STATE_DONE and not video:
-        page.dzi_key = dzi_key(job.plan, job.job_id, n)
-    if video and page.video.renditions:
-        prefix = preview_prefix(job.plan, job.job_id)
-        for rendition in page.video.renditions:
-            rendition.playlist_key = f"{prefix}{rendition.name}/index.m3u8"
-        page.video.master_key = f"{prefix}master.m3u8"
-        page.video.poster_key, page.video.thumbnail_key = (f"{prefix}poster.jpg",
-                                                           f"{prefix}thumbnail.jpg")
-    for variant in page.variants:
-        variant.key = variant_key(job.plan, job.job_id, n, variant.name, variant.format)
+    video = job.source_kind in VIDEO_KINDS
+    prefix = tiles_prefix(job.plan, job.job_id)
+    hls = preview_prefix(job.plan, job.job_id) if video else ""
+    for page in into.pages:
+        base = f"{prefix}{page_name(page.page)}"
+        if page.state == jobs_pb2.PAGE_STATE_DONE and not video:
+            page.dzi_key = f"{base}.dzi"
+        else:
+            page.ClearField("dzi_key")
+        for variant in page.variants:
+            variant.key = f"{base}.{_variant_suffix(variant.name, variant.format)}"
+        if video and page.video.renditions:
+            for rendition in page.video.renditions:
+                rendition.playlist_key = f"{hls}{rendition.name}/index.m3u8"
+            page.video.master_key = f"{hls}master.m3u8"
+            page.video.poster_key, page.video.thumbnail_key = (f"{hls}poster.jpg",
+                                                               f"{hls}thumbnail.jpg")
 
 
-def strip_page_keys(page: jobs_pb2.PageRecord) -> None:
-    """Clear what :func:`derive_page_keys` sets: the stored job record leaves
-    them out, which keeps a 2,000-page record well under NATS's 1 MiB
-    message limit (each page's keys repeat the org, project, plan and job
-    ids, up to 1.7 kB a page with every variant)."""
+def clear_keys(page: jobs_pb2.PageRecord) -> None:
+    """Clear every key :func:`derive_keys` sets: a stage's report never
+    names where a page's outputs are, whatever it carries."""
     page.ClearField("dzi_key")
     for variant in page.variants:
         variant.ClearField("key")
@@ -162,3 +180,17 @@ def strip_page_keys(page: jobs_pb2.PageRecord) -> None:
             rendition.ClearField("playlist_key")
         for field in ("master_key", "poster_key", "thumbnail_key"):
             page.video.ClearField(field)
+
+
+_VARIANT_SUFFIXES: dict[tuple[str, str], str] = {}
+
+
+def _variant_suffix(name: str, fmt: str) -> str:
+    """``<name>.<fmt>`` once checked as :func:`variant_key` does (cached:
+    a job has a handful of variant names)."""
+    suffix = _VARIANT_SUFFIXES.get((name, fmt))
+    if suffix is None:
+        if not VARIANT_NAME.fullmatch(name) or fmt not in ("jpg", "webp"):
+            raise ValueError(f"not a variant: {name}.{fmt}")
+        suffix = _VARIANT_SUFFIXES[(name, fmt)] = f"{name}.{fmt}"
+    return suffix

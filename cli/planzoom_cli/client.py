@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from planzoom.states import is_final, page_state_name
+from planzoom.updates import apply_update
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 
 CHUNK_BYTES = 1024 * 1024
@@ -136,9 +137,13 @@ class Client:
             timeout=CALL_TIMEOUT_SECONDS).jobs)
 
     def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[jobs_pb2.Job]:
-        """Job records from one WatchJob stream until a terminal one."""
-        yield from self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
-                                          timeout=timeout)
+        """Whole job records from one WatchJob stream until a terminal one:
+        its snapshot, then each delta merged into the record before."""
+        job = None
+        for update in self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
+                                             timeout=timeout):
+            job = apply_update(job, update)
+            yield job
 
     def follow(self, job_id: str, give_up_after: float = 300.0,
                on_retry=None) -> Iterator[jobs_pb2.Job]:

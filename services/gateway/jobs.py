@@ -20,6 +20,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from planzoom.ids import check_id
 from planzoom.states import is_terminal
+from planzoom.updates import apply_update
 from planzoom.v1 import jobs_pb2
 from services.gateway.access import Link
 from services.gateway.problems import HTTP_STATUS
@@ -73,7 +74,9 @@ async def job_events(request: Request, job_id: str,
         try:
             if is_terminal(first) and first.revision <= seen:
                 return
-            async for job in stream:
+            job = None
+            async for update in stream:
+                job = apply_update(job, update)
                 if job.revision <= seen:
                     continue
                 yield {"event": "job", "id": str(job.revision), "data": json.dumps(job_json(job))}

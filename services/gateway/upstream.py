@@ -88,8 +88,10 @@ class Upstream:
         self._remember(job)
         return job
 
-    def watch_job(self, access: Access, job_id: str) -> AsyncIterator[jobs_pb2.Job]:
-        """WatchJob's stream of records (the caller cancels it by leaving)."""
+    def watch_job(self, access: Access, job_id: str) -> AsyncIterator[progress_pb2.JobUpdate]:
+        """WatchJob's stream of updates, a snapshot then deltas (merge them
+        with :func:`planzoom.updates.apply_update`; the caller cancels the
+        stream by leaving)."""
         return self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
                                       metadata=access.metadata)
 

@@ -251,7 +251,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 existing = None
             if existing is not None and existing.state not in (
                     jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED):
-                return existing
+                return keys.with_keys(existing)
             if existing is None and time.time() - claimed_at < CLAIM_STALE_SECONDS:
                 await asyncio.sleep(CLAIM_POLL_SECONDS)  # its creator is storing the source
                 continue

@@ -23,13 +23,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.kv import KV_DEL, KV_PURGE
 
+from planzoom import keys, updates
 from planzoom.jobstore import JobNotFound, JobStore, decode_record, job_key
-from planzoom.v1 import jobs_pb2
+from planzoom.v1 import jobs_pb2, progress_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ WATCHER_IDLE_SECONDS = 5.0
 #: enough to merge a page's "rendering" and "tiling" with what follows, short
 #: enough that a person watching sees a page start at once.
 COALESCE_SECONDS = 0.1
+#: Changes a feed remembers (which pages each changed) to build deltas; a
+#: stream further behind gets a snapshot.
+DELTA_LOG = 256
 
 
 def ends_something(before: jobs_pb2.Job | None, after: jobs_pb2.Job) -> bool:
@@ -57,7 +62,10 @@ def ends_something(before: jobs_pb2.Job | None, after: jobs_pb2.Job) -> bool:
 
 class JobFeed:
     """The latest record of one job that streams may send (``latest``, with
-    its KV revision), and a way to wait for the next one."""
+    its KV revision), a way to wait for the next one, and the update that
+    brings a stream from an earlier ``latest`` to this one
+    (:meth:`update_since`): which pages changed is worked out once per
+    change, here, not per stream."""
 
     def __init__(self, kv, jobs: JobStore, job_id: str):
         self.kv, self.jobs, self.job_id = kv, jobs, job_id
@@ -69,6 +77,11 @@ class JobFeed:
         self._held_job: jobs_pb2.Job | None = None  # newer than latest, not out yet
         self._held: asyncio.TimerHandle | None = None  # its release
         self._task: asyncio.Task | None = None
+        # (from revision, to revision, pages changed) for each step of latest
+        self._log: deque[tuple[int, int, frozenset[int]]] = deque(maxlen=DELTA_LOG)
+        self._summary: jobs_pb2.Job | None = None  # latest without its pages
+        self._snapshot: progress_pb2.JobUpdate | None = None  # latest, with its keys
+        self._deltas: dict[int, progress_pb2.JobUpdate] = {}  # to latest, by from revision
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"feed-{self.job_id}")
@@ -96,6 +109,42 @@ class JobFeed:
         self.closed = True
         self._wake()
 
+    def update_since(self, revision: int) -> progress_pb2.JobUpdate:
+        """The update that brings a stream whose last update was at
+        ``revision`` to ``latest``: a delta (the summary and the pages that
+        changed since), or a snapshot if this feed does not know every step
+        since ``revision``. Deltas are built once per revision and shared
+        by the streams at it."""
+        latest = self.latest
+        cached = self._deltas.get(revision)
+        if cached is not None:
+            return cached
+        steps = [step for step in self._log if step[1] > revision]
+        if not steps or steps[0][0] != revision:
+            return self.snapshot()
+        if self._summary is None:
+            self._summary = updates.summary(latest)
+        pages = frozenset().union(*(changed for _, _, changed in steps))
+        update = self._deltas[revision] = updates.delta(self._summary, latest, pages)
+        return update
+
+    def snapshot(self) -> progress_pb2.JobUpdate:
+        """``latest`` whole, with its output keys (built once per change)."""
+        if self._snapshot is None:
+            self._snapshot = updates.snapshot(keys.with_keys(self.latest))
+        return self._snapshot
+
+    def _advance(self, job: jobs_pb2.Job) -> None:
+        """Make ``job`` the latest, noting which pages changed."""
+        before = self.latest
+        if before is not None and len(before.pages) == len(job.pages):
+            changed = frozenset(new.page for old, new in zip(before.pages, job.pages,
+                                                             strict=True) if old != new)
+            self._log.append((before.revision, job.revision, changed))
+        else:
+            self._log.clear()
+        self.latest, self._summary, self._snapshot, self._deltas = job, None, None, {}
+
     def _has_news(self, after_revision: int) -> bool:
         return self.gone or (self.latest is not None and self.latest.revision > after_revision)
 
@@ -112,7 +161,8 @@ class JobFeed:
                     self._held = asyncio.get_running_loop().call_later(COALESCE_SECONDS,
                                                                        self._wake)
                 return
-            self._held_job, self.latest = None, job
+            self._held_job = None
+            self._advance(job)
         self._wake()
 
     def _wake(self) -> None:
@@ -121,7 +171,8 @@ class JobFeed:
             self._held.cancel()
             self._held = None
         if self._held_job is not None:
-            self.latest, self._held_job = self._held_job, None
+            held, self._held_job = self._held_job, None
+            self._advance(held)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 

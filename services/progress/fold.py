@@ -12,7 +12,6 @@ from __future__ import annotations
 from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.errors import InvalidInput
-from planzoom.media import VIDEO_KINDS
 from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
 from planzoom.v1 import events_pb2, jobs_pb2
 
@@ -49,13 +48,15 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     if ev.page.video.renditions:  # and so do a video's renditions
         del page.video.renditions[:]
     progress = page.progress
-    page.MergeFrom(ev.page)
+    reported = jobs_pb2.PageRecord()
+    reported.CopyFrom(ev.page)
+    keys.clear_keys(reported)  # keys follow from the job (planzoom.keys.derive_keys)
+    page.MergeFrom(reported)
     page.progress = max(progress, page.progress)  # reports may cross; it never goes back
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)
     if page.state == jobs_pb2.PAGE_STATE_DONE:
         page.progress = 1.0
-    keys.derive_page_keys(job, page, video=job.source_kind in VIDEO_KINDS)
     if page.SerializeToString(deterministic=True) == before:
         return False
     job.stalled = False

@@ -42,6 +42,7 @@ def write_outputs(store: ObjectStore, job: jobs_pb2.Job) -> None:
     (unless a newer job already has it: job ids sort by creation time) and
     delete ``work/<job>/``. Idempotent, so a writer that stopped part-way
     can run it again. Blocking: call from a thread."""
+    job = keys.with_keys(job)
     store.put_bytes(job.manifest_key, manifest_json(job), "application/json")
     if job.state == jobs_pb2.JOB_STATE_COMPLETE:
         key = keys.current_key(job.plan)

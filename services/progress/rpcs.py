@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from planzoom import metrics
+from planzoom import keys, metrics, updates
 from planzoom.auth import require_org, visible
 from planzoom.errors import Unavailable
 from planzoom.ids import check_id, check_plan
@@ -35,7 +35,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
 
     async def GetJob(self, request, context):
         """The job record (viewer)."""
-        return await self._job(request.job_id)
+        return keys.with_keys(await self._job(request.job_id))
 
     async def ListJobs(self, request, context):
         """Up to ``page_size`` (default 50, at most 500) records of one plan
@@ -44,34 +44,39 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         check_plan(request.plan)
         require_org(request.plan.org)
         limit = min(request.page_size or LIST_DEFAULT, LIST_MAX)
-        return progress_pb2.ListJobsResponse(jobs=await self.jobs.list_for_plan(request.plan,
-                                                                                limit))
+        jobs = await self.jobs.list_for_plan(request.plan, limit)
+        return progress_pb2.ListJobsResponse(jobs=[keys.with_keys(job) for job in jobs])
 
     async def CancelJob(self, request, context):
         """End the job CANCELLED (admin). FAILED_PRECONDITION if it has ended."""
         job = await self._job(request.job_id)
-        return await self.records.cancel(job.job_id, request.reason)
+        return keys.with_keys(await self.records.cancel(job.job_id, request.reason))
 
     async def Reconcile(self, request, context):
         """Mark pages DONE whose ``.dzi`` is in S3 but not in the record
         (admin)."""
         job = await self._job(request.job_id)
         job, repaired = await self.sweeper.reconcile(job.job_id)
-        return progress_pb2.ReconcileResponse(job=job, repaired_pages=repaired)
+        return progress_pb2.ReconcileResponse(job=keys.with_keys(job), repaired_pages=repaired)
 
     async def WatchJob(self, request, context):
-        """The record, then each change, until a terminal record (viewer).
-        UNAVAILABLE when the service stops (watch again to resume)."""
+        """A snapshot of the record, then a delta at each change, until the
+        job has ended (viewer; progress.proto, ``JobUpdate``). UNAVAILABLE
+        when the service stops (watch again to resume)."""
         job = await self._job(request.job_id)
         if is_final(job):  # no feed needed for a job that has ended
-            yield job
+            yield updates.snapshot(keys.with_keys(job))
             return
         metrics.WATCHERS.inc()
         try:
             # The current record first, then each change from the job's feed
             # (one KV watcher per job in this process, whatever the streams).
             async with self.feeds.subscribe(request.job_id) as feed:
-                yield job
+                if feed.latest is not None and feed.latest.revision >= job.revision:
+                    job = feed.latest  # a revision the feed can build deltas from
+                    yield feed.snapshot()
+                else:
+                    yield updates.snapshot(keys.with_keys(job))
                 while not is_final(job):
                     await feed.wait(job.revision)
                     if self.stopping.is_set():
@@ -80,7 +85,8 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
                     if feed.gone:
                         raise JobNotFound(request.job_id)
                     if feed.latest is not None and feed.latest.revision > job.revision:
+                        update = feed.update_since(job.revision)
                         job = feed.latest
-                        yield job
+                        yield update
         finally:
             metrics.WATCHERS.dec()

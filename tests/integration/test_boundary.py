@@ -59,7 +59,7 @@ class Servicer(progress_pb2_grpc.ProgressServiceServicer):
         return jobs_pb2.Job(job_id=request.job_id, error=auth.current().subject)
 
     async def WatchJob(self, request, context):
-        yield jobs_pb2.Job(job_id=request.job_id)
+        yield progress_pb2.JobUpdate(job=jobs_pb2.Job(job_id=request.job_id), snapshot=True)
         if request.job_id == "boom":
             raise KeyError(SECRET)
         raise JobNotFound(request.job_id)

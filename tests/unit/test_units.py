@@ -376,17 +376,17 @@ def test_traces_follow_the_standard_otel_variables(env, on):
 
 def test_a_2000_page_record_fits_a_nats_message():
     """The largest job record (the page limit, every page DONE with every
-    variant, ids of the longest allowed) stays under NATS's default 1 MiB
-    max_payload, and reads back with every output key."""
+    variant, ids of the longest allowed), as the fold stores it, stays under
+    NATS's default 1 MiB max_payload; the output keys are added where the
+    record leaves planzoom."""
     from planzoom.config import Settings
-    from planzoom.jobstore import decode_record, encode_record
 
     plan = jobs_pb2.PlanRef(org="o" * 64, project="p" * 64, plan="q" * 64)
     job_id = new_job_id()
     pages = Settings().max_pages
     job = jobs_pb2.Job(job_id=job_id, plan=plan, total_pages=pages, source_kind="pdf")
     for n in range(1, pages + 1):
-        page = job.pages.add(page=n, state=jobs_pb2.PAGE_STATE_UNSPECIFIED)
+        job.pages.add(page=n, state=jobs_pb2.PAGE_STATE_UNSPECIFIED)
         event = events_pb2.ProgressEvent(job_id=job_id)
         event.page.CopyFrom(jobs_pb2.PageRecord(
             page=n, state=jobs_pb2.PAGE_STATE_DONE, width_pt=2592, height_pt=1728, dpi=300,
@@ -399,11 +399,86 @@ def test_a_2000_page_record_fits_a_nats_message():
         event.page.started_at.GetCurrentTime()
         event.page.finished_at.GetCurrentTime()
         assert apply_event(job, event)
-        assert page.dzi_key == keys.dzi_key(plan, job_id, n)
-        assert page.variants[5].key == keys.variant_key(plan, job_id, n, "webp-1920", "webp")
-    stored = encode_record(job)
+    stored = job.SerializeToString()
     assert len(stored) < 1024 * 1024, len(stored)
-    assert job.ByteSize() > 3 * len(stored)  # the keys are most of it
-    back = decode_record(stored, revision=7)
-    job.revision = 7
-    assert back == job
+    assert not any(p.dzi_key or p.variants[0].key for p in job.pages)
+    shown = keys.with_keys(job)
+    assert shown.ByteSize() > 3 * len(stored)  # the keys would be most of it
+    for n in (1, pages):
+        page = shown.pages[n - 1]
+        assert page.dzi_key == keys.dzi_key(plan, job_id, n)
+        assert [v.key for v in page.variants] == [
+            keys.variant_key(plan, job_id, n, v.name, v.format) for v in page.variants]
+
+
+def _job_of(pages: int, revision: int) -> jobs_pb2.Job:
+    job = jobs_pb2.Job(job_id="j", total_pages=pages, revision=revision,
+                       state=jobs_pb2.JOB_STATE_PROCESSING)
+    for n in range(1, pages + 1):
+        job.pages.add(page=n, state=jobs_pb2.PAGE_STATE_PENDING)
+    return job
+
+
+def _next(job: jobs_pb2.Job, revision: int, **states) -> jobs_pb2.Job:
+    new = jobs_pb2.Job()
+    new.CopyFrom(job)
+    new.revision = revision
+    for n, state in states.items():
+        new.pages[int(n.removeprefix("p")) - 1].state = state
+    new.completed_pages = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in new.pages)
+    return new
+
+
+def test_watch_deltas_carry_only_the_pages_that_changed():
+    """A feed works out once per change which pages changed; a stream gets
+    the summary and the pages changed since its last update (over several
+    changes if it skipped some), or a snapshot if the feed does not know
+    every step since; merging rebuilds the record exactly."""
+    from planzoom.updates import apply_update, snapshot
+
+    feed = JobFeed(None, None, "j")
+    r1 = _job_of(2000, 1)
+    feed._advance(r1)
+    r2 = _next(r1, 2, p7=jobs_pb2.PAGE_STATE_DONE)
+    feed._advance(r2)
+    r3 = _next(r2, 3, p1=jobs_pb2.PAGE_STATE_RENDERING, p2000=jobs_pb2.PAGE_STATE_DONE)
+    feed._advance(r3)
+
+    one_step = feed.update_since(2)
+    assert apply_update(feed.snapshot().job, one_step) == feed.snapshot().job
+    assert not one_step.snapshot and [p.page for p in one_step.job.pages] == [1, 2000]
+    assert one_step.job.completed_pages == 2 and one_step.job.revision == 3
+    assert one_step.ByteSize() < snapshot(r3).ByteSize() / 100
+    assert feed.update_since(2) is one_step  # built once, shared by the streams at 2
+    two_steps = feed.update_since(1)
+    assert [p.page for p in two_steps.job.pages] == [1, 7, 2000]
+    assert apply_update(r1, two_steps) == r3 and apply_update(r2, one_step) == r3
+    assert feed.update_since(0).snapshot  # a revision the feed never had
+    assert apply_update(None, feed.update_since(0)) == r3
+    with pytest.raises(ValueError):
+        apply_update(None, one_step)  # a delta needs the record before it
+    with pytest.raises(ValueError):
+        apply_update(_job_of(3, 2), one_step)  # page 2000 of a 3-page record
+
+
+def test_a_report_cannot_name_where_a_page_is():
+    """Keys a stage puts in its report are dropped by the fold; the ones
+    shown are derived from the job."""
+    plan = jobs_pb2.PlanRef(org="acme", project="p", plan="q")
+    job = jobs_pb2.Job(job_id=new_job_id(), plan=plan, total_pages=2, source_kind="pdf")
+    job.pages.add(page=1)
+    job.pages.add(page=2)
+    evil = "tiles/evil/evil/evil/x/page-1.dzi"
+    rendering = jobs_pb2.PageRecord(page=2, state=jobs_pb2.PAGE_STATE_RENDERING, dzi_key=evil)
+    rendering.variants.add(name="thumbnail", format="jpg", key=evil)
+    rendering.video.master_key = evil
+    assert apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=rendering))
+    done = jobs_pb2.PageRecord(page=1, state=jobs_pb2.PAGE_STATE_DONE, dzi_key=evil)
+    assert apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=done))
+    assert evil not in str(job)
+    shown = keys.with_keys(job)
+    assert evil not in str(shown)
+    assert shown.pages[0].dzi_key == keys.dzi_key(plan, job.job_id, 1)
+    assert not shown.pages[1].dzi_key  # not DONE yet
+    assert shown.pages[1].variants[0].key == keys.variant_key(plan, job.job_id, 2, "thumbnail",
+                                                              "jpg")
