@@ -17,6 +17,9 @@ Cases
                      processes as it uploads from; the faster one counts);
                      the tile service's code (pyramid with PUTs as tiles come)
   progress           page done → WatchJob delivery with --watchers streams
+  progress at scale  a --scale-pages job (2000) watched by --watchers streams,
+                     300 pages reported at 10 a second (bench/progress.py):
+                     delivery latency, bytes per stream, progress CPU
   memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
                      at 600 DPI, peak RSS of each service
   against the peer   on each --set (default: the renovation set at 900 DPI
@@ -56,6 +59,7 @@ from bench.cases import (
 )
 from bench.measure import Result
 from bench.peer import limit, peer
+from bench.progress import Scale, progress_at_scale
 from bench.stage import Stage, tile_stage
 from planzoom.config import Settings
 from planzoom.storage import ObjectStore
@@ -93,6 +97,8 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", metavar="PATH@DPI",
                     help="a set for the comparison with the strong peer (repeatable; "
                          "default: the renovation set at 900 DPI, geotopo at 300 DPI)")
+    ap.add_argument("--scale-pages", type=int, default=2000,
+                    help="pages of the job the progress-at-scale case watches (0: skip it)")
     ap.add_argument("--no-peer", dest="peer", action="store_false",
                     help="skip the comparison with the strong peer")
     ap.add_argument("--peer-only", action="store_true",
@@ -183,6 +189,11 @@ def main() -> None:
                                      settings, uploads))
             for prefix in ("reference/", "ceiling/", "overlapped/", "tiles/"):
                 store.delete_prefix(prefix)  # each run starts from the same bucket
+        scale = None
+        if a.scale_pages and not a.peer_only:
+            print(f"progress at scale: a {a.scale_pages}-page job, {a.watchers} streams",
+                  flush=True)
+            scale = progress_at_scale(stack, a.scale_pages, a.watchers)
         if a.memory and not a.peer_only:
             # One real colour drawing on a letter sheet and on a 36 x 48 in
             # sheet, both at 600 DPI: 34 MP against 622 MP.
@@ -263,6 +274,8 @@ def main() -> None:
     w, n, wb, ab = st.white
     print(f"  pure-white tiles at full resolution, page 1: {w} of {n} ({100 * w / n:.0f} %), "
           f"{wb / 1024:.0f} of {ab / 1024:.0f} KiB ({100 * wb / ab:.0f} % of the bytes)")
+    if scale:
+        print_scale(scale)
     if vs_peer:
         print_vs_peer(vs_peer, a.runs)
     if memory:
@@ -301,6 +314,24 @@ class PeerRow:
         self.seconds["planzoom compute"].append(
             compute_only(pdf, pages, dpi, data / "compute")[0])
         self.limits.append(limit(pdf, pages, dpi))
+
+
+def print_scale(s: Scale) -> None:
+    lat = sorted(s.latencies)
+
+    def ms(q: float) -> float:
+        return 1000 * lat[min(len(lat) - 1, int(q * len(lat)))]
+
+    whole = s.updates_per_stream * s.snapshot_bytes
+    print(f"progress at scale: a {s.pages}-page job, {s.watchers} WatchJob streams, "
+          f"{s.reported} pages reported rendering/tiling/done at 10 a second:")
+    print(f"  page done -> a stream has it, {len(lat)} deliveries: p50 {ms(0.5):.0f} ms, "
+          f"p99 {ms(0.99):.0f} ms, max {1000 * lat[-1]:.0f} ms")
+    print(f"  each stream: {s.updates_per_stream:.0f} updates, {s.bytes_per_stream / 1024:.0f} "
+          f"KiB (a snapshot is {s.snapshot_bytes / 1024:.0f} KiB; whole records at every "
+          f"update would be {whole / 2**20:.0f} MiB)")
+    print(f"  progress service CPU: {s.cpu_seconds:.1f} s for {s.events} events "
+          f"({1000 * s.cpu_seconds / s.events:.1f} ms per event)")
 
 
 def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
