@@ -160,7 +160,7 @@ async def test_streams_end_with_the_mapped_code_after_what_they_sent(stub):
     for job_id, code in (("0123", grpc.StatusCode.NOT_FOUND), ("boom", grpc.StatusCode.INTERNAL)):
         call = stub.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id), timeout=10)
         first = await asyncio.wait_for(call.read(), 10)
-        assert first.job_id == job_id
+        assert first.snapshot and first.job.job_id == job_id
         e = await _error(call.read())
         assert e.code() == code
         assert SECRET not in e.details()

@@ -101,7 +101,7 @@ def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
             calls = [client.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
                                               timeout=60) for _ in range(WATCHERS)]
             for call in calls:
-                assert next(call).job_id == job_id  # the stream is open
+                assert next(call).job.job_id == job_id  # the stream is open
             wait_until("the job has a KV watcher",
                        lambda: run_nats(nats_url, kv_consumers) >= 1, timeout=30)
             assert run_nats(nats_url, kv_consumers) == 1, (
