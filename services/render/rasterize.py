@@ -157,12 +157,14 @@ class StripSizer:
     macOS Quartz, every object), so its cost grows with objects x bitmap
     area: a whole-page bitmap made such sheets 10-40x slower, and small
     strips cure it. Images cost the other way, a fixed amount per image
-    per call: for them bigger strips are faster. So a probe renders the
-    same rows of a band both ways, timed, and the page keeps small strips
-    if they were clearly faster. A probe over rows with too little on them
-    to tell decides nothing, and the next band is probed
-    (docs/performance.md has the figures). A band too small to probe is
-    rendered in one call unless small strips were chosen."""
+    per call: for them bigger strips are faster. So, from the top of the
+    page, rows are rendered both ways, timed, a big strip's worth at a time,
+    until a probe sees enough to tell (blank rows take a few milliseconds
+    either way and decide nothing): the page then keeps small strips if
+    they were clearly faster, big ones otherwise, and big ones after
+    :attr:`MAX_PROBES` probes that could not tell (docs/performance.md has
+    the figures). A band too small to probe is rendered in one call unless
+    small strips were chosen."""
 
     #: Pixels per small strip, and per probe and big strip.
     SMALL, PROBE = 256 * 1024, 2 * 1024 * 1024
@@ -172,6 +174,9 @@ class StripSizer:
     #: A probe whose big strip took less than this (seconds) saw too little
     #: to decide on.
     INFORMATIVE_SECONDS = 0.005
+    #: After this many probes that decided nothing the page is cheap to
+    #: render either way: big strips, no more probes.
+    MAX_PROBES = 8
 
     def __init__(self, width: int):
         self.small_rows = max(1, self.SMALL // width)
@@ -185,6 +190,8 @@ class StripSizer:
         if big_seconds >= self.INFORMATIVE_SECONDS:
             self.decided = True
             self.small = small_seconds < self.MARGIN * big_seconds
+        elif len(self.probes) >= self.MAX_PROBES:
+            self.decided = True
 
     @property
     def rows(self) -> int:
@@ -210,18 +217,20 @@ def render_rows(page, pixels, y0: int, height: int, sizer: StripSizer | None = N
         strip = sizer.small_rows if sizer.small else rows
         _render_strips(page, pixels, 0, rows, strip, y0, height)
         return
-    parts = [(0, rows)]
-    if not sizer.decided:
-        # A quarter of the way down: the top of a sheet is often blank margin.
-        top, n = rows // 4, sizer.probe_rows
-        small = _render_strips(page, pixels, top, n, sizer.small_rows, y0, height)
-        pixels[top : top + n].fill(255)
-        big = _render_strips(page, pixels, top, n, n, y0, height)
+    s0 = 0
+    while s0 < rows:
+        if sizer.decided:
+            _render_strips(page, pixels, s0, rows - s0, sizer.rows, y0, height)
+            return
+        # Rows rendered both ways, the big strip last (its pixels stay). A
+        # probe over blank rows costs a few milliseconds and decides nothing;
+        # the next rows are probed, until one decides for the page.
+        n = min(sizer.probe_rows, rows - s0)
+        small = _render_strips(page, pixels, s0, n, sizer.small_rows, y0, height)
+        pixels[s0 : s0 + n].fill(255)
+        big = _render_strips(page, pixels, s0, n, n, y0, height)
         sizer.probed(small, big)
-        parts = [(0, top), (top + n, rows)]
-    for start, end in parts:
-        if end > start:
-            _render_strips(page, pixels, start, end - start, sizer.rows, y0, height)
+        s0 += n
 
 
 def _render_strips(page, pixels, s0: int, rows: int, strip: int, y0: int, height: int

@@ -91,4 +91,9 @@ def test_strip_size_follows_the_probe():
     assert sizer.rows == sizer.probe_rows
     sizer.probed(small_seconds=1.5, big_seconds=1.0)  # images
     assert sizer.rows == sizer.probe_rows
+    cheap = StripSizer(10_000)
+    for _ in range(StripSizer.MAX_PROBES):
+        assert not cheap.decided
+        cheap.probed(small_seconds=0.001, big_seconds=0.001)
+    assert cheap.decided and cheap.rows == cheap.probe_rows  # no more probes
     assert StripSizer(10**7).small_rows == 1  # a very wide page: one row at a time
