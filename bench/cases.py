@@ -121,18 +121,33 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
     all_connected = max(connected)
     return [got - done for done, got in seen_at if done > all_connected]
 
-def render_all(pdf: Path, pages: list[int], dpi: float, work: Path) -> list:
+def render_all(pdf: Path, pages: list[int], dpi: float, work: Path,
+               on_ready=None) -> list:
     """Render ``pages`` with one PDFium worker process (as the render service
     does) into ``work``; yields (page, RenderResult, raster path) as each
-    page is ready, so the caller can tile page N while page N+1 renders."""
+    page is ready, so the caller can tile page N while page N+1 renders.
+    ``on_ready()`` is called once the worker is up (its modules imported),
+    before the first page is sent: the service's workers are started ahead
+    of any job, so a timing starts there."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as render:
+        render.submit(_warm).result()
+        if on_ready is not None:
+            on_ready()
         futures = [(p, work / f"page-{p}.raw.zst",
                     render.submit(render_page, str(pdf), p, dpi, 10**10,
                                   str(work / f"page-{p}.raw.zst"), 64 << 20))
                    for p in pages]
         for page, path, future in futures:
             yield page, future.result(), path
+
+
+def _warm() -> None:
+    """Import in a worker what rendering a page imports."""
+    import cv2  # noqa: F401
+    import pypdfium2  # noqa: F401
+    import zstandard  # noqa: F401
+
 
 def tile_to_disk(r, raster: Path, out: Path, name: str, encode_threads: int | None = None
                  ) -> object:
@@ -142,17 +157,19 @@ def tile_to_disk(r, raster: Path, out: Path, name: str, encode_threads: int | No
                             encode_threads=encode_threads)
 
 def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[float, int]:
-    """planzoom's compute with no upload: one render worker process and one
-    tile worker (this process, its default encoder threads), pipelined,
-    tiles written to local disk. Returns (seconds, tiles)."""
+    """planzoom's compute with no upload: one render worker process (timed
+    from when it is up, as the service's are) and one tile worker (this
+    process, its default encoder threads), pipelined, tiles written to local
+    files. Returns (seconds, tiles)."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tiles = 0
-    t0 = time.monotonic()
-    for page, r, raster in render_all(pdf, pages, dpi, work):
+    t0 = [0.0]
+    for page, r, raster in render_all(pdf, pages, dpi, work,
+                                      on_ready=lambda: t0.__setitem__(0, time.monotonic())):
         tiles += tile_to_disk(r, raster, work, f"page-{page}").tile_count() + 1
         raster.unlink()
-    seconds = time.monotonic() - t0
+    seconds = time.monotonic() - t0[0]
     shutil.rmtree(work, ignore_errors=True)
     return seconds, tiles
 
