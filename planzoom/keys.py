@@ -20,6 +20,7 @@ Page numbers are 1-based.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from planzoom.ids import check_id
@@ -115,7 +116,7 @@ VARIANT_NAME = re.compile(r"(thumbnail|icon|display|webp-[1-9][0-9]{0,3})")
 
 def variant_key(plan: jobs_pb2.PlanRef, job_id: str, page: int, name: str, fmt: str) -> str:
     """Where one of a page's variants is stored (services/render/variants.py)."""
-    if not VARIANT_NAME.fullmatch(name) or fmt not in ("jpg", "webp"):
+    if not is_variant(name, fmt):
         raise ValueError(f"not a variant: {name}.{fmt}")
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.{name}.{fmt}"
 
@@ -160,7 +161,10 @@ def derive_keys(job: jobs_pb2.Job, into: jobs_pb2.Job) -> None:
         else:
             page.ClearField("dzi_key")
         for variant in page.variants:
-            variant.key = f"{base}.{_variant_suffix(variant.name, variant.format)}"
+            if is_variant(variant.name, variant.format):
+                variant.key = f"{base}.{variant.name}.{variant.format}"
+            else:  # never stored (the fold refuses it): nothing to point at
+                variant.ClearField("key")
         if video and page.video.renditions:
             for rendition in page.video.renditions:
                 rendition.playlist_key = f"{hls}{rendition.name}/index.m3u8"
@@ -182,15 +186,7 @@ def clear_keys(page: jobs_pb2.PageRecord) -> None:
             page.video.ClearField(field)
 
 
-_VARIANT_SUFFIXES: dict[tuple[str, str], str] = {}
-
-
-def _variant_suffix(name: str, fmt: str) -> str:
-    """``<name>.<fmt>`` once checked as :func:`variant_key` does (cached:
-    a job has a handful of variant names)."""
-    suffix = _VARIANT_SUFFIXES.get((name, fmt))
-    if suffix is None:
-        if not VARIANT_NAME.fullmatch(name) or fmt not in ("jpg", "webp"):
-            raise ValueError(f"not a variant: {name}.{fmt}")
-        suffix = _VARIANT_SUFFIXES[(name, fmt)] = f"{name}.{fmt}"
-    return suffix
+@functools.lru_cache(maxsize=256)  # a handful of names in use; reports are untrusted
+def is_variant(name: str, fmt: str) -> bool:
+    """True if ``<name>.<fmt>`` is a variant :func:`variant_key` accepts."""
+    return bool(VARIANT_NAME.fullmatch(name)) and fmt in ("jpg", "webp")

@@ -28,7 +28,8 @@ _RANK = {
 def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     """Merge ``ev`` into ``job`` in place; return True if anything changed.
 
-    Raises InvalidInput for an event that names a page the job does not have.
+    Raises InvalidInput for an event that names a page the job does not
+    have, or a variant that is none of planzoom's.
     """
     if is_terminal(job):
         return False
@@ -48,6 +49,11 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     if ev.page.video.renditions:  # and so do a video's renditions
         del page.video.renditions[:]
     progress = page.progress
+    for variant in ev.page.variants:
+        if not keys.is_variant(variant.name, variant.format):
+            raise InvalidInput(f"job {job.job_id} page {n}: not a variant: "
+                               f"{variant.name[:40]}.{variant.format[:10]}",
+                               reason="NO_SUCH_VARIANT")
     reported = jobs_pb2.PageRecord()
     reported.CopyFrom(ev.page)
     keys.clear_keys(reported)  # keys follow from the job (planzoom.keys.derive_keys)

@@ -482,3 +482,19 @@ def test_a_report_cannot_name_where_a_page_is():
     assert not shown.pages[1].dzi_key  # not DONE yet
     assert shown.pages[1].variants[0].key == keys.variant_key(plan, job.job_id, 2, "thumbnail",
                                                               "jpg")
+
+
+def test_a_report_with_a_variant_planzoom_does_not_make_is_refused():
+    from planzoom.errors import InvalidInput
+
+    plan = jobs_pb2.PlanRef(org="acme", project="p", plan="q")
+    job = jobs_pb2.Job(job_id=new_job_id(), plan=plan, total_pages=1, source_kind="pdf")
+    job.pages.add(page=1)
+    page = jobs_pb2.PageRecord(page=1, state=jobs_pb2.PAGE_STATE_TILING)
+    page.variants.add(name="../../evil", format="jpg")
+    with pytest.raises(InvalidInput):
+        apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=page))
+    assert not job.pages[0].variants
+    # A record that holds one anyway (written before the check) still reads.
+    job.pages[0].variants.add(name="../../evil", format="jpg", key="x")
+    assert keys.with_keys(job).pages[0].variants[0].key == ""
