@@ -130,7 +130,6 @@ def preview_prefix(plan: jobs_pb2.PlanRef, job_id: str) -> str:
     return f"previews/{_plan_path(plan)}/{check_id('job_id', job_id)}/"
 
 
-
 def with_keys(job: jobs_pb2.Job) -> jobs_pb2.Job:
     """A copy of ``job`` with :func:`derive_keys` applied: the record as
     planzoom's APIs and manifest.json show it."""

@@ -183,14 +183,14 @@ class StripSizer:
         self.probe_rows = max(1, self.PROBE // width)
         self.decided = False
         self.small = False
-        self.probes: list[tuple[float, float]] = []  # (small, big) seconds
+        self.probes = 0
 
     def probed(self, small_seconds: float, big_seconds: float) -> None:
-        self.probes.append((small_seconds, big_seconds))
+        self.probes += 1
         if big_seconds >= self.INFORMATIVE_SECONDS:
             self.decided = True
             self.small = small_seconds < self.MARGIN * big_seconds
-        elif len(self.probes) >= self.MAX_PROBES:
+        elif self.probes >= self.MAX_PROBES:
             self.decided = True
 
     @property

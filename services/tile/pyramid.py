@@ -64,19 +64,19 @@ def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
     row_bytes = width * bands
     want = max(1, block_bytes // row_bytes) * row_bytes
     seen = 0
-    carry = b""  # the start of a row the last read ended in
+    partial = 0  # bytes of a row the frame ended in
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(stream)
         while True:
-            # Each block is a fresh buffer the pyramid may keep views of;
-            # the frame is decompressed straight into it.
+            # Each block is a fresh buffer the pyramid may keep views of; the
+            # frame is decompressed straight into it. ``want`` is whole rows,
+            # so only the frame's end leaves a block short.
             block = bytearray(want)
-            block[: len(carry)] = carry
-            filled = len(carry)
+            filled = 0
             while filled < want and (n := reader.readinto(memoryview(block)[filled:])):
                 filled += n
             rows = filled // row_bytes
-            carry = bytes(block[rows * row_bytes : filled])
+            partial = filled - rows * row_bytes
             if rows:
                 seen += rows
                 if seen > height:
@@ -88,9 +88,9 @@ def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
                 break
     except zstandard.ZstdError as e:
         raise RasterUnreadable(f"raster is not a valid zstd stream: {e}") from None
-    if seen != height or carry:
+    if seen != height or partial:
         raise RasterUnreadable(
-            f"raster holds {seen} rows and {len(carry)} bytes, expected {height} rows "
+            f"raster holds {seen} rows and {partial} bytes, expected {height} rows "
             f"of {row_bytes} bytes")
 
 
