@@ -9,7 +9,6 @@ if all are DONE, else FAILED with the failed pages' errors.
 
 from __future__ import annotations
 
-from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.errors import InvalidInput
 from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
@@ -28,8 +27,9 @@ _RANK = {
 def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     """Merge ``ev`` into ``job`` in place; return True if anything changed.
 
-    Raises InvalidInput for an event that names a page the job does not
-    have, or a variant that is none of planzoom's.
+    Raises InvalidInput for an event that names a page the job does not have.
+    ``ev`` is trusted (records.trusted_event checked it and cleared any
+    output keys: they are derived where a record leaves planzoom).
     """
     if is_terminal(job):
         return False
@@ -49,15 +49,7 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     if ev.page.video.renditions:  # and so do a video's renditions
         del page.video.renditions[:]
     progress = page.progress
-    for variant in ev.page.variants:
-        if not keys.is_variant(variant.name, variant.format):
-            raise InvalidInput(f"job {job.job_id} page {n}: not a variant: "
-                               f"{variant.name[:40]}.{variant.format[:10]}",
-                               reason="NO_SUCH_VARIANT")
-    reported = jobs_pb2.PageRecord()
-    reported.CopyFrom(ev.page)
-    keys.clear_keys(reported)  # keys follow from the job (planzoom.keys.derive_keys)
-    page.MergeFrom(reported)
+    page.MergeFrom(ev.page)
     page.progress = max(progress, page.progress)  # reports may cross; it never goes back
     if started is not None:  # the first attempt's start time stays
         page.started_at.CopyFrom(started)

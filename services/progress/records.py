@@ -19,13 +19,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from planzoom import metrics, tracing
+from planzoom import keys, metrics, tracing
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
-from planzoom.keys import RENDITION_NAME, VARIANT_NAME
+from planzoom.keys import RENDITION_NAME
 from planzoom.messaging.events import announce_ended
 from planzoom.messaging.worker import Delivery
 from planzoom.states import is_terminal, job_state_name
@@ -76,9 +76,11 @@ def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
     if ev.page.state not in STAGE_STATES[stage]:
         raise ForgedEvent(f"{stage} may not report page state "
                           f"{jobs_pb2.PageState.Name(ev.page.state)}")
-    ev.page.ClearField("dzi_key")  # keys are derived from the job, never taken
+    # Where a page's outputs are follows from the job (planzoom.keys.derive_keys,
+    # where a record leaves planzoom), never from a report.
+    keys.clear_keys(ev.page)
     for variant in ev.page.variants:
-        if not VARIANT_NAME.fullmatch(variant.name) or variant.format not in ("jpg", "webp"):
+        if not keys.is_variant(variant.name, variant.format):
             raise ForgedEvent(f"{stage} reported a variant {variant.name!r}.{variant.format!r}")
     for rendition in ev.page.video.renditions:
         if stage != "transcode" or not RENDITION_NAME.fullmatch(rendition.name):

@@ -462,19 +462,27 @@ def test_watch_deltas_carry_only_the_pages_that_changed():
 
 
 def test_a_report_cannot_name_where_a_page_is():
-    """Keys a stage puts in its report are dropped by the fold; the ones
-    shown are derived from the job."""
+    """Keys a stage puts in its report are dropped where reports come in;
+    the ones shown are derived from the job."""
+    from services.progress.records import trusted_event
+
     plan = jobs_pb2.PlanRef(org="acme", project="p", plan="q")
     job = jobs_pb2.Job(job_id=new_job_id(), plan=plan, total_pages=2, source_kind="pdf")
     job.pages.add(page=1)
     job.pages.add(page=2)
     evil = "tiles/evil/evil/evil/x/page-1.dzi"
-    rendering = jobs_pb2.PageRecord(page=2, state=jobs_pb2.PAGE_STATE_RENDERING, dzi_key=evil)
-    rendering.variants.add(name="thumbnail", format="jpg", key=evil)
-    rendering.video.master_key = evil
-    assert apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=rendering))
+
+    def report(stage: str, page: jobs_pb2.PageRecord) -> events_pb2.ProgressEvent:
+        data = events_pb2.ProgressEvent(job_id=job.job_id, stage=stage,
+                                        page=page).SerializeToString()
+        return trusted_event(f"progress.{stage}.{job.job_id}", data)
+
+    tiling = jobs_pb2.PageRecord(page=2, state=jobs_pb2.PAGE_STATE_TILING, dzi_key=evil)
+    tiling.variants.add(name="thumbnail", format="jpg", key=evil)
+    tiling.video.master_key = evil
+    assert apply_event(job, report("render", tiling))
     done = jobs_pb2.PageRecord(page=1, state=jobs_pb2.PAGE_STATE_DONE, dzi_key=evil)
-    assert apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=done))
+    assert apply_event(job, report("tile", done))
     assert evil not in str(job)
     shown = keys.with_keys(job)
     assert evil not in str(shown)
@@ -485,16 +493,17 @@ def test_a_report_cannot_name_where_a_page_is():
 
 
 def test_a_report_with_a_variant_planzoom_does_not_make_is_refused():
-    from planzoom.errors import InvalidInput
+    from services.progress.records import ForgedEvent, trusted_event
 
-    plan = jobs_pb2.PlanRef(org="acme", project="p", plan="q")
-    job = jobs_pb2.Job(job_id=new_job_id(), plan=plan, total_pages=1, source_kind="pdf")
-    job.pages.add(page=1)
+    job_id = new_job_id()
     page = jobs_pb2.PageRecord(page=1, state=jobs_pb2.PAGE_STATE_TILING)
     page.variants.add(name="../../evil", format="jpg")
-    with pytest.raises(InvalidInput):
-        apply_event(job, events_pb2.ProgressEvent(job_id=job.job_id, page=page))
-    assert not job.pages[0].variants
+    data = events_pb2.ProgressEvent(job_id=job_id, stage="render",
+                                    page=page).SerializeToString()
+    with pytest.raises(ForgedEvent):
+        trusted_event(f"progress.render.{job_id}", data)
     # A record that holds one anyway (written before the check) still reads.
-    job.pages[0].variants.add(name="../../evil", format="jpg", key="x")
+    plan = jobs_pb2.PlanRef(org="acme", project="p", plan="q")
+    job = jobs_pb2.Job(job_id=job_id, plan=plan, total_pages=1, source_kind="pdf")
+    job.pages.add(page=1).variants.add(name="../../evil", format="jpg", key="x")
     assert keys.with_keys(job).pages[0].variants[0].key == ""
