@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -57,19 +58,34 @@ def reference(pdf: Path, s3, bucket: str, work: Path
     total = time.monotonic() - t0
     return total, compute, tiles, mpx, peaks
 
+@dataclass
+class JobRun:
+    """One job through the running services (:func:`planzoom_job`)."""
+
+    seconds: float  # submit → COMPLETE
+    tiles: int  # objects written: tiles and .dzi files
+    megapixels: float  # full-resolution pixels over all pages
+    peaks: dict  # peak RSS MiB of each service
+    first_page: float  # submit → the first page DONE, seconds
+    first_look: float | None  # submit → every page with its overview, seconds
+    cpu: dict  # CPU seconds of each process, s3 and nats included
+
+
 def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str
-                 ) -> tuple[float, int, float, dict, float, dict]:
-    """Submit → COMPLETE; returns (seconds, tiles, megapixels, peak RSS MiB of
-    each service, first page s, CPU seconds of each process incl. s3 and nats)."""
+                 ) -> JobRun:
+    """Submit ``pdf`` at ``dpi`` and follow it to COMPLETE (WatchJob)."""
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
     pids = {n: p.pid for n, p in stack.procs.items()}
-    first_page = None
+    first_page = first_look = None
     with PeakSampler(pids) as sampler:
         t0 = time.monotonic()
         resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
         for job in client.follow(resp.job_id):
             if first_page is None and job.completed_pages:
                 first_page = time.monotonic() - t0
+            if first_look is None and job.pages and all(
+                    any(v.name == "overview" for v in p.variants) for p in job.pages):
+                first_look = time.monotonic() - t0
         seconds = time.monotonic() - t0
     if job.state != jobs_pb2.JOB_STATE_COMPLETE:
         raise SystemExit(f"job {job.job_id} ended {job.state}: {job.error}")
@@ -78,7 +94,7 @@ def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, ta
     # A service's peak is its largest process's (tile-2 counts as tile).
     peaks = {n: max(v for p, v in sampler.peak.items() if p.split("-")[0] == n) / 1024
              for n in SERVICES}
-    return seconds, tiles, mpx, peaks, first_page, sampler.cpu
+    return JobRun(seconds, tiles, mpx, peaks, first_page, first_look, sampler.cpu)
 
 def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
                   watchers: int) -> list[float]:

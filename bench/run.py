@@ -22,9 +22,11 @@ Cases
                      delivery latency, bytes per stream, progress CPU
   memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
                      at 600 DPI, peak RSS of each service
-  against the peer   on each --set (default: the renovation set at 900 DPI
-                     and the 117-page geotopo set at 300 DPI): planzoom end
-                     to end and compute-only; the strong peer (bench/peer.py:
+  against the peer   on each --set (default: the renovation set at 900 DPI,
+                     the 117-page geotopo set and three Quartz sheets at 300
+                     DPI, the 352-page set at 10 DPI): planzoom end to end
+                     (with its first look: every page's overview) and
+                     compute-only; the strong peer (bench/peer.py:
                      vips dzsave on poppler, two pages at a time, s5cmd cp
                      per page) end to end and to local disk; the limit
                      (PDFium render-only, libjpeg-turbo encode of the same
@@ -77,7 +79,9 @@ QUARTZ = ["arch-vvd1-studio-A1-autocad2017-quartz-pdfium-slow-michelagalassini-s
 DEFAULT_SETS = [f"{DEFAULT_PDF}@900",
                 f"{ROOT.parent}/shared/corpus/manypages-117p-vectorfigures-pypdf-geotopo.pdf@300",
                 # CAD printed through macOS Quartz: PDFium's slow case.
-                *(f"{ROOT.parent}/shared/corpus/{name}@300" for name in QUARTZ)]
+                *(f"{ROOT.parent}/shared/corpus/{name}@300" for name in QUARTZ),
+                # 352 pages of a few tiles each: what a page costs beyond its pixels.
+                f"{ROOT.parent}/shared/corpus/manypages-352p-freeculture-pdfjs.pdf@10"]
 
 
 def main() -> None:
@@ -96,7 +100,8 @@ def main() -> None:
                     help="extra PLANZOOM_* setting for the services (repeatable)")
     ap.add_argument("--set", dest="sets", action="append", metavar="PATH@DPI",
                     help="a set for the comparison with the strong peer (repeatable; "
-                         "default: the renovation set at 900 DPI, geotopo at 300 DPI)")
+                         "default: the renovation set at 900 DPI, geotopo at 300 DPI, three "
+                         "Quartz sheets at 300 DPI, the 352-page set at 10 DPI)")
     ap.add_argument("--scale-pages", type=int, default=2000,
                     help="pages of the job the progress-at-scale case watches (0: skip it)")
     ap.add_argument("--no-peer", dest="peer", action="store_false",
@@ -163,27 +168,25 @@ def main() -> None:
                 r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
             for dpi in (900, 300):
                 busy = stage_seconds(stack, "tile")
-                secs, tiles, mpx, peaks, first, cpu = planzoom_job(
-                    client, stack, a.pdf, dpi, f"r{run}-{dpi}")
+                job = planzoom_job(client, stack, a.pdf, dpi, f"r{run}-{dpi}")
                 r = results[f"planzoom-{dpi}"]
-                r.seconds.append(secs)
-                r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
+                r.seconds.append(job.seconds)
+                r.tiles, r.megapixels, r.peak_mib = job.tiles, job.megapixels, job.peaks
                 if dpi == 900:
-                    first_pages.append(first)
-                    cpu_900 = cpu
-                    tile_rates.append(tiles / (stage_seconds(stack, "tile") - busy))
+                    first_pages.append(job.first_page)
+                    cpu_900 = job.cpu
+                    tile_rates.append(job.tiles / (stage_seconds(stack, "tile") - busy))
             secs, tiles = compute_only(a.pdf, pages, 900, scratch / "compute")
             r = results["planzoom-900 compute"]
             r.seconds.append(secs)
             r.tiles, r.megapixels = tiles, results["planzoom-900"].megapixels
             # Two tile workers on the same job.
             second = stack.start_service("tile", replica=2)
-            secs, tiles, mpx, peaks, _, _ = planzoom_job(client, stack, a.pdf, 900,
-                                                         f"r{run}-2t")
+            job = planzoom_job(client, stack, a.pdf, 900, f"r{run}-2t")
             stack.stop_service(second)
             r = results["planzoom-900 2 tile"]
-            r.seconds.append(secs)
-            r.tiles, r.megapixels, r.peak_mib = tiles, mpx, peaks
+            r.seconds.append(job.seconds)
+            r.tiles, r.megapixels, r.peak_mib = job.tiles, job.megapixels, job.peaks
             latencies += watch_latency(client, stack, a.pdf, 300, f"r{run}-watch", a.watchers)
             stages.append(tile_stage(a.pdf, pages[: a.stage_pages], 900, scratch / "tile",
                                      settings, uploads))
@@ -200,9 +203,9 @@ def main() -> None:
             src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
             for label, (w, h) in (("8.5x11 in", (8.5, 11)), ("36x48 in", (36, 48))):
                 pdf = sheet_pdf(src, 2, w, h, data / f"sheet-{w}x{h}.pdf")
-                secs, tiles, mpx, peaks, _, _ = planzoom_job(
-                    client, stack, pdf, 600, f"mem-{w:g}x{h:g}".replace(".", "-"))
-                memory[label] = (mpx, peaks)
+                job = planzoom_job(client, stack, pdf, 600,
+                                   f"mem-{w:g}x{h:g}".replace(".", "-"))
+                memory[label] = (job.megapixels, job.peaks)
     finally:
         uploads.close()
         client.close()
@@ -293,6 +296,8 @@ class PeerRow:
         self.seconds: dict[str, list[float]] = {k: [] for k in (
             "planzoom", "planzoom compute", "peer", "peer local")}
         self.limits = []
+        self.first_look: list[float] = []  # submit → every page's overview
+        self.first_page: list[float] = []  # submit → the first page DONE
         self.megapixels = 0.0
         self.pages = 0
 
@@ -307,10 +312,12 @@ class PeerRow:
                                                "planzoom", creds))
         self.seconds["peer"].append(peer(pdf, pages, dpi, data / "peer", endpoint,
                                          "planzoom", creds))
-        secs, _, mpx, _, _, _ = planzoom_job(client, stack, pdf, dpi,
-                                             f"{tag}-peer-{pdf.stem[:20]}-{dpi:g}")
-        self.seconds["planzoom"].append(secs)
-        self.megapixels = mpx
+        job = planzoom_job(client, stack, pdf, dpi, f"{tag}-peer-{pdf.stem[:20]}-{dpi:g}")
+        self.seconds["planzoom"].append(job.seconds)
+        self.megapixels = job.megapixels
+        self.first_page.append(job.first_page)
+        if job.first_look is not None:
+            self.first_look.append(job.first_look)
         self.seconds["planzoom compute"].append(
             compute_only(pdf, pages, dpi, data / "compute")[0])
         self.limits.append(limit(pdf, pages, dpi))
@@ -361,6 +368,16 @@ def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
               f"-> render+pyramid+encode {compute_limit:.0f} MP/s on {cores} cores")
     print("(x peer: end-to-end rows against the peer end to end, compute rows against the "
           "peer to local disk; of limit: the row's MP/s over the limit's)")
+    print()
+    print("first look, planzoom end to end (submit → every page's overview, a level of its "
+          "pyramid; → the first page at full resolution; all pages, and that per page, "
+          "which on tiny pages is what a page costs beyond its pixels):")
+    for (pdf, dpi), row in rows.items():
+        look = f"{med(row.first_look):.1f} s" if row.first_look else "never"
+        print(f"  {pdf.stem[:33]:<34}{dpi:>5g} DPI {row.pages:>4} pages: every page {look}, "
+              f"first page full {med(row.first_page):.1f} s, "
+              f"all {med(row.seconds['planzoom']):.1f} s, "
+              f"{1000 * med(row.seconds['planzoom']) / row.pages:.0f} ms a page")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
     work/<job>/page-<n>.raw.zst                    (deleted when the job ends)
     tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
-    tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, icon, ...)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, overview, ...)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
     previews/<org>/<project>/<plan>/<job>/master.m3u8, <rung>/index.m3u8,
@@ -110,8 +110,8 @@ def current_key(plan: jobs_pb2.PlanRef) -> str:
     return f"{plan_tiles_prefix(plan)}current.json"
 
 
-#: A variant's name: thumbnail, icon, display, webp-<px>.
-VARIANT_NAME = re.compile(r"(thumbnail|icon|display|webp-[1-9][0-9]{0,3})")
+#: A variant's name: thumbnail, icon, display, webp-<px>, overview.
+VARIANT_NAME = re.compile(r"(thumbnail|icon|display|overview|webp-[1-9][0-9]{0,3})")
 
 
 def variant_key(plan: jobs_pb2.PlanRef, job_id: str, page: int, name: str, fmt: str) -> str:

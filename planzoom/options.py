@@ -46,9 +46,9 @@ def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptio
 
 def resolve_variants(v: jobs_pb2.VariantOptions) -> jobs_pb2.VariantOptions:
     """Variant options with defaults filled in: thumbnail 300 px, icon 128
-    px, WebP 400/800/1920 px, display image 1920 px watermarked at the
-    bottom right with opacity 0.35, JPEG quality 85 (each JPEG variant may
-    set its own), WebP quality 80.
+    px, a PDF page's overview 1024 px, WebP 400/800/1920 px, display image
+    1920 px watermarked at the bottom right with opacity 0.35, JPEG quality
+    85 (each JPEG variant may set its own), WebP quality 80.
     Raises InvalidInput (``options.variants.<field>``) for a size over
     VARIANT_MAX_PX, more than five WebP sizes, an unknown watermark position,
     an opacity outside 0..1, a quality outside 1..100 or a watermark text
@@ -67,6 +67,7 @@ def resolve_variants(v: jobs_pb2.VariantOptions) -> jobs_pb2.VariantOptions:
     out = jobs_pb2.VariantOptions(
         thumbnail_px=size("thumbnail_px", 300), icon_px=size("icon_px", 128),
         webp_px=sorted({p for p in webp if p}), display_px=size("display_px", 1920),
+        overview_px=size("overview_px", 1024),
         watermark_text=v.watermark_text, watermark_position=v.watermark_position or
         WATERMARK_POSITIONS[0],
         watermark_opacity=v.watermark_opacity if v.HasField("watermark_opacity") else 0.35,

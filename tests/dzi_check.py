@@ -29,6 +29,23 @@ def reference_render(pdf_path: str, page: int, dpi: float) -> np.ndarray:
         doc.close()
 
 
+def render_at(pdf_path: str, page: int, width: int, height: int) -> np.ndarray:
+    """The page drawn whole by PDFium at exactly ``width x height`` pixels
+    (annotations on, as the render stage draws), RGB, H x W x 3."""
+    import pypdfium2.raw as c
+
+    doc = pdfium.PdfDocument(pdf_path)
+    try:
+        bitmap = pdfium.PdfBitmap.new_native(width, height, c.FPDFBitmap_BGR, rev_byteorder=True)
+        bitmap.fill_rect((255, 255, 255, 255), 0, 0, width, height)
+        c.FPDF_RenderPageBitmap(bitmap, doc[page - 1], 0, 0, width, height, 0,
+                                c.FPDF_ANNOT | c.FPDF_REVERSE_BYTE_ORDER)
+        rows = np.frombuffer(bitmap.buffer, np.uint8).reshape(height, bitmap.stride)
+        return rows[:, : width * 3].reshape(height, width, 3).copy()
+    finally:
+        doc.close()
+
+
 def decode(data: bytes) -> np.ndarray:
     im = pyvips.Image.new_from_buffer(data, "")
     return np.ndarray(buffer=im.write_to_memory(), dtype=np.uint8,
@@ -38,9 +55,10 @@ def decode(data: bytes) -> np.ndarray:
 def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str | None, compare: bool = True,
                reference: np.ndarray | None = None, min_psnr: float = 35.0) -> DziInfo:
     """Assert everything the DZI format and the job record promise for one
-    page; return the descriptor. The full-resolution level is compared with
-    ``reference`` (H x W x 3, or H x W for grey) or, by default, a render of
-    page ``record.page`` of ``pdf_path``; ``compare=False`` skips that."""
+    page (its overview, if it has one, too); return the descriptor. The
+    full-resolution level is compared with ``reference`` (H x W x 3, or
+    H x W for grey) or, by default, a render of page ``record.page`` of
+    ``pdf_path``; ``compare=False`` skips that."""
     dzi = parse_dzi(s3.get_object(Bucket="planzoom", Key=record.dzi_key)["Body"].read())
     if pdf_path is not None:
         scale = record.dpi / 72
@@ -65,6 +83,15 @@ def check_page(s3, record: jobs_pb2.PageRecord, pdf_path: str | None, compare: b
         assert found[level] == {(c, r) for c in range(cols) for r in range(rows)}, (
             f"level {level} tile grid incomplete")
     assert sum(len(v) for v in found.values()) == record.tile_count == dzi.tile_count()
+    overview = next((v for v in record.variants if v.name == "overview"), None)
+    if overview is not None:  # a level of this pyramid, drawn by PDFium at its size
+        assert (overview.width, overview.height) == dzi.level_size(overview.level)
+        image = decode(s3.get_object(Bucket="planzoom", Key=overview.key)["Body"].read())
+        assert image.shape == (overview.height, overview.width, 3)
+        if pdf_path is not None and compare:
+            quality = psnr(image, render_at(pdf_path, record.page, overview.width,
+                                            overview.height))
+            assert quality >= min_psnr, f"page {record.page} overview: PSNR {quality:.1f} dB"
 
     if not compare:
         return dzi

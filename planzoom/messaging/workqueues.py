@@ -63,6 +63,24 @@ _QUEUES = {RENDER_STREAM: (RENDER_CONSUMER, render_subject),
            TRANSCODE_STREAM: (TRANSCODE_CONSUMER, transcode_subject)}
 
 
+#: Pages per preview pass (one message): small enough that several render
+#: workers share a set's previews, large enough that a pass is mostly
+#: rendering.
+PREVIEW_PAGES = 8
+
+
+def _runs(pages: list[int], most: int) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in ``pages``, cut
+    into runs of at most ``most``."""
+    runs: list[tuple[int, int]] = []
+    for page in sorted(set(pages)):
+        if runs and page == runs[-1][1] + 1 and page - runs[-1][0] < most:
+            runs[-1] = (runs[-1][0], page)
+        else:
+            runs.append((page, page))
+    return runs
+
+
 class WorkQueues:
     """Publishing page jobs and tile jobs into the per-org work queues."""
 
@@ -95,19 +113,33 @@ class WorkQueues:
         first is not stored again (JetStream keeps a work-queue message's id
         for the whole window, acknowledged or not). Returns the pages actually
         stored (the others were duplicates). A video's one "page" goes to the
-        transcode stream (Nats-Msg-Id ``transcode.<job_id>.1``)."""
+        transcode stream (Nats-Msg-Id ``transcode.<job_id>.1``).
+
+        A PDF's page jobs are preceded by its preview passes, a PageJob per
+        run of up to PREVIEW_PAGES consecutive pages with ``preview_through``
+        set (Nats-Msg-Id ``preview.<job_id>.<first page>``): render workers
+        take them first, so every page has its overview and thumbnail
+        before the set's full-resolution work is under way."""
         video = job.source_kind in VIDEO_KINDS
         stream = TRANSCODE_STREAM if video else RENDER_STREAM
         await self.ensure(job.plan.org, (stream,) if video else (RENDER_STREAM, TILE_STREAM))
         subject, stored = _QUEUES[stream][1](job.plan.org), []
-        for page in pages:
-            page_job = events_pb2.PageJob(
+        pages = list(pages)
+
+        def page_job(page: int, **fields) -> events_pb2.PageJob:
+            return events_pb2.PageJob(
                 job_id=job.job_id, plan=job.plan, source_key=job.source_key,
                 source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
                 options=job.options, source_kind=job.source_kind,
-                source_index=job.pages[page - 1].source_index if job.pages else 0,
-            )
-            if await publish(self.js, subject, page_job.SerializeToString(),
+                source_index=job.pages[page - 1].source_index if job.pages else 0, **fields)
+
+        variants = job.options.variants
+        if job.source_kind in ("", "pdf") and (variants.overview_px or variants.thumbnail_px):
+            for first, last in _runs(pages, PREVIEW_PAGES):
+                await publish(self.js, subject, page_job(first, preview_through=last)
+                              .SerializeToString(), f"preview.{job.job_id}.{first}")
+        for page in pages:
+            if await publish(self.js, subject, page_job(page).SerializeToString(),
                              f"{'transcode' if video else 'render'}.{job.job_id}.{page}"):
                 stored.append(page)
         return stored

@@ -21,14 +21,15 @@ from fastapi.responses import RedirectResponse
 
 from planzoom.errors import NotFound
 from planzoom.ids import check_id
+from planzoom.keys import VARIANT_NAME
 from planzoom.storage import ObjectNotFound
 from services.gateway.upstream import JobPlace
 
 router = APIRouter(prefix="/v1", tags=["tiles"])
 
 PAGE_DZI = re.compile(r"([1-9][0-9]{0,5})\.dzi")
-PAGE_VARIANT = re.compile(r"([1-9][0-9]{0,5})\.(thumbnail|icon|display|webp-[1-9][0-9]{0,3})"
-                          r"\.(jpg|webp)")
+PAGE_VARIANT = re.compile(
+    rf"(?P<page>[1-9][0-9]{{0,5}})\.(?P<name>{VARIANT_NAME.pattern})\.(?P<ext>jpg|webp)")
 PAGE_FILES = re.compile(r"([1-9][0-9]{0,5})_files")
 TILE = re.compile(r"(0|[1-9][0-9]{0,5})_(0|[1-9][0-9]{0,5})\.(jpg|jpeg|png|webp)")
 CONTENT_TYPES = {"dzi": "application/xml", "jpg": "image/jpeg", "jpeg": "image/jpeg",
@@ -75,9 +76,11 @@ async def _object(request: Request, key: str, content_type: str) -> Response:
             summary="A page's Deep Zoom descriptor (.dzi) or one of its variants")
 async def page_dzi(request: Request, job_id: str, name: str) -> Response:
     """The DZI XML of page ``n`` (``{n}.dzi``, 1-based), or one of the
-    page's variants (``{n}.thumbnail.jpg``, ``{n}.icon.jpg``,
-    ``{n}.display.jpg``, ``{n}.webp-{px}.webp``; the job record lists them).
-    404 until the page's render is done, or for one the job does not have.
+    page's variants (``{n}.thumbnail.jpg``, ``{n}.overview.jpg``,
+    ``{n}.icon.jpg``, ``{n}.display.jpg``, ``{n}.webp-{px}.webp``; the job
+    record lists them). 404 until the page has it (a PDF's overview and
+    thumbnail come first, the ``.dzi`` once the page is DONE), or for one
+    the job does not have.
     Bearer (viewer) or ``?cap=``."""
     if match := PAGE_DZI.fullmatch(name):
         place = await _place(request, job_id)
@@ -85,8 +88,8 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
                              CONTENT_TYPES["dzi"])
     if match := PAGE_VARIANT.fullmatch(name):
         place = await _place(request, job_id)
-        return await _object(request, f"{place.tiles_prefix}page-{match[1]}.{match[2]}."
-                             f"{match[3]}", CONTENT_TYPES[match[3]])
+        return await _object(request, f"{place.tiles_prefix}page-{match['page']}."
+                             f"{match['name']}.{match['ext']}", CONTENT_TYPES[match["ext"]])
     raise _absent(f"{name} (a descriptor is named <page>.dzi, a variant "
                   "<page>.<variant>.<jpg|webp>)")
 

@@ -2,7 +2,10 @@
 
 A page moves PENDING → RENDERING → TILING → DONE | FAILED and never back: an
 event whose state ranks below the page's current state (a late or redelivered
-report) changes nothing, and a page that is DONE or FAILED stays so. The job
+report) changes nothing, and a page that is DONE or FAILED stays so. An event
+with no state (a preview pass's: the page's size, overview and thumbnail)
+changes no state and is taken at any state short of DONE or FAILED. A
+reported variant replaces the page's variant of that name. The job
 is PROCESSING once any page has moved, and ends when every page has: COMPLETE
 if all are DONE, else FAILED with the failed pages' errors.
 """
@@ -37,15 +40,23 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     if not 1 <= n <= len(job.pages):
         raise InvalidInput(f"job {job.job_id} has no page {n}", reason="NO_SUCH_PAGE")
     page = job.pages[n - 1]
-    if page.state in TERMINAL_PAGE_STATES or _RANK[ev.page.state] < _RANK[page.state]:
+    if page.state in TERMINAL_PAGE_STATES:
         return False
     before = page.SerializeToString(deterministic=True)
+    if ev.page.state == jobs_pb2.PAGE_STATE_UNSPECIFIED:
+        # A preview pass: the page's size, overview and thumbnail, at
+        # whatever state the page has reached.
+        _drop_variants(page, ev.page.variants)
+        page.variants.extend(ev.page.variants)
+        page.width_pt, page.height_pt = ev.page.width_pt, ev.page.height_pt
+        return _changed(job, ev, page, before)
+    if _RANK[ev.page.state] < _RANK[page.state]:
+        return False
     started = None
     if page.HasField("started_at"):
         started = type(page.started_at)()
         started.CopyFrom(page.started_at)
-    if ev.page.variants:  # a report's variants replace the earlier ones
-        del page.variants[:]
+    _drop_variants(page, ev.page.variants)  # a reported variant replaces its namesake
     if ev.page.video.renditions:  # and so do a video's renditions
         del page.video.renditions[:]
     progress = page.progress
@@ -55,6 +66,22 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
         page.started_at.CopyFrom(started)
     if page.state == jobs_pb2.PAGE_STATE_DONE:
         page.progress = 1.0
+    return _changed(job, ev, page, before)
+
+
+def _drop_variants(page: jobs_pb2.PageRecord, reported) -> None:
+    """Remove from ``page`` the variants named in ``reported``."""
+    names = {v.name for v in reported}
+    if names:
+        kept = [v for v in page.variants if v.name not in names]
+        del page.variants[:]
+        page.variants.extend(kept)
+
+
+def _changed(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent, page: jobs_pb2.PageRecord,
+             before: bytes) -> bool:
+    """Finish a merge into ``page``: False if it is as it was (``before``),
+    else the job's report time and counts brought up to date and True."""
     if page.SerializeToString(deterministic=True) == before:
         return False
     job.stalled = False

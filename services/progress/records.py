@@ -42,8 +42,9 @@ Change = Callable[[jobs_pb2.Job], bool]
 #: The page states each stage may report; anything else in an event is
 #: refused (a stage cannot report another stage's work).
 STAGE_STATES = {
-    "render": {jobs_pb2.PAGE_STATE_RENDERING, jobs_pb2.PAGE_STATE_TILING,
-               jobs_pb2.PAGE_STATE_FAILED},
+    # UNSPECIFIED: a preview pass's report, which moves no state.
+    "render": {jobs_pb2.PAGE_STATE_UNSPECIFIED, jobs_pb2.PAGE_STATE_RENDERING,
+               jobs_pb2.PAGE_STATE_TILING, jobs_pb2.PAGE_STATE_FAILED},
     "tile": {jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED},
     "transcode": {jobs_pb2.PAGE_STATE_RENDERING, jobs_pb2.PAGE_STATE_DONE,
                   jobs_pb2.PAGE_STATE_FAILED},

@@ -1,5 +1,6 @@
 """Render worker: ``pages.render`` → PDFium → ``work/<job>/page-N.raw.zst`` →
-``pages.tile``."""
+``pages.tile``; and a PDF's preview passes (overviews and thumbnails, ahead
+of its pages)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from planzoom.messaging.worker import Delivery
 from planzoom.procpool import WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.render.rasterize import RenderResult, render_image, render_page
-from services.render.variants import image_variants, pdf_thumbnail
+from services.render.variants import image_variants, pdf_previews
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Render(SourceStage):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
         tracing.annotate(job_id=job.job_id, page=job.page)
+        if job.preview_through:
+            await self._previews(job, delivery)
+            return
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         if await self.skip_ended(job, ctx):
             return
@@ -103,31 +107,83 @@ class Render(SourceStage):
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
 
+    async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
+        """A page job that failed for good fails its page; a preview pass
+        fails no page (each page's own job still runs)."""
+        if events_pb2.PageJob.FromString(data).preview_through:
+            log.warning("preview pass given up: %s", reason)
+            return
+        await super().on_failure(data, delivery, reason)
+
     async def _variants(self, job: events_pb2.PageJob, source: str) -> list[jobs_pb2.Variant]:
         """Make and store the page's variants (services/render/variants.py):
-        all of them for an image page, the thumbnail for a PDF page."""
+        all of them for an image page; for a PDF page its overview and
+        thumbnail, unless its preview pass made them already."""
         opts = job.options.variants
         out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
         try:
             if job.source_kind in ("", "pdf"):
-                made = await self.pool.run(self.s.render_timeout_seconds, pdf_thumbnail, source,
-                                           job.page, opts.thumbnail_px,
-                                           opts.thumbnail_quality or opts.jpeg_quality, out_dir)
+                wanted = {name for name, px in (("overview", opts.overview_px),
+                                                ("thumbnail", opts.thumbnail_px)) if px}
+                page = (await self.jobs.get(job.job_id)).pages[job.page - 1]
+                if wanted <= {v.name for v in page.variants}:
+                    return []
+                made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
+                                           job.page, job.page, job.options,
+                                           self.s.max_page_side_pixels, out_dir)
+                made = made[0].get("variants", [])  # an error: the render just met none
             else:
                 watermark = opts.watermark_text or \
                     f"{job.plan.org} · {job.plan.project}/{job.plan.plan}"
                 made = await self.pool.run(self.s.render_timeout_seconds, image_variants, source,
                                            job.source_kind, job.source_index, opts, watermark,
                                            self.s.max_pages, self.s.max_image_pixels, out_dir)
-            variants = []
-            for v in made:
-                key = keys.variant_key(job.plan, job.job_id, job.page, v["name"], v["format"])
-                await asyncio.to_thread(self.store.upload_file, v["path"], key,
-                                        "image/webp" if v["format"] == "webp" else "image/jpeg")
-                variants.append(jobs_pb2.Variant(name=v["name"], format=v["format"],
-                                                 width=v["width"], height=v["height"],
-                                                 bytes=v["bytes"]))
-            return variants
+            return await self._store_variants(job, job.page, made)
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+    async def _store_variants(self, job: events_pb2.PageJob, page: int, made: list[dict]
+                              ) -> list[jobs_pb2.Variant]:
+        """Upload the variant files ``made`` (dicts as services/render/variants.py
+        returns them) of page ``page``; returns their records."""
+        variants = []
+        for v in made:
+            key = keys.variant_key(job.plan, job.job_id, page, v["name"], v["format"])
+            await asyncio.to_thread(self.store.upload_file, v["path"], key,
+                                    "image/webp" if v["format"] == "webp" else "image/jpeg")
+            variants.append(jobs_pb2.Variant(name=v["name"], format=v["format"],
+                                             width=v["width"], height=v["height"],
+                                             bytes=v["bytes"], level=v.get("level", 0)))
+        return variants
+
+    async def _previews(self, job: events_pb2.PageJob, delivery: Delivery) -> None:
+        """A preview pass: the overview and thumbnail of pages ``job.page`` ..
+        ``job.preview_through``, each stored and reported (state unchanged)
+        as soon as it is made. Best effort: a page it misses gets them from
+        its own page job, which also reports any error, so nothing here
+        fails a page."""
+        ctx = {"job_id": job.job_id, "pages": f"{job.page}-{job.preview_through}",
+               "attempt": delivery.attempt}
+        if await self.skip_ended(job, ctx, "preview skipped"):
+            return
+        out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-preview-{job.page}-", dir=self.tmp)
+        try:
+            source = await self.sources.path(job.source_key, job.source_sha256)
+            made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
+                                       job.page, job.preview_through, job.options,
+                                       self.s.max_page_side_pixels, out_dir)
+            for page in made:
+                if "error" in page:
+                    log.info("no preview of a page: %s", page["error"],
+                             extra={**ctx, "page": page["page"]})
+                    continue
+                variants = await self._store_variants(job, page["page"], page["variants"])
+                await self.report(job, jobs_pb2.PageRecord(
+                    page=page["page"], width_pt=page["width_pt"], height_pt=page["height_pt"],
+                    variants=variants), delivery.attempt, kind="preview")
+            log.info("previews made", extra=ctx)
+        except Exception as e:  # noqa: BLE001 - the pages' own jobs make what is missing
+            log.warning("preview pass failed: %s", e, extra=ctx)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 

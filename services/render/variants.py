@@ -1,7 +1,8 @@
 """The images made beside a page's pyramid (worker functions, like
 :mod:`services.render.rasterize`): for an image page a thumbnail, a square
 icon, WebP previews and a watermarked display image; for a PDF page its
-thumbnail, which the viewer's page strip shows.
+thumbnail, which the viewer's page strip shows, and its overview, a low
+level of its pyramid that the viewer shows until the page is DONE.
 
 An image page's variants come from one reduced decode of the source (libvips
 ``thumbnail``: JPEG and WebP shrink on load, a TIFF page or PNG is read once)
@@ -16,13 +17,15 @@ from __future__ import annotations
 import html
 import os
 
+from planzoom.dzi import level_count, level_size
 from planzoom.images import decoded, image_pages, normalised
 from planzoom.media import KINDS
+from planzoom.pages import effective_dpi, raster_size
 from planzoom.v1 import jobs_pb2
 
 
-def _save(image, out_dir: str, name: str, fmt: str, quality: int) -> dict:
-    path = os.path.join(out_dir, f"{name}.{fmt}")
+def _save(image, out_dir: str, name: str, fmt: str, quality: int, prefix: str = "") -> dict:
+    path = os.path.join(out_dir, f"{prefix}{name}.{fmt}")
     if fmt == "webp":
         image.webpsave(path, Q=quality, keep="none")
     else:
@@ -100,26 +103,78 @@ def image_variants(path: str, kind_name: str, index: int, opts: jobs_pb2.Variant
     return made
 
 
-def pdf_thumbnail(pdf_path: str, page_number: int, px: int, quality: int,
-                  out_dir: str) -> list[dict]:
-    """Write page ``page_number`` of a PDF, rendered by PDFium with its
-    longest side ``px`` pixels, as ``thumbnail.jpg`` in ``out_dir``; returns
-    ``[{name, ...}]`` as :func:`image_variants` (empty if ``px`` is 0)."""
-    import numpy as np
-    import pyvips
+def overview_level(width_px: int, height_px: int, px: int) -> int:
+    """The highest level of a ``width_px x height_px`` DZI pyramid whose
+    longest side is at most ``px`` pixels (level 0, one pixel, if none)."""
+    levels = level_count(width_px, height_px)
+    return max((level for level in range(levels)
+                if max(level_size(width_px, height_px, level)) <= px), default=0)
+
+
+def pdf_previews(pdf_path: str, first: int, last: int, options: jobs_pb2.JobOptions,
+                 max_side: int, out_dir: str) -> list[dict]:
+    """The overview and the thumbnail of pages ``first`` .. ``last``
+    (1-based) of a PDF, rendered by PDFium, written into ``out_dir``.
+
+    The overview is level :func:`overview_level` (``variants.overview_px``)
+    of the pyramid the page will have at ``options.dpi`` (after the pixel
+    caps, as :func:`~services.render.rasterize.render_page` sizes it),
+    rendered at exactly that level's size and saved at the tiles' JPEG
+    quality; the thumbnail (``variants.thumbnail_px``, longest side) is cut
+    from it, or rendered on its own if it is the larger. Returns one dict
+    per page: ``{page, width_pt, height_pt, variants: [{name, format,
+    width, height, path, bytes, level}]}``, or ``{page, error}`` for a page
+    PDFium cannot render (its page job will report why)."""
+    import pypdfium2 as pdfium
 
     from services.render.rasterize import _document
 
-    if not px:
-        return []
-    page = _document(pdf_path)[page_number - 1]
-    try:
-        width, height = page.get_size()
-        bitmap = page.render(scale=px / max(width, height), rev_byteorder=True,
-                             may_draw_forms=True)
-        pixels = np.ascontiguousarray(bitmap.to_numpy()[:, :, :3])
-    finally:
-        page.close()
-    image = pyvips.Image.new_from_memory(pixels.data, pixels.shape[1], pixels.shape[0], 3,
-                                         "uchar")
-    return [_save(_fit(image, px), out_dir, "thumbnail", "jpg", quality)]
+    opts, made = options.variants, []
+    doc = _document(pdf_path)
+    for number in range(first, last + 1):
+        try:
+            page = doc[number - 1]
+        except (pdfium.PdfiumError, IndexError) as e:
+            made.append({"page": number, "error": f"PDFium could not load the page: {e}"})
+            continue
+        try:
+            width_pt, height_pt = page.get_size()
+            variants = []
+            overview = None
+            if opts.overview_px:
+                dpi = effective_dpi(width_pt, height_pt, options.dpi, options.max_page_pixels,
+                                    max_side)
+                full = raster_size(width_pt, height_pt, dpi)
+                level = overview_level(*full, opts.overview_px)
+                overview = _rendered(page, *level_size(*full, level))
+                variants.append({**_save(overview, out_dir, "overview", "jpg",
+                                         options.jpeg_quality, f"{number}."), "level": level})
+            if opts.thumbnail_px:
+                if overview is None or max(overview.width, overview.height) < opts.thumbnail_px:
+                    scale = opts.thumbnail_px / max(width_pt, height_pt)
+                    overview = _rendered(page, max(1, round(width_pt * scale)),
+                                         max(1, round(height_pt * scale)))
+                variants.append(_save(_fit(overview, opts.thumbnail_px), out_dir, "thumbnail",
+                                      "jpg", opts.thumbnail_quality, f"{number}."))
+        except Exception as e:  # noqa: BLE001 - the page job will meet it and say why
+            made.append({"page": number, "error": f"{type(e).__name__}: {e}"})
+            continue
+        finally:
+            page.close()
+        made.append({"page": number, "width_pt": float(width_pt), "height_pt": float(height_pt),
+                     "variants": variants})
+    return made
+
+
+def _rendered(page, width: int, height: int):
+    """``page`` (pypdfium2) drawn by PDFium at ``width x height`` pixels, as
+    a libvips RGB image over a numpy array (which it keeps alive: images
+    made from it must not outlive it)."""
+    import numpy as np
+    import pyvips
+
+    from services.render.rasterize import render_rows
+
+    pixels = np.empty((height, width, 3), np.uint8)
+    render_rows(page, pixels, 0, height)
+    return pyvips.Image.new_from_memory(pixels.data, width, height, 3, "uchar")

@@ -223,22 +223,30 @@ def test_variant_options_choose_what_is_made(corpus, client, s3):
     assert "display_px" in refused.value.details()
 
 
-def test_pdf_pages_get_thumbnails_the_gateway_serves(corpus, client, stack, s3):
+def test_pdf_pages_get_thumbnails_and_overviews_the_gateway_serves(corpus, client, stack, s3):
     reply = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
                           jobs_pb2.PlanRef(org="acme", project="media", plan="pdf-thumbs"),
-                          jobs_pb2.JobOptions(dpi=40))
+                          jobs_pb2.JobOptions(dpi=100, variants=jobs_pb2.VariantOptions(
+                              overview_px=600)))
     job = wait_terminal(client, reply.job_id)
     for page in job.pages:
-        [thumb] = page.variants
-        assert thumb.name == "thumbnail" and max(thumb.width, thumb.height) == 300
+        made = {v.name: v for v in page.variants}
+        assert sorted(made) == ["overview", "thumbnail"]
+        thumb, overview = made["thumbnail"], made["overview"]
+        assert max(thumb.width, thumb.height) == 300
         assert (thumb.width > thumb.height) == (page.width_pt > page.height_pt)
+        # The level that fits 600 px: A4 at 100 DPI is about 1170 x 830 px,
+        # so one level down, about 585 x 415.
+        assert overview.level == page.levels - 2
+        assert 500 < max(overview.width, overview.height) <= 600
     with httpx.Client(base_url=stack.gateway_url, timeout=30) as http:
-        resp = http.get(f"/v1/jobs/{job.job_id}/pages/2.thumbnail.jpg",
-                        headers={"Authorization": f"Bearer {stack.token('acme', 'viewer')}"})
-        assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
-        assert resp.content == s3.get_object(Bucket="planzoom",
-                                             Key=job.pages[1].variants[0].key)["Body"].read()
-        assert "immutable" in resp.headers["cache-control"]
+        for name in ("thumbnail", "overview"):
+            resp = http.get(f"/v1/jobs/{job.job_id}/pages/2.{name}.jpg",
+                            headers={"Authorization": f"Bearer {stack.token('acme', 'viewer')}"})
+            assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
+            key = next(v.key for v in job.pages[1].variants if v.name == name)
+            assert resp.content == s3.get_object(Bucket="planzoom", Key=key)["Body"].read()
+            assert "immutable" in resp.headers["cache-control"]
         missing = http.get(f"/v1/jobs/{job.job_id}/pages/2.icon.jpg",
                            headers={"Authorization": f"Bearer {stack.token('acme')}"})
         assert missing.status_code == 404

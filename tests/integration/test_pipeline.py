@@ -47,6 +47,12 @@ def test_end_to_end(corpus, client, s3, name, dpi, extra):
             assert record.width_px * record.height_px <= extra["max_page_pixels"]
         else:
             assert record.dpi == dpi
+        # The overview (default 1024 px) is the highest level that fits.
+        overview = next(v for v in record.variants if v.name == "overview")
+        sides = (record.width_px, record.height_px)
+        assert max(overview.width, overview.height) <= 1024
+        assert overview.level == record.levels - 1 or max(
+            -(-side // 2 ** (record.levels - 2 - overview.level)) for side in sides) > 1024
         check_page(s3, record, str(pdf))
 
     manifest = json.loads(s3.get_object(Bucket="planzoom", Key=job.manifest_key)["Body"].read())

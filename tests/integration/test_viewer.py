@@ -1,5 +1,6 @@
 """The plan viewer in a real browser (Debian's chromium driven by
-Playwright) against the running stack: pages appear while the job runs,
+Playwright) against the running stack: every page's thumbnail and overview
+come first and pages are done one by one while the job runs,
 the last page's deep zoom loads without one failed request, what it shows
 at 1:1 is what PDFium draws, and the keyboard moves between pages."""
 
@@ -81,25 +82,35 @@ def test_viewer_follows_a_job_and_shows_what_pdfium_draws(stack, browser, corpus
     page.goto(f"{stack.gateway_url}/view/{resp.job_id}#token={token}")
     assert "token=" not in page.url  # taken out of the address bar
 
-    # Pages appear one by one while the job runs.
-    seen, first_visible = [], None
+    # Every page's thumbnail comes first (its preview pass), then pages are
+    # done one by one; the last page shows its overview, then its deep zoom.
+    seen, first_visible, all_thumbnails, shown = [], None, None, set()
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        shown = page.evaluate("document.querySelectorAll('.page img').length")
-        if shown and first_visible is None:
+        thumbnails = page.evaluate("document.querySelectorAll('.page img').length")
+        done = page.evaluate("document.querySelectorAll('.page[data-state=done]').length")
+        if thumbnails and first_visible is None:
             page.wait_for_function("() => planzoom.viewer.world.getItemCount() > 0 && "
                                    "planzoom.viewer.world.getItemAt(0).getFullyLoaded()")
             first_visible = time.monotonic() - submitted
-        if not seen or seen[-1] != shown:
-            seen.append(shown)
-        if shown == 8 and "complete" in page.inner_text("#state"):
+        if thumbnails == 8 and all_thumbnails is None:
+            all_thumbnails = (time.monotonic() - submitted, done)
+            page.keyboard.press("End")
+        shown.add(page.evaluate("planzoom.shown"))
+        if not seen or seen[-1] != done:
+            seen.append(done)
+        if done == 8 and "complete" in page.inner_text("#state"):
             break
         time.sleep(0.1)
     assert seen[-1] == 8, seen
-    assert len(set(seen)) >= 3, f"pages did not appear one by one: {seen}"
+    assert len(set(seen)) >= 3, f"pages were not done one by one: {seen}"
     assert seen == sorted(seen)
-    print(f"\nsubmit → first page visible in the browser: {first_visible:.1f} s; "
-          f"thumbnails over time: {seen}")
+    assert all_thumbnails[1] < 8, f"thumbnails came only with the pages: {all_thumbnails}"
+    page.wait_for_function("() => planzoom.shown === '8:dzi'")
+    assert "8:overview" in shown, f"page 8 was never shown as its overview: {shown}"
+    print(f"\nsubmit → first page visible in the browser: {first_visible:.1f} s; every "
+          f"thumbnail: {all_thumbnails[0]:.1f} s ({all_thumbnails[1]} pages done then); "
+          f"pages done over time: {seen}")
     job = wait_terminal(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
 

@@ -279,6 +279,59 @@ def test_fold_failed_page_fails_job_at_the_end():
         apply_event(_job(1), _ev(3, jobs_pb2.PAGE_STATE_DONE))
 
 
+def test_fold_takes_a_preview_at_any_open_state_and_merges_variants_by_name():
+    """A preview pass reports no state: its overview and thumbnail land
+    whatever the page's state short of its end, and a later report of one
+    variant replaces only that one."""
+    job = _job(2)
+    apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_RENDERING, started_at={"seconds": 5}))
+    preview = _ev(1, jobs_pb2.PAGE_STATE_UNSPECIFIED, width_pt=612, height_pt=792, variants=[
+        jobs_pb2.Variant(name="overview", format="jpg", width=791, height=1024, level=12),
+        jobs_pb2.Variant(name="thumbnail", format="jpg", width=232, height=300)])
+    assert apply_event(job, preview)
+    page = job.pages[0]
+    assert page.state == jobs_pb2.PAGE_STATE_RENDERING and page.started_at.seconds == 5
+    assert [v.name for v in page.variants] == ["overview", "thumbnail"]
+    assert page.width_pt == 612 and page.variants[0].level == 12
+    assert job.state == jobs_pb2.JOB_STATE_PROCESSING
+    assert not apply_event(job, preview)  # redelivered: nothing new
+    tiling = _ev(1, jobs_pb2.PAGE_STATE_TILING, variants=[
+        jobs_pb2.Variant(name="thumbnail", format="jpg", width=300, height=388)])
+    assert apply_event(job, tiling)
+    assert sorted((v.name, v.width) for v in page.variants) == [("overview", 791),
+                                                                 ("thumbnail", 300)]
+    # A preview of a pending page moves nothing: the job stays PENDING.
+    other = _job(1)
+    assert apply_event(other, _ev(1, jobs_pb2.PAGE_STATE_UNSPECIFIED, variants=[
+        jobs_pb2.Variant(name="thumbnail", format="jpg", width=1, height=1)]))
+    assert other.state == jobs_pb2.JOB_STATE_PENDING
+    assert other.pages[0].state == jobs_pb2.PAGE_STATE_PENDING
+    # Once the page has ended, a late preview changes nothing.
+    apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_DONE))
+    assert not apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_UNSPECIFIED, variants=[
+        jobs_pb2.Variant(name="overview", format="jpg", width=1, height=1)]))
+
+
+def test_preview_passes_cover_runs_of_pages():
+    from planzoom.messaging.workqueues import _runs
+
+    assert _runs(list(range(1, 20)), 8) == [(1, 8), (9, 16), (17, 19)]
+    assert _runs([9, 1, 2, 5, 6, 7, 2], 8) == [(1, 2), (5, 7), (9, 9)]
+    assert _runs([], 8) == []
+
+
+def test_overview_is_the_highest_level_that_fits():
+    from planzoom.dzi import level_size
+    from services.render.variants import overview_level
+
+    for w, h, px in ((2481, 3508, 1024), (1000, 800, 1024), (35000, 20, 1024), (5, 5, 1),
+                     (4097, 4096, 4096), (1, 1, 1024)):
+        level = overview_level(w, h, px)
+        assert max(level_size(w, h, level)) <= px or level == 0
+        assert level == level_count(w, h) - 1 or max(level_size(w, h, level + 1)) > px
+    assert level_size(2481, 3508, overview_level(2481, 3508, 1024)) == (621, 877)
+
+
 def test_settle_ends_a_record_whose_pages_have_all_ended():
     job = _job(2)
     apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_DONE))

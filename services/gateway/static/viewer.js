@@ -10,6 +10,11 @@
  * config.mode "static": config.job is a manifest.json and config.base the
  * folder of its .dzi files (an exported job opened from disk).
  *
+ * Until a page is DONE, the view shows its overview (a low level of its
+ * pyramid, made for every page of a set ahead of the full-resolution work)
+ * and the strip its thumbnail; the deep zoom replaces the overview when the
+ * page is done.
+ *
  * A video job shows its HLS preview instead, played by hls.js (Safari:
  * natively) from the gateway's /video/ route with a signed link.
  *
@@ -21,7 +26,8 @@
 function planzoomViewer(element, config) {
   const $ = (id) => document.getElementById(id);
   const CSS_PX_PER_INCH = 96;
-  let job = null, selected = 0, links = null, viewer = null, shown = 0, hls = null;
+  let job = null, selected = 0, links = null, viewer = null, hls = null;
+  let shown = "";  // what the view shows: "<page>:dzi", "<page>:overview" or ""
   const VIDEO_KINDS = ["mp4", "mov", "mkv", "webm", "avi"];
   const isVideo = () => job && VIDEO_KINDS.includes(job.source_kind);
   const videoUrl = (file) => links ? `${config.api}/jobs/${config.jobId}/video/${file}?cap=${links.cap}` : null;
@@ -49,10 +55,23 @@ function planzoomViewer(element, config) {
   viewer.addHandler("animation", showZoom);
   viewer.addHandler("open", showZoom);
   window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select,
-                     get hls() { return hls; }};
+                     get hls() { return hls; }, get shown() { return shown; }};
 
   function pageState(p) { return (p.state || "").replace("PAGE_STATE_", "").toLowerCase(); }
   function done(p) { return pageState(p) === "done"; }
+  function variant(p, name) { return (p.variants || []).find(v => v.name === name); }
+  function variantUrl(n, name) {
+    const file = `${n}.${name}.jpg`;
+    if (config.mode !== "live") return `${config.base}page-${file}`;
+    return links ? `${config.api}/jobs/${config.jobId}/pages/${file}?cap=${links.cap}` : null;
+  }
+  // What the selected page's view can show now: its deep zoom once done,
+  // its overview before.
+  function viewable(n) {
+    const p = job.pages[n - 1];
+    if (done(p)) return `${n}:dzi`;
+    return !isVideo() && variant(p, "overview") && variantUrl(n, "overview") ? `${n}:overview` : "";
+  }
 
   function dziUrl(n) {
     return config.mode === "live" ? `${config.api}/jobs/${config.jobId}/pages/${n}.dzi`
@@ -68,12 +87,9 @@ function planzoomViewer(element, config) {
   }
   function thumbUrl(n) {
     const p = job.pages[n - 1];
-    if (isVideo()) return config.mode === "live" ? videoUrl("thumbnail.jpg") : null;
-    if ((p.variants || []).some(v => v.name === "thumbnail")) {  // made with the page
-      const name = `${n}.thumbnail.jpg`;
-      if (config.mode !== "live") return `${config.base}page-${name}`;
-      return links ? `${config.api}/jobs/${config.jobId}/pages/${name}?cap=${links.cap}` : null;
-    }
+    if (isVideo()) return done(p) && config.mode === "live" ? videoUrl("thumbnail.jpg") : null;
+    if (variant(p, "thumbnail")) return variantUrl(n, "thumbnail");  // made with the page
+    if (!done(p)) return null;
     const longest = Math.max(p.width_px, p.height_px);
     const level = Math.max(0, p.levels - 1 - Math.ceil(Math.log2(Math.max(1, longest / p.tile_size))));
     const path = `page-${n}_files/${level}/0_0.${p.format}`;
@@ -97,12 +113,12 @@ function planzoomViewer(element, config) {
         item.addEventListener("click", () => select(n));
         strip.appendChild(item);
       }
-      const st = pageState(p);
-      if (item.dataset.state === st && (st !== "done" || item.querySelector("img"))) return;
+      const st = pageState(p), src = st === "failed" ? null : thumbUrl(n);
+      if (item.dataset.state === st && (item.dataset.src || null) === src) return;
       item.dataset.state = st;
+      if (src) item.dataset.src = src; else delete item.dataset.src;
       item.classList.toggle("failed", st === "failed");
       item.replaceChildren();
-      const src = st === "done" ? thumbUrl(n) : null;
       if (src) {
         const img = document.createElement("img");
         img.alt = `page ${n}`; img.src = src; item.appendChild(img);
@@ -111,7 +127,8 @@ function planzoomViewer(element, config) {
         ph.className = "placeholder"; ph.textContent = st || "pending"; item.appendChild(ph);
       }
       const label = document.createElement("div");
-      label.textContent = `page ${n}`; item.appendChild(label);
+      label.textContent = `page ${n}` + (src && st !== "done" ? ` · ${st || "pending"}` : "");
+      item.appendChild(label);
       if (st === "failed") {
         const reason = document.createElement("div");
         reason.className = "reason"; reason.textContent = p.error || "failed";
@@ -119,11 +136,12 @@ function planzoomViewer(element, config) {
       }
     });
     if (!selected) {
-      const first = job.pages.findIndex(done);
+      const first = job.pages.findIndex((p, i) => viewable(i + 1));
       if (first >= 0) select(first + 1);
     } else {
       showNotice();
-      if (done(job.pages[selected - 1]) && shown !== selected) open(selected);
+      const now = viewable(selected);
+      if (now && shown !== now) open(selected);
     }
     if (links && /complete|failed|cancelled/.test(state)) {
       $("download").href = links.download; $("download").hidden = false;
@@ -148,11 +166,15 @@ function planzoomViewer(element, config) {
       `${(p.width_pt / 72).toFixed(1)} × ${(p.height_pt / 72).toFixed(1)} in · ${Math.round(p.dpi || 0)} DPI` +
       (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "";
     showNotice();
-    if (done(p)) open(n); else { viewer.close(); shown = 0; }
+    if (viewable(n)) open(n); else { viewer.close(); shown = ""; }
   }
 
   function open(n) {
-    shown = n;
+    shown = viewable(n);
+    if (shown.endsWith(":overview")) {
+      viewer.open({type: "image", url: variantUrl(n, "overview"), buildPyramid: false});
+      return;
+    }
     if (!isVideo()) { viewer.open(tileSource(n)); return; }
     const video = $("video"), url = videoUrl("master.m3u8");
     if (!url || hls) return;
@@ -176,7 +198,8 @@ function planzoomViewer(element, config) {
     const st = pageState(p);
     notice.hidden = st === "done";
     notice.textContent = st === "failed" ? `Page ${selected} failed: ${p.error || "no reason given"}`
-                                         : `Page ${selected} is ${st || "pending"}…`;
+      : variant(p, "overview") ? `Overview of page ${selected}: full resolution on its way (${st || "pending"})…`
+      : `Page ${selected} is ${st || "pending"}…`;
   }
 
   function showZoom() {
@@ -184,7 +207,9 @@ function planzoomViewer(element, config) {
     if (!p || !viewer.world.getItemCount()) { $("zoom").textContent = ""; return; }
     // Image pixels per screen pixel, then screen pixels per inch of paper.
     const imageZoom = viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
-    const pxPerPaperInch = imageZoom * (p.dpi || 1);
+    const overview = shown.endsWith(":overview") && variant(p, "overview");
+    const dpi = overview ? overview.width * 72 / (p.width_pt || 1) : (p.dpi || 1);
+    const pxPerPaperInch = imageZoom * dpi;
     $("zoom").textContent = `${Math.round(100 * pxPerPaperInch / CSS_PX_PER_INCH)}% of paper size`;
     // Scale bar: the round paper length whose bar is 60-150 screen px long.
     const steps = [0.0625, 0.125, 0.25, 0.5, 1, 2, 4, 6, 12, 24, 48];
