@@ -112,6 +112,35 @@ def test_events_follow_a_job_to_its_end_and_resume_after_last_event_id(
     assert_problem(http.get(url, headers=bearer(stack, org="intruder")), 404)
 
 
+def test_event_deltas_rebuild_the_record_in_fewer_bytes(stack, http, corpus, client):
+    """``?deltas=true``: a whole record first, then the summary and the
+    changed pages only; put together they are the record GET returns, and
+    they weigh less than whole records would."""
+    resp = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=32))
+    url = f"/v1/jobs/{resp.job_id}/events"
+    events = sse_events(http, url + "?deltas=true", bearer(stack))
+    assert events[0][0] == "job" and len(events) > 3
+    assert {e for e, _, _ in events[1:]} == {"delta"}
+    job = events[0][2]
+    assert any(len(delta["pages"]) < 7 for _, _, delta in events[1:])
+    for _, _, delta in events[1:]:
+        pages = job["pages"]
+        for page in delta["pages"]:
+            pages[page["page"] - 1] = page
+        job = {**delta, "pages": pages}
+    final = http.get(f"/v1/jobs/{resp.job_id}", headers=bearer(stack)).json()
+    assert job == final and job["state"] == "JOB_STATE_COMPLETE"
+    assert all(p["dzi_key"] and p["variants"] for p in job["pages"])
+    sent = sum(len(json.dumps(d)) for _, _, d in events)
+    whole = sum(len(json.dumps(d)) for _, _, d in sse_events(http, url, bearer(stack)))
+    assert whole == len(json.dumps(final))  # the job has ended: one record
+    assert sent < len(events) * whole / 2
+    # Resuming: a whole record first again.
+    later = sse_events(http, url + "?deltas=true",
+                       {**bearer(stack), "Last-Event-ID": events[1][1]})
+    assert later[0][0] == "job" and later[0][2] == final
+
+
 def test_tiles_with_a_token_are_cacheable_and_conditional(stack, http, done_job):
     base = f"/v1/jobs/{done_job.job_id}/pages"
     dzi = http.get(f"{base}/3.dzi", headers=bearer(stack))

@@ -5,7 +5,9 @@
  * bearer token given in the URL fragment (#token=...; kept in this tab's
  * sessionStorage and removed from the address bar). Changes arrive as
  * Server-Sent Events read with fetch (EventSource cannot send a header) and
- * resumed with Last-Event-ID. Descriptors and tiles load with the token in
+ * resumed with Last-Event-ID: the whole record first, then deltas (the
+ * record's fields and the pages that changed), so a 2,000-page set costs
+ * a few kB a change, not its whole record. Descriptors and tiles load with the token in
  * an Authorization header; thumbnails and the download use a signed link.
  * config.mode "static": config.job is a manifest.json and config.base the
  * folder of its .dzi files (an exported job opened from disk).
@@ -252,7 +254,7 @@ function planzoomViewer(element, config) {
     let lastId = "";
     for (let attempt = 0; ; attempt++) {
       try {
-        const resp = await fetch(`${config.api}/jobs/${config.jobId}/events`,
+        const resp = await fetch(`${config.api}/jobs/${config.jobId}/events?deltas=true`,
           {headers: {...headers, ...(lastId ? {"Last-Event-ID": lastId} : {})}});
         if (!resp.ok) return fail(new Error(`${resp.status}: ${(await resp.json()).detail}`));
         const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -276,6 +278,11 @@ function planzoomViewer(element, config) {
               else if (line.startsWith("id:")) id = line.slice(3).trim();
             }
             if (event === "job" && data) { job = JSON.parse(data); lastId = id || lastId; render(); attempt = 0; }
+            else if (event === "delta" && data && job) {
+              const delta = JSON.parse(data), pages = job.pages;
+              for (const p of delta.pages) pages[p.page - 1] = p;
+              job = {...delta, pages}; lastId = id || lastId; render(); attempt = 0;
+            }
             else if (event === "problem" && data) fail(new Error(JSON.parse(data).detail));
           }
         }
