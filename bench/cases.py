@@ -18,6 +18,7 @@ import pypdfium2 as pdfium
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import PeakSampler, run_cmd
+from planzoom.heap import keep_freed_blocks
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from planzoom_cli.client import Client
 from planzoom_devstack.stack import SERVICES, EmbeddedStack
@@ -159,7 +160,9 @@ def render_all(pdf: Path, pages: list[int], dpi: float, work: Path,
 
 
 def _warm() -> None:
-    """Import in a worker what rendering a page imports."""
+    """Import in a worker what rendering a page imports, and set its heap
+    as the service's workers do."""
+    keep_freed_blocks()
     import cv2  # noqa: F401
     import pypdfium2  # noqa: F401
     import zstandard  # noqa: F401
@@ -177,6 +180,7 @@ def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[f
     from when it is up, as the service's are) and one tile worker (this
     process, its default encoder threads), pipelined, tiles written to local
     files. Returns (seconds, tiles)."""
+    keep_freed_blocks()  # as the tile service does
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tiles = 0

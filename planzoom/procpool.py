@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from planzoom.errors import Internal, PlanzoomError, Timeout, Unavailable
+from planzoom.heap import keep_freed_blocks
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ def _failure(error: BaseException) -> dict:
 def worker_main(memory_bytes: int) -> None:
     """The worker's loop: one task at a time from stdin, its outcome as
     JSON on stdout, until stdin closes."""
+    keep_freed_blocks()  # page after page allocates the same big buffers
     _restrict(memory_bytes)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything a library prints goes to the log, not the pipe

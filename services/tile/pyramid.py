@@ -71,9 +71,9 @@ def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
             # Each block is a fresh buffer the pyramid may keep views of; the
             # frame is decompressed straight into it. ``want`` is whole rows,
             # so only the frame's end leaves a block short.
-            block = bytearray(want)
+            block = np.empty(want, np.uint8)  # not zeroed first: it is overwritten
             filled = 0
-            while filled < want and (n := reader.readinto(memoryview(block)[filled:])):
+            while filled < want and (n := reader.readinto(block[filled:])):
                 filled += n
             rows = filled // row_bytes
             partial = filled - rows * row_bytes
@@ -82,8 +82,7 @@ def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
                 if seen > height:
                     raise RasterUnreadable(
                         f"raster holds more than the {height} rows expected")
-                yield np.frombuffer(block, np.uint8, rows * row_bytes).reshape(
-                    rows, width, bands)
+                yield block[: rows * row_bytes].reshape(rows, width, bands)
             if filled < want:
                 break
     except zstandard.ZstdError as e:
@@ -232,8 +231,8 @@ class JpegEncoder:
         self._white: dict[tuple[int, int, int], bytes] = {}
 
     def encode(self, pixels: np.ndarray) -> bytes:
-        """``pixels``: (height, width, bands) uint8 → JPEG bytes."""
-        pixels = np.ascontiguousarray(pixels)
+        """``pixels``: (height, width, bands) uint8, rows at any stride (a
+        view into a wider block is encoded in place) → JPEG bytes."""
         if pixels.min() == 255:
             shape = pixels.shape
             data = self._white.get(shape)

@@ -17,6 +17,7 @@ from planzoom.backend import PageStage
 from planzoom.config import Settings
 from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
 from planzoom.errors import Cancelled
+from planzoom.heap import keep_freed_blocks
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.v1 import events_pb2
@@ -46,6 +47,7 @@ class Tile(PageStage):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        keep_freed_blocks()  # each page's raster blocks reuse the last page's memory
         self.concurrency = settings.tile_concurrency
         self.max_seconds = settings.tile_timeout_seconds
         self.uploads = UploadPool.from_settings(settings)
