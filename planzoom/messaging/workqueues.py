@@ -115,11 +115,13 @@ class WorkQueues:
         stored (the others were duplicates). A video's one "page" goes to the
         transcode stream (Nats-Msg-Id ``transcode.<job_id>.1``).
 
-        A PDF's page jobs are preceded by its preview passes, a PageJob per
-        run of up to PREVIEW_PAGES consecutive pages with ``preview_through``
-        set (Nats-Msg-Id ``preview.<job_id>.<first page>``): render workers
-        take them first, so every page has its overview and thumbnail
-        before the set's full-resolution work is under way."""
+        A PDF's page jobs come with its preview passes, a PageJob per run of
+        up to PREVIEW_PAGES consecutive pages with ``preview_through`` set
+        (Nats-Msg-Id ``preview.<job_id>.<first page>``), in this order: the
+        first pass, the first page, the other passes, the other pages. So
+        the first page is sharp as soon as it can be, and every page has
+        its overview and thumbnail before the rest of the set's
+        full-resolution work is under way."""
         video = job.source_kind in VIDEO_KINDS
         stream = TRANSCODE_STREAM if video else RENDER_STREAM
         await self.ensure(job.plan.org, (stream,) if video else (RENDER_STREAM, TILE_STREAM))
@@ -133,15 +135,24 @@ class WorkQueues:
                 options=job.options, source_kind=job.source_kind,
                 source_index=job.pages[page - 1].source_index if job.pages else 0, **fields)
 
-        variants = job.options.variants
-        if job.source_kind in ("", "pdf") and (variants.overview_px or variants.thumbnail_px):
-            for first, last in _runs(pages, PREVIEW_PAGES):
+        async def publish_pages(numbers: list[int]) -> None:
+            for page in numbers:
+                if await publish(self.js, subject, page_job(page).SerializeToString(),
+                                 f"{'transcode' if video else 'render'}.{job.job_id}.{page}"):
+                    stored.append(page)
+
+        async def publish_previews(runs: list[tuple[int, int]]) -> None:
+            for first, last in runs:
                 await publish(self.js, subject, page_job(first, preview_through=last)
                               .SerializeToString(), f"preview.{job.job_id}.{first}")
-        for page in pages:
-            if await publish(self.js, subject, page_job(page).SerializeToString(),
-                             f"{'transcode' if video else 'render'}.{job.job_id}.{page}"):
-                stored.append(page)
+
+        variants = job.options.variants
+        runs = _runs(pages, PREVIEW_PAGES) if job.source_kind in ("", "pdf") and (
+            variants.overview_px or variants.thumbnail_px) else []
+        await publish_previews(runs[:1])
+        await publish_pages(pages[:1])
+        await publish_previews(runs[1:])
+        await publish_pages(pages[1:])
         return stored
 
     async def publish_tile_job(self, tile_job: events_pb2.TileJob) -> None:
