@@ -19,6 +19,7 @@ from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.procpool import WorkerTimeout
+from planzoom.states import is_terminal
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.render.rasterize import RenderResult, render_image, render_page
 from services.render.variants import image_variants, pdf_previews
@@ -156,6 +157,21 @@ class Render(SourceStage):
                                              bytes=v["bytes"], level=v.get("level", 0)))
         return variants
 
+    async def _drop_unrecorded(self, job: events_pb2.PageJob,
+                               stored: list[tuple[int, jobs_pb2.Variant]]) -> None:
+        """If the job has ended, delete what a preview pass stored that its
+        final record does not list (reports that came too late): nothing
+        else would (a cancelled job's end removes the variants its record
+        lists)."""
+        record = await self.jobs.get(job.job_id)
+        if not is_terminal(record):
+            return
+        listed = {(p.page, v.name) for p in record.pages for v in p.variants}
+        for page, v in stored:
+            if (page, v.name) not in listed:
+                await asyncio.to_thread(self.store.delete, keys.variant_key(
+                    job.plan, job.job_id, page, v.name, v.format))
+
     async def _previews(self, job: events_pb2.PageJob, delivery: Delivery) -> None:
         """A preview pass: the overview and thumbnail of pages ``job.page`` ..
         ``job.preview_through``, each stored and reported (state unchanged)
@@ -167,6 +183,7 @@ class Render(SourceStage):
         if await self.skip_ended(job, ctx, "preview skipped"):
             return
         out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-preview-{job.page}-", dir=self.tmp)
+        stored: list[tuple[int, jobs_pb2.Variant]] = []
         try:
             source = await self.sources.path(job.source_key, job.source_sha256)
             made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
@@ -178,9 +195,11 @@ class Render(SourceStage):
                              extra={**ctx, "page": page["page"]})
                     continue
                 variants = await self._store_variants(job, page["page"], page["variants"])
+                stored += [(page["page"], v) for v in variants]
                 await self.report(job, jobs_pb2.PageRecord(
                     page=page["page"], width_pt=page["width_pt"], height_pt=page["height_pt"],
                     variants=variants), delivery.attempt, kind="preview")
+            await self._drop_unrecorded(job, stored)
             log.info("previews made", extra=ctx)
         except Exception as e:  # noqa: BLE001 - the pages' own jobs make what is missing
             log.warning("preview pass failed: %s", e, extra=ctx)

@@ -75,6 +75,35 @@ def test_a_cancel_racing_the_last_page_ends_in_one_state(corpus, client, s3):
     print("outcomes of the races:", sorted(jobs_pb2.JobState.Name(s) for s in outcomes))
 
 
+def test_a_cancel_during_the_preview_passes_leaves_only_done_pages(corpus, client, s3):
+    """A 117-page set cancelled while its preview passes run: once the render
+    worker has settled, the job's folder holds manifest.json and the files
+    of pages that were DONE, nothing of the others (overviews stored after
+    the cancel included)."""
+    resp = _submit(client, corpus, "manypages-117p-vectorfigures-pypdf-geotopo.pdf",
+                   "cancel-previews", 20)
+    wait_until("a page has its overview", lambda: any(
+        p.variants for p in client.get_job(resp.job_id).pages), timeout=60, interval=0.02)
+    client.cancel(resp.job_id, "cancelled during the previews")
+    job = wait_terminal(client, resp.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_CANCELLED
+    done = {keys.page_name(p.page) for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE}
+    assert len(done) < job.total_pages
+
+    def settled() -> list[str]:  # the listing, once unchanged for 2 s
+        before = None
+        while (now := list_keys(s3, job.tiles_prefix)) != before:
+            before = now
+            time.sleep(2)
+        return now
+
+    left = settled()
+    stray = [k for k in left if k != job.manifest_key
+             and k[len(job.tiles_prefix):].split(".")[0].split("_")[0] not in done]
+    assert stray == [], f"{len(stray)} objects of pages that were not done: {stray[:5]}"
+    assert list_keys(s3, f"work/{job.job_id}/") == []
+
+
 def test_work_is_empty_after_a_cancel_during_the_raster_upload(corpus, client, s3, s3_proxy):
     s3_proxy.delay = 3.0  # every S3 request takes 3 s: the raster's PUT is slow
     try:
