@@ -41,11 +41,22 @@ def tree(spans) -> str:
 
 
 def ended_trace(otlp, job_id: str):
-    """The spans of the trace that holds ``job_id``'s "job ended" span."""
+    """The spans of the trace that holds ``job_id``'s "job ended" span, once
+    they form one tree (each service exports its spans in its own batches,
+    so a child can arrive before its parent)."""
     (ended,) = wait_until("the job's end is exported",
                           lambda: otlp.find("job ended", **{"planzoom.job_id": job_id}),
                           timeout=20)
-    return ended, otlp.trace(ended.trace_id)
+
+    def whole():
+        spans = otlp.trace(ended.trace_id)
+        ids = {s.span_id for s in spans}
+        return spans if sum(s.parent_id not in ids for s in spans) == 1 else None
+
+    try:
+        return ended, wait_until("the whole trace is exported", whole, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"the trace is not one tree:\n{tree(otlp.trace(ended.trace_id))}")
 
 
 def assert_joined(spans, ended, first_service: str) -> None:
