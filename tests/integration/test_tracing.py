@@ -56,7 +56,8 @@ def ended_trace(otlp, job_id: str):
     try:
         return ended, wait_until("the whole trace is exported", whole, timeout=20)
     except AssertionError:
-        raise AssertionError(f"the trace is not one tree:\n{tree(otlp.trace(ended.trace_id))}")
+        raise AssertionError(
+            f"the trace is not one tree:\n{tree(otlp.trace(ended.trace_id))}") from None
 
 
 def assert_joined(spans, ended, first_service: str) -> None:
