@@ -140,21 +140,21 @@ def pdf_previews(pdf_path: str, first: int, last: int, options: jobs_pb2.JobOpti
         try:
             width_pt, height_pt = page.get_size()
             variants = []
-            overview = None
+            base = None  # the largest image drawn so far
             if opts.overview_px:
                 dpi = effective_dpi(width_pt, height_pt, options.dpi, options.max_page_pixels,
                                     max_side)
                 full = raster_size(width_pt, height_pt, dpi)
                 level = overview_level(*full, opts.overview_px)
-                overview = _rendered(page, *level_size(*full, level))
-                variants.append({**_save(overview, out_dir, "overview", "jpg",
+                base = _rendered(page, *level_size(*full, level))
+                variants.append({**_save(base, out_dir, "overview", "jpg",
                                          options.jpeg_quality, f"{number}."), "level": level})
             if opts.thumbnail_px:
-                if overview is None or max(overview.width, overview.height) < opts.thumbnail_px:
+                if base is None or max(base.width, base.height) < opts.thumbnail_px:
                     scale = opts.thumbnail_px / max(width_pt, height_pt)
-                    overview = _rendered(page, max(1, round(width_pt * scale)),
-                                         max(1, round(height_pt * scale)))
-                variants.append(_save(_fit(overview, opts.thumbnail_px), out_dir, "thumbnail",
+                    base = _rendered(page, max(1, round(width_pt * scale)),
+                                     max(1, round(height_pt * scale)))
+                variants.append(_save(_fit(base, opts.thumbnail_px), out_dir, "thumbnail",
                                       "jpg", opts.thumbnail_quality, f"{number}."))
         except Exception as e:  # noqa: BLE001 - the page job will meet it and say why
             made.append({"page": number, "error": f"{type(e).__name__}: {e}"})
