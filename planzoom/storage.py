@@ -220,11 +220,7 @@ class ObjectStore:
     def list_keys(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         """Keys under ``prefix``; with ``recursive=False`` only those with no
         further "/" after it (one level, like a directory listing)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        extra = {} if recursive else {"Delimiter": "/"}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
-            for obj in page.get("Contents", []):
-                yield obj["Key"]
+        return (key for key, _ in self.list_objects(prefix, recursive))
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -289,9 +285,12 @@ class ObjectStore:
             for obj in page.get("Contents", []):
                 yield obj["Key"], int(obj["Size"])
 
-    def list_objects(self, prefix: str) -> Iterator[tuple[str, float]]:
-        """(key, last modified as epoch seconds) of every object under ``prefix``."""
+    def list_objects(self, prefix: str, recursive: bool = True
+                     ) -> Iterator[tuple[str, float]]:
+        """(key, last modified as epoch seconds) of every object under
+        ``prefix``; with ``recursive=False`` as :meth:`list_keys`."""
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        extra = {} if recursive else {"Delimiter": "/"}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
             for obj in page.get("Contents", []):
                 yield obj["Key"], obj["LastModified"].timestamp()

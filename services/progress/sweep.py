@@ -63,17 +63,25 @@ class Sweeper:
             except Exception:
                 log.exception("sweep failed")
 
-    async def reconcile(self, job_id: str) -> tuple[jobs_pb2.Job, list[int]]:
+    async def reconcile(self, job_id: str, settled_seconds: float = 0.0
+                        ) -> tuple[jobs_pb2.Job, list[int]]:
         """Record the outcomes the record missed: pages whose ``.dzi`` is in
-        S3 (DONE) and pages in the dead letters (FAILED, with the reason).
-        Returns the record and the pages repaired. Raises JobNotFound."""
+        S3 (DONE), written at least ``settled_seconds`` ago, and pages in the
+        dead letters (FAILED, with the reason). Returns the record and the
+        pages repaired. Raises JobNotFound.
+
+        The sweep passes the stall timeout: a ``.dzi`` is written just
+        before its page's DONE report, and taking the page DONE from the
+        bucket while that report (or the render's, with the page's bands
+        and variants) is still on its way would drop what they carry (a
+        DONE page takes no later report)."""
         job = await self.jobs.get(job_id)
         if is_terminal(job):
             return job, []
         open_pages = {p.page for p in job.pages if p.state not in TERMINAL_PAGE_STATES}
         if not open_pages:
             return job, []
-        found = await self._done_in_s3(job, open_pages)
+        found = await self._done_in_s3(job, open_pages, time.time() - settled_seconds)
         found += await self._failed_in_dead_letters(job, open_pages - {r.page for r in found})
         if not found:
             return job, []
@@ -83,10 +91,13 @@ class Sweeper:
                                                               "pages": repaired})
         return job, repaired
 
-    async def _done_in_s3(self, job: jobs_pb2.Job, pages: set[int]) -> list:
+    async def _done_in_s3(self, job: jobs_pb2.Job, pages: set[int], before: float) -> list:
+        """DONE records for ``pages`` whose ``.dzi`` was written before
+        ``before`` (epoch seconds)."""
         # One level only: the .dzi files, not the tiles under page-N_files/.
-        present = set(await asyncio.to_thread(
-            lambda: list(self.store.list_keys(job.tiles_prefix, recursive=False))))
+        present = {key for key, modified in await asyncio.to_thread(
+            lambda: list(self.store.list_objects(job.tiles_prefix, recursive=False)))
+            if modified <= before}
         found = []
         for page in sorted(pages):
             key = keys.dzi_key(job.plan, job.job_id, page)
@@ -147,7 +158,7 @@ class Sweeper:
                 log.warning("finalizing a job its writer left", extra={"job_id": job_id})
                 await self.records.finalize(job)
             return False
-        job, _ = await self.reconcile(job_id)
+        job, _ = await self.reconcile(job_id, self.s.stall_seconds)
         if is_terminal(job):
             return False
         await self._republish_pending(job)

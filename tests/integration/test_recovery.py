@@ -22,7 +22,13 @@ from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom_cli.client import Client
 from tests.helpers import list_keys, lose_progress_events, run_nats, wait_terminal, wait_until
-from tests.integration.conftest import ACK_WAIT_SECONDS, MAX_DELIVER, TILE_PUT_TIMEOUT_SECONDS
+from tests.integration.conftest import (
+    ACK_WAIT_SECONDS,
+    MAX_DELIVER,
+    STALL_SECONDS,
+    SWEEP_SECONDS,
+    TILE_PUT_TIMEOUT_SECONDS,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -233,6 +239,32 @@ def test_a_lost_failure_is_repaired_from_the_dead_letters(corpus, stack, client)
         stack.start_service("tile")
     assert job.state == jobs_pb2.JOB_STATE_FAILED and job.reconciled
     assert job.pages[0].error == "tile: libvips broke"
+
+
+def test_the_sweep_leaves_a_fresh_dzi_to_its_page_s_reports(corpus, stack, client, s3):
+    """A ``.dzi`` written moments ago has its page's DONE report on the way:
+    the sweep takes the page DONE from the bucket only once the ``.dzi`` is
+    PLANZOOM_STALL_SECONDS old (it would otherwise drop what the reports
+    carry); Reconcile, asked for, takes it at once."""
+    from planzoom.dzi import DziInfo, dzi_xml
+
+    dzi = dzi_xml(DziInfo(width=300, height=200, tile_size=256, overlap=1, format="jpg"))
+    stack.stop_service("render")
+    try:
+        slow = _submit(client, corpus, SITEPLAN, "fresh-dzi", 45)
+        asked = _submit(client, corpus, SITEPLAN, "fresh-dzi-asked", 46)
+        for resp in (slow, asked):
+            s3.put_object(Bucket="planzoom", Key=keys.dzi_key(resp.job.plan, resp.job_id, 1),
+                          Body=dzi)
+        written = time.monotonic()
+        assert client.reconcile(asked.job_id).repaired_pages == [1]
+        time.sleep(3 * SWEEP_SECONDS)
+        if time.monotonic() - written < STALL_SECONDS - 1:
+            assert client.get_job(slow.job_id).pages[0].state != jobs_pb2.PAGE_STATE_DONE
+        job = wait_terminal(client, slow.job_id, timeout=60)
+        assert job.reconciled and time.monotonic() - written >= STALL_SECONDS - 1
+    finally:
+        stack.start_service("render")
 
 
 def test_one_bad_object_does_not_stop_the_sweep(corpus, stack, client, s3):
