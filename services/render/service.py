@@ -146,16 +146,14 @@ class Render(SourceStage):
     async def _store_variants(self, job: events_pb2.PageJob, page: int, made: list[dict]
                               ) -> list[jobs_pb2.Variant]:
         """Upload the variant files ``made`` (dicts as services/render/variants.py
-        returns them) of page ``page``; returns their records."""
-        variants = []
-        for v in made:
-            key = keys.variant_key(job.plan, job.job_id, page, v["name"], v["format"])
-            await asyncio.to_thread(self.store.upload_file, v["path"], key,
-                                    "image/webp" if v["format"] == "webp" else "image/jpeg")
-            variants.append(jobs_pb2.Variant(name=v["name"], format=v["format"],
-                                             width=v["width"], height=v["height"],
-                                             bytes=v["bytes"], level=v.get("level", 0)))
-        return variants
+        returns them) of page ``page``, all at once; returns their records."""
+        await asyncio.gather(*(asyncio.to_thread(
+            self.store.upload_file, v["path"],
+            keys.variant_key(job.plan, job.job_id, page, v["name"], v["format"]),
+            "image/webp" if v["format"] == "webp" else "image/jpeg") for v in made))
+        return [jobs_pb2.Variant(name=v["name"], format=v["format"], width=v["width"],
+                                 height=v["height"], bytes=v["bytes"], level=v.get("level", 0))
+                for v in made]
 
     async def _drop_unrecorded(self, job: events_pb2.PageJob,
                                stored: list[tuple[int, jobs_pb2.Variant]]) -> None:
@@ -174,10 +172,11 @@ class Render(SourceStage):
 
     async def _previews(self, job: events_pb2.PageJob, delivery: Delivery) -> None:
         """A preview pass: the overview and thumbnail of pages ``job.page`` ..
-        ``job.preview_through``, each stored and reported (state unchanged)
-        as soon as it is made. Best effort: a page it misses gets them from
-        its own page job, which also reports any error, so nothing here
-        fails a page."""
+        ``job.preview_through``, drawn in one worker call, then stored and
+        reported (state unchanged) page by page, all pages at once (behind
+        S3 latency one round trip, not one per file). Best effort: a page it
+        misses gets them from its own page job, which also reports any
+        error, so nothing here fails a page."""
         ctx = {"job_id": job.job_id, "pages": f"{job.page}-{job.preview_through}",
                "attempt": delivery.attempt}
         if await self.skip_ended(job, ctx, "preview skipped"):
@@ -189,17 +188,22 @@ class Render(SourceStage):
             made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
                                        job.page, job.preview_through, job.options,
                                        self.s.max_page_side_pixels, out_dir)
+
+            async def store(page: dict) -> None:
+                variants = await self._store_variants(job, page["page"], page["variants"])
+                stored.extend((page["page"], v) for v in variants)
+                await self.report(job, jobs_pb2.PageRecord(
+                    page=page["page"], width_pt=page["width_pt"], height_pt=page["height_pt"],
+                    variants=variants), delivery.attempt, kind="preview")
+
             for page in made:
                 if "error" in page:
                     log.info("no preview of a page: %s", page["error"],
                              extra={**ctx, "page": page["page"]})
-                    continue
-                variants = await self._store_variants(job, page["page"], page["variants"])
-                stored += [(page["page"], v) for v in variants]
-                await self.report(job, jobs_pb2.PageRecord(
-                    page=page["page"], width_pt=page["width_pt"], height_pt=page["height_pt"],
-                    variants=variants), delivery.attempt, kind="preview")
-            await self._drop_unrecorded(job, stored)
+            try:
+                await asyncio.gather(*(store(p) for p in made if "error" not in p))
+            finally:
+                await self._drop_unrecorded(job, stored)
             log.info("previews made", extra=ctx)
         except Exception as e:  # noqa: BLE001 - the pages' own jobs make what is missing
             log.warning("preview pass failed: %s", e, extra=ctx)
