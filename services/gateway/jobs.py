@@ -86,17 +86,19 @@ async def job_events(request: Request, job_id: str,
                 return
             job, sent = None, False
             async for update in stream:
-                job = apply_update(job, update)
-                if job.revision <= seen:
-                    continue
                 if deltas and sent and not update.snapshot:
-                    data = job_json(update.job)  # the summary and the changed pages
-                    yield {"event": "delta", "id": str(job.revision), "data": json.dumps(data)}
+                    # The client holds the record: the summary and the changed
+                    # pages go as they came, nothing is rebuilt here.
+                    record, event = update.job, "delta"
                 else:
-                    yield {"event": "job", "id": str(job.revision),
-                           "data": json.dumps(job_json(job))}
+                    job = apply_update(job, update)
+                    if job.revision <= seen:
+                        continue
+                    record, event = job, "job"
+                yield {"event": event, "id": str(record.revision),
+                       "data": json.dumps(job_json(record))}
                 sent = True
-                if is_terminal(job) and not job.finalizing:
+                if is_terminal(record) and not record.finalizing:
                     return
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
