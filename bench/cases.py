@@ -18,12 +18,14 @@ import pypdfium2 as pdfium
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.measure import PeakSampler, run_cmd
+from planzoom.engines import Raster
+from planzoom.engines import pdf as pdf_engine
+from planzoom.engines.pyramid import save_pyramid
+from planzoom.engines.raster import raster_rows
 from planzoom.heap import keep_freed_blocks
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from planzoom_cli.client import Client
 from planzoom_devstack.stack import SERVICES, EmbeddedStack
-from services.render.rasterize import render_page
-from services.tile.pyramid import raster_rows, save_pyramid
 
 
 def reference(pdf: Path, s3, bucket: str, work: Path
@@ -141,7 +143,7 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
 def render_all(pdf: Path, pages: list[int], dpi: float, work: Path,
                on_ready=None) -> list:
     """Render ``pages`` with one PDFium worker process (as the render service
-    does) into ``work``; yields (page, RenderResult, raster path) as each
+    does) into ``work``; yields (page, Raster, raster path) as each
     page is ready, so the caller can tile page N while page N+1 renders.
     ``on_ready()`` is called once the worker is up (its modules imported),
     before the first page is sent: the service's workers are started ahead
@@ -152,11 +154,17 @@ def render_all(pdf: Path, pages: list[int], dpi: float, work: Path,
         if on_ready is not None:
             on_ready()
         futures = [(p, work / f"page-{p}.raw.zst",
-                    render.submit(render_page, str(pdf), p, dpi, 10**10,
-                                  str(work / f"page-{p}.raw.zst"), 64 << 20))
+                    render.submit(_render, str(pdf), p, dpi, str(work / f"page-{p}.raw.zst")))
                    for p in pages]
         for page, path, future in futures:
             yield page, future.result(), path
+
+
+def _render(pdf: str, page: int, dpi: float, out: str) -> Raster:
+    """Page ``page`` at ``dpi`` (no pixel cap) to a raster at ``out``, in
+    64 MiB bands, as a render worker does it."""
+    options = jobs_pb2.JobOptions(dpi=dpi, max_page_pixels=10**10)
+    return pdf_engine.rasterize(pdf, pdf_engine.geometry(pdf, page, options), out, 64 << 20)
 
 
 def _warm() -> None:

@@ -4,15 +4,15 @@ script: ``vips copy`` of the same file to an 8-bit sRGB raw (libvips' own
 decode, no orientation, profile or variant work).
 
 For each file, in a fresh process (so peak memory is the file's own): the
-render worker's two calls, :func:`services.render.rasterize.render_image`
+render worker's two calls, :func:`planzoom.engines.image.rasterize`
 (decode, normalise, write the zstd raster) and
-:func:`services.render.variants.image_variants` (thumbnail, icon, three
+:func:`planzoom.engines.image.variants` (thumbnail, icon, three
 WebP sizes, watermarked display image). Prints megapixels per second of the
 decode (source pixels / seconds), the variants' seconds, the process's peak
 RSS (VmHWM), and the ratio to the alternative. Medians over --runs runs.
 
 Videos: each corpus video, and the chaplin clip six times over (a minute),
-transcoded one rung at a time by :func:`services.transcode.hls.transcode`
+transcoded one rung at a time by :func:`planzoom.engines.video.transcode`
 (the ladder restricted to that rung) and with its whole ladder: seconds of
 video per second of transcoding ("x real time").
 
@@ -39,17 +39,18 @@ MEDIA = Path(os.environ.get("PLANZOOM_CORPUS", Path(__file__).resolve().parents[
 
 _CHILD = """
 import json, sys, tempfile, time
+from planzoom.engines import Limits, geometries, image
+from planzoom.media import KINDS
 from planzoom.options import resolve_variants
 from planzoom.v1 import jobs_pb2
-from services.render.rasterize import render_image
-from services.render.variants import image_variants
-path, kind = sys.argv[1], sys.argv[2]
+path, kind = sys.argv[1], KINDS[sys.argv[2]]
 out = tempfile.mkdtemp()
 t0 = time.perf_counter()
-r = render_image(path, kind, 0, 100, 200_000_000, out + "/raster.zst", 64 * 1024 * 1024)
+info = image.inspect(path, kind, Limits(max_pages=100, max_image_pixels=200_000_000))
+page = geometries(info, jobs_pb2.JobOptions())[0]
+r = image.rasterize(path, kind, page, out + "/raster.zst", 64 * 1024 * 1024)
 t1 = time.perf_counter()
-image_variants(path, kind, 0, resolve_variants(jobs_pb2.VariantOptions()), "bench", 100,
-               200_000_000, out)
+image.variants(path, kind, page, resolve_variants(jobs_pb2.VariantOptions()), "bench", out)
 t2 = time.perf_counter()
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"pixels": r.width_px * r.height_px, "raster": t1 - t0, "variants": t2 - t1,
@@ -88,17 +89,15 @@ def alternative(path: Path) -> float:
 
 _VIDEO_CHILD = """
 import dataclasses, json, sys, tempfile, time
-import planzoom.video as video
-import services.transcode.hls as hls
-from planzoom.video import probe
+import planzoom.engines.video as video
 path, rung = sys.argv[1], sys.argv[2]
-info = dataclasses.asdict(probe(path, 7200, 10**9))
+info = dataclasses.asdict(video.probe(path, 7200, 10**9))
 full = video.ladder(info["width"], info["height"])
 if rung != "all":
-    hls.ladder = lambda w, h: [r for r in full if r[0] == rung]
+    video.ladder = lambda w, h: [r for r in full if r[0] == rung]
 out = tempfile.mkdtemp()
 t0 = time.perf_counter()
-hls.transcode(path, out, info, out + "/.progress")
+video.transcode(path, out, info, out + "/.progress")
 print(json.dumps({"seconds": time.perf_counter() - t0, "duration": info["duration_seconds"],
                   "rungs": [r[0] for r in full]}))
 """

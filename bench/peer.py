@@ -28,9 +28,9 @@ import numpy as np
 import pypdfium2 as pdfium
 import simplejpeg
 
+from planzoom.engines.pdf import render_rows
 from planzoom.pages import raster_size
 from planzoom_devstack.stack import installed_binary
-from services.render.rasterize import render_rows
 
 TILE, OVERLAP, QUALITY = 256, 1, 90
 

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import boto3
 import pypdfium2 as pdfium
+from services.tile.uploads import UploadPool
 
 from bench.cases import (
     compute_only,
@@ -68,7 +69,6 @@ from planzoom.storage import ObjectStore
 from planzoom_cli.client import Client
 from planzoom_devstack.faultproxy import FaultProxy
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports
-from services.tile.uploads import UploadPool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
@@ -135,7 +135,7 @@ def main() -> None:
     env = stack.env()
     settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v for k, v in env.items()
                            if k.startswith("PLANZOOM_")})
-    threads = settings.upload_concurrency
+    threads = settings.tile_put_concurrency
     client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
                     token=stack.token("bench", "uploader"))
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
@@ -255,7 +255,7 @@ def main() -> None:
     pyr, dz = med(x.pyramid for x in stages), med(x.dzsave for x in stages)
     up, ov = med(x.upload for x in stages), med(x.overlapped for x in stages)
     upp = med(x.upload_procs for x in stages)
-    procs = settings.upload_processes
+    procs = settings.tile_put_processes
     best = min(up, upp)
     ceiling = st.objects / best
     print()

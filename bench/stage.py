@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+from services.tile.uploads import UploadPool, threads_per_process
 
 from bench.cases import render_all, tile_to_disk
 from planzoom.config import Settings
+from planzoom.engines.pyramid import cut_pyramid
+from planzoom.engines.raster import raster_rows
 from planzoom.storage import ObjectStore
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
-from services.tile.pyramid import cut_pyramid, raster_rows
-from services.tile.uploads import UploadPool, threads_per_process
 
 
 def blank_tiles(level_dir: Path) -> tuple[int, int, int, int]:
@@ -81,8 +82,8 @@ def _bare_puts(settings: Settings, prefix: str, bodies: list[tuple[str, bytes]],
 def bare_upload(settings: Settings, bodies: list[tuple[str, bytes]], processes: int,
                 small: bool) -> float:
     """Seconds for ``processes`` processes sharing the tile worker's
-    PLANZOOM_UPLOAD_CONCURRENCY threads to PUT ``bodies`` (see _bare_puts)."""
-    threads = threads_per_process(settings.upload_concurrency, processes)
+    PLANZOOM_TILE_PUT_CONCURRENCY threads to PUT ``bodies`` (see _bare_puts)."""
+    threads = threads_per_process(settings.tile_put_concurrency, processes)
     prefix = f"ceiling/{processes}/{small}/{int(time.time() * 1000)}/"
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
@@ -126,7 +127,7 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, settings: Se
     files = [p for p in (work / "pz").rglob("*") if p.is_file()]
     bodies = [(str(p.relative_to(work)), p.read_bytes()) for p in files]
     upload = bare_upload(settings, bodies, 1, small=False)
-    upload_procs = bare_upload(settings, bodies, settings.upload_processes, small=True)
+    upload_procs = bare_upload(settings, bodies, settings.tile_put_processes, small=True)
     # (4) what the tile service does: pyramid cut while its upload processes
     # PUT the tiles
     prefix = f"overlapped/{int(time.time() * 1000)}/"
@@ -137,7 +138,7 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, settings: Se
                 return uploads.put(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
             cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
                         r.height_px, r.bands, 256, 1, 90, put,
-                        max_in_flight=4 * settings.upload_concurrency)
+                        max_in_flight=4 * settings.tile_put_concurrency)
     overlapped = time.monotonic() - t0
     # (5) tile workers as separate one-core processes: one against two,
     # alternated three times (the machine is noisy), medians

@@ -16,13 +16,13 @@ from planzoom import metrics
 from planzoom.auth import visible
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.engines.sandbox import ProcessPool
 from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import connection, topology
 from planzoom.messaging.events import report_page
 from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
 from planzoom.messaging.workqueues import WorkQueues
-from planzoom.procpool import ProcessPool
 from planzoom.server import Service
 from planzoom.sources import SourceCache
 from planzoom.storage import ObjectStore

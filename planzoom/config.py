@@ -104,8 +104,8 @@ class Settings(BaseSettings):
     render_band_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024)
     render_recycle_pages: int = Field(50, ge=1)  # restart a PDFium process after N pages
     tile_concurrency: int = Field(1, ge=1)  # pages tiled at once per replica
-    upload_concurrency: int = Field(32, ge=1)  # tile PUTs in flight per tile worker
-    upload_processes: int = Field(2, ge=1)  # processes sharing them (a PUT's CPU is under the GIL)
+    tile_put_concurrency: int = Field(32, ge=1)  # tile PUTs in flight per tile worker
+    tile_put_processes: int = Field(2, ge=1)  # processes sharing them (a PUT costs GIL time)
     tile_put_timeout_seconds: float = Field(120.0, gt=0)  # one tile's PUT, retries included
     tile_timeout_seconds: float = Field(1800.0, gt=0)  # one page in the tile stage
     ack_wait_seconds: float = Field(60.0, gt=1)

@@ -115,7 +115,7 @@ VARIANT_NAME = re.compile(r"(thumbnail|icon|display|overview|webp-[1-9][0-9]{0,3
 
 
 def variant_key(plan: jobs_pb2.PlanRef, job_id: str, page: int, name: str, fmt: str) -> str:
-    """Where one of a page's variants is stored (services/render/variants.py)."""
+    """Where one of a page's variants is stored (planzoom/engines/variants.py)."""
     if not is_variant(name, fmt):
         raise ValueError(f"not a variant: {name}.{fmt}")
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.{name}.{fmt}"

@@ -1,6 +1,10 @@
 """Page geometry: a page's size in points (1/72 in) to its raster in pixels
 at a DPI, under the per-page caps, and what a job's pages will cost.
 
+Ingest works out each page's :class:`~planzoom.v1.events_pb2.PageGeometry`
+once (:func:`page_geometry`, :func:`image_geometry`); the job record keeps it
+and every page job carries it, so no later stage computes it again.
+
 A page of ``w x h`` points at ``dpi`` is ``ceil(w*s) x ceil(h*s)`` pixels
 with ``s = dpi / 72`` (as pypdfium2's ``PdfPage.render`` computes it). When that is
 more pixels than the page may have, or a side longer than the longest a page
@@ -15,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from planzoom.dzi import DziInfo
+from planzoom.v1 import events_pb2, jobs_pb2
 
 #: Longest side of a page raster, pixels. It bounds one row of the raster
 #: (what a render band and a pyramid block hold at least): 2^16 px of RGB is
@@ -61,13 +66,54 @@ class Work:
     largest_page_pixels: int
 
 
-def plan_work(page_sizes: Iterable[tuple[float, float]], dpi: float, max_page_pixels: int,
-              tile_size: int, overlap: int, max_side: int = MAX_SIDE_PIXELS) -> Work:
-    """The :class:`Work` of pages of these sizes (points) at ``dpi`` under
-    the caps, with DZI tiles of ``tile_size`` pixels."""
-    return raster_work((raster_size(w_pt, h_pt, effective_dpi(w_pt, h_pt, dpi, max_page_pixels,
-                                                               max_side))
-                        for w_pt, h_pt in page_sizes), tile_size, overlap)
+def page_geometry(page: int, width_pt: float, height_pt: float, options: jobs_pb2.JobOptions,
+                  max_side: int = MAX_SIDE_PIXELS) -> events_pb2.PageGeometry:
+    """The geometry of PDF page ``page`` (1-based) of ``width_pt x
+    height_pt`` points rendered at the job's ``options.dpi``, lowered to fit
+    ``options.max_page_pixels`` and ``max_side`` (:func:`effective_dpi`)."""
+    dpi = effective_dpi(width_pt, height_pt, options.dpi, options.max_page_pixels, max_side)
+    width_px, height_px = raster_size(width_pt, height_pt, dpi)
+    return events_pb2.PageGeometry(page=page, width_pt=width_pt, height_pt=height_pt, dpi=dpi,
+                                   width_px=width_px, height_px=height_px)
+
+
+def image_geometry(page: int, width_px: int, height_px: int, dpi: float,
+                   source_index: int = 0) -> events_pb2.PageGeometry:
+    """The geometry of an image page (or a video's frame): at its own pixel
+    size; its paper size follows from its resolution (``dpi``)."""
+    return events_pb2.PageGeometry(page=page, width_pt=width_px * 72 / dpi,
+                                   height_pt=height_px * 72 / dpi, dpi=dpi, width_px=width_px,
+                                   height_px=height_px, source_index=source_index)
+
+
+def geometry_of(record: jobs_pb2.PageRecord) -> events_pb2.PageGeometry:
+    """The geometry a job record keeps for one of its pages."""
+    return events_pb2.PageGeometry(page=record.page, width_pt=record.width_pt,
+                                   height_pt=record.height_pt, dpi=record.dpi,
+                                   width_px=record.width_px, height_px=record.height_px,
+                                   source_index=record.source_index)
+
+
+def set_geometry(record: jobs_pb2.PageRecord, geometry: events_pb2.PageGeometry) -> None:
+    """Keep ``geometry`` in a page's record (the inverse of :func:`geometry_of`)."""
+    record.width_pt, record.height_pt, record.dpi = (geometry.width_pt, geometry.height_pt,
+                                                     geometry.dpi)
+    record.width_px, record.height_px = geometry.width_px, geometry.height_px
+    record.source_index = geometry.source_index
+
+
+def level_dpi(dpi: float, full_width_px: int, level_width_px: int) -> float:
+    """The DPI of a pyramid level ``level_width_px`` wide whose full level,
+    ``full_width_px`` wide, is at ``dpi``: how many of its pixels make an
+    inch of paper (a PDF page's overview, a bundle cut at a lower level)."""
+    return dpi * level_width_px / full_width_px if full_width_px else 0.0
+
+
+def job_work(geometries: Iterable[events_pb2.PageGeometry], tile_size: int,
+             overlap: int) -> Work:
+    """The :class:`Work` of pages of these geometries with DZI tiles of
+    ``tile_size`` pixels."""
+    return raster_work(((g.width_px, g.height_px) for g in geometries), tile_size, overlap)
 
 
 def raster_work(sizes: Iterable[tuple[int, int]], tile_size: int, overlap: int) -> Work:

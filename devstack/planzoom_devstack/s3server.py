@@ -27,7 +27,7 @@ from moto.moto_server.werkzeug_app import create_backend_app
 from planzoom_devstack.postpolicy import PostPolicy
 
 #: Open connections served at once. Every tile worker keeps up to
-#: ``PLANZOOM_UPLOAD_CONCURRENCY`` (32) keep-alive connections per upload
+#: ``PLANZOOM_TILE_PUT_CONCURRENCY`` (32) keep-alive connections per upload
 #: process; waitress stops accepting beyond its limit (default 100), which
 #: would leave new clients waiting on idle ones.
 CONNECTION_LIMIT = 2048

@@ -36,6 +36,7 @@ from planzoom.messaging.topology import (
     TRANSCODE_STREAM,
     ensure_consumer,
 )
+from planzoom.pages import geometry_of
 from planzoom.v1 import events_pb2, jobs_pb2
 
 #: A consumer unused this long is removed by the server.
@@ -108,7 +109,8 @@ class WorkQueues:
 
     async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
         """Publish the PageJob of each of ``pages`` (1-based) of ``job``, built
-        from the job record alone, with Nats-Msg-Id ``render.<job_id>.<page>``:
+        from the job record alone (each page's geometry as ingest worked it
+        out), with Nats-Msg-Id ``render.<job_id>.<page>``:
         the same page published again within the duplicate window of the
         first is not stored again (JetStream keeps a work-queue message's id
         for the whole window, acknowledged or not). Returns the pages actually
@@ -116,7 +118,7 @@ class WorkQueues:
         transcode stream (Nats-Msg-Id ``transcode.<job_id>.1``).
 
         A PDF's page jobs come with its preview passes, a PageJob per run of
-        up to PREVIEW_PAGES consecutive pages with ``preview_through`` set
+        up to PREVIEW_PAGES consecutive pages with their geometries in ``previews``
         (Nats-Msg-Id ``preview.<job_id>.<first page>``), in this order: the
         first pass, the first page, the other passes, the other pages. So
         the first page is sharp as soon as it can be, and every page has
@@ -132,18 +134,19 @@ class WorkQueues:
             return events_pb2.PageJob(
                 job_id=job.job_id, plan=job.plan, source_key=job.source_key,
                 source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
-                options=job.options, source_kind=job.source_kind,
-                source_index=job.pages[page - 1].source_index if job.pages else 0, **fields)
+                options=job.options, source_kind=job.source_kind, **fields)
 
         async def publish_pages(numbers: list[int]) -> None:
             for page in numbers:
-                if await publish(self.js, subject, page_job(page).SerializeToString(),
+                data = page_job(page, geometry=geometry_of(job.pages[page - 1]))
+                if await publish(self.js, subject, data.SerializeToString(),
                                  f"{'transcode' if video else 'render'}.{job.job_id}.{page}"):
                     stored.append(page)
 
         async def publish_previews(runs: list[tuple[int, int]]) -> None:
             for first, last in runs:
-                await publish(self.js, subject, page_job(first, preview_through=last)
+                previews = [geometry_of(job.pages[n - 1]) for n in range(first, last + 1)]
+                await publish(self.js, subject, page_job(first, previews=previews)
                               .SerializeToString(), f"preview.{job.job_id}.{first}")
 
         variants = job.options.variants

@@ -11,13 +11,18 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 
-from planzoom import keys, metrics
+from planzoom import engines, keys, metrics
 from planzoom.admission import Admission, Quota
 from planzoom.auth import require_org
 from planzoom.backend import BackedService
 from planzoom.boundary import method_roles
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.engines import Limits, SourceInfo
+from planzoom.engines.image import ImageDamaged
+from planzoom.engines.pdf import PdfDamaged
+from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
+from planzoom.engines.video import VideoDamaged
 from planzoom.errors import (
     FailedPrecondition,
     InvalidInput,
@@ -27,22 +32,12 @@ from planzoom.errors import (
     Timeout,
 )
 from planzoom.ids import check_plan, new_job_id
-from planzoom.images import ImageDamaged
 from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.media import KINDS, Kind
 from planzoom.options import resolve_options
-from planzoom.pages import Work, plan_work, raster_work
-from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
-from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2
-from planzoom.video import VideoDamaged
-from services.ingest.admission import UploadSlots
-from services.ingest.checks import (
-    PdfDamaged,
-    SourceInfo,
-    inspect_image,
-    inspect_pdf,
-    inspect_video,
-)
+from planzoom.pages import Work, job_work, set_geometry
+from planzoom.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, jobs_pb2
+from services.ingest.slots import UploadSlots
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -83,6 +78,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                                 queue_seconds=settings.inspect_queue_seconds)
         self.slots = UploadSlots(settings.max_concurrent_uploads,
                                  settings.max_concurrent_uploads_per_org)
+        self.limits = Limits.from_settings(settings)
 
     def register(self, server):
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self, server)
@@ -220,13 +216,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         limit = self.s.inspect_timeout_seconds
         what = "PDF" if kind.is_pdf else "video" if kind.is_video else "image"
         try:
-            if kind.is_pdf:
-                return await self.pool.run(limit, inspect_pdf, path, self.s.max_pages)
-            if kind.is_video:
-                return await self.pool.run(limit, inspect_video, path,
-                                           self.s.max_video_seconds, self.s.max_video_pixels)
-            return await self.pool.run(limit, inspect_image, path, kind.name, self.s.max_pages,
-                                       self.s.max_image_pixels)
+            return await self.pool.run(limit, engines.inspect, path, kind.name, self.limits)
         except WorkerTimeout:
             raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
                                     "too complex or malformed",
@@ -259,19 +249,16 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 return None
         return None
 
-    def _check_budget(self, info: SourceInfo, options: jobs_pb2.JobOptions) -> Work:
-        """The job's pixels and tiles at its options (an image's pages at
-        their own size); ResourceExhausted, naming the limit, if over
-        PLANZOOM_MAX_JOB_PIXELS or _TILES."""
+    def _check_budget(self, info: SourceInfo, geometries: list[events_pb2.PageGeometry],
+                      options: jobs_pb2.JobOptions) -> Work:
+        """The job's pixels and tiles at its options; ResourceExhausted,
+        naming the limit, if over PLANZOOM_MAX_JOB_PIXELS or _TILES."""
         if info.video:  # bounded by its length and frame size; pixel-seconds for quotas
-            (w, h), = info.pixel_sizes
-            return Work(pixels=int(w * h * math.ceil(info.video["duration_seconds"])), tiles=0,
-                        largest_page_pixels=w * h)
-        if info.pixel_sizes:
-            work = raster_work(info.pixel_sizes, options.tile_size, options.overlap)
-        else:
-            work = plan_work(info.page_sizes, options.dpi, options.max_page_pixels,
-                             options.tile_size, options.overlap, self.s.max_page_side_pixels)
+            (g,) = geometries
+            pixels = g.width_px * g.height_px
+            return Work(pixels=int(pixels * math.ceil(info.video["duration_seconds"])),
+                        tiles=0, largest_page_pixels=pixels)
+        work = job_work(geometries, options.tile_size, options.overlap)
         for what, amount, limit, name in (
             ("pixels", work.pixels, self.s.max_job_pixels, "PLANZOOM_MAX_JOB_PIXELS"),
             ("tiles", work.tiles, self.s.max_job_tiles, "PLANZOOM_MAX_JOB_TILES"),
@@ -292,7 +279,8 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         under its hash, store the record, publish one page job per page."""
         kind = spool.kind
         info = await self._inspect(spool.path, kind)
-        work = self._check_budget(info, options)
+        geometries = engines.geometries(info, options, self.s.max_page_side_pixels)
+        work = self._check_budget(info, geometries, options)
         job_id = new_job_id()
         existing = await self._claim(dedup_key(plan, sha, options), job_id)
         if existing is not None:
@@ -317,16 +305,13 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             tiles_prefix=keys.tiles_prefix(plan, job_id),
             manifest_key=keys.manifest_key(plan, job_id),
             created_at=now, updated_at=now,
-            pages=[
-                jobs_pb2.PageRecord(page=i + 1, state=jobs_pb2.PAGE_STATE_PENDING,
-                                    width_pt=w, height_pt=h)
-                for i, (w, h) in enumerate(info.page_sizes)
-            ],
+            pages=[jobs_pb2.PageRecord(page=g.page, state=jobs_pb2.PAGE_STATE_PENDING)
+                   for g in geometries],
             source_kind=kind.name,
         )
-        for page, (w, h), dpi, index, facts in zip(job.pages, info.pixel_sizes, info.dpis,
-                                                   info.indexes, info.facts, strict=False):
-            page.width_px, page.height_px, page.dpi, page.source_index = w, h, dpi, index
+        for page, geometry in zip(job.pages, geometries, strict=True):
+            set_geometry(page, geometry)
+        for page, facts in zip(job.pages, info.facts, strict=False):
             if info.video:
                 page.video.CopyFrom(jobs_pb2.VideoFacts(**{
                     k: v for k, v in info.video.items() if k not in ("width", "height")}))

@@ -4,7 +4,8 @@ A page moves PENDING → RENDERING → TILING → DONE | FAILED and never back: 
 event whose state ranks below the page's current state (a late or redelivered
 report) changes nothing, and a page that is DONE or FAILED stays so. An event
 with no state (a preview pass's: the page's size, overview and thumbnail)
-changes no state and is taken at any state short of DONE or FAILED. A
+changes no state and is taken at any state short of DONE or FAILED.
+A page's geometry (sizes, DPI) is in its record from ingest. A
 reported variant replaces the page's variant of that name. The job
 is PROCESSING once any page has moved, and ends when every page has: COMPLETE
 if all are DONE, else FAILED with the failed pages' errors.
@@ -44,11 +45,10 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
         return False
     before = page.SerializeToString(deterministic=True)
     if ev.page.state == jobs_pb2.PAGE_STATE_UNSPECIFIED:
-        # A preview pass: the page's size, overview and thumbnail, at
-        # whatever state the page has reached.
+        # A preview pass: the page's overview and thumbnail, at whatever
+        # state the page has reached.
         _drop_variants(page, ev.page.variants)
         page.variants.extend(ev.page.variants)
-        page.width_pt, page.height_pt = ev.page.width_pt, ev.page.height_pt
         return _changed(job, ev, page, before)
     if _RANK[ev.page.state] < _RANK[page.state]:
         return False

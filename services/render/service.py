@@ -11,18 +11,17 @@ import shutil
 import tempfile
 import time
 
-from planzoom import keys, metrics, tracing
+from planzoom import engines, keys, metrics, tracing
 from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.engines import Raster
+from planzoom.engines.sandbox import WorkerTimeout
 from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.procpool import WorkerTimeout
 from planzoom.states import is_terminal
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.render.rasterize import RenderResult, render_image, render_page
-from services.render.variants import image_variants, pdf_previews
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ class Render(SourceStage):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
         tracing.annotate(job_id=job.job_id, page=job.page)
-        if job.preview_through:
+        if job.previews:
             await self._previews(job, delivery)
             return
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
@@ -89,64 +88,57 @@ class Render(SourceStage):
         # tile worker's DONE on the job's progress subject (a DONE page takes
         # no later report; DONE carries the DPI too, should they cross anyway).
         await self.report(job, jobs_pb2.PageRecord(
-            page=job.page, state=jobs_pb2.PAGE_STATE_TILING,
-            width_pt=result.width_pt, height_pt=result.height_pt, dpi=result.dpi,
-            width_px=result.width_px, height_px=result.height_px, bands=result.bands,
-            variants=variants,
-        ), delivery.attempt)
+            page=job.page, state=jobs_pb2.PAGE_STATE_TILING, bands=result.bands,
+            variants=variants), delivery.attempt)
         tile_job = events_pb2.TileJob(
             job_id=job.job_id, plan=job.plan, page=job.page, total_pages=job.total_pages,
             options=job.options, raster_key=raster_key,
             encoding=events_pb2.RASTER_ENCODING_RAW_ZSTD,
             width_px=result.width_px, height_px=result.height_px, bands=result.bands,
-            dpi=result.dpi,
         )
         await self.queues.publish_tile_job(tile_job)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
-        log.info("page rendered", extra={**ctx, "dpi": result.dpi, "width_px": result.width_px,
+        log.info("page rendered", extra={**ctx, "dpi": job.geometry.dpi,
+                                         "width_px": result.width_px,
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
 
     async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
         """A page job that failed for good fails its page; a preview pass
         fails no page (each page's own job still runs)."""
-        if events_pb2.PageJob.FromString(data).preview_through:
+        if events_pb2.PageJob.FromString(data).previews:
             log.warning("preview pass given up: %s", reason)
             return
         await super().on_failure(data, delivery, reason)
 
     async def _variants(self, job: events_pb2.PageJob, source: str) -> list[jobs_pb2.Variant]:
-        """Make and store the page's variants (services/render/variants.py):
-        all of them for an image page; for a PDF page its overview and
-        thumbnail, unless its preview pass made them already."""
+        """Make and store the page's variants (planzoom.engines): all of them
+        for an image page; for a PDF page its overview and thumbnail, unless
+        its preview pass stored them already."""
         opts = job.options.variants
+        if job.source_kind in ("", "pdf"):
+            wanted = [keys.variant_key(job.plan, job.job_id, job.page, name, "jpg")
+                      for name, px in (("overview", opts.overview_px),
+                                       ("thumbnail", opts.thumbnail_px)) if px]
+            stored = await asyncio.gather(*(asyncio.to_thread(self.store.exists, key)
+                                            for key in wanted))
+            if all(stored):
+                return []
+        watermark = opts.watermark_text or f"{job.plan.org} · {job.plan.project}/{job.plan.plan}"
         out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-{job.page}-", dir=self.tmp)
         try:
-            if job.source_kind in ("", "pdf"):
-                wanted = {name for name, px in (("overview", opts.overview_px),
-                                                ("thumbnail", opts.thumbnail_px)) if px}
-                page = (await self.jobs.get(job.job_id)).pages[job.page - 1]
-                if wanted <= {v.name for v in page.variants}:
-                    return []
-                made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
-                                           job.page, job.page, job.options,
-                                           self.s.max_page_side_pixels, out_dir)
-                made = made[0].get("variants", [])  # an error: the render just met none
-            else:
-                watermark = opts.watermark_text or \
-                    f"{job.plan.org} · {job.plan.project}/{job.plan.plan}"
-                made = await self.pool.run(self.s.render_timeout_seconds, image_variants, source,
-                                           job.source_kind, job.source_index, opts, watermark,
-                                           self.s.max_pages, self.s.max_image_pixels, out_dir)
+            made = await self.pool.run(self.s.render_timeout_seconds, engines.page_variants,
+                                       source, job.source_kind, job.geometry, job.options,
+                                       watermark, out_dir)
             return await self._store_variants(job, job.page, made)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
     async def _store_variants(self, job: events_pb2.PageJob, page: int, made: list[dict]
                               ) -> list[jobs_pb2.Variant]:
-        """Upload the variant files ``made`` (dicts as services/render/variants.py
-        returns them) of page ``page``, all at once; returns their records."""
+        """Upload the variant files ``made`` (planzoom.engines.variants) of
+        page ``page``, all at once; returns their records."""
         await asyncio.gather(*(asyncio.to_thread(
             self.store.upload_file, v["path"],
             keys.variant_key(job.plan, job.job_id, page, v["name"], v["format"]),
@@ -171,13 +163,13 @@ class Render(SourceStage):
                     job.plan, job.job_id, page, v.name, v.format))
 
     async def _previews(self, job: events_pb2.PageJob, delivery: Delivery) -> None:
-        """A preview pass: the overview and thumbnail of pages ``job.page`` ..
-        ``job.preview_through``, drawn in one worker call, then stored and
-        reported (state unchanged) page by page, all pages at once (behind
-        S3 latency one round trip, not one per file). Best effort: a page it
-        misses gets them from its own page job, which also reports any
-        error, so nothing here fails a page."""
-        ctx = {"job_id": job.job_id, "pages": f"{job.page}-{job.preview_through}",
+        """A preview pass: the overview and thumbnail of the pages in
+        ``job.previews``, drawn in one worker call, then stored and reported
+        (state unchanged) page by page, all pages at once (behind S3 latency
+        one round trip, not one per file). Best effort: a page it misses
+        gets them from its own page job, which also reports any error, so
+        nothing here fails a page."""
+        ctx = {"job_id": job.job_id, "pages": f"{job.previews[0].page}-{job.previews[-1].page}",
                "attempt": delivery.attempt}
         if await self.skip_ended(job, ctx, "preview skipped"):
             return
@@ -185,16 +177,14 @@ class Render(SourceStage):
         stored: list[tuple[int, jobs_pb2.Variant]] = []
         try:
             source = await self.sources.path(job.source_key, job.source_sha256)
-            made = await self.pool.run(self.s.render_timeout_seconds, pdf_previews, source,
-                                       job.page, job.preview_through, job.options,
-                                       self.s.max_page_side_pixels, out_dir)
+            made = await self.pool.run(self.s.render_timeout_seconds, engines.previews, source,
+                                       list(job.previews), job.options, out_dir)
 
             async def store(page: dict) -> None:
                 variants = await self._store_variants(job, page["page"], page["variants"])
                 stored.extend((page["page"], v) for v in variants)
-                await self.report(job, jobs_pb2.PageRecord(
-                    page=page["page"], width_pt=page["width_pt"], height_pt=page["height_pt"],
-                    variants=variants), delivery.attempt, kind="preview")
+                await self.report(job, jobs_pb2.PageRecord(page=page["page"], variants=variants),
+                                  delivery.attempt, kind="preview")
 
             for page in made:
                 if "error" in page:
@@ -211,21 +201,16 @@ class Render(SourceStage):
             shutil.rmtree(out_dir, ignore_errors=True)
 
     async def _render(self, job: events_pb2.PageJob, source: str, out: str,
-                      delivery: Delivery) -> RenderResult:
-        """Render the page in a worker (PDFium, or an image decoder). A page
-        that runs past its time limit is retried once; the second time it
-        fails for good."""
+                      delivery: Delivery) -> Raster:
+        """Render the page in a worker (planzoom.engines: PDFium, or an image
+        decoder) at its geometry. A page that runs past its time limit is
+        retried once; the second time it fails for good."""
         limit = self.s.render_timeout_seconds
         try:
-            if job.source_kind not in ("", "pdf"):
-                return await self.pool.run(limit, render_image, source, job.source_kind,
-                                           job.source_index, self.s.max_pages,
-                                           self.s.max_image_pixels, out,
-                                           self.s.render_band_bytes)
-            return await self.pool.run(limit, render_page, source, job.page, job.options.dpi,
-                                       job.options.max_page_pixels, out,
-                                       self.s.render_band_bytes, self.s.max_page_side_pixels)
+            return await self.pool.run(limit, engines.rasterize, source, job.source_kind,
+                                       job.geometry, out, self.s.render_band_bytes)
         except WorkerTimeout:
+            # Rare: the one read of the whole record a page job may make.
             page = (await self.jobs.get(job.job_id)).pages[job.page - 1]
             timeouts = page.render_timeouts + 1
             await self.report(job, jobs_pb2.PageRecord(

@@ -1,8 +1,8 @@
 """Tile worker: ``pages.tile`` → raster streamed from S3 → DZI pyramid
 (libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last.
 
-The PUTs run in ``PLANZOOM_UPLOAD_PROCESSES`` child processes
-(:mod:`services.tile.uploads`) so that they do not share a GIL with the
+The PUTs run in ``PLANZOOM_TILE_PUT_PROCESSES`` child processes
+(:mod:`services.tile.put_pool`) so that they do not share a GIL with the
 pyramid."""
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from planzoom import keys, metrics, tracing
 from planzoom.backend import PageStage
 from planzoom.config import Settings
 from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
+from planzoom.engines.pyramid import cut_pyramid
+from planzoom.engines.raster import raster_rows
 from planzoom.errors import Cancelled
 from planzoom.heap import keep_freed_blocks
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.v1 import events_pb2
-from services.tile.pyramid import cut_pyramid, raster_rows
-from services.tile.uploads import UploadPool
+from services.tile.put_pool import PutPool
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,18 @@ class Tile(PageStage):
         keep_freed_blocks()  # each page's raster blocks reuse the last page's memory
         self.concurrency = settings.tile_concurrency
         self.max_seconds = settings.tile_timeout_seconds
-        self.uploads = UploadPool.from_settings(settings)
+        self.puts = PutPool.from_settings(settings)
 
     async def release(self) -> None:
-        await asyncio.to_thread(self.uploads.close)
+        await asyncio.to_thread(self.puts.close)
 
     async def _report_done(self, job: events_pb2.TileJob, dzi: DziInfo, dzi_key: str,
                            attempt: int) -> None:
-        # Complete on its own (DPI and bands too): a DONE page takes no later
-        # report, so it must not depend on the render's report arriving first.
+        # Complete on its own (bands too): a DONE page takes no later report,
+        # so it must not depend on the render's report arriving first. (Its
+        # DPI and sizes are in the record from ingest.)
         record = done_record(job.page, dzi, dzi_key)
-        record.dpi, record.bands, record.attempts = job.dpi, job.bands, attempt
+        record.bands, record.attempts = job.bands, attempt
         await self.report(job, record, attempt)
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
@@ -101,7 +103,7 @@ class Tile(PageStage):
                 raise JobCancelled
 
         def put(key: str, data: bytes) -> Future:
-            return self.uploads.put(files + key, data, "image/jpeg")
+            return self.puts.put(files + key, data, "image/jpeg")
 
         def tile() -> DziInfo:
             body = self.store.get_stream(job.raster_key)
@@ -110,7 +112,7 @@ class Tile(PageStage):
                     raster_rows(body, job.width_px, job.height_px, job.bands),
                     job.width_px, job.height_px, job.bands, job.options.tile_size,
                     job.options.overlap, job.options.jpeg_quality, put,
-                    max_in_flight=4 * self.s.upload_concurrency, check=check,
+                    max_in_flight=4 * self.s.tile_put_concurrency, check=check,
                 )
             finally:
                 body.close()

@@ -16,13 +16,12 @@ from planzoom import keys, metrics, tracing
 from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.engines.sandbox import WorkerTimeout
+from planzoom.engines.video import probe, transcode
 from planzoom.errors import Timeout, Unavailable
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.procpool import WorkerTimeout
 from planzoom.v1 import events_pb2, jobs_pb2
-from planzoom.video import probe
-from services.transcode.hls import transcode
 
 log = logging.getLogger(__name__)
 

@@ -92,6 +92,7 @@ def test_service_users_are_held_to_their_subjects(stack, waiting_job):
 
 def test_forged_events_are_refused_and_kept(stack, client, waiting_job):
     job_id = waiting_job.job_id
+    before = client.get_job(job_id).pages[0]
     subject = f"progress.render.{job_id}"
     forgeries = [
         # render's own subject, naming another job in its payload
@@ -111,7 +112,8 @@ def test_forged_events_are_refused_and_kept(stack, client, waiting_job):
     wait_until("both forgeries are dead letters",
                lambda: run_nats(stack.admin_nats_url, letters) >= 2, timeout=30)
     page = client.get_job(job_id).pages[0]
-    assert page.state == jobs_pb2.PAGE_STATE_PENDING and not page.width_px
+    assert page.state == jobs_pb2.PAGE_STATE_PENDING and page.width_px != 1
+    assert page == before, "a forged event changed the page"
 
 
 def test_a_page_key_comes_from_the_job_never_from_an_event(stack, client, corpus, s3):

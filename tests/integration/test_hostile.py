@@ -10,9 +10,10 @@ import time
 import grpc
 import pytest
 
-from planzoom.procpool import ProcessPool, WorkerCrashed, WorkerTimeout
+from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
+from planzoom.errors import InvalidInput
 from planzoom.v1 import ingest_pb2, jobs_pb2
-from services.render.rasterize import RenderFailed, render_page
+from tests.engines import render_pdf_page
 from tests.helpers import list_keys, wait_terminal
 
 SEEDS = ["arch-siteplan-archd-36x24in-autocad-drawingparser.pdf",
@@ -54,17 +55,17 @@ def test_mutated_pdfs_do_not_wedge_the_render_pool(corpus, tmp_path):
             path.write_bytes(mutate(seed.read_bytes(), rng))
             t0 = time.monotonic()
             try:
-                await pool.run(30, render_page, str(path), 1, 30, 10**7,
+                await pool.run(30, render_pdf_page, str(path), 1, 30, 10**7,
                                str(tmp_path / "out.zst"), 1 << 20)
                 outcome = "rendered"
-            except RenderFailed:
+            except InvalidInput:  # PdfDamaged, PageUnrenderable
                 outcome = "failed"
             except (WorkerCrashed, WorkerTimeout):
                 outcome = "crashed"
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
             assert time.monotonic() - t0 < 35
         # The pool still renders a good page afterwards.
-        r = await pool.run(60, render_page, str(corpus / SEEDS[0]), 1, 20, 10**7,
+        r = await pool.run(60, render_pdf_page, str(corpus / SEEDS[0]), 1, 20, 10**7,
                            str(tmp_path / "ok.zst"), 1 << 20)
         assert r.width_px == 720
 

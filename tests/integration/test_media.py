@@ -148,7 +148,7 @@ def test_a_bomb_is_refused_from_its_header_alone(corpus):
     (decoding it would take 280 MB)."""
     # VmHWM: the peak of this program's own memory (ru_maxrss would count
     # the pytest process it was forked from).
-    code = ("from planzoom.images import image_pages, ImageTooLarge\n"
+    code = ("from planzoom.engines.image import image_pages, ImageTooLarge\n"
             "from planzoom.media import JPEG\n"
             "try:\n"
             f"    image_pages({str(corpus / 'media' / BOMB)!r}, JPEG, 10, 200_000_000)\n"

@@ -9,6 +9,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from planzoom.engines.pdf import PageUnrenderable, PdfDamaged, PdfEncrypted
+from planzoom.engines.raster import RasterUnreadable
+from planzoom.engines.sandbox import WorkerCrashed
 from planzoom.errors import (
     Cancelled,
     FailedPrecondition,
@@ -24,12 +27,8 @@ from planzoom.errors import (
 from planzoom.ids import InvalidId, check_plan
 from planzoom.jobstore import Conflict, JobNotFound
 from planzoom.messaging.worker import is_permanent
-from planzoom.procpool import WorkerCrashed
 from planzoom.v1 import jobs_pb2
-from services.ingest.checks import PdfDamaged, PdfEncrypted
-from services.render.rasterize import RenderFailed
-from services.tile.pyramid import RasterUnreadable
-from services.tile.uploads import UploadFailed
+from services.tile.put_pool import TilePutFailed
 
 
 def _details(status: grpc.Status):
@@ -50,9 +49,9 @@ def _details(status: grpc.Status):
     # the domain errors the services raise
     (JobNotFound("j"), grpc.StatusCode.NOT_FOUND, True),
     (Conflict("k"), grpc.StatusCode.UNAVAILABLE, False),
-    (RenderFailed("page"), grpc.StatusCode.INVALID_ARGUMENT, True),
+    (PageUnrenderable("page"), grpc.StatusCode.INVALID_ARGUMENT, True),
     (RasterUnreadable("raster"), grpc.StatusCode.INVALID_ARGUMENT, True),
-    (UploadFailed("put"), grpc.StatusCode.UNAVAILABLE, False),
+    (TilePutFailed("put"), grpc.StatusCode.UNAVAILABLE, False),
     (WorkerCrashed("died"), grpc.StatusCode.INTERNAL, False),
     (PdfEncrypted("pw"), grpc.StatusCode.FAILED_PRECONDITION, True),
     (PdfDamaged("bad"), grpc.StatusCode.INVALID_ARGUMENT, True),

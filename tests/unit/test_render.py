@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from services.render.rasterize import StripSizer, render_page
+from planzoom.engines.pdf import StripSizer
 from tests.dzi_check import psnr, reference_render
+from tests.engines import pdf_geometry, render_pdf_page
 
 
 def test_bands_match_a_whole_page_render(corpus, tmp_path):
@@ -20,8 +21,8 @@ def test_bands_match_a_whole_page_render(corpus, tmp_path):
     ]:
         out = tmp_path / f"{page}.raw.zst"
         # 1 MiB bands, PDFium's strips smaller still: many of each per page.
-        r = render_page(str(corpus / name), page, dpi, 10**9, str(out), 1024 * 1024)
-        assert r.dpi == dpi
+        r = render_pdf_page(str(corpus / name), page, dpi, 10**9, str(out), 1024 * 1024)
+        assert pdf_geometry(str(corpus / name), page, dpi, 10**9).dpi == dpi
         raw = zstandard.ZstdDecompressor().stream_reader(out.open("rb")).read()
         got = np.frombuffer(raw, np.uint8).reshape(r.height_px, r.width_px, r.bands)
         ref = reference_render(str(corpus / name), page, dpi)
@@ -37,9 +38,11 @@ def test_bands_match_a_whole_page_render(corpus, tmp_path):
 
 def test_pixel_cap_lowers_dpi(corpus, tmp_path):
     name = "arch-houseplan-hugepage-607x682in-solvespace-master1.pdf"
-    r = render_page(str(corpus / name), 1, 300, 4_000_000, str(tmp_path / "p.zst"), 1 << 20)
-    assert r.dpi < 300 and r.width_px * r.height_px <= 4_000_000
-    assert r.width_pt > 43000  # the page is 607 in wide
+    r = render_pdf_page(str(corpus / name), 1, 300, 4_000_000, str(tmp_path / "p.zst"), 1 << 20)
+    geometry = pdf_geometry(str(corpus / name), 1, 300, 4_000_000)
+    assert geometry.dpi < 300 and r.width_px * r.height_px <= 4_000_000
+    assert (r.width_px, r.height_px) == (geometry.width_px, geometry.height_px)
+    assert geometry.width_pt > 43000  # the page is 607 in wide
 
 
 def test_line_art_is_grey_and_colour_stays_colour(corpus, tmp_path):
@@ -47,7 +50,7 @@ def test_line_art_is_grey_and_colour_stays_colour(corpus, tmp_path):
     # plan has coloured layers.
     for name, bands in [("arch-facades-58x30cm-archicad-atriumhouse.pdf", 1),
                         ("arch-siteplan-archd-36x24in-autocad-drawingparser.pdf", 3)]:
-        r = render_page(str(corpus / name), 1, 30, 10**9, str(tmp_path / "p.zst"), 1 << 20)
+        r = render_pdf_page(str(corpus / name), 1, 30, 10**9, str(tmp_path / "p.zst"), 1 << 20)
         ref = reference_render(str(corpus / name), 1, 30)
         is_grey = bool((ref[:, :, 0] == ref[:, :, 1]).all()
                        and (ref[:, :, 1] == ref[:, :, 2]).all())
@@ -71,7 +74,7 @@ def test_a_probe_decides_between_one_call_and_small_strips(corpus, tmp_path, mon
 
     monkeypatch.setattr(pdfium_c, "FPDFBitmap_CreateEx", create)
     name = "arch-vvd2-nyboda-A2-autocad2017-quartz10125-pdfium-slow-michelagalassini-strumet.pdf"
-    r = render_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 32 << 20)
+    r = render_pdf_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 32 << 20)
     sizer = StripSizer(r.width_px)
     assert (32 << 20) // (r.width_px * 3) > r.height_px >= 2 * sizer.probe_rows  # 1 band
     assert all(w == r.width_px for w, _ in calls)

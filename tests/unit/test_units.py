@@ -14,21 +14,20 @@ import zstandard
 
 from planzoom import keys
 from planzoom.dzi import level_count, parse_dzi
+from planzoom.engines.pyramid import (
+    JpegEncoder,
+    PyramidBuilder,
+    cut_pyramid,
+    save_pyramid,
+    shrink,
+)
+from planzoom.engines.raster import RasterUnreadable, raster_rows
 from planzoom.ids import InvalidId, check_id, new_job_id
 from planzoom.media import Unsupported, sniff
 from planzoom.pages import effective_dpi
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.progress.feeds import COALESCE_SECONDS, JobFeed
 from services.progress.fold import apply_event, pages_ended, settle
-from services.tile.pyramid import (
-    JpegEncoder,
-    PyramidBuilder,
-    RasterUnreadable,
-    cut_pyramid,
-    raster_rows,
-    save_pyramid,
-    shrink,
-)
 
 
 @pytest.mark.parametrize("value", ["a", "Org-1", "plan_2024", "x" * 64, new_job_id()])
@@ -284,15 +283,16 @@ def test_fold_takes_a_preview_at_any_open_state_and_merges_variants_by_name():
     whatever the page's state short of its end, and a later report of one
     variant replaces only that one."""
     job = _job(2)
+    job.pages[0].width_pt, job.pages[0].height_pt = 612, 792  # its geometry, from ingest
     apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_RENDERING, started_at={"seconds": 5}))
-    preview = _ev(1, jobs_pb2.PAGE_STATE_UNSPECIFIED, width_pt=612, height_pt=792, variants=[
+    preview = _ev(1, jobs_pb2.PAGE_STATE_UNSPECIFIED, variants=[
         jobs_pb2.Variant(name="overview", format="jpg", width=791, height=1024, level=12),
         jobs_pb2.Variant(name="thumbnail", format="jpg", width=232, height=300)])
     assert apply_event(job, preview)
     page = job.pages[0]
     assert page.state == jobs_pb2.PAGE_STATE_RENDERING and page.started_at.seconds == 5
     assert [v.name for v in page.variants] == ["overview", "thumbnail"]
-    assert page.width_pt == 612 and page.variants[0].level == 12
+    assert (page.width_pt, page.height_pt) == (612, 792) and page.variants[0].level == 12
     assert job.state == jobs_pb2.JOB_STATE_PROCESSING
     assert not apply_event(job, preview)  # redelivered: nothing new
     tiling = _ev(1, jobs_pb2.PAGE_STATE_TILING, variants=[
@@ -322,7 +322,7 @@ def test_preview_passes_cover_runs_of_pages():
 
 def test_overview_is_the_highest_level_that_fits():
     from planzoom.dzi import level_size
-    from services.render.variants import overview_level
+    from planzoom.engines.variants import overview_level
 
     for w, h, px in ((2481, 3508, 1024), (1000, 800, 1024), (35000, 20, 1024), (5, 5, 1),
                      (4097, 4096, 4096), (1, 1, 1024)):
@@ -397,12 +397,17 @@ def test_effective_dpi_caps_pixels():
 
 def test_the_default_budget_takes_a_real_plan_set_and_refuses_amplification():
     from planzoom.config import Settings
-    from planzoom.pages import plan_work
+    from planzoom.engines import SourceInfo, geometries
+    from planzoom.pages import job_work
+
+    def plan_work(sizes, dpi, tile_size):
+        options = jobs_pb2.JobOptions(dpi=dpi, max_page_pixels=s.max_page_pixels)
+        return job_work(geometries(SourceInfo(page_sizes=sizes), options), tile_size, 1)
 
     s = Settings()
-    sheets = plan_work([(36 * 72, 48 * 72)] * 500, 300, s.max_page_pixels, 256, 1)
+    sheets = plan_work([(36 * 72, 48 * 72)] * 500, 300, 256)
     assert sheets.pixels <= s.max_job_pixels and sheets.tiles <= s.max_job_tiles
-    bomb = plan_work([(14400, 14400)] * 2000, 1200, s.max_page_pixels, 64, 1)
+    bomb = plan_work([(14400, 14400)] * 2000, 1200, 64)
     assert bomb.tiles == 262_008_000 > s.max_job_tiles
     from planzoom.pages import effective_dpi, raster_size
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import pyvips
 
+from planzoom.engines.variants import watermarked
 from planzoom.errors import InvalidInput
 from planzoom.options import resolve_variants
 from planzoom.v1 import jobs_pb2
-from services.render.variants import watermarked
 
 
 def test_defaults_are_the_seed_sizes():

@@ -2,7 +2,7 @@
 bytes (PDFium is not thread-safe either, so it never runs in a service's
 own process).
 
-A worker is ``python -m planzoom.procpool`` started by :class:`ProcessPool`
+A worker is ``python -m planzoom.engines.sandbox`` started by :class:`ProcessPool`
 with an environment that holds no credentials (only :data:`SAFE_ENV` and
 the import path). Before it takes a task it limits itself: an address-space
 limit (RLIMIT_AS, ``memory_bytes``), a CPU-time limit per task
@@ -30,6 +30,8 @@ import pickle
 import signal
 import struct
 import sys
+import traceback
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -135,8 +137,15 @@ def _failure(error: BaseException) -> dict:
         return {"error": {"type": "planzoom.errors:ResourceExhausted",
                           "message": "the input needs more memory than a worker may use",
                           "reason": "WORKER_MEMORY", "field": None, "retryable": False}}
+    # An engine's own exception: its text may name files, memory or library
+    # internals. It stays in the log (the worker's stderr is the service's),
+    # under an id the caller gets instead.
+    error_id = uuid.uuid4().hex[:16]
+    traceback.print_exception(error, file=sys.stderr)
+    print(f"worker task failed, error id {error_id}", file=sys.stderr, flush=True)
     return {"error": {"type": "planzoom.errors:Internal",
-                      "message": f"the worker failed: {type(error).__name__}: {error}"[:2000],
+                      "message": f"the engine failed unexpectedly (error id {error_id} in the "
+                                 "service log)",
                       "reason": "WORKER_FAILED", "field": None, "retryable": True}}
 
 
@@ -231,7 +240,7 @@ class ProcessPool:
 
     async def _spawn(self) -> _Worker:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "planzoom.procpool", str(self.memory_bytes),
+            sys.executable, "-m", "planzoom.engines.sandbox", str(self.memory_bytes),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             env=self._env())
         return _Worker(process)

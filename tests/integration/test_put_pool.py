@@ -13,14 +13,14 @@ import pytest
 
 from planzoom.config import Settings
 from planzoom.storage import ObjectStore
-from services.tile.uploads import UploadFailed, UploadPool
+from services.tile.put_pool import PutPool, TilePutFailed
 from tests.helpers import list_keys
 
 
-def _pool(stack, bucket: str = "planzoom") -> UploadPool:
+def _pool(stack, bucket: str = "planzoom") -> PutPool:
     env = stack.env()
     settings = Settings(s3_endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"], s3_bucket=bucket)
-    return UploadPool(settings, processes=2, threads=4,
+    return PutPool(settings, processes=2, threads=4,
                       credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
 
 
@@ -44,7 +44,7 @@ def test_uploads_land_and_errors_name_the_key(stack, pool, s3):
     # S3 refuses the PUT: the error says which one and why, and the pool goes on.
     missing = _pool(stack, bucket="planzoom-no-such-bucket")
     try:
-        with pytest.raises(UploadFailed, match=r"PUT a/b\.jpg: PutFailed: NoSuchBucket"):
+        with pytest.raises(TilePutFailed, match=r"PUT a/b\.jpg: PutFailed: NoSuchBucket"):
             missing.put("a/b.jpg", b"x", "image/jpeg").result(timeout=60)
         assert missing.put("a/c.jpg", b"x", "image/jpeg").exception(timeout=60) is not None
     finally:
@@ -64,7 +64,7 @@ def test_a_dead_upload_process_fails_its_uploads_and_is_replaced(pool, s3, s3_pr
         s3_proxy.delay = 0.0
     failed = [f for f in futures if f.exception() is not None]
     assert failed, "no upload was held by the killed process"
-    assert all(isinstance(f.exception(), UploadFailed) and "ended" in str(f.exception())
+    assert all(isinstance(f.exception(), TilePutFailed) and "ended" in str(f.exception())
                for f in failed)
     assert len(failed) < len(futures), "the other process's uploads should have landed"
     # A new process took the dead one's place; every PUT lands again.

@@ -21,20 +21,15 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import BinaryIO
 
 import cv2
 import numpy as np
 import simplejpeg
-import zstandard
 
 from planzoom.dzi import DziInfo, dzi_xml, level_count, level_size
 from planzoom.errors import InvalidInput
-
-#: Bytes of raster rows decompressed and fed to the pyramid at once.
-BLOCK_BYTES = 8 * 1024 * 1024
 
 #: ``emit(level, col, row, pieces)``: the tile's pixels are the (rows,
 #: width, bands) uint8 views in ``pieces`` stacked top to bottom; they are
@@ -42,55 +37,10 @@ BLOCK_BYTES = 8 * 1024 * 1024
 TileSink = Callable[[int, int, int, tuple[np.ndarray, ...]], None]
 
 
-class RasterUnreadable(InvalidInput):
-    """The raster is not what its TileJob says (size, encoding)."""
-
-    reason = "RASTER_UNREADABLE"
-
-
 class TileEncodingFailed(InvalidInput):
     """The JPEG encoder refused a tile; the same pixels will fail again."""
 
     reason = "TILE_ENCODING_FAILED"
-
-
-def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
-                block_bytes: int = BLOCK_BYTES) -> Iterator[np.ndarray]:
-    """Decompress a RASTER_ENCODING_RAW_ZSTD raster (one zstd frame of
-    ``height`` rows of ``width`` x ``bands`` 8-bit samples) from ``stream``
-    and yield it in blocks of whole rows, arrays of shape (rows, width,
-    bands). Raises RasterUnreadable if the stream is not zstd or does not
-    hold exactly ``height`` rows."""
-    row_bytes = width * bands
-    want = max(1, block_bytes // row_bytes) * row_bytes
-    seen = 0
-    partial = 0  # bytes of a row the frame ended in
-    try:
-        reader = zstandard.ZstdDecompressor().stream_reader(stream)
-        while True:
-            # Each block is a fresh buffer the pyramid may keep views of; the
-            # frame is decompressed straight into it. ``want`` is whole rows,
-            # so only the frame's end leaves a block short.
-            block = np.empty(want, np.uint8)  # not zeroed first: it is overwritten
-            filled = 0
-            while filled < want and (n := reader.readinto(block[filled:])):
-                filled += n
-            rows = filled // row_bytes
-            partial = filled - rows * row_bytes
-            if rows:
-                seen += rows
-                if seen > height:
-                    raise RasterUnreadable(
-                        f"raster holds more than the {height} rows expected")
-                yield block[: rows * row_bytes].reshape(rows, width, bands)
-            if filled < want:
-                break
-    except zstandard.ZstdError as e:
-        raise RasterUnreadable(f"raster is not a valid zstd stream: {e}") from None
-    if seen != height or partial:
-        raise RasterUnreadable(
-            f"raster holds {seen} rows and {partial} bytes, expected {height} rows "
-            f"of {row_bytes} bytes")
 
 
 def shrink(rows: np.ndarray) -> np.ndarray:
@@ -310,11 +260,11 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
                 tile_size: int, overlap: int, quality: int, store: TileStore,
                 encode_threads: int | None = None, max_in_flight: int = 256,
                 check: Callable[[], None] | None = None) -> DziInfo:
-    """Cut the raster given as blocks of rows (see :func:`raster_rows`) into
+    """Cut the raster given as blocks of rows (see :func:`planzoom.engines.raster.raster_rows`) into
     a JPEG DZI pyramid while the next rows are read: tiles are encoded by
     ``encode_threads`` threads (default: one per CPU core; more only fight
     over the GIL) and each is handed to ``store``, which may keep it at once
-    or return a Future (e.g. an upload, see :mod:`services.tile.uploads`).
+    or return a Future (e.g. an upload, see :mod:`services.tile.put_pool`).
     At most ``max_in_flight`` tiles are being encoded or stored at once
     (back-pressure: a slow store slows the reading, memory stays bounded).
 

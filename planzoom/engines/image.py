@@ -1,12 +1,13 @@
-"""Still images (photos, scans, RAW) as pages: what their headers say
-(:func:`image_pages`, read without decoding pixels) and their pixels made
-upright 8-bit sRGB or grey (:func:`decoded`), with libvips and, for camera
-RAW, LibRaw (``rawpy``).
+"""libvips, LibRaw (``rawpy``) and libheif (``pillow-heif``): still images
+(photos, scans, RAW) as pages. What their headers say (:func:`inspect`,
+:func:`image_pages`: read without decoding pixels), a page's pixels made
+upright 8-bit sRGB or grey (:func:`decoded`) and written as a raster
+(:func:`rasterize`), and its variants (:func:`variants`).
 
-Both run in sandboxed worker processes (the bytes are untrusted): ingest
-reads the pages, render decodes one. Each page's size in pixels is known
-from the header, after orientation, before anything is decoded, so a
-decompression bomb is refused without a decode.
+Every function runs in a sandboxed worker process (the bytes are
+untrusted): ingest reads the pages, render decodes one. Each page's size in
+pixels is known from the header, after orientation, before anything is
+decoded, so a decompression bomb is refused without a decode.
 
 HEIC/HEIF (HEVC) is decoded with libheif through ``pillow-heif`` (libvips'
 wheel has no HEVC decoder), everything else with libvips.
@@ -18,14 +19,24 @@ without irot needs); alpha flattened on white; an embedded ICC profile
 converted to sRGB (perceptual intent), CMYK without one through libvips'
 default CMYK profile; 16-bit scaled to 8-bit; grey images stay one band.
 Metadata (EXIF, GPS, XMP, maker notes) is dropped: only pixels leave.
+
+An image page's variants come from one reduced decode of the source (libvips
+``thumbnail``: JPEG and WebP shrink on load, a TIFF page or PNG is read once)
+at the largest size any variant needs, normalised as the pyramid's raster;
+every variant is cut from that one image, never by reading the source again.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from planzoom.engines.base import Limits, SourceInfo, TooManyPages
+from planzoom.engines.raster import Raster, raster_writer
+from planzoom.engines.variants import fit, save, watermarked
 from planzoom.errors import InvalidInput, ResourceExhausted
 from planzoom.media import Kind
+from planzoom.v1 import events_pb2, jobs_pb2
 
 #: A page whose header gives no usable resolution is taken as 72 DPI.
 DEFAULT_DPI = 72.0
@@ -121,9 +132,8 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
             if not _is_overview(page, first):
                 pages.append((index, page))
             if len(pages) > max_pages:
-                raise ResourceExhausted(
-                    f"the TIFF has more than {max_pages} pages (PLANZOOM_MAX_PAGES)",
-                    reason="TOO_MANY_PAGES")
+                raise TooManyPages(
+                    f"the TIFF has more than {max_pages} pages (PLANZOOM_MAX_PAGES)")
     out = []
     for n, (index, page) in enumerate(pages):
         width, height = page.width, page.height
@@ -136,6 +146,77 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
         out.append(ImagePage(index=index, width_px=width, height_px=height, dpi=_dpi(page),
                              facts=facts))
     return out
+
+
+def inspect(path: str, kind: Kind, limits: Limits) -> SourceInfo:
+    """The pages of an image file from its headers (nothing is decoded; see
+    :func:`image_pages` for what is refused)."""
+    pages = image_pages(path, kind, limits.max_pages, limits.max_image_pixels)
+    return SourceInfo(page_sizes=[(p.width_pt, p.height_pt) for p in pages],
+                      pixel_sizes=[(p.width_px, p.height_px) for p in pages],
+                      dpis=[p.dpi for p in pages], indexes=[p.index for p in pages],
+                      facts=[p.facts for p in pages])
+
+
+def _planned(geometry: events_pb2.PageGeometry) -> ImagePage:
+    """The page ``geometry`` (from ingest's reading of the headers) names."""
+    return ImagePage(index=geometry.source_index, width_px=geometry.width_px,
+                     height_px=geometry.height_px, dpi=geometry.dpi, facts={})
+
+
+def rasterize(path: str, kind: Kind, geometry: events_pb2.PageGeometry, out_path: str,
+              band_bytes: int) -> Raster:
+    """Decode the page ``geometry`` names (:func:`decoded`: upright, 8-bit
+    sRGB or grey) to ``out_path`` as a raw raster
+    (:mod:`planzoom.engines.raster`) in bands of at most ``band_bytes``:
+    one sample per pixel for a grey image, else RGB. Raises ImageDamaged,
+    also when the decoded size is not the one its header gave at ingest."""
+    image = decoded(path, kind, _planned(geometry))
+    width, height, bands = image.width, image.height, image.bands
+    band_rows = max(1, min(height, band_bytes // (width * bands)))
+    with raster_writer(out_path) as z:
+        for y0 in range(0, height, band_rows):
+            rows = min(band_rows, height - y0)
+            z.write(image.crop(0, y0, width, rows).write_to_memory())
+    return Raster(width_px=width, height_px=height, bands=bands,
+                  raster_bytes=os.path.getsize(out_path))
+
+
+def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,
+             opts: jobs_pb2.VariantOptions, watermark: str, out_dir: str) -> list[dict]:
+    """Write the variants ``opts`` asks for of the page ``geometry`` names
+    into ``out_dir``: thumbnail, square icon (centre crop), WebP sizes and
+    the display image watermarked with ``watermark``. Returns variant files
+    (:mod:`planzoom.engines.variants`). Raises ImageDamaged as
+    :func:`rasterize` does."""
+    import pyvips
+
+    sizes = [opts.thumbnail_px, opts.icon_px, opts.display_px, *opts.webp_px]
+    largest = max(sizes, default=0)
+    if not largest:
+        return []
+    if kind.is_raw or kind.name == "heif":
+        base = fit(decoded(path, kind, _planned(geometry)), largest)  # no reduced decode
+    else:
+        source = f"{path}[page={geometry.source_index}]" if kind.name == "tiff" else path
+        base = normalised(pyvips.Image.thumbnail(source, largest, height=largest, size="down"))
+    base = base.copy_memory()
+    made = []
+    if opts.thumbnail_px:
+        made.append(save(fit(base, opts.thumbnail_px), out_dir, "thumbnail", "jpg",
+                         opts.thumbnail_quality or opts.jpeg_quality))
+    if opts.icon_px:
+        side = min(opts.icon_px, base.width, base.height)
+        icon = base.thumbnail_image(side, height=side, crop="centre", size="down")
+        made.append(save(icon, out_dir, "icon", "jpg", opts.icon_quality or opts.jpeg_quality))
+    for px in opts.webp_px:
+        made.append(save(fit(base, px), out_dir, f"webp-{px}", "webp", opts.webp_quality))
+    if opts.display_px:
+        display = watermarked(fit(base, opts.display_px), watermark,
+                              opts.watermark_position, opts.watermark_opacity)
+        made.append(save(display, out_dir, "display", "jpg",
+                         opts.display_quality or opts.jpeg_quality))
+    return made
 
 
 def _text(value) -> str:

@@ -1,4 +1,4 @@
-"""Tile uploads spread over child processes, each with its own S3 client.
+"""Tile PUTs spread over child processes, each with its own S3 client.
 
 A PUT costs about a millisecond of CPU under the GIL, even with
 :meth:`~planzoom.storage.ObjectStore.put_small`; in the tile worker's own
@@ -7,9 +7,9 @@ the endpoint would wait (docs/performance.md has the figures). Here the PUTs
 run in ``processes`` spawned children, each with ``threads`` threads; the
 tile worker only encodes and hands each tile's bytes over a pipe.
 
-A child that dies fails the uploads it held (``UploadFailed``, so the page
+A child that dies fails the PUTs it held (``TilePutFailed``, so the page
 is retried by redelivery) and is replaced; the other children go on. So
-does a child holding an upload older than ``put_timeout`` seconds (a store
+does a child holding a PUT older than ``put_timeout`` seconds (a store
 that accepted the connection and never answered, a stopped process): a
 watchdog kills it, so that no page waits on a tile forever.
 """
@@ -32,10 +32,10 @@ from planzoom.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 
-class UploadFailed(Unavailable):
+class TilePutFailed(Unavailable):
     """A PUT failed after its retries, or its process died."""
 
-    reason = "TILE_UPLOAD_FAILED"
+    reason = "TILE_PUT_FAILED"
 
 
 def threads_per_process(concurrency: int, processes: int) -> int:
@@ -74,12 +74,12 @@ def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | 
 
 
 class _Child:
-    """One child process, its pipe and the uploads it holds."""
+    """One child process, its pipe and the PUTs it holds."""
 
     def __init__(self, ctx, args: tuple):
         self.conn, child_end = ctx.Pipe()
         self.process = ctx.Process(target=_child, args=(child_end, *args),
-                                   name="tile-upload", daemon=True)
+                                   name="tile-put", daemon=True)
         self.process.start()
         self.started = time.monotonic()
         child_end.close()
@@ -88,7 +88,7 @@ class _Child:
         self.overran = False  # killed by the watchdog
 
 
-class UploadPool:
+class PutPool:
     """PUTs of tiles in ``processes`` child processes of ``threads`` threads
     each (``processes * threads`` requests in flight at most), to the bucket
     of ``settings``; ``credentials`` as for :class:`~planzoom.storage.ObjectStore`."""
@@ -102,10 +102,10 @@ class UploadPool:
         self._closed = False
         self.put_timeout = put_timeout
         self._children = [self._start() for _ in range(processes)]
-        threading.Thread(target=self._watch, name="tile-upload-watchdog", daemon=True).start()
+        threading.Thread(target=self._watch, name="tile-put-watchdog", daemon=True).start()
 
     def _watch(self) -> None:
-        """Kill a child holding an upload older than ``put_timeout``; its
+        """Kill a child holding a PUT older than ``put_timeout``; its
         reader then fails what it held and starts another."""
         while not self._closed:
             time.sleep(min(1.0, self.put_timeout / 4))
@@ -116,23 +116,23 @@ class UploadPool:
                 for child in stuck:
                     child.overran = True
             for child in stuck:
-                log.error("upload process %s held a tile upload for more than %.0f s; "
+                log.error("PUT process %s held a tile PUT for more than %.0f s; "
                           "replacing it", child.process.pid, self.put_timeout)
                 child.process.kill()
 
     @classmethod
     def from_settings(cls, settings: Settings,
-                      credentials: tuple[str, str] | None = None) -> UploadPool:
-        """The tile worker's pool: ``PLANZOOM_UPLOAD_CONCURRENCY`` threads split
-        over ``PLANZOOM_UPLOAD_PROCESSES`` processes (rounded up)."""
-        processes = settings.upload_processes
+                      credentials: tuple[str, str] | None = None) -> PutPool:
+        """The tile worker's pool: ``PLANZOOM_TILE_PUT_CONCURRENCY`` threads split
+        over ``PLANZOOM_TILE_PUT_PROCESSES`` processes (rounded up)."""
+        processes = settings.tile_put_processes
         return cls(settings, processes,
-                   threads_per_process(settings.upload_concurrency, processes), credentials,
+                   threads_per_process(settings.tile_put_concurrency, processes), credentials,
                    put_timeout=settings.tile_put_timeout_seconds)
 
     def _start(self) -> _Child:
         child = _Child(self._ctx, self._child_args)
-        threading.Thread(target=self._read, args=(child,), name="tile-upload-results",
+        threading.Thread(target=self._read, args=(child,), name="tile-put-results",
                          daemon=True).start()
         return child
 
@@ -153,7 +153,7 @@ class UploadPool:
             if error is None:
                 future.set_result(None)
             else:
-                future.set_exception(UploadFailed(error))
+                future.set_exception(TilePutFailed(error))
         child.process.join(timeout=5)
         child.conn.close()
         if time.monotonic() - child.started < 5:
@@ -161,28 +161,28 @@ class UploadPool:
         with self._lock:
             lost, child.pending = [f for f, _ in child.pending.values()], {}
             if not self._closed:
-                log.error("upload process %s ended (exit code %s) holding %d uploads; "
+                log.error("PUT process %s ended (exit code %s) holding %d PUTs; "
                           "starting another", child.process.pid, child.process.exitcode,
                           len(lost))
                 self._children[self._children.index(child)] = self._start()
-        why = (f"a tile upload took longer than {self.put_timeout:g} s" if child.overran
-               else f"the upload process ended (exit code {child.process.exitcode})")
+        why = (f"a tile PUT took longer than {self.put_timeout:g} s" if child.overran
+               else f"the PUT process ended (exit code {child.process.exitcode})")
         for future in lost:
-            future.set_exception(UploadFailed(f"{why} before this tile was stored"))
+            future.set_exception(TilePutFailed(f"{why} before this tile was stored"))
 
     def pids(self) -> list[int]:
-        """Process ids of the current upload processes."""
+        """Process ids of the current PUT processes."""
         with self._lock:
             return [c.process.pid for c in self._children]
 
     def put(self, key: str, data: bytes, content_type: str) -> Future:
         """Queue one PUT of ``data`` (bytes) at ``key``; the future's result
-        is None once stored, or it raises UploadFailed. Never blocks on the
-        upload (the caller bounds how many are in flight)."""
+        is None once stored, or it raises TilePutFailed. Never blocks on the
+        PUT (the caller bounds how many are in flight)."""
         future: Future = Future()
         with self._lock:
             if self._closed:
-                raise RuntimeError("the upload pool is closed")
+                raise RuntimeError("the PUT pool is closed")
             child = min(self._children, key=lambda c: len(c.pending))  # least loaded
             task = next(self._tasks)
             child.pending[task] = (future, time.monotonic())
@@ -190,11 +190,11 @@ class UploadPool:
             with child.send_lock:
                 child.conn.send((task, key, data, content_type))
         except (OSError, ValueError) as e:  # the child died; its reader fails the future
-            log.warning("upload process unreachable: %s", e)
+            log.warning("PUT process unreachable: %s", e)
         return future
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the children once their queued uploads are answered; kill
+        """Stop the children once their queued PUTs are answered; kill
         those still running after ``timeout`` seconds."""
         with self._lock:
             self._closed = True
