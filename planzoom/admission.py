@@ -24,7 +24,7 @@ from planzoom.config import Settings
 from planzoom.ids import check_id
 from planzoom.jobstore import Conflict, JobNotFound, JobStore, compare_and_set
 from planzoom.messaging.workqueues import WorkQueues
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.v1 import events_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class Admission:
             job = await self.jobs.change(job_id, change)
         except JobNotFound:
             return
-        if not is_terminal(job):
+        if not ended(job):
             await self.queues.publish_page_jobs(job, range(1, job.total_pages + 1))
             log.info("queued job released", extra={"job_id": job_id})
 
@@ -159,7 +159,7 @@ class Admission:
         gone = set()
         for job_id in [*usage.in_flight, *usage.queued]:
             try:
-                if is_terminal(await self.jobs.get(job_id)):
+                if ended(await self.jobs.get(job_id)):
                     gone.add(job_id)
             except JobNotFound:
                 gone.add(job_id)

@@ -17,6 +17,7 @@ from planzoom.auth import visible
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines.sandbox import ProcessPool
+from planzoom.errors import PlanzoomError
 from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import connection, topology
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class BackedService(Service):
     """A service with ``store`` (S3), ``nc``/``js`` (NATS JetStream), ``kv``,
     ``jobs`` (job records) and ``queues`` (the work queues). ``connect()`` at
-    start, ``disconnect()`` at stop."""
+    start, ``close()`` once the server has drained."""
 
     nc: NATS
     js: JetStreamContext
@@ -65,7 +66,8 @@ class BackedService(Service):
         another org."""
         return visible(await self.jobs.get(check_id("job_id", job_id)), JobNotFound)
 
-    async def disconnect(self) -> None:
+    async def close(self) -> None:
+        """Close the NATS connection (after the server has drained)."""
         await connection.close(self.nc)
 
 
@@ -98,8 +100,10 @@ class PageStage(BackedService):
 
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)
+
+    async def close(self) -> None:
         await self.release()
-        await self.disconnect()
+        await super().close()
 
     async def release(self) -> None:
         """Free the stage's own resources (worker processes, scratch space)
@@ -114,16 +118,18 @@ class PageStage(BackedService):
     async def skip_ended(self, job, ctx: dict, what: str = "page skipped") -> bool:
         """True (and logged, counted) if ``job``'s job has ended or is gone:
         cancelled, or a page job delivered again after its job finished."""
-        if not await self.jobs.has_ended(job.job_id):
+        if not await self.jobs.ended(job.job_id):
             return False
         log.info("job ended; %s", what, extra=ctx)
         metrics.PAGES.labels(self.name, "skipped").inc()
         return True
 
-    async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
+    async def on_failure(self, data: bytes, delivery: Delivery, error: PlanzoomError) -> None:
+        """Report the page FAILED with ``error``'s message and reason."""
         job = topology.decode_work(self.stream, data)
         await self.report(job, jobs_pb2.PageRecord(
-            page=job.page, state=jobs_pb2.PAGE_STATE_FAILED, error=f"{self.name}: {reason}",
+            page=job.page, state=jobs_pb2.PAGE_STATE_FAILED,
+            error=f"{self.name}: {error.message}", reason=error.reason_code,
             attempts=delivery.attempt, finished_at=now_ts()), delivery.attempt)
 
 

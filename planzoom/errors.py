@@ -6,6 +6,11 @@ same work again can help (``retryable``); an instance adds a ``reason`` (a
 stable UPPER_SNAKE_CASE cause a program can branch on), optionally the
 request ``field`` that was wrong, and a message a person can act on.
 
+Reasons form one closed catalogue: the ``Reason`` enum of
+``protos/planzoom/v1/reasons.proto`` (docs/reasons.md is its table). A class
+or an error naming a reason that is not in it is a bug, refused at once
+(ValueError), so no reason reaches a caller undocumented.
+
 Where they go:
 
 - An RPC: :mod:`planzoom.boundary` turns the error into its status code with
@@ -14,9 +19,14 @@ Where they go:
   (https://google.aip.dev/193). Anything that is not a PlanzoomError becomes
   INTERNAL with an error id that is also logged; its text never reaches a
   caller.
+- An HTTP request: the gateway's handlers (services/gateway/problems.py)
+  turn it into an RFC 9457 problem document with the same reason; the
+  gateway's own HTTP-only answers (a tus offset conflict, 409) are
+  :class:`PlanzoomError` too, with an ``http_status``.
 - A page job: :class:`planzoom.messaging.worker.PullWorker` retries a
   retryable error (or any unexpected exception) with backoff and fails the
-  page at once for one that is not.
+  page at once for one that is not; the page's record keeps the message
+  and the reason (``PageRecord.error``, ``.reason``).
 
 The classes follow gotenberg's error types and OCRmyPDF's exceptions: a
 small fixed set, one per way a caller should react.
@@ -31,7 +41,29 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from planzoom.v1.reasons_pb2 import Reason
+
 DOMAIN = "planzoom"
+
+
+def reason_code(name: str) -> int:
+    """The ``Reason`` value of reason ``name`` (``"PDF_DAMAGED"``). Raises
+    ValueError for a name that is not in the catalogue."""
+    try:
+        return Reason.Value(f"REASON_{name}")
+    except ValueError:
+        raise ValueError(f"reason {name!r} is not in the catalogue "
+                         "(protos/planzoom/v1/reasons.proto, docs/reasons.md)") from None
+
+
+def reason_name(code: int) -> str:
+    """The name of a ``Reason`` value (``"PDF_DAMAGED"``); ``""`` for
+    UNSPECIFIED or a value this build does not know."""
+    try:
+        return "" if code == Reason.REASON_UNSPECIFIED else \
+            Reason.Name(code).removeprefix("REASON_")
+    except ValueError:
+        return ""
 
 
 def _rebuild(cls: type, message: str, state: dict[str, Any]) -> PlanzoomError:
@@ -52,6 +84,9 @@ class PlanzoomError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
     retryable: bool = False
+    #: The HTTP status of an answer no gRPC code names (a tus offset
+    #: conflict is 409, an expired upload 410); None: the code's.
+    http_status: int | None = None
 
     def __init_subclass__(cls, code: grpc.StatusCode | None = None,
                           retryable: bool | None = None, **kwargs):
@@ -65,17 +100,28 @@ class PlanzoomError(Exception):
                 cls.reason = code.name
         if retryable is not None:
             cls.retryable = retryable
+        reason_code(cls.reason)
 
     def __init__(self, message: str, *, reason: str | None = None, field: str | None = None,
-                 retryable: bool | None = None, retry_after: float | None = None):
+                 retryable: bool | None = None, retry_after: float | None = None,
+                 http_status: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
         self.retry_after = retry_after  # seconds a caller should wait before trying again
         if reason is not None:
+            reason_code(reason)
             self.reason = reason
         if retryable is not None:
             self.retryable = retryable
+        if http_status is not None:
+            self.http_status = http_status
+        self.headers = headers or {}  # HTTP headers of its answer (tus's, Retry-After)
+
+    @property
+    def reason_code(self) -> int:
+        """The ``Reason`` value of :attr:`reason`."""
+        return reason_code(self.reason)
 
     def __reduce__(self):
         # Raised in worker processes (PDFium, libvips) and pickled back to the

@@ -6,6 +6,10 @@ Keys:
 - ``plan.<org>.<project>.<plan>``: the plan's job ids, newest first,
   space-separated (at most ``PLAN_INDEX_SIZE``), for ListJobs.
 - ``dedup.<hex>``: job id that owns a (plan, source sha256, options) triple.
+- ``ended.<job_id>``: ``running`` from the job's creation, its final state's
+  name once it has ended (expiring with the record): what a stage asks
+  before and during a page's work (:meth:`JobStore.ended`), a few bytes
+  where the record of a 2,000-page job is about a megabyte.
 
 Ingest creates records; the progress service is the only writer after that,
 using compare-and-set on the KV revision (``update(..., last=revision)``).
@@ -28,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
 
 PLAN_INDEX_SIZE = 1000
@@ -80,6 +84,14 @@ def job_key(job_id: str) -> str:
     return f"job.{check_id('job_id', job_id)}"
 
 
+def ended_key(job_id: str) -> str:
+    return f"ended.{check_id('job_id', job_id)}"
+
+
+#: The value of ``ended.<job_id>`` while the job runs.
+RUNNING = b"running"
+
+
 def plan_index_key(plan: jobs_pb2.PlanRef) -> str:
     return "plan." + ".".join(
         (check_id("org", plan.org), check_id("project", plan.project), check_id("plan", plan.plan))
@@ -112,9 +124,10 @@ class JobStore:
         return decode_record(entry.value, entry.revision)
 
     async def create(self, job: jobs_pb2.Job) -> None:
-        """Store a new record and add it to its plan's index."""
+        """Store a new record, mark it running and add it to its plan's index."""
         job.revision = 0
         job.revision = await self.kv.create(job_key(job.job_id), job.SerializeToString())
+        await self.kv.put(ended_key(job.job_id), RUNNING)
         key = plan_index_key(job.plan)
         async for attempt in compare_and_set():
             with attempt:
@@ -178,13 +191,26 @@ class JobStore:
         info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=subject + ">")
         return [s[len(f"$KV.{self.bucket}."):] for s in (info.state.subjects or {})]
 
-    async def has_ended(self, job_id: str) -> bool:
+    async def ended(self, job_id: str) -> bool:
         """True if the job has ended (cancelled, complete or failed) or no
-        longer exists: its pages need no more work."""
+        longer exists: its pages need no more work. Reads ``ended.<job_id>``
+        (and the record only for a job that has none: it has expired)."""
         try:
-            return is_terminal(await self.get(job_id))
+            entry = await self.kv.get(ended_key(job_id))
+            if entry.value:
+                return entry.value != RUNNING
+        except (KeyNotFoundError, KeyDeletedError):
+            pass
+        try:
+            return ended(await self.get(job_id))
         except JobNotFound:
             return True
+
+    async def mark_ended(self, job: jobs_pb2.Job, ttl: float) -> None:
+        """Set ``ended.<job_id>`` to the ended job's state, expiring after
+        ``ttl`` seconds (with its record). Idempotent."""
+        await self.js.publish(f"$KV.{self.bucket}.{ended_key(job.job_id)}",
+                              jobs_pb2.JobState.Name(job.state).encode(), msg_ttl=ttl)
 
     async def job_ids(self) -> list[str]:
         """Ids of every job record in the bucket (for periodic sweeps)."""

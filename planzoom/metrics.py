@@ -28,6 +28,10 @@ S3_RETRIES = Counter("planzoom_s3_retries_total", "S3 request retries")
 #: RPCs refused or failed, by method and gRPC status code.
 RPC_ERRORS = Counter("planzoom_rpc_errors_total", "RPCs that ended with an error",
                      ["method", "code"])
+#: HTTP requests the gateway answered with a problem document, by route
+#: (its template, e.g. /v1/jobs/{job_id}), HTTP status and reason.
+HTTP_ERRORS = Counter("planzoom_http_errors_total", "HTTP requests answered with an error",
+                      ["route", "status", "reason"])
 #: Page jobs waiting or in flight in each stage, over every org (the
 #: progress service exports them; KEDA scales render and tile on them).
 RENDER_QUEUE = Gauge("planzoom_render_queue_pages", "Page jobs waiting or rendering")

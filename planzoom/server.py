@@ -10,7 +10,8 @@ alone, because the kubelet's gRPC probes cannot speak TLS.
 Messages larger than ``PLANZOOM_GRPC_MAX_RECEIVE_BYTES`` are refused. On
 SIGTERM or SIGINT the health status turns NOT_SERVING, the service's
 ``stop`` hook runs (workers stop fetching and finish or nak what they hold),
-and the server stops with ``grace`` seconds for RPCs in flight.
+the server stops with ``grace`` seconds for RPCs in flight, and then the
+service's ``close`` hook releases its connections.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ class Service:
     ``start()`` connects and starts background work; ``register(server)``
     then adds its servicers (with what ``start`` set up) and returns the
     role each of their methods needs (full method name → role, see
-    :func:`planzoom.boundary.method_roles`); ``stop(grace)`` brings the work
-    down. ``unhealthy`` is set by :func:`serve`: call it when the service
+    :func:`planzoom.boundary.method_roles`); at shutdown ``stop(grace)``
+    brings the background work down, the server then drains the RPCs in
+    flight, and ``close()`` releases the connections and worker processes
+    those RPCs used. ``unhealthy`` is set by :func:`serve`: call it when the service
     can no longer do its work, so that its health turns NOT_SERVING and
     Kubernetes restarts it.
     """
@@ -64,6 +67,9 @@ class Service:
         return None
 
     async def stop(self, grace: float) -> None:
+        return None
+
+    async def close(self) -> None:
         return None
 
 
@@ -136,6 +142,8 @@ async def serve(service: Service, settings: Settings, addr: str) -> None:
     await health_servicer.enter_graceful_shutdown()
     await service.stop(grace)
     await server.stop(grace)
+    # Only now: the RPCs that were in flight used these connections.
+    await service.close()
     if probes is not None:
         # Last: a probe sees NOT_SERVING for the whole drain, not a refusal.
         await probes.stop(0)

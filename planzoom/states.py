@@ -6,21 +6,21 @@ from __future__ import annotations
 from planzoom.v1 import jobs_pb2
 
 #: A job in one of these states takes no more changes.
-TERMINAL_JOB_STATES = frozenset(
+ENDED_JOB_STATES = frozenset(
     {jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED})
 #: A page in one of these states takes no more reports.
-TERMINAL_PAGE_STATES = frozenset({jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED})
+ENDED_PAGE_STATES = frozenset({jobs_pb2.PAGE_STATE_DONE, jobs_pb2.PAGE_STATE_FAILED})
 
 
-def is_terminal(job: jobs_pb2.Job) -> bool:
+def ended(job: jobs_pb2.Job) -> bool:
     """True once the job is COMPLETE, FAILED or CANCELLED."""
-    return job.state in TERMINAL_JOB_STATES
+    return job.state in ENDED_JOB_STATES
 
 
-def is_final(job: jobs_pb2.Job) -> bool:
+def finalized(job: jobs_pb2.Job) -> bool:
     """True once the job has ended and its outputs are written (the last
     record a watcher gets)."""
-    return is_terminal(job) and not job.finalizing
+    return ended(job) and not job.finalizing
 
 
 def job_state_name(state: int) -> str:

@@ -15,7 +15,7 @@ from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 
 
-def wait_terminal(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
+def wait_ended(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:
     """Follow the job (across progress restarts) to its end; fail the test
     if it has not ended after ``timeout`` seconds."""
     seen: list[jobs_pb2.Job] = []

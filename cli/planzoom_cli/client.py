@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from planzoom.states import is_final, page_state_name
+from planzoom.states import finalized, page_state_name
 from planzoom.updates import apply_update
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 
@@ -137,8 +137,9 @@ class Client:
             timeout=CALL_TIMEOUT_SECONDS).jobs)
 
     def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[jobs_pb2.Job]:
-        """Whole job records from one WatchJob stream until a terminal one:
-        its snapshot, then each delta merged into the record before."""
+        """Whole job records from one WatchJob stream until the final one
+        (the job ended, its outputs written): its snapshot, then each delta
+        merged into the record before."""
         job = None
         for update in self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
                                              timeout=timeout):
@@ -147,7 +148,7 @@ class Client:
 
     def follow(self, job_id: str, give_up_after: float = 300.0,
                on_retry=None) -> Iterator[jobs_pb2.Job]:
-        """Job records until a terminal one, across progress-service restarts.
+        """Job records until the final one, across progress-service restarts.
 
         When the stream breaks (UNAVAILABLE, the connection drops) it watches
         again after an exponential backoff with jitter (0.2 s doubling to 5 s)
@@ -174,7 +175,7 @@ class Client:
                                 continue
                             last_revision = job.revision
                             yield job
-                            if is_final(job):
+                            if finalized(job):
                                 return
                         return
                     except grpc.RpcError as e:

@@ -20,7 +20,7 @@ import grpc
 from rich.table import Table
 
 from planzoom.config import get_settings
-from planzoom.states import is_terminal, job_state_name
+from planzoom.states import ended, job_state_name
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
@@ -178,7 +178,7 @@ def status(ctx, job_id):
     except grpc.RpcError as e:
         fail_rpc(e)
     print_job(job)
-    if is_terminal(job):
+    if ended(job):
         exit_unless_complete(job)
 
 

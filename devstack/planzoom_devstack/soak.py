@@ -7,11 +7,11 @@ each followed by a WatchJob watcher; meanwhile a chaos loop, at random
 intervals, SIGKILLs a render, tile or progress process (and starts it
 again), restarts NATS, or turns S3 faults on for a while (throttling and
 reset connections, through the fault proxy). Then the chaos stops and every
-job is given ``--settle`` seconds to end.
+job is given ``--grace`` seconds to end.
 
 Printed at the end, each a count that must be zero:
 
-- not ended: jobs not in a terminal state;
+- not ended: jobs that have not ended;
 - failed: jobs that ended FAILED or CANCELLED (the faults are transient);
 - pages lost or twice: jobs whose counted pages differ from their DONE
   pages, or whose ``.dzi`` files in S3 differ from their pages;
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import grpc
 
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_devstack.faultproxy import FaultProxy
@@ -149,7 +149,7 @@ class Soak:
                 self.stop.wait(self.rng.uniform(3, 8))
                 self.proxy.slowdown = self.proxy.reset = 0.0
 
-    def run(self, duration: float, settle: float) -> dict[str, int]:
+    def run(self, duration: float, grace: float) -> dict[str, int]:
         baseline: dict[str, int] = {}
         chaos = threading.Thread(target=self._chaos, daemon=True)
         chaos.start()
@@ -163,7 +163,7 @@ class Soak:
         self.stop.set()
         chaos.join()
         self.proxy.slowdown = self.proxy.reset = 0.0
-        deadline = time.monotonic() + settle
+        deadline = time.monotonic() + grace
         for watcher in self.watchers:
             watcher.join(max(0.0, deadline - time.monotonic()))
         return self._verdict(baseline, n)
@@ -179,7 +179,7 @@ class Soak:
         counts = Counter()
         for job_id, org in self.jobs.items():
             job = self.clients[org].get_job(job_id)
-            if not is_terminal(job):
+            if not ended(job):
                 counts["not ended"] += 1
                 continue
             if job.state != jobs_pb2.JOB_STATE_COMPLETE:
@@ -213,7 +213,7 @@ class Soak:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of chaos")
-    parser.add_argument("--settle", type=float, default=300.0,
+    parser.add_argument("--grace", type=float, default=300.0,
                         help="seconds the jobs get to end afterwards")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
@@ -226,7 +226,7 @@ def main() -> None:
             "PLANZOOM_SWEEP_SECONDS": "5", "PLANZOOM_STALL_SECONDS": "60"})
         stack.start()
         try:
-            counts = Soak(stack, proxy, args.corpus, args.seed).run(args.duration, args.settle)
+            counts = Soak(stack, proxy, args.corpus, args.seed).run(args.duration, args.grace)
         finally:
             stack.stop()
             proxy.stop()

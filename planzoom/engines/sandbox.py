@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from planzoom.errors import Internal, PlanzoomError, Timeout, Unavailable
+from planzoom.errors import Internal, PlanzoomError, Timeout, Unavailable, reason_code
 from planzoom.heap import keep_freed_blocks
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class WorkerTimeout(Timeout):
 class WorkersBusy(Unavailable):
     """No worker became free in time."""
 
-    reason = "BUSY"
+    reason = "WORKERS_BUSY"
 
 
 # -- the worker side ---------------------------------------------------------
@@ -182,8 +182,14 @@ def _rebuild_error(spec: dict) -> PlanzoomError:
     error.message = str(spec.get("message", ""))[:2000]
     error.field = spec.get("field") if isinstance(spec.get("field"), str) else None
     error.retry_after = None
-    if isinstance(spec.get("reason"), str):
-        error.reason = spec["reason"][:100]
+    error.headers = {}
+    reason = spec.get("reason")
+    if isinstance(reason, str):
+        try:
+            reason_code(reason)
+            error.reason = reason
+        except ValueError:  # not in the catalogue: not one an engine of ours raised
+            error.reason = "WORKER_FAILED"
     if isinstance(spec.get("retryable"), bool):
         error.retryable = spec["retryable"]
     return error

@@ -9,10 +9,11 @@ import contextlib
 from nats.js import JetStreamContext
 
 from planzoom.clock import now_ts
+from planzoom.errors import PlanzoomError
 from planzoom.ids import ID_PATTERN
 from planzoom.messaging.publishing import publish, publish_retrying
 from planzoom.messaging.topology import (
-    LETTER_STREAMS,
+    DEAD_LETTER_SOURCES,
     PROGRESS_STREAM,
     job_ended_subject,
     progress_subject,
@@ -37,17 +38,18 @@ async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_
 
 
 async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int, data: bytes,
-                      reason: str, attempts: int) -> None:
+                      error: PlanzoomError, attempts: int) -> None:
     """Keep a message that failed for good in PLANZOOM_DEAD_LETTERS, with
     its job and page when its stream's message type names them (for a
-    progress event, the job its subject names: the payload may be forged)."""
+    progress event, the job its subject names: the payload may be forged),
+    and ``error``'s message and reason."""
     job_id, page, stage = "", 0, stream.removeprefix("PLANZOOM_").lower()
     if stream == PROGRESS_STREAM:
         stage, job_id = "progress", subject.rsplit(".", 1)[-1]
         with contextlib.suppress(Exception):
             page = events_pb2.ProgressEvent.FromString(data).page.page
-    elif stream in LETTER_STREAMS:
-        message_type, stage = LETTER_STREAMS[stream]
+    elif stream in DEAD_LETTER_SOURCES:
+        message_type, stage = DEAD_LETTER_SOURCES[stream]
         try:
             message = message_type.FromString(data)
             job_id = message.job_id
@@ -57,8 +59,8 @@ async def dead_letter(js: JetStreamContext, stream: str, subject: str, seq: int,
     if not ID_PATTERN.fullmatch(job_id):  # it becomes a subject token
         job_id = ""
     letter = events_pb2.DeadLetter(
-        stream=stream, subject=subject, stream_sequence=seq, data=data, reason=reason,
-        attempts=attempts, job_id=job_id, page=page, failed_at=now_ts(),
+        stream=stream, subject=subject, stream_sequence=seq, data=data, error=error.message,
+        reason=error.reason_code, attempts=attempts, job_id=job_id, page=page, failed_at=now_ts(),
     )
     await publish(js, f"deadletter.{stage}.{job_id or 'unknown'}", letter.SerializeToString(),
                   f"dl.{stream}.{seq}")
@@ -72,6 +74,6 @@ async def announce_ended(js: JetStreamContext, job: jobs_pb2.Job) -> None:
     ended = events_pb2.JobEnded(
         job_id=job.job_id, plan=job.plan, state=job.state, total_pages=job.total_pages,
         completed_pages=job.completed_pages, failed_pages=job.failed_pages, error=job.error,
-        manifest_key=job.manifest_key, finished_at=job.finished_at)
+        reason=job.reason, manifest_key=job.manifest_key, finished_at=job.finished_at)
     await publish_retrying(js, job_ended_subject(job.plan.org, job.job_id),
                            ended.SerializeToString(), f"ended.{job.job_id}")

@@ -30,7 +30,7 @@ from __future__ import annotations
 from planzoom.messaging.topology import (
     ADVISORY_CONSUMER,
     ADVISORY_STREAM,
-    DLQ_STREAM,
+    DEAD_LETTER_STREAM,
     GATEWAY_BUCKET,
     JOB_EVENTS_CONSUMER,
     JOB_EVENTS_STREAM,
@@ -70,7 +70,7 @@ def _kv_watch(stream: str) -> list[str]:
 
 
 def _consume(stream: str, consumers: str) -> list[str]:
-    """Pull from ``consumers`` (a name or wildcard) of ``stream`` and settle."""
+    """Pull from ``consumers`` (a name or wildcard) of ``stream`` and end_if_pages_ended."""
     return [f"{API}.CONSUMER.MSG.NEXT.{stream}.{consumers}",
             f"{API}.CONSUMER.INFO.{stream}.{consumers}",
             f"$JS.ACK.{stream}.{consumers}.>"]
@@ -110,9 +110,11 @@ PUBLISH: dict[str, list[str]] = {
         *(f"{API}.STREAM.MSG.{op}.{s}" for op in ("GET", "DELETE")
           for s in (RENDER_STREAM, TILE_STREAM, TRANSCODE_STREAM)),
         # the sweep: job ids, dead letters
-        f"{API}.STREAM.INFO.{DLQ_STREAM}", f"{API}.CONSUMER.CREATE.{DLQ_STREAM}",
-        f"{API}.CONSUMER.CREATE.{DLQ_STREAM}.>", f"{API}.CONSUMER.DELETE.{DLQ_STREAM}.>",
-        *_consume(DLQ_STREAM, "*"),
+        f"{API}.STREAM.INFO.{DEAD_LETTER_STREAM}",
+        f"{API}.CONSUMER.CREATE.{DEAD_LETTER_STREAM}",
+        f"{API}.CONSUMER.CREATE.{DEAD_LETTER_STREAM}.>",
+        f"{API}.CONSUMER.DELETE.{DEAD_LETTER_STREAM}.>",
+        *_consume(DEAD_LETTER_STREAM, "*"),
     ],
     "transcode": [
         "progress.transcode.>", "deadletter.transcode.>", *_kv_read(),

@@ -24,7 +24,7 @@ delivery failed) is copied with its reason and attempt count to stream
 days) before it is terminated. A page job whose worker died on every
 delivery never reaches that code: the server's MAX_DELIVERIES advisory is
 captured by stream ``PLANZOOM_ADVISORIES`` and the progress service (durable
-consumer ``deadletters``) dead-letters the message and fails its page.
+consumer ``dead-letters``) dead-letters the message and fails its page.
 
 KV bucket ``planzoom_jobs`` holds job records (see :mod:`planzoom.jobstore`),
 ``planzoom_gateway`` the gateway's state: tus uploads, webhook endpoints
@@ -68,13 +68,16 @@ WEBHOOKS_STREAM, WEBHOOKS_CONSUMER = "PLANZOOM_WEBHOOKS", "deliveries"
 #: Ack wait of the webhook consumers: a delivery's HTTP timeout and then some.
 WEBHOOK_ACK_WAIT_SECONDS = 60.0
 
-DLQ_STREAM = "PLANZOOM_DEAD_LETTERS"
-ADVISORY_STREAM, ADVISORY_CONSUMER = "PLANZOOM_ADVISORIES", "deadletters"
+DEAD_LETTER_STREAM = "PLANZOOM_DEAD_LETTERS"
+ADVISORY_STREAM, ADVISORY_CONSUMER = "PLANZOOM_ADVISORIES", "dead-letters"
+#: The advisory consumer's earlier name: removed at setup (a work-queue stream
+#: takes one unfiltered consumer; its advisories stay for the new one).
+_OLD_ADVISORY_CONSUMER = "deadletters"
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 DUPLICATE_WINDOW_SECONDS = 15 * 60
 PROGRESS_MAX_AGE_SECONDS = 7 * 24 * 3600
-DLQ_MAX_AGE_SECONDS = 30 * 24 * 3600
+DEAD_LETTER_MAX_AGE_SECONDS = 30 * 24 * 3600
 #: Ack wait and deliveries of the progress service's own consumers: an event
 #: takes milliseconds to fold, and one must not be dropped while NATS or KV
 #: is briefly unreachable.
@@ -90,7 +93,7 @@ WORK_STREAMS = {
 WORK_SUBJECTS = {RENDER_STREAM: RENDER_SUBJECTS, TILE_STREAM: TILE_SUBJECTS,
                  TRANSCODE_STREAM: TRANSCODE_SUBJECTS}
 #: Message type and stage of every stream whose messages can be dead-lettered.
-LETTER_STREAMS = {**WORK_STREAMS, PROGRESS_STREAM: (events_pb2.ProgressEvent, "progress")}
+DEAD_LETTER_SOURCES = {**WORK_STREAMS, PROGRESS_STREAM: (events_pb2.ProgressEvent, "progress")}
 
 
 def progress_subject(stage: str, job_id: str) -> str:
@@ -167,8 +170,8 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
         (TILE_STREAM, [TILE_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
         (TRANSCODE_STREAM, [TRANSCODE_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
         (PROGRESS_STREAM, ["progress.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
-        (DLQ_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DLQ_MAX_AGE_SECONDS),
-        (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DLQ_MAX_AGE_SECONDS),
+        (DEAD_LETTER_STREAM, ["deadletter.>"], RetentionPolicy.LIMITS, DEAD_LETTER_MAX_AGE_SECONDS),
+        (ADVISORY_STREAM, advisories, RetentionPolicy.WORK_QUEUE, DEAD_LETTER_MAX_AGE_SECONDS),
         (JOB_EVENTS_STREAM, ["jobs.ended.>"], RetentionPolicy.LIMITS, PROGRESS_MAX_AGE_SECONDS),
         (WEBHOOKS_STREAM, ["webhooks.deliver.>"], RetentionPolicy.WORK_QUEUE,
          PROGRESS_MAX_AGE_SECONDS),
@@ -184,6 +187,11 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
                 max_age=max_age,
             ),
         )
+    try:
+        await js.delete_consumer(ADVISORY_STREAM, _OLD_ADVISORY_CONSUMER)
+        log.info("advisory consumer %s renamed %s", _OLD_ADVISORY_CONSUMER, ADVISORY_CONSUMER)
+    except NotFoundError:
+        pass
     for stream, durable, subject, ack_wait, max_deliver in (
         (PROGRESS_STREAM, PROGRESS_CONSUMER, "progress.>", PROGRESS_ACK_WAIT_SECONDS,
          PROGRESS_MAX_DELIVER),

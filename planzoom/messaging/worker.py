@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from planzoom import metrics, tracing
-from planzoom.errors import PlanzoomError, Timeout
+from planzoom.errors import Internal, PlanzoomError, Timeout
 from planzoom.messaging.events import dead_letter
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,10 @@ class Delivery:
 
 
 Handler = Callable[[bytes, Delivery], Awaitable[None]]
-FailureHandler = Callable[[bytes, Delivery, str], Awaitable[None]]
+#: ``on_failure(data, delivery, error)``: the message failed for good with
+#: ``error`` (a PlanzoomError: an unexpected exception arrives as Internal,
+#: its text only in the log).
+FailureHandler = Callable[[bytes, Delivery, PlanzoomError], Awaitable[None]]
 
 
 def retry_delay(attempt: int) -> float:
@@ -249,7 +253,7 @@ class PullWorker:
                 except Exception:
                     # An ack, nak or term that failed (NATS away): the
                     # message comes back after its ack wait.
-                    log.exception("%s: could not settle a message", self.durable)
+                    log.exception("%s: could not end_if_pages_ended a message", self.durable)
                 finally:
                     self._in_flight.discard(task)
 
@@ -288,24 +292,31 @@ class PullWorker:
 
     async def _failed(self, msg: Msg, delivery: Delivery, error: Exception) -> None:
         permanent = is_permanent(error)
-        reason = (error.message if isinstance(error, PlanzoomError) else str(error)) \
-            or type(error).__name__
+        if not isinstance(error, PlanzoomError):
+            # Its text may name internals (an endpoint, a path): it stays in
+            # the log, under an id the page's record and dead letter carry.
+            error_id = uuid.uuid4().hex[:16]
+            log.error("%s: unexpected error, error id %s", self.durable, error_id,
+                      exc_info=error, extra={"error_id": error_id})
+            error = Internal(f"internal error (error id {error_id} in the {self.durable} "
+                             "log)")
         if not (permanent or delivery.last):
             metrics.PAGES.labels(self.durable, "retried").inc()
             delay = self.backoff(delivery.attempt)
             log.warning("%s: attempt %d/%d failed, retrying in %.0f s: %s", self.durable,
-                        delivery.attempt, self.max_deliver, delay, reason, exc_info=True)
+                        delivery.attempt, self.max_deliver, delay, error.message,
+                        extra={"reason": error.reason})
             await msg.nak(delay=delay)
             return
         log.error("%s: giving up after attempt %d/%d: %s", self.durable, delivery.attempt,
-                  self.max_deliver, reason, exc_info=not permanent)
+                  self.max_deliver, error.message, extra={"reason": error.reason})
         try:
             if self.dead_letters:
                 await dead_letter(self.js, msg.metadata.stream, msg.subject,
-                                  msg.metadata.sequence.stream, msg.data, reason,
+                                  msg.metadata.sequence.stream, msg.data, error,
                                   delivery.attempt)
             if self.on_failure is not None:
-                await self.on_failure(msg.data, delivery, reason)
+                await self.on_failure(msg.data, delivery, error)
         except Exception:
             # The failure could not be recorded: keep the message.
             log.exception("%s: could not record the failure", self.durable)

@@ -78,8 +78,8 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send):
         request = Request(scope, receive)
-        response = problems.problem(request, 413, f"the request body is over {self.limit:,} "
-                                    "bytes", "BODY_TOO_LARGE")
+        response = problems.respond(request, problems.Problem(
+            413, f"the request body is over {self.limit:,} bytes", "BODY_TOO_LARGE"))
         await response(scope, receive, send)
 
 

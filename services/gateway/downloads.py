@@ -38,6 +38,7 @@ from zipstream import ZipStream
 from planzoom.dzi import DziInfo, dzi_xml, level_size
 from planzoom.errors import FailedPrecondition, InvalidInput, Unauthenticated
 from planzoom.ids import check_id
+from planzoom.pages import level_dpi
 from planzoom.storage import ObjectNotFound, ObjectStore
 
 router = APIRouter(prefix="/v1", tags=["downloads"])
@@ -86,7 +87,7 @@ def _bundle_page(record: dict, max_level: int | None) -> tuple[dict, DziInfo, in
         return record, info, top
     scaled = {**record, "width_px": width, "height_px": height, "levels": info.levels,
               "tile_count": str(info.tile_count()),
-              "dpi": record.get("dpi", 0) * width / full.width}
+              "dpi": level_dpi(record.get("dpi", 0), full.width, width)}
     return scaled, info, top
 
 

@@ -19,11 +19,11 @@ from google.protobuf import json_format
 from sse_starlette.sse import EventSourceResponse
 
 from planzoom.ids import check_id
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.updates import apply_update
 from planzoom.v1 import jobs_pb2
 from services.gateway.access import Link
-from services.gateway.problems import HTTP_STATUS
+from services.gateway.problems import to_problem
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ async def job_events(request: Request, job_id: str,
     """``text/event-stream`` (WHATWG HTML, Server-Sent Events): event
     ``job`` with the whole record as data and the record's revision as id,
     first the current record, then one at every change; the stream ends
-    after a record in a terminal state (COMPLETE, FAILED, CANCELLED). A
+    after the record of an ended job (COMPLETE, FAILED, CANCELLED). A
     client that reconnects with ``Last-Event-ID`` gets only records newer
     than that revision: each record is complete, so the newest one covers
     whatever changed while it was away.
@@ -82,7 +82,7 @@ async def job_events(request: Request, job_id: str,
 
     async def events():
         try:
-            if is_terminal(first) and first.revision <= seen:
+            if ended(first) and first.revision <= seen:
                 return
             job, sent = None, False
             async for update in stream:
@@ -98,16 +98,12 @@ async def job_events(request: Request, job_id: str,
                 yield {"event": event, "id": str(record.revision),
                        "data": json.dumps(job_json(record))}
                 sent = True
-                if is_terminal(record) and not record.finalizing:
+                if ended(record) and not record.finalizing:
                     return
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.CANCELLED:
                 return
-            status = HTTP_STATUS.get(e.code(), 500)
-            detail = e.details() if status != 500 else "the job's feed failed; reconnect"
-            yield {"event": "problem", "data": json.dumps(
-                {"type": "about:blank", "status": status, "detail": detail,
-                 "reason": e.code().name, "instance": request.url.path})}
+            yield {"event": "problem", "data": json.dumps(to_problem(request, e)[1])}
         finally:
             stream.cancel()
 

@@ -50,7 +50,7 @@ from starlette.requests import ClientDisconnect
 
 from planzoom import keys
 from planzoom.config import Settings
-from planzoom.errors import InvalidInput, NotFound, Unavailable
+from planzoom.errors import InvalidInput, NotFound, Unavailable, reason_code, reason_name
 from planzoom.options import resolve_options
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -324,7 +324,8 @@ class Uploads:
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
-            upload.error, upload.error_reason = e.details() or e.code().name, rpc_reason(e)[0]
+            upload.error = e.details() or e.code().name
+            upload.reason = reason_code(rpc_reason(e)[0])
             await self._save(held)
             return e
         upload.job_id = reply.job_id
@@ -518,6 +519,6 @@ async def upload_status(upload_id: str, request: Request) -> dict:
                     job_url=str(request.url_for("get_job", job_id=upload.job_id)),
                     view_url=str(request.url_for("view", job_id=upload.job_id)))
     if upload.error:
-        body.update(error=upload.error, reason=upload.error_reason)
+        body.update(error=upload.error, reason=reason_name(upload.reason))
     return body
 

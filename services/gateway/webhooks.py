@@ -12,7 +12,8 @@ job ends (``job.completed``, ``job.failed``, ``job.cancelled``).
   (``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``, keyed by the
   base64 secret after ``whsec_``). Body: ``{"type": <event>, "timestamp":
   <RFC 3339>, "data": {job_id, plan, state, total_pages, completed_pages,
-  failed_pages, error, finished_at}}``.
+  failed_pages, error, reason, finished_at}}`` (``reason``: PAGES_FAILED or
+  JOB_CANCELLED, docs/reasons.md; empty for a complete job).
 - Durable: the progress service announces each ended job on JetStream
   (``jobs.ended.<org>.<job>``); consumer ``webhooks`` turns it into one
   WebhookDelivery per endpoint on ``webhooks.deliver.<org>``, and the
@@ -54,7 +55,14 @@ from standardwebhooks.webhooks import Webhook
 
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.errors import InvalidInput, NotFound, ResourceExhausted, Unavailable
+from planzoom.errors import (
+    InvalidInput,
+    NotFound,
+    PlanzoomError,
+    ResourceExhausted,
+    Unavailable,
+    reason_name,
+)
 from planzoom.messaging import topology
 from planzoom.messaging.publishing import publish
 from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
@@ -147,6 +155,7 @@ def payload(ended: events_pb2.JobEnded, event_type: str) -> bytes:
                  "state": jobs_pb2.JobState.Name(ended.state),
                  "total_pages": ended.total_pages, "completed_pages": ended.completed_pages,
                  "failed_pages": ended.failed_pages, "error": ended.error,
+                 "reason": reason_name(ended.reason),
                  "finished_at": ended.finished_at.ToJsonString()},
     }, separators=(",", ":")).encode()
 
@@ -286,13 +295,14 @@ class Webhooks:
         log.info("webhook delivered", extra={"org": message.org, "delivery_id":
                                              message.delivery_id, "attempt": delivery.attempt})
 
-    async def keep_dead_letter(self, data: bytes, delivery: Delivery, reason: str) -> None:
+    async def keep_dead_letter(self, data: bytes, delivery: Delivery,
+                               error: PlanzoomError) -> None:
         message = events_pb2.WebhookDelivery.FromString(data)
         got = await self.bus.get(endpoint_key(message.org, message.endpoint_id),
                                  events_pb2.WebhookEndpoint)
         letter = events_pb2.WebhookDeadLetter(
-            delivery=message, url=got[0].url if got else "", reason=reason,
-            attempts=delivery.attempt, failed_at=now_ts())
+            delivery=message, url=got[0].url if got else "", error=error.message,
+            reason=error.reason_code, attempts=delivery.attempt, failed_at=now_ts())
         await self.bus.kv.put(dead_key(message.org, message.delivery_id),
                               letter.SerializeToString())
 
@@ -356,14 +366,16 @@ async def list_webhooks(request: Request) -> dict:
 @router.get("/dead-letters", summary="Deliveries that never succeeded")
 async def list_dead_letters(request: Request) -> dict:
     """``{"dead_letters": [{delivery_id, endpoint_id, url, event_type,
-    reason, attempts, failed_at, payload}]}`` of the caller's org (admin):
+    error, reason, attempts, failed_at, payload}]}`` of the caller's org
+    (admin; ``reason`` is the catalogue's, docs/reasons.md):
     deliveries whose every attempt failed, kept until their endpoint is
     deleted."""
     access = _admin(request)
     letters = await _webhooks(request).dead_letters(access.caller.org)
     return {"dead_letters": [
         {"delivery_id": d.delivery.delivery_id, "endpoint_id": d.delivery.endpoint_id,
-         "url": d.url, "event_type": d.delivery.event_type, "reason": d.reason,
+         "url": d.url, "event_type": d.delivery.event_type, "error": d.error,
+         "reason": reason_name(d.reason),
          "attempts": d.attempts, "failed_at": d.failed_at.ToJsonString(),
          "payload": json.loads(d.delivery.payload)} for d in letters]}
 

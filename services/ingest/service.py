@@ -90,9 +90,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         await self.connect()
         self.admission = Admission(self.jobs, Quota.from_settings(self.s), self.queues)
 
-    async def stop(self, grace: float) -> None:
+    async def close(self) -> None:
+        # After the drain: an upload in flight was still inspecting its file.
         await self.pool.close()
-        await self.disconnect()
+        await super().close()
 
     # -- RPCs ---------------------------------------------------------------
 
@@ -214,16 +215,15 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         counts against it: waiting for a worker ends, at worst, in
         WorkersBusy (UNAVAILABLE, retry), never in a verdict on the file."""
         limit = self.s.inspect_timeout_seconds
-        what = "PDF" if kind.is_pdf else "video" if kind.is_video else "image"
+        what, slow, damaged = (("PDF", "PDF_TOO_SLOW", PdfDamaged) if kind.is_pdf else
+                               ("video", "VIDEO_TOO_SLOW", VideoDamaged) if kind.is_video else
+                               ("image", "IMAGE_TOO_SLOW", ImageDamaged))
         try:
             return await self.pool.run(limit, engines.inspect, path, kind.name, self.limits)
         except WorkerTimeout:
             raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
-                                    "too complex or malformed",
-                                    reason=f"{what.upper()}_TOO_SLOW") from None
+                                    "too complex or malformed", reason=slow) from None
         except WorkerCrashed as e:
-            damaged = PdfDamaged if kind.is_pdf else VideoDamaged if kind.is_video else \
-                ImageDamaged
             raise damaged(f"the {what} could not be read safely ({e.message}); it is "
                           "probably damaged") from None
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from planzoom.clock import now_ts
 from planzoom.errors import InvalidInput
-from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
+from planzoom.states import ENDED_PAGE_STATES, ended
 from planzoom.v1 import events_pb2, jobs_pb2
+from planzoom.v1.reasons_pb2 import Reason
 
 _RANK = {
     jobs_pb2.PAGE_STATE_UNSPECIFIED: 0,
@@ -35,13 +36,13 @@ def apply_event(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent) -> bool:
     ``ev`` is trusted (records.trusted_event checked it and cleared any
     output keys: they are derived where a record leaves planzoom).
     """
-    if is_terminal(job):
+    if ended(job):
         return False
     n = ev.page.page
     if not 1 <= n <= len(job.pages):
         raise InvalidInput(f"job {job.job_id} has no page {n}", reason="NO_SUCH_PAGE")
     page = job.pages[n - 1]
-    if page.state in TERMINAL_PAGE_STATES:
+    if page.state in ENDED_PAGE_STATES:
         return False
     before = page.SerializeToString(deterministic=True)
     if ev.page.state == jobs_pb2.PAGE_STATE_UNSPECIFIED:
@@ -92,14 +93,14 @@ def _changed(job: jobs_pb2.Job, ev: events_pb2.ProgressEvent, page: jobs_pb2.Pag
 
 def pages_ended(job: jobs_pb2.Job) -> bool:
     """True if every page is DONE or FAILED."""
-    return all(p.state in TERMINAL_PAGE_STATES for p in job.pages)
+    return all(p.state in ENDED_PAGE_STATES for p in job.pages)
 
 
-def settle(job: jobs_pb2.Job) -> bool:
+def end_if_pages_ended(job: jobs_pb2.Job) -> bool:
     """End a job whose pages have all ended but whose record is not yet
-    terminal (the record stored just before a job's outputs are written, if
+    ended (the record stored just before a job's outputs are written, if
     the writer stopped there). Returns True if it changed the record."""
-    if is_terminal(job) or not job.pages or not pages_ended(job):
+    if ended(job) or not job.pages or not pages_ended(job):
         return False
     recount(job)
     return True
@@ -110,7 +111,7 @@ def recount(job: jobs_pb2.Job) -> None:
     done = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)
     failed = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_FAILED]
     job.completed_pages, job.failed_pages = done, len(failed)
-    partial = sum(p.progress for p in job.pages if p.state not in TERMINAL_PAGE_STATES)
+    partial = sum(p.progress for p in job.pages if p.state not in ENDED_PAGE_STATES)
     job.percent = (100.0 * (done + len(failed) + partial) / job.total_pages
                    if job.total_pages else 0.0)
     job.updated_at.CopyFrom(now_ts())
@@ -118,6 +119,7 @@ def recount(job: jobs_pb2.Job) -> None:
         job.finished_at.CopyFrom(job.updated_at)
         if failed:
             job.state = jobs_pb2.JOB_STATE_FAILED
+            job.reason = Reason.REASON_PAGES_FAILED
             job.error = f"{len(failed)} of {job.total_pages} pages failed: " + "; ".join(
                 f"page {p.page}: {p.error}" for p in failed[:5]
             ) + ("; ..." if len(failed) > 5 else "")

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from planzoom import keys, metrics, tracing
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
-from planzoom.errors import FailedPrecondition, InvalidInput
+from planzoom.errors import FailedPrecondition, InvalidInput, reason_code, reason_name
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
 from planzoom.keys import RENDITION_NAME
 from planzoom.messaging.events import announce_ended
 from planzoom.messaging.worker import Delivery
-from planzoom.states import is_terminal, job_state_name
+from planzoom.states import ended, job_state_name
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.progress.fold import apply_event, settle
+from services.progress.fold import apply_event, end_if_pages_ended
 from services.progress.outputs import write_outputs
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,8 @@ def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
             raise ForgedEvent(f"{stage} reported a rendition {rendition.name!r}")
     if not 0 <= ev.page.progress <= 1:
         raise ForgedEvent(f"{stage} reported progress {ev.page.progress}")
+    if ev.page.reason and not reason_name(ev.page.reason):
+        raise ForgedEvent(f"{stage} reported a reason outside the catalogue: {ev.page.reason}")
     return ev
 
 
@@ -105,25 +107,25 @@ class JobRecords:
         """Apply ``change`` to the record with compare-and-set and, if that
         ended the job, finalize it. Returns the record as it then stands.
         Raises JobNotFound, and Conflict after CAS_ATTEMPTS lost races."""
-        job, ended = None, False
+        job, just_ended = None, False
         async for attempt in compare_and_set():
             with attempt:
-                job, ended = await self._change_once(job_id, change)
-        if ended:
+                job, just_ended = await self._change_once(job_id, change)
+        if just_ended:
             job = await self.finalize(job)
         return job
 
     async def _change_once(self, job_id: str, change: Change) -> tuple[jobs_pb2.Job, bool]:
         job = await self.jobs.get(job_id)
-        was_terminal = is_terminal(job)
-        settled = settle(job)
-        if not (change(job) or settled):
+        had_ended = ended(job)
+        ended_by_pages = end_if_pages_ended(job)
+        if not (change(job) or ended_by_pages):
             return job, False
-        ended = is_terminal(job) and not was_terminal
-        if ended:
+        just_ended = ended(job) and not had_ended
+        if just_ended:
             job.finalizing = True
         await self.jobs.update(job)
-        return job, ended
+        return job, just_ended
 
     async def finalize(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
         """The side effects of an ended job, then its final record (see the
@@ -135,6 +137,8 @@ class JobRecords:
             return await self._finalize(job)
 
     async def _finalize(self, job: jobs_pb2.Job) -> jobs_pb2.Job:
+        # First: the stages stop work on its pages as soon as they can.
+        await self.jobs.mark_ended(job, self.retention_seconds)
         final = jobs_pb2.Job()
         final.CopyFrom(job)
         final.finalizing = False
@@ -167,11 +171,12 @@ class JobRecords:
         if ev.HasField("emitted_at"):
             metrics.UPDATE_LAG.observe(max(0.0, time.time() - ev.emitted_at.ToNanoseconds() / 1e9))
 
-    async def fail_page(self, job_id: str, page: int, error: str, attempts: int) -> None:
-        """Record ``page`` as FAILED with ``error`` (a page whose job nobody
-        could report on)."""
+    async def fail_page(self, job_id: str, page: int, error: str, reason: int,
+                        attempts: int) -> None:
+        """Record ``page`` as FAILED with ``error`` and ``reason`` (a page
+        whose job nobody could report on)."""
         record = jobs_pb2.PageRecord(page=page, state=jobs_pb2.PAGE_STATE_FAILED, error=error,
-                                     attempts=attempts, finished_at=now_ts())
+                                     reason=reason, attempts=attempts, finished_at=now_ts())
         ev = events_pb2.ProgressEvent(job_id=job_id, page=record, emitted_at=now_ts())
         await self.change(job_id, lambda job: apply_event(job, ev))
 
@@ -198,11 +203,12 @@ class JobRecords:
         JobEnded if it has already ended, JobNotFound if there is none."""
 
         def cancel(job: jobs_pb2.Job) -> bool:
-            if is_terminal(job):
+            if ended(job):
                 raise JobEnded(
                     f"job {job.job_id} has already ended ({job_state_name(job.state)})")
             job.state = jobs_pb2.JOB_STATE_CANCELLED
             job.error = f"cancelled: {reason or 'by request'}"[:1000]
+            job.reason = reason_code("JOB_CANCELLED")
             job.updated_at.CopyFrom(now_ts())
             job.finished_at.CopyFrom(job.updated_at)
             return True

@@ -9,7 +9,7 @@ from planzoom.auth import require_org, visible
 from planzoom.errors import Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
-from planzoom.states import is_final
+from planzoom.states import finalized
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
@@ -64,7 +64,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         job has ended (viewer; progress.proto, ``JobUpdate``). UNAVAILABLE
         when the service stops (watch again to resume)."""
         job = await self._job(request.job_id)
-        if is_final(job):  # no feed needed for a job that has ended
+        if finalized(job):  # no feed needed for a job that has ended
             yield updates.snapshot(keys.with_keys(job))
             return
         metrics.WATCHERS.inc()
@@ -77,7 +77,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
                     yield feed.snapshot()
                 else:
                     yield updates.snapshot(keys.with_keys(job))
-                while not is_final(job):
+                while not finalized(job):
                     await feed.wait(job.revision)
                     if self.stopping.is_set():
                         raise Unavailable("the progress service is restarting; watch again "

@@ -14,7 +14,7 @@ from planzoom.config import Settings
 from planzoom.messaging import topology
 from planzoom.messaging.worker import PullWorker
 from planzoom.v1 import progress_pb2, progress_pb2_grpc
-from services.progress.deadletters import DeadLetters
+from services.progress.dead_letters import DeadLetters
 from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
 from services.progress.rpcs import ProgressRpcs
@@ -73,7 +73,6 @@ class Progress(BackedService):
             task.cancel()
         await asyncio.gather(*(w.stop(grace) for w in self.workers))
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.disconnect()
 
     async def _export_queue_depth(self) -> None:
         """Every QUEUE_METRICS_SECONDS: the page jobs waiting or in flight per

@@ -25,8 +25,8 @@ from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.dzi import done_record, parse_dzi
 from planzoom.jobstore import JobNotFound, JobStore
-from planzoom.messaging.topology import DLQ_STREAM, DUPLICATE_WINDOW_SECONDS
-from planzoom.states import TERMINAL_PAGE_STATES, is_terminal
+from planzoom.messaging.topology import DEAD_LETTER_STREAM, DUPLICATE_WINDOW_SECONDS
+from planzoom.states import ENDED_PAGE_STATES, ended
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.progress.records import JobRecords
@@ -76,9 +76,9 @@ class Sweeper:
         and variants) is still on its way would drop what they carry (a
         DONE page takes no later report)."""
         job = await self.jobs.get(job_id)
-        if is_terminal(job):
+        if ended(job):
             return job, []
-        open_pages = {p.page for p in job.pages if p.state not in TERMINAL_PAGE_STATES}
+        open_pages = {p.page for p in job.pages if p.state not in ENDED_PAGE_STATES}
         if not open_pages:
             return job, []
         found = await self._done_in_s3(job, open_pages, time.time() - settled_seconds)
@@ -110,11 +110,11 @@ class Sweeper:
         """FAILED records for ``pages`` that have a dead letter of render or
         tile (a failure whose report was lost)."""
         subject = f"deadletter.*.{job.job_id}"
-        info = await self.js.stream_info(DLQ_STREAM, subjects_filter=subject)
+        info = await self.js.stream_info(DEAD_LETTER_STREAM, subjects_filter=subject)
         if not pages or not info.state.subjects:
             return []
         found: dict[int, jobs_pb2.PageRecord] = {}
-        sub = await self.js.pull_subscribe(subject, stream=DLQ_STREAM)
+        sub = await self.js.pull_subscribe(subject, stream=DEAD_LETTER_STREAM)
         try:
             while True:
                 try:
@@ -127,8 +127,8 @@ class Sweeper:
                     if letter.page in pages and stage in ("render", "tile"):
                         found[letter.page] = jobs_pb2.PageRecord(
                             page=letter.page, state=jobs_pb2.PAGE_STATE_FAILED,
-                            error=f"{stage}: {letter.reason}", attempts=letter.attempts,
-                            finished_at=letter.failed_at)
+                            error=f"{stage}: {letter.error}", reason=letter.reason,
+                            attempts=letter.attempts, finished_at=letter.failed_at)
                     await msg.ack()
         finally:
             with contextlib.suppress(Exception):
@@ -159,13 +159,13 @@ class Sweeper:
                 await self.records.finalize(job)
             return False
         job, _ = await self.reconcile(job_id, self.s.stall_seconds)
-        if is_terminal(job):
+        if ended(job):
             return False
         await self._republish_pending(job)
 
         def mark_stalled(job: jobs_pb2.Job) -> bool:
             last = job.last_event_at if job.HasField("last_event_at") else job.created_at
-            if is_terminal(job) or job.stalled or job.queued or \
+            if ended(job) or job.stalled or job.queued or \
                     now - last.ToSeconds() < self.s.stall_seconds:
                 return False
             job.stalled = True

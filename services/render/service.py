@@ -17,10 +17,11 @@ from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines import Raster
 from planzoom.engines.sandbox import WorkerTimeout
-from planzoom.errors import Timeout
+from planzoom.errors import PlanzoomError, Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.states import is_terminal
+from planzoom.pages import level_dpi
+from planzoom.states import ended
 from planzoom.v1 import events_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,13 @@ class Render(SourceStage):
                                          "height_px": result.height_px,
                                          "raster_bytes": result.raster_bytes})
 
-    async def on_failure(self, data: bytes, delivery: Delivery, reason: str) -> None:
+    async def on_failure(self, data: bytes, delivery: Delivery, error: PlanzoomError) -> None:
         """A page job that failed for good fails its page; a preview pass
         fails no page (each page's own job still runs)."""
         if events_pb2.PageJob.FromString(data).previews:
-            log.warning("preview pass given up: %s", reason)
+            log.warning("preview pass given up: %s", error.message)
             return
-        await super().on_failure(data, delivery, reason)
+        await super().on_failure(data, delivery, error)
 
     async def _variants(self, job: events_pb2.PageJob, source: str) -> list[jobs_pb2.Variant]:
         """Make and store the page's variants (planzoom.engines): all of them
@@ -131,20 +132,23 @@ class Render(SourceStage):
             made = await self.pool.run(self.s.render_timeout_seconds, engines.page_variants,
                                        source, job.source_kind, job.geometry, job.options,
                                        watermark, out_dir)
-            return await self._store_variants(job, job.page, made)
+            return await self._store_variants(job, job.geometry, made)
         finally:
             shutil.rmtree(out_dir, ignore_errors=True)
 
-    async def _store_variants(self, job: events_pb2.PageJob, page: int, made: list[dict]
-                              ) -> list[jobs_pb2.Variant]:
+    async def _store_variants(self, job: events_pb2.PageJob, geometry: events_pb2.PageGeometry,
+                              made: list[dict]) -> list[jobs_pb2.Variant]:
         """Upload the variant files ``made`` (planzoom.engines.variants) of
-        page ``page``, all at once; returns their records."""
+        the page ``geometry`` describes, all at once; returns their records
+        (each with its DPI against the page's paper size)."""
+        page = geometry.page
         await asyncio.gather(*(asyncio.to_thread(
             self.store.upload_file, v["path"],
             keys.variant_key(job.plan, job.job_id, page, v["name"], v["format"]),
             "image/webp" if v["format"] == "webp" else "image/jpeg") for v in made))
         return [jobs_pb2.Variant(name=v["name"], format=v["format"], width=v["width"],
-                                 height=v["height"], bytes=v["bytes"], level=v.get("level", 0))
+                                 height=v["height"], bytes=v["bytes"], level=v.get("level", 0),
+                                 dpi=level_dpi(geometry.dpi, geometry.width_px, v["width"]))
                 for v in made]
 
     async def _drop_unrecorded(self, job: events_pb2.PageJob,
@@ -154,7 +158,7 @@ class Render(SourceStage):
         else would (a cancelled job's end removes the variants its record
         lists)."""
         record = await self.jobs.get(job.job_id)
-        if not is_terminal(record):
+        if not ended(record):
             return
         listed = {(p.page, v.name) for p in record.pages for v in p.variants}
         for page, v in stored:
@@ -180,8 +184,11 @@ class Render(SourceStage):
             made = await self.pool.run(self.s.render_timeout_seconds, engines.previews, source,
                                        list(job.previews), job.options, out_dir)
 
+            geometries = {g.page: g for g in job.previews}
+
             async def store(page: dict) -> None:
-                variants = await self._store_variants(job, page["page"], page["variants"])
+                variants = await self._store_variants(job, geometries[page["page"]],
+                                                      page["variants"])
                 stored.extend((page["page"], v) for v in variants)
                 await self.report(job, jobs_pb2.PageRecord(page=page["page"], variants=variants),
                                   delivery.attempt, kind="preview")

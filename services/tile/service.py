@@ -95,7 +95,7 @@ class Tile(PageStage):
             last_check[0] = time.monotonic()
             try:
                 cancelled = asyncio.run_coroutine_threadsafe(
-                    self.jobs.has_ended(job.job_id), loop).result(timeout=5)
+                    self.jobs.ended(job.job_id), loop).result(timeout=5)
             except Exception as e:  # NATS unreachable for now: the next check will tell
                 log.debug("cancellation check failed: %s", e, extra=ctx)
                 return

@@ -109,7 +109,7 @@ class Transcode(SourceStage):
                 await asyncio.wait({task}, timeout=POLL_SECONDS)
                 if task.done():
                     break
-                if await self.jobs.has_ended(job.job_id):
+                if await self.jobs.ended(job.job_id):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task

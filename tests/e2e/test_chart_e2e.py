@@ -38,7 +38,7 @@ from planzoom_devstack.issuer import AUDIENCE, ISSUER, DevIssuer
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.dzi_check import check_page
 from tests.e2e.kubelet import Kubelet
-from tests.helpers import wait_terminal
+from tests.helpers import wait_ended
 from tests.unit.test_chart import CHART, render
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
@@ -253,7 +253,7 @@ def test_pods_run_as_the_chart_says(cluster):
 def test_corpus_pdf_through_the_ingest_pod(cluster, client, s3, corpus):
     plan = jobs_pb2.PlanRef(org="acme", project="chart", plan="A-set")
     resp = client.submit(str(corpus / PDF), plan, jobs_pb2.JobOptions(dpi=60))
-    job = wait_terminal(client, resp.job_id, timeout=240)
+    job = wait_ended(client, resp.job_id, timeout=240)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert job.completed_pages == job.total_pages == 8
     for record in job.pages:
@@ -342,7 +342,7 @@ def test_rolling_restart_of_every_deployment_loses_nothing(cluster, client, s3, 
     assert submitted, "no job was submitted"
     assert len(set(submitted)) == len(submitted)
     for job_id in submitted:
-        job = wait_terminal(client, job_id, timeout=300)
+        job = wait_ended(client, job_id, timeout=300)
         assert job.state == jobs_pb2.JOB_STATE_COMPLETE, (job_id, job.error)
         assert job.completed_pages == job.total_pages == len(job.pages) == 8
         assert all(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)

@@ -14,7 +14,7 @@ from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from tests.dzi_check import check_page
 from tests.e2e.containers import ContainerStack
-from tests.helpers import s3_client, wait_terminal, wait_until
+from tests.helpers import s3_client, wait_ended, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
@@ -53,7 +53,7 @@ def test_end_to_end_in_containers(corpus, cclient, cs3, name, dpi):
     watcher = threading.Thread(target=lambda: seen.extend(
         (j.revision, j.completed_pages) for j in cclient.follow(resp.job_id)))
     watcher.start()
-    job = wait_terminal(cclient, resp.job_id)
+    job = wait_ended(cclient, resp.job_id)
     watcher.join(60)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert seen and seen[-1][1] == job.total_pages
@@ -77,7 +77,7 @@ def test_killed_tile_container_is_replaced(corpus, cstack, cclient, cs3):
     time.sleep(1.0)
     cstack.kill("tile")
     cstack.start_service("tile")
-    job = wait_terminal(cclient, resp.job_id)
+    job = wait_ended(cclient, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE and job.completed_pages == 1
     assert job.pages[0].attempts >= 2
     check_page(cs3, job.pages[0], str(corpus / name), compare=False)

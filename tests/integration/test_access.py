@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from planzoom.v1 import ingest_pb2, jobs_pb2
 from planzoom_cli.client import Client
-from tests.helpers import list_keys, wait_terminal
+from tests.helpers import list_keys, wait_ended
 from tests.integration.conftest import client_for
 
 SITEPLAN = "arch-siteplan-archd-36x24in-autocad-drawingparser.pdf"
@@ -21,7 +21,7 @@ VICTIM = jobs_pb2.PlanRef(org="acme", project="access", plan="siteplan")
 @pytest.fixture(scope="module")
 def victim_job(corpus, client):
     resp = client.submit(str(corpus / SITEPLAN), VICTIM, jobs_pb2.JobOptions(dpi=40))
-    return wait_terminal(client, resp.job_id)
+    return wait_ended(client, resp.job_id)
 
 
 @pytest.fixture(scope="module")

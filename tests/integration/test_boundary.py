@@ -11,6 +11,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import signal
+import socket
 
 import grpc
 import jwt
@@ -27,6 +30,7 @@ from planzoom.boundary import RpcBoundary, method_roles
 from planzoom.config import Settings
 from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound
+from planzoom.server import Service, serve
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from planzoom_devstack.issuer import DevIssuer
 
@@ -230,3 +234,48 @@ def test_every_method_needs_a_declared_role():
     service = progress_pb2.DESCRIPTOR.services_by_name["ProgressService"]
     with pytest.raises(ValueError, match="methods"):
         method_roles(service, {"GetJob": "viewer"})
+
+
+async def test_a_service_closes_its_connections_only_after_the_drain(issuer):
+    """On SIGTERM ``serve`` stops the service's background work, lets the
+    RPCs in flight finish, and only then closes what those RPCs use."""
+    events: list[str] = []
+
+    class Slow(progress_pb2_grpc.ProgressServiceServicer):
+        async def GetJob(self, request, context):
+            events.append("rpc started")
+            await asyncio.sleep(1.0)
+            events.append("rpc ended")
+            return jobs_pb2.Job(job_id=request.job_id)
+
+    class Draining(Service):
+        name = "progress"
+
+        def register(self, server):
+            progress_pb2_grpc.add_ProgressServiceServicer_to_server(Slow(), server)
+            return method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
+                "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer",
+                "CancelJob": "admin", "Reconcile": "admin"})
+
+        async def stop(self, grace: float) -> None:
+            events.append("stop")
+
+        async def close(self) -> None:
+            events.append("close")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v
+                           for k, v in issuer.env().items()}, grpc_grace_seconds=10)
+    serving = asyncio.create_task(serve(Draining(), settings, f"127.0.0.1:{port}"))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        await channel.channel_ready()
+        call = _Authorized(channel, issuer.mint("acme", "viewer")).GetJob(
+            jobs_pb2.GetJobRequest(job_id="0123"), timeout=10)
+        while "rpc started" not in events:
+            await asyncio.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert (await call).job_id == "0123", "the RPC in flight was drained, not cut"
+    await asyncio.wait_for(serving, 20)
+    assert events == ["rpc started", "stop", "rpc ended", "close"]

@@ -19,8 +19,9 @@ from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging import topology
 from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
+from planzoom.v1.reasons_pb2 import Reason
 from tests.dzi_check import check_page
-from tests.helpers import list_keys, lose_progress_events, run_nats, wait_terminal, wait_until
+from tests.helpers import list_keys, lose_progress_events, run_nats, wait_ended, wait_until
 from tests.integration.conftest import (
     ACK_WAIT_SECONDS,
     MAX_DELIVER,
@@ -67,7 +68,7 @@ def test_tile_worker_killed_mid_page(corpus, stack, client, s3):
     time.sleep(1.0)
     stack.kill("tile")
     stack.start_service("tile")
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     _assert_complete(s3, corpus, SITEPLAN, job)
     assert job.pages[0].attempts >= 2, "the page should have been redelivered"
 
@@ -80,7 +81,7 @@ def test_render_worker_killed_mid_page(corpus, stack, client, s3):
     time.sleep(0.3)
     stack.kill("render")
     stack.start_service("render")
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     _assert_complete(s3, corpus, PLANSET, job)
     attempts = [x["attempt"] for x in _log_lines(stack, "render", resp.job_id)
                 if x.get("message") == "rendering page"]
@@ -91,7 +92,7 @@ def test_two_tile_workers_share_the_pages(corpus, stack, client, s3):
     second = stack.start_service("tile", replica=2)
     try:
         resp = _submit(client, corpus, PLANSET, "two-tilers", 100)
-        job = wait_terminal(client, resp.job_id)
+        job = wait_ended(client, resp.job_id)
         _assert_complete(s3, corpus, PLANSET, job)
         tiled = [x for x in _log_lines(stack, "tile", resp.job_id)
                  if x.get("message") == "page tiled"]
@@ -110,7 +111,7 @@ def test_nats_restart_mid_job(corpus, stack, client, s3):
     wait_until("a page is done", lambda: client.get_job(resp.job_id).completed_pages >= 1,
                timeout=120)
     stack.restart_nats(down_seconds=1.0)
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     _assert_complete(s3, corpus, PLANSET, job)
 
 
@@ -150,7 +151,7 @@ def test_s3_faults_are_retried(corpus, stack, client, s3, s3_proxy):
     s3_proxy.slowdown, s3_proxy.reset = 0.08, 0.04
     try:
         resp = _submit(client, corpus, RENOVATION, "s3-faults", 100)
-        job = wait_terminal(client, resp.job_id)
+        job = wait_ended(client, resp.job_id)
     finally:
         s3_proxy.slowdown = s3_proxy.reset = 0.0
     _assert_complete(s3, corpus, RENOVATION, job)
@@ -183,17 +184,20 @@ def test_worker_that_dies_every_time_is_dead_lettered(corpus, stack, client, s3)
     finally:
         # The server notices the exhausted deliveries when a worker pulls again.
         stack.start_service("tile")
-    job = wait_terminal(client, resp.job_id, timeout=60)
+    job = wait_ended(client, resp.job_id, timeout=60)
     assert job.state == jobs_pb2.JOB_STATE_FAILED
     assert f"gave up after {MAX_DELIVER} deliveries" in job.pages[0].error
+    assert job.pages[0].reason == Reason.REASON_DELIVERIES_EXHAUSTED
+    assert job.reason == Reason.REASON_PAGES_FAILED
 
     async def dead_letter(js):
-        msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.tile.{resp.job_id}")
+        msg = await js.get_last_msg(topology.DEAD_LETTER_STREAM, f"deadletter.tile.{resp.job_id}")
         info = await js.consumer_info(topology.TILE_STREAM, f"{topology.TILE_CONSUMER}-acme")
         return events_pb2.DeadLetter.FromString(msg.data), info
 
     letter, info = run_nats(nats_url, dead_letter)
-    assert letter.attempts == MAX_DELIVER and letter.page == 1 and "gave up" in letter.reason
+    assert letter.attempts == MAX_DELIVER and letter.page == 1 and "gave up" in letter.error
+    assert letter.reason == Reason.REASON_DELIVERIES_EXHAUSTED
     assert events_pb2.TileJob.FromString(letter.data).job_id == resp.job_id
     assert info.num_pending == 0 and info.num_ack_pending == 0, "the message is still queued"
 
@@ -260,7 +264,7 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
         stack.start_service("progress")
     reconciled = client.reconcile(resp.job_id)
     assert set(reconciled.repaired_pages) <= set(range(1, 8))
-    job = wait_terminal(client, resp.job_id, timeout=60)
+    job = wait_ended(client, resp.job_id, timeout=60)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE and job.reconciled
     assert job.completed_pages == 7 and all(p.levels and p.dzi_key for p in job.pages)
     assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
@@ -271,7 +275,7 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
     7: the sweep publishes pages 2-7 (page 1 is not stored twice) and the
     job completes."""
     template = _submit(client, corpus, RENOVATION, "ingest-stopped", 30)
-    wait_terminal(client, template.job_id)
+    wait_ended(client, template.job_id)
     job = jobs_pb2.Job()
     job.CopyFrom(template.job)  # a record as ingest creates it: same source, all PENDING
     job.job_id = new_job_id()
@@ -287,7 +291,7 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
         return await queues.publish_page_jobs(job, [1])
 
     assert run_nats(stack.admin_nats_url, create_and_publish_page_1) == [1]
-    done = wait_terminal(client, job.job_id, timeout=180)
+    done = wait_ended(client, job.job_id, timeout=180)
     _assert_complete(s3, corpus, RENOVATION, done)
     published = [x["pages"] for x in _log_lines(stack, "progress", job.job_id)
                  if x.get("message") == "published page jobs that ingest had not"]
@@ -308,13 +312,13 @@ def test_stalled_job_is_flagged_then_recovers(corpus, stack, client):
         assert job.state == jobs_pb2.JOB_STATE_PENDING
     finally:
         stack.start_service("render")
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE and not job.stalled
 
 
 def test_ended_jobs_expire_from_kv(stack, client, corpus):
     resp = _submit(client, corpus, RENOVATION, "retention", 30)
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
     async def ttl_header_and_expiry(js):
         kv = await js.key_value(topology.JOBS_BUCKET)

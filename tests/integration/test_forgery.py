@@ -13,7 +13,7 @@ from planzoom import keys
 from planzoom.clock import now_ts
 from planzoom.messaging import topology
 from planzoom.v1 import events_pb2, jobs_pb2
-from tests.helpers import run_nats, wait_terminal, wait_until
+from tests.helpers import run_nats, wait_ended, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,7 @@ def test_forged_events_are_refused_and_kept(stack, client, waiting_job):
         assert outcome == "stored"  # render may publish there; the progress service refuses it
 
     async def letters(js):
-        info = await js.stream_info(topology.DLQ_STREAM,
+        info = await js.stream_info(topology.DEAD_LETTER_STREAM,
                                     subjects_filter=f"deadletter.progress.{job_id}")
         return sum((info.state.subjects or {}).values())
 
@@ -130,7 +130,7 @@ def test_a_page_key_comes_from_the_job_never_from_an_event(stack, client, corpus
             _event(job.job_id, "tile", jobs_pb2.PAGE_STATE_DONE, dzi_key=evil, width_px=10,
                    height_px=10, levels=5, tile_size=256, format="jpg")))
         assert outcome == "stored"
-        final = wait_terminal(client, job.job_id, timeout=60)
+        final = wait_ended(client, job.job_id, timeout=60)
     finally:
         stack.start_service("render")
         stack.start_service("tile")

@@ -14,9 +14,9 @@ import pytest
 import pyvips
 
 from planzoom.dzi import DziInfo, level_size, parse_dzi
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_terminal
+from tests.helpers import wait_ended
 
 SETS = "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
 PLAN = jobs_pb2.PlanRef(org="acme", project="gateway", plan="renovation")
@@ -36,7 +36,7 @@ def bearer(stack, org="acme", role="viewer") -> dict[str, str]:
 @pytest.fixture(scope="module")
 def done_job(corpus, client):
     resp = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=30))
-    return wait_terminal(client, resp.job_id)
+    return wait_ended(client, resp.job_id)
 
 
 def assert_problem(resp: httpx.Response, status: int, reason: str | None = None) -> dict:
@@ -183,7 +183,7 @@ def test_signed_links_open_one_job_only_until_they_expire(stack, http, done_job,
     assert_problem(http.get(f"/v1/jobs/{done_job.job_id}", params={"cap": cap}), 401)
     forged = cap[:-4] + ("AAAA" if not cap.endswith("AAAA") else "BBBB")
     assert_problem(http.get(f"{base}/1.dzi", params={"cap": forged}), 401, "BAD_LINK")
-    assert is_terminal(wait_terminal(client, other.job_id))
+    assert ended(wait_ended(client, other.job_id))
 
 
 def test_cors_preflight_lets_another_origin_send_a_bearer_token(http, done_job):
@@ -295,11 +295,11 @@ def test_downloads_refuse_what_they_should(stack, http, done_job, corpus, client
     running = client.submit(str(corpus / SETS), PLAN, jobs_pb2.JobOptions(dpi=200))
     assert_problem(http.get(f"/v1/jobs/{running.job_id}/download", headers=bearer(stack)),
                    409, "JOB_RUNNING")
-    wait_terminal(client, running.job_id)
+    wait_ended(client, running.job_id)
 
 
 def test_batch_download_holds_each_job(stack, http, done_job, corpus, client):
-    other = wait_terminal(client, client.submit(str(corpus / SETS), PLAN,
+    other = wait_ended(client, client.submit(str(corpus / SETS), PLAN,
                                                 jobs_pb2.JobOptions(dpi=33)).job_id)
     link = http.post("/v1/downloads", json={"jobs": [done_job.job_id, other.job_id],
                                             "max_level": 5}, headers=bearer(stack))

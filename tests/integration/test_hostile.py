@@ -14,7 +14,7 @@ from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.errors import InvalidInput
 from planzoom.v1 import ingest_pb2, jobs_pb2
 from tests.engines import render_pdf_page
-from tests.helpers import list_keys, wait_terminal
+from tests.helpers import list_keys, wait_ended
 
 SEEDS = ["arch-siteplan-archd-36x24in-autocad-drawingparser.pdf",
          "arch-renovation-plans-7p-a4-affinity-latirasse.pdf",
@@ -97,7 +97,7 @@ def test_mutated_pdfs_through_the_service(corpus, client, s3):
                                 grpc.StatusCode.FAILED_PRECONDITION), e.details()
             assert list_keys(s3, f"sources/acme/mutated/m{i}/") == []
     for job_id in jobs:
-        job = wait_terminal(client, job_id, timeout=180)
+        job = wait_ended(client, job_id, timeout=180)
         assert job.state in (jobs_pb2.JOB_STATE_COMPLETE, jobs_pb2.JOB_STATE_FAILED)
         if job.state == jobs_pb2.JOB_STATE_FAILED:
             assert all(p.error for p in job.pages if p.state == jobs_pb2.PAGE_STATE_FAILED)
@@ -123,7 +123,7 @@ def test_client_that_stops_sending_hits_its_deadline(corpus, client, s3):
     assert list_keys(s3, "tiles/acme/stalled-upload/") == []
     # The service still takes the same upload.
     resp = client.submit(str(corpus / SEEDS[0]), plan, jobs_pb2.JobOptions(dpi=20))
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
 
 def _probe_sandbox() -> dict:

@@ -12,7 +12,8 @@ from grpc_status import rpc_status
 
 from planzoom.messaging import topology
 from planzoom.v1 import events_pb2, ingest_pb2, jobs_pb2
-from tests.helpers import list_keys, run_nats, wait_terminal
+from planzoom.v1.reasons_pb2 import Reason
+from tests.helpers import list_keys, run_nats, wait_ended
 from tests.integration.conftest import MAX_PAGES, MAX_UPLOAD_BYTES
 
 pytestmark = pytest.mark.integration
@@ -141,7 +142,7 @@ def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
     third = client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=41))
     assert not third.deduplicated and third.job_id != first.job_id
     for job_id in (first.job_id, third.job_id):
-        assert wait_terminal(client, job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+        assert wait_ended(client, job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
 
 def test_presigned_upload_then_submit(corpus, client, s3):
@@ -156,7 +157,7 @@ def test_presigned_upload_then_submit(corpus, client, s3):
         plan=plan, object_key=url.object_key, options=jobs_pb2.JobOptions(dpi=30)), timeout=60)
     assert resp.job.total_pages == 7
     assert list_keys(s3, "uploads/acme/presigned/") == [], "the staged upload stays behind"
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
     # A key outside this plan's upload prefix is refused.
     with pytest.raises(grpc.RpcError) as e:
         client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(
@@ -178,7 +179,7 @@ def test_presigned_upload_of_a_photo_declares_its_type(corpus, client):
                                                                object_key=url.object_key),
                                    timeout=60)
     assert resp.job.source_kind == "jpeg" and resp.job.source_key.endswith(".jpg")
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
     with pytest.raises(grpc.RpcError) as refused:
         client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
             plan=plan, content_type="text/html"), timeout=10)
@@ -189,7 +190,7 @@ def test_owner_password_only_pdf_is_accepted(corpus, client):
     plan = jobs_pb2.PlanRef(org="acme", project="ownerpw", plan="indesign")
     resp = client.submit(str(corpus / "encrypted-ownerpw-only-a4landscape-pdfplumber-pr138.pdf"),
                          plan, jobs_pb2.JobOptions(dpi=30))
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
 
 def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
@@ -204,25 +205,27 @@ def test_failing_pages_end_the_job_failed(corpus, stack, client, s3):
         s3.delete_object(Bucket="planzoom", Key=resp.job.source_key)
     finally:
         stack.start_service("render")
-    job = wait_terminal(client, resp.job_id, timeout=120)
+    job = wait_ended(client, resp.job_id, timeout=120)
     assert job.state == jobs_pb2.JOB_STATE_FAILED
     assert job.failed_pages == 7 and job.completed_pages == 0
     for page in job.pages:
         assert page.state == jobs_pb2.PAGE_STATE_FAILED
         assert "no longer in the bucket" in page.error
+        assert page.reason == Reason.REASON_SOURCE_GONE
     assert "7 of 7 pages failed" in job.error
 
     async def dead_letters(js):
-        msg = await js.get_last_msg(topology.DLQ_STREAM, f"deadletter.render.{job.job_id}")
+        msg = await js.get_last_msg(topology.DEAD_LETTER_STREAM, f"deadletter.render.{job.job_id}")
         return events_pb2.DeadLetter.FromString(msg.data)
 
     letter = run_nats(stack.admin_nats_url, dead_letters)
-    assert "no longer in the bucket" in letter.reason and letter.attempts == 1
+    assert "no longer in the bucket" in letter.error and letter.attempts == 1
+    assert letter.reason == Reason.REASON_SOURCE_GONE
     assert s3.get_object(Bucket="planzoom", Key=job.manifest_key)["ContentLength"] > 0
     assert list_keys(s3, job.tiles_prefix.rsplit("/", 2)[0] + "/current.json") == []
     # The next job still goes through.
     ok = client.submit(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=31))
-    assert wait_terminal(client, ok.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, ok.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
 
 def test_presigned_upload_is_bound_and_single_use(corpus, client, s3):
@@ -258,4 +261,4 @@ def test_presigned_upload_is_bound_and_single_use(corpus, client, s3):
             client.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(plan=plan, object_key=bad),
                                     timeout=10)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
-    assert wait_terminal(client, first.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, first.job_id).state == jobs_pb2.JOB_STATE_COMPLETE

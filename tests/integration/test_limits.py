@@ -14,10 +14,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from planzoom.states import is_terminal
+from planzoom.states import ended
 from planzoom.v1 import ingest_pb2, jobs_pb2
 from planzoom_cli.client import Client
-from tests.helpers import list_keys, wait_terminal, wait_until
+from tests.helpers import list_keys, wait_ended, wait_until
 from tests.hostile import huge_pages, xref_bomb
 from tests.integration.conftest import MAX_JOB_PIXELS, UPLOAD_IDLE_SECONDS, client_for
 
@@ -208,9 +208,9 @@ def test_jobs_over_the_org_quota_wait_queued(corpus, stack, client):
         # now, so read the second before the first: released implies ended.
         second = quota.get_job(replies[1].job_id)
         first = quota.get_job(replies[0].job_id)
-        assert second.queued or is_terminal(first), (
+        assert second.queued or ended(first), (
             "the second job left the queue while the first was still running")
-        finals = [wait_terminal(quota, r.job_id) for r in replies]
+        finals = [wait_ended(quota, r.job_id) for r in replies]
     finally:
         quota.close()
         stack.stop_service(name)
@@ -237,7 +237,7 @@ def test_one_orgs_big_job_does_not_delay_another_orgs_page(corpus, stack, client
         t0 = time.time()
         one = small.submit(str(corpus / SITEPLAN), jobs_pb2.PlanRef(
             org="small-org", project="fair", plan="one-page"), jobs_pb2.JobOptions(dpi=150))
-        done = wait_terminal(small, one.job_id)
+        done = wait_ended(small, one.job_id)
         small_seconds = time.time() - t0
         snapshot = big.get_job(job.job_id)
         big.cancel(job.job_id, "the fairness test has what it needs")

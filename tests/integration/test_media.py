@@ -21,7 +21,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from planzoom.v1 import jobs_pb2
 from tests.dzi_check import check_page, psnr
-from tests.helpers import wait_terminal
+from tests.helpers import wait_ended
 from tests.integration.test_limits import _reason
 
 BOMB = "hostile-decompression-bomb-jpeg-280mp-sharp.jpg"
@@ -85,7 +85,7 @@ def converted(corpus, client):
     replies = {name: client.submit(str(corpus / "media" / name), jobs_pb2.PlanRef(
         org="acme", project="media", plan=f"case-{i}"), jobs_pb2.JobOptions())
         for i, (name, *_) in enumerate(CASES)}
-    return {name: wait_terminal(client, reply.job_id) for name, reply in replies.items()}
+    return {name: wait_ended(client, reply.job_id) for name, reply in replies.items()}
 
 
 @pytest.mark.parametrize("name,kind,pages,size,bands", CASES,
@@ -212,7 +212,7 @@ def test_variant_options_choose_what_is_made(corpus, client, s3):
         jobs_pb2.PlanRef(org="acme", project="media", plan="variants"),
         jobs_pb2.JobOptions(variants=jobs_pb2.VariantOptions(
             thumbnail_px=0, icon_px=64, webp_px=[256], display_px=0)))
-    page = wait_terminal(client, reply.job_id).pages[0]
+    page = wait_ended(client, reply.job_id).pages[0]
     assert sorted((v.name, v.width, v.height) for v in page.variants) == [
         ("icon", 64, 64), ("webp-256", 256, 192)]
     with pytest.raises(grpc.RpcError) as refused:
@@ -228,7 +228,7 @@ def test_pdf_pages_get_thumbnails_and_overviews_the_gateway_serves(corpus, clien
                           jobs_pb2.PlanRef(org="acme", project="media", plan="pdf-thumbs"),
                           jobs_pb2.JobOptions(dpi=100, variants=jobs_pb2.VariantOptions(
                               overview_px=600)))
-    job = wait_terminal(client, reply.job_id)
+    job = wait_ended(client, reply.job_id)
     for page in job.pages:
         made = {v.name: v for v in page.variants}
         assert sorted(made) == ["overview", "thumbnail"]
@@ -289,7 +289,7 @@ def test_the_record_keeps_useful_facts_and_gps_only_when_asked(corpus, client):
                                                            plan=f"facts-{keep}"),
                               jobs_pb2.JobOptions(keep_gps=keep, tile_size=1024))
         assert reply.job.pages[0].HasField("image"), "ingest records the facts"
-        job = wait_terminal(client, reply.job_id)
+        job = wait_ended(client, reply.job_id)
         assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
         facts[keep] = job.pages[0].image
     plain, with_gps = facts[False], facts[True]

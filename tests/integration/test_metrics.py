@@ -7,7 +7,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_terminal
+from tests.helpers import wait_ended
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def test_services_export_metrics(corpus, stack, client):
     plan = jobs_pb2.PlanRef(org="acme", project="metrics", plan="renovation")
     resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
                          plan, jobs_pb2.JobOptions(dpi=22))
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
     after = {n: scrape(stack, n) for n in ("ingest", "render", "tile", "progress")}
 
     def grew(service, name, by, **labels):

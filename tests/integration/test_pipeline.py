@@ -12,7 +12,7 @@ import pytest
 
 from planzoom.v1 import jobs_pb2
 from tests.dzi_check import check_page
-from tests.helpers import list_keys, wait_terminal
+from tests.helpers import list_keys, wait_ended
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def test_end_to_end(corpus, client, s3, name, dpi, extra):
     plan = jobs_pb2.PlanRef(org="acme", project="e2e", plan=name[:40].rstrip("-."))
     resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi, **extra))
     assert not resp.deduplicated
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert job.completed_pages == job.total_pages == len(job.pages) == resp.job.total_pages
     assert job.percent == 100.0
@@ -53,6 +53,8 @@ def test_end_to_end(corpus, client, s3, name, dpi, extra):
         assert max(overview.width, overview.height) <= 1024
         assert overview.level == record.levels - 1 or max(
             -(-side // 2 ** (record.levels - 2 - overview.level)) for side in sides) > 1024
+        # Its DPI is the page's at its width: an inch of paper is that many of its pixels.
+        assert overview.dpi == pytest.approx(overview.width / (record.width_pt / 72), rel=5e-3)
         check_page(s3, record, str(pdf))
 
     manifest = json.loads(s3.get_object(Bucket="planzoom", Key=job.manifest_key)["Body"].read())

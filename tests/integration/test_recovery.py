@@ -21,7 +21,7 @@ from planzoom.messaging import topology
 from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom_cli.client import Client
-from tests.helpers import list_keys, lose_progress_events, run_nats, wait_terminal, wait_until
+from tests.helpers import list_keys, lose_progress_events, run_nats, wait_ended, wait_until
 from tests.integration.conftest import (
     ACK_WAIT_SECONDS,
     MAX_DELIVER,
@@ -66,7 +66,7 @@ def test_a_cancel_racing_the_last_page_ends_in_one_state(corpus, client, s3):
             client.cancel(resp.job_id, "racing the last page")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e.details()
-        job = wait_terminal(client, resp.job_id)
+        job = wait_ended(client, resp.job_id)
         outcomes.add(job.state)
         assert _manifest(s3, job)["state"] == jobs_pb2.JobState.Name(job.state)
         assert not job.finalizing
@@ -91,7 +91,7 @@ def test_a_cancel_during_the_preview_passes_leaves_only_done_pages(corpus, clien
     wait_until("a page has its overview", lambda: any(
         p.variants for p in client.get_job(resp.job_id).pages), timeout=60, interval=0.02)
     client.cancel(resp.job_id, "cancelled during the previews")
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_CANCELLED
     done = {keys.page_name(p.page) for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE}
     assert len(done) < job.total_pages
@@ -127,7 +127,7 @@ def test_work_is_empty_after_a_cancel_during_the_raster_upload(corpus, client, s
 
 def test_a_page_job_delivered_after_its_job_completed_leaves_nothing(corpus, stack, client, s3):
     resp = _submit(client, corpus, SITEPLAN, "late-delivery", 45)
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
 
     async def deliver_again(js):
@@ -173,7 +173,7 @@ def test_a_tile_upload_that_never_finishes_is_retried(corpus, stack, client, s3,
         wait_until("a tile PUT is held", lambda: s3_proxy.counts["hang"] >= 1, timeout=120,
                    interval=0.05)
         s3_proxy.hang = 0.0  # no new ones; the held one stays unanswered
-        job = wait_terminal(client, resp.job_id, timeout=180)
+        job = wait_ended(client, resp.job_id, timeout=180)
     finally:
         s3_proxy.hang, s3_proxy.match = 0.0, ""
         s3_proxy.release()
@@ -189,7 +189,7 @@ def test_a_tile_upload_that_never_finishes_is_retried(corpus, stack, client, s3,
     for pid in uploaders:
         os.kill(pid, signal.SIGSTOP)
     t0 = time.monotonic()
-    job = wait_terminal(client, resp.job_id, timeout=180)
+    job = wait_ended(client, resp.job_id, timeout=180)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert any(p.attempts >= 2 for p in job.pages)
     assert time.monotonic() - t0 < 120, "the stopped uploads held the page too long"
@@ -213,7 +213,7 @@ def test_a_replica_with_other_settings_does_not_recreate_a_consumer(corpus, stac
         other_client.close()
         stack.stop_service(other)
     assert after.created == before.created, "the consumer was deleted and made again"
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
     assert all(p.attempts == 1 for p in job.pages), "pages were redelivered"
 
@@ -234,7 +234,7 @@ def test_a_lost_failure_is_repaired_from_the_dead_letters(corpus, stack, client)
             await js.publish(f"deadletter.tile.{resp.job_id}", letter.SerializeToString())
 
         run_nats(stack.admin_nats_url, fail_without_report)
-        job = wait_terminal(client, resp.job_id, timeout=60)
+        job = wait_ended(client, resp.job_id, timeout=60)
     finally:
         stack.start_service("tile")
     assert job.state == jobs_pb2.JOB_STATE_FAILED and job.reconciled
@@ -261,7 +261,7 @@ def test_the_sweep_leaves_a_fresh_dzi_to_its_page_s_reports(corpus, stack, clien
         time.sleep(3 * SWEEP_SECONDS)
         if time.monotonic() - written < STALL_SECONDS - 1:
             assert client.get_job(slow.job_id).pages[0].state != jobs_pb2.PAGE_STATE_DONE
-        job = wait_terminal(client, slow.job_id, timeout=60)
+        job = wait_ended(client, slow.job_id, timeout=60)
         assert job.reconciled and time.monotonic() - written >= STALL_SECONDS - 1
     finally:
         stack.start_service("render")
@@ -286,7 +286,7 @@ def test_one_bad_object_does_not_stop_the_sweep(corpus, stack, client, s3):
         lose_progress_events(stack, good.job_id)
     finally:
         stack.start_service("progress")
-    assert wait_terminal(client, good.job_id, timeout=60).reconciled
+    assert wait_ended(client, good.job_id, timeout=60).reconciled
 
 
 def test_a_page_that_runs_past_its_limit_twice_fails_for_good(corpus, stack, client):
@@ -296,7 +296,7 @@ def test_a_page_that_runs_past_its_limit_twice_fails_for_good(corpus, stack, cli
     name = stack.start_service("render", env={"PLANZOOM_RENDER_TIMEOUT_SECONDS": "0.3"})
     try:
         resp = _submit(client, corpus, SITEPLAN, "too-slow", 900)
-        job = wait_terminal(client, resp.job_id, timeout=120)
+        job = wait_ended(client, resp.job_id, timeout=120)
     finally:
         stack.stop_service(name)
         stack.start_service("render")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_terminal, wait_until
+from tests.helpers import wait_ended, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def assert_joined(spans, ended, first_service: str) -> None:
 def test_one_trace_joins_the_services_a_page_went_through(client, otlp, corpus):
     plan = jobs_pb2.PlanRef(org="acme", project="tracing", plan="site")
     resp = client.submit(str(corpus / PDF), plan, jobs_pb2.JobOptions(dpi=35))
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
     ended, spans = ended_trace(otlp, resp.job_id)
     print(f"\ntrace {ended.trace_id}:\n{tree(spans)}")

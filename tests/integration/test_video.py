@@ -23,7 +23,7 @@ import pyvips
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_devstack.samples import repeated_video
-from tests.helpers import list_keys, wait_terminal, wait_until
+from tests.helpers import list_keys, wait_ended, wait_until
 from tests.integration.test_limits import _reason
 
 MEDIA = "media"
@@ -60,7 +60,7 @@ def videos(corpus, client):
     replies = {name: client.submit(str(corpus / MEDIA / name), jobs_pb2.PlanRef(
         org="acme", project="video", plan=f"case-{i}"), jobs_pb2.JobOptions())
         for i, (name, *_) in enumerate(CASES)}
-    return {name: wait_terminal(client, r.job_id) for name, r in replies.items()}
+    return {name: wait_ended(client, r.job_id) for name, r in replies.items()}
 
 
 @pytest.mark.parametrize("name,size,rungs,audio", CASES, ids=[c[0].split("-")[1] for c in CASES])
@@ -153,7 +153,7 @@ def test_a_killed_transcode_worker_is_redelivered(corpus, stack, client, s3, tmp
     reply = _under_way(corpus, client, tmp_path, 8, "killed")
     stack.kill("transcode")
     stack.start_service("transcode")
-    job = wait_terminal(client, reply.job_id, timeout=300)
+    job = wait_ended(client, reply.job_id, timeout=300)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
     assert job.pages[0].attempts >= 2
     rendition = job.pages[0].video.renditions[0]

@@ -15,7 +15,7 @@ import pyvips
 
 from planzoom.v1 import jobs_pb2
 from tests.dzi_check import psnr
-from tests.helpers import wait_terminal
+from tests.helpers import wait_ended
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -111,7 +111,7 @@ def test_viewer_follows_a_job_and_shows_what_pdfium_draws(stack, browser, corpus
     print(f"\nsubmit → first page visible in the browser: {first_visible:.1f} s; every "
           f"thumbnail: {all_thumbnails[0]:.1f} s ({all_thumbnails[1]} pages done then); "
           f"pages done over time: {seen}")
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
 
     # Keyboard: End, PageUp, PageDown, Home, n, p.
@@ -175,7 +175,7 @@ def test_the_demo_export_opens_from_disk(stack, browser, corpus, client, tmp_pat
     resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
                          jobs_pb2.PlanRef(org="acme", project="viewer", plan="offline"),
                          jobs_pb2.JobOptions(dpi=50))
-    job = wait_terminal(client, resp.job_id)
+    job = wait_ended(client, resp.job_id)
     export_job(stack, job, tmp_path)
     index = write_offline_viewer(tmp_path, job)
     page = browser.new_page()
@@ -203,7 +203,7 @@ def test_the_viewer_plays_a_video_with_hls_js(stack, browser, corpus, client):
     resp = client.submit(str(corpus / "media" / "video-h264-mp4-chaplin-moviepy.mp4"),
                          jobs_pb2.PlanRef(org="acme", project="viewer", plan="video"),
                          jobs_pb2.JobOptions())
-    assert wait_terminal(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    assert wait_ended(client, resp.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
     page = browser.new_page()
     failed = []
     page.on("requestfailed", lambda r: failed.append(r.url) if "/events" not in r.url else None)

@@ -19,7 +19,7 @@ import pytest
 
 from planzoom.v1 import jobs_pb2
 from tests.conftest import CORPUS
-from tests.helpers import wait_terminal, wait_until
+from tests.helpers import wait_ended, wait_until
 from tests.integration.conftest import client_for
 from tests.integration.test_gateway import assert_problem, bearer
 
@@ -122,7 +122,7 @@ def run_job(stack, plan: str) -> jobs_pb2.Job:
     try:
         reply = client.submit(str(CORPUS / SMALL), jobs_pb2.PlanRef(
             org=ORG, project="hooks", plan=plan), jobs_pb2.JobOptions(dpi=20))
-        return wait_terminal(client, reply.job_id)
+        return wait_ended(client, reply.job_id)
     finally:
         client.close()
 
@@ -169,7 +169,8 @@ def test_a_500_is_retried_and_a_dead_endpoint_ends_in_a_dead_letter(stack, http,
         return [d for d in letters if d["endpoint_id"] == down["id"]]
 
     [letter] = wait_until("the dead letter", dead, timeout=60)
-    assert letter["attempts"] == MAX_ATTEMPTS and "500" in letter["reason"]
+    assert letter["attempts"] == MAX_ATTEMPTS and "500" in letter["error"]
+    assert letter["reason"] == "WEBHOOK_REFUSED"
     assert letter["payload"]["data"]["job_id"] == job.job_id
     assert len(receiver.at("/down")) == MAX_ATTEMPTS
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(receiver.at("/down"))]

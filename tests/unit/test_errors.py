@@ -91,7 +91,7 @@ def test_internal_status_says_only_the_error_id():
 
 
 @pytest.mark.parametrize("error", [
-    InvalidInput("bad", reason="WHY", field="f", retryable=True),
+    InvalidInput("bad", reason="NO_SUCH_PAGE", field="f", retryable=True),
     PdfDamaged("page 3 has an empty page box"),
     InvalidId("plan.org", "a/b"),
     JobNotFound("0123"),

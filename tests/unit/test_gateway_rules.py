@@ -13,6 +13,7 @@ import pytest
 from planzoom.config import Settings
 from planzoom.errors import InvalidInput
 from planzoom.v1 import events_pb2, jobs_pb2
+from planzoom.v1.reasons_pb2 import Reason
 from services.gateway.uploads import job_request, parse_metadata
 from services.gateway.webhooks import Unsafe, _backoff, check_url, payload, resolve_allowed
 
@@ -76,11 +77,12 @@ def test_payload_is_the_documented_json():
     ended = events_pb2.JobEnded(job_id="j1", plan=jobs_pb2.PlanRef(org="o", project="p",
                                                                     plan="l"),
                                 state=jobs_pb2.JOB_STATE_FAILED, total_pages=3,
-                                completed_pages=2, failed_pages=1, error="page 3: broken")
+                                completed_pages=2, failed_pages=1, error="page 3: broken",
+                                reason=Reason.REASON_PAGES_FAILED)
     ended.finished_at.FromSeconds(1_800_000_000)
     body = json.loads(payload(ended, "job.failed"))
     assert body["type"] == "job.failed" and body["timestamp"] == "2027-01-15T08:00:00Z"
     assert body["data"] == {"job_id": "j1", "plan": {"org": "o", "project": "p", "plan": "l"},
                             "state": "JOB_STATE_FAILED", "total_pages": 3,
                             "completed_pages": 2, "failed_pages": 1, "error": "page 3: broken",
-                            "finished_at": "2027-01-15T08:00:00Z"}
+                            "reason": "PAGES_FAILED", "finished_at": "2027-01-15T08:00:00Z"}

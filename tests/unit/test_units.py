@@ -27,7 +27,7 @@ from planzoom.media import Unsupported, sniff
 from planzoom.pages import effective_dpi
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.progress.feeds import COALESCE_SECONDS, JobFeed
-from services.progress.fold import apply_event, pages_ended, settle
+from services.progress.fold import apply_event, end_if_pages_ended, pages_ended
 
 
 @pytest.mark.parametrize("value", ["a", "Org-1", "plan_2024", "x" * 64, new_job_id()])
@@ -335,12 +335,12 @@ def test_overview_is_the_highest_level_that_fits():
 def test_settle_ends_a_record_whose_pages_have_all_ended():
     job = _job(2)
     apply_event(job, _ev(1, jobs_pb2.PAGE_STATE_DONE))
-    assert not settle(job)  # page 2 is still open
+    assert not end_if_pages_ended(job)  # page 2 is still open
     apply_event(job, _ev(2, jobs_pb2.PAGE_STATE_DONE))
     job.state = jobs_pb2.JOB_STATE_PROCESSING  # as the interim record stores it
-    assert pages_ended(job) and settle(job)
+    assert pages_ended(job) and end_if_pages_ended(job)
     assert job.state == jobs_pb2.JOB_STATE_COMPLETE
-    assert not settle(job)
+    assert not end_if_pages_ended(job)
 
 
 async def test_feed_holds_changes_that_end_nothing():

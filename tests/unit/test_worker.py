@@ -80,8 +80,8 @@ async def _run(batches, handle, **kw):
     js = Js(sub)
     failures, dead = [], []
 
-    async def on_failure(data, delivery, reason):
-        failures.append(reason)
+    async def on_failure(data, delivery, error):
+        failures.append(error)
 
     worker = PullWorker(js, "PLANZOOM_RENDER", "render", handle, on_failure, concurrency=1,
                         ack_wait=30, max_deliver=3, on_dead=dead.append, **kw)
@@ -106,7 +106,11 @@ async def test_outcomes_of_a_handler():
     assert ok.calls == ["ack"]
     assert retry.calls == [("nak", 2.0)], "a retryable error is retried with backoff"
     assert permanent.calls == ["term"] and last.calls == ["term"]
-    assert failures == ["PDFium cannot render this page", "unexpected, on the last delivery"]
+    assert [(f.message, f.reason) for f in failures[:1]] == [
+        ("PDFium cannot render this page", "INVALID_ARGUMENT")]
+    # An unexpected exception's text stays in the log: the page gets an id.
+    assert failures[1].reason == "INTERNAL" and "error id" in failures[1].message
+    assert "unexpected" not in failures[1].message
     assert js.published == ["deadletter.render.0123456789abcdef"] * 2
     assert dead == []
 

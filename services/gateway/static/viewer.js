@@ -210,7 +210,7 @@ function planzoomViewer(element, config) {
     // Image pixels per screen pixel, then screen pixels per inch of paper.
     const imageZoom = viewer.viewport.viewportToImageZoom(viewer.viewport.getZoom(true));
     const overview = shown.endsWith(":overview") && variant(p, "overview");
-    const dpi = overview ? overview.width * 72 / (p.width_pt || 1) : (p.dpi || 1);
+    const dpi = (overview ? overview.dpi : p.dpi) || 1;
     const pxPerPaperInch = imageZoom * dpi;
     $("zoom").textContent = `${Math.round(100 * pxPerPaperInch / CSS_PX_PER_INCH)}% of paper size`;
     // Scale bar: the round paper length whose bar is 60-150 screen px long.

@@ -11,6 +11,7 @@ import logging
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from planzoom.errors import Internal
 from planzoom.messaging import topology
 from planzoom.messaging.events import dead_letter
 from planzoom.messaging.worker import Delivery
@@ -19,8 +20,14 @@ from services.progress.records import JobRecords
 log = logging.getLogger(__name__)
 
 
+class DeliveriesExhausted(Internal):
+    """A page job's every delivery ended with its worker gone or out of time."""
+
+    reason = "DELIVERIES_EXHAUSTED"
+
+
 class DeadLetters:
-    """The handler of consumer ``deadletters`` on PLANZOOM_ADVISORIES."""
+    """The handler of consumer ``dead-letters`` on PLANZOOM_ADVISORIES."""
 
     def __init__(self, js: JetStreamContext, records: JobRecords):
         self.js, self.records = js, records
@@ -39,11 +46,12 @@ class DeadLetters:
         except NotFoundError:
             return  # already acknowledged or removed
         stage = topology.WORK_STREAMS[stream][1]
-        reason = (f"gave up after {deliveries} deliveries: the {stage} worker stopped or "
-                  "ran out of time on every one")
-        await dead_letter(self.js, stream, raw.subject, seq, raw.data, reason, deliveries)
+        error = DeliveriesExhausted(f"gave up after {deliveries} deliveries: the {stage} "
+                                    "worker stopped or ran out of time on every one")
+        await dead_letter(self.js, stream, raw.subject, seq, raw.data, error, deliveries)
         work = topology.decode_work(stream, raw.data)
-        await self.records.fail_page(work.job_id, work.page, f"{stage}: {reason}", deliveries)
+        await self.records.fail_page(work.job_id, work.page, f"{stage}: {error.message}",
+                                     error.reason_code, deliveries)
         with contextlib.suppress(NotFoundError):
             await self.js.delete_msg(stream, seq)
         log.warning("page dead-lettered", extra={"job_id": work.job_id, "page": work.page,
