@@ -278,19 +278,23 @@ class ObjectStore:
             if e.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
                 raise
 
-    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size in bytes) of every object under ``prefix``."""
+    def _contents(self, prefix: str, recursive: bool) -> Iterator[dict]:
+        """ListObjectsV2's entries under ``prefix`` (one level only unless
+        ``recursive``), page after page."""
         paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"], int(obj["Size"])
+        extra = {} if recursive else {"Delimiter": "/"}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
+            yield from page.get("Contents", [])
+
+    def list_sizes(self, prefix: str, recursive: bool = True) -> Iterator[tuple[str, int]]:
+        """(key, size in bytes) of every object under ``prefix``; with
+        ``recursive=False`` as :meth:`list_keys`."""
+        for obj in self._contents(prefix, recursive):
+            yield obj["Key"], int(obj["Size"])
 
     def list_objects(self, prefix: str, recursive: bool = True
                      ) -> Iterator[tuple[str, float]]:
         """(key, last modified as epoch seconds) of every object under
         ``prefix``; with ``recursive=False`` as :meth:`list_keys`."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        extra = {} if recursive else {"Delimiter": "/"}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **extra):
-            for obj in page.get("Contents", []):
-                yield obj["Key"], obj["LastModified"].timestamp()
+        for obj in self._contents(prefix, recursive):
+            yield obj["Key"], obj["LastModified"].timestamp()

@@ -23,7 +23,7 @@ from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_cli.display import console, err_console, print_job, watch_job
 from planzoom_cli.main import exit_unless_complete, fail_rpc, job_options, options_from_flags
-from planzoom_devstack.export import export_job, write_offline_viewer
+from planzoom_devstack.export import export_job
 from planzoom_devstack.issuer import DevIssuer
 from planzoom_devstack.stack import EmbeddedStack, Ports, StackError
 
@@ -110,15 +110,15 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
         job = watch_job(client, resp.job_id)
         wall = time.monotonic() - t0
         print_job(job)
-        files = export_job(stack, job, out)
+        page, files = export_job(stack, job, out)
         tiles = sum(p.tile_count for p in job.pages)
         mpx = sum(p.width_px * p.height_px for p in job.pages) / 1e6
         console.print(
             f"{job.total_pages} pages, {mpx:.1f} megapixels, {tiles:,} tiles in {wall:.1f} s "
             f"(submit → {job_state_name(job.state)})")
-        console.print(f"exported {files:,} files to [bold]{out / job.tiles_prefix}[/bold] "
-                      f"(manifest.json, page-N.dzi + page-N_files/)")
-        page = write_offline_viewer(out, job)
+        console.print(f"exported {files:,} files to [bold]{out}[/bold]: the offline viewer "
+                      f"(index.html, static/) and {job.job_id}/ (manifest.json, page-N.dzi, "
+                      "page-N_files/, thumbnails)")
         console.print(f"open the plan set in a browser: [bold]{page.resolve().as_uri()}[/bold]")
     except grpc.RpcError as e:
         fail_rpc(e)

@@ -15,6 +15,12 @@ of the level-N image (``ceil(W / 2**(L-1-N))`` pixels wide, the DZI level
 arithmetic of :mod:`planzoom.dzi`): its descriptors and manifest say that
 size, and its pages' DPI is scaled to match.
 
+With ``?viewer=true`` the zip opens by itself: ``index.html`` (the plan
+viewer, the bundle's manifest inline), the viewer's scripts in
+``static/`` (OpenSeadragon included) and each page's variants beside its
+pyramid (the strip's thumbnails): unzip it and open ``index.html`` from
+disk, no server needed (what ``planzoom demo`` leaves).
+
 Only an ended job (its ``manifest.json`` written) can be downloaded: 409
 while it runs.
 """
@@ -40,6 +46,7 @@ from planzoom.errors import FailedPrecondition, InvalidInput, Unauthenticated
 from planzoom.ids import check_id
 from planzoom.pages import level_dpi
 from planzoom.storage import ObjectNotFound, ObjectStore
+from services.gateway.viewer import STATIC_DIR, viewer_page
 
 router = APIRouter(prefix="/v1", tags=["downloads"])
 
@@ -117,6 +124,29 @@ def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int
     return entries
 
 
+def viewer_entries(manifest: dict, folder: str) -> list[Entry]:
+    """What makes a bundle open by itself (``?viewer=true``): ``index.html``
+    with ``manifest`` (the bundle's) inline and its pages under ``folder/``,
+    and the viewer's static files under ``static/``."""
+    config = {"mode": "static", "job": manifest, "base": f"{folder}/", "static": "static"}
+    page = viewer_page(config, "static").encode()
+    files = [path for path in sorted(STATIC_DIR.rglob("*"))
+             if path.is_file() and path.name != "viewer.html"]
+    return [Entry("index.html", len(page), data=page),
+            *(Entry(f"static/{path.relative_to(STATIC_DIR)}", 0, data=path.read_bytes())
+              for path in files)]
+
+
+def variant_entries(store: ObjectStore, manifest: dict, folder: str) -> list[Entry]:
+    """The variant files (thumbnail, overview, ...) of the pages in
+    ``manifest`` (a bundle's), under ``folder/`` beside their pyramids."""
+    prefix = manifest["tiles_prefix"]
+    wanted = {f"{prefix}page-{r['page']}.{v['name']}.{v['format']}"
+              for r in manifest["pages"] for v in r.get("variants", [])}
+    return [Entry(f"{folder}/{key[len(prefix):]}", size, key=key)
+            for key, size in store.list_sizes(prefix, recursive=False) if key in wanted]
+
+
 def build_zip(store: ObjectStore, entries: list[Entry]) -> ZipStream:
     """A sized ZipStream whose objects are fetched in order, PREFETCH ahead,
     by a thread pool, as the stream is read."""
@@ -173,11 +203,13 @@ def zip_response(request: Request, zs: ZipStream, filename: str) -> Response:
 @router.api_route("/jobs/{job_id}/download", methods=["GET", "HEAD"],
                   summary="A job's tiles and descriptors as one zip")
 async def download(request: Request, job_id: str, pages: str | None = None,
-                   max_level: Annotated[int | None, Query(ge=0, le=64)] = None) -> Response:
+                   max_level: Annotated[int | None, Query(ge=0, le=64)] = None,
+                   viewer: bool = False) -> Response:
     """``application/zip`` (see the module docstring), ``Content-Length``
     known up front; ``HEAD`` answers the size alone. ``pages``: ``1,3-5``
-    (1-based); ``max_level``: keep DZI levels 0..N. Bearer (viewer) or
-    ``?cap=``. 400 bad pages, 404 unknown job, 409 job still running."""
+    (1-based); ``max_level``: keep DZI levels 0..N; ``viewer``: add the
+    offline viewer and the pages' variants. Bearer (viewer) or ``?cap=``.
+    400 bad pages, 404 unknown job, 409 job still running."""
     gw = request.app.state.gateway
     job_id = check_id("job_id", job_id)
     access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id)
@@ -186,6 +218,10 @@ async def download(request: Request, job_id: str, pages: str | None = None,
     selected = parse_pages(pages, len(manifest["pages"]))
     entries = await asyncio.to_thread(job_entries, gw.store, manifest, job_id, selected,
                                       max_level)
+    if viewer:
+        bundle = json.loads(entries[0].data)  # the bundle's manifest.json
+        entries += viewer_entries(bundle, job_id)
+        entries += await asyncio.to_thread(variant_entries, gw.store, bundle, job_id)
     plan = manifest["plan"]["plan"]
     return zip_response(request, build_zip(gw.store, entries), f"{plan}-{job_id}.zip")
 

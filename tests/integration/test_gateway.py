@@ -282,6 +282,20 @@ def test_offline_bundle_keeps_only_the_pages_and_levels_asked_for(stack, http, d
     assert not [n for n in names if "_files/7/" in n or "page-1" in n]
 
 
+def test_a_bundle_with_the_viewer_opens_by_itself(stack, http, done_job):
+    resp = http.get(f"/v1/jobs/{done_job.job_id}/download",
+                    params={"pages": "2", "viewer": "true"}, headers=bearer(stack))
+    assert resp.status_code == 200
+    bundle = zipfile.ZipFile(io.BytesIO(resp.content))
+    names = set(bundle.namelist())
+    assert {"index.html", "static/viewer.js", "static/vendor/openseadragon/openseadragon.min.js",
+            f"{done_job.job_id}/page-2.thumbnail.jpg", f"{done_job.job_id}/page-2.dzi"} <= names
+    assert not [n for n in names if "page-1" in n], "only the page asked for"
+    index = bundle.read("index.html").decode()
+    assert f'"base": "{done_job.job_id}/"' in index and '"mode": "static"' in index
+    assert "</script>" in index and done_job.job_id in index
+
+
 def test_downloads_refuse_what_they_should(stack, http, done_job, corpus, client):
     url = f"/v1/jobs/{done_job.job_id}/download"
     assert_problem(http.get(url, params={"pages": "0"}, headers=bearer(stack)), 400)

@@ -170,14 +170,14 @@ def test_viewer_without_a_token_says_what_to_do(stack, browser):
 
 
 def test_the_demo_export_opens_from_disk(stack, browser, corpus, client, tmp_path):
-    from planzoom_devstack.export import export_job, write_offline_viewer
+    from planzoom_devstack.export import export_job
 
     resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
                          jobs_pb2.PlanRef(org="acme", project="viewer", plan="offline"),
                          jobs_pb2.JobOptions(dpi=50))
     job = wait_ended(client, resp.job_id)
-    export_job(stack, job, tmp_path)
-    index = write_offline_viewer(tmp_path, job)
+    index, files = export_job(stack, job, tmp_path)
+    assert files > 7 * 3 and (tmp_path / job.job_id / "manifest.json").exists()
     page = browser.new_page()
     failures: list[str] = []
     page.on("requestfailed", lambda r: failures.append(f"{r.url}: {r.failure}"))

@@ -14,7 +14,7 @@ from planzoom.config import Settings
 from planzoom.errors import InvalidInput
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom.v1.reasons_pb2 import Reason
-from services.gateway.uploads import job_request, parse_metadata
+from services.gateway.tus import job_request, parse_metadata
 from services.gateway.webhooks import Unsafe, _backoff, check_url, payload, resolve_allowed
 
 

@@ -1,0 +1,37 @@
+"""What an upload is, from its first bytes (planzoom.media)."""
+
+from __future__ import annotations
+
+import pytest
+
+from planzoom.media import Unsupported, sniff
+
+
+@pytest.mark.parametrize("head,expected", [
+    (b"%PDF-1.7\n", "pdf"), (b"\n\n%PDF-1.4", "pdf"), (b"\xff\xd8\xff\xe0", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF\x00\x00\x00\x00WEBPVP8 ", "webp"),
+    (b"GIF89a", "gif"), (b"II*\x00\x08\x00\x00\x00", "tiff"), (b"II+\x00", "tiff"),
+    (b"II*\x00\x10\x00\x00\x00CR\x02\x00", "raw"),
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", "heif"),
+    (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1", "avif"),
+    (b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2", "mp4"),
+    (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00qt  ", "mov"),
+    (b"\x1aE\xdf\xa3\x9fB\x86\x81\x01B\xf7\x81\x01B\xf2\x81\x04B\xf3\x81\x08B\x82\x84webm",
+     "webm"),
+    (b"\x1aE\xdf\xa3\xa3B\x86\x81\x01B\x82\x88matroska", "mkv"),
+    (b"RIFF\x00\x00\x00\x00AVI LIST", "avi"),
+])
+def test_sniff_recognises_kinds_by_their_bytes(head, expected):
+    assert sniff(head).name == expected
+
+
+@pytest.mark.parametrize("head,expected", [
+    (b"MZ\x90\x00", "Windows executable"), (b"\x7fELF\x02", "ELF"),
+    (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg">', "SVG"),
+    (b"\x00\x00\x00\x14ftypM4A \x00\x00\x00\x00M4A ", "audio"),
+    (b"RIFF\x00\x00\x00\x00WAVEfmt ", "WAV"), (b"hello", "starts with bytes"),
+])
+def test_sniff_names_what_it_refuses(head, expected):
+    with pytest.raises(Unsupported) as refused:
+        sniff(head)
+    assert expected in refused.value.message
