@@ -16,7 +16,6 @@ from planzoom import metrics
 from planzoom.auth import visible
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.engines.sandbox import ProcessPool
 from planzoom.errors import PlanzoomError
 from planzoom.ids import check_id
 from planzoom.jobstore import JobNotFound, JobStore
@@ -135,16 +134,15 @@ class PageStage(BackedService):
 
 class SourceStage(PageStage):
     """A stage that reads job sources in sandboxed worker processes (render,
-    transcode): ``pool`` (``concurrency`` workers, each replaced after
-    ``recycle`` tasks), ``tmp`` (its scratch directory under
+    transcode): ``pool`` (the stage's :class:`planzoom.engines.sandbox.ProcessPool`,
+    its size the stage's concurrency), ``tmp`` (its scratch directory under
     ``PLANZOOM_WORK_DIR``) and ``sources`` (sources cached there). All three
     are released when the stage stops."""
 
-    def __init__(self, settings: Settings, concurrency: int, recycle: int):
+    def __init__(self, settings: Settings, pool):
         super().__init__(settings)
-        self.concurrency = concurrency
-        self.pool = ProcessPool(concurrency, recycle, memory_bytes=settings.worker_memory_bytes,
-                                queue_seconds=settings.render_timeout_seconds)
+        self.pool = pool
+        self.concurrency = pool.workers
         self.tmp = tempfile.mkdtemp(prefix=f"planzoom-{self.name}-", dir=settings.work_dir)
         self.sources = SourceCache(self.store, self.tmp)
 

@@ -1,6 +1,6 @@
 """Configuration from environment variables (prefix ``PLANZOOM_``).
 
-Every setting is documented in the README's configuration table; flags of the
+Every setting is documented in docs/configuration.md; flags of the
 CLI mirror them. S3 credentials come from the standard AWS variables
 (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``) that boto3 reads itself.
 """

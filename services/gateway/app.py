@@ -23,7 +23,16 @@ from planzoom.config import Settings, get_settings
 from planzoom.metrics import serve_metrics
 from planzoom.server import service_process
 from planzoom.storage import ObjectStore
-from services.gateway import downloads, jobs, problems, tiles, tus, uploads, viewer, webhooks
+from services.gateway import (
+    downloads,
+    job_routes,
+    problems,
+    tiles,
+    upload_routes,
+    uploads,
+    viewer,
+    webhooks,
+)
 from services.gateway.access import Gatekeeper
 from services.gateway.bus import Bus
 from services.gateway.upstream import Upstream
@@ -115,10 +124,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   summary="Construction plan sets as Deep Zoom images: jobs, live progress, "
                           "tiles.", lifespan=lifespan)
     problems.install(app)
-    app.include_router(jobs.router)
+    app.include_router(job_routes.router)
     app.include_router(tiles.router)
     app.include_router(downloads.router)
-    app.include_router(tus.router)
+    app.include_router(upload_routes.router)
     app.include_router(webhooks.router)
     app.include_router(viewer.router)
     if not viewer.OPENSEADRAGON.exists():

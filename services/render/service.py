@@ -16,7 +16,7 @@ from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines import Raster
-from planzoom.engines.sandbox import WorkerTimeout
+from planzoom.engines.sandbox import ProcessPool, WorkerTimeout
 from planzoom.errors import PlanzoomError, Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
@@ -42,7 +42,10 @@ class Render(SourceStage):
     stream, consumer = topology.RENDER_STREAM, topology.RENDER_CONSUMER
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, settings.render_concurrency, settings.render_recycle_pages)
+        super().__init__(settings, ProcessPool(
+            settings.render_concurrency, settings.render_recycle_pages,
+            memory_bytes=settings.worker_memory_bytes,
+            queue_seconds=settings.render_timeout_seconds))
         # PDFium's own limit, plus the source's download and the raster's upload.
         self.max_seconds = settings.render_timeout_seconds + RENDER_IO_SECONDS
 

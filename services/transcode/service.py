@@ -16,7 +16,7 @@ from planzoom import keys, metrics, tracing
 from planzoom.backend import SourceStage
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.engines.sandbox import WorkerTimeout
+from planzoom.engines.sandbox import ProcessPool, WorkerTimeout
 from planzoom.engines.video import probe, transcode
 from planzoom.errors import Timeout, Unavailable
 from planzoom.messaging import topology
@@ -46,7 +46,10 @@ class Transcode(SourceStage):
     stream, consumer = topology.TRANSCODE_STREAM, topology.TRANSCODE_CONSUMER
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, settings.transcode_concurrency, 1)
+        # One video per worker process: a transcode holds its decoders' memory.
+        super().__init__(settings, ProcessPool(
+            settings.transcode_concurrency, 1, memory_bytes=settings.worker_memory_bytes,
+            queue_seconds=settings.render_timeout_seconds))
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
