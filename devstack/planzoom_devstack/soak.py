@@ -3,18 +3,20 @@ an embedded stack on 127.0.0.1 under chaos (``make soak``).
 
 For ``--duration`` seconds, PDF jobs from the corpus (small sets at low
 DPI, so that many end) are submitted for several orgs, some twice at once,
-each followed by a WatchJob watcher; meanwhile a chaos loop, at random
-intervals, SIGKILLs a render, tile or progress process (and starts it
-again), restarts NATS, or turns S3 faults on for a while (throttling and
-reset connections, through the fault proxy). Then the chaos stops and every
-job is given ``--grace`` seconds to end.
+each followed by a WatchJob watcher, every other one in layout ARCHIVE;
+meanwhile a chaos loop, at random intervals, SIGKILLs a render, tile or
+progress process (and starts it again), restarts NATS, restarts the S3
+store (SeaweedFS), or turns S3 faults on for a while (throttling and reset
+connections, through the fault proxy). Then the chaos stops and every job
+is given ``--grace`` seconds to end.
 
 Printed at the end, each a count that must be zero:
 
 - not ended: jobs that have not ended;
 - failed: jobs that ended FAILED or CANCELLED (the faults are transient);
 - pages lost or twice: jobs whose counted pages differ from their DONE
-  pages, or whose ``.dzi`` files in S3 differ from their pages;
+  pages, or whose completion marks in S3 (``.dzi`` files, or archives in
+  layout ARCHIVE) differ from their pages;
 - duplicates: identical submits that got two different jobs;
 - stalled: jobs flagged stalled at the end;
 - went backwards: watchers that saw a revision or a page count go down;
@@ -22,8 +24,7 @@ Printed at the end, each a count that must be zero:
   restarts must be UNAVAILABLE, which clients retry);
 - memory grew: services the chaos does not restart (ingest, the gateway)
   whose RSS at the end is over twice, and 100 MiB over, what it was after
-  the first minute. (The S3 endpoint keeps every object in memory, so its
-  growth is the data; it is printed, not counted.)
+  the first minute.
 
 Any non-zero count makes the exit status 1. The seed (``--seed``) makes the
 chaos repeatable.
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import grpc
 
+from planzoom import keys
 from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
@@ -59,7 +61,10 @@ SETS = [("arch-renovation-plans-7p-a4-affinity-latirasse.pdf", 30),
         ("scanned-4p-four-orientations-ocrmypdf-cardinal.pdf", 40),
         ("arch-floorplan-70x45cm-archicad-atriumhouse.pdf", 40)]
 ORGS = ("north", "south", "east")
-CHAOS = ("kill render", "kill tile", "kill progress", "restart nats", "s3 faults")
+CHAOS = ("kill render", "kill tile", "kill progress", "restart nats", "restart s3",
+         "s3 faults")
+#: A submit's layout, in turn.
+LAYOUTS = (jobs_pb2.PYRAMID_LAYOUT_FILES, jobs_pb2.PYRAMID_LAYOUT_ARCHIVE)
 
 
 def _rss_kib(pid: int) -> int:
@@ -104,8 +109,9 @@ class Soak:
         plan = jobs_pb2.PlanRef(org=org, project="soak", plan=f"p{n}")
         twice = self.rng.random() < 0.2
         with ThreadPoolExecutor(2) as pool:
+            options = jobs_pb2.JobOptions(dpi=dpi, layout=LAYOUTS[n % len(LAYOUTS)])
             futures = [pool.submit(self.clients[org].submit, str(self.corpus / name), plan,
-                                   jobs_pb2.JobOptions(dpi=dpi)) for _ in range(2 if twice else 1)]
+                                   options) for _ in range(2 if twice else 1)]
             replies = []
             for f in futures:
                 try:
@@ -144,6 +150,8 @@ class Soak:
                 self.stack.start_service(name)
             elif what == "restart nats":
                 self.stack.restart_nats(down_seconds=1.0)
+            elif what == "restart s3":
+                self.stack.restart_s3(down_seconds=1.0)
             else:
                 self.proxy.slowdown, self.proxy.reset = 0.1, 0.05
                 self.stop.wait(self.rng.uniform(3, 8))
@@ -187,8 +195,8 @@ class Soak:
             done = sum(p.state == jobs_pb2.PAGE_STATE_DONE for p in job.pages)
             listed = s3.list_objects_v2(Bucket=self.stack.bucket, Prefix=job.tiles_prefix,
                                         Delimiter="/").get("Contents", [])
-            dzis = sum(o["Key"].endswith(".dzi") for o in listed)
-            if done != job.completed_pages or dzis != done or \
+            marks = sum(o["Key"].endswith((".dzi", f".{keys.ARCHIVE_SUFFIX}")) for o in listed)
+            if done != job.completed_pages or marks != done or \
                     job.completed_pages + job.failed_pages != job.total_pages:
                 counts["pages lost or twice"] += 1
             if job.stalled:

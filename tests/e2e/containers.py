@@ -1,5 +1,5 @@
 """The planzoom stack as containers, started with testcontainers from the
-images ``make images`` builds: NATS, the S3 endpoint and the four services,
+images ``make images`` builds: NATS, SeaweedFS (S3) and the services,
 all with host networking so traffic stays on 127.0.0.1. Each service runs
 with a read-only root filesystem and a tmpfs at /tmp, as in Kubernetes.
 
@@ -22,11 +22,15 @@ from testcontainers.core.container import DockerContainer  # noqa: E402
 
 from planzoom_devstack.issuer import DevIssuer  # noqa: E402
 from planzoom_devstack.stack import (  # noqa: E402
+    SEAWEED_PARTS,
     SERVICES,
     Ports,
+    free_port,
     grpc_serving,
     loopback_env,
     port_open,
+    s3_ready,
+    seaweedfs_argv,
 )
 
 VERSION = "latest"
@@ -38,7 +42,7 @@ def docker_ready() -> str | None:
         return "no docker client"
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         return "no Docker engine running"
-    for image in ("planzoom-nats", "planzoom-s3", *(f"planzoom-{s}" for s in SERVICES)):
+    for image in ("planzoom-nats", "planzoom-seaweedfs", *(f"planzoom-{s}" for s in SERVICES)):
         if subprocess.run(["docker", "image", "inspect", f"{image}:{VERSION}"],
                           capture_output=True).returncode != 0:
             return f"image {image}:{VERSION} missing (run make images)"
@@ -70,10 +74,12 @@ class ContainerStack:
                 **self.extra_env}
 
     def _run(self, name: str, image: str, command: str | None = None,
-             locked_down: bool = False) -> DockerContainer:
+             locked_down: bool = False, data: bool = False) -> DockerContainer:
         c = DockerContainer(f"{image}:{VERSION}").with_kwargs(network_mode="host")
         if command:
             c = c.with_command(command)
+        if data:  # a store's files, gone with the container
+            c = c.with_tmpfs_mount("/data", "size=4g").with_tmpfs_mount("/tmp", "size=256m")
         if locked_down:
             self.issuer.public_key_file.chmod(0o644)
             c = c.with_volume_mapping(str(self.issuer.public_key_file), self.ISSUER_KEY, "ro")
@@ -109,8 +115,11 @@ class ContainerStack:
             self._run("nats", "planzoom-nats",
                       f"-js -sd /data -a 127.0.0.1 -p {p.nats} -m {p.nats_monitor}")
             self._wait("nats", lambda: port_open(p.nats), 30)
-            self._run("s3", "planzoom-s3", f"-H 127.0.0.1 -p {p.s3}")
-            self._wait("s3", lambda: port_open(p.s3), 60)
+            ports = {name: free_port() for part in ("s3", *SEAWEED_PARTS)
+                     for name in (part, f"{part}.grpc")}
+            argv = seaweedfs_argv("/weed", Path("/data"), p.s3, ports)
+            self._run("s3", "planzoom-seaweedfs", " ".join(argv[1:]), data=True)
+            self._wait("s3", lambda: s3_ready(self.s3_endpoint), 90)
             for name in SERVICES:
                 self.start_service(name)
         except BaseException:

@@ -35,7 +35,7 @@ from planzoom.messaging import permissions
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_devstack.issuer import AUDIENCE, ISSUER, DevIssuer
-from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
+from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, seaweedfs_argv
 from tests.dzi_check import check_page
 from tests.e2e.kubelet import Kubelet
 from tests.helpers import wait_ended
@@ -132,7 +132,11 @@ def infrastructure(nats_passwords: dict[str, str]) -> list[dict]:
                                   for u, p in nats_passwords.items()}),
         *pod("nats", "planzoom-nats:latest", ["-c", "/etc/nats/nats.conf", "-p", "4222"], 4222,
              env_secret="nats-passwords", config="nats-config"),
-        *pod("s3", "planzoom-s3:latest", ["--secret-key", S3_SECRET_KEY], 9000),
+        # SeaweedFS as the in-cluster store (its own chart in a real cluster;
+        # deploy/k8s/planzoom/README.md), with the operator's S3 keys.
+        *pod("s3", "planzoom-seaweedfs:latest",
+             seaweedfs_argv("/weed", Path("/data"), 9000, bind="0.0.0.0")[1:], 9000,
+             env_secret="planzoom-s3"),
     ]
 
 

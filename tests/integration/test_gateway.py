@@ -131,10 +131,12 @@ def test_event_deltas_rebuild_the_record_in_fewer_bytes(stack, http, corpus, cli
     final = http.get(f"/v1/jobs/{resp.job_id}", headers=bearer(stack)).json()
     assert job == final and job["state"] == "JOB_STATE_COMPLETE"
     assert all(p["dzi_key"] and p["variants"] for p in job["pages"])
-    sent = sum(len(json.dumps(d)) for _, _, d in events)
     whole = sum(len(json.dumps(d)) for _, _, d in sse_events(http, url, bearer(stack)))
     assert whole == len(json.dumps(final))  # the job has ended: one record
-    assert sent < len(events) * whole / 2
+    # A delta holds what changed: never more than the record, often far less
+    # (how many pages one holds depends on how the events were batched).
+    deltas = [len(json.dumps(d)) for _, _, d in events[1:]]
+    assert max(deltas) < whole and min(deltas) < whole / 3, deltas
     # Resuming: a whole record first again.
     later = sse_events(http, url + "?deltas=true",
                        {**bearer(stack), "Last-Event-ID": events[1][1]})

@@ -17,11 +17,11 @@ from services.tile.put_pool import PutPool, TilePutFailed
 from tests.helpers import list_keys
 
 
-def _pool(stack, bucket: str = "planzoom") -> PutPool:
+def _pool(stack, credentials: tuple[str, str] | None = None) -> PutPool:
     env = stack.env()
-    settings = Settings(s3_endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"], s3_bucket=bucket)
-    return PutPool(settings, processes=2, threads=4,
-                      credentials=(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
+    settings = Settings(s3_endpoint_url=env["PLANZOOM_S3_ENDPOINT_URL"], s3_bucket="planzoom")
+    return PutPool(settings, processes=2, threads=4, credentials=credentials or (
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))
 
 
 @pytest.fixture
@@ -42,9 +42,9 @@ def test_uploads_land_and_errors_name_the_key(stack, pool, s3):
         got = s3.get_object(Bucket="planzoom", Key=key)
         assert got["Body"].read() == bodies[key] and got["ContentType"] == "image/jpeg"
     # S3 refuses the PUT: the error says which one and why, and the pool goes on.
-    missing = _pool(stack, bucket="planzoom-no-such-bucket")
+    missing = _pool(stack, credentials=("planzoom-nobody", "not-the-secret"))
     try:
-        with pytest.raises(TilePutFailed, match=r"PUT a/b\.jpg: PutFailed: NoSuchBucket"):
+        with pytest.raises(TilePutFailed, match=r"PUT a/b\.jpg: PutFailed: InvalidAccessKeyId"):
             missing.put("a/b.jpg", b"x", "image/jpeg").result(timeout=60)
         assert missing.put("a/c.jpg", b"x", "image/jpeg").exception(timeout=60) is not None
     finally:

@@ -20,6 +20,7 @@ from planzoom.config import Settings
 from planzoom.messaging import topology
 from planzoom.messaging.workqueues import WorkQueues
 from planzoom.v1 import events_pb2, jobs_pb2
+from planzoom.v1.reasons_pb2 import Reason
 from planzoom_cli.client import Client
 from tests.helpers import list_keys, lose_progress_events, run_nats, wait_ended, wait_until
 from tests.integration.conftest import (
@@ -228,7 +229,8 @@ def test_a_lost_failure_is_repaired_from_the_dead_letters(corpus, stack, client)
         async def fail_without_report(js):
             # What a tile worker does when a page fails for good, but its
             # report never arrives.
-            letter = events_pb2.DeadLetter(stream=topology.TILE_STREAM, reason="libvips broke",
+            letter = events_pb2.DeadLetter(stream=topology.TILE_STREAM, error="libvips broke",
+                                           reason=Reason.REASON_TILE_ENCODING_FAILED,
                                            attempts=3, job_id=resp.job_id, page=1,
                                            failed_at=now_ts())
             await js.publish(f"deadletter.tile.{resp.job_id}", letter.SerializeToString())
@@ -239,6 +241,7 @@ def test_a_lost_failure_is_repaired_from_the_dead_letters(corpus, stack, client)
         stack.start_service("tile")
     assert job.state == jobs_pb2.JOB_STATE_FAILED and job.reconciled
     assert job.pages[0].error == "tile: libvips broke"
+    assert job.pages[0].reason == Reason.REASON_TILE_ENCODING_FAILED
 
 
 def test_the_sweep_leaves_a_fresh_dzi_to_its_page_s_reports(corpus, stack, client, s3):
