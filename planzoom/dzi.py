@@ -60,6 +60,12 @@ class DziInfo:
         return x0, y0, x1 - x0, y1 - y0
 
 
+def tile_name(level: int, col: int, row: int, fmt: str) -> str:
+    """A tile's path under its page's ``_files/`` folder:
+    ``<level>/<col>_<row>.<fmt>`` (the DZI layout)."""
+    return f"{level}/{col}_{row}.{fmt}"
+
+
 def level_count(width: int, height: int) -> int:
     """ceil(log2(max(width, height))) + 1 levels, down to 1x1 pixel."""
     return math.ceil(math.log2(max(width, height))) + 1 if max(width, height) > 1 else 1
@@ -101,10 +107,11 @@ def parse_dzi(xml: bytes | str) -> DziInfo:
     )
 
 
-def done_record(page: int, dzi: DziInfo, dzi_key: str) -> jobs_pb2.PageRecord:
-    """The PageRecord that reports ``page`` complete with this descriptor."""
+def done_record(page: int, dzi: DziInfo) -> jobs_pb2.PageRecord:
+    """The PageRecord that reports ``page`` complete with this descriptor
+    (where its outputs are follows from the job: planzoom.keys)."""
     return jobs_pb2.PageRecord(
         page=page, state=jobs_pb2.PAGE_STATE_DONE, width_px=dzi.width, height_px=dzi.height,
         tile_size=dzi.tile_size, overlap=dzi.overlap, format=dzi.format, levels=dzi.levels,
-        tile_count=dzi.tile_count(), dzi_key=dzi_key, finished_at=now_ts(),
+        tile_count=dzi.tile_count(), finished_at=now_ts(),
     )

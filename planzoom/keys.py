@@ -9,6 +9,7 @@
     tiles/<org>/<project>/<plan>/<job>/page-<n>.dzi
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
     tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, overview, ...)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.pmtiles   (layout ARCHIVE: instead of .dzi, _files/)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
     previews/<org>/<project>/<plan>/<job>/master.m3u8, <rung>/index.m3u8,
@@ -97,6 +98,27 @@ def dzi_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.dzi"
 
 
+#: The suffix of a page's archive (PMTiles v3, planzoom.engines.archive).
+ARCHIVE_SUFFIX = "pmtiles"
+
+
+def archive_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
+    """A page's pyramid in one object (layout ARCHIVE, planzoom.engines.archive)."""
+    return f"{tiles_prefix(plan, job_id)}{page_name(page)}.{ARCHIVE_SUFFIX}"
+
+
+def is_archive(options: jobs_pb2.JobOptions) -> bool:
+    """True if a job with ``options`` keeps each page's pyramid in one object."""
+    return options.layout == jobs_pb2.PYRAMID_LAYOUT_ARCHIVE
+
+
+def done_key(plan: jobs_pb2.PlanRef, job_id: str, page: int,
+             options: jobs_pb2.JobOptions) -> str:
+    """The object whose presence says a page is complete: its archive, or
+    (layout FILES) its ``.dzi``, written after its tiles."""
+    return (archive_key if is_archive(options) else dzi_key)(plan, job_id, page)
+
+
 def page_files_prefix(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     """Prefix of a page's tiles: ``…/page-<n>_files/`` (``<level>/<col>_<row>.jpg`` follow)."""
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}_files/"
@@ -143,7 +165,7 @@ def derive_keys(job: jobs_pb2.Job, into: jobs_pb2.Job) -> None:
     """Set, on each page in ``into.pages`` (``job`` itself, or a message
     holding some of its pages, e.g. a WatchJob delta), the S3 keys of the
     page's outputs, which follow from ``job`` and the page number: its
-    ``.dzi`` once DONE, its variants, a video's HLS files.
+    ``.dzi`` (or its archive) once DONE, its variants, a video's HLS files.
 
     They are never reported by a stage nor kept in the stored record: with
     the longest ids and every variant they were 85 % of a 2,000-page record,
@@ -155,10 +177,13 @@ def derive_keys(job: jobs_pb2.Job, into: jobs_pb2.Job) -> None:
     hls = preview_prefix(job.plan, job.job_id) if video else ""
     for page in into.pages:
         base = f"{prefix}{page_name(page.page)}"
+        page.ClearField("dzi_key")
+        page.ClearField("archive_key")
         if page.state == jobs_pb2.PAGE_STATE_DONE and not video:
-            page.dzi_key = f"{base}.dzi"
-        else:
-            page.ClearField("dzi_key")
+            if is_archive(job.options):
+                page.archive_key = f"{base}.{ARCHIVE_SUFFIX}"
+            else:
+                page.dzi_key = f"{base}.dzi"
         for variant in page.variants:
             if is_variant(variant.name, variant.format):
                 variant.key = f"{base}.{variant.name}.{variant.format}"
@@ -176,6 +201,7 @@ def clear_keys(page: jobs_pb2.PageRecord) -> None:
     """Clear every key :func:`derive_keys` sets: a stage's report never
     names where a page's outputs are, whatever it carries."""
     page.ClearField("dzi_key")
+    page.ClearField("archive_key")
     for variant in page.variants:
         variant.ClearField("key")
     if page.HasField("video"):

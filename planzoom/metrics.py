@@ -23,6 +23,10 @@ STAGE_SECONDS = Histogram(
 #: Deliveries of a page job beyond its first.
 REDELIVERIES = Counter("planzoom_jetstream_redeliveries_total",
                        "Page jobs delivered again", ["consumer"])
+#: S3 requests that stored page pyramids (tiles and .dzi, or an archive's
+#: parts), by layout (files, archive).
+PYRAMID_REQUESTS = Counter("planzoom_pyramid_s3_requests_total",
+                           "S3 requests that stored page pyramids", ["layout"])
 #: S3 requests botocore retried (throttling, 5xx, connection errors).
 S3_RETRIES = Counter("planzoom_s3_retries_total", "S3 request retries")
 #: RPCs refused or failed, by method and gRPC status code.

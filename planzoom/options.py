@@ -19,7 +19,8 @@ def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptio
     defaults, ``max_page_pixels`` never above the service's cap. Raises
     InvalidInput (a BadRequest on ``options.<field>``) for a value out of
     range: DPI 10..1200, tile size 64..4096 px, overlap 0..16 px, JPEG
-    quality 1..100; variants as :func:`resolve_variants`."""
+    quality 1..100, a layout FILES or ARCHIVE; variants as
+    :func:`resolve_variants`."""
     out = jobs_pb2.JobOptions(
         dpi=opts.dpi or s.default_dpi,
         tile_size=opts.tile_size or s.default_tile_size,
@@ -27,7 +28,12 @@ def resolve_options(opts: jobs_pb2.JobOptions, s: Settings) -> jobs_pb2.JobOptio
         jpeg_quality=opts.jpeg_quality or s.default_jpeg_quality,
         max_page_pixels=min(opts.max_page_pixels or s.max_page_pixels, s.max_page_pixels),
         variants=resolve_variants(opts.variants), keep_gps=opts.keep_gps,
+        layout=opts.layout or jobs_pb2.PyramidLayout.Value(
+            f"PYRAMID_LAYOUT_{s.default_layout.upper()}"),
     )
+    if out.layout not in (jobs_pb2.PYRAMID_LAYOUT_FILES, jobs_pb2.PYRAMID_LAYOUT_ARCHIVE):
+        raise InvalidInput(f"layout {opts.layout} is not a PyramidLayout: use FILES or ARCHIVE",
+                           field="options.layout")
     if not DPI_RANGE[0] <= out.dpi <= DPI_RANGE[1]:
         raise InvalidInput(f"dpi {opts.dpi:g} is out of range: use {DPI_RANGE[0]:g} to "
                            f"{DPI_RANGE[1]:g}", field="options.dpi")

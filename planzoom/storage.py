@@ -1,6 +1,7 @@
-"""S3 access (MinIO, AWS S3, Cloudflare R2, moto) through one boto3 client,
-and for tiles a cheaper PUT that botocore signs and urllib3 sends
-(:meth:`ObjectStore.put_small`).
+"""S3 access (SeaweedFS, MinIO, AWS S3, Cloudflare R2) through one boto3 client,
+for tiles a cheaper PUT that botocore signs and urllib3 sends
+(:meth:`ObjectStore.put_small`), and for a tile server reads from an event
+loop (:class:`AsyncReader`).
 
 boto3 clients and urllib3 pools are thread-safe; services call these
 blocking methods from worker threads (``asyncio.to_thread``). Transient
@@ -11,16 +12,23 @@ backoff and jitter: by botocore's "standard" retry mode, and for
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import os
 import re
+import ssl
+import threading
+import time
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
+import aiohttp
 import boto3
 import urllib3
 from boto3.s3.transfer import TransferConfig
@@ -61,6 +69,16 @@ class PutFailed(Unavailable):
     error code and message."""
 
     reason = "S3_PUT_FAILED"
+
+
+class WriteConflict(Unavailable):
+    """A conditional write lost: the object changed (or appeared) since it
+    was read; read it again."""
+
+    reason = "CONFLICT"
+
+    def __init__(self, key: str):
+        super().__init__(f"{key} changed while it was being written; try again")
 
 
 class ObjectNotFound(NotFound):
@@ -132,8 +150,21 @@ class ObjectStore:
                 return None
             raise
 
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+    def put_bytes(self, key: str, data: bytes, content_type: str, *,
+                  if_match: str | None = None, if_absent: bool = False) -> None:
+        """PUT ``data`` at ``key``; with ``if_match`` (an ETag) only over that
+        version, with ``if_absent`` only if there is no object (conditional
+        writes: If-Match, If-None-Match ``*``; RFC 9110 13.1). Raises
+        WriteConflict when the condition fails."""
+        extra = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"} if if_absent else {}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                   ContentType=content_type, **extra)
+        except ClientError as e:
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if extra and status in (409, 412):  # 409: a concurrent conditional write
+                raise WriteConflict(key) from None
+            raise
 
     def put_small(self, key: str, data: bytes, content_type: str) -> int:
         """PUT ``data`` (a tile: bytes, up to a few MiB) at ``key`` with less
@@ -172,6 +203,17 @@ class ObjectStore:
             return urllib3.ProxyManager(proxy, **kwargs)
         return urllib3.PoolManager(**kwargs)
 
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and ETag. Raises ObjectNotFound."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as e:
+            if _missing(e):
+                raise ObjectNotFound(key) from None
+            raise
+        with obj["Body"] as body:
+            return body.read(), obj["ETag"]
+
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes. Raises ObjectNotFound."""
         return self.get_stream(key).read()
@@ -186,21 +228,19 @@ class ObjectStore:
                 raise ObjectNotFound(key) from None
             raise
 
-    def get_if_changed(self, key: str, etag: str | None) -> tuple[bytes | None, str, str]:
-        """(bytes, ETag, Content-Type) of ``key``; bytes are None when the
-        object's ETag is still ``etag`` (S3 answered 304 Not Modified to
-        ``If-None-Match``). Raises ObjectNotFound."""
-        extra = {"IfNoneMatch": etag} if etag else {}
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of ``key`` from ``offset`` (an HTTP range GET,
+        RFC 9110 14.1.2; fewer if the object ends first). Raises
+        ObjectNotFound."""
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+            obj = self.client.get_object(Bucket=self.bucket, Key=key,
+                                         Range=f"bytes={offset}-{offset + length - 1}")
         except ClientError as e:
             if _missing(e):
                 raise ObjectNotFound(key) from None
-            if e.response.get("Error", {}).get("Code") in ("304", "NotModified"):
-                return None, etag or "", ""
             raise
         with obj["Body"] as body:
-            return body.read(), obj["ETag"], obj.get("ContentType", "")
+            return body.read()
 
     def presigned_get(self, key: str, expires_seconds: int) -> str:
         """A URL that GETs ``key`` without credentials until it expires
@@ -270,6 +310,15 @@ class ObjectStore:
             MultipartUpload={"Parts": [{"ETag": etag, "PartNumber": n}
                                        for n, etag in enumerate(etags, 1)]})
 
+    def abort_uploads(self, key: str) -> int:
+        """Abort every unfinished multipart upload of exactly ``key`` (one
+        a stopped writer left); returns how many."""
+        found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        stale = [u for u in found.get("Uploads", []) if u["Key"] == key]
+        for upload in stale:
+            self.abort_multipart(key, upload["UploadId"])
+        return len(stale)
+
     def abort_multipart(self, key: str, upload_id: str) -> None:
         """Drop a multipart upload and its parts (one already gone is fine)."""
         try:
@@ -298,3 +347,156 @@ class ObjectStore:
         ``prefix``; with ``recursive=False`` as :meth:`list_keys`."""
         for obj in self._contents(prefix, recursive):
             yield obj["Key"], obj["LastModified"].timestamp()
+
+
+class PartUpload:
+    """One object written as its parts come (an S3 multipart upload, begun
+    at the first part), parts 2, 3, ... sent in the background while the
+    writer goes on and part 1 given last, to :meth:`finish`; an object that
+    never needed a second part is one PUT. Nothing is visible at ``key``
+    before :meth:`finish` returns. ``requests`` counts the S3 requests."""
+
+    def __init__(self, store: ObjectStore, key: str, content_type: str, in_flight: int = 2):
+        self.store, self.key, self.content_type = store, key, content_type
+        self._pool = ThreadPoolExecutor(in_flight, thread_name_prefix="part-upload")
+        self._lock = threading.Lock()
+        self._upload_id: str | None = None
+        self._etags: dict[int, str] = {}
+        self._sent: list[Future] = []
+        self.requests = 0
+
+    def _begin(self) -> str:
+        with self._lock:
+            if self._upload_id is None:
+                self._upload_id = self.store.start_multipart(self.key, self.content_type)
+                self.requests += 1
+            return self._upload_id
+
+    def part(self, number: int, data: bytes) -> Future:
+        """Send part ``number`` (2 or more; at least 5 MiB unless the last);
+        the future is done when it is stored."""
+
+        def send() -> None:
+            etag = self.store.put_part(self.key, self._begin(), number, data)
+            with self._lock:
+                self._etags[number] = etag
+                self.requests += 1
+
+        future = self._pool.submit(send)
+        self._sent.append(future)
+        return future
+
+    def finish(self, head: bytes) -> None:
+        """Store ``head`` as the whole object (no part was sent) or as part 1,
+        and join the parts. Raises what a part's upload raised."""
+        try:
+            for future in self._sent:
+                future.result()
+            if self._upload_id is None:
+                self.store.put_bytes(self.key, head, self.content_type)
+                self.requests += 1
+                return
+            self._etags[1] = self.store.put_part(self.key, self._upload_id, 1, head)
+            self.store.complete_multipart(self.key, self._upload_id,
+                                          [self._etags[n] for n in sorted(self._etags)])
+            self.requests += 2
+        finally:
+            self._pool.shutdown(wait=False)
+
+    def abort(self) -> None:
+        """Drop the parts sent so far (the object never appears)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._upload_id is not None:
+            self.store.abort_multipart(self.key, self._upload_id)
+
+
+
+class AsyncReader:
+    """GETs of the bucket from an event loop, without a thread or boto3's
+    request pipeline per read (a tile server's reads, many small ones at
+    once): each key gets a presigned GET (SigV4 query authentication, valid
+    :data:`URL_SECONDS`, reused for :data:`REUSE_SECONDS`: an archive's
+    tiles are many reads of one key) that aiohttp sends on kept-alive
+    connections, with ``Range`` or ``If-None-Match`` as plain headers (they
+    are not part of the signature). Proxies (``HTTP(S)_PROXY``) and
+    ``AWS_CA_BUNDLE`` apply as for boto3. S3 5xx answers and dropped
+    connections are tried again (3 tries, then Unavailable). Create and use
+    it on one event loop."""
+
+    URL_SECONDS = 900
+    REUSE_SECONDS = 600
+
+    def __init__(self, store: ObjectStore, connections: int, keys_kept: int = 4096):
+        self.store, self.connections, self.keys_kept = store, connections, keys_kept
+        self._urls: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
+
+    def _url(self, key: str) -> str:
+        now = time.monotonic()
+        kept = self._urls.get(key)
+        if kept is not None and now - kept[1] < self.REUSE_SECONDS:
+            self._urls.move_to_end(key)
+            return kept[0]
+        url = self.store.presigned_get(key, self.URL_SECONDS)
+        self._urls[key] = (url, now)
+        if len(self._urls) > self.keys_kept:
+            self._urls.popitem(last=False)
+        return url
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            bundle = os.environ.get("AWS_CA_BUNDLE")
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.connections,
+                    ssl=ssl.create_default_context(cafile=bundle) if bundle else True),
+                timeout=aiohttp.ClientTimeout(total=60, connect=10),
+                auto_decompress=False)
+            # The environment's proxy, looked up once (aiohttp's trust_env
+            # reads it, and ~/.netrc, for every request).
+            endpoint = self.store.client.meta.endpoint_url
+            url = urlsplit(endpoint)
+            proxy = urllib.request.getproxies().get(url.scheme)
+            self._proxy = None if not proxy or urllib.request.proxy_bypass(
+                url.hostname or "") else proxy
+        return self._session
+
+    async def _get(self, key: str, headers: dict[str, str]) -> tuple[int, bytes, dict]:
+        failure = ""
+        for attempt in range(3):
+            try:
+                async with self._http().get(self._url(key), headers=headers,
+                                            proxy=self._proxy) as response:
+                    status, body = response.status, await response.read()
+                    if status == 404:
+                        raise ObjectNotFound(key)
+                    if status < 400:
+                        return status, body, response.headers
+                    code = re.search(rb"<Code>(.*?)</Code>", body)
+                    failure = code.group(1).decode() if code else f"HTTP {status}"
+                    if status < 500:
+                        raise Unavailable(f"the store refused a read: {failure}")
+            except (TimeoutError, aiohttp.ClientError) as e:
+                failure = type(e).__name__
+            await asyncio.sleep(0.1 * (attempt + 1))
+        raise Unavailable(f"the store did not answer a read ({failure})")
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """As :meth:`ObjectStore.get_range`."""
+        _, body, _ = await self._get(key, {"Range": f"bytes={offset}-{offset + length - 1}"})
+        return body
+
+    async def get_if_changed(self, key: str, etag: str | None
+                             ) -> tuple[bytes | None, str, str]:
+        """(bytes, ETag, Content-Type) of ``key``; bytes are None when the
+        object's ETag is still ``etag`` (S3 answered 304 Not Modified to
+        ``If-None-Match``). Raises ObjectNotFound."""
+        status, body, headers = await self._get(key, {"If-None-Match": etag} if etag else {})
+        if status == 304:
+            return None, etag or "", ""
+        return body, headers.get("etag", ""), headers.get("content-type", "")
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()

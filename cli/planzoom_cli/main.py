@@ -80,16 +80,21 @@ def job_options(f):
         click.option("--tile-size", type=int, default=0, help="DZI tile size, px (default 256)."),
         click.option("--overlap", type=int, default=None, help="DZI overlap, px (default 1)."),
         click.option("--quality", type=int, default=0, help="JPEG quality 1-100 (default 90)."),
+        click.option("--layout", type=click.Choice(["files", "archive"]), default=None,
+                     help="How each page's pyramid is stored: one object per tile, or the "
+                          "whole pyramid in one archive (default: the service's)."),
     ]):
         f = opt(f)
     return f
 
 
-def options_from_flags(dpi, tile_size, overlap, quality) -> jobs_pb2.JobOptions:
+def options_from_flags(dpi, tile_size, overlap, quality, layout=None) -> jobs_pb2.JobOptions:
     """JobOptions from the job_options flags (0 / None: the service's default)."""
     o = jobs_pb2.JobOptions(dpi=dpi, tile_size=tile_size, jpeg_quality=quality)
     if overlap is not None:
         o.overlap = overlap
+    if layout is not None:
+        o.layout = jobs_pb2.PyramidLayout.Value(f"PYRAMID_LAYOUT_{layout.upper()}")
     return o
 
 
@@ -106,7 +111,7 @@ def exit_unless_complete(job: jobs_pb2.Job) -> None:
 @job_options
 @click.option("--watch/--no-watch", default=False, help="Follow the job(s) to their end.")
 @click.pass_context
-def submit(ctx, path, org, project, plan_id, dpi, tile_size, overlap, quality, watch):
+def submit(ctx, path, org, project, plan_id, dpi, tile_size, overlap, quality, layout, watch):
     """Upload PATH as a new job for ORG/PROJECT/PLAN: a plan set (PDF) or a
     photo, scan or RAW image, recognised by its bytes.
 
@@ -115,7 +120,7 @@ def submit(ctx, path, org, project, plan_id, dpi, tile_size, overlap, quality, w
     a valid id). A file that is refused is reported and the others go on;
     the exit status is then 2."""
     client = _client(ctx)
-    options = options_from_flags(dpi, tile_size, overlap, quality)
+    options = options_from_flags(dpi, tile_size, overlap, quality, layout)
     if not os.path.isdir(path):
         try:
             job = _submit_one(client, path, jobs_pb2.PlanRef(org=org, project=project,

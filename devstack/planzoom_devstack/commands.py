@@ -51,7 +51,7 @@ def start_stack(data_dir: Path | None, tile_workers: int,
 
 @click.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="JetStream store and logs (default: a new temp dir).")
+              help="JetStream store, S3 data and logs (default: a new temp dir).")
 @tile_workers_option
 def up(data_dir, tile_workers):
     """Run the embedded stack on 127.0.0.1 until Ctrl-C."""
@@ -87,8 +87,10 @@ def up(data_dir, tile_workers):
               help="Folder the finished job is exported to.")
 @job_options
 @tile_workers_option
-def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
-    """Start the embedded stack, convert PDF, export the result, stop."""
+def demo(pdf, out, dpi, tile_size, overlap, quality, layout, tile_workers):
+    """Start the embedded stack, convert PDF, export the result, stop.
+    Each page's pyramid is one archive unless --layout files."""
+    layout = layout or "archive"
     plan_id = re.sub(r"[^A-Za-z0-9_-]", "-", pdf.stem)[:64].strip("-_") or "plan"
     plan = jobs_pb2.PlanRef(org="demo", project="demo", plan=plan_id)
     started = time.monotonic()
@@ -102,7 +104,7 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
         console.print(f"stack up in {time.monotonic() - started:.1f} s; submitting {pdf}")
         t0 = time.monotonic()
         resp = client.submit(str(pdf), plan, options_from_flags(dpi, tile_size, overlap,
-                                                                quality))
+                                                                quality, layout))
         console.print(f"job {resp.job_id}: {resp.job.total_pages} pages, "
                       f"{resp.job.source_bytes:,} bytes; watch it live (while the demo "
                       f"runs): {stack.gateway_url}/view/{resp.job_id}"
@@ -116,9 +118,11 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, tile_workers):
         console.print(
             f"{job.total_pages} pages, {mpx:.1f} megapixels, {tiles:,} tiles in {wall:.1f} s "
             f"(submit → {job_state_name(job.state)})")
+        unpacked = " (unpacked from the archives: a browser opens them from disk)" \
+            if layout == "archive" else ""
         console.print(f"exported {files:,} files to [bold]{out}[/bold]: the offline viewer "
                       f"(index.html, static/) and {job.job_id}/ (manifest.json, page-N.dzi, "
-                      "page-N_files/, thumbnails)")
+                      f"page-N_files/{unpacked}, thumbnails)")
         console.print(f"open the plan set in a browser: [bold]{page.resolve().as_uri()}[/bold]")
     except grpc.RpcError as e:
         fail_rpc(e)

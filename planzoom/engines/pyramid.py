@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from planzoom.dzi import DziInfo, dzi_xml, level_count, level_size
+from planzoom.dzi import DziInfo, dzi_xml, level_count, level_size, tile_name
 from planzoom.errors import InvalidInput
 
 #: ``emit(level, col, row, pieces)``: the tile's pixels are the (rows,
@@ -201,11 +201,10 @@ class JpegEncoder:
             raise TileEncodingFailed(f"libjpeg-turbo could not encode a tile: {e}") from None
 
 
-#: ``store(relative_key, jpeg)``: keep one tile; ``relative_key`` is
-#: ``"<level>/<col>_<row>.jpg"`` under the page's ``_files/`` folder. Returns
-#: None once the tile is kept, or a Future that is done when it is (an
-#: upload still in flight).
-TileStore = Callable[[str, bytes], "Future | None"]
+#: ``store(level, col, row, jpeg)``: keep one tile. Returns None once the
+#: tile is kept, or a Future that is done when it is (an upload still in
+#: flight).
+TileStore = Callable[[int, int, int, bytes], "Future | None"]
 
 
 class _InFlight:
@@ -264,7 +263,8 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
     a JPEG DZI pyramid while the next rows are read: tiles are encoded by
     ``encode_threads`` threads (default: one per CPU core; more only fight
     over the GIL) and each is handed to ``store``, which may keep it at once
-    or return a Future (e.g. an upload, see :mod:`services.tile.put_pool`).
+    or return a Future (e.g. a PUT, see :mod:`services.tile.put_pool`, or a
+    part of an archive, :mod:`planzoom.engines.archive`).
     At most ``max_in_flight`` tiles are being encoded or stored at once
     (back-pressure: a slow store slows the reading, memory stays bounded).
 
@@ -276,10 +276,10 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
     encoder = JpegEncoder(quality)
     flight = _InFlight(max_in_flight)
 
-    def encode(key: str, pieces: tuple[np.ndarray, ...]) -> None:
+    def encode(level: int, col: int, row: int, pieces: tuple[np.ndarray, ...]) -> None:
         # Stacked here, on an encoder thread: the feeding thread copies nothing.
         pixels = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        stored = store(key, encoder.encode(pixels))
+        stored = store(level, col, row, encoder.encode(pixels))
         if stored is None:
             flight.release()
         else:
@@ -290,8 +290,7 @@ def cut_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: in
 
         def emit(level: int, col: int, row: int, pieces: tuple[np.ndarray, ...]) -> None:
             flight.acquire()
-            flight.track(encoders.submit(encode, f"{level}/{col}_{row}.jpg", pieces),
-                         holds_slot=False)
+            flight.track(encoders.submit(encode, level, col, row, pieces), holds_slot=False)
 
         builder = PyramidBuilder(width, height, bands, tile_size, overlap, emit)
         try:
@@ -317,8 +316,8 @@ def save_pyramid(blocks: Iterable[np.ndarray], width: int, height: int, bands: i
     for level in range(level_count(width, height)):
         os.makedirs(os.path.join(files, str(level)), exist_ok=True)
 
-    def store(key: str, data: bytes) -> None:
-        with open(os.path.join(files, key), "wb") as f:
+    def store(level: int, col: int, row: int, data: bytes) -> None:
+        with open(os.path.join(files, tile_name(level, col, row, "jpg")), "wb") as f:
             f.write(data)
 
     info = cut_pyramid(blocks, width, height, bands, tile_size, overlap, quality, store,

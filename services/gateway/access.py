@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import itsdangerous
@@ -33,6 +34,9 @@ from planzoom.errors import NotFound, PermissionDenied, ResourceExhausted, Unaut
 
 log = logging.getLogger(__name__)
 
+#: Signed links kept once verified (the oldest dropped first).
+VERIFIED_LINKS = 10_000
+
 
 @dataclass(frozen=True)
 class Link:
@@ -42,6 +46,7 @@ class Link:
     org: str
     tiles_prefix: str
     subject: str
+    archive: bool = False  # layout ARCHIVE: each page's pyramid in one object
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class Gatekeeper:
         self.link_seconds = settings.gateway_link_seconds
         self.rate = RateLimitItemPerSecond(settings.gateway_rate_per_second)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._verified: OrderedDict[str, tuple[Link, float]] = OrderedDict()
 
     def serializer(self, salt: str) -> itsdangerous.URLSafeTimedSerializer:
         """Signs and checks timestamped payloads of one kind (``salt``) with
@@ -87,18 +93,29 @@ class Gatekeeper:
     def sign(self, link: Link) -> tuple[str, float]:
         """A signed link and its expiry (Unix seconds)."""
         token = self.links.dumps({"j": link.job_id, "o": link.org, "p": link.tiles_prefix,
-                                  "s": link.subject})
+                                  "s": link.subject, "a": link.archive})
         return token, time.time() + self.link_seconds
 
     def _link(self, cap: str) -> Link:
+        # A viewer sends its link with every tile: verify it once, then
+        # only check its age.
+        kept = self._verified.get(cap)
+        if kept is not None and time.time() - kept[1] <= self.link_seconds:
+            return kept[0]
         try:
-            data = self.links.loads(cap, max_age=self.link_seconds)
+            data, signed_at = self.links.loads(cap, max_age=self.link_seconds,
+                                               return_timestamp=True)
         except itsdangerous.SignatureExpired:
             raise Unauthenticated("this link has expired; ask for a new one "
                                   "(GET /v1/jobs/{job_id}/links)", reason="LINK_EXPIRED") from None
         except itsdangerous.BadData:
             raise Unauthenticated("this link is not valid", reason="BAD_LINK") from None
-        return Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"], subject=data["s"])
+        link = Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"], subject=data["s"],
+                    archive=bool(data.get("a")))
+        self._verified[cap] = (link, signed_at.timestamp())
+        if len(self._verified) > VERIFIED_LINKS:
+            self._verified.popitem(last=False)
+        return link
 
     def throttle(self, key: str) -> None:
         """ResourceExhausted (429) once ``key`` is over the per-caller rate."""

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import uvicorn
+import uvloop
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -22,7 +23,7 @@ from planzoom import tracing
 from planzoom.config import Settings, get_settings
 from planzoom.metrics import serve_metrics
 from planzoom.server import service_process
-from planzoom.storage import ObjectStore
+from planzoom.storage import AsyncReader, ObjectStore
 from services.gateway import (
     downloads,
     job_routes,
@@ -34,6 +35,7 @@ from services.gateway import (
     webhooks,
 )
 from services.gateway.access import Gatekeeper
+from services.gateway.archives import Archives
 from services.gateway.bus import Bus
 from services.gateway.upstream import Upstream
 
@@ -48,9 +50,11 @@ class Gateway:
     gatekeeper: Gatekeeper
     upstream: Upstream
     store: ObjectStore
+    reader: AsyncReader  # tiles' and descriptors' reads, on the event loop
     bus: Bus
     uploads: uploads.Uploads
     webhooks: webhooks.Webhooks
+    archives: Archives
 
 
 class BodyLimit:
@@ -67,6 +71,8 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
+        if length is None and b"transfer-encoding" not in headers:
+            return await self.app(scope, receive, send)  # no body (a GET)
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await self._refuse(scope, receive, send)
         seen = 0
@@ -106,10 +112,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         upstream, store = Upstream(settings), ObjectStore(settings)
+        reader = AsyncReader(store, settings.s3_max_connections)
         bus = await Bus.open(settings)
         hooks = webhooks.Webhooks(settings, bus)
-        app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream, store, bus,
-                                    uploads.Uploads(settings, bus, store, upstream), hooks)
+        app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream, store, reader, bus,
+                                    uploads.Uploads(settings, bus, store, upstream), hooks,
+                                    Archives(store, reader, settings.gateway_archives,
+                                             settings.gateway_tile_cache_bytes))
         sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
         await hooks.start()
         try:
@@ -118,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweep.cancel()
             await hooks.stop(settings.grpc_grace_seconds)
             await upstream.close()
+            await reader.aclose()
             await bus.close()
 
     app = FastAPI(title="planzoom gateway", version="1",
@@ -176,4 +186,4 @@ def run() -> None:
             log_config=None, access_log=False, proxy_headers=False,
             timeout_graceful_shutdown=settings.grpc_grace_seconds,
             ssl_certfile=settings.tls_cert_file, ssl_keyfile=settings.tls_key_file)
-        asyncio.run(uvicorn.Server(config).serve())
+        uvloop.run(uvicorn.Server(config).serve())

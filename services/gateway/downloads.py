@@ -7,7 +7,11 @@ is known before the first byte (every entry's size comes from the listing),
 and objects are fetched a few dozen ahead of the one being written. It holds
 ``<job_id>/manifest.json`` and, per page, ``page-<n>.dzi`` and
 ``page-<n>_files/<level>/<col>_<row>.<ext>``: exactly the layout
-OpenSeadragon opens.
+OpenSeadragon opens. A job of layout ARCHIVE is held as ``page-<n>.dzi``
+and ``page-<n>.pmtiles`` (the page's archive as one file, for a static
+host or bucket that answers range requests), unless a bundle cuts its
+levels or carries the viewer: then its tiles are unpacked into
+``page-<n>_files/``.
 
 A smaller offline bundle: ``?pages=1,3-5`` keeps those pages (1-based),
 ``?max_level=N`` keeps levels 0..N. A level-N bundle is itself a valid DZI
@@ -28,6 +32,7 @@ while it runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -41,9 +46,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from zipstream import ZipStream
 
-from planzoom.dzi import DziInfo, dzi_xml, level_size
+from planzoom.dzi import DziInfo, dzi_xml, level_size, tile_name
+from planzoom.engines.archive import ArchiveIndex
 from planzoom.errors import FailedPrecondition, InvalidInput, Unauthenticated
 from planzoom.ids import check_id
+from planzoom.keys import ARCHIVE_SUFFIX
 from planzoom.pages import level_dpi
 from planzoom.storage import ObjectNotFound, ObjectStore
 from services.gateway.viewer import STATIC_DIR, viewer_page
@@ -59,12 +66,14 @@ PAGES = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
 
 @dataclass
 class Entry:
-    """One file of the zip: bytes in hand, or an object to fetch."""
+    """One file of the zip: bytes in hand, or an object (or ``size`` bytes
+    of it from ``offset``) to fetch."""
 
     arcname: str
     size: int
     data: bytes | None = None
     key: str | None = None
+    offset: int | None = None
 
 
 def parse_pages(spec: str | None, total: int) -> list[int]:
@@ -98,11 +107,25 @@ def _bundle_page(record: dict, max_level: int | None) -> tuple[dict, DziInfo, in
     return scaled, info, top
 
 
+def _archive_tiles(store: ObjectStore, key: str, folder: str, page: int, top: int
+                   ) -> list[Entry]:
+    """The tiles of levels 0..``top`` of the page archive at ``key``, as
+    the DZI layout's files (each read by a range of the archive)."""
+    read = functools.partial(store.get_range, key)
+    index = ArchiveIndex.load(read)
+    return [Entry(f"{folder}/page-{page}_files/{tile_name(level, col, row, index.dzi.format)}",
+                  length, key=key, offset=offset)
+            for level, col, row, offset, length in index.tiles(read) if level <= top]
+
+
 def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int],
-                max_level: int | None) -> list[Entry]:
+                max_level: int | None, expand: bool = False) -> list[Entry]:
     """The zip entries of one ended job (``manifest``: its manifest.json),
-    under ``folder/``. Blocking (lists the bucket)."""
+    under ``folder/``: per page its ``.dzi`` and ``_files/`` tiles, or, for
+    a job of layout ARCHIVE kept whole (no ``max_level``, not ``expand``),
+    its ``.dzi`` and its archive as one file. Blocking (reads the bucket)."""
     prefix = manifest["tiles_prefix"]
+    archive = manifest.get("options", {}).get("layout") == "PYRAMID_LAYOUT_ARCHIVE"
     records, entries = [], []
     for page in pages:
         record = manifest["pages"][page - 1]
@@ -111,6 +134,14 @@ def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int
         record, info, top = _bundle_page(record, max_level)
         records.append(record)
         entries.append(Entry(f"{folder}/page-{page}.dzi", 0, data=dzi_xml(info)))
+        if archive:
+            key = f"{prefix}page-{page}.{ARCHIVE_SUFFIX}"
+            if max_level is None and not expand:
+                entries.append(Entry(f"{folder}/{key[len(prefix):]}", store.size(key) or 0,
+                                     key=key))
+            else:
+                entries += _archive_tiles(store, key, folder, page, top)
+            continue
         files = f"{prefix}page-{page}_files/"
         for key, size in store.list_sizes(files):
             level = key[len(files):].split("/", 1)[0]
@@ -150,7 +181,7 @@ def variant_entries(store: ObjectStore, manifest: dict, folder: str) -> list[Ent
 def build_zip(store: ObjectStore, entries: list[Entry]) -> ZipStream:
     """A sized ZipStream whose objects are fetched in order, PREFETCH ahead,
     by a thread pool, as the stream is read."""
-    fetched = _prefetch(store, [e.key for e in entries if e.key])
+    fetched = _prefetch(store, [(e.key, e.offset, e.size) for e in entries if e.key])
     zs = ZipStream(sized=True)
     for entry in entries:
         if entry.data is not None:
@@ -170,14 +201,20 @@ class _Next:
         yield next(self.fetched)
 
 
-def _prefetch(store: ObjectStore, keys: list[str]) -> Iterator[bytes]:
+def _prefetch(store: ObjectStore, wanted: list[tuple[str, int | None, int]]
+              ) -> Iterator[bytes]:
+    """The bytes of each (key, offset, size): a whole object, or a range."""
+
+    def fetch(key: str, offset: int | None, size: int) -> bytes:
+        return store.get_bytes(key) if offset is None else store.get_range(key, offset, size)
+
     def generate():
         with ThreadPoolExecutor(8) as pool:
-            window = [pool.submit(store.get_bytes, k) for k in keys[:PREFETCH]]
-            for i in range(len(keys)):
+            window = [pool.submit(fetch, *w) for w in wanted[:PREFETCH]]
+            for i in range(len(wanted)):
                 data = window.pop(0).result()
-                if i + PREFETCH < len(keys):
-                    window.append(pool.submit(store.get_bytes, keys[i + PREFETCH]))
+                if i + PREFETCH < len(wanted):
+                    window.append(pool.submit(fetch, *wanted[i + PREFETCH]))
                 yield data
     return generate()
 
@@ -217,7 +254,7 @@ async def download(request: Request, job_id: str, pages: str | None = None,
     manifest = await read_manifest(gw.store, place.tiles_prefix, job_id)
     selected = parse_pages(pages, len(manifest["pages"]))
     entries = await asyncio.to_thread(job_entries, gw.store, manifest, job_id, selected,
-                                      max_level)
+                                      max_level, viewer)
     if viewer:
         bundle = json.loads(entries[0].data)  # the bundle's manifest.json
         entries += viewer_entries(bundle, job_id)

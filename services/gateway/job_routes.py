@@ -18,6 +18,7 @@ from fastapi import APIRouter, Header, Query, Request
 from google.protobuf import json_format
 from sse_starlette.sse import EventSourceResponse
 
+from planzoom import keys
 from planzoom.ids import check_id
 from planzoom.states import ended
 from planzoom.updates import apply_update
@@ -128,16 +129,23 @@ async def job_links(request: Request, job_id: str) -> dict:
     """Links that work without a bearer token until ``expires_at`` (RFC 3339):
     ``cap`` (append ``?cap=`` to any tile, descriptor or download URL of this
     job), ``dzi`` (one descriptor URL per page, 1-based page order) and
-    ``download``. Needs the viewer role."""
+    ``download``; for a job of layout ARCHIVE also ``archives``: each page's
+    archive as a presigned URL of the bucket, for a PMTiles reader's range
+    requests (the viewer's ``#source=archive``). Needs the viewer role."""
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     job = await gw.upstream.get_job(access, check_id("job_id", job_id))
     cap, expires = gw.gatekeeper.sign(Link(job.job_id, job.plan.org, job.tiles_prefix,
-                                           access.caller.subject))
+                                           access.caller.subject, keys.is_archive(job.options)))
     base = str(request.base_url).rstrip("/") + f"/v1/jobs/{job.job_id}"
-    return {
+    links = {
         "cap": cap,
         "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
         "dzi": [f"{base}/pages/{n}.dzi?cap={cap}" for n in range(1, job.total_pages + 1)],
         "download": f"{base}/download?cap={cap}",
     }
+    if keys.is_archive(job.options):
+        links["archives"] = [gw.store.presigned_get(keys.archive_key(job.plan, job.job_id, n),
+                                                    gw.settings.gateway_link_seconds)
+                             for n in range(1, job.total_pages + 1)]
+    return links

@@ -6,22 +6,30 @@ tile source OpenSeadragon derives from a ``.dzi`` URL): a page's descriptor
 ``/v1/jobs/{job_id}/pages/{n}_files/{level}/{col}_{row}.{ext}`` (level 0 is
 1x1 pixel, the last level full resolution; col and row count tiles from the
 top left). A job's outputs never change once written, so answers carry
-``Cache-Control: public, max-age=…, immutable`` and the object's ``ETag``
+``Cache-Control: public, max-age=…, immutable`` and an ``ETag``
 (``If-None-Match`` gets 304). With ``PLANZOOM_GATEWAY_TILE_REDIRECT`` a
 tile is a 307 to a presigned GET of the bucket (which stays private).
+
+The URLs are the same whatever the job's layout: in layout ARCHIVE the
+descriptor comes from the page's archive's metadata and each tile is one
+range GET of the archive, once its directory is known
+(:mod:`services.gateway.archives`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
+from planzoom.dzi import dzi_xml
 from planzoom.errors import NotFound
 from planzoom.ids import check_id
-from planzoom.keys import VARIANT_NAME
+from planzoom.keys import ARCHIVE_SUFFIX, VARIANT_NAME
 from planzoom.storage import ObjectNotFound
 from services.gateway.upstream import JobPlace
 
@@ -53,6 +61,24 @@ async def _place(request: Request, job_id: str) -> JobPlace:
     return await gw.upstream.place(access, job_id)
 
 
+async def _immutable(request: Request, content_type: str, etag: str,
+                     data: bytes | Callable[[], Awaitable[bytes]]) -> Response:
+    """A part of an object that never changes: ``data`` (or what ``data()``
+    reads) with ``etag``, a digest that names it; 304 when the client holds
+    it, without reading it."""
+    gw = request.app.state.gateway
+    headers = {"ETag": etag,
+               "Cache-Control": f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    body = data if isinstance(data, bytes) else await data()
+    return Response(body, media_type=content_type, headers=headers)
+
+
+def _digest(*parts: object) -> str:
+    return '"' + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest() + '"'
+
+
 async def _object(request: Request, key: str, content_type: str) -> Response:
     gw = request.app.state.gateway
     cache = f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"
@@ -62,8 +88,7 @@ async def _object(request: Request, key: str, content_type: str) -> Response:
                                       gw.settings.gateway_link_seconds)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     try:
-        data, etag, _ = await asyncio.to_thread(gw.store.get_if_changed, key,
-                                                request.headers.get("if-none-match"))
+        data, etag, _ = await gw.reader.get_if_changed(key, request.headers.get("if-none-match"))
     except ObjectNotFound:
         raise _absent(request.url.path) from None
     headers = {"ETag": etag, "Cache-Control": cache}
@@ -84,6 +109,14 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
     Bearer (viewer) or ``?cap=``."""
     if match := PAGE_DZI.fullmatch(name):
         place = await _place(request, job_id)
+        if place.archive:
+            try:
+                index = await request.app.state.gateway.archives.index(
+                    f"{place.tiles_prefix}page-{match[1]}.{ARCHIVE_SUFFIX}")
+            except ObjectNotFound:
+                raise _absent(request.url.path) from None
+            xml = dzi_xml(index.dzi)
+            return await _immutable(request, CONTENT_TYPES["dzi"], _digest(xml), xml)
         return await _object(request, f"{place.tiles_prefix}page-{match[1]}.dzi",
                              CONTENT_TYPES["dzi"])
     if match := PAGE_VARIANT.fullmatch(name):
@@ -104,6 +137,19 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
     if not page or not cell or not 0 <= level <= 64:
         raise _absent(f"tile {files}/{level}/{tile}")
     place = await _place(request, job_id)
+    if place.archive:
+        archives = request.app.state.gateway.archives
+        key = f"{place.tiles_prefix}page-{page[1]}.{ARCHIVE_SUFFIX}"
+        try:
+            found = await archives.locate(key, level, int(cell[1]), int(cell[2]), cell[3])
+        except ObjectNotFound:
+            found = None
+        if found is None:
+            raise _absent(f"tile {files}/{level}/{tile}")
+        # An archive never changes once written: where the bytes are in it
+        # names them (identical tiles, stored once, share it).
+        return await _immutable(request, CONTENT_TYPES[cell[3]], _digest(key, *found),
+                                lambda: archives.read(key, *found))
     key = f"{place.tiles_prefix}page-{page[1]}_files/{level}/{cell[1]}_{cell[2]}.{cell[3]}"
     return await _object(request, key, CONTENT_TYPES[cell[3]])
 

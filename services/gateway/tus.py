@@ -24,7 +24,10 @@ EXTENSIONS = "creation,creation-with-upload,termination,expiration"
 OFFSET_TYPE = "application/offset+octet-stream"
 #: Job options an upload's metadata may set, and their types.
 OPTION_FIELDS = {"dpi": float, "tile_size": int, "overlap": int, "jpeg_quality": int}
-METADATA_KEYS = {"org", "project", "plan", "filename", "filetype", *OPTION_FIELDS}
+#: The pyramid layouts an upload's metadata may name (JobOptions.layout).
+LAYOUTS = {"files": jobs_pb2.PYRAMID_LAYOUT_FILES, "archive": jobs_pb2.PYRAMID_LAYOUT_ARCHIVE}
+METADATA_KEYS = {"org", "project", "plan", "filename", "filetype", "layout", *OPTION_FIELDS}
+
 
 def timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
@@ -80,6 +83,11 @@ def job_request(meta: dict[str, str], caller_org: str
             except ValueError:
                 raise InvalidInput(f"option {name} must be a number, not {meta[name]!r}",
                                    field=f"options.{name}") from None
+    if "layout" in meta:
+        if meta["layout"] not in LAYOUTS:
+            raise InvalidInput(f"layout must be one of {sorted(LAYOUTS)}, not "
+                               f"{meta['layout'][:40]!r}", field="options.layout")
+        options.layout = LAYOUTS[meta["layout"]]
     return plan, options, meta.get("filename", "")[:255]
 
 

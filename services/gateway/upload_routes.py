@@ -9,7 +9,8 @@ uploads themselves.
   base64(value)`` pairs, comma-separated) names ``project`` and ``plan``
   (required), ``org`` (default: the caller's), ``filename``, ``filetype``
   (a video's content type lets it use the video size limit), and the job
-  options ``dpi``, ``tile_size``, ``overlap``, ``jpeg_quality``. Ingest's
+  options ``dpi``, ``tile_size``, ``overlap``, ``jpeg_quality``, ``layout``
+  (``files`` or ``archive``). Ingest's
   CreateUploadUrl checks the plan, the caller (uploader of that org) and
   the size, and names the object the file is assembled at.
 - ``PATCH`` appends bytes at ``Upload-Offset``; a cut connection keeps every

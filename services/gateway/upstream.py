@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from planzoom import tracing
+from planzoom import keys, tracing
 from planzoom.config import Settings
 from planzoom.errors import NotFound
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
@@ -43,6 +43,7 @@ class JobPlace:
 
     org: str
     tiles_prefix: str
+    archive: bool  # layout ARCHIVE: each page's pyramid in one object
 
 
 class Upstream:
@@ -103,7 +104,8 @@ class Upstream:
         return list(resp.jobs)
 
     def _remember(self, job: jobs_pb2.Job) -> None:
-        self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix)
+        self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix,
+                                            keys.is_archive(job.options))
         self._places.move_to_end(job.job_id)
         while len(self._places) > CACHED_JOBS:
             self._places.popitem(last=False)
@@ -113,7 +115,7 @@ class Upstream:
         a signed link, the cache (a job's prefix never changes) or GetJob.
         A job of another org is NotFound, exactly as an unknown one."""
         if access.link is not None:
-            return JobPlace(access.link.org, access.link.tiles_prefix)
+            return JobPlace(access.link.org, access.link.tiles_prefix, access.link.archive)
         place = self._places.get(job_id)
         if place is None:
             job = await self.get_job(access, job_id)

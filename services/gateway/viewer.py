@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from planzoom.ids import check_id
@@ -30,17 +31,21 @@ def viewer_page(config: dict, static_url: str) -> str:
 
 
 @router.get("/view/{job_id}", response_class=HTMLResponse, summary="The plan viewer")
-async def view(job_id: str) -> HTMLResponse:
+async def view(request: Request, job_id: str) -> HTMLResponse:
     """An HTML page showing the job live: page strip, deep zoom of the
     selected page, progress. Open it as ``/view/{job_id}#token=<bearer
     token>``; the page itself holds no data, so it needs no token."""
     config = {"mode": "live", "jobId": check_id("job_id", job_id), "api": "/v1",
               "static": "/static"}
+    # #source=archive reads archives from the bucket (presigned URLs) itself.
+    bucket = urlsplit(request.app.state.gateway.store.client.meta.endpoint_url)
+    bucket_origin = f"{bucket.scheme}://{bucket.netloc}"
     return HTMLResponse(viewer_page(config, "/static"), headers={
         "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
         # blob: for media and workers: hls.js feeds the <video> through a
         # MediaSource and transmuxes in a worker.
-        "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+        "Content-Security-Policy": f"default-src 'self'; connect-src 'self' {bucket_origin}; "
+                                   "img-src 'self' data: blob:; "
                                    "media-src 'self' blob:; worker-src 'self' blob:; "
                                    "script-src 'self' 'unsafe-inline'; style-src 'self' "
                                    "'unsafe-inline'; frame-ancestors 'none'"})

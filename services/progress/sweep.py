@@ -2,7 +2,7 @@
 message or a stopped process left behind, and flag jobs nobody reports on.
 
 For each job: a record left ``finalizing`` is finalized; pages complete in
-S3 (their ``.dzi``) or failed in the dead letters that the record missed
+S3 (their ``.dzi`` or archive) or failed in the dead letters that the record missed
 are recorded; page jobs of a released job that were never published are
 published (within the render stream's duplicate window); a job with no
 report for ``PLANZOOM_STALL_SECONDS`` is flagged ``stalled``. Then each
@@ -23,7 +23,8 @@ from planzoom import keys, metrics
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
 from planzoom.config import Settings
-from planzoom.dzi import done_record, parse_dzi
+from planzoom.dzi import done_record
+from planzoom.engines.archive import page_descriptor
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.messaging.topology import DEAD_LETTER_STREAM, DUPLICATE_WINDOW_SECONDS
 from planzoom.states import ENDED_PAGE_STATES, ended
@@ -65,12 +66,12 @@ class Sweeper:
 
     async def reconcile(self, job_id: str, settled_seconds: float = 0.0
                         ) -> tuple[jobs_pb2.Job, list[int]]:
-        """Record the outcomes the record missed: pages whose ``.dzi`` is in
-        S3 (DONE), written at least ``settled_seconds`` ago, and pages in the
-        dead letters (FAILED, with the reason). Returns the record and the
-        pages repaired. Raises JobNotFound.
+        """Record the outcomes the record missed: pages whose ``.dzi`` (or
+        archive) is in S3 (DONE), written at least ``settled_seconds`` ago,
+        and pages in the dead letters (FAILED, with the reason). Returns the
+        record and the pages repaired. Raises JobNotFound.
 
-        The sweep passes the stall timeout: a ``.dzi`` is written just
+        The sweep passes the stall timeout: a completion mark is written just
         before its page's DONE report, and taking the page DONE from the
         bucket while that report (or the render's, with the page's bands
         and variants) is still on its way would drop what they carry (a
@@ -92,18 +93,20 @@ class Sweeper:
         return job, repaired
 
     async def _done_in_s3(self, job: jobs_pb2.Job, pages: set[int], before: float) -> list:
-        """DONE records for ``pages`` whose ``.dzi`` was written before
-        ``before`` (epoch seconds)."""
-        # One level only: the .dzi files, not the tiles under page-N_files/.
+        """DONE records for ``pages`` whose completion mark (``.dzi`` or
+        archive, planzoom.keys.done_key) was written before ``before``
+        (epoch seconds)."""
+        # One level only: the marks, not the tiles under page-N_files/.
         present = {key for key, modified in await asyncio.to_thread(
             lambda: list(self.store.list_objects(job.tiles_prefix, recursive=False)))
             if modified <= before}
         found = []
         for page in sorted(pages):
-            key = keys.dzi_key(job.plan, job.job_id, page)
+            key = keys.done_key(job.plan, job.job_id, page, job.options)
             if key in present:
-                xml = await asyncio.to_thread(self.store.get_bytes, key)
-                found.append(done_record(page, parse_dzi(xml), key))
+                dzi = await asyncio.to_thread(page_descriptor, key, self.store.get_range,
+                                              self.store.get_bytes)
+                found.append(done_record(page, dzi))
         return found
 
     async def _failed_in_dead_letters(self, job: jobs_pb2.Job, pages: set[int]) -> list:

@@ -90,7 +90,7 @@ class Render(SourceStage):
             return
         # Report before handing the page on, so that this report precedes the
         # tile worker's DONE on the job's progress subject (a DONE page takes
-        # no later report; DONE carries the DPI too, should they cross anyway).
+        # no later report; DONE carries the bands too, should they cross).
         await self.report(job, jobs_pb2.PageRecord(
             page=job.page, state=jobs_pb2.PAGE_STATE_TILING, bands=result.bands,
             variants=variants), delivery.attempt)

@@ -1,5 +1,7 @@
-"""Tile worker: ``pages.tile`` → raster streamed from S3 → DZI pyramid
-(libvips) → tiles in S3 while the rest is still being cut, ``.dzi`` last.
+"""Tile worker: ``pages.tile`` → raster streamed from S3 → DZI pyramid →
+tiles in S3 while the rest is still being cut: one object per tile and the
+``.dzi`` last (layout FILES), or one archive per page written in parts
+(layout ARCHIVE, planzoom.engines.archive).
 
 The PUTs run in ``PLANZOOM_TILE_PUT_PROCESSES`` child processes
 (:mod:`services.tile.put_pool`) so that they do not share a GIL with the
@@ -9,20 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import Future
 
 from planzoom import keys, metrics, tracing
 from planzoom.backend import PageStage
 from planzoom.config import Settings
-from planzoom.dzi import DziInfo, done_record, dzi_xml, parse_dzi
+from planzoom.dzi import DziInfo, done_record, dzi_xml, tile_name
+from planzoom.engines import archive
+from planzoom.engines.archive import page_descriptor
 from planzoom.engines.pyramid import cut_pyramid
 from planzoom.engines.raster import raster_rows
 from planzoom.errors import Cancelled
 from planzoom.heap import keep_freed_blocks
+from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.v1 import events_pb2
+from planzoom.storage import PartUpload
+from planzoom.v1 import events_pb2, jobs_pb2
 from services.tile.put_pool import PutPool
 
 log = logging.getLogger(__name__)
@@ -56,12 +63,11 @@ class Tile(PageStage):
     async def release(self) -> None:
         await asyncio.to_thread(self.puts.close)
 
-    async def _report_done(self, job: events_pb2.TileJob, dzi: DziInfo, dzi_key: str,
-                           attempt: int) -> None:
+    async def _report_done(self, job: events_pb2.TileJob, dzi: DziInfo, attempt: int) -> None:
         # Complete on its own (bands too): a DONE page takes no later report,
         # so it must not depend on the render's report arriving first. (Its
         # DPI and sizes are in the record from ingest.)
-        record = done_record(job.page, dzi, dzi_key)
+        record = done_record(job.page, dzi)
         record.bands, record.attempts = job.bands, attempt
         await self.report(job, record, attempt)
 
@@ -69,23 +75,25 @@ class Tile(PageStage):
         job = events_pb2.TileJob.FromString(data)
         tracing.annotate(job_id=job.job_id, page=job.page)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
-        dzi_key = keys.dzi_key(job.plan, job.job_id, job.page)
+        done_key = keys.done_key(job.plan, job.job_id, job.page, job.options)
         if await self.skip_ended(job, ctx):
             # A page job delivered again after its job ended: its raster is
             # not needed any more (work/<job>/ must end up empty).
             await asyncio.to_thread(self.store.delete, job.raster_key)
             return
-        if await asyncio.to_thread(self.store.exists, dzi_key):
+        if await asyncio.to_thread(self.store.exists, done_key):
             # Redelivered after the page was finished: report, don't re-tile.
-            dzi = parse_dzi(await asyncio.to_thread(self.store.get_bytes, dzi_key))
+            dzi = await asyncio.to_thread(page_descriptor, done_key, self.store.get_range,
+                                          self.store.get_bytes)
             log.info("page already tiled", extra=ctx)
             metrics.PAGES.labels(self.name, "done").inc()
-            await self._report_done(job, dzi, dzi_key, delivery.attempt)
+            await self._report_done(job, dzi, delivery.attempt)
             return
 
         log.info("tiling page", extra=ctx)
         started = time.monotonic()
-        files = keys.page_files_prefix(job.plan, job.job_id, job.page)
+        layout = (ArchiveLayout(self, job, done_key, delivery.attempt)
+                  if keys.is_archive(job.options) else FilesLayout(self, job, done_key))
         loop = asyncio.get_running_loop()
         last_check = [time.monotonic()]
 
@@ -102,16 +110,14 @@ class Tile(PageStage):
             if cancelled:
                 raise JobCancelled
 
-        def put(key: str, data: bytes) -> Future:
-            return self.puts.put(files + key, data, "image/jpeg")
-
         def tile() -> DziInfo:
+            layout.begin()
             body = self.store.get_stream(job.raster_key)
             try:
                 return cut_pyramid(
                     raster_rows(body, job.width_px, job.height_px, job.bands),
                     job.width_px, job.height_px, job.bands, job.options.tile_size,
-                    job.options.overlap, job.options.jpeg_quality, put,
+                    job.options.overlap, job.options.jpeg_quality, layout.store,
                     max_in_flight=4 * self.s.tile_put_concurrency, check=check,
                 )
             finally:
@@ -120,22 +126,124 @@ class Tile(PageStage):
         try:
             dzi = await asyncio.to_thread(tile)
         except JobCancelled:
-            removed = await asyncio.to_thread(self.store.delete_prefix, files)
-            # and the variants render made beside it (page-<n>.<variant>.<ext>)
-            removed += await asyncio.to_thread(
-                self.store.delete_prefix, keys.tiles_prefix(job.plan, job.job_id)
-                + keys.page_name(job.page) + ".")
-            log.info("job cancelled; page stopped, its tiles removed",
-                     extra={**ctx, "tiles": removed})
-            metrics.PAGES.labels(self.name, "skipped").inc()
+            await self._remove_page(job, layout, ctx)
             return
-        # The descriptor goes last: its presence means the page is complete.
-        await asyncio.to_thread(self.store.put_bytes, dzi_key, dzi_xml(dzi), "application/xml")
+        except BaseException:
+            # To be tried again: nothing of this attempt may look complete.
+            await asyncio.to_thread(layout.abandon)
+            raise
+        # Last: its completion mark (the .dzi, or the archive itself).
+        await asyncio.to_thread(layout.finish, dzi)
+        if await self.jobs.ended(job.job_id):
+            # Ended while the mark went up: the job's end may have missed it.
+            await self._remove_page(job, layout, ctx)
+            return
         # Watchers hear of the page first; the raster goes after (if this
         # process stops in between, the job's end removes work/<job>/).
-        await self._report_done(job, dzi, dzi_key, delivery.attempt)
+        await self._report_done(job, dzi, delivery.attempt)
         await asyncio.to_thread(self.store.delete, job.raster_key)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)
         metrics.PAGES.labels(self.name, "done").inc()
+        metrics.PYRAMID_REQUESTS.labels(layout.name).inc(layout.requests)
         log.info("page tiled", extra={**ctx, "tiles": dzi.tile_count(), "levels": dzi.levels,
+                                      "s3_requests": layout.requests,
                                       "seconds": round(time.monotonic() - started, 2)})
+
+
+    async def _remove_page(self, job: events_pb2.TileJob, layout, ctx: dict) -> None:
+        """Remove what a page of an ended job left: its pyramid, and the
+        variants render made beside it (``page-<n>.<variant>.<ext>``);
+        unless the record has the page DONE (another delivery of the same
+        page finished it first) or is gone (nothing more to tidy)."""
+        try:
+            record = await self.jobs.get(job.job_id)
+        except JobNotFound:
+            return
+        if any(p.page == job.page and p.state == jobs_pb2.PAGE_STATE_DONE
+               for p in record.pages):
+            log.info("job ended; page was finished by another delivery", extra=ctx)
+            return
+        removed = await asyncio.to_thread(layout.remove)
+        removed += await asyncio.to_thread(
+            self.store.delete_prefix, keys.tiles_prefix(job.plan, job.job_id)
+            + keys.page_name(job.page) + ".")
+        log.info("job cancelled; page stopped, its tiles removed",
+                 extra={**ctx, "objects": removed})
+        metrics.PAGES.labels(self.name, "skipped").inc()
+
+
+class FilesLayout:
+    """A page's pyramid as one object per tile (``page-<n>_files/``, PUT by
+    the stage's put processes as each tile is cut), its ``.dzi`` last."""
+
+    name = "files"
+
+    def __init__(self, stage: Tile, job: events_pb2.TileJob, done_key: str):
+        self.stage, self.done_key = stage, done_key
+        self.files = keys.page_files_prefix(job.plan, job.job_id, job.page)
+        self._lock = threading.Lock()
+        self.requests = 0  # S3 requests made for the pyramid so far
+
+    def _count(self) -> None:
+        with self._lock:  # PUTs are handed over from the encoder threads
+            self.requests += 1
+
+    def begin(self) -> None:
+        pass
+
+    def store(self, level: int, col: int, row: int, data: bytes) -> Future:
+        self._count()
+        return self.stage.puts.put(self.files + tile_name(level, col, row, "jpg"), data,
+                                   "image/jpeg")
+
+    def finish(self, dzi: DziInfo) -> None:
+        # The descriptor goes last: its presence means the page is complete.
+        self._count()
+        self.stage.store.put_bytes(self.done_key, dzi_xml(dzi), "application/xml")
+
+    def abandon(self) -> None:
+        """A retry overwrites the tiles; nothing marks them complete."""
+
+    def remove(self) -> int:
+        return self.stage.store.delete_prefix(self.files)
+
+
+class ArchiveLayout:
+    """A page's pyramid as one object, ``page-<n>.pmtiles``
+    (planzoom.engines.archive), its parts uploaded as the tiles come
+    (PLANZOOM_ARCHIVE_PART_BYTES each; a smaller pyramid is one PUT); it
+    appears complete, or not at all, when the upload is joined."""
+
+    name = "archive"
+
+    def __init__(self, stage: Tile, job: events_pb2.TileJob, done_key: str, attempt: int):
+        self.stage, self.job, self.done_key, self.attempt = stage, job, done_key, attempt
+        self.upload = PartUpload(stage.store, done_key, archive.CONTENT_TYPE)
+        self.writer: archive.ArchiveWriter | None = None
+        self._cleanup = 0
+
+    @property
+    def requests(self) -> int:
+        """S3 requests made for the pyramid so far."""
+        return self.upload.requests + self._cleanup
+
+    def begin(self) -> None:
+        if self.attempt > 1:  # an earlier attempt may have left parts behind
+            self._cleanup = 1 + self.stage.store.abort_uploads(self.done_key)
+        dzi = DziInfo(self.job.width_px, self.job.height_px, self.job.options.tile_size,
+                      self.job.options.overlap, "jpg")
+        self.writer = archive.ArchiveWriter(dzi, self.upload.part,
+                                            self.stage.s.archive_part_bytes)
+
+    def store(self, level: int, col: int, row: int, data: bytes):
+        return self.writer.add(level, col, row, data)
+
+    def finish(self, dzi: DziInfo) -> None:
+        self.upload.finish(self.writer.finish().head)
+
+    def abandon(self) -> None:
+        self.upload.abort()
+
+    def remove(self) -> int:
+        self.upload.abort()
+        return 0

@@ -1,6 +1,6 @@
-"""One embedded stack per session: a real NATS server with JetStream, moto's
-S3 service over HTTP behind a fault-injecting proxy, and the four services as
-processes, talked to over real gRPC sockets."""
+"""One embedded stack per session: a real NATS server with JetStream,
+SeaweedFS's S3 API behind a fault-injecting proxy, and the services as
+processes, talked to over real gRPC and HTTP sockets."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ SWEEP_SECONDS = 2
 UPLOAD_IDLE_SECONDS = 3
 MAX_JOB_PIXELS = 50_000_000_000
 TILE_PUT_TIMEOUT_SECONDS = 5
+# S3's smallest part, so archives of a few pages already go out in parts.
+ARCHIVE_PART_BYTES = 5 * 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +64,7 @@ def stack(tmp_path_factory, s3_proxy, otlp) -> EmbeddedStack:
             "PLANZOOM_UPLOAD_IDLE_SECONDS": str(UPLOAD_IDLE_SECONDS),
             "PLANZOOM_MAX_JOB_PIXELS": str(MAX_JOB_PIXELS),
             "PLANZOOM_TILE_PUT_TIMEOUT_SECONDS": str(TILE_PUT_TIMEOUT_SECONDS),
+            "PLANZOOM_ARCHIVE_PART_BYTES": str(ARCHIVE_PART_BYTES),
             "PLANZOOM_LOG_LEVEL": "INFO",
             # Traces on, as an operator turns them on, exported every 0.2 s.
             "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url,

@@ -225,3 +225,39 @@ def test_the_viewer_plays_a_video_with_hls_js(stack, browser, corpus, client):
     assert failed == [], failed
     assert page.evaluate("() => document.getElementById('osd').hidden")
     page.close()
+
+
+def test_the_viewer_reads_archives_straight_from_the_bucket(stack, browser, corpus, client,
+                                                            s3_proxy):
+    """A job of layout ARCHIVE, opened with #source=archive: its tiles come
+    from the pages' archives in the bucket by range requests (presigned
+    URLs, the pmtiles reader), none through the gateway's tile route."""
+    resp = client.submit(str(corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"),
+                         jobs_pb2.PlanRef(org="acme", project="viewer", plan="archives"),
+                         jobs_pb2.JobOptions(dpi=60, layout=jobs_pb2.PYRAMID_LAYOUT_ARCHIVE))
+    job = wait_ended(client, resp.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
+    page = browser.new_page()
+    failures: list[str] = []
+    page.on("requestfailed", lambda r: failures.append(f"{r.url}: {r.failure}")
+            if "/events" not in r.url else None)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
+    page.goto(f"{stack.gateway_url}/view/{job.job_id}#token={stack.token('acme', 'viewer')}"
+              "&source=archive")
+    for n in (1, 7):
+        page.evaluate(f"planzoom.select({n})")
+        page.wait_for_function(f"() => planzoom.page === {n} && planzoom.shown === '{n}:dzi' "
+                               "&& planzoom.viewer.world.getItemCount() > 0 && "
+                               "planzoom.viewer.world.getItemAt(0).getFullyLoaded()",
+                               timeout=30_000)
+        shot = pyvips.Image.new_from_buffer(page.locator("#osd").screenshot(), "")[:3]
+        assert shot.min() < 80 and shot.max() > 200, f"page {n} is drawn"
+    from_bucket = [u for u in requested if ".pmtiles" in u]
+    assert from_bucket and all(u.startswith(stack.s3_endpoint) or
+                               u.startswith(s3_proxy.url) for u in from_bucket)
+    assert not [u for u in requested if "_files/" in u], "no tile through the gateway"
+    assert not failures and not errors, (failures, errors)
+    page.close()

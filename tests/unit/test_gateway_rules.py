@@ -86,3 +86,33 @@ def test_payload_is_the_documented_json():
                             "state": "JOB_STATE_FAILED", "total_pages": 3,
                             "completed_pages": 2, "failed_pages": 1, "error": "page 3: broken",
                             "reason": "PAGES_FAILED", "finished_at": "2027-01-15T08:00:00Z"}
+
+
+def _cap_request(cap: str):
+    from starlette.requests import Request
+
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": [],
+                    "query_string": f"cap={cap}".encode(), "client": ("192.0.2.1", 1)})
+
+
+def test_a_signed_link_is_verified_once_and_still_expires(monkeypatch):
+    import time
+
+    from planzoom.errors import NotFound, Unauthenticated
+    from services.gateway.access import Gatekeeper, Link
+
+    gate = Gatekeeper(Settings(gateway_signing_key="k" * 32, gateway_link_seconds=60),
+                      verifier=object())
+    cap, _ = gate.sign(Link("j1", "acme", "tiles/acme/p/l/j1/", "dev:acme:viewer", True))
+    access = gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1")
+    assert access.link.archive and access.caller.org == "acme"
+    assert gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1") == access
+    with pytest.raises(NotFound):  # a link opens its own job only
+        gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j2")
+    with pytest.raises(Unauthenticated):  # one character changed
+        gate.check(_cap_request(cap[:-1] + ("A" if cap[-1] != "A" else "B")), "viewer",
+                   allow_link=True, job_id="j1")
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthenticated, match="expired"):
+        gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1")

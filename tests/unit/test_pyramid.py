@@ -12,7 +12,7 @@ import pytest
 import pyvips
 import zstandard
 
-from planzoom.dzi import level_count, parse_dzi
+from planzoom.dzi import level_count, parse_dzi, tile_name
 from planzoom.engines.pyramid import (
     JpegEncoder,
     PyramidBuilder,
@@ -131,15 +131,15 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
     image = _raster(600, 600, 1)
     stored: list[str] = []
 
-    def put(key: str, data: bytes) -> None:
+    def put(level: int, col: int, row: int, data: bytes) -> None:
         if len(stored) >= 5:
             raise OSError("disk full")
-        stored.append(key)
+        stored.append(tile_name(level, col, row, "jpg"))
 
     with ThreadPoolExecutor(2) as pool:
         with pytest.raises(OSError, match="disk full"):
             cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1, block_bytes=6000),
-                        600, 600, 1, 256, 1, 90, lambda k, d: pool.submit(put, k, d),
+                        600, 600, 1, 256, 1, 90, lambda *tile: pool.submit(put, *tile),
                         max_in_flight=2)
         assert len(stored) == 5
 
@@ -151,7 +151,7 @@ def test_cut_pyramid_stops_on_store_error_and_on_check():
 
         with pytest.raises(Stop):
             cut_pyramid(raster_rows(_zstd_rows(image), 600, 600, 1), 600, 600, 1, 256, 1, 90,
-                        lambda k, d: None, check=check)
+                        lambda *tile: None, check=check)
 
 
 def test_white_tiles_are_encoded_once():

@@ -35,6 +35,10 @@ function planzoomViewer(element, config) {
   const videoUrl = (file) => links ? `${config.api}/jobs/${config.jobId}/video/${file}?cap=${links.cap}` : null;
   const items = [];  // one button per page
 
+  // #source=archive: a job of layout ARCHIVE is read straight from the
+  // bucket or CDN that holds its pages' archives (presigned URLs from the
+  // links), by range requests, not through the gateway.
+  const fromArchives = /[#&]source=archive(&|$)/.test(location.hash);
   const token = (() => {
     if (config.mode !== "live") return null;
     const m = location.hash.match(/token=([^&]+)/);
@@ -79,7 +83,27 @@ function planzoomViewer(element, config) {
     return config.mode === "live" ? `${config.api}/jobs/${config.jobId}/pages/${n}.dzi`
                                   : `${config.base}page-${n}.dzi`;
   }
+  // A page's archive (PMTiles v3, DZI level L = zoom L) read with the
+  // pmtiles package: one range request per tile once its directory is in.
+  function archiveSource(n, url) {
+    const p = job.pages[n - 1], archive = new pmtiles.PMTiles(url);
+    const source = new OpenSeadragon.DziTileSource(p.width_px, p.height_px, p.tile_size,
+                                                   p.overlap, url, p.format);
+    source.getTileUrl = (level, x, y) => `${url}#${level}/${x}/${y}`;
+    source.downloadTileStart = (context) => {
+      const [level, x, y] = context.src.split("#").pop().split("/").map(Number);
+      archive.getZxy(level, x, y).then((tile) => {
+        if (!tile) { context.fail("no such tile in the archive", null); return; }
+        context.finish(new Blob([tile.data], {type: `image/${p.format === "jpg" ? "jpeg" : p.format}`}),
+                       null, "rasterBlob");
+      }, (e) => context.fail(`archive read failed: ${e}`, null));
+    };
+    source.downloadTileAbort = () => {};
+    return source;
+  }
   function tileSource(n) {
+    if (config.mode === "live" && fromArchives && links && links.archives)
+      return archiveSource(n, links.archives[n - 1]);
     if (config.mode === "live") return dziUrl(n);
     const p = job.pages[n - 1];  // inline: no XML request, so it opens from file:// too
     return {Image: {xmlns: "http://schemas.microsoft.com/deepzoom/2008",
