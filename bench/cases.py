@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,17 +73,23 @@ class JobRun:
     first_page: float  # submit → the first page DONE, seconds
     first_look: float | None  # submit → every page with its overview, seconds
     cpu: dict  # CPU seconds of each process, s3 and nats included
+    s3_requests: Counter  # the store's requests while the job ran, by kind
+    pyramid_requests: float  # of those, the ones that stored the pyramids
+    job: jobs_pb2.Job  # its record once COMPLETE
 
 
-def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str
-                 ) -> JobRun:
-    """Submit ``pdf`` at ``dpi`` and follow it to COMPLETE (WatchJob)."""
+def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
+                 layout: int = jobs_pb2.PYRAMID_LAYOUT_FILES) -> JobRun:
+    """Submit ``pdf`` at ``dpi`` in ``layout`` and follow it to COMPLETE
+    (WatchJob)."""
     plan = jobs_pb2.PlanRef(org="bench", project="bench", plan=tag)
     pids = {n: p.pid for n, p in stack.procs.items()}
     first_page = first_look = None
+    requests = stack.s3_requests()
+    pyramid = service_metric(stack, "tile", "planzoom_pyramid_s3_requests_total")
     with PeakSampler(pids) as sampler:
         t0 = time.monotonic()
-        resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi))
+        resp = client.submit(str(pdf), plan, jobs_pb2.JobOptions(dpi=dpi, layout=layout))
         for job in client.follow(resp.job_id):
             if first_page is None and job.completed_pages:
                 first_page = time.monotonic() - t0
@@ -97,7 +104,10 @@ def planzoom_job(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, ta
     # A service's peak is its largest process's (tile-2 counts as tile).
     peaks = {n: max(v for p, v in sampler.peak.items() if p.split("-")[0] == n) / 1024
              for n in SERVICES}
-    return JobRun(seconds, tiles, mpx, peaks, first_page, first_look, sampler.cpu)
+    return JobRun(seconds, tiles, mpx, peaks, first_page, first_look, sampler.cpu,
+                  stack.s3_requests() - requests,
+                  service_metric(stack, "tile", "planzoom_pyramid_s3_requests_total") - pyramid,
+                  job)
 
 def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, tag: str,
                   watchers: int) -> list[float]:
@@ -201,20 +211,37 @@ def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[f
     shutil.rmtree(work, ignore_errors=True)
     return seconds, tiles
 
-def stage_seconds(stack: EmbeddedStack, stage: str) -> float:
-    """Seconds all ``stage`` processes spent on pages so far (their
-    planzoom_stage_duration_seconds histograms)."""
+def service_metric(stack: EmbeddedStack, service: str, sample_name: str,
+                   **labels: str) -> float:
+    """The sum of one metric's samples (``sample_name`` with ``labels``)
+    over every running process of ``service`` (tile, tile-2, ...)."""
     total = 0.0
     for proc, port in stack.metrics_ports.items():
-        if not proc.startswith(stage) or proc not in stack.procs:
+        if not proc.startswith(service) or proc not in stack.procs:
             continue
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for family in text_string_to_metric_families(text.decode()):
             for sample in family.samples:
-                if sample.name == "planzoom_stage_duration_seconds_sum" and \
-                        sample.labels.get("stage") == stage:
+                if sample.name == sample_name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
     return total
+
+
+def stage_seconds(stack: EmbeddedStack, stage: str) -> float:
+    """Seconds all ``stage`` processes spent on pages so far (their
+    planzoom_stage_duration_seconds histograms)."""
+    return service_metric(stack, stage, "planzoom_stage_duration_seconds_sum", stage=stage)
+
+
+#: AWS S3 Standard list prices, US East, USD per 1,000 requests.
+PRICE_PER_1000 = {"PUT": 0.005, "POST": 0.005, "COPY": 0.005, "LIST": 0.005,
+                  "GET": 0.0004, "HEAD": 0.0004}
+
+
+def request_cost(requests: Counter) -> float:
+    """USD at :data:`PRICE_PER_1000` for ``requests`` (by kind; DELETE is free)."""
+    return sum(n * PRICE_PER_1000.get(kind, 0.0) for kind, n in requests.items()) / 1000
 
 def sheet_pdf(src: Path, page: int, width_in: float, height_in: float, out: Path) -> Path:
     """One page of ``src`` scaled to fit a ``width_in`` x ``height_in`` inch

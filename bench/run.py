@@ -46,16 +46,17 @@ import os
 import shutil
 import statistics
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import boto3
 import pypdfium2 as pdfium
-from services.tile.uploads import UploadPool
 
 from bench.cases import (
     compute_only,
     planzoom_job,
     reference,
+    request_cost,
     sheet_pdf,
     stage_seconds,
     watch_latency,
@@ -64,11 +65,14 @@ from bench.measure import Result
 from bench.peer import limit, peer
 from bench.progress import Scale, progress_at_scale
 from bench.stage import Stage, tile_stage
+from bench.viewers import GESTURE_COLUMNS, PAN_DPI, PAN_SET, Panning, viewers_case
 from planzoom.config import Settings
 from planzoom.storage import ObjectStore
+from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_devstack.faultproxy import FaultProxy
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports
+from services.tile.put_pool import PutPool
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PDF = ROOT.parent / "shared/corpus/arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
@@ -106,11 +110,17 @@ def main() -> None:
                     help="pages of the job the progress-at-scale case watches (0: skip it)")
     ap.add_argument("--no-peer", dest="peer", action="store_false",
                     help="skip the comparison with the strong peer")
-    ap.add_argument("--peer-only", action="store_true",
-                    help="only the comparison with the strong peer")
+    ap.add_argument("--only", choices=("peer", "viewers"),
+                    help="only the comparison with the strong peer, or only viewers panning")
+    ap.add_argument("--viewers", type=int, default=200,
+                    help="viewers panning at once in the tile-serving case (0: skip it)")
+    ap.add_argument("--pan-seconds", type=float, default=20.0,
+                    help="how long the viewers pan in each tile-serving case")
+    ap.add_argument("--pan-pause", type=float, default=3.0,
+                    help="mean seconds a viewer reads between pan gestures (bench/viewers.py)")
     a = ap.parse_args()
     sets = [(Path(s.rsplit("@", 1)[0]), float(s.rsplit("@", 1)[1]))
-            for s in (a.sets or DEFAULT_SETS)] if a.peer else []
+            for s in (a.sets or DEFAULT_SETS)] if a.peer and a.only != "viewers" else []
     for tool in ("pdftoppm", "vips", "vipsheader"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install poppler-utils libvips-tools")
@@ -142,7 +152,7 @@ def main() -> None:
                       aws_access_key_id=S3_ACCESS_KEY, aws_secret_access_key=S3_SECRET_KEY,
                       config=boto3.session.Config(max_pool_connections=threads))
     store = ObjectStore(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
-    uploads = UploadPool.from_settings(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
+    uploads = PutPool.from_settings(settings, credentials=(S3_ACCESS_KEY, S3_SECRET_KEY))
     total_pages = len(pdfium.PdfDocument(str(a.pdf)))
     pages = list(range(1, total_pages + 1))
     results = {k: Result(k, pages=total_pages) for k in (
@@ -159,7 +169,7 @@ def main() -> None:
             for (pdf, dpi), row in vs_peer.items():
                 row.measure(pdf, dpi, client, stack, endpoint, scratch, f"r{run}")
                 store.delete_prefix("peer/")
-            if a.peer_only:
+            if a.only:
                 continue
             secs, compute, tiles, mpx, peaks = reference(a.pdf, s3, "planzoom", scratch / "ref")
             for name, value in (("reference", secs), ("reference compute", compute)):
@@ -193,11 +203,16 @@ def main() -> None:
             for prefix in ("reference/", "ceiling/", "overlapped/", "tiles/"):
                 store.delete_prefix(prefix)  # each run starts from the same bucket
         scale = None
-        if a.scale_pages and not a.peer_only:
+        if a.scale_pages and not a.only:
             print(f"progress at scale: a {a.scale_pages}-page job, {a.watchers} streams",
                   flush=True)
             scale = progress_at_scale(stack, a.scale_pages, a.watchers)
-        if a.memory and not a.peer_only:
+        panning = []
+        if a.viewers and a.only in (None, "viewers"):
+            print(f"tile serving: {a.viewers} viewers panning", flush=True)
+            panning = viewers_case(stack, client, store, ROOT.parent / "shared/corpus" / PAN_SET,
+                                   PAN_DPI, a.viewers, a.pan_seconds, a.pan_pause)
+        if a.memory and not a.only:
             # One real colour drawing on a letter sheet and on a 36 x 48 in
             # sheet, both at 600 DPI: 34 MP against 622 MP.
             src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
@@ -215,8 +230,10 @@ def main() -> None:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
 
-    if a.peer_only:
-        print_vs_peer(vs_peer, a.runs)
+    if a.only:
+        if vs_peer:
+            print_vs_peer(vs_peer, a.runs)
+        print_panning(panning, a.pan_pause)
         return
     med = statistics.median
     ref = results["reference"]
@@ -281,6 +298,7 @@ def main() -> None:
         print_scale(scale)
     if vs_peer:
         print_vs_peer(vs_peer, a.runs)
+    print_panning(panning, a.pan_pause)
     if memory:
         print()
         print("peak RSS by sheet size, 600 DPI, one colour page (MiB):")
@@ -294,7 +312,11 @@ class PeerRow:
 
     def __init__(self):
         self.seconds: dict[str, list[float]] = {k: [] for k in (
-            "planzoom", "planzoom compute", "peer", "peer local")}
+            "planzoom", "planzoom archive", "planzoom compute", "peer", "peer local")}
+        #: the store's requests per page of each end-to-end case, by kind
+        self.requests: dict[str, Counter] = {}
+        #: requests per page that stored the pyramid (planzoom's cases)
+        self.pyramid_requests: dict[str, float] = {}
         self.limits = []
         self.first_look: list[float] = []  # submit → every page's overview
         self.first_page: list[float] = []  # submit → the first page DONE
@@ -310,10 +332,18 @@ class PeerRow:
         creds = (S3_ACCESS_KEY, S3_SECRET_KEY)
         self.seconds["peer local"].append(peer(pdf, pages, dpi, data / "peer", None,
                                                "planzoom", creds))
+        before = stack.s3_requests()
         self.seconds["peer"].append(peer(pdf, pages, dpi, data / "peer", endpoint,
                                          "planzoom", creds))
-        job = planzoom_job(client, stack, pdf, dpi, f"{tag}-peer-{pdf.stem[:20]}-{dpi:g}")
-        self.seconds["planzoom"].append(job.seconds)
+        self.requests["peer"] = per_page(stack.s3_requests() - before, len(pages))
+        for case, layout in (("planzoom", jobs_pb2.PYRAMID_LAYOUT_FILES),
+                             ("planzoom archive", jobs_pb2.PYRAMID_LAYOUT_ARCHIVE)):
+            job = planzoom_job(client, stack, pdf, dpi,
+                               f"{tag}-{layout}-{pdf.stem[:20]}-{dpi:g}".replace(".", "-"),
+                               layout)
+            self.seconds[case].append(job.seconds)
+            self.requests[case] = per_page(job.s3_requests, len(pages))
+            self.pyramid_requests[case] = job.pyramid_requests / len(pages)
         self.megapixels = job.megapixels
         self.first_page.append(job.first_page)
         if job.first_look is not None:
@@ -321,6 +351,11 @@ class PeerRow:
         self.seconds["planzoom compute"].append(
             compute_only(pdf, pages, dpi, data / "compute")[0])
         self.limits.append(limit(pdf, pages, dpi))
+
+
+def per_page(requests: Counter, pages: int) -> Counter:
+    """``requests`` (by kind) divided among ``pages``."""
+    return Counter({kind: n / pages for kind, n in requests.items()})
 
 
 def print_scale(s: Scale) -> None:
@@ -341,6 +376,28 @@ def print_scale(s: Scale) -> None:
           f"({1000 * s.cpu_seconds / s.events:.1f} ms per event)")
 
 
+def print_panning(rows: list[Panning], pause: float) -> None:
+    if not rows:
+        return
+    print()
+    print(f"tiles while viewers pan (bench/viewers.py: {PAN_SET[:40]} at {PAN_DPI:g} DPI, full "
+          f"resolution, 1920x1080 views, a gesture of {GESTURE_COLUMNS} tile columns every "
+          f"{pause:g} s on average, 6 connections per viewer; warm; latency from the "
+          f"request's sending and from the gesture's start; store GETs per tile served; "
+          f"CPU ms per tile of the gateway, the store and the viewers' "
+          f"process, {os.cpu_count()} cores for all):")
+    head = (f"  {'':<18}{'':>8}{'':>8}{'':>8}{'request ms':>21}{'gesture ms':>14}")
+    print(head)
+    head = (f"  {'case':<18}{'viewers':>8}{'tiles':>8}{'tiles/s':>8}{'p50':>7}{'p99':>7}"
+            f"{'max':>7}{'p50':>7}{'p99':>7}{'errors':>7}{'GETs/tile':>10}  CPU ms a tile")
+    print(head)
+    for r in rows:
+        cpu = ", ".join(f"{k} {1000 * v / max(1, r.tiles):.2f}" for k, v in r.cpu.items())
+        print(f"  {r.case:<18}{r.viewers:>8}{r.tiles:>8}{r.tiles / r.seconds:>8.0f}"
+              f"{r.ms(0.5):>7.1f}{r.ms(0.99):>7.1f}{r.ms(1.0):>7.1f}{r.ms(0.5, True):>7.1f}"
+              f"{r.ms(0.99, True):>7.1f}{r.errors:>7}{r.store_gets:>10.2f}  {cpu}")
+
+
 def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
     med = statistics.median
     cores = os.cpu_count() or 1
@@ -355,7 +412,7 @@ def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
         lim = row.limits
         compute_limit = med(x.compute_mp_s(cores) for x in lim)
         name = pdf.stem[:33]
-        for case, versus in (("planzoom", "peer"), ("peer", "peer"),
+        for case, versus in (("planzoom", "peer"), ("planzoom archive", "peer"), ("peer", "peer"),
                              ("planzoom compute", "peer local"), ("peer local", "peer local")):
             secs = med(row.seconds[case])
             rate = row.megapixels / secs
@@ -367,7 +424,24 @@ def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
               f"libjpeg-turbo {med(x.encode_mp_s for x in lim):.0f} MP/s per core "
               f"-> render+pyramid+encode {compute_limit:.0f} MP/s on {cores} cores")
     print("(x peer: end-to-end rows against the peer end to end, compute rows against the "
-          "peer to local disk; of limit: the row's MP/s over the limit's)")
+          "peer to local disk; of limit: the row's MP/s over the limit's; planzoom: layout "
+          "FILES, planzoom archive: layout ARCHIVE)")
+    print()
+    print("S3 requests per page (the store's own count, by kind, over the whole run of each "
+          "case; pyramid: those that stored the tiles or the archive) and their cost per "
+          "1,000 pages at AWS S3 list prices (PUT, POST, COPY, LIST $0.005 and GET, HEAD "
+          "$0.0004 per 1,000):")
+    for (pdf, dpi), row in rows.items():
+        for case in ("planzoom", "planzoom archive", "peer"):
+            if case not in row.requests:
+                continue
+            kinds = row.requests[case]
+            pyramid = f", pyramid {row.pyramid_requests[case]:.1f}" if case in \
+                row.pyramid_requests else ""
+            print(f"  {pdf.stem[:33]:<34}{dpi:>5g} DPI  {case:<17}"
+                  f"{sum(kinds.values()):>8.1f} a page{pyramid} ("
+                  + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items()))
+                  + f"); ${1000 * request_cost(kinds):.2f} per 1,000 pages")
     print()
     print("first look, planzoom end to end (submit → every page's overview, a level of its "
           "pyramid; → the first page at full resolution; all pages, and that per page, "

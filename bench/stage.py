@@ -14,14 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
-from services.tile.uploads import UploadPool, threads_per_process
 
 from bench.cases import render_all, tile_to_disk
 from planzoom.config import Settings
+from planzoom.dzi import tile_name
 from planzoom.engines.pyramid import cut_pyramid
 from planzoom.engines.raster import raster_rows
 from planzoom.storage import ObjectStore
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
+from services.tile.put_pool import PutPool, threads_per_process
 
 
 def blank_tiles(level_dir: Path) -> tuple[int, int, int, int]:
@@ -95,7 +96,7 @@ def bare_upload(settings: Settings, bodies: list[tuple[str, bytes]], processes: 
         return time.monotonic() - t0
 
 def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, settings: Settings,
-               uploads: UploadPool) -> Stage:
+               uploads: PutPool) -> Stage:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     rasters = list(render_all(pdf, pages, dpi, work))
@@ -134,8 +135,9 @@ def tile_stage(pdf: Path, pages: list[int], dpi: float, work: Path, settings: Se
     t0 = time.monotonic()
     for page, r, raster in rasters:
         with open(raster, "rb") as f:
-            def put(key: str, data: bytes, page=page) -> Future:
-                return uploads.put(f"{prefix}page-{page}_files/{key}", data, "image/jpeg")
+            def put(level: int, col: int, row: int, data: bytes, page=page) -> Future:
+                return uploads.put(f"{prefix}page-{page}_files/{tile_name(level, col, row, 'jpg')}",
+                                   data, "image/jpeg")
             cut_pyramid(raster_rows(f, r.width_px, r.height_px, r.bands), r.width_px,
                         r.height_px, r.bands, 256, 1, 90, put,
                         max_in_flight=4 * settings.tile_put_concurrency)
