@@ -21,22 +21,32 @@ Cases
                      300 pages reported at 10 a second (bench/progress.py):
                      delivery latency, bytes per stream, progress CPU
   memory             one colour drawing on an 8.5x11 in and a 36x48 in sheet
-                     at 600 DPI, peak RSS of each service
+                     at 600 DPI, in both layouts, peak RSS of each service
   against the peer   on each --set (default: the renovation set at 900 DPI,
                      the 117-page geotopo set and three Quartz sheets at 300
                      DPI, the 352-page set at 10 DPI): planzoom end to end
-                     (with its first look: every page's overview) and
-                     compute-only; the strong peer (bench/peer.py:
-                     vips dzsave on poppler, two pages at a time, s5cmd cp
-                     per page) end to end and to local disk; the limit
-                     (PDFium render-only, libjpeg-turbo encode of the same
-                     pixels); ratios to the peer, fractions of the limit
+                     in layout FILES and ARCHIVE (with its first look: every
+                     page's overview) and compute-only; the strong peer
+                     (bench/peer.py: vips dzsave on poppler, two pages at a
+                     time, s5cmd cp per page) end to end and to local disk;
+                     the limit (PDFium render-only, libjpeg-turbo encode of
+                     the same pixels); ratios to the peer, fractions of the
+                     limit; the store's requests per page by kind and their
+                     cost per 1,000 pages at AWS list prices
+  viewers            --viewers (200) people panning a set through the gateway
+                     from archives and from files, and straight from the
+                     bucket (bench/viewers.py): tile latency, store GETs and
+                     CPU per tile
+
+Every case runs on the embedded SeaweedFS (behind a loopback proxy that
+adds --latency-ms to every request, if given).
 
 Peak RSS is sampled every 0.1 s over each stage's process tree (a render
 service includes its PDFium worker processes).
 
 Usage: python -m bench.run [--pdf PATH] [--runs N] [--latency-ms MS] [--no-memory]
-                           [--set PATH@DPI ...] [--no-peer]
+                           [--set PATH@DPI ...] [--no-peer] [--only peer|viewers]
+                           [--viewers N] [--pan-seconds S] [--pan-pause S]
 """
 
 from __future__ import annotations
@@ -218,9 +228,11 @@ def main() -> None:
             src = ROOT.parent / "shared/corpus/arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
             for label, (w, h) in (("8.5x11 in", (8.5, 11)), ("36x48 in", (36, 48))):
                 pdf = sheet_pdf(src, 2, w, h, data / f"sheet-{w}x{h}.pdf")
-                job = planzoom_job(client, stack, pdf, 600,
-                                   f"mem-{w:g}x{h:g}".replace(".", "-"))
-                memory[label] = (job.megapixels, job.peaks)
+                for layout in (jobs_pb2.PYRAMID_LAYOUT_FILES, jobs_pb2.PYRAMID_LAYOUT_ARCHIVE):
+                    name = jobs_pb2.PyramidLayout.Name(layout).rsplit("_", 1)[1].lower()
+                    job = planzoom_job(client, stack, pdf, 600,
+                                       f"mem-{w:g}x{h:g}-{name}".replace(".", "-"), layout)
+                    memory[f"{label}, {name}"] = (job.megapixels, job.peaks)
     finally:
         uploads.close()
         client.close()
@@ -303,7 +315,7 @@ def main() -> None:
         print()
         print("peak RSS by sheet size, 600 DPI, one colour page (MiB):")
         for label, (mpx, peaks) in memory.items():
-            print(f"  {label:<10} {mpx:>6.0f} MP  " +
+            print(f"  {label:<19} {mpx:>6.0f} MP  " +
                   ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))
 
 
