@@ -10,6 +10,10 @@
     tiles/<org>/<project>/<plan>/<job>/page-<n>_files/<level>/<col>_<row>.jpg
     tiles/<org>/<project>/<plan>/<job>/page-<n>.<variant>.<jpg|webp>  (thumbnail, overview, ...)
     tiles/<org>/<project>/<plan>/<job>/page-<n>.pmtiles   (layout ARCHIVE: instead of .dzi, _files/)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.words.json.gz  (a PDF page's words and boxes)
+    tiles/<org>/<project>/<plan>/<job>/search.sqlite  (the job's words, SQLite FTS5)
+    tiles/<org>/<project>/<plan>/<job>/sheets.json    (the job's sheet index)
+    work/<job>/page-<n>.sheet.json                 (a page's sheet candidates, until the job ends)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
     previews/<org>/<project>/<plan>/<job>/master.m3u8, <rung>/index.m3u8,
@@ -81,6 +85,12 @@ def raster_key(job_id: str, page: int) -> str:
     return f"{work_prefix(job_id)}page-{page}.raw.zst"
 
 
+def sheet_candidates_key(job_id: str, page: int) -> str:
+    """A page's sheet-identity candidates (planzoom.engines.sheets), read
+    when the job ends."""
+    return f"{work_prefix(job_id)}page-{page}.sheet.json"
+
+
 def plan_tiles_prefix(plan: jobs_pb2.PlanRef) -> str:
     return f"tiles/{_plan_path(plan)}/"
 
@@ -122,6 +132,21 @@ def done_key(plan: jobs_pb2.PlanRef, job_id: str, page: int,
 def page_files_prefix(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     """Prefix of a page's tiles: ``…/page-<n>_files/`` (``<level>/<col>_<row>.jpg`` follow)."""
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}_files/"
+
+
+def words_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
+    """A PDF page's words with their boxes (docs/sheets.md), gzipped JSON."""
+    return f"{tiles_prefix(plan, job_id)}{page_name(page)}.words.json.gz"
+
+
+def search_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
+    """The job's search index: its pages' words in SQLite FTS5 (docs/sheets.md)."""
+    return f"{tiles_prefix(plan, job_id)}search.sqlite"
+
+
+def sheets_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
+    """The job's sheet index, as ``GET /v1/jobs/{id}/sheets`` returns it."""
+    return f"{tiles_prefix(plan, job_id)}sheets.json"
 
 
 def manifest_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:

@@ -255,7 +255,13 @@ class ObjectStore:
         )
 
     def download_file(self, key: str, path: str) -> None:
-        self.client.download_file(self.bucket, key, path, Config=TRANSFER)
+        """Download ``key`` to the local file ``path``. Raises ObjectNotFound."""
+        try:
+            self.client.download_file(self.bucket, key, path, Config=TRANSFER)
+        except ClientError as e:
+            if _missing(e):
+                raise ObjectNotFound(key) from None
+            raise
 
     def list_keys(self, prefix: str, recursive: bool = True) -> Iterator[str]:
         """Keys under ``prefix``; with ``recursive=False`` only those with no

@@ -10,6 +10,7 @@ refused or a service could not be reached.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -228,6 +229,37 @@ def jobs(ctx, org, project, plan_id, limit):
     for j in found:
         table.add_row(j.job_id, job_state_name(j.state), str(j.total_pages),
                       str(j.completed_pages), j.source_name)
+    console.print(table)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def sheets(ctx, job_id, as_json):
+    """Print a job's sheet index: each page's sheet number, title,
+    discipline, scale, confidence (0-1) and source; "review" marks a sheet
+    whose number needs a person's look. Filled in when the job ends."""
+    try:
+        job = _client(ctx).get_job(job_id)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    rows = [{"page": p.page, "number": p.sheet.number or None, "title": p.sheet.title or None,
+             "discipline": p.sheet.discipline or None, "scale": p.sheet.scale or None,
+             "confidence": round(p.sheet.confidence, 2), "needs_review": p.sheet.needs_review,
+             "source": p.sheet.source or "none"} for p in job.pages]
+    if as_json:
+        click.echo(json.dumps({"job_id": job.job_id, "sheets": rows}, ensure_ascii=False,
+                              indent=2))
+        return
+    if not ended(job):
+        console.print(f"job {job.job_id} is {job_state_name(job.state)}: its sheets are "
+                      "read when it ends")
+    table = Table("page", "sheet", "title", "discipline", "scale", "confidence", "source", "")
+    for r in rows:
+        table.add_row(str(r["page"]), r["number"] or "-", r["title"] or "",
+                      r["discipline"] or "", r["scale"] or "", f"{r['confidence']:.2f}",
+                      r["source"], "review" if r["needs_review"] and r["number"] else "")
     console.print(table)
 
 

@@ -12,6 +12,9 @@ module             engine                                       takes → gives
                                                                 raster; its variants
 ``video``          FFmpeg's libraries (PyAV)                    a video → what it holds; an HLS
                                                                 ladder, poster and thumbnail
+``text``           PDFium's text layer (pypdfium2)              a page → its words with boxes
+``sheets``         (pure Python)                                a page's words → its sheet
+                                                                candidates; a set's → its sheets
 ``pyramid``        OpenCV, libjpeg-turbo (simplejpeg)           raster rows → DZI tiles, streamed
 ``raster``         zstd                                         the raw raster render hands tile
 ``variants``       libvips                                      how a variant file is sized, saved
@@ -62,9 +65,11 @@ class PageEngine(SourceEngine, Protocol):
     """Draws a still page (of a PDF or an image) at the size its
     ``PageGeometry`` says (pixels, DPI: worked out at ingest):
 
-    - ``rasterize(path, kind, geometry, out_path, band_bytes) -> Raster``
+    - ``rasterize(path, kind, geometry, out_path, band_bytes, text) -> Raster``
       writes the full-resolution raster (:mod:`planzoom.engines.raster`),
-      holding at most ``band_bytes`` of pixels at once;
+      holding at most ``band_bytes`` of pixels at once, and with ``text``
+      the page's words and sheet candidates beside it where the page has a
+      text layer (:mod:`planzoom.engines.text`, a PDF's);
     - ``variants(path, kind, geometry, options, watermark, out_dir) ->
       [variant file]`` writes the images made beside the page's pyramid
       (:mod:`planzoom.engines.variants`): a PDF page's overview and
@@ -72,7 +77,7 @@ class PageEngine(SourceEngine, Protocol):
     """
 
     def rasterize(self, path: str, kind: Kind, geometry: events_pb2.PageGeometry,
-                  out_path: str, band_bytes: int) -> Raster: ...
+                  out_path: str, band_bytes: int, text: bool = False) -> Raster: ...
 
     def variants(self, path: str, kind: Kind, geometry: events_pb2.PageGeometry,
                  options: jobs_pb2.JobOptions, watermark: str, out_dir: str) -> list[dict]: ...
@@ -87,8 +92,8 @@ class _Pdf:
 
     @staticmethod
     def rasterize(path: str, kind: Kind, geometry: events_pb2.PageGeometry, out_path: str,
-                  band_bytes: int) -> Raster:
-        return pdf.rasterize(path, geometry, out_path, band_bytes)
+                  band_bytes: int, text: bool = False) -> Raster:
+        return pdf.rasterize(path, geometry, out_path, band_bytes, text)
 
     @staticmethod
     def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,
@@ -101,7 +106,11 @@ class _Image:
     """The image engine's functions in the shape of :class:`PageEngine`."""
 
     inspect = staticmethod(image.inspect)
-    rasterize = staticmethod(image.rasterize)
+
+    @staticmethod
+    def rasterize(path: str, kind: Kind, geometry: events_pb2.PageGeometry, out_path: str,
+                  band_bytes: int, text: bool = False) -> Raster:
+        return image.rasterize(path, kind, geometry, out_path, band_bytes)
 
     @staticmethod
     def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,
@@ -144,10 +153,11 @@ def inspect(path: str, kind_name: str, limits: Limits) -> SourceInfo:
 
 
 def rasterize(path: str, kind_name: str, geometry: events_pb2.PageGeometry, out_path: str,
-              band_bytes: int) -> Raster:
-    """Write the raster of a still page (:class:`PageEngine`)."""
+              band_bytes: int, text: bool = False) -> Raster:
+    """Write the raster of a still page, and with ``text`` its words and
+    sheet candidates beside it (:class:`PageEngine`)."""
     engine, kind = _page_engine(kind_name)
-    return engine.rasterize(path, kind, geometry, out_path, band_bytes)
+    return engine.rasterize(path, kind, geometry, out_path, band_bytes, text)
 
 
 def page_variants(path: str, kind_name: str, geometry: events_pb2.PageGeometry,

@@ -143,7 +143,7 @@ def _page(path: str, geometry: events_pb2.PageGeometry):
 
 
 def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
-              band_bytes: int) -> Raster:
+              band_bytes: int, text: bool = False) -> Raster:
     """Render the page ``geometry`` describes to ``out_path`` as a raw raster
     (:mod:`planzoom.engines.raster`) of ``geometry.width_px x height_px``:
     one grey sample per pixel if no pixel of the page has colour, else RGB.
@@ -152,6 +152,10 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
     the compressor's window, whatever the page size. PDFium fills the band
     in strips (:class:`StripSizer`). Raises PageUnrenderable if PDFium
     cannot open the file, load the page, or allocate a band.
+
+    With ``text``, the page's words are read from the page already loaded
+    and written beside the raster (:func:`planzoom.engines.text.write_page_text`:
+    ``<out_path>.words.json.gz``, ``<out_path>.sheet.json``).
     """
     import numpy as np
     import zstandard
@@ -197,8 +201,13 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
                     pixels = band[: min(band_rows, height - y)]
                     render_rows(page, pixels, y, height, sizer)
                     z.write(memoryview(pixels).cast("B"))
+        words = -1
+        if text:
+            from planzoom.engines.text import write_page_text
+
+            words = write_page_text(page, width, height, out_path)
         return Raster(width_px=width, height_px=height, bands=bands,
-                      raster_bytes=os.path.getsize(out_path))
+                      raster_bytes=os.path.getsize(out_path), words=words)
     finally:
         page.close()
 

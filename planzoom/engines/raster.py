@@ -37,12 +37,14 @@ class RasterUnreadable(InvalidInput):
 @dataclass(frozen=True)
 class Raster:
     """A page's raster as written: its size in pixels, its bands (1 = grey,
-    3 = RGB) and its compressed size in bytes."""
+    3 = RGB), its compressed size in bytes, and the words read beside it
+    (-1: none were read, e.g. an image page)."""
 
     width_px: int
     height_px: int
     bands: int
     raster_bytes: int
+    words: int = -1
 
 
 @contextlib.contextmanager

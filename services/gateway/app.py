@@ -28,6 +28,7 @@ from services.gateway import (
     downloads,
     job_routes,
     problems,
+    sheet_routes,
     tiles,
     upload_routes,
     uploads,
@@ -55,6 +56,7 @@ class Gateway:
     uploads: uploads.Uploads
     webhooks: webhooks.Webhooks
     archives: Archives
+    searches: sheet_routes.SearchIndexes  # jobs' search indexes, on local disk
 
 
 class BodyLimit:
@@ -118,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.gateway = Gateway(settings, Gatekeeper(settings), upstream, store, reader, bus,
                                     uploads.Uploads(settings, bus, store, upstream), hooks,
                                     Archives(store, reader, settings.gateway_archives,
-                                             settings.gateway_tile_cache_bytes))
+                                             settings.gateway_tile_cache_bytes),
+                                    sheet_routes.SearchIndexes(store))
         sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
         await hooks.start()
         try:
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await upstream.close()
             await reader.aclose()
             await bus.close()
+            app.state.gateway.searches.close()
 
     app = FastAPI(title="planzoom gateway", version="1",
                   summary="Construction plan sets as Deep Zoom images: jobs, live progress, "
@@ -136,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(job_routes.router)
     app.include_router(tiles.router)
+    app.include_router(sheet_routes.router)
     app.include_router(downloads.router)
     app.include_router(upload_routes.router)
     app.include_router(webhooks.router)

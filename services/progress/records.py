@@ -31,6 +31,7 @@ from planzoom.messaging.worker import Delivery
 from planzoom.states import ended, job_state_name
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
+from services.progress import sheets
 from services.progress.fold import apply_event, end_if_pages_ended
 from services.progress.outputs import write_outputs
 
@@ -142,6 +143,7 @@ class JobRecords:
         final = jobs_pb2.Job()
         final.CopyFrom(job)
         final.finalizing = False
+        await asyncio.to_thread(sheets.write, self.store, final)
         await asyncio.to_thread(write_outputs, self.store, final)
         for released in await self.admission.finish(job):
             await self.admission.release(released)
@@ -153,6 +155,9 @@ class JobRecords:
             if not record.finalizing:
                 return False
             record.finalizing = False
+            for page, ended_page in zip(record.pages, final.pages, strict=False):
+                if ended_page.HasField("sheet"):
+                    page.sheet.CopyFrom(sheets.compact(ended_page.sheet))
             return True
 
         job = await self.jobs.change(job.job_id, done, ttl=self.retention_seconds)

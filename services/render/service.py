@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 #: Times a page may run past PLANZOOM_RENDER_TIMEOUT_SECONDS before it fails
 #: for good (rather than being retried up to PLANZOOM_MAX_DELIVER times).
 MAX_RENDER_TIMEOUTS = 2
+#: What the engine writes beside a PDF page's raster (planzoom.engines.text).
+TEXT_SIDECAR, CANDIDATES = ".words.json.gz", ".sheet.json"
 #: What a page may spend, beyond PDFium, fetching its source and storing its
 #: raster.
 RENDER_IO_SECONDS = 600.0
@@ -70,23 +72,24 @@ class Render(SourceStage):
             if await self.skip_ended(job, ctx, "page stopped before upload"):
                 return  # a safe point: nothing is stored yet
             raster_key = keys.raster_key(job.job_id, job.page)
-            await asyncio.to_thread(
-                self.store.upload_file, out, raster_key, "application/zstd"
-            )
+            stored = await self._store_raster(job, out, raster_key, result)
             if await self.skip_ended(job, ctx, "raster removed: the job ended during its "
                                                "upload"):
-                await asyncio.to_thread(self.store.delete, raster_key)
+                for key in stored:
+                    await asyncio.to_thread(self.store.delete, key)
                 return
         finally:
-            if os.path.exists(out):
-                os.unlink(out)
+            for path in (out, out + TEXT_SIDECAR, out + CANDIDATES):
+                if os.path.exists(path):
+                    os.unlink(path)
         variants = await self._variants(job, source)
         if await self.skip_ended(job, ctx, "page stopped: the job ended while its variants "
                                            "were made"):
             for v in variants:
                 await asyncio.to_thread(self.store.delete, keys.variant_key(
                     job.plan, job.job_id, job.page, v.name, v.format))
-            await asyncio.to_thread(self.store.delete, raster_key)
+            for key in stored:
+                await asyncio.to_thread(self.store.delete, key)
             return
         # Report before handing the page on, so that this report precedes the
         # tile worker's DONE on the job's progress subject (a DONE page takes
@@ -106,7 +109,26 @@ class Render(SourceStage):
         log.info("page rendered", extra={**ctx, "dpi": job.geometry.dpi,
                                          "width_px": result.width_px,
                                          "height_px": result.height_px,
-                                         "raster_bytes": result.raster_bytes})
+                                         "raster_bytes": result.raster_bytes,
+                                         "words": result.words})
+
+    async def _store_raster(self, job: events_pb2.PageJob, out: str, raster_key: str,
+                            result: Raster) -> list[str]:
+        """Upload the raster and, for a PDF page, its word sidecar (beside
+        the pyramid, for search and the viewer) and its sheet candidates
+        (in ``work/``, read when the job ends), all at once. Returns the
+        keys written."""
+        uploads = [(out, raster_key, "application/zstd")]
+        if result.words >= 0:
+            uploads += [
+                (out + TEXT_SIDECAR, keys.words_key(job.plan, job.job_id, job.page),
+                 "application/gzip"),
+                (out + CANDIDATES, keys.sheet_candidates_key(job.job_id, job.page),
+                 "application/json"),
+            ]
+        await asyncio.gather(*(asyncio.to_thread(self.store.upload_file, path, key, ctype)
+                               for path, key, ctype in uploads))
+        return [key for _, key, _ in uploads]
 
     async def on_failure(self, data: bytes, delivery: Delivery, error: PlanzoomError) -> None:
         """A page job that failed for good fails its page; a preview pass
@@ -218,7 +240,8 @@ class Render(SourceStage):
         limit = self.s.render_timeout_seconds
         try:
             return await self.pool.run(limit, engines.rasterize, source, job.source_kind,
-                                       job.geometry, out, self.s.render_band_bytes)
+                                       job.geometry, out, self.s.render_band_bytes,
+                                       job.source_kind in ("", "pdf"))
         except WorkerTimeout:
             # Rare: the one read of the whole record a page job may make.
             page = (await self.jobs.get(job.job_id)).pages[job.page - 1]

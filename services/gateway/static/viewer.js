@@ -20,6 +20,15 @@
  * A video job shows its HLS preview instead, played by hls.js (Safari:
  * natively) from the gateway's /video/ route with a signed link.
  *
+ * Sheets (PDF sets, once the job has ended): the strip labels each page
+ * "A-201 · Second floor plan" (the sheet index, docs/sheets.md) and flags
+ * those whose number needs a person's review; a box goes to a sheet by
+ * number (with completion), a list filters the strip by discipline. A
+ * search (GET /v1/search, live mode) highlights its hits on the sheet and
+ * steps through them across sheets. Callouts to other sheets ("3/A-501")
+ * are hotspots that open their sheet; the header lists the sheets that
+ * refer to the one shown.
+ *
  * Keys: PageDown / PageUp / n / p (or arrows on the strip) change page,
  * Home / End go to the first / last page.
  */
@@ -34,6 +43,8 @@ function planzoomViewer(element, config) {
   const isVideo = () => job && VIDEO_KINDS.includes(job.source_kind);
   const videoUrl = (file) => links ? `${config.api}/jobs/${config.jobId}/video/${file}?cap=${links.cap}` : null;
   const items = [];  // one button per page
+  let sheets = null;  // page -> sheet (number, title, references, ...), once known
+  let hits = [], hit = -1;  // search hits across the set, and the one shown
 
   // #source=archive: a job of layout ARCHIVE is read straight from the
   // bucket or CDN that holds its pages' archives (presigned URLs from the
@@ -60,8 +71,11 @@ function planzoomViewer(element, config) {
   });
   viewer.addHandler("animation", showZoom);
   viewer.addHandler("open", showZoom);
+  viewer.addHandler("open", drawOverlays);
   window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select,
-                     get hls() { return hls; }, get shown() { return shown; }};
+                     get hls() { return hls; }, get shown() { return shown; },
+                     get sheets() { return sheets; }, get hits() { return hits; },
+                     search, goToSheet};
 
   function pageState(p) { return (p.state || "").replace("PAGE_STATE_", "").toLowerCase(); }
   function done(p) { return pageState(p) === "done"; }
@@ -140,7 +154,10 @@ function planzoomViewer(element, config) {
         strip.appendChild(item);
       }
       const st = pageState(p), src = st === "failed" ? null : thumbUrl(n);
-      if (item.dataset.state === st && (item.dataset.src || null) === src) return;
+      const named = sheetOf(n) ? sheetName(n) : "";
+      if (item.dataset.state === st && (item.dataset.src || null) === src &&
+          (item.dataset.sheet || "") === named) return;
+      item.dataset.sheet = named;
       item.dataset.state = st;
       if (src) item.dataset.src = src; else delete item.dataset.src;
       item.classList.toggle("failed", st === "failed");
@@ -152,9 +169,7 @@ function planzoomViewer(element, config) {
         const ph = document.createElement("div");
         ph.className = "placeholder"; ph.textContent = st || "pending"; item.appendChild(ph);
       }
-      const label = document.createElement("div");
-      label.textContent = `page ${n}` + (src && st !== "done" ? ` · ${st || "pending"}` : "");
-      item.appendChild(label);
+      item.appendChild(stripLabel(n, src && st !== "done" ? st || "pending" : ""));
       if (st === "failed") {
         const reason = document.createElement("div");
         reason.className = "reason"; reason.textContent = p.error || "failed";
@@ -172,7 +187,200 @@ function planzoomViewer(element, config) {
     if (links && /complete|failed|cancelled/.test(state)) {
       $("download").href = links.download; $("download").hidden = false;
     }
+    if (/complete|failed/.test(state) && sheets === null && !isVideo()) loadSheets();
   }
+
+  // -- sheets ---------------------------------------------------------------
+  // A sheet as the index has it: from sheets.json (live: after the job ends;
+  // it has the references) or the record's pages (static: the manifest).
+  function sheetOf(n) {
+    const s = sheets ? sheets[n] : (job.pages[n - 1] || {}).sheet;
+    return s && (s.number || s.title) ? s : null;
+  }
+  const numberKey = (t) => (t || "").toUpperCase().replace(/[^0-9A-Z]/g, "");
+  // "SITE PLAN & ROOF PLAN" reads "Site plan & roof plan"; a title set in
+  // mixed case stays as printed.
+  function sentence(t) {
+    if (!t || t !== t.toUpperCase()) return t || "";
+    const low = t.toLowerCase();
+    return low.charAt(0).toUpperCase() + low.slice(1);
+  }
+  function sheetName(n) {
+    const s = sheetOf(n);
+    if (!s) return "";
+    return [s.number, sentence(s.title)].filter(Boolean).join(" · ");
+  }
+  function stripLabel(n, state) {
+    const label = document.createElement("div"), s = sheetOf(n);
+    label.className = "label";
+    if (s) {
+      const num = document.createElement("span");
+      num.className = "number"; num.textContent = s.number || "";
+      label.append(num, s.number && s.title ? " · " : "", sentence(s.title));
+      label.title = `page ${n}` + (s.scale ? ` · ${s.scale}` : "") +
+        (s.discipline ? ` · ${s.discipline}` : "");
+      if (s.needs_review && s.number) {
+        const flag = document.createElement("div");
+        flag.className = "review"; flag.textContent = "⚑ check sheet no.";
+        flag.title = `read with confidence ${Math.round((s.confidence || 0) * 100)} %`;
+        label.appendChild(flag);
+      }
+    } else {
+      label.textContent = `page ${n}`;
+    }
+    if (state) label.append(` · ${state}`);
+    return label;
+  }
+  async function loadSheets() {
+    sheets = {};  // once: not again while it loads
+    try {
+      const found = config.mode === "live" ? (await api(`/jobs/${config.jobId}/sheets`)).sheets
+        : job.pages.map((p) => ({page: p.page, ...(p.sheet || {})}));
+      // sheets.json gives boxes as [x, y, w, h]; a manifest's protobuf JSON
+      // as {x, y, w, h}.
+      const box = (b) => !b ? null : Array.isArray(b) ? b : [b.x || 0, b.y || 0, b.w || 0, b.h || 0];
+      for (const s of found) {
+        sheets[s.page] = {...s, box: box(s.box),
+                          references: (s.references || []).map((r) => ({...r, box: box(r.box)}))};
+      }
+    } catch (e) {
+      console.warn("no sheet index", e);
+      return;
+    }
+    const numbers = $("sheet-numbers"), disciplines = new Set();
+    numbers.replaceChildren();
+    for (const s of Object.values(sheets)) {
+      if (s.number) {
+        const o = document.createElement("option");
+        o.value = s.number; o.label = sentence(s.title); numbers.appendChild(o);
+      }
+      if (s.discipline) disciplines.add(s.discipline);
+    }
+    const select_ = $("discipline");
+    for (const d of [...disciplines].sort()) {
+      const o = document.createElement("option"); o.value = o.textContent = d; select_.appendChild(o);
+    }
+    $("find").hidden = false;
+    $("search").hidden = $("search-prev").hidden = $("search-next").hidden = config.mode !== "live";
+    items.forEach((it) => it.dataset.state = "");
+    render();
+    drawOverlays();
+    showReferenced();
+  }
+  function goToSheet(text) {
+    const key = numberKey(text);
+    if (!key || !sheets) return false;
+    const s = Object.values(sheets).find((x) => numberKey(x.number) === key) ||
+              Object.values(sheets).find((x) => numberKey(x.number).startsWith(key));
+    if (s) select(s.page);
+    return !!s;
+  }
+  function filterDiscipline(d) {
+    items.forEach((item, i) => {
+      const s = sheetOf(i + 1);
+      item.hidden = !!d && !(s && s.discipline === d);
+    });
+  }
+  function showReferenced() {
+    const box = $("referenced");
+    box.replaceChildren();
+    if (!sheets || !selected) { box.hidden = true; return; }
+    const from = Object.values(sheets).filter((s) =>
+      (s.references || []).some((r) => r.page === selected));
+    box.hidden = !from.length;
+    if (!from.length) return;
+    box.append("referenced from:");
+    for (const s of from) {
+      const a = document.createElement("a");
+      a.href = "#"; a.textContent = s.number || `page ${s.page}`;
+      a.addEventListener("click", (e) => { e.preventDefault(); select(s.page); });
+      box.appendChild(a);
+    }
+  }
+
+  // -- overlays: search hits and callouts, in full-resolution pixels --------
+  function rect(p, box) {
+    const [x, y, w, h] = box, width = p.width_px || 1;
+    return new OpenSeadragon.Rect(x / width, y / width, w / width, h / width);
+  }
+  function drawOverlays() {
+    viewer.clearOverlays();
+    if (!job || !selected || isVideo() || !viewer.world.getItemCount()) return;
+    const p = job.pages[selected - 1], s = sheets && sheets[selected];
+    for (const ref of (s && s.references) || []) {
+      if (!ref.box) continue;
+      const a = document.createElement("a");
+      a.className = "callout"; a.href = "#"; a.dataset.page = ref.page;
+      a.title = `${ref.text || ref.number}: open sheet ${ref.number}`;
+      a.setAttribute("aria-label", a.title);
+      // OpenSeadragon's own click handling would eat the click.
+      new OpenSeadragon.MouseTracker({element: a, clickHandler: () => select(ref.page)});
+      a.addEventListener("keydown", (e) => { if (e.key === "Enter") select(ref.page); });
+      viewer.addOverlay(a, rect(p, ref.box));
+    }
+    hits.forEach((h, i) => {
+      if (h.page !== selected) return;
+      for (const box of h.boxes) {
+        const el = document.createElement("div");
+        el.className = "hit" + (i === hit ? " current" : "");
+        viewer.addOverlay(el, rect(p, box));
+      }
+    });
+  }
+
+  // -- search ---------------------------------------------------------------
+  async function search(q) {
+    hits = []; hit = -1;
+    $("search-count").textContent = "";
+    if (!q.trim()) { drawOverlays(); stepButtons(); return hits; }
+    try {
+      hits = (await api(`/search?job_id=${encodeURIComponent(config.jobId)}&q=${encodeURIComponent(q)}&limit=500`)).hits;
+    } catch (e) {
+      $("search-count").textContent = e.message;
+      return hits;
+    }
+    if (!hits.length) { $("search-count").textContent = "no hits"; drawOverlays(); stepButtons(); return hits; }
+    // Start at the first hit on or after the page shown.
+    const start = hits.findIndex((h) => h.page >= (selected || 1));
+    step(start >= 0 ? start : 0);
+    return hits;
+  }
+  function step(i) {
+    if (!hits.length) return;
+    hit = (i + hits.length) % hits.length;
+    const h = hits[hit];
+    $("search-count").textContent = `${hit + 1} of ${hits.length}`;
+    stepButtons();
+    const zoomTo = () => {
+      const p = job.pages[h.page - 1];
+      drawOverlays();
+      if (h.boxes.length) {
+        const r = rect(p, h.boxes[0]);
+        viewer.viewport.fitBoundsWithConstraints(
+          new OpenSeadragon.Rect(r.x - r.width * 4, r.y - r.height * 12, r.width * 9, r.height * 25));
+      }
+    };
+    if (h.page !== selected) {
+      viewer.addOnceHandler("open", zoomTo);
+      select(h.page);
+    } else {
+      zoomTo();
+    }
+  }
+  function stepButtons() {
+    $("search-prev").disabled = $("search-next").disabled = hits.length < 2;
+  }
+  $("search").addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    e.preventDefault();
+    if (hits.length && e.target.dataset.q === e.target.value) step(hit + (e.shiftKey ? -1 : 1));
+    else { e.target.dataset.q = e.target.value; search(e.target.value); }
+  });
+  $("search-next").addEventListener("click", () => step(hit + 1));
+  $("search-prev").addEventListener("click", () => step(hit - 1));
+  $("goto").addEventListener("change", (e) => goToSheet(e.target.value));
+  $("goto").addEventListener("keydown", (e) => { if (e.key === "Enter") goToSheet(e.target.value); });
+  $("discipline").addEventListener("change", (e) => filterDiscipline(e.target.value));
 
   function select(n) {
     if (!job || n < 1 || n > job.pages.length) return;
@@ -188,9 +396,10 @@ function planzoomViewer(element, config) {
       if (done(p)) open(n);
       return;
     }
-    $("sheet").textContent = p.width_pt ?
+    $("sheet").textContent = (sheetOf(n) ? `${sheetName(n)} · ` : "") + (p.width_pt ?
       `${(p.width_pt / 72).toFixed(1)} × ${(p.height_pt / 72).toFixed(1)} in · ${Math.round(p.dpi || 0)} DPI` +
-      (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "";
+      (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "");
+    showReferenced();
     showNotice();
     if (viewable(n)) open(n); else { viewer.close(); shown = ""; }
   }
@@ -246,6 +455,7 @@ function planzoomViewer(element, config) {
 
   document.addEventListener("keydown", (e) => {
     if (!job || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (/^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) return;
     const inStrip = document.activeElement === $("strip");
     const moves = {PageDown: 1, PageUp: -1, n: 1, p: -1};
     if (inStrip) Object.assign(moves, {ArrowDown: 1, ArrowRight: 1, ArrowUp: -1, ArrowLeft: -1});
@@ -327,5 +537,6 @@ function planzoomViewer(element, config) {
     refreshLinks().then(follow).catch(fail);
   } else {
     job = config.job; render();
+    if (job.pages.some((p) => p.sheet)) loadSheets();
   }
 }

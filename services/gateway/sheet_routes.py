@@ -1,0 +1,182 @@
+"""What a set's sheets say: ``GET /v1/jobs/{job_id}/sheets`` (the sheet
+index), ``GET /v1/jobs/{job_id}/pages/{n}/words`` (a page's words with
+their boxes) and ``GET /v1/search`` (words across a job or a plan's
+current set). Boxes are ``[x, y, w, h]`` in the pixels of the page's
+full-resolution level, origin top-left: the coordinates of its DZI. The
+formats and how sheets are read: docs/sheets.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import tempfile
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from planzoom import keys, search
+from planzoom.errors import InvalidInput, NotFound
+from planzoom.ids import check_id
+from planzoom.storage import ObjectNotFound
+from planzoom.v1 import jobs_pb2
+from services.gateway.tiles import _absent, _place
+
+router = APIRouter(prefix="/v1", tags=["sheets"])
+
+
+class BadQuery(InvalidInput):
+    reason = "BAD_QUERY"
+
+
+class SearchIndexes:
+    """Jobs' search indexes (``search.sqlite``, written once when a job
+    ends) downloaded from the bucket into a private directory, the
+    ``limit`` most recently used kept."""
+
+    def __init__(self, store, limit: int = 64):
+        self.store, self.limit = store, limit
+        self.dir = tempfile.mkdtemp(prefix="planzoom-search-")
+        self._paths: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def path(self, key: str) -> str:
+        """A local copy of ``key``. Raises ObjectNotFound."""
+        if key in self._paths:
+            self._paths.move_to_end(key)
+            return self._paths[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key not in self._paths:
+                fd, path = tempfile.mkstemp(suffix=".sqlite", dir=self.dir)
+                os.close(fd)
+                try:
+                    await asyncio.to_thread(self.store.download_file, key, path)
+                except Exception:
+                    os.unlink(path)
+                    raise
+                self._paths[key] = path
+                while len(self._paths) > self.limit:
+                    _, old = self._paths.popitem(last=False)
+                    os.unlink(old)
+        self._locks.pop(key, None)
+        return self._paths[key]
+
+    def close(self) -> None:
+        """Remove the local copies."""
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _json_object(request: Request, key: str, what: str) -> Response:
+    gw = request.app.state.gateway
+    try:
+        data, etag, _ = await gw.reader.get_if_changed(key, request.headers.get("if-none-match"))
+    except ObjectNotFound:
+        raise NotFound(f"{what}: not there yet (it is made when the job ends)",
+                       reason="SHEETS_NOT_READY") from None
+    headers = {"ETag": etag,
+               "Cache-Control": f"private, max-age={gw.settings.gateway_cache_seconds}"}
+    if data is None:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="application/json", headers=headers)
+
+
+@router.get("/jobs/{job_id}/sheets", summary="The sheet index of a job")
+async def job_sheets(request: Request, job_id: str) -> Response:
+    """``{"job_id", "sheets": [{"page", "number", "title", "discipline",
+    "scale", "confidence", "needs_review", "source", "box", "title_box",
+    "references": [{"number", "page", "box", "text"}]}]}``, one entry per
+    page in page order. ``number`` is null on a page with no sheet number
+    (a cover, a photo, an image page); ``confidence`` is 0..1,
+    ``needs_review`` true below the accept level; ``source`` is ``text``
+    (the PDF's text layer), ``ocr``, ``index``, ``user`` or ``none``.
+    Boxes: ``[x, y, w, h]``, full-resolution pixels. 404 until the job has
+    ended. Bearer (viewer) or ``?cap=``."""
+    place = await _place(request, job_id)
+    return await _json_object(request, f"{place.tiles_prefix}sheets.json",
+                              f"the sheet index of job {job_id}")
+
+
+@router.get("/jobs/{job_id}/pages/{page}/words", summary="A page's words with their boxes")
+async def page_words(request: Request, job_id: str, page: int) -> Response:
+    """The page's word sidecar (docs/sheets.md), gzipped JSON: ``{"version",
+    "width", "height", "width_pt", "height_pt", "source", "words": [[text,
+    x, y, w, h, size_pt, angle], …]}``; boxes in full-resolution pixels.
+    Sent with ``Content-Encoding: gzip``. 404 for a page with no text read
+    (an image, a page not yet rendered). Bearer (viewer) or ``?cap=``."""
+    if not 1 <= page <= 999_999:
+        raise _absent(f"page {page}")
+    place = await _place(request, job_id)
+    gw = request.app.state.gateway
+    key = f"{place.tiles_prefix}page-{page}.words.json.gz"
+    try:
+        data, etag, _ = await gw.reader.get_if_changed(key, request.headers.get("if-none-match"))
+    except ObjectNotFound:
+        raise _absent(f"the words of page {page}") from None
+    headers = {"ETag": etag, "Content-Encoding": "gzip", "Vary": "Accept-Encoding",
+               "Cache-Control": f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"}
+    if data is None:
+        return Response(status_code=304, headers=headers)
+    return Response(data, media_type="application/json", headers=headers)
+
+
+async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
+    """(job id, tiles prefix) of the current set of ``plan``
+    ("org/project/plan"), for a caller of that org."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    parts = plan.split("/")
+    if len(parts) != 3:
+        raise BadQuery("plan is org/project/plan")
+    ref = jobs_pb2.PlanRef(org=check_id("org", parts[0]), project=check_id("project", parts[1]),
+                           plan=check_id("plan", parts[2]))
+    if ref.org != access.caller.org:
+        raise NotFound(f"plan {plan}: not found", reason="NOT_FOUND")
+    try:
+        data, _, _ = await gw.reader.get_if_changed(keys.current_key(ref), None)
+    except ObjectNotFound:
+        raise NotFound(f"plan {plan}: no complete set yet", reason="NOT_FOUND") from None
+    current = json.loads(data)
+    return current["job_id"], current["tiles_prefix"]
+
+
+@router.get("/search", summary="Search inside sheets")
+async def search_sheets(request: Request,
+                        q: Annotated[str, Query(max_length=search.MAX_QUERY_CHARS)],
+                        job_id: Annotated[str | None, Query()] = None,
+                        plan: Annotated[str | None, Query()] = None,
+                        limit: Annotated[int, Query(ge=1, le=search.MAX_HITS)] = 100) -> dict:
+    """``{"hits": [{"job_id", "page", "sheet", "text", "boxes"}]}``: the lines
+    of a job's pages (``job_id``), or of a plan's current set (``plan=
+    org/project/plan``), that hold ``q``, in page order, at most ``limit``.
+    Case- and accent-insensitive; each word of ``q`` is a word prefix and
+    several words a phrase ("fire damp" finds "FIRE DAMPER"); construction
+    text is matched as typed (``2'-6"``, ``Ø12``, ``W12x26``, ``GL-3``).
+    ``sheet`` is the page's sheet number (or null); ``boxes`` the matched
+    words' ``[x, y, w, h]`` in full-resolution pixels. 400 for an empty or
+    over-long query or neither/both scopes; 404 for a job or plan the
+    caller cannot see, or one with no index yet. Bearer (viewer); a job's
+    signed link (``?cap=``) searches that job."""
+    if (job_id is None) == (plan is None):
+        raise BadQuery("give one of job_id or plan")
+    try:
+        search.terms(q)
+    except search.BadQuery as e:
+        raise BadQuery(str(e)) from None
+    if job_id is not None:
+        place = await _place(request, job_id)
+        job, prefix = check_id("job_id", job_id), place.tiles_prefix
+    else:
+        job, prefix = await _plan_job(request, plan)
+    try:
+        path = await request.app.state.gateway.searches.path(f"{prefix}search.sqlite")
+    except ObjectNotFound:
+        raise NotFound(f"job {job}: no search index (it is made when a PDF job ends)",
+                       reason="SHEETS_NOT_READY") from None
+    hits = await asyncio.to_thread(search.query, path, q, limit)
+    return {"hits": [{"job_id": job, "page": h.page, "sheet": h.sheet, "text": h.text,
+                      "boxes": h.boxes} for h in hits]}

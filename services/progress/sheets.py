@@ -1,0 +1,198 @@
+"""A PDF job's sheet index and search index, made when the job ends, from
+what its pages' renders left: each page's sheet candidates
+(``work/<job>/page-N.sheet.json``) and words (``page-N.words.json.gz``).
+
+Blocking (S3 reads, SQLite): call from a thread. Idempotent: a finalize
+that runs again (the sweep) makes the same.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from planzoom import keys, search
+from planzoom.engines.sheets import identify_set
+from planzoom.storage import ObjectNotFound, ObjectStore
+from planzoom.v1 import jobs_pb2
+
+log = logging.getLogger(__name__)
+
+#: Largest candidates file and word sidecar read (bytes; the engine writes
+#: far less: MAX_WORDS words).
+MAX_CANDIDATES_BYTES = 1 << 20
+MAX_WORDS_BYTES = 16 << 20
+#: S3 reads at once.
+READERS = 8
+
+
+def _is_pdf(job: jobs_pb2.Job) -> bool:
+    return job.source_kind in ("", "pdf")
+
+
+def _read_json(store: ObjectStore, key: str, limit: int, gzipped: bool) -> dict | None:
+    try:
+        size = store.size(key)
+        if size is None or size > limit:
+            return None
+        data = store.get_bytes(key)
+        if gzipped:
+            data = gzip.decompress(data)
+        return json.loads(data)
+    except (ObjectNotFound, OSError, ValueError) as e:
+        log.warning("unreadable %s: %s", key, e)
+        return None
+
+
+def _box(b) -> jobs_pb2.Box | None:
+    if not b:
+        return None
+    x, y, w, h = (max(0, int(v)) for v in b)
+    return jobs_pb2.Box(x=x, y=y, w=w, h=h)
+
+
+def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
+    """Set ``job.pages[].sheet`` of a PDF job's DONE pages from their
+    candidates and the set as a whole (planzoom.engines.sheets). A page a
+    person corrected (source ``user``) keeps what they set. Returns the
+    pages given a sheet number, -1 if no page's candidates were left to
+    read."""
+    if not _is_pdf(job) or job.state == jobs_pb2.JOB_STATE_CANCELLED:
+        return 0
+    done = [p.page for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE]
+    with ThreadPoolExecutor(READERS) as pool:
+        found = list(pool.map(lambda n: _read_json(
+            store, keys.sheet_candidates_key(job.job_id, n), MAX_CANDIDATES_BYTES, False),
+            done))
+    candidates = dict(zip(done, found, strict=True))
+    if done and not any(found):
+        return -1  # nothing left to read: work/ is gone (a finalize that runs again)
+    numbered = 0
+    for sheet in identify_set(candidates):
+        page = job.pages[sheet.page - 1]
+        if page.sheet.source == "user":
+            numbered += bool(page.sheet.number)
+            continue
+        record = jobs_pb2.Sheet(
+            number=sheet.number or "", title=sheet.title or "",
+            discipline=sheet.discipline or "", scale=sheet.scale or "",
+            confidence=sheet.confidence, needs_review=sheet.needs_review,
+            source=sheet.source)
+        for field, value in (("box", sheet.box), ("title_box", sheet.title_box),
+                             ("scale_box", sheet.scale_box)):
+            box = _box(value)
+            if box is not None:
+                getattr(record, field).CopyFrom(box)
+        for ref in sheet.references or []:
+            record.references.add(number=ref["number"], page=ref["page"], text=ref["text"],
+                                  box=_box(ref["box"]))
+        page.sheet.CopyFrom(record)
+        numbered += bool(sheet.number)
+    return numbered
+
+
+def _box_json(box: jobs_pb2.Box, present: bool) -> list[int] | None:
+    return [box.x, box.y, box.w, box.h] if present else None
+
+
+def sheets_json(job: jobs_pb2.Job) -> bytes:
+    """``sheets.json``: every page's sheet identity, in the shape of ``GET
+    /v1/jobs/{id}/sheets`` (docs/sheets.md); a page with none (an image, a
+    failed page) has ``number`` null and ``source`` "none"."""
+    out = []
+    for p in job.pages:
+        s = p.sheet
+        out.append({
+            "page": p.page, "number": s.number or None, "title": s.title or None,
+            "discipline": s.discipline or None, "scale": s.scale or None,
+            "confidence": round(s.confidence, 3), "needs_review": s.needs_review,
+            "source": s.source or "none", "box": _box_json(s.box, s.HasField("box")),
+            "title_box": _box_json(s.title_box, s.HasField("title_box")),
+            "references": [{"number": r.number, "page": r.page, "text": r.text,
+                            "box": _box_json(r.box, r.HasField("box"))}
+                           for r in s.references],
+        })
+    return json.dumps({"job_id": job.job_id, "sheets": out}, ensure_ascii=False,
+                      indent=1).encode()
+
+
+def compact(sheet: jobs_pb2.Sheet) -> jobs_pb2.Sheet:
+    """What the job record in KV keeps of a sheet: everything but the
+    references and the title's and scale's boxes (``sheets.json`` and
+    ``manifest.json`` have those), so that a 2,000-page record stays
+    within a NATS message."""
+    out = jobs_pb2.Sheet()
+    out.CopyFrom(sheet)
+    out.ClearField("references")
+    out.ClearField("title_box")
+    out.ClearField("scale_box")
+    return out
+
+
+def write(store: ObjectStore, job: jobs_pb2.Job) -> None:
+    """Identify the sheets of a PDF job that did not end cancelled, store
+    ``sheets.json`` and its search index. Sets ``job.pages[].sheet``."""
+    if not _is_pdf(job) or job.state == jobs_pb2.JOB_STATE_CANCELLED:
+        return
+    key = keys.sheets_key(job.plan, job.job_id)
+    if identify(store, job) < 0:
+        # A finalize run again after work/ was emptied: what the first run
+        # stored stands; the record gets it back from there.
+        doc = _read_json(store, key, MAX_WORDS_BYTES, False)
+        if doc:
+            _restore(job, doc)
+        return
+    store.put_bytes(key, sheets_json(job), "application/json")
+    index(store, job)
+
+
+def _restore(job: jobs_pb2.Job, doc: dict) -> None:
+    """Set ``job.pages[].sheet`` back from a stored ``sheets.json``."""
+    for s in doc.get("sheets", []):
+        n = int(s.get("page", 0))
+        if not 1 <= n <= len(job.pages) or job.pages[n - 1].sheet.source == "user":
+            continue
+        sheet = jobs_pb2.Sheet(
+            number=s.get("number") or "", title=s.get("title") or "",
+            discipline=s.get("discipline") or "", scale=s.get("scale") or "",
+            confidence=float(s.get("confidence") or 0), needs_review=bool(s.get("needs_review")),
+            source=s.get("source") or "none")
+        for field in ("box", "title_box"):
+            box = _box(s.get(field))
+            if box is not None:
+                getattr(sheet, field).CopyFrom(box)
+        for r in s.get("references") or []:
+            sheet.references.add(number=r["number"], page=int(r["page"]), text=r.get("text", ""),
+                                 box=_box(r.get("box")))
+        job.pages[n - 1].sheet.CopyFrom(sheet)
+
+
+def index(store: ObjectStore, job: jobs_pb2.Job) -> int:
+    """Build the job's search index from its DONE pages' word sidecars and
+    store it at ``search.sqlite`` (planzoom.search). Returns the lines
+    indexed (0, and nothing stored, for a job with no words)."""
+    if not _is_pdf(job) or job.state == jobs_pb2.JOB_STATE_CANCELLED:
+        return 0
+    done = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE]
+
+    def read(page: jobs_pb2.PageRecord):
+        doc = _read_json(store, keys.words_key(job.plan, job.job_id, page.page),
+                         MAX_WORDS_BYTES, True)
+        return (page.page, doc, page.sheet.number or None) if doc else None
+
+    with ThreadPoolExecutor(READERS) as pool:
+        pages = [p for p in pool.map(read, done) if p]
+    if not pages:
+        return 0
+    fd, path = tempfile.mkstemp(suffix=".sqlite")
+    os.close(fd)
+    try:
+        lines = search.build(path, pages)
+        store.upload_file(path, keys.search_key(job.plan, job.job_id), "application/vnd.sqlite3")
+        return lines
+    finally:
+        os.unlink(path)

@@ -1,0 +1,207 @@
+"""Sheets against the running stack: a plan set's sheet numbers, titles and
+callouts read while it renders (gRPC record, ``sheets.json``, manifest,
+HTTP, CLI), search inside its sheets over HTTP, every refusal, and the
+viewer in Chromium: strip labels, a search highlighted on the sheet and a
+callout that opens its sheet."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from planzoom.engines.sheets import number_key
+from planzoom.v1 import jobs_pb2
+from tests.helpers import wait_ended
+from tests.integration.test_gateway import assert_problem, bearer
+from tests.integration.test_viewer import browser  # noqa: F401 - the fixture
+
+SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
+PLAN = jobs_pb2.PlanRef(org="acme", project="sheets", plan="crayfishinn")
+DPI = 50
+
+
+def expected(corpus: Path, name: str) -> dict[int, dict]:
+    """What a person reads on each page of ``name`` (the corpus's sheets.json)."""
+    rows = json.loads((corpus / "sheets.json").read_text())
+    return {r["page"]: r for r in rows if r["file"] == name}
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def plan_set(corpus, client):
+    resp = client.submit(str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
+    job = wait_ended(client, resp.job_id)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
+    return job
+
+
+def test_every_sheet_is_read_with_its_number_and_title(corpus, http, stack, s3, plan_set):
+    want = expected(corpus, SET)
+    body = http.get(f"/v1/jobs/{plan_set.job_id}/sheets", headers=bearer(stack)).json()
+    sheets = {s["page"]: s for s in body["sheets"]}
+    assert sorted(sheets) == list(range(1, 9))
+    for n, row in want.items():
+        s = sheets[n]
+        assert s["number"] == row["sheet_number"], (n, s)
+        assert s["title"].upper() == row["sheet_title"].upper(), (n, s)
+        assert s["source"] == "text" and not s["needs_review"] and s["confidence"] >= 0.8
+        # The number's box is where it is printed: bottom right, inside the page.
+        x, y, w, h = s["box"]
+        page = plan_set.pages[n - 1]
+        assert 0.8 * page.width_px < x < x + w <= page.width_px
+        assert 0.8 * page.height_px < y < y + h <= page.height_px
+    assert sheets[7]["discipline"] == "electrical"
+    # The record (gRPC) carries them too, and the manifest in full.
+    record = {p.page: p.sheet for p in plan_set.pages}
+    assert [record[n].number for n in sorted(want)] == [want[n]["sheet_number"]
+                                                         for n in sorted(want)]
+    manifest = json.loads(s3.get_object(Bucket="planzoom",
+                                        Key=plan_set.manifest_key)["Body"].read())
+    assert manifest["pages"][0]["sheet"]["number"] == "100-00"
+
+
+def test_section_callouts_link_to_the_section_sheet(http, stack, plan_set):
+    body = http.get(f"/v1/jobs/{plan_set.job_id}/sheets", headers=bearer(stack)).json()
+    sheets = {s["page"]: s for s in body["sheets"]}
+    # The plans carry section bubbles ("A" over "300-00"); sheet 300-00 is page 4.
+    for n in (1, 2, 3, 7, 8):
+        refs = sheets[n]["references"]
+        assert refs and {r["page"] for r in refs} == {4}, (n, refs)
+        assert all(number_key(r["number"]) == "30000" for r in refs)
+        page = plan_set.pages[n - 1]
+        for r in refs:
+            x, y, w, h = r["box"]
+            assert 0 <= x and x + w <= page.width_px and 0 <= y and y + h <= page.height_px
+    assert sheets[4]["references"] == []  # the section sheet itself links nowhere
+
+
+def test_search_finds_words_on_their_sheets(http, stack, plan_set):
+    url = f"/v1/search?job_id={plan_set.job_id}"
+    hits = http.get(url + "&q=roof plan", headers=bearer(stack)).json()["hits"]
+    assert {h["page"] for h in hits} >= {1}
+    first = next(h for h in hits if h["page"] == 1 and "SITE PLAN & ROOF PLAN" in h["text"])
+    assert first["sheet"] == "100-00" and len(first["boxes"]) == 2  # "ROOF", "PLAN"
+    # Case and accents aside, word prefixes, construction text as typed.
+    assert http.get(url + "&q=%C3%A9lectrical", headers=bearer(stack)).json()["hits"]
+    assert {h["page"] for h in http.get(url + "&q=electr", headers=bearer(stack))
+            .json()["hits"]} >= {7, 8}
+    assert http.get(url + "&q=300-00", headers=bearer(stack)).json()["hits"]
+    assert http.get(url + "&q=zzzqqq", headers=bearer(stack)).json()["hits"] == []
+    # Every word of every title is found on its sheet.
+    for p in plan_set.pages:
+        for word in p.sheet.title.split():
+            if any(c.isalnum() for c in word):
+                found = http.get("/v1/search", params={"job_id": plan_set.job_id, "q": word},
+                                 headers=bearer(stack)).json()["hits"]
+                assert p.page in {h["page"] for h in found}, (p.page, word)
+    # The plan's current set searches the same.
+    plan_hits = http.get("/v1/search?plan=acme/sheets/crayfishinn&q=roof plan",
+                         headers=bearer(stack)).json()["hits"]
+    assert plan_hits and plan_hits[0]["job_id"] == plan_set.job_id
+
+
+def test_search_refusals(http, stack, plan_set):
+    url = f"/v1/search?job_id={plan_set.job_id}"
+    assert_problem(http.get(url + "&q=roof"), 401)
+    assert_problem(http.get(url + "&q=roof", headers=bearer(stack, org="intruder")), 404)
+    assert_problem(http.get(url + "&q=%20%22%2A", headers=bearer(stack)), 400, "BAD_QUERY")
+    assert_problem(http.get(url + "&q=" + "a" * 300, headers=bearer(stack)), 400)
+    assert_problem(http.get("/v1/search?q=roof", headers=bearer(stack)), 400, "BAD_QUERY")
+    assert_problem(http.get(url + "&plan=acme/sheets/crayfishinn&q=roof",
+                            headers=bearer(stack)), 400, "BAD_QUERY")
+    assert_problem(http.get("/v1/search?plan=intruder/sheets/crayfishinn&q=roof",
+                            headers=bearer(stack)), 404)
+    assert_problem(http.get("/v1/search?plan=acme/sheets&q=roof", headers=bearer(stack)), 400)
+    # FTS5 syntax in a query is text, never an expression.
+    assert http.get("/v1/search", params={"job_id": plan_set.job_id,
+                                          "q": 'roof" OR plan NEAR(*'},
+                    headers=bearer(stack)).status_code == 200
+
+
+def test_a_page_s_words_come_gzipped_with_boxes(http, stack, s3, plan_set):
+    resp = http.get(f"/v1/jobs/{plan_set.job_id}/pages/1/words", headers=bearer(stack))
+    assert resp.status_code == 200 and resp.headers["content-encoding"] == "gzip"
+    doc = resp.json()  # httpx decodes the gzip
+    page = plan_set.pages[0]
+    assert (doc["width"], doc["height"]) == (page.width_px, page.height_px)
+    texts = [w[0] for w in doc["words"]]
+    assert "100-00" in texts and "CRAYFISH" in texts
+    raw = s3.get_object(Bucket="planzoom", Key=plan_set.tiles_prefix +
+                        "page-1.words.json.gz")["Body"].read()
+    assert json.loads(gzip.decompress(raw))["words"] == doc["words"]
+    assert_problem(http.get(f"/v1/jobs/{plan_set.job_id}/pages/99/words",
+                            headers=bearer(stack)), 404)
+    assert_problem(http.get(f"/v1/jobs/{plan_set.job_id}/pages/1/words",
+                            headers=bearer(stack, org="intruder")), 404)
+
+
+def test_an_image_job_has_no_sheets(corpus, client, http, stack):
+    photo = corpus / "media" / "photo-12mp-arch-building-galaxy-s7-metadata-extractor-images.jpg"
+    resp = client.submit(str(photo), jobs_pb2.PlanRef(org="acme", project="sheets",
+                                                       plan="photo"), jobs_pb2.JobOptions())
+    job = wait_ended(client, resp.job_id)
+    assert all(not p.sheet.number and not p.sheet.title for p in job.pages)
+    assert_problem(http.get(f"/v1/jobs/{job.job_id}/sheets", headers=bearer(stack)), 404,
+                   "SHEETS_NOT_READY")
+    assert_problem(http.get(f"/v1/search?job_id={job.job_id}&q=x1", headers=bearer(stack)),
+                   404, "SHEETS_NOT_READY")
+
+
+def test_cli_prints_the_sheet_table(stack, plan_set):
+    from planzoom_cli.main import main
+
+    runner = CliRunner()
+    env = {**stack.env(), "PLANZOOM_TOKEN": stack.token("acme", "viewer"), "COLUMNS": "200"}
+    out = runner.invoke(main, ["sheets", plan_set.job_id], env=env, terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "100-00" in out.output and "SITE PLAN & ROOF PLAN" in out.output
+    out = runner.invoke(main, ["sheets", plan_set.job_id, "--json"], env=env)
+    rows = json.loads(out.output)["sheets"]
+    assert [r["number"] for r in rows][:2] == ["100-00", "200-00"]
+
+
+def test_viewer_labels_searches_and_follows_callouts(stack, browser, plan_set):  # noqa: F811
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{stack.gateway_url}/view/{plan_set.job_id}#token={stack.token('acme', 'viewer')}")
+    page.wait_for_function("() => planzoom.sheets && Object.keys(planzoom.sheets).length === 8")
+    labels = page.eval_on_selector_all(".page .label", "els => els.map(e => e.textContent)")
+    assert labels[0].startswith("100-00 · Site plan & roof plan")
+    assert labels[7].startswith("701-00 · Electrical first floor")
+    assert not page.locator(".page .review").count()
+
+    # A sheet number typed (another spelling) opens its sheet.
+    page.fill("#goto", "500 00")
+    page.press("#goto", "Enter")
+    page.wait_for_function("() => planzoom.page === 6")
+
+    # A search: its hit is highlighted on the sheet, and Enter steps on.
+    page.fill("#search", "roof plan")
+    page.press("#search", "Enter")
+    page.wait_for_function("() => planzoom.hits.length > 0 && planzoom.page === 1 && "
+                           "document.querySelectorAll('.hit').length > 0")
+    assert "1 of" in page.inner_text("#search-count")
+    box = page.locator(".hit.current").first.bounding_box()
+    assert box and box["width"] > 2 and box["height"] > 2  # drawn on the sheet, visible
+
+    # A section callout on the plan opens the section sheet.
+    page.wait_for_function("() => document.querySelectorAll('.callout').length > 0")
+    page.evaluate("planzoom.viewer.viewport.goHome(true)")
+    callout = page.locator(".callout").first
+    callout.scroll_into_view_if_needed()
+    callout.click(force=True)
+    page.wait_for_function("() => planzoom.page === 4")
+    assert "referenced from" in page.inner_text("#referenced")
+    assert not errors, errors
+    page.close()
