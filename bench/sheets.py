@@ -14,6 +14,7 @@ words at p95. How it is measured and the last figures: docs/sheets.md.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from collections import defaultdict
 import pypdfium2 as pdfium
 
 from planzoom.engines.sheets import fold, identify_set, number_key, page_candidates
-from planzoom.engines.text import read_words
+from planzoom.engines.text import OCR_BELOW_GLYPHS, page_text, read_words
 from planzoom.pages import raster_size
 
 CORPUS = os.environ.get("PLANZOOM_CORPUS", os.path.join(os.path.dirname(__file__), "..", "..",
@@ -40,12 +41,15 @@ def _same_number(a: str | None, b: str | None) -> bool:
     return number_key(a) == number_key(b)
 
 
-def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False) -> dict:
+def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False,
+        ocr: bool = True) -> dict:
     by_file: dict[str, list[dict]] = defaultdict(list)
     for row in labels:
         by_file[row["file"]].append(row)
     results = []
     times = []
+    ocr_times: list[float] = []
+    sizes: list[int] = []  # word sidecars, gzipped bytes
     links = defaultdict(int)  # callouts: target sheets per page, against the labels
     for name, rows in sorted(by_file.items()):
         path = os.path.join(pdf_dir, name)
@@ -62,6 +66,12 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
             t0 = time.perf_counter()
             words = read_words(page, w, h)
             times.append(time.perf_counter() - t0)
+            if ocr and words.glyphs < OCR_BELOW_GLYPHS:
+                t0 = time.perf_counter()
+                words = page_text(page, w, h)
+                ocr_times.append(time.perf_counter() - t0)
+            sizes.append(len(gzip.compress(json.dumps(
+                words.to_json(), separators=(",", ":"), ensure_ascii=False).encode())))
             cands[n] = page_candidates(words) if words.words else None
             page.close()
         doc.close()
@@ -109,9 +119,14 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
             print(f"{mark} {row['file'][:44]:44} p{row['page']:<3} want {row['sheet_number']!r:24}"
                   f" got {sheet.number!r:24} c={sheet.confidence:.2f} | want "
                   f"{(row.get('sheet_title') or '')[:30]!r} got {(sheet.title or '')[:40]!r}")
-    times.sort()
-    p95 = times[int(0.95 * (len(times) - 1))] if times else 0.0
-    return {"stats": stats, "p95_ms": p95 * 1000, "pages": len(times), "links": links}
+    return {"stats": stats, "p95_ms": _p95(times) * 1000, "pages": len(times), "links": links,
+            "ocr_p95_s": _p95(ocr_times), "ocr_pages": len(ocr_times),
+            "sidecar_p95_kib": _p95(sizes) / 1024}
+
+
+def _p95(values: list[float]) -> float:
+    values = sorted(values)
+    return values[int(0.95 * (len(values) - 1))] if values else 0.0
 
 
 def _pct(a: int, b: int) -> str:
@@ -133,7 +148,9 @@ def report(out: dict) -> None:
               f"{_pct(st['accepted numbered'], st['numbered']):>18} "
               f"{_pct(st['title exact'], st['titled']):>18} "
               f"{_pct(st['title containing'], st['titled']):>18}")
-    print(f"words of a page read in {out['p95_ms']:.1f} ms at p95 ({out['pages']} pages, 150 DPI)")
+    print(f"words of a page read in {out['p95_ms']:.1f} ms at p95 ({out['pages']} pages, 150 DPI);"
+          f" word sidecar {out['sidecar_p95_kib']:.1f} KiB gzipped at p95; OCR of a page with "
+          f"no text layer {out['ocr_p95_s']:.1f} s at p95 ({out['ocr_pages']} pages)")
     lk = out["links"]
     print(f"callouts (sheets a page links to, of those in the set): precision "
           f"{_pct(lk['true'], lk['true'] + lk['false'])}, recall "
@@ -145,13 +162,14 @@ def main() -> None:
     ap.add_argument("labels", nargs="*", help="label files (default: the corpus's sheets.json)")
     ap.add_argument("--pdfs", help="where the labels' PDFs are (default: beside the labels)")
     ap.add_argument("--show", action="store_true", help="print every page's answer")
+    ap.add_argument("--no-ocr", action="store_true", help="the text layer only")
     args = ap.parse_args()
     files = args.labels or [os.path.join(CORPUS, "sheets.json")]
     labels = []
     for f in files:
         labels.extend(json.load(open(f, encoding="utf-8")))
     pdf_dir = args.pdfs or os.path.dirname(os.path.abspath(files[0]))
-    report(run(labels, pdf_dir, show=args.show))
+    report(run(labels, pdf_dir, show=args.show, ocr=not args.no_ocr))
 
 
 if __name__ == "__main__":

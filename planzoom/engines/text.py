@@ -14,9 +14,13 @@ Why not pdfplumber or PyMuPDF: the first groups characters in Python and
 is 10-500x slower on dense sheets, the second is AGPL. Per word this costs
 four PDFium calls, not four per character.
 
-``ocr_words(image, …)`` runs Tesseract (Debian ``tesseract-ocr``, through
-pytesseract) on a crop and gives the same shape, for pages whose letters
-are drawn as outlines or scanned.
+``ocr_words(page, …)`` runs Tesseract (Debian ``tesseract-ocr``, through
+pytesseract) on the page's title-block regions and gives the same shape,
+for pages whose letters are drawn as outlines or scanned. Tesseract over
+RapidOCR, measured on the corpus's and the wider set's text-less title
+blocks: RapidOCR found a few more numbers, but its wheels that ship their
+models require the GUI build of OpenCV beside planzoom's headless one
+(docs/sheets.md).
 """
 
 from __future__ import annotations
@@ -266,6 +270,115 @@ def _display_angle(char_angle: float, a: float, b: float, c: float, d: float) ->
     return int(round(math.degrees(math.atan2(-dy, dx)) / 90.0)) % 4 * 90
 
 
+#: A page with fewer characters in its text layer than this is read by OCR
+#: in its title-block regions (scanned, or letters drawn as outlines).
+OCR_BELOW_GLYPHS = 20
+#: Resolution the title-block regions are drawn at for OCR (Tesseract reads
+#: 8-12 pt print best at 200-300 DPI).
+OCR_DPI = 200.0
+#: Words Tesseract is less sure of than this (0-100) are left out.
+OCR_MIN_CONFIDENCE = 40.0
+#: Where title blocks are (fractions of the displayed page: x0, y0, x1, y1):
+#: the right strip and the bottom strip (where a sheet plotted turned has it).
+OCR_REGIONS = ((0.80, 0.0, 1.0, 1.0), (0.0, 0.80, 0.80, 1.0))
+#: Most pixels of one region drawn for OCR (a huge sheet's strip is drawn
+#: at a lower resolution rather than at any size).
+OCR_MAX_PIXELS = 40_000_000
+#: A number candidate scoring less than this after OCR of the upright
+#: regions sends them to OCR turned (planzoom.engines.sheets' scores).
+OCR_SURE_SCORE = 3.0
+#: Seconds Tesseract may spend on one region.
+OCR_SECONDS = 60
+
+
+def ocr_available() -> bool:
+    """True if Tesseract can be run here (Debian's tesseract-ocr)."""
+    import shutil
+
+    return shutil.which("tesseract") is not None
+
+
+def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> PageWords:
+    """The words Tesseract reads in the page's title-block regions
+    (:data:`OCR_REGIONS`), drawn by PDFium at about :data:`OCR_DPI` and
+    read turned by each of ``turns`` (degrees clockwise: 90 reads text set
+    bottom to top, as a sheet plotted turned has it), with their boxes in
+    the pixels of the page at ``width x height``; ``source`` "ocr" (or
+    "none" when Tesseract is not installed)."""
+    width_pt, height_pt = page.get_size()
+    out = PageWords(width, height, width_pt, height_pt, source="ocr")
+    if not ocr_available():
+        out.source = "none"
+        return out
+    import pytesseract
+
+    for fx0, fy0, fx1, fy1 in OCR_REGIONS:
+        area_pt = (fx1 - fx0) * width_pt * (fy1 - fy0) * height_pt
+        dpi = min(OCR_DPI, 72.0 * (OCR_MAX_PIXELS / max(area_pt, 1.0)) ** 0.5)
+        scale = dpi / 72.0
+        # PDFium crops in points from each edge of the displayed page.
+        bitmap = page.render(scale=scale, grayscale=True, crop=(
+            fx0 * width_pt, (1 - fy1) * height_pt, (1 - fx1) * width_pt, fy0 * height_pt))
+        image = bitmap.to_pil()
+        iw, ih = image.size
+        to_px = width / (width_pt * scale)  # OCR pixels → full-resolution pixels
+        left, top = fx0 * width, fy0 * height
+        for turn in turns:
+            # PIL turns counter-clockwise: a clockwise turn t is rotate(360 - t).
+            turned = image.rotate(-turn % 360, expand=True) if turn else image
+            try:
+                data = pytesseract.image_to_data(turned, config="--psm 11",
+                                                 output_type=pytesseract.Output.DICT,
+                                                 timeout=OCR_SECONDS)
+            except (RuntimeError, pytesseract.TesseractError):
+                continue  # a region Tesseract gave up on: the others still count
+            for i, text in enumerate(data["text"]):
+                text = text.strip()
+                if not text or float(data["conf"][i]) < OCR_MIN_CONFIDENCE:
+                    continue
+                u, v = data["left"][i], data["top"][i]
+                bw, bh = data["width"][i], data["height"][i]
+                # Back from the turned image to the region's own pixels.
+                if turn == 90:      # turned clockwise: (x, y) went to (ih - y, x)
+                    x, y, w, h, angle = v, ih - u - bw, bh, bw, 90
+                elif turn == 270:   # turned counter-clockwise: (x, y) went to (y, iw - x)
+                    x, y, w, h, angle = iw - v - bh, u, bh, bw, 270
+                else:
+                    x, y, w, h, angle = u, v, bw, bh, 0
+                x, y = left + x * to_px, top + y * to_px
+                w, h = w * to_px, h * to_px
+                if any(o.x <= x + w / 2 <= o.x + o.w and o.y <= y + h / 2 <= o.y + o.h
+                       for o in out.words[-300:]):
+                    continue  # read already (overlapping regions, another turn)
+                across = w if angle in (90, 270) else h
+                out.words.append(Word(text.translate(_DASHES), int(x), int(y), max(1, round(w)),
+                                      max(1, round(h)), across / (width / width_pt), angle))
+    out.glyphs = sum(len(w.text) for w in out.words)
+    return out
+
+
+def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
+    """An open page's words: its text layer (:func:`read_words`), and where
+    it has (almost) none, what OCR reads in its title block
+    (:func:`ocr_words`; ``source`` "ocr")."""
+    found = read_words(page, width, height)
+    if ocr and found.glyphs < OCR_BELOW_GLYPHS:
+        from planzoom.engines.sheets import page_candidates
+
+        read = ocr_words(page, width, height)
+        numbers = page_candidates(read)["numbers"] if read.words else []
+        if not numbers or numbers[0]["score"] < OCR_SURE_SCORE:
+            # Nothing like a number: the sheet may be plotted turned.
+            turned = ocr_words(page, width, height, (90, 270))
+            read.words.extend(turned.words)
+            read.glyphs += turned.glyphs
+        if read.words:
+            found.words.extend(read.words)
+            found.glyphs += read.glyphs
+            found.source = "ocr"
+    return found
+
+
 def write_page_text(page, width: int, height: int, out_base: str) -> int:
     """Read an open page's words (:func:`read_words`) and write, beside a
     raster at ``out_base``: ``<out_base>.words.json.gz``, the page's word
@@ -277,7 +390,7 @@ def write_page_text(page, width: int, height: int, out_base: str) -> int:
 
     from planzoom.engines.sheets import page_candidates
 
-    found = read_words(page, width, height)
+    found = page_text(page, width, height)
     with gzip.open(out_base + ".words.json.gz", "wt", encoding="utf-8", compresslevel=6) as f:
         json.dump(found.to_json(), f, ensure_ascii=False, separators=(",", ":"))
     with open(out_base + ".sheet.json", "w", encoding="utf-8") as f:
