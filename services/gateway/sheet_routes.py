@@ -16,10 +16,12 @@ import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
 
 from planzoom import keys, search
 from planzoom.errors import InvalidInput, NotFound
 from planzoom.ids import check_id
+from planzoom.sheets import sheet_json
 from planzoom.storage import ObjectNotFound
 from planzoom.v1 import jobs_pb2
 from services.gateway.tiles import _absent, _place
@@ -78,8 +80,8 @@ async def _json_object(request: Request, key: str, what: str) -> Response:
     except ObjectNotFound:
         raise NotFound(f"{what}: not there yet (it is made when the job ends)",
                        reason="SHEETS_NOT_READY") from None
-    headers = {"ETag": etag,
-               "Cache-Control": f"private, max-age={gw.settings.gateway_cache_seconds}"}
+    # A person may correct a sheet: clients revalidate (the ETag makes it cheap).
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
     if data is None:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="application/json", headers=headers)
@@ -122,6 +124,45 @@ async def page_words(request: Request, job_id: str, page: int) -> Response:
     if data is None:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="application/json", headers=headers)
+
+
+class SheetCorrection(BaseModel):
+    """A sheet number and title as a person reads them on the sheet."""
+
+    number: str = Field("", max_length=200, description='"" when the page has no number')
+    title: str = Field("", max_length=200)
+
+
+@router.put("/jobs/{job_id}/pages/{page}/sheet", summary="Correct a page's sheet number and title")
+async def set_sheet(request: Request, job_id: str, page: int, body: SheetCorrection) -> dict:
+    """Record ``{"number", "title"}`` as what page ``page`` (1-based) says;
+    returns the page's sheet as ``GET …/sheets`` lists it, ``source``
+    "user", confidence 1. Kept when the job's sheets are read again;
+    written to ``sheets.json`` and ``manifest.json`` of an ended job.
+    Needs the uploader role. 404 for an unknown job or page (or another
+    org's), 409 (NOT_A_SHEET) for an image or video page, 400 for a value
+    over 200 characters."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "uploader")
+    if not 1 <= page <= 999_999:
+        raise _absent(f"page {page}")
+    sheet = await gw.upstream.set_sheet(access, check_id("job_id", job_id), page, body.number,
+                                        body.title)
+    return sheet_json(page, sheet)
+
+
+@router.get("/plans/{org}/{project}/{plan}/sheets", summary="A plan's current set of sheets")
+async def plan_sheets(request: Request, org: str, project: str, plan: str) -> dict:
+    """``{"job_id", "sheets": [...]}``: the sheets (as ``GET
+    /v1/jobs/{id}/sheets`` gives them, references aside) of the plan's
+    current job, the newest complete one. Needs the viewer role in ``org``
+    (403 for another org's plans); 404 while the plan has no complete job."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    ref = jobs_pb2.PlanRef(org=check_id("org", org), project=check_id("project", project),
+                           plan=check_id("plan", plan))
+    resp = await gw.upstream.list_sheets(access, ref)
+    return {"job_id": resp.job_id, "sheets": [sheet_json(s.page, s.sheet) for s in resp.sheets]}
 
 
 async def _plan_job(request: Request, plan: str) -> tuple[str, str]:

@@ -103,6 +103,19 @@ class Upstream:
             metadata=access.metadata, timeout=CALL_SECONDS)
         return list(resp.jobs)
 
+    async def set_sheet(self, access: Access, job_id: str, page: int, number: str,
+                        title: str) -> jobs_pb2.Sheet:
+        """A person's sheet number and title for a page (SetSheet)."""
+        return await self.progress.SetSheet(
+            progress_pb2.SetSheetRequest(job_id=job_id, page=page, number=number, title=title),
+            metadata=access.metadata, timeout=CALL_SECONDS)
+
+    async def list_sheets(self, access: Access,
+                          plan: jobs_pb2.PlanRef) -> progress_pb2.ListSheetsResponse:
+        """The plan's current set, a sheet per page (ListSheets)."""
+        return await self.progress.ListSheets(progress_pb2.ListSheetsRequest(plan=plan),
+                                              metadata=access.metadata, timeout=CALL_SECONDS)
+
     def _remember(self, job: jobs_pb2.Job) -> None:
         self._places[job.job_id] = JobPlace(job.plan.org, job.tiles_prefix,
                                             keys.is_archive(job.options))

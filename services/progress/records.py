@@ -167,6 +167,30 @@ class JobRecords:
                                      "pages": job.total_pages, "failed": job.failed_pages})
         return job
 
+    async def set_sheet(self, job_id: str, page: int, number: str, title: str) -> jobs_pb2.Sheet:
+        """Record a page's sheet number and title as a person reads them
+        (source ``user``); if the job has ended, its ``sheets.json`` and
+        ``manifest.json`` say so too. Raises JobNotFound, PageNotFound,
+        NoSheet, InvalidInput."""
+        for what, value in (("number", number), ("title", title)):
+            if len(value) > sheets.MAX_FIELD_CHARS or any(ord(c) < 32 for c in value):
+                raise InvalidInput(f"a sheet {what} is at most {sheets.MAX_FIELD_CHARS} "
+                                   "printable characters", field=what)
+
+        def correct(job: jobs_pb2.Job) -> bool:
+            if not 1 <= page <= len(job.pages):
+                raise sheets.PageNotFound(f"job {job.job_id} has no page {page}")
+            if job.source_kind not in ("", "pdf"):
+                raise sheets.NoSheet(f"page {page} of job {job.job_id} is not a PDF page: "
+                                     "only a PDF's pages are sheets")
+            sheets.correct(job.pages[page - 1].sheet, number.strip(), title.strip())
+            return True
+
+        job = await self.change(job_id, correct)
+        if ended(job) and not job.finalizing:
+            await asyncio.to_thread(sheets.write_correction, self.store, job, page)
+        return job.pages[page - 1].sheet
+
     async def on_event(self, data: bytes, delivery: Delivery) -> None:
         """Fold one ProgressEvent (a message of PLANZOOM_PROGRESS) into its
         job's record; a forged one is refused (and dead-lettered)."""

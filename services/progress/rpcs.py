@@ -6,11 +6,13 @@ import asyncio
 
 from planzoom import keys, metrics, updates
 from planzoom.auth import require_org, visible
-from planzoom.errors import Unavailable
+from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
+from planzoom.sheets import sheet_from_json
 from planzoom.states import finalized
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from services.progress import sheets
 from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
 from services.progress.sweep import Sweeper
@@ -20,8 +22,8 @@ LIST_DEFAULT, LIST_MAX = 50, 500
 
 
 class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
-    """WatchJob, GetJob, ListJobs, CancelJob, Reconcile over the job
-    records. ``stopping`` is set when the service begins to shut down."""
+    """WatchJob, GetJob, ListJobs, CancelJob, Reconcile, SetSheet and
+    ListSheets over the job records. ``stopping`` is set when the service begins to shut down."""
 
     def __init__(self, jobs: JobStore, records: JobRecords, sweeper: Sweeper, feeds: JobFeeds,
                  stopping: asyncio.Event):
@@ -58,6 +60,33 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         job = await self._job(request.job_id)
         job, repaired = await self.sweeper.reconcile(job.job_id)
         return progress_pb2.ReconcileResponse(job=keys.with_keys(job), repaired_pages=repaired)
+
+    async def SetSheet(self, request, context):
+        """A person's sheet number and title for one page (uploader)."""
+        job = await self._job(request.job_id)
+        return await self.records.set_sheet(job.job_id, request.page, request.number,
+                                            request.title)
+
+    async def ListSheets(self, request, context):
+        """The plan's current set, a sheet per page (viewer): from the
+        current job's record while it is kept, else its ``sheets.json``."""
+        check_plan(request.plan)
+        require_org(request.plan.org)
+        found = await asyncio.to_thread(sheets.current_sheets, self.records.store, request.plan)
+        if found is None:
+            raise NotFound(f"plan {request.plan.org}/{request.plan.project}/"
+                           f"{request.plan.plan} has no complete set yet", reason="NOT_FOUND")
+        resp = progress_pb2.ListSheetsResponse(job_id=found["job_id"])
+        try:
+            job = await self.jobs.get(found["job_id"])
+            for p in job.pages:
+                resp.sheets.add(page=p.page, sheet=p.sheet)
+            return resp
+        except JobNotFound:
+            pass  # past the record's retention: the stored index has it
+        for row in found["sheets"]:
+            resp.sheets.add(page=int(row["page"]), sheet=sheet_from_json(row))
+        return resp
 
     async def WatchJob(self, request, context):
         """A snapshot of the record, then a delta at each change, until the

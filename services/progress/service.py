@@ -62,7 +62,8 @@ class Progress(BackedService):
         progress_pb2_grpc.add_ProgressServiceServicer_to_server(rpcs, server)
         return method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
             "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer",
-            "CancelJob": "admin", "Reconcile": "admin"})
+            "CancelJob": "admin", "Reconcile": "admin", "SetSheet": "uploader",
+            "ListSheets": "viewer"})
 
     async def stop(self, grace: float) -> None:
         # Open WatchJob streams end with UNAVAILABLE and clients reconnect;

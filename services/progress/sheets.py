@@ -16,7 +16,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from planzoom import keys, search
-from planzoom.engines.sheets import identify_set
+from planzoom.engines.sheets import discipline, identify_set
+from planzoom.errors import FailedPrecondition, NotFound
+from planzoom.sheets import box, sheet_from_json, sheet_json
 from planzoom.storage import ObjectNotFound, ObjectStore
 from planzoom.v1 import jobs_pb2
 
@@ -28,6 +30,64 @@ MAX_CANDIDATES_BYTES = 1 << 20
 MAX_WORDS_BYTES = 16 << 20
 #: S3 reads at once.
 READERS = 8
+#: Longest sheet number or title a person may set, in characters.
+MAX_FIELD_CHARS = 200
+
+
+class PageNotFound(NotFound):
+    reason = "SHEET_NOT_FOUND"
+
+
+class NoSheet(FailedPrecondition):
+    reason = "NOT_A_SHEET"
+
+
+def correct(sheet: jobs_pb2.Sheet, number: str, title: str) -> None:
+    """Set ``sheet`` to what a person read: source ``user``, confidence 1,
+    nothing left to review; the number's box is kept where it was read (it
+    still marks the title block)."""
+    sheet.number, sheet.title = number, title
+    sheet.discipline = discipline(number or None, title or None) or ""
+    sheet.source, sheet.confidence, sheet.needs_review = "user", 1.0, False
+
+
+def write_correction(store: ObjectStore, job: jobs_pb2.Job, page: int) -> None:
+    """Put a person's correction of ``page`` (in ``job``'s record) into the
+    ended job's ``sheets.json`` and ``manifest.json`` (the references and
+    boxes the record does not keep stay as they were)."""
+    sheet = job.pages[page - 1].sheet
+    key = keys.sheets_key(job.plan, job.job_id)
+    doc = _read_json(store, key, MAX_WORDS_BYTES, False) or {"job_id": job.job_id, "sheets": []}
+    rows = {int(r["page"]): r for r in doc.get("sheets", [])}
+    row = rows.setdefault(page, {"page": page, "references": [], "box": None,
+                                 "title_box": None, "scale": None})
+    row.update({"number": sheet.number or None, "title": sheet.title or None,
+                "discipline": sheet.discipline or None, "confidence": 1.0,
+                "needs_review": False, "source": "user"})
+    doc["sheets"] = [rows[n] for n in sorted(rows)]
+    store.put_bytes(key, json.dumps(doc, ensure_ascii=False, indent=1).encode(),
+                    "application/json")
+    manifest_key = keys.manifest_key(job.plan, job.job_id)
+    manifest = _read_json(store, manifest_key, MAX_WORDS_BYTES * 4, False)
+    if manifest and len(manifest.get("pages", [])) >= page:
+        entry = manifest["pages"][page - 1].setdefault("sheet", {})
+        entry.update({"number": sheet.number, "title": sheet.title,
+                      "discipline": sheet.discipline, "confidence": 1.0,
+                      "needs_review": False, "source": "user"})
+        store.put_bytes(manifest_key, json.dumps(manifest, indent=2).encode(),
+                        "application/json")
+
+
+def current_sheets(store: ObjectStore, plan: jobs_pb2.PlanRef) -> dict | None:
+    """The plan's current set: ``current.json``'s job and its
+    ``sheets.json``, or None when the plan has no complete job yet."""
+    current = _read_json(store, keys.current_key(plan), MAX_CANDIDATES_BYTES, False)
+    if not current:
+        return None
+    job_id = current.get("job_id", "")
+    tiles = current.get("tiles_prefix", "")
+    doc = _read_json(store, f"{tiles}sheets.json", MAX_WORDS_BYTES, False) if tiles else None
+    return {"job_id": job_id, "sheets": (doc or {}).get("sheets", [])}
 
 
 def _is_pdf(job: jobs_pb2.Job) -> bool:
@@ -46,13 +106,6 @@ def _read_json(store: ObjectStore, key: str, limit: int, gzipped: bool) -> dict 
     except (ObjectNotFound, OSError, ValueError) as e:
         log.warning("unreadable %s: %s", key, e)
         return None
-
-
-def _box(b) -> jobs_pb2.Box | None:
-    if not b:
-        return None
-    x, y, w, h = (max(0, int(v)) for v in b)
-    return jobs_pb2.Box(x=x, y=y, w=w, h=h)
 
 
 def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
@@ -84,38 +137,22 @@ def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
             source=sheet.source)
         for field, value in (("box", sheet.box), ("title_box", sheet.title_box),
                              ("scale_box", sheet.scale_box)):
-            box = _box(value)
-            if box is not None:
-                getattr(record, field).CopyFrom(box)
+            found = box(value)
+            if found is not None:
+                getattr(record, field).CopyFrom(found)
         for ref in sheet.references or []:
             record.references.add(number=ref["number"], page=ref["page"], text=ref["text"],
-                                  box=_box(ref["box"]))
+                                  box=box(ref["box"]))
         page.sheet.CopyFrom(record)
         numbered += bool(sheet.number)
     return numbered
-
-
-def _box_json(box: jobs_pb2.Box, present: bool) -> list[int] | None:
-    return [box.x, box.y, box.w, box.h] if present else None
 
 
 def sheets_json(job: jobs_pb2.Job) -> bytes:
     """``sheets.json``: every page's sheet identity, in the shape of ``GET
     /v1/jobs/{id}/sheets`` (docs/sheets.md); a page with none (an image, a
     failed page) has ``number`` null and ``source`` "none"."""
-    out = []
-    for p in job.pages:
-        s = p.sheet
-        out.append({
-            "page": p.page, "number": s.number or None, "title": s.title or None,
-            "discipline": s.discipline or None, "scale": s.scale or None,
-            "confidence": round(s.confidence, 3), "needs_review": s.needs_review,
-            "source": s.source or "none", "box": _box_json(s.box, s.HasField("box")),
-            "title_box": _box_json(s.title_box, s.HasField("title_box")),
-            "references": [{"number": r.number, "page": r.page, "text": r.text,
-                            "box": _box_json(r.box, r.HasField("box"))}
-                           for r in s.references],
-        })
+    out = [sheet_json(p.page, p.sheet) for p in job.pages]
     return json.dumps({"job_id": job.job_id, "sheets": out}, ensure_ascii=False,
                       indent=1).encode()
 
@@ -154,21 +191,8 @@ def _restore(job: jobs_pb2.Job, doc: dict) -> None:
     """Set ``job.pages[].sheet`` back from a stored ``sheets.json``."""
     for s in doc.get("sheets", []):
         n = int(s.get("page", 0))
-        if not 1 <= n <= len(job.pages) or job.pages[n - 1].sheet.source == "user":
-            continue
-        sheet = jobs_pb2.Sheet(
-            number=s.get("number") or "", title=s.get("title") or "",
-            discipline=s.get("discipline") or "", scale=s.get("scale") or "",
-            confidence=float(s.get("confidence") or 0), needs_review=bool(s.get("needs_review")),
-            source=s.get("source") or "none")
-        for field in ("box", "title_box"):
-            box = _box(s.get(field))
-            if box is not None:
-                getattr(sheet, field).CopyFrom(box)
-        for r in s.get("references") or []:
-            sheet.references.add(number=r["number"], page=int(r["page"]), text=r.get("text", ""),
-                                 box=_box(r.get("box")))
-        job.pages[n - 1].sheet.CopyFrom(sheet)
+        if 1 <= n <= len(job.pages) and job.pages[n - 1].sheet.source != "user":
+            job.pages[n - 1].sheet.CopyFrom(sheet_from_json(s))
 
 
 def index(store: ObjectStore, job: jobs_pb2.Job) -> int:

@@ -157,6 +157,48 @@ def test_an_image_job_has_no_sheets(corpus, client, http, stack):
                    404, "SHEETS_NOT_READY")
 
 
+def test_a_person_corrects_a_sheet_and_it_stays(http, stack, s3, client, plan_set):
+    url = f"/v1/jobs/{plan_set.job_id}/pages/5/sheet"
+    body = {"number": "400-01", "title": "Elevations (revised)"}
+    assert_problem(http.put(url, json=body, headers=bearer(stack, role="viewer")), 403)
+    assert_problem(http.put(url, json=body, headers=bearer(stack, org="intruder",
+                                                              role="uploader")), 404)
+    assert_problem(http.put(url.replace("/5/", "/99/"), json=body,
+                            headers=bearer(stack, role="uploader")), 404, "SHEET_NOT_FOUND")
+    assert_problem(http.put(url, json={"number": "x" * 201},
+                            headers=bearer(stack, role="uploader")), 400)
+    got = http.put(url, json=body, headers=bearer(stack, role="uploader")).json()
+    assert (got["number"], got["title"], got["source"], got["confidence"], got["needs_review"]) \
+        == ("400-01", "Elevations (revised)", "user", 1.0, False)
+    # Everywhere the sheet shows: sheets.json, the record, the manifest, the plan's set.
+    listed = http.get(f"/v1/jobs/{plan_set.job_id}/sheets", headers=bearer(stack)).json()
+    assert listed["sheets"][4]["number"] == "400-01" and listed["sheets"][4]["source"] == "user"
+    assert listed["sheets"][0]["references"]  # the rest as it was
+    assert client.get_job(plan_set.job_id).pages[4].sheet.source == "user"
+    manifest = json.loads(s3.get_object(Bucket="planzoom",
+                                        Key=plan_set.manifest_key)["Body"].read())
+    assert manifest["pages"][4]["sheet"]["number"] == "400-01"
+    current = http.get("/v1/plans/acme/sheets/crayfishinn/sheets", headers=bearer(stack)).json()
+    assert current["job_id"] == plan_set.job_id
+    assert [s["number"] for s in current["sheets"]][3:6] == ["300-00", "400-01", "500-00"]
+    assert_problem(http.get("/v1/plans/intruder/sheets/crayfishinn/sheets",
+                            headers=bearer(stack, org="acme")), 403)
+    assert_problem(http.get("/v1/plans/acme/sheets/nothing-yet/sheets",
+                            headers=bearer(stack)), 404)
+    # A reconcile reads nothing over it.
+    client.reconcile(plan_set.job_id)
+    assert client.get_job(plan_set.job_id).pages[4].sheet.number == "400-01"
+
+
+def test_an_image_page_is_not_a_sheet_to_correct(corpus, client, http, stack):
+    photo = corpus / "media" / "photo-12mp-arch-building-galaxy-s7-metadata-extractor-images.jpg"
+    resp = client.submit(str(photo), jobs_pb2.PlanRef(org="acme", project="sheets",
+                                                       plan="photo2"), jobs_pb2.JobOptions())
+    wait_ended(client, resp.job_id)
+    assert_problem(http.put(f"/v1/jobs/{resp.job_id}/pages/1/sheet", json={"number": "A-1"},
+                            headers=bearer(stack, role="uploader")), 409, "NOT_A_SHEET")
+
+
 def test_cli_prints_the_sheet_table(stack, plan_set):
     from planzoom_cli.main import main
 

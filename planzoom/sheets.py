@@ -1,0 +1,55 @@
+"""The sheet index's JSON shape, as ``sheets.json`` stores it and the HTTP
+routes answer (docs/sheets.md): a :class:`jobs_pb2.Sheet` per page, boxes
+as ``[x, y, w, h]`` in the page's full-resolution pixels, absent values as
+null."""
+
+from __future__ import annotations
+
+from planzoom.v1 import jobs_pb2
+
+
+def _box_json(sheet_or_ref, field: str) -> list[int] | None:
+    if not sheet_or_ref.HasField(field):
+        return None
+    b = getattr(sheet_or_ref, field)
+    return [b.x, b.y, b.w, b.h]
+
+
+def box(value) -> jobs_pb2.Box | None:
+    """``[x, y, w, h]`` (or None) as a Box; negative values clamp to 0."""
+    if not value:
+        return None
+    x, y, w, h = (max(0, int(v)) for v in value)
+    return jobs_pb2.Box(x=x, y=y, w=w, h=h)
+
+
+def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
+    """One page's entry: ``{"page", "number", "title", "discipline",
+    "scale", "confidence", "needs_review", "source", "box", "title_box",
+    "references": [{"number", "page", "box", "text"}]}``."""
+    return {
+        "page": page, "number": s.number or None, "title": s.title or None,
+        "discipline": s.discipline or None, "scale": s.scale or None,
+        "confidence": round(s.confidence, 3), "needs_review": s.needs_review,
+        "source": s.source or "none", "box": _box_json(s, "box"),
+        "title_box": _box_json(s, "title_box"),
+        "references": [{"number": r.number, "page": r.page, "text": r.text,
+                        "box": _box_json(r, "box")} for r in s.references],
+    }
+
+
+def sheet_from_json(row: dict) -> jobs_pb2.Sheet:
+    """An entry of :func:`sheet_json` back as a Sheet."""
+    sheet = jobs_pb2.Sheet(
+        number=row.get("number") or "", title=row.get("title") or "",
+        discipline=row.get("discipline") or "", scale=row.get("scale") or "",
+        confidence=float(row.get("confidence") or 0), needs_review=bool(row.get("needs_review")),
+        source=row.get("source") or "none")
+    for field in ("box", "title_box"):
+        b = box(row.get(field))
+        if b is not None:
+            getattr(sheet, field).CopyFrom(b)
+    for r in row.get("references") or []:
+        sheet.references.add(number=r["number"], page=int(r["page"]), text=r.get("text", ""),
+                             box=box(r.get("box")))
+    return sheet
