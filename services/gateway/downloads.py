@@ -7,11 +7,12 @@ is known before the first byte (every entry's size comes from the listing),
 and objects are fetched a few dozen ahead of the one being written. It holds
 ``<job_id>/manifest.json`` and, per page, ``page-<n>.dzi`` and
 ``page-<n>_files/<level>/<col>_<row>.<ext>``: exactly the layout
-OpenSeadragon opens. A job of layout ARCHIVE is held as ``page-<n>.dzi``
-and ``page-<n>.pmtiles`` (the page's archive as one file, for a static
-host or bucket that answers range requests), unless a bundle cuts its
-levels or carries the viewer: then its tiles are unpacked into
-``page-<n>_files/``.
+OpenSeadragon opens; for a PDF, ``sheets.json`` (the sheet index) and
+each page's ``page-<n>.words.json.gz`` (docs/sheets.md) too. A job of
+layout ARCHIVE is held as ``page-<n>.dzi`` and ``page-<n>.pmtiles`` (the
+page's archive as one file, for a static host or bucket that answers
+range requests), unless a bundle cuts its levels or carries the viewer:
+then its tiles are unpacked into ``page-<n>_files/``.
 
 A smaller offline bundle: ``?pages=1,3-5`` keeps those pages (1-based),
 ``?max_level=N`` keeps levels 0..N. A level-N bundle is itself a valid DZI
@@ -104,7 +105,24 @@ def _bundle_page(record: dict, max_level: int | None) -> tuple[dict, DziInfo, in
     scaled = {**record, "width_px": width, "height_px": height, "levels": info.levels,
               "tile_count": str(info.tile_count()),
               "dpi": level_dpi(record.get("dpi", 0), full.width, width)}
+    if "sheet" in record:
+        scaled["sheet"] = _scaled_sheet(record["sheet"], width / full.width)
     return scaled, info, top
+
+
+def _scaled_sheet(sheet: dict, factor: float) -> dict:
+    """A page's sheet (protobuf JSON) with its boxes in the pixels of a
+    bundle's top level."""
+    def box(b: dict) -> dict:
+        return {k: round(int(b.get(k, 0)) * factor) for k in ("x", "y", "w", "h")}
+
+    out = {**sheet}
+    for field in ("box", "title_box", "scale_box"):
+        if field in out:
+            out[field] = box(out[field])
+    out["references"] = [{**r, **({"box": box(r["box"])} if "box" in r else {})}
+                         for r in sheet.get("references", [])]
+    return out
 
 
 def _archive_tiles(store: ObjectStore, key: str, folder: str, page: int, top: int
@@ -147,6 +165,13 @@ def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int
             level = key[len(files):].split("/", 1)[0]
             if level.isdigit() and int(level) <= top:
                 entries.append(Entry(f"{folder}/{key[len(prefix):]}", size, key=key))
+    # The sheet index and each page's words (boxes in full-resolution pixels
+    # of the job's pages: a bundle that cuts levels says so in "bundle").
+    for key in [f"{prefix}sheets.json",
+                *(f"{prefix}page-{r['page']}.words.json.gz" for r in records)]:
+        size = store.size(key)
+        if size is not None:
+            entries.append(Entry(f"{folder}/{key[len(prefix):]}", size, key=key))
     kept = {**manifest, "pages": records}
     if len(records) != len(manifest["pages"]) or max_level is not None:
         kept["bundle"] = {"pages": [r["page"] for r in records], "max_level": max_level}

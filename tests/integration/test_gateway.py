@@ -268,6 +268,10 @@ def test_download_is_a_zip_of_valid_pyramids_sized_up_front(stack, http, done_jo
     assert sorted(pyramids) == list(range(1, 8))
     assert all((d.width, d.height) == (p.width_px, p.height_px)
                for d, p in zip(pyramids.values(), done_job.pages, strict=True))
+    names = zipfile.ZipFile(io.BytesIO(resp.content)).namelist()
+    # The sheet index and every page's words come along.
+    assert f"{done_job.job_id}/sheets.json" in names
+    assert all(f"{done_job.job_id}/page-{n}.words.json.gz" in names for n in range(1, 8))
 
 
 def test_offline_bundle_keeps_only_the_pages_and_levels_asked_for(stack, http, done_job):
