@@ -151,30 +151,34 @@ def watch_latency(client: Client, stack: EmbeddedStack, pdf: Path, dpi: float, t
     return [got - done for done, got in seen_at if done > all_connected]
 
 def render_all(pdf: Path, pages: list[int], dpi: float, work: Path,
-               on_ready=None) -> list:
+               on_ready=None, text: bool = True) -> list:
     """Render ``pages`` with one PDFium worker process (as the render service
     does) into ``work``; yields (page, Raster, raster path) as each
     page is ready, so the caller can tile page N while page N+1 renders.
     ``on_ready()`` is called once the worker is up (its modules imported),
     before the first page is sent: the service's workers are started ahead
-    of any job, so a timing starts there."""
+    of any job, so a timing starts there. With ``text`` each page's words
+    and sheet candidates are read beside its raster, as the service does."""
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=ctx) as render:
         render.submit(_warm).result()
         if on_ready is not None:
             on_ready()
         futures = [(p, work / f"page-{p}.raw.zst",
-                    render.submit(_render, str(pdf), p, dpi, str(work / f"page-{p}.raw.zst")))
+                    render.submit(_render, str(pdf), p, dpi, str(work / f"page-{p}.raw.zst"),
+                                  text))
                    for p in pages]
         for page, path, future in futures:
             yield page, future.result(), path
 
 
-def _render(pdf: str, page: int, dpi: float, out: str) -> Raster:
+def _render(pdf: str, page: int, dpi: float, out: str, text: bool = True) -> Raster:
     """Page ``page`` at ``dpi`` (no pixel cap) to a raster at ``out``, in
-    64 MiB bands, as a render worker does it."""
+    64 MiB bands, as a render worker does it (with ``text``, its words and
+    sheet candidates beside it)."""
     options = jobs_pb2.JobOptions(dpi=dpi, max_page_pixels=10**10)
-    return pdf_engine.rasterize(pdf, pdf_engine.geometry(pdf, page, options), out, 64 << 20)
+    return pdf_engine.rasterize(pdf, pdf_engine.geometry(pdf, page, options), out, 64 << 20,
+                                text)
 
 
 def _warm() -> None:
@@ -193,18 +197,21 @@ def tile_to_disk(r, raster: Path, out: Path, name: str, encode_threads: int | No
                             r.height_px, r.bands, str(out), name, 256, 1, 90,
                             encode_threads=encode_threads)
 
-def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path) -> tuple[float, int]:
+def compute_only(pdf: Path, pages: list[int], dpi: float, work: Path,
+                 text: bool = True) -> tuple[float, int]:
     """planzoom's compute with no upload: one render worker process (timed
-    from when it is up, as the service's are) and one tile worker (this
-    process, its default encoder threads), pipelined, tiles written to local
-    files. Returns (seconds, tiles)."""
+    from when it is up, as the service's are; with ``text`` reading each
+    page's words and sheet candidates too, as the service does) and one
+    tile worker (this process, its default encoder threads), pipelined,
+    tiles written to local files. Returns (seconds, tiles)."""
     keep_freed_blocks()  # as the tile service does
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     tiles = 0
     t0 = [0.0]
     for page, r, raster in render_all(pdf, pages, dpi, work,
-                                      on_ready=lambda: t0.__setitem__(0, time.monotonic())):
+                                      on_ready=lambda: t0.__setitem__(0, time.monotonic()),
+                                      text=text):
         tiles += tile_to_disk(r, raster, work, f"page-{page}").tile_count() + 1
         raster.unlink()
     seconds = time.monotonic() - t0[0]

@@ -324,7 +324,8 @@ class PeerRow:
 
     def __init__(self):
         self.seconds: dict[str, list[float]] = {k: [] for k in (
-            "planzoom", "planzoom archive", "planzoom compute", "peer", "peer local")}
+            "planzoom", "planzoom archive", "planzoom compute", "peer", "peer local",
+            "compute without sheets")}
         #: the store's requests per page of each end-to-end case, by kind
         self.requests: dict[str, Counter] = {}
         #: requests per page that stored the pyramid (planzoom's cases)
@@ -362,6 +363,8 @@ class PeerRow:
             self.first_look.append(job.first_look)
         self.seconds["planzoom compute"].append(
             compute_only(pdf, pages, dpi, data / "compute")[0])
+        self.seconds["compute without sheets"].append(
+            compute_only(pdf, pages, dpi, data / "compute", text=False)[0])
         self.limits.append(limit(pdf, pages, dpi))
 
 
@@ -454,6 +457,14 @@ def print_vs_peer(rows: dict[tuple[Path, float], PeerRow], runs: int) -> None:
                   f"{sum(kinds.values()):>8.1f} a page{pyramid} ("
                   + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items()))
                   + f"); ${1000 * request_cost(kinds):.2f} per 1,000 pages")
+    print()
+    print("sheets (each page's words and sheet candidates read beside its render, "
+          "planzoom.engines.text): planzoom compute with them against without, medians:")
+    for (pdf, dpi), row in rows.items():
+        with_, without = med(row.seconds["planzoom compute"]), med(
+            row.seconds["compute without sheets"])
+        print(f"  {pdf.stem[:33]:<34}{dpi:>5g} DPI {row.pages:>4} pages: {with_:.2f} s against "
+              f"{without:.2f} s, {100 * (with_ / without - 1):+.1f} %")
     print()
     print("first look, planzoom end to end (submit → every page's overview, a level of its "
           "pyramid; → the first page at full resolution; all pages, and that per page, "

@@ -21,6 +21,7 @@ docs/sheets.md.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter, defaultdict
@@ -74,6 +75,10 @@ def _frame(w: Word, width: int, height: int) -> tuple[float, float, float, float
     return w.x, w.x + w.w, w.y, w.y + w.h
 
 
+#: Buckets across a page in :func:`phrases`' index of lines.
+BUCKETS = 512
+
+
 def phrases(page: PageWords, gap: float = 0.9) -> list[Phrase]:
     """The page's words joined into phrases: same direction, overlapping
     across the line by half the smaller height, and apart along it by at
@@ -82,35 +87,43 @@ def phrases(page: PageWords, gap: float = 0.9) -> list[Phrase]:
     for w in page.words:
         u0, u1, v0, v1 = _frame(w, page.width, page.height)
         items.append((w.angle, (v0 + v1) / 2, u0, u1, v0, v1, w))
-    items.sort(key=lambda t: (t[0], round(t[1] / max(1.0, t[5] - t[4])), t[2]))
     lines: list[list[tuple]] = []
-    by_angle: dict[int, list[list[tuple]]] = defaultdict(list)
+    # Lines by direction and by where they are across (a page's height in
+    # BUCKETS buckets), so that a word is compared with the lines near it only.
+    bucket = max(1.0, max(page.width, page.height) / BUCKETS)
+    buckets: dict[tuple[int, int], list[list[tuple]]] = defaultdict(list)
     for it in sorted(items, key=lambda t: (t[0], t[2])):
         angle, vc, u0, u1, v0, v1, w = it
         h = max(1.0, v1 - v0)
         best = None
         mark = _PUNCT.fullmatch(w.text) is not None
-        for line in by_angle[angle]:
+        near = {id(line): line for b in range(int((vc - 2 * h) // bucket),
+                                              int((vc + 2 * h) // bucket) + 1)
+                for line in buckets.get((angle, b), ())}
+        for line in sorted(near.values(), key=lambda line: line[0][2]):
             la, lvc, lu0, lu1, lv0, lv1, lw = line[-1]
             lh = max(1.0, lv1 - lv0)
+            hh = h
             if mark or _PUNCT.fullmatch(lw.text):
                 # A dash or a dot is short: it belongs to the line its box
                 # sits inside.
                 if not (min(v1, lv1) - max(v0, lv0) > 0 and abs(lvc - vc) <= 0.6 * max(h, lh)):
                     continue
-                h = lh = max(h, lh)
+                hh = lh = max(h, lh)
             elif abs(lvc - vc) > 0.5 * min(h, lh) or abs(h - lh) > 0.6 * max(h, lh):
                 continue
-            if u0 - lu1 > gap * max(h, lh) or u0 < lu0:
+            if u0 - lu1 > gap * max(hh, lh) or u0 < lu0:
                 continue
             best = line
             break
         if best is None:
             best = [it]
-            by_angle[angle].append(best)
             lines.append(best)
         else:
             best.append(it)
+        key = (angle, int(vc // bucket))
+        if best not in buckets[key]:
+            buckets[key].append(best)
     out = []
     for line in lines:
         ws = [t[6] for t in line]
@@ -126,6 +139,7 @@ def phrases(page: PageWords, gap: float = 0.9) -> list[Phrase]:
 
 # -- what a title block says ---------------------------------------------------
 
+@functools.lru_cache(maxsize=65536)
 def fold(text: str) -> str:
     """Upper case without accents, for matching labels and numbers."""
     text = unicodedata.normalize("NFKD", text)
@@ -344,7 +358,7 @@ def _splits(p: Phrase) -> list[tuple[str, tuple[int, int, int, int], list[Word]]
     their own ("SHEET NO. A-201" → "A-201"), with their boxes."""
     out = [(p.text, p.box, p.words)]
     n = len(p.words)
-    if n > 1:
+    if n > 1 and any(c.isdigit() for c in p.text):
         for i in range(n):
             for j in range(i + 1, min(n, i + 4) + 1):
                 if (i, j) == (0, n):
@@ -472,13 +486,11 @@ def _stacked_numbers(ph: list[Phrase]) -> list[Phrase]:
     line that ends with a dash, or whose next line starts with one, joined
     to the line under it."""
     out = []
-    for p in ph:
-        if p.angle != 0 or len(p.words) != 1:
-            continue
-        for q in ph:
-            if q is p or q.angle != 0 or len(q.words) != 1:
-                continue
-            if not (p.text.endswith("-") or q.text.startswith("-")):
+    singles = [p for p in ph if p.angle == 0 and len(p.words) == 1
+               and any(c.isdigit() for c in p.text)]
+    for p in singles:
+        for q in singles:
+            if q is p or not (p.text.endswith("-") or q.text.startswith("-")):
                 continue
             h = p.box[3]
             gap = q.box[1] - (p.box[1] + h)
