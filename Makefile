@@ -25,7 +25,8 @@ OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm-ocr
 
-.PHONY: setup proto demo up test test-fast lint images bench bench-media soak chart-e2e clean
+.PHONY: setup proto demo up test test-fast lint images bench bench-media bench-sheets soak \
+        chart-e2e clean
 
 # Tesseract (Debian's tesseract-ocr) reads title blocks that have no text
 # layer; without it (no root for apt) such pages get no sheet number.
@@ -116,6 +117,13 @@ chart-e2e: setup
 	@docker info >/dev/null 2>&1 || { echo "chart-e2e needs a Docker engine (dockerd)"; exit 1; }
 	$(MAKE) --no-print-directory images
 	PLANZOOM_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -v -s tests/e2e/test_chart_e2e.py
+
+# Sheets read against what a person reads (the corpus's sheets.json; pass
+# LABELS="labels.json --pdfs DIR" for another set), and search at scale.
+LABELS ?=
+bench-sheets: setup
+	$(BIN)/python -m bench.sheets $(LABELS)
+	$(BIN)/python -m bench.search
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \
