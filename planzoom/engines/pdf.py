@@ -154,7 +154,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
     cannot open the file, load the page, or allocate a band.
 
     With ``text``, the page's words are read from the page already loaded
-    and written beside the raster (:func:`planzoom.engines.text.write_page_text`:
+    and written beside the raster (:func:`planzoom.engines.sheets.write_page_text`:
     ``<out_path>.words.json.gz``, ``<out_path>.sheet.json``).
     """
     import numpy as np
@@ -203,7 +203,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
                     z.write(memoryview(pixels).cast("B"))
         words = -1
         if text:
-            from planzoom.engines.text import write_page_text
+            from planzoom.engines.sheets import write_page_text
 
             words = write_page_text(page, width, height, out_path)
         return Raster(width_px=width, height_px=height, bands=bands,

@@ -27,7 +27,14 @@ import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from planzoom.engines.text import PageWords, Word
+from planzoom.engines.text import (
+    OCR_BELOW_GLYPHS,
+    OCR_SURE_SCORE,
+    PageWords,
+    Word,
+    ocr_words,
+    read_words,
+)
 
 #: Confidence at or above which an answer is accepted without review.
 ACCEPT_LEVEL = 0.8
@@ -810,3 +817,42 @@ def _pick_title(titles: list[dict], number: dict | None, common: set[str]) -> di
         if best is None or adj > best["adj"]:
             best = {**t, "adj": adj}
     return best if best and best["adj"] > 0.8 else None
+
+
+# -- a page, beside its render ----------------------------------------------------
+
+def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
+    """An open page's words: its text layer (:func:`read_words`), and where
+    it has (almost) none, what OCR reads in its title block
+    (:func:`ocr_words`, upright, then turned when nothing upright looks
+    like a sheet number; ``source`` "ocr")."""
+    found = read_words(page, width, height)
+    if ocr and found.glyphs < OCR_BELOW_GLYPHS:
+        read = ocr_words(page, width, height)
+        numbers = page_candidates(read)["numbers"] if read.words else []
+        if not numbers or numbers[0]["score"] < OCR_SURE_SCORE:
+            # Nothing like a number: the sheet may be plotted turned.
+            turned = ocr_words(page, width, height, (90, 270))
+            read.words.extend(turned.words)
+            read.glyphs += turned.glyphs
+        if read.words:
+            found.words.extend(read.words)
+            found.glyphs += read.glyphs
+            found.source = "ocr"
+    return found
+
+
+def write_page_text(page, width: int, height: int, out_base: str) -> int:
+    """Read an open page's words (:func:`page_text`) and write, beside a
+    raster at ``out_base``: ``<out_base>.words.json.gz``, the page's word
+    sidecar (docs/sheets.md), and ``<out_base>.sheet.json``, its sheet
+    candidates (:func:`page_candidates`). Returns the words written."""
+    import gzip
+    import json
+
+    found = page_text(page, width, height)
+    with gzip.open(out_base + ".words.json.gz", "wt", encoding="utf-8", compresslevel=6) as f:
+        json.dump(found.to_json(), f, ensure_ascii=False, separators=(",", ":"))
+    with open(out_base + ".sheet.json", "w", encoding="utf-8") as f:
+        json.dump(page_candidates(found), f, ensure_ascii=False, separators=(",", ":"))
+    return len(found.words)

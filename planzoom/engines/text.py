@@ -29,8 +29,6 @@ import ctypes
 import re
 from dataclasses import dataclass, field
 
-from planzoom.v1 import events_pb2
-
 #: The sidecar's format version (``page-N.words.json.gz``, docs/sheets.md).
 WORDS_VERSION = 1
 
@@ -355,58 +353,3 @@ def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> P
                                       max(1, round(h)), across / (width / width_pt), angle))
     out.glyphs = sum(len(w.text) for w in out.words)
     return out
-
-
-def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
-    """An open page's words: its text layer (:func:`read_words`), and where
-    it has (almost) none, what OCR reads in its title block
-    (:func:`ocr_words`; ``source`` "ocr")."""
-    found = read_words(page, width, height)
-    if ocr and found.glyphs < OCR_BELOW_GLYPHS:
-        from planzoom.engines.sheets import page_candidates
-
-        read = ocr_words(page, width, height)
-        numbers = page_candidates(read)["numbers"] if read.words else []
-        if not numbers or numbers[0]["score"] < OCR_SURE_SCORE:
-            # Nothing like a number: the sheet may be plotted turned.
-            turned = ocr_words(page, width, height, (90, 270))
-            read.words.extend(turned.words)
-            read.glyphs += turned.glyphs
-        if read.words:
-            found.words.extend(read.words)
-            found.glyphs += read.glyphs
-            found.source = "ocr"
-    return found
-
-
-def write_page_text(page, width: int, height: int, out_base: str) -> int:
-    """Read an open page's words (:func:`read_words`) and write, beside a
-    raster at ``out_base``: ``<out_base>.words.json.gz``, the page's word
-    sidecar (docs/sheets.md), and ``<out_base>.sheet.json``, its sheet
-    candidates (:func:`planzoom.engines.sheets.page_candidates`). Returns
-    the words written."""
-    import gzip
-    import json
-
-    from planzoom.engines.sheets import page_candidates
-
-    found = page_text(page, width, height)
-    with gzip.open(out_base + ".words.json.gz", "wt", encoding="utf-8", compresslevel=6) as f:
-        json.dump(found.to_json(), f, ensure_ascii=False, separators=(",", ":"))
-    with open(out_base + ".sheet.json", "w", encoding="utf-8") as f:
-        json.dump(page_candidates(found), f, ensure_ascii=False, separators=(",", ":"))
-    return len(found.words)
-
-
-def words(path: str, geometry: events_pb2.PageGeometry) -> PageWords:
-    """The words of page ``geometry.page`` of the PDF at ``path``, their
-    boxes in the pixels of the page at ``geometry``'s size. Raises
-    PageUnrenderable (:mod:`planzoom.engines.pdf`) for a page PDFium cannot
-    load."""
-    from planzoom.engines.pdf import _page
-
-    page = _page(path, geometry)
-    try:
-        return read_words(page, geometry.width_px, geometry.height_px)
-    finally:
-        page.close()

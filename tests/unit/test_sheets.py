@@ -15,8 +15,9 @@ from planzoom.engines.sheets import (
     identify_set,
     number_key,
     page_candidates,
+    write_page_text,
 )
-from planzoom.engines.text import PageWords, Word, read_words, write_page_text
+from planzoom.engines.text import PageWords, Word, read_words
 from planzoom.pages import raster_size
 
 CRAYFISH = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
