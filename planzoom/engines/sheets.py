@@ -449,7 +449,9 @@ def page_candidates(page: PageWords) -> dict:
     others = [p for p in ph if OTHER_LABEL.match(fold(p.text).strip())]
     titles: list[dict] = []
     for p in _blocks(ph, width, height):
-        t = fold(p.text)
+        # An issue date printed after the title is not part of it, and no
+        # reason to doubt it.
+        t = fold(_TRAILING_DATE.sub("", p.text))
         if len(re.findall(r"[A-ZА-Я]", t)) < 3 or NUMBER_LABEL.match(t) or TITLE_LABEL.match(t):
             continue
         if SCALE_LABEL.match(t) or _number_shaped(p.text) or OTHER_LABEL.match(t) \
@@ -813,7 +815,7 @@ def _pick_title(titles: list[dict], number: dict | None, common: set[str]) -> di
             nx, ny, nw, nh = number["box"]
             tx, ty, tw, th = t["box"]
             dist = (abs((tx + tw / 2) - (nx + nw / 2)) + abs((ty + th / 2) - (ny + nh / 2)))
-            adj += max(0.0, 1.0 - dist / (12 * max(nh, nw, 1)))
+            adj += 3.0 * max(0.0, 1.0 - dist / (12 * max(nh, nw, 1)))
         if best is None or adj > best["adj"]:
             best = {**t, "adj": adj}
     return best if best and best["adj"] > 0.8 else None
