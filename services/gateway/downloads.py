@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -180,11 +181,38 @@ def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int
     return entries
 
 
-def viewer_entries(manifest: dict, folder: str) -> list[Entry]:
+#: Words a bundle's offline viewer carries inline for its search, at most
+#: (a browser cannot read the word sidecars from disk): about 30 bytes each.
+MAX_OFFLINE_WORDS = 300_000
+
+
+def offline_words(store: ObjectStore, bundle: dict, manifest: dict) -> dict[str, list] | None:
+    """Each page's words for the offline viewer's search: ``{page: [[text,
+    x, y, w, h], …]}``, boxes in the bundle's pixels of the page; None when
+    the job has none or more than :data:`MAX_OFFLINE_WORDS`. Blocking."""
+    prefix, out, count = manifest["tiles_prefix"], {}, 0
+    for record in bundle["pages"]:
+        n = record["page"]
+        try:
+            doc = json.loads(gzip.decompress(store.get_bytes(f"{prefix}page-{n}.words.json.gz")))
+        except ObjectNotFound:
+            continue
+        factor = record["width_px"] / max(1, manifest["pages"][n - 1]["width_px"])
+        out[str(n)] = [[w[0], *(round(v * factor) for v in w[1:5])] for w in doc["words"]]
+        count += len(out[str(n)])
+        if count > MAX_OFFLINE_WORDS:
+            return None
+    return out or None
+
+
+def viewer_entries(manifest: dict, folder: str, words: dict | None = None) -> list[Entry]:
     """What makes a bundle open by itself (``?viewer=true``): ``index.html``
-    with ``manifest`` (the bundle's) inline and its pages under ``folder/``,
-    and the viewer's static files under ``static/``."""
+    with ``manifest`` (the bundle's) and ``words`` (:func:`offline_words`,
+    for its search) inline and its pages under ``folder/``, and the
+    viewer's static files under ``static/``."""
     config = {"mode": "static", "job": manifest, "base": f"{folder}/", "static": "static"}
+    if words:
+        config["words"] = words
     page = viewer_page(config, "static").encode()
     files = [path for path in sorted(STATIC_DIR.rglob("*"))
              if path.is_file() and path.name != "viewer.html"]
@@ -282,7 +310,8 @@ async def download(request: Request, job_id: str, pages: str | None = None,
                                       max_level, viewer)
     if viewer:
         bundle = json.loads(entries[0].data)  # the bundle's manifest.json
-        entries += viewer_entries(bundle, job_id)
+        words = await asyncio.to_thread(offline_words, gw.store, bundle, manifest)
+        entries += viewer_entries(bundle, job_id, words)
         entries += await asyncio.to_thread(variant_entries, gw.store, bundle, job_id)
     plan = manifest["plan"]["plan"]
     return zip_response(request, build_zip(gw.store, entries), f"{plan}-{job_id}.zip")

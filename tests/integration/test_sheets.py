@@ -247,3 +247,29 @@ def test_viewer_labels_searches_and_follows_callouts(stack, browser, plan_set): 
     assert "referenced from" in page.inner_text("#referenced")
     assert not errors, errors
     page.close()
+
+
+def test_the_exported_set_searches_and_links_from_disk(stack, browser, plan_set,  # noqa: F811
+                                                       tmp_path):
+    # What `make demo` leaves: the offline bundle opened from disk, no server.
+    from planzoom_devstack.export import export_job
+
+    index, _ = export_job(stack, plan_set, tmp_path)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(index.as_uri())
+    page.wait_for_function("() => planzoom.sheets && Object.keys(planzoom.sheets).length === 8 "
+                           "&& planzoom.viewer.world.getItemCount() > 0")
+    labels = page.eval_on_selector_all(".page .label", "els => els.map(e => e.textContent)")
+    assert labels[0].startswith("100-00 · Site plan & roof plan")
+    page.fill("#search", "roof plan")
+    page.press("#search", "Enter")
+    page.wait_for_function("() => planzoom.hits.length > 0 && planzoom.page === 1 && "
+                           "document.querySelectorAll('.hit').length > 0")
+    page.wait_for_function("() => document.querySelectorAll('.callout').length > 0")
+    page.evaluate("planzoom.viewer.viewport.goHome(true)")
+    page.locator(".callout").first.click(force=True)
+    page.wait_for_function("() => planzoom.page === 4")
+    assert not errors, errors
+    page.close()

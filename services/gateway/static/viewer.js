@@ -24,8 +24,8 @@
  * "A-201 · Second floor plan" (the sheet index, docs/sheets.md) and flags
  * those whose number needs a person's review; a box goes to a sheet by
  * number (with completion), a list filters the strip by discipline. A
- * search (GET /v1/search, live mode) highlights its hits on the sheet and
- * steps through them across sheets. Callouts to other sheets ("3/A-501")
+ * search (GET /v1/search; an export: the words it carries inline)
+ * highlights its hits on the sheet and steps through them across sheets. Callouts to other sheets ("3/A-501")
  * are hotspots that open their sheet; the header lists the sheets that
  * refer to the one shown.
  *
@@ -261,7 +261,8 @@ function planzoomViewer(element, config) {
       const o = document.createElement("option"); o.value = o.textContent = d; select_.appendChild(o);
     }
     $("find").hidden = false;
-    $("search").hidden = $("search-prev").hidden = $("search-next").hidden = config.mode !== "live";
+    $("search").hidden = $("search-prev").hidden = $("search-next").hidden =
+      config.mode !== "live" && !config.words;
     items.forEach((it) => it.dataset.state = "");
     render();
     drawOverlays();
@@ -334,7 +335,9 @@ function planzoomViewer(element, config) {
     $("search-count").textContent = "";
     if (!q.trim()) { drawOverlays(); stepButtons(); return hits; }
     try {
-      hits = (await api(`/search?job_id=${encodeURIComponent(config.jobId)}&q=${encodeURIComponent(q)}&limit=500`)).hits;
+      hits = config.mode === "live"
+        ? (await api(`/search?job_id=${encodeURIComponent(config.jobId)}&q=${encodeURIComponent(q)}&limit=500`)).hits
+        : localSearch(q);
     } catch (e) {
       $("search-count").textContent = e.message;
       return hits;
@@ -344,6 +347,30 @@ function planzoomViewer(element, config) {
     const start = hits.findIndex((h) => h.page >= (selected || 1));
     step(start >= 0 ? start : 0);
     return hits;
+  }
+  // An exported set searches the words its page carries inline
+  // (config.words), as the gateway's index matches: case and accents
+  // aside, a run of words whose last one is a prefix.
+  function fold(t) {
+    return t.normalize("NFKD").replace(/\p{M}/gu, "").toLowerCase().replace(/[.,;:]+$/, "");
+  }
+  function localSearch(q) {
+    const terms = q.split(/\s+/).map(fold).filter((t) => /[\p{L}\p{N}]/u.test(t));
+    if (!terms.length) throw new Error("nothing to search for");
+    const found = [];
+    for (const [page, words] of Object.entries(config.words || {})) {
+      const folded = words.map((w) => fold(w[0])), n = terms.length;
+      for (let i = 0; i + n <= words.length; i++) {
+        let ok = true;
+        for (let k = 0; k < n - 1 && ok; k++) ok = folded[i + k] === terms[k];
+        if (ok && folded[i + n - 1].startsWith(terms[n - 1])) {
+          const run = words.slice(i, i + n);
+          found.push({page: Number(page), text: run.map((w) => w[0]).join(" "),
+                      boxes: run.map((w) => w.slice(1, 5))});
+        }
+      }
+    }
+    return found.sort((a, b) => a.page - b.page);
   }
   function step(i) {
     if (!hits.length) return;
