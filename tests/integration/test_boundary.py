@@ -80,7 +80,7 @@ async def server(issuer):
                            for k, v in issuer.env().items()})
     roles = method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
         "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer", "CancelJob": "admin",
-        "Reconcile": "admin"})
+        "Reconcile": "admin", "SetSheet": "uploader", "ListSheets": "viewer"})
     server = grpc.aio.server(interceptors=[RpcBoundary(TokenVerifier(settings), roles)])
     progress_pb2_grpc.add_ProgressServiceServicer_to_server(Servicer(), server)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
