@@ -255,7 +255,8 @@ async def test_a_service_closes_its_connections_only_after_the_drain(issuer):
             progress_pb2_grpc.add_ProgressServiceServicer_to_server(Slow(), server)
             return method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
                 "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer",
-                "CancelJob": "admin", "Reconcile": "admin"})
+                "CancelJob": "admin", "Reconcile": "admin", "SetSheet": "uploader",
+                "ListSheets": "viewer"})
 
         async def stop(self, grace: float) -> None:
             events.append("stop")
@@ -270,7 +271,7 @@ async def test_a_service_closes_its_connections_only_after_the_drain(issuer):
                            for k, v in issuer.env().items()}, grpc_grace_seconds=10)
     serving = asyncio.create_task(serve(Draining(), settings, f"127.0.0.1:{port}"))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await channel.channel_ready()
+        await asyncio.wait_for(channel.channel_ready(), 30)  # a service that never starts fails
         call = _Authorized(channel, issuer.mint("acme", "viewer")).GetJob(
             jobs_pb2.GetJobRequest(job_id="0123"), timeout=10)
         while "rpc started" not in events:
