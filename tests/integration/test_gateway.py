@@ -134,9 +134,10 @@ def test_event_deltas_rebuild_the_record_in_fewer_bytes(stack, http, corpus, cli
     whole = sum(len(json.dumps(d)) for _, _, d in sse_events(http, url, bearer(stack)))
     assert whole == len(json.dumps(final))  # the job has ended: one record
     # A delta holds what changed: never more than the record, often far less
-    # (how many pages one holds depends on how the events were batched).
+    # (how many pages one holds depends on how the events were batched; the
+    # last gives every page of a PDF its sheet, so it holds them all).
     deltas = [len(json.dumps(d)) for _, _, d in events[1:]]
-    assert max(deltas) < whole and min(deltas) < whole / 3, deltas
+    assert max(deltas) <= whole and min(deltas) < whole / 3, deltas
     # Resuming: a whole record first again.
     later = sse_events(http, url + "?deltas=true",
                        {**bearer(stack), "Last-Event-ID": events[1][1]})
