@@ -832,8 +832,9 @@ def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
     if ocr and found.glyphs < OCR_BELOW_GLYPHS:
         read = ocr_words(page, width, height)
         numbers = page_candidates(read)["numbers"] if read.words else []
-        if not numbers or numbers[0]["score"] < OCR_SURE_SCORE:
-            # Nothing like a number: the sheet may be plotted turned.
+        if read.words and (not numbers or numbers[0]["score"] < OCR_SURE_SCORE):
+            # Words, but nothing like a number: the sheet may be plotted
+            # turned. (No words at all: there is nothing to read turned.)
             turned = ocr_words(page, width, height, (90, 270))
             read.words.extend(turned.words)
             read.glyphs += turned.glyphs

@@ -281,7 +281,10 @@ OCR_MIN_CONFIDENCE = 40.0
 OCR_REGIONS = ((0.80, 0.0, 1.0, 1.0), (0.0, 0.80, 0.80, 1.0))
 #: Most pixels of one region drawn for OCR (a huge sheet's strip is drawn
 #: at a lower resolution rather than at any size).
-OCR_MAX_PIXELS = 40_000_000
+OCR_MAX_PIXELS = 8_000_000
+#: A region with less ink than this (share of dark pixels) holds no text
+#: to read: Tesseract is not run on it (a blank strip costs it seconds).
+OCR_MIN_INK = 0.001
 #: A number candidate scoring less than this after OCR of the upright
 #: regions sends them to OCR turned (planzoom.engines.sheets' scores).
 OCR_SURE_SCORE = 3.0
@@ -319,6 +322,10 @@ def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> P
             fx0 * width_pt, (1 - fy1) * height_pt, (1 - fx1) * width_pt, fy0 * height_pt))
         image = bitmap.to_pil()
         iw, ih = image.size
+        import numpy as np
+
+        if (np.asarray(image) < 128).mean() < OCR_MIN_INK:
+            continue
         to_px = width / (width_pt * scale)  # OCR pixels → full-resolution pixels
         left, top = fx0 * width, fy0 * height
         for turn in turns:
