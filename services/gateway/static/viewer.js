@@ -187,7 +187,9 @@ function planzoomViewer(element, config) {
     if (links && /complete|failed|cancelled/.test(state)) {
       $("download").href = links.download; $("download").hidden = false;
     }
-    if (/complete|failed/.test(state) && sheets === null && !isVideo()) loadSheets();
+    // The sheet index is written as the job ends: once its record is final.
+    if (/complete|failed/.test(state) && !job.finalizing && sheets === null && !isVideo())
+      loadSheets();
   }
 
   // -- sheets ---------------------------------------------------------------
