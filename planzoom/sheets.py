@@ -45,7 +45,7 @@ def sheet_from_json(row: dict) -> jobs_pb2.Sheet:
         discipline=row.get("discipline") or "", scale=row.get("scale") or "",
         confidence=float(row.get("confidence") or 0), needs_review=bool(row.get("needs_review")),
         source=row.get("source") or "none")
-    for field in ("box", "title_box"):
+    for field in ("box", "title_box", "scale_box"):
         b = box(row.get(field))
         if b is not None:
             getattr(sheet, field).CopyFrom(b)

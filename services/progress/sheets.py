@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from planzoom import keys, search
 from planzoom.engines.sheets import discipline, identify_set
 from planzoom.errors import FailedPrecondition, NotFound
-from planzoom.sheets import box, sheet_from_json, sheet_json
+from planzoom.sheets import sheet_from_json, sheet_json
 from planzoom.storage import ObjectNotFound, ObjectStore
 from planzoom.v1 import jobs_pb2
 
@@ -130,19 +130,8 @@ def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
         if page.sheet.source == "user":
             numbered += bool(page.sheet.number)
             continue
-        record = jobs_pb2.Sheet(
-            number=sheet.number or "", title=sheet.title or "",
-            discipline=sheet.discipline or "", scale=sheet.scale or "",
-            confidence=sheet.confidence, needs_review=sheet.needs_review,
-            source=sheet.source)
-        for field, value in (("box", sheet.box), ("title_box", sheet.title_box),
-                             ("scale_box", sheet.scale_box)):
-            found = box(value)
-            if found is not None:
-                getattr(record, field).CopyFrom(found)
-        for ref in sheet.references or []:
-            record.references.add(number=ref["number"], page=ref["page"], text=ref["text"],
-                                  box=box(ref["box"]))
+        record = sheet_from_json(sheet.to_json())
+        record.confidence = sheet.confidence  # to_json rounds it for people
         page.sheet.CopyFrom(record)
         numbered += bool(sheet.number)
     return numbered
