@@ -16,6 +16,7 @@ window in this process); beyond that: 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -30,7 +31,8 @@ from limits.strategies import MovingWindowRateLimiter
 
 from planzoom.auth import ROLES, Caller, TokenVerifier
 from planzoom.config import Settings
-from planzoom.errors import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+from planzoom.errors import PermissionDenied, ResourceExhausted, Unauthenticated
+from planzoom.jobstore import JobNotFound
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ class Gatekeeper:
         """Signs and checks timestamped payloads of one kind (``salt``) with
         the gateway's key: a payload signed for one kind never verifies as
         another."""
-        return itsdangerous.URLSafeTimedSerializer(self._key, salt=salt)
+        return itsdangerous.URLSafeTimedSerializer(
+            self._key, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
 
     def sign(self, link: Link) -> tuple[str, float]:
         """A signed link and its expiry (Unix seconds)."""
@@ -150,7 +153,7 @@ class Gatekeeper:
             self.throttle(anonymous)  # forged credentials cost their sender, not the rest
             raise
         if access.link is not None and job_id is not None and access.link.job_id != job_id:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            raise JobNotFound(job_id)
         self.throttle(f"{access.caller.org}:{access.caller.subject}")
         if not access.caller.may(role):
             raise PermissionDenied(f"{access.caller.subject} is a {access.caller.role}; this "

@@ -24,7 +24,7 @@ from planzoom.ids import check_id
 from planzoom.sheets import sheet_json
 from planzoom.storage import ObjectNotFound
 from planzoom.v1 import jobs_pb2
-from services.gateway.tiles import _absent, _place
+from services.gateway.tiles import _absent, _place, cache_control
 
 router = APIRouter(prefix="/v1", tags=["sheets"])
 
@@ -120,7 +120,7 @@ async def page_words(request: Request, job_id: str, page: int) -> Response:
     except ObjectNotFound:
         raise _absent(f"the words of page {page}") from None
     headers = {"ETag": etag, "Content-Encoding": "gzip", "Vary": "Accept-Encoding",
-               "Cache-Control": f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"}
+               "Cache-Control": cache_control(request)}
     if data is None:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type="application/json", headers=headers)

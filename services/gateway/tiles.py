@@ -6,8 +6,9 @@ tile source OpenSeadragon derives from a ``.dzi`` URL): a page's descriptor
 ``/v1/jobs/{job_id}/pages/{n}_files/{level}/{col}_{row}.{ext}`` (level 0 is
 1x1 pixel, the last level full resolution; col and row count tiles from the
 top left). A job's outputs never change once written, so answers carry
-``Cache-Control: public, max-age=…, immutable`` and an ``ETag``
-(``If-None-Match`` gets 304). With ``PLANZOOM_GATEWAY_TILE_REDIRECT`` a
+``Cache-Control: …, max-age=…, immutable`` and an ``ETag`` (``If-None-Match``
+gets 304): ``private`` for a bearer token, ``public`` only for a signed link,
+where the URL itself is the grant (:func:`cache_control`). With ``PLANZOOM_GATEWAY_TILE_REDIRECT`` a
 tile is a 307 to a presigned GET of the bucket (which stays private).
 
 The URLs are the same whatever the job's layout: in layout ARCHIVE the
@@ -58,7 +59,20 @@ async def _place(request: Request, job_id: str) -> JobPlace:
     gw = request.app.state.gateway
     job_id = check_id("job_id", job_id)
     access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id)
-    return await gw.upstream.place(access, job_id)
+    place = await gw.upstream.place(access, job_id)
+    request.state.via_link = access.link is not None
+    return place
+
+
+def cache_control(request: Request) -> str:
+    """``Cache-Control`` for a job's output read by ``request`` (after
+    :func:`_place`): ``public`` only when a signed link was the grant. A shared
+    cache (a CDN, an ingress) keys on the URL alone, so an answer to a bearer
+    token stored there would be served to anyone who has the URL
+    (RFC 9111 section 5.2.2.7, ``private``)."""
+    scope = "public" if getattr(request.state, "via_link", False) else "private"
+    seconds = request.app.state.gateway.settings.gateway_cache_seconds
+    return f"{scope}, max-age={seconds}, immutable"
 
 
 async def _immutable(request: Request, content_type: str, etag: str,
@@ -66,9 +80,7 @@ async def _immutable(request: Request, content_type: str, etag: str,
     """A part of an object that never changes: ``data`` (or what ``data()``
     reads) with ``etag``, a digest that names it; 304 when the client holds
     it, without reading it."""
-    gw = request.app.state.gateway
-    headers = {"ETag": etag,
-               "Cache-Control": f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"}
+    headers = {"ETag": etag, "Cache-Control": cache_control(request)}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     body = data if isinstance(data, bytes) else await data()
@@ -81,7 +93,6 @@ def _digest(*parts: object) -> str:
 
 async def _object(request: Request, key: str, content_type: str) -> Response:
     gw = request.app.state.gateway
-    cache = f"public, max-age={gw.settings.gateway_cache_seconds}, immutable"
     if gw.settings.gateway_tile_redirect and content_type not in (CONTENT_TYPES["dzi"],
                                                                   CONTENT_TYPES["m3u8"]):
         url = await asyncio.to_thread(gw.store.presigned_get, key,
@@ -91,7 +102,7 @@ async def _object(request: Request, key: str, content_type: str) -> Response:
         data, etag, _ = await gw.reader.get_if_changed(key, request.headers.get("if-none-match"))
     except ObjectNotFound:
         raise _absent(request.url.path) from None
-    headers = {"ETag": etag, "Cache-Control": cache}
+    headers = {"ETag": etag, "Cache-Control": cache_control(request)}
     if data is None:
         return Response(status_code=304, headers=headers)
     return Response(data, media_type=content_type, headers=headers)

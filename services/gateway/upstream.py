@@ -13,7 +13,7 @@ import grpc
 
 from planzoom import keys, tracing
 from planzoom.config import Settings
-from planzoom.errors import NotFound
+from planzoom.jobstore import JobNotFound
 from planzoom.v1 import ingest_pb2, ingest_pb2_grpc, jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.gateway.access import Access
 
@@ -134,5 +134,5 @@ class Upstream:
             job = await self.get_job(access, job_id)
             place = self._places[job.job_id]
         if place.org != access.caller.org:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            raise JobNotFound(job_id)
         return place
