@@ -47,7 +47,8 @@ def test_webhook_urls():
     assert check_url("https://hooks.example.com/a?b=1") == ("https", "hooks.example.com", 443)
     assert check_url("http://10.0.0.1:8080/") == ("http", "10.0.0.1", 8080)
     for bad in ("ftp://x/", "https://u:p@x/", "https://x/#f", "https://x:99999/", "/relative",
-                "https://" + "a" * 2000 + ".com/"):
+                "https://" + "a" * 2000 + ".com/", "http://[::1", "http://[::1]x/",
+                "https://" + "a" * 64 + ".example.com/", "https://x..example.com/"):
         with pytest.raises(InvalidInput):
             check_url(bad)
 
@@ -55,7 +56,12 @@ def test_webhook_urls():
 @pytest.mark.parametrize("host", ["127.0.0.1", "10.2.3.4", "172.16.0.1", "192.168.1.1",
                                   "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1",
                                   "fe80::1", "fc00::1", "::ffff:10.0.0.1", "224.0.0.1",
-                                  "240.0.0.1"])
+                                  "240.0.0.1",
+                                  # IPv4 inside IPv6: 6to4, Teredo and NAT64 of
+                                  # 169.254.169.254 and 10.0.0.1, documentation space
+                                  "2002:a9fe:a9fe::1", "2002:a00:1::",
+                                  "2001:0:4136:e378:8000:63bf:5601:56fe",
+                                  "64:ff9b::a9fe:a9fe", "64:ff9b::10.0.0.1", "2001:db8::1"])
 def test_non_public_addresses_are_refused(host):
     with pytest.raises(Unsafe):
         asyncio.run(resolve_allowed(host, 443, allow_private=False))
@@ -116,3 +122,28 @@ def test_a_signed_link_is_verified_once_and_still_expires(monkeypatch):
     monkeypatch.setattr(time, "time", lambda: later)
     with pytest.raises(Unauthenticated, match="expired"):
         gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1")
+
+
+def test_signed_links_are_hmac_sha256_as_documented():
+    import base64
+    import hashlib
+    import hmac
+
+    import itsdangerous
+
+    from planzoom.errors import Unauthenticated
+    from services.gateway.access import Gatekeeper, Link
+
+    key = "k" * 32
+    gate = Gatekeeper(Settings(gateway_signing_key=key), verifier=object())
+    cap, _ = gate.sign(Link("j1", "acme", "tiles/acme/p/l/j1/", "dev:acme:viewer"))
+    signed, _, signature = cap.rpartition(".")
+    # itsdangerous derives the HMAC key from the secret and the salt ("django-concat").
+    derived = hashlib.sha256(b"planzoom-link" + b"signer" + key.encode()).digest()
+    expected = hmac.new(derived, signed.encode(), hashlib.sha256).digest()
+    assert base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)) == expected
+    # The same payload signed with itsdangerous' default (SHA-1) is not a link.
+    sha1 = itsdangerous.URLSafeTimedSerializer(key, salt="planzoom-link").dumps(
+        {"j": "j1", "o": "acme", "p": "tiles/acme/p/l/j1/", "s": "dev:acme:viewer", "a": False})
+    with pytest.raises(Unauthenticated):
+        gate.check(_cap_request(sha1), "viewer", allow_link=True, job_id="j1")
