@@ -19,16 +19,16 @@ job ends (``job.completed``, ``job.failed``, ``job.cancelled``).
   WebhookDelivery per endpoint on ``webhooks.deliver.<org>``, and the
   per-org consumers ``deliveries-<org>`` (taken in turn, so one org's slow
   endpoints do not hold back another's) send them. A 2xx answer ends a
-  delivery; anything else, or no answer within
-  ``PLANZOOM_WEBHOOK_TIMEOUT_SECONDS``, is retried after
-  ``PLANZOOM_WEBHOOK_RETRY_SECONDS`` doubling up to
+  delivery (its body is never read); anything else, or no status within
+  ``PLANZOOM_WEBHOOK_TIMEOUT_SECONDS`` (one deadline from connecting), is
+  retried after ``PLANZOOM_WEBHOOK_RETRY_SECONDS`` doubling up to
   ``PLANZOOM_WEBHOOK_RETRY_MAX_SECONDS``, ``PLANZOOM_WEBHOOK_MAX_ATTEMPTS``
   times in all; then it is kept as a dead letter (KV
   ``webhookdead.<org>.<delivery id>``). A gateway restart loses nothing:
   the messages wait in JetStream.
-- SSRF: an endpoint whose host resolves to a loopback, private, link-local,
-  shared, multicast or reserved address is refused at registration and
-  again at each delivery (the connection goes to the address that was
+- SSRF: an endpoint whose host resolves to anything but a global unicast
+  address (IPv4 inside IPv6 included: mapped, 6to4, Teredo, NAT64) is
+  refused at registration and again at each delivery (the connection goes to the address that was
   checked, so a DNS answer cannot change between check and use), unless
   ``PLANZOOM_WEBHOOK_ALLOW_PRIVATE``. Redirects are not followed.
 """
@@ -85,11 +85,26 @@ class Unsafe(InvalidInput):
     reason = "WEBHOOK_URL_NOT_ALLOWED"
 
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: A URL's authority with an IPv6 literal: the brackets and an optional port only.
+IP_LITERAL = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
 def _forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-            or ip.is_reserved or ip.is_unspecified or not ip.is_global)
+    """True unless ``ip`` is global unicast, and so is every IPv4 address it
+    carries: IPv4-mapped, 6to4 (2002::/16, RFC 3056), Teredo (2001::/32, RFC
+    4380: server and client) and NAT64 (64:ff9b::/96, RFC 6052) each reach
+    the IPv4 address inside them, e.g. ``2002:a9fe:a9fe::1`` is 169.254.169.254."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        inside = [ip.ipv4_mapped, ip.sixtofour, *(ip.teredo or ())]
+        if ip in NAT64:
+            inside.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if any(v4 is not None and _forbidden(v4) for v4 in inside):
+            return True
+        if ip.ipv4_mapped is not None:
+            return False  # the IPv4 address it maps to is the one reached
+    return (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local
+            or ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
 def check_url(url: str) -> tuple[str, str, int]:
@@ -97,7 +112,15 @@ def check_url(url: str) -> tuple[str, str, int]:
     credentials or fragment, at most 2,000 characters. Raises InvalidInput."""
     if len(url) > 2000:
         raise InvalidInput("the URL is over 2,000 characters", field="url")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        host and host.encode("idna")  # a label over 63 characters, an empty label
+        if "[" in parts.netloc and not IP_LITERAL.fullmatch(parts.netloc):
+            raise ValueError("text around an IPv6 literal")
+    except (ValueError, UnicodeError):
+        raise InvalidInput("the URL is not valid (RFC 3986): check its host and brackets",
+                           field="url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput("the URL must be http:// or https:// with a host", field="url")
     if parts.username or parts.password or parts.fragment:
@@ -119,6 +142,8 @@ async def resolve_allowed(host: str, port: int, allow_private: bool) -> str:
     except socket.gaierror as e:
         raise Unavailable(f"{host} does not resolve ({e.strerror})",
                           reason="WEBHOOK_HOST_UNKNOWN") from None
+    except UnicodeError:
+        raise InvalidInput(f"{host[:100]} is not a valid host name", field="url") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
     if not allow_private:
         bad = [str(ip) for ip in addresses if _forbidden(ip)]
@@ -284,8 +309,17 @@ class Webhooks:
                    "webhook-signature": signature, "content-type": "application/json",
                    "user-agent": "planzoom-webhooks/1", "host": parts.netloc}
         try:
-            response = await self.http.post(pinned, content=message.payload, headers=headers,
-                                            extensions={"sni_hostname": host})
+            # One deadline from connect to the answer's status, however each
+            # phase dawdles; only the status counts, so no byte of the
+            # answer's body is read (closing drops the connection).
+            async with asyncio.timeout(self.s.webhook_timeout_seconds):
+                async with self.http.stream("POST", pinned, content=message.payload,
+                                            headers=headers,
+                                            extensions={"sni_hostname": host}) as response:
+                    pass
+        except TimeoutError:
+            raise Unavailable(f"no answer within {self.s.webhook_timeout_seconds:g} s",
+                              reason="WEBHOOK_UNREACHABLE") from None
         except httpx.HTTPError as e:
             raise Unavailable(f"{type(e).__name__}: {e or 'no answer'}",
                               reason="WEBHOOK_UNREACHABLE") from None

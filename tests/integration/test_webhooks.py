@@ -31,7 +31,9 @@ MAX_ATTEMPTS = 3
 
 class Receiver:
     """An HTTP server that records every POST. A path answers 500 while it
-    is in ``failing`` (or its first ``fail_first[path]`` times), else 204."""
+    is in ``failing`` (or its first ``fail_first[path]`` times), else 204;
+    ``/trickle`` sends its header lines a byte every half second, ``/huge``
+    a 200 with a 256 MiB body."""
 
     def __init__(self):
         self.received: list[dict] = []
@@ -53,6 +55,23 @@ class Receiver:
                         "at": time.time()})
                     fail = self.path in receiver.failing or \
                         seen < receiver.fail_first.get(self.path, 0)
+                try:
+                    if self.path == "/trickle":
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                        for _ in range(60):  # 30 s at most
+                            self.wfile.write(b"X")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                        return
+                    if self.path == "/huge":
+                        self.send_response(200)
+                        self.send_header("content-length", str(256 << 20))
+                        self.end_headers()
+                        for _ in range(256):
+                            self.wfile.write(bytes(1 << 20))
+                        return
+                except OSError:
+                    return  # the gateway hung up, as it should
                 self.send_response(500 if fail else 204)
                 self.end_headers()
 
@@ -183,6 +202,31 @@ def test_a_500_is_retried_and_a_dead_endpoint_ends_in_a_dead_letter(stack, http,
     assert dead() == []
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def test_a_delivery_has_one_deadline_and_its_answer_is_not_read(stack, http, receiver):
+    trickle = register(http, stack, receiver.url("/trickle"))
+    register(http, stack, receiver.url("/huge"))
+    before = _rss_mib(stack.procs["gateway"].pid)
+    job = run_job(stack, "dawdled")
+
+    def dead():
+        letters = http.get("/v1/webhooks/dead-letters",
+                           headers=bearer(stack, ORG, "admin")).json()["dead_letters"]
+        return [d for d in letters if d["endpoint_id"] == trickle["id"]]
+
+    # Each header byte comes within the timeout; the whole answer never does.
+    [letter] = wait_until("the trickling endpoint's dead letter", dead, timeout=60)
+    assert letter["reason"] == "WEBHOOK_UNREACHABLE" and "within 3 s" in letter["error"]
+    assert letter["payload"]["data"]["job_id"] == job.job_id
+    # A 200 ends the delivery at once: the 256 MiB after it are never read.
+    assert len(receiver.at("/huge")) == 1
+    assert _rss_mib(stack.procs["gateway"].pid) - before < 64
+
+
 def test_a_delivery_waits_out_a_gateway_restart(stack, gateway, http, receiver):
     receiver.failing.add("/restart")
     hook = register(http, stack, receiver.url("/restart"))
@@ -208,7 +252,8 @@ def test_refused_registrations(stack, http, receiver):
     assert_problem(http.post("/v1/webhooks", json={"url": receiver.url("/x")},
                              headers=bearer(stack, ORG, "uploader")), 403)
     for bad in ("ftp://example.com/", "http://user:pw@127.0.0.1/", "not a url",
-                "http://no-such-host.invalid/"):
+                "http://no-such-host.invalid/", "http://[::1", "http://[::1]x/",
+                "http://" + "a" * 64 + ".example.com/"):
         assert_problem(http.post("/v1/webhooks", json={"url": bad}, headers=admin), 400)
     assert_problem(http.post("/v1/webhooks", json={"url": receiver.url("/x"),
                                                    "events": ["job.exploded"]},
@@ -226,7 +271,10 @@ def test_private_addresses_are_refused_unless_allowed(stack):
         with httpx.Client(base_url=url, timeout=30) as http:
             for target in ("http://127.0.0.1:9/", "http://localhost/", "http://[::1]/",
                            "http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/",
-                           "http://[::ffff:192.168.0.1]/", "http://0.0.0.0/"):
+                           "http://[::ffff:192.168.0.1]/", "http://0.0.0.0/",
+                           # 169.254.169.254 as 6to4, NAT64 and Teredo's client
+                           "http://[2002:a9fe:a9fe::1]/", "http://[64:ff9b::a9fe:a9fe]/",
+                           "http://[2001:0:4136:e378:8000:63bf:5601:56fe]/"):
                 body = assert_problem(http.post("/v1/webhooks", json={"url": target},
                                                 headers=bearer(stack, ORG, "admin")), 400)
                 assert body["reason"] == "WEBHOOK_URL_NOT_ALLOWED", (target, body)
