@@ -20,6 +20,7 @@ import logging
 import multiprocessing
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import count
 from multiprocessing.connection import Connection
@@ -47,8 +48,8 @@ def threads_per_process(concurrency: int, processes: int) -> int:
 def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | None,
            threads: int) -> None:
     """Child process: PUT each ``(task, key, data, content_type)`` received on
-    ``conn`` with ``threads`` threads; answer ``(task, error or None,
-    retries)``. Ends, once its PUTs are answered, on receiving None (the pool
+    ``conn`` with ``threads`` threads; answer ``(task, (error class, text) or
+    None, retries)``. Ends, once its PUTs are answered, on receiving None (the pool
     is closing) or when the parent's end of the pipe closes (it died)."""
     store = ObjectStore(settings, credentials)
     send_lock = threading.Lock()
@@ -58,7 +59,7 @@ def _child(conn: Connection, settings: Settings, credentials: tuple[str, str] | 
         try:
             retries = store.put_small(key, data, content_type)
         except Exception as e:  # not every error pickles: send text
-            error = f"PUT {key}: {type(e).__name__}: {e}"
+            error = (type(e).__name__, f"PUT {key}: {e}")
         with send_lock:
             conn.send((task, error, retries))
 
@@ -153,7 +154,14 @@ class PutPool:
             if error is None:
                 future.set_result(None)
             else:
-                future.set_exception(TilePutFailed(error))
+                # The store's text can name its endpoint and keys: it stays
+                # in the log, under an id the page's record carries.
+                kind, detail = error
+                error_id = uuid.uuid4().hex[:16]
+                log.error("tile PUT failed, error id %s: %s: %s", error_id, kind, detail,
+                          extra={"error_id": error_id})
+                future.set_exception(TilePutFailed(
+                    f"storing a tile failed ({kind}; error id {error_id} in the service log)"))
         child.process.join(timeout=5)
         child.conn.close()
         if time.monotonic() - child.started < 5:

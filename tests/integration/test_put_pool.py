@@ -3,7 +3,9 @@ HTTP, through the fault proxy)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import time
 import uuid
@@ -31,7 +33,7 @@ def pool(stack):
     p.close()
 
 
-def test_uploads_land_and_errors_name_the_key(stack, pool, s3):
+def test_uploads_land_and_errors_keep_the_stores_text_in_the_log(stack, pool, s3, caplog):
     prefix = f"test-uploads/{uuid.uuid4().hex}/"
     bodies = {f"{prefix}{i}.jpg": os.urandom(1000 + i) for i in range(60)}
     futures = [pool.put(k, v, "image/jpeg") for k, v in bodies.items()]
@@ -41,11 +43,18 @@ def test_uploads_land_and_errors_name_the_key(stack, pool, s3):
     for key in list(bodies)[::20]:
         got = s3.get_object(Bucket="planzoom", Key=key)
         assert got["Body"].read() == bodies[key] and got["ContentType"] == "image/jpeg"
-    # S3 refuses the PUT: the error says which one and why, and the pool goes on.
+    # S3 refuses the PUT: the error (which reaches the page's record) names
+    # the kind and an error id; the store's own text, endpoint and key are
+    # in the log under that id. The pool goes on.
     missing = _pool(stack, credentials=("planzoom-nobody", "not-the-secret"))
     try:
-        with pytest.raises(TilePutFailed, match=r"PUT a/b\.jpg: PutFailed: InvalidAccessKeyId"):
+        with caplog.at_level(logging.ERROR), pytest.raises(TilePutFailed) as failed:
             missing.put("a/b.jpg", b"x", "image/jpeg").result(timeout=60)
+        error_id = re.fullmatch(r"storing a tile failed \(PutFailed; error id ([0-9a-f]{16}) in "
+                                r"the service log\)", failed.value.message)[1]
+        assert "a/b.jpg" not in failed.value.message
+        assert any(error_id in r.getMessage() and "a/b.jpg" in r.getMessage() and
+                   "InvalidAccessKeyId" in r.getMessage() for r in caplog.records)
         assert missing.put("a/c.jpg", b"x", "image/jpeg").exception(timeout=60) is not None
     finally:
         missing.close()
