@@ -90,17 +90,41 @@ def ladder(width: int, height: int) -> list[tuple[str, int, int, int]]:
     return out
 
 
+#: FFmpeg's demuxer for each video kind :func:`planzoom.media.sniff` tells.
+DEMUXERS = {"mp4": "mov", "mov": "mov", "mkv": "matroska", "webm": "matroska", "avi": "avi"}
+
+
+def open_container(path: str):
+    """``path`` opened by PyAV with the demuxer of the kind its first bytes
+    show (:data:`DEMUXERS`), never FFmpeg's own guess, and with
+    ``protocol_whitelist=file``: whatever a file or a future FFmpeg default
+    says, no playlist, concat list, SDP or reference makes FFmpeg open
+    anything but local files (an HLS or concat "video" that names
+    ``http://…`` or ``/etc/passwd`` is refused). Raises VideoDamaged."""
+    import av
+
+    from planzoom.media import HEADER_WINDOW, sniff
+
+    with open(path, "rb") as f:
+        head = f.read(HEADER_WINDOW)
+    try:
+        demuxer = DEMUXERS[sniff(head).name]
+    except (InvalidInput, KeyError):
+        raise VideoDamaged("the file is not an MP4, MOV, Matroska, WebM or AVI video") from None
+    try:
+        return av.open(path, format=demuxer, metadata_errors="ignore",
+                       options={"protocol_whitelist": "file"})
+    except (av.FFmpegError, OSError) as e:
+        raise VideoDamaged(f"the video cannot be opened: {e}") from None
+
+
 def probe(path: str, max_seconds: float, max_pixels: int) -> VideoInfo:
     """Open the file, read its streams and decode its first frame. Raises
     VideoDamaged (unreadable, or no frame decodes), NoVideoStream, and
     VideoTooLarge over ``max_seconds`` or ``max_pixels`` per frame."""
     import av
 
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except (av.FFmpegError, OSError) as e:
-        raise VideoDamaged(f"the video cannot be opened: {e}") from None
-    with container:
+    with open_container(path) as container:
         if not container.streams.video:
             raise NoVideoStream("the file has no video stream (an audio-only file?); upload "
                                 "a video")
@@ -226,7 +250,7 @@ def transcode(path: str, out_dir: str, info: dict, progress_path: str) -> dict:
     fps = max(1, min(60, round(info["frame_rate"] or 25)))
     gop = GOP_SECONDS * fps
     rotation, duration = info["rotation"], max(info["duration_seconds"], 0.001)
-    source = av.open(path, metadata_errors="ignore")
+    source = open_container(path)
     video = source.streams.video[0]
     video.thread_type = "AUTO"
     audio = source.streams.audio[0] if source.streams.audio else None

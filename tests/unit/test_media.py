@@ -35,3 +35,40 @@ def test_sniff_names_what_it_refuses(head, expected):
     with pytest.raises(Unsupported) as refused:
         sniff(head)
     assert expected in refused.value.message
+
+
+@pytest.mark.parametrize("body", [
+    # An HLS playlist and a concat list: FFmpeg's own guess would fetch what they name.
+    "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1:{port}/seg.ts\n"
+    "#EXT-X-ENDLIST\n",
+    "ffconcat version 1.0\nfile 'http://127.0.0.1:{port}/a.mp4'\n",
+    # A video's magic with an HLS playlist behind it.
+    "\x1a\x45\xdf\xa3#EXTM3U\n#EXTINF:1,\nhttp://127.0.0.1:{port}/seg.ts\n",
+])
+def test_ffmpeg_opens_no_url_a_video_names(tmp_path, body):
+    import socket
+    import threading
+
+    from planzoom.engines.video import VideoDamaged, open_container
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(1)
+    reached = []
+
+    def accept():
+        try:
+            reached.append(server.accept())
+        except OSError:
+            pass
+
+    listener = threading.Thread(target=accept)
+    listener.start()
+    path = tmp_path / "video.mp4"
+    path.write_bytes(body.format(port=server.getsockname()[1]).encode("latin-1"))
+    try:
+        with pytest.raises(VideoDamaged):
+            open_container(str(path)).close()
+    finally:
+        server.close()
+        listener.join()
+    assert not reached
