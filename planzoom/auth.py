@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Roles from least to most: each includes the ones before it.
 ROLES = ("viewer", "uploader", "admin")
+#: Clock skew allowed between the issuer and planzoom (seconds).
+LEEWAY_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Caller:
     subject: str
     org: str
     role: str
+    #: When the token ends (Unix seconds; its ``exp``), 0 if unknown.
+    expires_at: float = 0.0
 
     def may(self, role: str) -> bool:
         """True if the caller's role includes ``role``."""
@@ -92,15 +97,20 @@ class TokenVerifier:
     """Verifies bearer tokens against the configured issuer keys.
 
     Settings: ``PLANZOOM_AUTH_PUBLIC_KEY_FILE`` (a PEM public key) or
-    ``PLANZOOM_AUTH_JWKS`` (a JWKS document: a file path, or an https:// or
-    http:// URL, fetched and cached by PyJWT's PyJWKClient), with
+    ``PLANZOOM_AUTH_JWKS`` (a JWKS document: a file path, or an https:// URL,
+    fetched and cached by PyJWT's PyJWKClient; plain http:// is refused, as
+    anyone on the path could hand over keys of their own), with
     ``PLANZOOM_AUTH_ISSUER``, ``PLANZOOM_AUTH_AUDIENCE`` and
-    ``PLANZOOM_AUTH_ALGORITHM`` (only that algorithm is accepted).
+    ``PLANZOOM_AUTH_ALGORITHM`` (only that algorithm is accepted). A token
+    valid for longer than ``PLANZOOM_AUTH_MAX_TOKEN_SECONDS`` (``exp`` minus
+    ``iat``, or minus now without ``iat``) is refused: a leaked token must
+    not open everything for years.
     """
 
     def __init__(self, settings: Settings):
         self.issuer, self.audience = settings.auth_issuer, settings.auth_audience
         self.algorithms = [settings.auth_algorithm]
+        self.max_seconds = settings.auth_max_token_seconds
         self._key = None
         self._jwks_client: jwt.PyJWKClient | None = None
         self._jwks: jwt.PyJWKSet | None = None
@@ -108,7 +118,10 @@ class TokenVerifier:
             self._key = Path(settings.auth_public_key_file).read_bytes()
         elif settings.auth_jwks:
             source = settings.auth_jwks
-            if source.startswith(("https://", "http://")):
+            if source.startswith("http://"):
+                raise ValueError("PLANZOOM_AUTH_JWKS must be an https:// URL or a file: keys "
+                                 "fetched over plain http can be replaced on the way")
+            if source.startswith("https://"):
                 self._jwks_client = jwt.PyJWKClient(source, cache_keys=True, lifespan=300)
             else:
                 self._jwks = jwt.PyJWKSet.from_json(Path(source).read_text())
@@ -140,11 +153,18 @@ class TokenVerifier:
             claims = jwt.decode(
                 token.strip(), self._signing_key(token.strip()), algorithms=self.algorithms,
                 audience=self.audience, issuer=self.issuer,
-                options={"require": ["exp", "iss", "aud", "sub"]}, leeway=30)
+                options={"require": ["exp", "iss", "aud", "sub"]}, leeway=LEEWAY_SECONDS)
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the token has expired; get a new one") from None
         except jwt.PyJWTError as e:
             raise Unauthenticated(f"the token is not valid: {e}") from None
+        issued = claims.get("iat")
+        lifetime = claims["exp"] - (issued if isinstance(issued, int | float) else time.time())
+        if lifetime > self.max_seconds + LEEWAY_SECONDS:
+            raise Unauthenticated(
+                f"the token is valid for {lifetime:.0f} s, longer than the "
+                f"{self.max_seconds:.0f} s this deployment accepts "
+                "(PLANZOOM_AUTH_MAX_TOKEN_SECONDS); ask for a shorter-lived one")
         org, roles = claims.get("org"), claims.get("roles")
         if not isinstance(org, str) or not ID_PATTERN.fullmatch(org):
             raise Unauthenticated("the token's 'org' claim is missing or not a valid org id")
@@ -154,5 +174,6 @@ class TokenVerifier:
         if not known:
             raise Unauthenticated(f"the token names no role; one of {', '.join(ROLES)} is "
                                   "needed")
-        return Caller(subject=str(claims["sub"])[:200], org=org, role=known[-1])
+        return Caller(subject=str(claims["sub"])[:200], org=org, role=known[-1],
+                      expires_at=float(claims["exp"]))
 

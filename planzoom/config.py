@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     auth_algorithm: Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384",
                             "EdDSA"] = "RS256"  # the only algorithm accepted
     auth_public_key_file: str | None = None  # the issuer's PEM public key, or
-    auth_jwks: str | None = None  # its JWKS: a file path or an http(s) URL
+    auth_jwks: str | None = None  # its JWKS: a file path or an https:// URL
+    auth_max_token_seconds: float = Field(86400.0, gt=0)  # longest validity accepted (exp - iat)
 
     # Ingest limits
     max_upload_bytes: int = Field(1024 * 1024 * 1024, ge=1)  # 1 GiB

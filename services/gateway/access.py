@@ -49,6 +49,9 @@ class Link:
     tiles_prefix: str
     subject: str
     archive: bool = False  # layout ARCHIVE: each page's pyramid in one object
+    #: Unix seconds: ``PLANZOOM_GATEWAY_LINK_SECONDS`` after signing, or
+    #: when the token that asked for it ends, whichever is sooner.
+    expires_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,11 @@ class Access:
         return (("authorization", self.authorization),)
 
 
+def _expired() -> Unauthenticated:
+    return Unauthenticated("this link has expired; ask for a new one "
+                           "(GET /v1/jobs/{job_id}/links)", reason="LINK_EXPIRED")
+
+
 class Gatekeeper:
     """Verifies tokens and signed links and applies the per-caller rate."""
 
@@ -84,7 +92,7 @@ class Gatekeeper:
         self.link_seconds = settings.gateway_link_seconds
         self.rate = RateLimitItemPerSecond(settings.gateway_rate_per_second)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        self._verified: OrderedDict[str, tuple[Link, float]] = OrderedDict()
+        self._verified: OrderedDict[str, Link] = OrderedDict()
 
     def serializer(self, salt: str) -> itsdangerous.URLSafeTimedSerializer:
         """Signs and checks timestamped payloads of one kind (``salt``) with
@@ -93,32 +101,37 @@ class Gatekeeper:
         return itsdangerous.URLSafeTimedSerializer(
             self._key, salt=salt, signer_kwargs={"digest_method": hashlib.sha256})
 
-    def sign(self, link: Link) -> tuple[str, float]:
-        """A signed link and its expiry (Unix seconds)."""
+    def sign(self, link: Link, token_expires_at: float = 0.0) -> tuple[str, float]:
+        """A signed link and its expiry (Unix seconds): ``link_seconds`` from
+        now, never later than ``token_expires_at`` (the ``exp`` of the token
+        that asked for it, 0: none), so a link never outlives its grant."""
+        expires = time.time() + self.link_seconds
+        if token_expires_at:
+            expires = min(expires, token_expires_at)
         token = self.links.dumps({"j": link.job_id, "o": link.org, "p": link.tiles_prefix,
-                                  "s": link.subject, "a": link.archive})
-        return token, time.time() + self.link_seconds
+                                  "s": link.subject, "a": link.archive, "e": int(expires)})
+        return token, float(int(expires))
 
     def _link(self, cap: str) -> Link:
         # A viewer sends its link with every tile: verify it once, then
-        # only check its age.
+        # only check its expiry.
         kept = self._verified.get(cap)
-        if kept is not None and time.time() - kept[1] <= self.link_seconds:
-            return kept[0]
-        try:
-            data, signed_at = self.links.loads(cap, max_age=self.link_seconds,
-                                               return_timestamp=True)
-        except itsdangerous.SignatureExpired:
-            raise Unauthenticated("this link has expired; ask for a new one "
-                                  "(GET /v1/jobs/{job_id}/links)", reason="LINK_EXPIRED") from None
-        except itsdangerous.BadData:
-            raise Unauthenticated("this link is not valid", reason="BAD_LINK") from None
-        link = Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"], subject=data["s"],
-                    archive=bool(data.get("a")))
-        self._verified[cap] = (link, signed_at.timestamp())
-        if len(self._verified) > VERIFIED_LINKS:
-            self._verified.popitem(last=False)
-        return link
+        if kept is None:
+            try:
+                data = self.links.loads(cap, max_age=self.link_seconds)
+            except itsdangerous.SignatureExpired:
+                raise _expired() from None
+            except itsdangerous.BadData:
+                raise Unauthenticated("this link is not valid", reason="BAD_LINK") from None
+            kept = Link(job_id=data["j"], org=data["o"], tiles_prefix=data["p"],
+                        subject=data["s"], archive=bool(data.get("a")),
+                        expires_at=float(data.get("e", 0)))
+            self._verified[cap] = kept
+            if len(self._verified) > VERIFIED_LINKS:
+                self._verified.popitem(last=False)
+        if time.time() > kept.expires_at:
+            raise _expired()
+        return kept
 
     def throttle(self, key: str) -> None:
         """ResourceExhausted (429) once ``key`` is over the per-caller rate."""

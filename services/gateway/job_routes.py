@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -126,7 +127,9 @@ async def list_jobs(request: Request, org: str, project: str, plan: str,
 
 @router.get("/jobs/{job_id}/links", summary="Signed links to a job's outputs")
 async def job_links(request: Request, job_id: str) -> dict:
-    """Links that work without a bearer token until ``expires_at`` (RFC 3339):
+    """Links that work without a bearer token until ``expires_at`` (RFC 3339;
+    ``PLANZOOM_GATEWAY_LINK_SECONDS`` from now, or when the caller's token
+    ends if that is sooner):
     ``cap`` (append ``?cap=`` to any tile, descriptor or download URL of this
     job), ``dzi`` (one descriptor URL per page, 1-based page order) and
     ``download``; for a job of layout ARCHIVE also ``archives``: each page's
@@ -135,8 +138,9 @@ async def job_links(request: Request, job_id: str) -> dict:
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     job = await gw.upstream.get_job(access, check_id("job_id", job_id))
-    cap, expires = gw.gatekeeper.sign(Link(job.job_id, job.plan.org, job.tiles_prefix,
-                                           access.caller.subject, keys.is_archive(job.options)))
+    cap, expires = gw.gatekeeper.sign(
+        Link(job.job_id, job.plan.org, job.tiles_prefix, access.caller.subject,
+             keys.is_archive(job.options)), token_expires_at=access.caller.expires_at)
     base = str(request.base_url).rstrip("/") + f"/v1/jobs/{job.job_id}"
     links = {
         "cap": cap,
@@ -145,7 +149,8 @@ async def job_links(request: Request, job_id: str) -> dict:
         "download": f"{base}/download?cap={cap}",
     }
     if keys.is_archive(job.options):
+        seconds = max(1, int(expires - time.time()))
         links["archives"] = [gw.store.presigned_get(keys.archive_key(job.plan, job.job_id, n),
-                                                    gw.settings.gateway_link_seconds)
+                                                    seconds)
                              for n in range(1, job.total_pages + 1)]
     return links

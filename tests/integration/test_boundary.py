@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 
 import grpc
 import jwt
@@ -189,7 +190,8 @@ async def test_health_needs_no_token(server):
 
 @pytest.mark.parametrize("case", ["none", "not-bearer", "garbage", "expired", "other-key",
                                   "wrong-audience", "wrong-issuer", "no-exp", "alg-none",
-                                  "hs256-with-public-key", "no-org", "bad-org", "no-role"])
+                                  "hs256-with-public-key", "no-org", "bad-org", "no-role",
+                                  "valid-for-a-century", "a-week-without-iat"])
 async def test_bad_tokens_are_unauthenticated(server, issuer, case, tmp_path):
     other = DevIssuer(tmp_path)
     public = issuer.public_key_file.read_bytes()
@@ -205,6 +207,8 @@ async def test_bad_tokens_are_unauthenticated(server, issuer, case, tmp_path):
         "no-org": _forged(issuer, org=None),
         "bad-org": _forged(issuer, org="../etc"),
         "no-role": _forged(issuer, roles=["superuser"]),
+        "valid-for-a-century": _forged(issuer, exp=int(time.time()) + 100 * 365 * 86400),
+        "a-week-without-iat": _forged(issuer, iat=None, exp=int(time.time()) + 7 * 86400),
     }.get(case)
     metadata = (("authorization", f"Basic {issuer.mint('acme', 'viewer')}"),)
     if case == "hs256-with-public-key":  # key confusion: HMAC keyed with the public key

@@ -147,3 +147,29 @@ def test_signed_links_are_hmac_sha256_as_documented():
         {"j": "j1", "o": "acme", "p": "tiles/acme/p/l/j1/", "s": "dev:acme:viewer", "a": False})
     with pytest.raises(Unauthenticated):
         gate.check(_cap_request(sha1), "viewer", allow_link=True, job_id="j1")
+
+
+def test_a_link_never_outlives_the_token_that_asked_for_it(monkeypatch):
+    import time
+
+    from planzoom.errors import Unauthenticated
+    from services.gateway.access import Gatekeeper, Link
+
+    gate = Gatekeeper(Settings(gateway_signing_key="k" * 32, gateway_link_seconds=3600),
+                      verifier=object())
+    now = time.time()
+    cap, expires = gate.sign(Link("j1", "acme", "tiles/acme/p/l/j1/", "dev:acme:viewer"),
+                             token_expires_at=now + 60)
+    assert expires <= now + 60
+    assert gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1").link
+    later = now + 120  # the token has ended; the link's own hour has not
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthenticated, match="expired"):
+        gate.check(_cap_request(cap), "viewer", allow_link=True, job_id="j1")
+
+
+def test_keys_over_plain_http_are_refused():
+    from planzoom.auth import TokenVerifier
+
+    with pytest.raises(ValueError, match="https"):
+        TokenVerifier(Settings(auth_jwks="http://id.example.com/jwks.json"))
