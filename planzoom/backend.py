@@ -134,16 +134,17 @@ class PageStage(BackedService):
 
 class SourceStage(PageStage):
     """A stage that reads job sources in sandboxed worker processes (render,
-    transcode): ``pool`` (the stage's :class:`planzoom.engines.sandbox.ProcessPool`,
-    its size the stage's concurrency), ``tmp`` (its scratch directory under
-    ``PLANZOOM_WORK_DIR``) and ``sources`` (sources cached there). All three
-    are released when the stage stops."""
+    transcode): ``tmp`` (its scratch directory under ``PLANZOOM_WORK_DIR``),
+    ``pool`` (``make_pool(tmp)``: the stage's
+    :class:`planzoom.engines.sandbox.ProcessPool`, confined to ``tmp``, its
+    size the stage's concurrency) and ``sources`` (sources cached in
+    ``tmp``). All three are released when the stage stops."""
 
-    def __init__(self, settings: Settings, pool):
+    def __init__(self, settings: Settings, make_pool):
         super().__init__(settings)
-        self.pool = pool
-        self.concurrency = pool.workers
         self.tmp = tempfile.mkdtemp(prefix=f"planzoom-{self.name}-", dir=settings.work_dir)
+        self.pool = make_pool(self.tmp)
+        self.concurrency = self.pool.workers
         self.sources = SourceCache(self.store, self.tmp)
 
     async def release(self) -> None:

@@ -312,6 +312,7 @@ def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> P
         out.source = "none"
         return out
     import os
+    import shutil
 
     import pytesseract
 
@@ -319,6 +320,9 @@ def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> P
     # fight each other and the render for the cores, and one thread reads a
     # strip several times faster. An operator's own setting stands.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
+    # By its full path: a sandboxed worker may not look into every directory
+    # on PATH, and exec would stop at the first it may not.
+    pytesseract.pytesseract.tesseract_cmd = shutil.which("tesseract")
     for fx0, fy0, fx1, fy1 in OCR_REGIONS:
         area_pt = (fx1 - fx0) * width_pt * (fy1 - fy0) * height_pt
         dpi = min(OCR_DPI, 72.0 * (OCR_MAX_PIXELS / max(area_pt, 1.0)) ** 0.5)

@@ -8,6 +8,8 @@ import logging
 import math
 import os
 import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -73,9 +75,12 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        # Uploads are spooled here, the one directory its inspecting
+        # workers may read (and write).
+        self.tmp = tempfile.mkdtemp(prefix="planzoom-ingest-", dir=settings.work_dir)
         self.pool = ProcessPool(workers=settings.inspect_workers, recycle_after=100,
                                 memory_bytes=settings.worker_memory_bytes,
-                                queue_seconds=settings.inspect_queue_seconds)
+                                queue_seconds=settings.inspect_queue_seconds, scratch=self.tmp)
         self.slots = UploadSlots(settings.max_concurrent_uploads,
                                  settings.max_concurrent_uploads_per_org)
         self.limits = Limits.from_settings(settings)
@@ -93,6 +98,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
     async def close(self) -> None:
         # After the drain: an upload in flight was still inspecting its file.
         await self.pool.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
         await super().close()
 
     # -- RPCs ---------------------------------------------------------------
@@ -115,7 +121,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             if header.size_bytes > self.s.largest_upload_bytes:
                 raise UploadTooLarge(header.size_bytes, self.s.largest_upload_bytes)
             with self.slots.hold(header.plan.org):
-                spool = Spool(self.s.work_dir, self.s.max_upload_bytes, self.s.max_video_bytes)
+                spool = Spool(self.tmp, self.s.max_upload_bytes, self.s.max_video_bytes)
                 try:
                     while (req := await self._next(messages)) is not None:
                         if req.WhichOneof("payload") != "chunk":
@@ -185,7 +191,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 if size > self.s.largest_upload_bytes:
                     raise UploadTooLarge(size, self.s.largest_upload_bytes)
                 with self.slots.hold(request.plan.org):
-                    spool = Spool(self.s.work_dir, self.s.max_upload_bytes, self.s.max_video_bytes)
+                    spool = Spool(self.tmp, self.s.max_upload_bytes, self.s.max_video_bytes)
                     try:
                         body = await asyncio.to_thread(self.store.get_stream,
                                                        request.object_key)

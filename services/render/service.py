@@ -44,10 +44,12 @@ class Render(SourceStage):
     stream, consumer = topology.RENDER_STREAM, topology.RENDER_CONSUMER
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, ProcessPool(
+        super().__init__(settings, lambda scratch: ProcessPool(
             settings.render_concurrency, settings.render_recycle_pages,
             memory_bytes=settings.worker_memory_bytes,
-            queue_seconds=settings.render_timeout_seconds))
+            queue_seconds=settings.render_timeout_seconds, scratch=scratch,
+            # a page's raster: at most 4 bytes a pixel, and its header
+            file_bytes=4 * settings.max_page_pixels + (64 << 20)))
         # PDFium's own limit, plus the source's download and the raster's upload.
         self.max_seconds = settings.render_timeout_seconds + RENDER_IO_SECONDS
 

@@ -47,9 +47,9 @@ class Transcode(SourceStage):
 
     def __init__(self, settings: Settings):
         # One video per worker process: a transcode holds its decoders' memory.
-        super().__init__(settings, ProcessPool(
+        super().__init__(settings, lambda scratch: ProcessPool(
             settings.transcode_concurrency, 1, memory_bytes=settings.worker_memory_bytes,
-            queue_seconds=settings.render_timeout_seconds))
+            queue_seconds=settings.render_timeout_seconds, scratch=scratch))
 
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.PageJob.FromString(data)
