@@ -23,7 +23,7 @@ from planzoom.engines import archive
 from planzoom.engines.archive import page_descriptor
 from planzoom.engines.pyramid import cut_pyramid
 from planzoom.engines.raster import raster_rows
-from planzoom.errors import Cancelled
+from planzoom.errors import Cancelled, InvalidInput
 from planzoom.heap import keep_freed_blocks
 from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
@@ -44,6 +44,27 @@ class JobCancelled(Cancelled):
 
     def __init__(self):
         super().__init__("the job was cancelled")
+
+
+class ForeignRaster(InvalidInput):
+    """A TileJob whose raster is not its own page's."""
+
+    reason = "FORGED_EVENT"
+
+
+def own_raster(job: events_pb2.TileJob) -> str:
+    """The TileJob's ``raster_key`` if it is its own page's raster
+    (:func:`planzoom.keys.raster_key`, under ``work/<its job>/``), which is
+    all tile reads and deletes: a message that names another object (another
+    job's, an org's outputs) is refused for good, not obeyed."""
+    try:
+        expected = keys.raster_key(job.job_id, job.page)
+    except InvalidInput:
+        expected = None
+    if job.raster_key != expected:
+        raise ForeignRaster(f"a tile job for page {job.page} of job {job.job_id!r} names the "
+                            f"raster {job.raster_key[:200]!r}, not its own")
+    return expected
 
 
 class Tile(PageStage):
@@ -74,6 +95,7 @@ class Tile(PageStage):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.TileJob.FromString(data)
         tracing.annotate(job_id=job.job_id, page=job.page)
+        own_raster(job)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         done_key = keys.done_key(job.plan, job.job_id, job.page, job.options)
         if await self.skip_ended(job, ctx):

@@ -137,3 +137,29 @@ def test_a_page_key_comes_from_the_job_never_from_an_event(stack, client, corpus
     assert final.pages[0].dzi_key == keys.dzi_key(plan, job.job_id, 1) != evil
     current = s3.get_object(Bucket="planzoom", Key=keys.current_key(plan))["Body"].read()
     assert b"evil" not in current
+
+
+def test_a_tile_job_naming_another_object_is_refused(stack, client, corpus, s3):
+    """A TileJob (render's to send) that names an object other than its own
+    page's raster: tile neither reads nor deletes it, and keeps the message
+    as a dead letter."""
+    plan = jobs_pb2.PlanRef(org="acme", project="forgery", plan="raster")
+    done = wait_ended(client, client.submit(str(corpus / SITEPLAN), plan,
+                                            jobs_pb2.JobOptions(dpi=30)).job_id)
+    target = done.pages[0].dzi_key  # the finished page: an ended job's raster is deleted
+    assert s3.head_object(Bucket="planzoom", Key=target)
+    forged = events_pb2.TileJob(job_id=done.job_id, plan=plan, page=1,
+                                total_pages=done.total_pages, options=done.options,
+                                raster_key=target, width_px=10, height_px=10, bands=1)
+    outcome, _ = _as(stack, "render", lambda nc: _publish(
+        nc, "pages.tile.acme", forged.SerializeToString()))
+    assert outcome == "stored"
+
+    async def letters(js):
+        info = await js.stream_info(topology.DEAD_LETTER_STREAM,
+                                    subjects_filter=f"deadletter.tile.{done.job_id}")
+        return sum((info.state.subjects or {}).values())
+
+    wait_until("the forged tile job is a dead letter",
+               lambda: run_nats(stack.admin_nats_url, letters) >= 1, timeout=30)
+    assert s3.head_object(Bucket="planzoom", Key=target), "tile deleted what it was sent"
