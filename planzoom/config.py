@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     max_page_side_pixels: int = Field(65536, ge=256)  # longest side of a page raster
     #: An image page with more pixels (from its header) is refused undecoded.
     max_image_pixels: int = Field(200_000_000, ge=1)
+    max_tiff_directories: int = Field(1000, ge=1)  # a TIFF's directories, pages or not
     # Videos: size, length and frame size, checked by probing before any transcode
     max_video_bytes: int = Field(5 * 1024**3, ge=1)
     max_video_seconds: float = Field(3600.0, gt=0)

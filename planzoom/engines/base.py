@@ -25,18 +25,24 @@ class TooManyPages(ResourceExhausted):
 class Limits:
     """What a source may hold before it is refused, checked from its
     headers before anything is decoded: pages per file, pixels per image
-    page, and a video's length (seconds) and frame (pixels)."""
+    page and on its longest side (0: no limit), the directories of a TIFF
+    (each costs libvips a walk of the directory chain), and a video's length
+    (seconds) and frame (pixels)."""
 
     max_pages: int
     max_image_pixels: int
     max_video_seconds: float = 0.0
     max_video_pixels: int = 0
+    max_image_side: int = 0
+    max_tiff_directories: int = 1000
 
     @classmethod
     def from_settings(cls, s) -> Limits:
         """The limits a service's :class:`~planzoom.config.Settings` set."""
         return cls(max_pages=s.max_pages, max_image_pixels=s.max_image_pixels,
-                   max_video_seconds=s.max_video_seconds, max_video_pixels=s.max_video_pixels)
+                   max_video_seconds=s.max_video_seconds, max_video_pixels=s.max_video_pixels,
+                   max_image_side=s.max_page_side_pixels,
+                   max_tiff_directories=s.max_tiff_directories)
 
 
 @sandbox_result

@@ -88,11 +88,17 @@ def _orientation(image) -> int:
     return image.get("orientation") if image.get_typeof("orientation") else 1
 
 
-def _check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
-    if width * height > max_pixels:
+def _check_pixels(width: int, height: int, limits: Limits, what: str) -> None:
+    if width * height > limits.max_image_pixels:
         raise ImageTooLarge(f"{what} is {width:,} x {height:,} pixels, more than the "
-                            f"{max_pixels:,} a page may have; it was not decoded "
+                            f"{limits.max_image_pixels:,} a page may have; it was not decoded "
                             "(PLANZOOM_MAX_IMAGE_PIXELS)")
+    if limits.max_image_side and max(width, height) > limits.max_image_side:
+        # A strip of few pixels still costs the tile stage memory in
+        # proportion to its long side (a pyramid level's rows).
+        raise ImageTooLarge(f"{what} is {width:,} x {height:,} pixels: its longest side is "
+                            f"over the {limits.max_image_side:,} pixels a page may have; it "
+                            "was not decoded (PLANZOOM_MAX_PAGE_SIDE_PIXELS)")
 
 
 def _is_overview(page, first) -> bool:
@@ -101,19 +107,22 @@ def _is_overview(page, first) -> bool:
             and abs(page.width / page.height - first.width / first.height) < 0.02)
 
 
-def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[ImagePage]:
+def image_pages(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
     """The pages of an image file from its headers: every page of a TIFF
     (overviews and directories libvips cannot read skipped), the first frame
     of a GIF, the primary image of a HEIF/AVIF, the developed image of a RAW.
 
     Raises ImageDamaged (unreadable, truncated JPEG), ImageTooLarge (a page
-    over ``max_pixels``) and ResourceExhausted TOO_MANY_PAGES."""
+    over ``limits.max_image_pixels`` or ``max_image_side``) and
+    ResourceExhausted TOO_MANY_PAGES (over ``max_pages`` pages, or a TIFF of
+    over ``max_tiff_directories`` directories, refused before any is read)."""
+    max_pages = limits.max_pages
     import pyvips
 
     if kind.is_raw:
-        return [_raw_page(path, max_pixels)]
+        return [_raw_page(path, limits)]
     if kind.name == "heif":
-        return [_heif_page(path, max_pixels)]
+        return [_heif_page(path, limits)]
     try:
         first = pyvips.Image.new_from_file(path, access="sequential")
     except pyvips.Error as e:
@@ -124,6 +133,11 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
     pages = [(0, first)]
     if kind.name == "tiff" and first.get_typeof("n-pages"):
         count = first.get("n-pages")
+        if count > limits.max_tiff_directories:
+            raise TooManyPages(f"the TIFF has {count:,} directories, more than the "
+                               f"{limits.max_tiff_directories:,} planzoom reads "
+                               "(PLANZOOM_MAX_TIFF_DIRECTORIES); as a PDF it would be read "
+                               "page by page")
         for index in range(1, count):
             try:
                 page = pyvips.Image.new_from_file(path, page=index, access="sequential")
@@ -139,7 +153,7 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
         width, height = page.width, page.height
         if _orientation(page) in (5, 6, 7, 8):
             width, height = height, width
-        _check_pixels(width, height, max_pixels, f"page {n + 1}" if len(pages) > 1 else
+        _check_pixels(width, height, limits, f"page {n + 1}" if len(pages) > 1 else
                       "the image")
         exif = page.get("exif-data") if page.get_typeof("exif-data") else None
         facts = image_facts(exif, page.width, page.height, _orientation(page))
@@ -151,7 +165,7 @@ def image_pages(path: str, kind: Kind, max_pages: int, max_pixels: int) -> list[
 def inspect(path: str, kind: Kind, limits: Limits) -> SourceInfo:
     """The pages of an image file from its headers (nothing is decoded; see
     :func:`image_pages` for what is refused)."""
-    pages = image_pages(path, kind, limits.max_pages, limits.max_image_pixels)
+    pages = image_pages(path, kind, limits)
     return SourceInfo(page_sizes=[(p.width_pt, p.height_pt) for p in pages],
                       pixel_sizes=[(p.width_px, p.height_px) for p in pages],
                       dpis=[p.dpi for p in pages], indexes=[p.index for p in pages],
@@ -274,7 +288,7 @@ def _check_jpeg_end(path: str) -> None:
                                "marker); upload the whole file")
 
 
-def _raw_page(path: str, max_pixels: int) -> ImagePage:
+def _raw_page(path: str, limits: Limits) -> ImagePage:
     import rawpy
 
     try:
@@ -285,7 +299,7 @@ def _raw_page(path: str, max_pixels: int) -> ImagePage:
     width, height = sizes.iwidth, sizes.iheight
     if sizes.flip in (5, 6):
         width, height = height, width
-    _check_pixels(width, height, max_pixels, "the RAW image")
+    _check_pixels(width, height, limits, "the RAW image")
     return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
                      facts=image_facts(None, sizes.iwidth, sizes.iheight,
                                        {0: 1, 3: 3, 5: 8, 6: 6}.get(sizes.flip, 1)))
@@ -321,13 +335,13 @@ def _heif_orientation(path: str, heif) -> int:
     return value if value in range(1, 9) else 1
 
 
-def _heif_page(path: str, max_pixels: int) -> ImagePage:
+def _heif_page(path: str, limits: Limits) -> ImagePage:
     heif = _heif(path)
     width, height = heif.size
     orientation = _heif_orientation(path, heif)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
-    _check_pixels(width, height, max_pixels, "the HEIF image")
+    _check_pixels(width, height, limits, "the HEIF image")
     return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
                      facts=image_facts(heif.info.get("exif"), *heif.size, orientation))
 

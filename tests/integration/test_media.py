@@ -148,10 +148,11 @@ def test_a_bomb_is_refused_from_its_header_alone(corpus):
     (decoding it would take 280 MB)."""
     # VmHWM: the peak of this program's own memory (ru_maxrss would count
     # the pytest process it was forked from).
-    code = ("from planzoom.engines.image import image_pages, ImageTooLarge\n"
+    code = ("from planzoom.engines.base import Limits\n"
+            "from planzoom.engines.image import image_pages, ImageTooLarge\n"
             "from planzoom.media import JPEG\n"
             "try:\n"
-            f"    image_pages({str(corpus / 'media' / BOMB)!r}, JPEG, 10, 200_000_000)\n"
+            f"    image_pages({str(corpus / 'media' / BOMB)!r}, JPEG, Limits(10, 200_000_000))\n"
             "except ImageTooLarge:\n"
             "    print(next(line.split()[1] for line in open('/proc/self/status')\n"
             "               if line.startswith('VmHWM:')))\n")

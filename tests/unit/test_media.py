@@ -72,3 +72,30 @@ def test_ffmpeg_opens_no_url_a_video_names(tmp_path, body):
         server.close()
         listener.join()
     assert not reached
+
+
+def test_image_headers_bound_a_tiffs_directories_and_a_pages_longest_side(tmp_path):
+    import pyvips
+
+    from planzoom.engines.base import Limits, TooManyPages
+    from planzoom.engines.image import ImageTooLarge, image_pages
+    from planzoom.media import PNG, TIFF
+
+    limits = Limits(max_pages=2000, max_image_pixels=200_000_000, max_image_side=65536,
+                    max_tiff_directories=1000)
+    many = pyvips.Image.black(8, 8 * 3000).cast("uchar").copy()
+    many.set_type(pyvips.GValue.gint_type, "page-height", 8)
+    many.tiffsave(str(tmp_path / "many.tif"))  # 3,000 directories in 870 KB
+    with pytest.raises(TooManyPages, match="3,000 directories"):  # from the count alone
+        image_pages(str(tmp_path / "many.tif"), TIFF, limits)
+    few = many.crop(0, 0, 8, 8 * 3).copy()
+    few.set_type(pyvips.GValue.gint_type, "page-height", 8)
+    few.tiffsave(str(tmp_path / "few.tif"))
+    assert len(image_pages(str(tmp_path / "few.tif"), TIFF, limits)) == 3
+
+    # 70,000 x 2: few pixels, but a side past the limit.
+    pyvips.Image.black(70_000, 2).cast("uchar").pngsave(str(tmp_path / "strip.png"))
+    with pytest.raises(ImageTooLarge, match="longest side"):
+        image_pages(str(tmp_path / "strip.png"), PNG, limits)
+    pyvips.Image.black(60_000, 2).cast("uchar").pngsave(str(tmp_path / "ok.png"))
+    assert image_pages(str(tmp_path / "ok.png"), PNG, limits)[0].width_px == 60_000
