@@ -45,6 +45,7 @@ import sys
 import tempfile
 import traceback
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -418,13 +419,19 @@ class ProcessPool:
 
     ``memory_bytes``: each worker's address-space limit (0: none);
     ``recycle_after``: tasks before a worker is replaced; ``queue_seconds``:
-    how long a task may wait for a free worker before WorkersBusy.
+    how long a task may wait for a free worker before WorkersBusy;
+    ``per_owner``: the workers one owner's tasks may hold at once (default:
+    all); ``scratch``, ``readable``, ``file_bytes``: what a worker may write,
+    read besides the system's files, and its largest file.
     """
 
     def __init__(self, workers: int, recycle_after: int, memory_bytes: int = 0,
                  queue_seconds: float = 60.0, *, scratch: str | None = None,
-                 readable: tuple[str, ...] = (), file_bytes: int = WORKER_FILE_BYTES):
+                 readable: tuple[str, ...] = (), file_bytes: int = WORKER_FILE_BYTES,
+                 per_owner: int | None = None):
         self.workers, self.recycle_after = workers, recycle_after
+        self.per_owner = per_owner or workers
+        self._held: Counter[str | None] = Counter()
         self.memory_bytes, self.queue_seconds = memory_bytes, queue_seconds
         self.confine = {"scratch": os.path.abspath(scratch or tempfile.gettempdir()),
                         "readable": [os.path.abspath(p) for p in readable],
@@ -452,26 +459,39 @@ class ProcessPool:
             start_new_session=True)
         return _Worker(process)
 
-    async def _acquire(self) -> _Worker:
+    async def _acquire(self, owner: str | None) -> _Worker:
         """An idle worker, a new one if fewer than ``workers`` live, or the
         next one freed (a worker back from a task, or room for a new one
-        after one was killed); WorkersBusy after ``queue_seconds``."""
+        after one was killed), once ``owner`` holds fewer than ``per_owner``;
+        WorkersBusy after ``queue_seconds``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.queue_seconds
         while True:
-            if self._idle:
+            if owner is not None and self._held[owner] >= self.per_owner:
+                pass  # this owner's share is taken: wait for one of its own
+            elif self._idle:
+                self._held[owner] += 1
                 return self._idle.pop()
-            if self._live < self.workers:
+            elif self._live < self.workers:
+                # Counted before the spawn: another task of the owner that
+                # comes meanwhile must see the share taken.
                 self._live += 1
+                self._held[owner] += 1
                 try:
                     return await self._spawn()
                 except BaseException:
                     self._live -= 1
+                    self._held[owner] -= 1
                     self._wake()
                     raise
             try:
                 await asyncio.wait_for(self._freed.wait(), deadline - loop.time())
             except TimeoutError:
+                if owner is not None and self._held[owner] >= self.per_owner:
+                    raise WorkersBusy(
+                        f"{owner} has had its {self.per_owner} of the {self.workers} worker "
+                        f"processes busy for {self.queue_seconds:g} s; retry shortly",
+                        retry_after=5.0) from None
                 raise WorkersBusy(f"all {self.workers} worker processes stayed busy for "
                                   f"{self.queue_seconds:g} s; retry shortly",
                                   retry_after=5.0) from None
@@ -494,16 +514,20 @@ class ProcessPool:
             except RuntimeError:  # its event loop is gone: end it outright
                 worker.kill()
 
-    async def run(self, timeout: float, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, timeout: float, fn: Callable[..., T], *args: Any,
+                  owner: str | None = None) -> T:
         """Run ``fn(*args)`` (a module-level function) in a worker; its result
-        is a JSON value or a :func:`sandbox_result` dataclass. Raises what
-        ``fn`` raised (as planzoom's own error class), WorkerTimeout after
-        ``timeout`` seconds of the worker's time, WorkerCrashed if the worker
-        died, WorkersBusy if no worker was free in time."""
+        is a JSON value or a :func:`sandbox_result` dataclass. With ``owner``
+        (an org), the task waits while that owner has ``per_owner`` workers
+        busy, however many are idle: one org's slow files never hold every
+        worker. Raises what ``fn`` raised (as planzoom's own error class),
+        WorkerTimeout after ``timeout`` seconds of the worker's time,
+        WorkerCrashed if the worker died, WorkersBusy if no worker was free
+        (or the owner's share stayed taken) for ``queue_seconds``."""
         if self._closed:
             raise Unavailable("the worker pool is closed")
         payload = pickle.dumps((fn, args, timeout))
-        worker = await self._acquire()
+        worker = await self._acquire(owner)
         healthy = False
         try:
             outcome = await asyncio.wait_for(worker.call(payload), timeout)
@@ -522,6 +546,7 @@ class ProcessPool:
                 # Reap it here, while the event loop runs: a process left to
                 # the garbage collector closes its transport on a dead loop.
                 await _exit_code(worker, 5.0)
+            self._held[owner] -= 1
             self._release(worker, healthy)
         if "error" in outcome:
             raise _rebuild_error(outcome["error"])

@@ -80,7 +80,8 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         self.tmp = tempfile.mkdtemp(prefix="planzoom-ingest-", dir=settings.work_dir)
         self.pool = ProcessPool(workers=settings.inspect_workers, recycle_after=100,
                                 memory_bytes=settings.worker_memory_bytes,
-                                queue_seconds=settings.inspect_queue_seconds, scratch=self.tmp)
+                                queue_seconds=settings.inspect_queue_seconds, scratch=self.tmp,
+                                per_owner=max(1, settings.inspect_workers // 2))
         self.slots = UploadSlots(settings.max_concurrent_uploads,
                                  settings.max_concurrent_uploads_per_org)
         self.limits = Limits.from_settings(settings)
@@ -215,17 +216,20 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     # -- job creation -------------------------------------------------------
 
-    async def _inspect(self, path: str, kind: Kind) -> SourceInfo:
+    async def _inspect(self, path: str, kind: Kind, org: str) -> SourceInfo:
         """Open the upload in a sandboxed worker (a PDF with PDFium, an
-        image's headers with libvips or LibRaw). Only this file's own time
-        counts against it: waiting for a worker ends, at worst, in
-        WorkersBusy (UNAVAILABLE, retry), never in a verdict on the file."""
+        image's headers with libvips or LibRaw), ``org`` holding at most half
+        the workers: its slow files wait for each other, not other orgs'.
+        Only this file's own time counts against it: waiting for a worker
+        ends, at worst, in WorkersBusy (UNAVAILABLE, retry), never in a
+        verdict on the file."""
         limit = self.s.inspect_timeout_seconds
         what, slow, damaged = (("PDF", "PDF_TOO_SLOW", PdfDamaged) if kind.is_pdf else
                                ("video", "VIDEO_TOO_SLOW", VideoDamaged) if kind.is_video else
                                ("image", "IMAGE_TOO_SLOW", ImageDamaged))
         try:
-            return await self.pool.run(limit, engines.inspect, path, kind.name, self.limits)
+            return await self.pool.run(limit, engines.inspect, path, kind.name, self.limits,
+                                       owner=org)
         except WorkerTimeout:
             raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
                                     "too complex or malformed", reason=slow) from None
@@ -284,7 +288,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         options already have (deduplicated) or create it: store the source
         under its hash, store the record, publish one page job per page."""
         kind = spool.kind
-        info = await self._inspect(spool.path, kind)
+        info = await self._inspect(spool.path, kind, plan.org)
         geometries = engines.geometries(info, options, self.s.max_page_side_pixels)
         work = self._check_budget(info, geometries, options)
         job_id = new_job_id()

@@ -188,6 +188,46 @@ def test_a_slow_pdf_never_fails_other_uploads(corpus, stack):
         assert good.job.total_pages == 1
 
 
+def test_one_orgs_slow_files_hold_at_most_half_the_inspection_workers(corpus, stack):
+    """Two cross-reference bombs of one org, sent at once, against an ingest
+    with two inspection workers, a 6 s limit and a 4 s queue: the org gets
+    one worker (its second bomb waits for it, then is refused as busy or too
+    slow), so three other orgs' uploads, sent just after, all become jobs
+    instead of waiting out the bombs."""
+    name = stack.start_service("ingest", replica=3, env={
+        "PLANZOOM_INSPECT_TIMEOUT_SECONDS": "6", "PLANZOOM_INSPECT_QUEUE_SECONDS": "4",
+        "PLANZOOM_INSPECT_WORKERS": "2"})
+    env = stack.env()
+    bomb, innocent = xref_bomb(), (corpus / SITEPLAN).read_bytes()
+    orgs = ["attacker", "attacker", "bystander-1", "bystander-2", "bystander-3"]
+    clients = [Client(stack.addrs[name], env["PLANZOOM_PROGRESS_ADDR"],
+                      token=stack.token(org, "uploader")) for org in orgs]
+    try:
+        def send(i: int):
+            plan = jobs_pb2.PlanRef(org=orgs[i], project="fair-inspection", plan=f"upload-{i}")
+            if i >= 2:
+                time.sleep(1.0)  # the bombs are in the workers first
+            try:
+                return _upload(clients[i], bomb if i < 2 else innocent, plan)
+            except grpc.RpcError as e:
+                return e
+
+        with ThreadPoolExecutor(5) as pool:
+            outcomes = list(pool.map(send, range(5)))
+    finally:
+        for c in clients:
+            c.close()
+        stack.stop_service(name)
+    for bad in outcomes[:2]:
+        assert isinstance(bad, grpc.RpcError), "the bomb was accepted"
+        assert (bad.code(), _reason(bad)) in {
+            (grpc.StatusCode.RESOURCE_EXHAUSTED, "PDF_TOO_SLOW"),
+            (grpc.StatusCode.UNAVAILABLE, "WORKERS_BUSY")}, bad.details()
+    for good in outcomes[2:]:
+        assert not isinstance(good, grpc.RpcError), good.details()
+        assert good.job.total_pages == 1
+
+
 def test_jobs_over_the_org_quota_wait_queued(corpus, stack, client):
     """Services where an org may have one job in flight: the next two are
     created PENDING and queued, published only once the first ends, and
