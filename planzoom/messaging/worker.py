@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -68,6 +69,9 @@ class Consumer:
         except (TimeoutError, NatsTimeoutError):
             return []
 
+    def done(self, msg: Msg) -> None:
+        """``msg`` (from :meth:`next`) has been handled."""
+
     async def close(self) -> None:
         # A pull subscription's drain waits for fetched messages nobody will
         # take now; unsubscribing first lets the connection's drain finish.
@@ -96,11 +100,16 @@ class FairConsumers:
     stream, one org after another (:func:`next_org`): one org's backlog of
     two thousand pages waits its turn beside another org's single page. A
     core subscription to ``doorbell`` (the stream's subjects) wakes an idle
-    worker when anything is published."""
+    worker when anything is published. With ``per_org``, an org with that
+    many messages in hand in this process is passed over until one is done:
+    one org's slow work (webhook endpoints that hang) never holds every
+    worker."""
 
-    def __init__(self, js: JetStreamContext, nc, stream: str, prefix: str, doorbell: str):
+    def __init__(self, js: JetStreamContext, nc, stream: str, prefix: str, doorbell: str,
+                 per_org: int | None = None):
         self.js, self.nc, self.stream, self.prefix = js, nc, stream, prefix
-        self.doorbell = doorbell
+        self.doorbell, self.per_org = doorbell, per_org
+        self._busy: Counter[str] = Counter()
         self._subs: dict[str, object] = {}
         self._served: dict[str, float] = {}
         self._rung = asyncio.Event()
@@ -124,20 +133,42 @@ class FairConsumers:
 
             self._bell = await self.nc.subscribe(self.doorbell, cb=ring)
         self._rung.clear()
-        org = next_org(await self._backlog(), self._served)
+        backlog = await self._backlog()
+        if self.per_org:
+            backlog = {org: n for org, n in backlog.items() if self._busy[org] < self.per_org}
+        org = next_org(backlog, self._served)
         if org is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rung.wait(), 1.0)
             return []
         self._served[org] = time.monotonic()
-        sub = self._subs.get(org)
-        if sub is None:
-            sub = self._subs[org] = await self.js.pull_subscribe_bind(
-                durable=f"{self.prefix}-{org}", stream=self.stream)
+        # Counted before any wait: another loop choosing meanwhile must see
+        # this org's share taken.
+        self._busy[org] += 1
+        msgs = []
         try:
-            return await sub.fetch(1, timeout=0.5)
+            sub = self._subs.get(org)
+            if sub is None:
+                sub = self._subs[org] = await self.js.pull_subscribe_bind(
+                    durable=f"{self.prefix}-{org}", stream=self.stream)
+            msgs = await sub.fetch(1, timeout=0.5)
         except (TimeoutError, NatsTimeoutError):
-            return []  # another worker took it
+            pass  # another worker took it
+        finally:
+            if not msgs:
+                self._busy[org] -= 1
+        return msgs
+
+    def done(self, msg: Msg) -> None:
+        """``msg`` (from :meth:`next`) has been handled: its org's count in
+        hand goes down."""
+        try:
+            org = (msg.metadata.consumer or "").removeprefix(self.prefix + "-")
+        except Exception:  # not a JetStream message: nothing was counted
+            return
+        if self._busy[org] > 0:
+            self._busy[org] -= 1
+        self._rung.set()  # an org passed over may be served again
 
     async def close(self) -> None:
         for sub in self._subs.values():
@@ -256,6 +287,7 @@ class PullWorker:
                     log.exception("%s: could not end_if_pages_ended a message", self.durable)
                 finally:
                     self._in_flight.discard(task)
+                    self.source.done(msg)
 
     async def _heartbeat(self, msg: Msg) -> None:
         interval = max(1.0, self.ack_wait / 3)

@@ -17,8 +17,9 @@ job ends (``job.completed``, ``job.failed``, ``job.cancelled``).
 - Durable: the progress service announces each ended job on JetStream
   (``jobs.ended.<org>.<job>``); consumer ``webhooks`` turns it into one
   WebhookDelivery per endpoint on ``webhooks.deliver.<org>``, and the
-  per-org consumers ``deliveries-<org>`` (taken in turn, so one org's slow
-  endpoints do not hold back another's) send them. A 2xx answer ends a
+  per-org consumers ``deliveries-<org>`` (taken in turn, an org holding at
+  most half the delivery workers, so one org's slow endpoints do not hold
+  back another's) send them. A 2xx answer ends a
   delivery (its body is never read); anything else, or no status within
   ``PLANZOOM_WEBHOOK_TIMEOUT_SECONDS`` (one deadline from connecting), is
   retried after ``PLANZOOM_WEBHOOK_RETRY_SECONDS`` doubling up to
@@ -209,8 +210,11 @@ class Webhooks:
                 ack_wait=topology.WEBHOOK_ACK_WAIT_SECONDS,
                 max_deliver=self.s.webhook_max_attempts, backoff=_backoff(self.s),
                 dead_letters=False,
+                # An org's deliveries hold at most half the workers: its
+                # endpoints that hang cannot delay every other org's.
                 source=FairConsumers(self.bus.js, self.bus.nc, topology.WEBHOOKS_STREAM,
-                                     topology.WEBHOOKS_CONSUMER, "webhooks.deliver.>")))
+                                     topology.WEBHOOKS_CONSUMER, "webhooks.deliver.>",
+                                     per_org=max(1, self.s.webhook_workers // 2))))
         for worker in self.workers:
             await worker.start()
 

@@ -33,7 +33,7 @@ class Receiver:
     """An HTTP server that records every POST. A path answers 500 while it
     is in ``failing`` (or its first ``fail_first[path]`` times), else 204;
     ``/trickle`` sends its header lines a byte every half second, ``/huge``
-    a 200 with a 256 MiB body."""
+    a 200 with a 256 MiB body, ``/hang…`` answers after 10 s."""
 
     def __init__(self):
         self.received: list[dict] = []
@@ -56,6 +56,8 @@ class Receiver:
                     fail = self.path in receiver.failing or \
                         seen < receiver.fail_first.get(self.path, 0)
                 try:
+                    if self.path.startswith("/hang"):
+                        time.sleep(10)  # answers, but only after the deadline
                     if self.path == "/trickle":
                         self.wfile.write(b"HTTP/1.1 200 OK\r\n")
                         for _ in range(60):  # 30 s at most
@@ -280,3 +282,47 @@ def test_private_addresses_are_refused_unless_allowed(stack):
                 assert body["reason"] == "WEBHOOK_URL_NOT_ALLOWED", (target, body)
     finally:
         stack.stop_service("gateway-ssrf")
+
+
+def test_one_orgs_hanging_endpoints_do_not_hold_every_delivery_worker(stack, gateway,
+                                                                        receiver):
+    """The only gateway: two delivery workers, a 10 s deadline. An org whose
+    two endpoints hang gets one worker, so another org's delivery goes out
+    at once instead of after the hanging ones. (The endpoints earlier tests
+    left are removed first: their retries would be a third org at work.)"""
+    with httpx.Client(base_url=gateway[0], timeout=30) as http:
+        admin = bearer(stack, ORG, "admin")
+        for hook in http.get("/v1/webhooks", headers=admin).json()["webhooks"]:
+            http.delete(f"/v1/webhooks/{hook['id']}", headers=admin)
+    stack.stop_service("gateway")
+    url = stack.start_gateway(name="gateway-fair", env={
+        "PLANZOOM_WEBHOOK_WORKERS": "2", "PLANZOOM_WEBHOOK_TIMEOUT_SECONDS": "10",
+        "PLANZOOM_WEBHOOK_MAX_ATTEMPTS": "1"})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for n in range(2):
+                register(http, stack, receiver.url(f"/hang-{n}"), org="hooks-slow")
+            register(http, stack, receiver.url("/prompt"), org="hooks-prompt")
+            slow_job = _job_of(stack, "hooks-slow")
+            assert slow_job.state == jobs_pb2.JOB_STATE_COMPLETE
+            wait_until("both hanging deliveries under way",
+                       lambda: len(receiver.at("/hang-0")) + len(receiver.at("/hang-1")) >= 1,
+                       timeout=30)
+            job = _job_of(stack, "hooks-prompt")
+            [request] = wait_until("the other org's delivery", lambda: receiver.at("/prompt"),
+                                   timeout=30)
+            ended_at = job.finished_at.seconds + job.finished_at.nanos / 1e9
+            assert request["at"] - ended_at < 5, "it waited for the hanging endpoints"
+    finally:
+        stack.stop_service("gateway-fair")
+        stack.start_gateway(env=gateway[1])
+
+
+def _job_of(stack, org: str) -> jobs_pb2.Job:
+    """A small job of ``org``, ended."""
+    client = client_for(stack, org=org)
+    try:
+        return wait_ended(client, client.submit(str(CORPUS / SMALL), jobs_pb2.PlanRef(
+            org=org, project="hooks", plan="fair"), jobs_pb2.JobOptions(dpi=20)).job_id)
+    finally:
+        client.close()
