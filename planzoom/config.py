@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     upload_idle_seconds: float = Field(30.0, gt=0)  # an upload stream silent this long ends
     max_concurrent_uploads: int = Field(16, ge=1)  # uploads spooling at once per ingest replica
     max_concurrent_uploads_per_org: int = Field(4, ge=1)  # of those, at most this many per org
+    max_watches: int = Field(2000, ge=1)  # WatchJob streams open at once per progress replica
+    max_watches_per_org: int = Field(500, ge=1)  # of those, per org
+    max_watches_per_caller: int = Field(50, ge=1)  # of those, per token subject
 
     # Job defaults (each one a per-job option)
     default_dpi: float = Field(300.0, gt=0)

@@ -38,8 +38,8 @@ from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.media import KINDS, Kind
 from planzoom.options import resolve_options
 from planzoom.pages import Work, job_work, set_geometry
+from planzoom.slots import Slots, UploadsBusy
 from planzoom.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, jobs_pb2
-from services.ingest.slots import UploadSlots
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,9 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                                 memory_bytes=settings.worker_memory_bytes,
                                 queue_seconds=settings.inspect_queue_seconds, scratch=self.tmp,
                                 per_owner=max(1, settings.inspect_workers // 2))
-        self.slots = UploadSlots(settings.max_concurrent_uploads,
-                                 settings.max_concurrent_uploads_per_org)
+        self.slots = Slots("uploads", UploadsBusy, settings.max_concurrent_uploads,
+                           settings.max_concurrent_uploads_per_org, settings=(
+                               "MAX_CONCURRENT_UPLOADS", "MAX_CONCURRENT_UPLOADS_PER_ORG", ""))
         self.limits = Limits.from_settings(settings)
 
     def register(self, server):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from planzoom import keys, metrics, updates
-from planzoom.auth import require_org, visible
+from planzoom.auth import current, require_org, visible
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
 from planzoom.sheets import sheet_from_json
+from planzoom.slots import Slots
 from planzoom.states import finalized
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from services.progress import sheets
@@ -26,9 +27,9 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
     ListSheets over the job records. ``stopping`` is set when the service begins to shut down."""
 
     def __init__(self, jobs: JobStore, records: JobRecords, sweeper: Sweeper, feeds: JobFeeds,
-                 stopping: asyncio.Event):
+                 stopping: asyncio.Event, watches: Slots):
         self.jobs, self.records, self.sweeper = jobs, records, sweeper
-        self.feeds, self.stopping = feeds, stopping
+        self.feeds, self.stopping, self.watches = feeds, stopping, watches
 
     async def _job(self, job_id: str) -> jobs_pb2.Job:
         """The caller's job: INVALID_ARGUMENT for a malformed id, NOT_FOUND
@@ -91,16 +92,25 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
     async def WatchJob(self, request, context):
         """A snapshot of the record, then a delta at each change, until the
         job has ended (viewer; progress.proto, ``JobUpdate``). UNAVAILABLE
-        when the service stops (watch again to resume)."""
+        when the service stops (watch again to resume); RESOURCE_EXHAUSTED
+        ``TOO_MANY_WATCHES`` (with RetryInfo) past the streams this replica,
+        the org or the caller may hold open (``PLANZOOM_MAX_WATCHES``,
+        ``_PER_ORG``, ``_PER_CALLER``)."""
         job = await self._job(request.job_id)
         if finalized(job):  # no feed needed for a job that has ended
             yield updates.snapshot(keys.with_keys(job))
             return
+        caller = current()
+        with self.watches.hold(caller.org, caller.subject):
+            async for update in self._watch(request.job_id, job):
+                yield update
+
+    async def _watch(self, job_id: str, job: jobs_pb2.Job):
         metrics.WATCHERS.inc()
         try:
             # The current record first, then each change from the job's feed
             # (one KV watcher per job in this process, whatever the streams).
-            async with self.feeds.subscribe(request.job_id) as feed:
+            async with self.feeds.subscribe(job_id) as feed:
                 if feed.latest is not None and feed.latest.revision >= job.revision:
                     job = feed.latest  # a revision the feed can build deltas from
                     yield feed.snapshot()
@@ -112,7 +122,7 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
                         raise Unavailable("the progress service is restarting; watch again "
                                           "to resume", reason="RESTARTING")
                     if feed.gone:
-                        raise JobNotFound(request.job_id)
+                        raise JobNotFound(job_id)
                     if feed.latest is not None and feed.latest.revision > job.revision:
                         update = feed.update_since(job.revision)
                         job = feed.latest

@@ -13,6 +13,7 @@ from planzoom.boundary import method_roles
 from planzoom.config import Settings
 from planzoom.messaging import topology
 from planzoom.messaging.worker import PullWorker
+from planzoom.slots import Slots, WatchesBusy
 from planzoom.v1 import progress_pb2, progress_pb2_grpc
 from services.progress.dead_letters import DeadLetters
 from services.progress.feeds import JobFeeds
@@ -58,7 +59,11 @@ class Progress(BackedService):
                       asyncio.create_task(self._export_queue_depth())]
 
     def register(self, server):
-        rpcs = ProgressRpcs(self.jobs, self.records, self.sweeper, self.feeds, self.stopping)
+        watches = Slots("watch streams", WatchesBusy, self.s.max_watches,
+                        self.s.max_watches_per_org, self.s.max_watches_per_caller,
+                        ("MAX_WATCHES", "MAX_WATCHES_PER_ORG", "MAX_WATCHES_PER_CALLER"))
+        rpcs = ProgressRpcs(self.jobs, self.records, self.sweeper, self.feeds, self.stopping,
+                            watches)
         progress_pb2_grpc.add_ProgressServiceServicer_to_server(rpcs, server)
         return method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
             "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer",

@@ -15,7 +15,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from planzoom.states import ended
-from planzoom.v1 import ingest_pb2, jobs_pb2
+from planzoom.v1 import ingest_pb2, jobs_pb2, progress_pb2
 from planzoom_cli.client import Client
 from tests.helpers import list_keys, wait_ended, wait_until
 from tests.hostile import huge_pages, xref_bomb
@@ -294,3 +294,57 @@ def test_one_orgs_big_job_does_not_delay_another_orgs_page(corpus, stack, client
     assert waiting > 50, "big's backlog was not there to delay small"
     assert small_seconds < 3 * per_page + 10, (
         f"small waited {small_seconds:.1f} s; one page of big takes {per_page:.2f} s")
+
+
+def test_watch_streams_are_capped_per_caller_and_per_org(corpus, stack, client):
+    """A progress replica that lets a caller hold 2 WatchJob streams and an
+    org 3: a caller's third is refused with a retry hint, another caller of
+    the org gets one more, the org's fourth is refused, and a closed stream
+    frees its slot."""
+    name = stack.start_service("progress", replica=2, env={
+        "PLANZOOM_MAX_WATCHES_PER_CALLER": "2", "PLANZOOM_MAX_WATCHES_PER_ORG": "3"})
+    stack.stop_service("render")  # the job stays PENDING: its streams stay open
+    env = stack.env()
+    callers = [Client(env["PLANZOOM_INGEST_ADDR"], stack.addrs[name],
+                      token=stack.issuer.mint("acme", "viewer", subject=subject))
+               for subject in ("alice@acme", "bob@acme")]
+    streams = []
+    try:
+        job = client.submit(str(corpus / SITEPLAN), jobs_pb2.PlanRef(
+            org="acme", project="limits", plan="watches"), jobs_pb2.JobOptions(dpi=30)).job
+
+        def watch(caller: Client):
+            stream = caller.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job.job_id),
+                                              timeout=60)
+            next(stream)  # the snapshot: the stream holds its slot
+            streams.append(stream)
+            return stream
+
+        first = watch(callers[0])
+        watch(callers[0])
+        e = _refusal(lambda: watch(callers[0]))
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and \
+            _reason(e) == "TOO_MANY_WATCHES", e.details()
+        retry = error_details_pb2.RetryInfo()
+        assert any(d.Unpack(retry) for d in rpc_status.from_call(e).details)
+        watch(callers[1])  # the org's third
+        e = _refusal(lambda: watch(callers[1]))
+        assert _reason(e) == "TOO_MANY_WATCHES" and "org 'acme'" in e.details()
+        first.cancel()
+        wait_until("the closed stream's slot is free",
+                   lambda: _opened(lambda: watch(callers[1])), timeout=10)
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for c in callers:
+            c.close()
+        stack.start_service("render")
+        stack.stop_service(name)
+
+
+def _opened(open_stream) -> bool:
+    try:
+        open_stream()
+        return True
+    except grpc.RpcError:
+        return False
