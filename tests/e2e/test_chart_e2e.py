@@ -157,6 +157,11 @@ def cluster(images, tmp_path_factory):
             for u in users}),
         secret("planzoom-s3", {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
                                "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY}),
+        # The chart's default: a Secret per component (here all with the one
+        # identity this SeaweedFS knows; docs/s3-policies.md for real ones).
+        *(secret(f"planzoom-s3-{c}", {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+                                      "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
+          for c in COMPONENTS),
         secret("planzoom-gateway", {"signing-key": secrets.token_hex(32)}),
     ]
     # The defaults, plus what an operator must set for this cluster, plus

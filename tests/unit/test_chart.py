@@ -42,7 +42,21 @@ VARIANTS = {
 }
 
 
-def render(values: dict) -> list[dict]:
+def secured(values: dict) -> dict:
+    """``values`` with what the chart requires unless ``insecure``: NATS
+    credentials and a TLS Secret (where ``values`` names none)."""
+    nats, tls = dict(values.get("nats", {})), dict(values.get("tls", {}))
+    if not (nats.get("usersSecret") or nats.get("credentialsSecret")):
+        nats["credentialsSecret"] = "pz-nats-creds"
+    tls["secretName"] = tls.get("secretName") or "pz-tls"
+    return {**values, "nats": nats, "tls": tls}
+
+
+def render(values: dict, secure: bool = True) -> list[dict]:
+    """The manifests of the chart at ``values`` (made ``secured`` first
+    unless ``secure`` is False)."""
+    if secure:
+        values = secured(values)
     with helm.Chart.load(str(CHART)) as chart:
         out = chart.render(values, name="pz", namespace="plans")
     docs = []
@@ -58,7 +72,7 @@ def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
 
 
 def test_lint_is_clean():
-    result = helm.lint(str(CHART), values={}, strict=True)
+    result = helm.lint(str(CHART), values=secured({}), strict=True)
     assert result["errors"] == []
     problems = [m for m in result["messages"] if m["severity"] >= 2]
     assert problems == [], problems
@@ -106,7 +120,9 @@ def test_deployments_are_locked_down_and_probed():
         env = {e["name"]: e for e in container["env"]}
         component = name.rsplit("-", 1)[1]
         assert env[f"PLANZOOM_{component.upper()}_ADDR"]["value"] == f"0.0.0.0:{port}"
-        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "planzoom-s3"
+        # One least-privilege S3 key per component (docs/s3-policies.md).
+        assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == \
+            f"planzoom-s3-{component}"
 
 
 def test_no_credentials_in_rendered_output():
@@ -161,6 +177,26 @@ def test_traces_are_off_unless_an_endpoint_is_given():
     assert cm["data"]["OTEL_TRACES_SAMPLER_ARG"] == "0.1"
     with pytest.raises(Exception, match="OTEL_"):
         render({"otel": {"env": {"PLANZOOM_X": "1"}}})
+
+
+def test_defaults_refuse_an_installation_open_to_the_cluster():
+    """``helm template`` with the chart's defaults: no NATS credentials, no
+    TLS, so it refuses, naming what to set; ``insecure: true`` renders."""
+    with pytest.raises(Exception, match="NATS has no credentials"):
+        render({}, secure=False)
+    with pytest.raises(Exception, match="no TLS"):
+        render({"nats": {"usersSecret": "pz-nats"}}, secure=False)
+    docs = render({"insecure": True}, secure=False)
+    assert by_kind(docs, "Deployment")
+    assert by_kind(docs, "NetworkPolicy"), "network policies are on by default"
+
+
+def test_one_s3_credential_for_all_is_a_choice():
+    docs = render({"s3": {"perComponentCredentials": False}})
+    for d in by_kind(docs, "Deployment").values():
+        (container,) = d["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "planzoom-s3"
 
 
 def test_default_issuer_key_comes_from_a_secret():
@@ -257,8 +293,9 @@ def test_schema_rejects_bad_values(bad):
 
 def test_notes_tell_how_to_submit():
     with helm.Chart.load(str(CHART)) as chart:
-        notes = chart.render({}, name="pz", namespace="plans")["planzoom/templates/NOTES.txt"]
-        tls = chart.render({"tls": {"secretName": "pz-tls"}}, name="pz",
+        notes = chart.render({"insecure": True}, name="pz",
+                             namespace="plans")["planzoom/templates/NOTES.txt"]
+        tls = chart.render(secured({}), name="pz",
                            namespace="plans")["planzoom/templates/NOTES.txt"]
     assert "planzoom submit" in notes and "svc/pz-planzoom-ingest" in notes
     assert "--tls-server-name" not in notes
@@ -331,11 +368,11 @@ def test_network_policies_allow_exactly_the_documented_traffic():
 
 
 def test_default_network_policy_lets_any_client_reach_the_apis():
-    """With no client namespaces set, an API port takes any caller (the
-    gateway needs no rule of its own); without networkPolicy.enabled there
-    are no policies at all."""
-    assert by_kind(render({}), "NetworkPolicy") == {}
-    policies = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    """Policies are on by default. With no client namespaces set, an API
+    port takes any caller (the gateway needs no rule of its own); with
+    networkPolicy.enabled false there are no policies at all."""
+    assert by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == {}
+    policies = by_kind(render({}), "NetworkPolicy")
     ingest = policies["pz-planzoom-ingest"]["spec"]["ingress"]
     assert [r for r in ingest if "from" not in r] == [
         {"ports": [{"port": 50051, "protocol": "TCP"}]}]

@@ -106,3 +106,20 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
 {{- end }}
 
+
+{{/*
+Refuse to render an installation open to the cluster network unless
+.Values.insecure says it is a throwaway: NATS without credentials lets any
+pod publish work and forge progress; gRPC without TLS carries bearer tokens
+in clear from the gateway to ingest and progress.
+*/}}
+{{- define "planzoom.requireSecure" -}}
+{{- if not .Values.insecure }}
+{{- if not (or .Values.nats.usersSecret .Values.nats.credentialsSecret) }}
+{{- fail "NATS has no credentials: set nats.usersSecret (a user per component, README \"NATS users\") or nats.credentialsSecret, or insecure: true for a throwaway cluster" }}
+{{- end }}
+{{- if not .Values.tls.secretName }}
+{{- fail "the gRPC APIs have no TLS: set tls.secretName (a kubernetes.io/tls Secret naming the ingest and progress Services), or insecure: true for a throwaway cluster" }}
+{{- end }}
+{{- end }}
+{{- end }}
