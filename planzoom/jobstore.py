@@ -30,7 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
-from planzoom.errors import NotFound, Unavailable
+from planzoom.errors import InvalidInput, NotFound, Unavailable
 from planzoom.ids import check_id
 from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
@@ -216,19 +216,37 @@ class JobStore:
         """Ids of every job record in the bucket (for periodic sweeps)."""
         return [key.removeprefix("job.") for key in await self.keys("job.")]
 
-    async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int) -> list[jobs_pb2.Job]:
-        """Records of one plan, newest first."""
+    async def list_for_plan(self, plan: jobs_pb2.PlanRef, limit: int, after: str = "",
+                            max_bytes: int = 0) -> tuple[list[jobs_pb2.Job], str]:
+        """Up to ``limit`` records of one plan, newest first, from the one
+        after job ``after`` (empty: the newest), stopping once they reach
+        ``max_bytes`` serialized (0: no bound; at least one is returned).
+        Returns them and the id to continue after ("" when none are left).
+        Raises InvalidInput (``field`` page_token) when ``after`` is no
+        longer in the plan's index (it expired): list again from the top."""
         try:
             entry = await self.kv.get(plan_index_key(plan))
         except (KeyNotFoundError, KeyDeletedError):
-            return []
-        jobs = []
-        for job_id in entry.value.decode().split()[:limit]:
+            ids = []
+        else:
+            ids = entry.value.decode().split()
+        if after:
+            if after not in ids:
+                raise InvalidInput("the page token is no longer valid (its job expired); "
+                                   "list again from the first page", field="page_token")
+            ids = ids[ids.index(after) + 1:]
+        jobs, size, last = [], 0, ""
+        for job_id in ids:
+            if len(jobs) >= limit or (max_bytes and jobs and size >= max_bytes):
+                return jobs, last
+            last = job_id
             try:
-                jobs.append(await self.get(job_id))
+                job = await self.get(job_id)
             except JobNotFound:
                 continue  # expired
-        return jobs
+            jobs.append(job)
+            size += job.ByteSize()
+        return jobs, ""
 
     async def use_upload(self, upload_id: str, ttl: float) -> bool:
         """Mark a staged upload as submitted; False if it already was. The

@@ -131,10 +131,18 @@ class Client:
         return self.progress.GetJob(jobs_pb2.GetJobRequest(job_id=job_id),
                                     timeout=CALL_TIMEOUT_SECONDS)
 
-    def list_jobs(self, plan: jobs_pb2.PlanRef, page_size: int = 50) -> list[jobs_pb2.Job]:
-        return list(self.progress.ListJobs(
-            progress_pb2.ListJobsRequest(plan=plan, page_size=page_size),
-            timeout=CALL_TIMEOUT_SECONDS).jobs)
+    def list_jobs(self, plan: jobs_pb2.PlanRef, limit: int = 50) -> list[jobs_pb2.Job]:
+        """Up to ``limit`` records of the plan, newest first, page by page."""
+        jobs, token = [], ""
+        while len(jobs) < limit:
+            page = self.progress.ListJobs(progress_pb2.ListJobsRequest(
+                plan=plan, page_size=min(100, limit - len(jobs)), page_token=token),
+                timeout=CALL_TIMEOUT_SECONDS)
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                break
+        return jobs
 
     def watch(self, job_id: str, timeout: float = 24 * 3600) -> Iterator[jobs_pb2.Job]:
         """Whole job records from one WatchJob stream until the final one

@@ -115,14 +115,19 @@ async def job_events(request: Request, job_id: str,
 
 @router.get("/plans/{org}/{project}/{plan}/jobs", summary="A plan's jobs, newest first")
 async def list_jobs(request: Request, org: str, project: str, plan: str,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict:
-    """``{"jobs": [job record, ...]}``, newest first, at most ``limit``.
-    Needs the viewer role in ``org`` (403 for another org's plans)."""
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                    page_token: Annotated[str, Query(max_length=64)] = "") -> dict:
+    """``{"jobs": [job record, ...], "next_page_token": str}``, newest
+    first, at most ``limit`` (a page ends early at about 2 MiB of records);
+    pass ``next_page_token`` back as ``page_token`` for the next page (empty:
+    the last). Needs the viewer role in ``org`` (403 for another org's
+    plans); 400 for a page token that expired."""
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     ref = jobs_pb2.PlanRef(org=check_id("org", org), project=check_id("project", project),
                            plan=check_id("plan", plan))
-    return {"jobs": [job_json(j) for j in await gw.upstream.list_jobs(access, ref, limit)]}
+    page = await gw.upstream.list_jobs(access, ref, limit, page_token)
+    return {"jobs": [job_json(j) for j in page.jobs], "next_page_token": page.next_page_token}
 
 
 @router.get("/jobs/{job_id}/links", summary="Signed links to a job's outputs")

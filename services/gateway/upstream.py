@@ -96,12 +96,12 @@ class Upstream:
         return self.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
                                       metadata=access.metadata)
 
-    async def list_jobs(self, access: Access, plan: jobs_pb2.PlanRef,
-                        page_size: int) -> list[jobs_pb2.Job]:
-        resp = await self.progress.ListJobs(
-            progress_pb2.ListJobsRequest(plan=plan, page_size=page_size),
+    async def list_jobs(self, access: Access, plan: jobs_pb2.PlanRef, page_size: int,
+                        page_token: str = "") -> progress_pb2.ListJobsResponse:
+        """One page of the plan's records, newest first (ListJobs)."""
+        return await self.progress.ListJobs(
+            progress_pb2.ListJobsRequest(plan=plan, page_size=page_size, page_token=page_token),
             metadata=access.metadata, timeout=CALL_SECONDS)
-        return list(resp.jobs)
 
     async def set_sheet(self, access: Access, job_id: str, page: int, number: str,
                         title: str) -> jobs_pb2.Sheet:

@@ -18,8 +18,10 @@ from services.progress.feeds import JobFeeds
 from services.progress.records import JobRecords
 from services.progress.sweep import Sweeper
 
-#: ListJobs' page size when the request names none, and its maximum.
-LIST_DEFAULT, LIST_MAX = 50, 500
+#: ListJobs' page size when the request names none, and its maximum; the
+#: records of one page stop at about LIST_MAX_BYTES (a 2,000-page job's
+#: record is half a MiB: a hundred of them must not be serialized at once).
+LIST_DEFAULT, LIST_MAX, LIST_MAX_BYTES = 20, 100, 2 << 20
 
 
 class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
@@ -41,14 +43,19 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
         return keys.with_keys(await self._job(request.job_id))
 
     async def ListJobs(self, request, context):
-        """Up to ``page_size`` (default 50, at most 500) records of one plan
-        of the caller's org, newest first (viewer). PERMISSION_DENIED for
-        another org's plan."""
+        """Up to ``page_size`` (default 20, at most 100) records of one plan
+        of the caller's org, newest first, from after ``page_token`` (an
+        earlier answer's ``next_page_token``; a page ends early at about 2
+        MiB of records) (viewer). PERMISSION_DENIED for another org's plan;
+        INVALID_ARGUMENT for a page token that is not one, or whose job
+        expired."""
         check_plan(request.plan)
         require_org(request.plan.org)
+        after = check_id("page_token", request.page_token) if request.page_token else ""
         limit = min(request.page_size or LIST_DEFAULT, LIST_MAX)
-        jobs = await self.jobs.list_for_plan(request.plan, limit)
-        return progress_pb2.ListJobsResponse(jobs=[keys.with_keys(job) for job in jobs])
+        jobs, last = await self.jobs.list_for_plan(request.plan, limit, after, LIST_MAX_BYTES)
+        return progress_pb2.ListJobsResponse(jobs=[keys.with_keys(job) for job in jobs],
+                                             next_page_token=last)
 
     async def CancelJob(self, request, context):
         """End the job CANCELLED (admin). FAILED_PRECONDITION if it has ended."""

@@ -72,6 +72,28 @@ def test_plan_jobs_lists_newest_first_and_refuses_other_orgs(stack, http, done_j
     assert_problem(http.get(url + "?limit=100000", headers=bearer(stack)), 400)
 
 
+def test_plan_jobs_come_page_by_page(stack, http, corpus, client):
+    """Five jobs of a plan, two a page: three pages, newest first, each job
+    once; a token whose job is not in the plan is refused."""
+    plan = jobs_pb2.PlanRef(org="acme", project="gateway", plan="pages")
+    made = [client.submit(str(corpus / SETS), plan, jobs_pb2.JobOptions(dpi=20 + n)).job_id
+            for n in range(5)]
+    url = "/v1/plans/acme/gateway/pages/jobs"
+    seen, token, pages = [], "", 0
+    while True:
+        body = http.get(url, params={"limit": 2, "page_token": token},
+                        headers=bearer(stack)).json()
+        assert len(body["jobs"]) <= 2
+        seen += [j["job_id"] for j in body["jobs"]]
+        pages, token = pages + 1, body["next_page_token"]
+        if not token:
+            break
+    assert seen == made[::-1] and pages == 3
+    assert_problem(http.get(url, params={"page_token": "0" * 22}, headers=bearer(stack)), 400)
+    for job_id in made:
+        wait_ended(client, job_id)
+
+
 def sse_events(http, url: str, headers: dict[str, str]) -> list[tuple[str, str, dict]]:
     """(event, id, data) of every event until the server ends the stream."""
     events, event, ident, data = [], "message", "", []
