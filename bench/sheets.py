@@ -23,8 +23,10 @@ from collections import defaultdict
 
 import pypdfium2 as pdfium
 
-from planzoom.engines.sheets import fold, identify_set, number_key, page_candidates, page_text
+from planzoom.engines.sheet_set import identify_set
+from planzoom.engines.sheets import page_candidates, page_text
 from planzoom.engines.text import OCR_BELOW_GLYPHS, read_words
+from planzoom.engines.titleblock import fold, number_key
 from planzoom.pages import raster_size
 
 CORPUS = os.environ.get("PLANZOOM_CORPUS", os.path.join(os.path.dirname(__file__), "..", "..",

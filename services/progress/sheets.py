@@ -16,7 +16,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from planzoom import keys, search
-from planzoom.engines.sheets import discipline, identify_set
+from planzoom.engines.sheet_set import identify_set
+from planzoom.engines.titleblock import discipline
 from planzoom.errors import FailedPrecondition, NotFound
 from planzoom.sheets import sheet_from_json, sheet_json
 from planzoom.storage import ObjectNotFound, ObjectStore
@@ -110,7 +111,7 @@ def _read_json(store: ObjectStore, key: str, limit: int, gzipped: bool) -> dict 
 
 def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
     """Set ``job.pages[].sheet`` of a PDF job's DONE pages from their
-    candidates and the set as a whole (planzoom.engines.sheets). A page a
+    candidates and the set as a whole (planzoom.engines.sheet_set). A page a
     person corrected (source ``user``) keeps what they set. Returns the
     pages given a sheet number, -1 if no page's candidates were left to
     read."""

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from planzoom.engines.sheets import number_key
+from planzoom.engines.titleblock import number_key
 from planzoom.v1 import jobs_pb2
 from tests.helpers import wait_ended
 from tests.integration.test_gateway import assert_problem, bearer

@@ -10,14 +10,10 @@ import json
 import pypdfium2 as pdfium
 import pytest
 
-from planzoom.engines.sheets import (
-    discipline,
-    identify_set,
-    number_key,
-    page_candidates,
-    write_page_text,
-)
+from planzoom.engines.sheet_set import identify_set
+from planzoom.engines.sheets import page_candidates, write_page_text
 from planzoom.engines.text import PageWords, Word, read_words
+from planzoom.engines.titleblock import discipline, number_key
 from planzoom.pages import raster_size
 
 CRAYFISH = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"

@@ -1,0 +1,200 @@
+"""A set's sheets from its pages' candidates (:func:`identify_set`, per
+job when it ends): each page's number and title picked with what the whole
+set shows, and its callouts resolved against the set's numbers
+(docs/sheets.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from planzoom.engines.titleblock import discipline, fold, number_key
+
+#: Confidence at or above which an answer is accepted without review.
+ACCEPT_LEVEL = 0.8
+#: Least score (with the set's evidence) of a sheet number read from the
+#: text layer, and from OCR (whose misreadings of marks and dimensions
+#: must not pass for a number on a sheet that has none).
+MIN_SCORE, MIN_OCR_SCORE = 2.2, 3.0
+
+
+# -- the whole set ---------------------------------------------------------------
+
+@dataclass
+class Sheet:
+    """One page's sheet identity (docs/sheets.md)."""
+
+    page: int
+    number: str | None = None
+    title: str | None = None
+    discipline: str | None = None
+    scale: str | None = None
+    confidence: float = 0.0
+    needs_review: bool = True
+    source: str = "none"
+    box: list[int] | None = None
+    title_box: list[int] | None = None
+    scale_box: list[int] | None = None
+    references: list[dict] | None = None
+
+    def to_json(self) -> dict:
+        return {"page": self.page, "number": self.number, "title": self.title,
+                "discipline": self.discipline, "scale": self.scale,
+                "confidence": round(self.confidence, 3), "needs_review": self.needs_review,
+                "source": self.source, "box": self.box, "title_box": self.title_box,
+                "scale_box": self.scale_box, "references": self.references or []}
+
+
+def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sheet]:
+    """Each page's sheet identity from its candidates (:func:`page_candidates`;
+    None for a page with no words read, e.g. an image), with what the set
+    shows as a whole. Pages sorted by number; the result has one
+    :class:`Sheet` per key of ``pages``."""
+    numbered = {n: c for n, c in pages.items() if c and c.get("numbers")}
+    count = len(numbered)
+    # How many pages show each value: a value on most pages of a set (a
+    # project number) is not what tells its sheets apart.
+    places: dict[str, list[tuple[int, tuple[int, int]]]] = defaultdict(list)
+    for n, c in numbered.items():
+        for x in c["numbers"]:
+            places[number_key(x["text"])].append((n, tuple(x["slot"])))
+    seen = _Seen(places)
+    # The slot that wins on most pages: the template's number cell.
+    slots = Counter()
+    for c in numbered.values():
+        best = _pick(c["numbers"], seen, count, None)
+        if best:
+            slots[tuple(best["slot"])] += 1
+    cell = None
+    if count >= 3 and slots:
+        slot, hits = slots.most_common(1)[0]
+        if hits >= max(2, 0.5 * count):
+            cell = slot
+    # Lines of title candidates printed on most sheets: the project's name,
+    # the firm's, a field's fixed text; not what names a sheet.
+    titled = [c for c in pages.values() if c and c.get("titles")]
+    line_pages = Counter()
+    for c in titled:
+        for line in {ln for t in c["titles"] for ln in t.get("lines", [fold(t["text"])])}:
+            line_pages[line] += 1
+    common = {ln for ln, k in line_pages.items()
+              if len(titled) >= 2 and k >= max(2, 0.6 * len(titled))}
+    out = []
+    chosen: dict[int, dict] = {}
+    for n in sorted(pages):
+        c = pages[n]
+        sheet = Sheet(page=n)
+        if not c:
+            out.append(sheet)
+            continue
+        best = _pick(c.get("numbers", []), seen, count, cell)
+        ocr = c.get("source") == "ocr"
+        if best and best["adj"] >= (MIN_OCR_SCORE if ocr else MIN_SCORE):
+            chosen[n] = best
+            sheet.number = _clean_number(best["text"])
+            sheet.box = best["box"]
+            sheet.source = c.get("source") or source
+            sheet.confidence = _confidence(best, c["numbers"], seen, count, cell)
+            if sheet.source == "ocr":
+                # What OCR read is never accepted unseen: a person confirms it.
+                sheet.confidence = min(sheet.confidence, ACCEPT_LEVEL - 0.05)
+        title = _pick_title(c.get("titles", []), best, common)
+        if title:
+            sheet.title = title["text"]
+            sheet.title_box = title["box"]
+            if sheet.source == "none":
+                sheet.source = c.get("source") or source
+        if c.get("scale"):
+            sheet.scale = c["scale"]["text"]
+            sheet.scale_box = c["scale"]["box"]
+        out.append(sheet)
+    index = {number_key(s.number): s.page for s in out if s.number}
+    for s in out:
+        s.discipline = discipline(s.number, s.title)
+        s.needs_review = s.confidence < ACCEPT_LEVEL
+        c = pages[s.page]
+        refs = []
+        for ref in (c or {}).get("callouts", []):
+            target = index.get(number_key(ref["number"]))
+            if target is not None and target != s.page:
+                refs.append({"number": _clean_number(ref["number"]), "page": target,
+                             "box": ref["box"], "text": ref["text"]})
+        s.references = refs
+    return out
+
+
+def _clean_number(text: str) -> str:
+    """A number as a person types it: "02 . 6" → "02.6", "HT14- XBD- A2-03"
+    → "HT14-XBD-A2-03"."""
+    text = re.sub(r"\s*([-./_])\s*", r"\1", text.strip(" .:;,()[]-"))
+    return re.sub(r"\s+", " ", text)
+
+
+class _Seen:
+    """On how many pages a value sits at (about) the same place: a project
+    number is printed in one cell of every sheet; a "2" in a dimension on
+    one sheet and in the number cell of another is not the same thing."""
+
+    def __init__(self, places: dict[str, list[tuple[int, tuple[int, int]]]]):
+        self.places = places
+
+    def pages(self, x: dict) -> int:
+        sx, sy = x["slot"]
+        return len({n for n, (px, py) in self.places.get(number_key(x["text"]), [])
+                    if abs(px - sx) <= 1 and abs(py - sy) <= 1})
+
+
+def _pick(numbers: list[dict], seen: _Seen, count: int, cell) -> dict | None:
+    best = None
+    for x in numbers:
+        adj = x["score"]
+        repeats = seen.pages(x)
+        if count >= 3 and repeats >= max(2, 0.6 * count):
+            adj -= 3.0  # the same on most sheets: the project's, not the sheet's
+        elif count >= 2 and repeats == count:
+            adj -= 2.0
+        if cell is not None:
+            dx, dy = abs(x["slot"][0] - cell[0]), abs(x["slot"][1] - cell[1])
+            adj += 1.5 if dx <= 1 and dy <= 1 else -0.5
+        if best is None or adj > best["adj"]:
+            best = {**x, "adj": adj}
+    return best
+
+
+def _confidence(best: dict, numbers: list[dict], seen: _Seen, count: int, cell) -> float:
+    """From the winner's score and its lead over the next value: a number
+    read in a labelled field, in the set's number cell, far ahead of any
+    other, is near 1."""
+    others = [_pick([x], seen, count, cell) for x in numbers
+              if number_key(x["text"]) != number_key(best["text"])]
+    second = max((o["adj"] for o in others if o), default=0.0)
+    lead = best["adj"] - second
+    conf = 0.25 + 0.12 * min(best["adj"], 5.0) + 0.1 * min(lead, 3.0)
+    return max(0.0, min(1.0, conf))
+
+
+def _pick_title(titles: list[dict], number: dict | None, common: set[str]) -> dict | None:
+    """The best title candidate: its own score, near the number, and none
+    of its lines printed on most of the set's sheets."""
+    best = None
+    for t in titles:
+        adj = t["score"]
+        lines = t.get("lines") or [fold(t["text"])]
+        if number and number_key(number.get("text", "")) and \
+                number_key(number["text"]) in number_key(t["text"]):
+            continue  # the number's own line
+        shared = sum(ln in common for ln in lines)
+        if shared == len(lines):
+            continue
+        adj -= 1.5 * shared
+        if number:
+            # Near the number: titles sit beside or above it in the block.
+            nx, ny, nw, nh = number["box"]
+            tx, ty, tw, th = t["box"]
+            dist = (abs((tx + tw / 2) - (nx + nw / 2)) + abs((ty + th / 2) - (ny + nh / 2)))
+            adj += 3.0 * max(0.0, 1.0 - dist / (12 * max(nh, nw, 1)))
+        if best is None or adj > best["adj"]:
+            best = {**t, "adj": adj}
+    return best if best and best["adj"] > 0.8 else None
