@@ -9,6 +9,9 @@ handler of a server (unary and streaming alike):
   against the role the method needs; the :class:`~planzoom.auth.Caller` is
   then what :func:`planzoom.auth.current` returns inside the handler. A
   method nobody declared a role for needs ``admin`` (fail closed);
+- a caller (org and subject) may make ``rate_per_second`` calls a second
+  on this server (a moving window, ``limits``); beyond that
+  RESOURCE_EXHAUSTED ``RATE_LIMITED`` with a RetryInfo of one second;
 - a :class:`~planzoom.errors.PlanzoomError` ends the RPC with its status
   code, message and ``google.rpc`` detail (BadRequest or ErrorInfo);
 - NATS away for the moment (a timeout, a closed or reconnecting
@@ -35,11 +38,20 @@ from collections.abc import Awaitable, Callable, Mapping
 import grpc
 from boto3.exceptions import S3UploadFailedError
 from botocore import exceptions as botocore_errors
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from nats import errors as nats_errors
 from nats.js import errors as nats_js_errors
 
 from planzoom import auth, metrics
-from planzoom.errors import PermissionDenied, PlanzoomError, Unavailable, internal_status
+from planzoom.errors import (
+    PermissionDenied,
+    PlanzoomError,
+    ResourceExhausted,
+    Unavailable,
+    internal_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +123,12 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
     be filled after the boundary is built, as services register.
     """
 
-    def __init__(self, verifier: auth.TokenVerifier, roles: Mapping[str, str] | None = None):
+    def __init__(self, verifier: auth.TokenVerifier, roles: Mapping[str, str] | None = None,
+                 rate_per_second: int = 0):
         self.verifier = verifier
         self.roles = dict(roles or {})
+        self.rate = RateLimitItemPerSecond(rate_per_second) if rate_per_second else None
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def _admit(self, method: str, context: grpc.aio.ServicerContext):
         """Set the caller of ``method`` (a context token to reset), or None
@@ -122,6 +137,10 @@ class RpcBoundary(grpc.aio.ServerInterceptor):
             return None
         metadata = dict(context.invocation_metadata() or ())
         caller = self.verifier.verify(metadata.get("authorization"))
+        if self.rate and not self.limiter.hit(self.rate, caller.org, caller.subject):
+            raise ResourceExhausted(f"more than {self.rate.amount} calls a second from "
+                                    f"{caller.subject}; slow down", reason="RATE_LIMITED",
+                                    retry_after=1.0)
         role = self.roles.get(method, UNDECLARED_ROLE)
         if not caller.may(role):
             raise PermissionDenied(f"{method.rsplit('/', 1)[-1]} needs the {role!r} role; "

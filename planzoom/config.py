@@ -135,6 +135,7 @@ class Settings(BaseSettings):
     gateway_link_seconds: int = Field(900, ge=10, le=7 * 24 * 3600)  # lifetime of a signed link
     gateway_cors_origins: list[str] = ["*"]  # origins whose pages may call the API
     gateway_rate_per_second: int = Field(200, ge=1)  # requests per second per caller
+    grpc_rate_per_second: int = Field(200, ge=1)  # RPCs per second per caller, per server
     gateway_max_body_bytes: int = Field(64 * 1024, ge=1024)  # JSON request bodies
     #: Tiles answered with a redirect to a presigned S3 GET instead of the bytes.
     gateway_tile_redirect: bool = False

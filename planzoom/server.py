@@ -84,7 +84,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def serve(service: Service, settings: Settings, addr: str) -> None:
     """Run ``service`` on ``addr`` (host:port) until SIGTERM/SIGINT, with
     Prometheus metrics on ``PLANZOOM_METRICS_PORT`` (0 = off)."""
-    boundary = RpcBoundary(TokenVerifier(settings))
+    boundary = RpcBoundary(TokenVerifier(settings), rate_per_second=settings.grpc_rate_per_second)
     server = grpc.aio.server(
         interceptors=[*tracing.server_interceptors(), boundary],
         options=[

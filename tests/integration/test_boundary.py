@@ -234,6 +234,51 @@ async def test_roles_are_checked_per_method(server, issuer):
     assert job.error == "ops@acme", "the handler sees the verified caller"
 
 
+async def test_each_caller_has_its_own_rate(issuer):
+    """A server allowing 5 calls a second per caller: a caller's sixth in a
+    second is RESOURCE_EXHAUSTED RATE_LIMITED with a retry hint, another
+    caller of the same org is served, and a second later the first is too."""
+    settings = Settings(**{k.removeprefix("PLANZOOM_").lower(): v
+                           for k, v in issuer.env().items()})
+    roles = method_roles(progress_pb2.DESCRIPTOR.services_by_name["ProgressService"], {
+        "GetJob": "viewer", "WatchJob": "viewer", "ListJobs": "viewer", "CancelJob": "admin",
+        "Reconcile": "admin", "SetSheet": "uploader", "ListSheets": "viewer"})
+    server = grpc.aio.server(interceptors=[RpcBoundary(TokenVerifier(settings), roles,
+                                                       rate_per_second=5)])
+    progress_pb2_grpc.add_ProgressServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            busy = _Authorized(channel, issuer.mint("acme", "viewer", subject="busy@acme"))
+            calm = _Authorized(channel, issuer.mint("acme", "viewer", subject="calm@acme"))
+            codes = []
+            for _ in range(6):
+                try:
+                    await busy.GetJob(jobs_pb2.GetJobRequest(job_id="0123"), timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code())
+                    last = e
+            assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+            assert "slow down" in last.details()
+            assert await _code_of(calm.GetJob(jobs_pb2.GetJobRequest(job_id="0123"), timeout=10)) \
+                != grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(1.1)
+            assert await _code_of(busy.GetJob(jobs_pb2.GetJobRequest(job_id="0123"), timeout=10)) \
+                != grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(0)
+
+
+async def _code_of(call) -> grpc.StatusCode:
+    try:
+        await call
+        return grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as e:
+        return e.code()
+
+
 def test_every_method_needs_a_declared_role():
     service = progress_pb2.DESCRIPTOR.services_by_name["ProgressService"]
     with pytest.raises(ValueError, match="methods"):
