@@ -57,8 +57,10 @@ def progress_at_scale(stack: EmbeddedStack, pages: int = 2000, watchers: int = 2
     env = stack.env()
     plan = jobs_pb2.PlanRef(org="bench", project="scale", plan=f"p{pages}")
     job_id = new_job_id()
-    viewer = (("authorization", f"Bearer {stack.token('bench', 'viewer')}"),)
     admin = (("authorization", f"Bearer {stack.token('bench', 'admin')}"),)
+    # A person per stream, as in the field (a caller may hold only so many).
+    viewers = [(("authorization", "Bearer " + stack.issuer.mint(
+        "bench", "viewer", subject=f"viewer-{i}@bench")),) for i in range(watchers)]
     address = env["PLANZOOM_PROGRESS_ADDR"]
     seen_at: list[tuple[float, float]] = []  # (page finished_at, a stream has it)
     sizes = [0] * watchers
@@ -75,7 +77,7 @@ def progress_at_scale(stack: EmbeddedStack, pages: int = 2000, watchers: int = 2
         done: set[int] = set()
         request = progress_pb2.WatchJobRequest(job_id=job_id)
         try:
-            async for update in stub.WatchJob(request, metadata=viewer):
+            async for update in stub.WatchJob(request, metadata=viewers[i]):
                 now = time.time()
                 sizes[i] += update.ByteSize()
                 counts[i] += 1

@@ -12,7 +12,8 @@ import pytest
 
 from planzoom.jobstore import job_key
 from planzoom.messaging import topology
-from planzoom.v1 import jobs_pb2, progress_pb2
+from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
+from planzoom_cli.client import channel
 from tests.helpers import run_nats, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,9 +98,17 @@ def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
             return sum(1 for i in infos
                        if subject in (i.config.filter_subject, *(i.config.filter_subjects or ())))
 
+        # A viewer per stream, as in the field: one caller may hold only so
+        # many (PLANZOOM_MAX_WATCHES_PER_CALLER).
+        tokens = [stack.issuer.mint("acme", "viewer", subject=f"viewer-{i}@acme")
+                  for i in range(WATCHERS)]
+        stub = progress_pb2_grpc.ProgressServiceStub(
+            channel(stack.env()["PLANZOOM_PROGRESS_ADDR"]))
+
         def one_round() -> None:
-            calls = [client.progress.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id),
-                                              timeout=60) for _ in range(WATCHERS)]
+            calls = [stub.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id), timeout=60,
+                                   metadata=(("authorization", f"Bearer {token}"),))
+                     for token in tokens]
             for call in calls:
                 assert next(call).job.job_id == job_id  # the stream is open
             wait_until("the job has a KV watcher",
