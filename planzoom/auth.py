@@ -93,13 +93,66 @@ def visible(job, not_found: type[NotFound]):
     return job
 
 
+class RemoteKeys:
+    """An issuer's key set (JWKS) at an https URL, fetched by a thread of its
+    own so that checking a token never waits on the network (the event loop
+    of a service would stop for every caller meanwhile): once at start,
+    every ``lifespan`` seconds, and when a token names a key the set does
+    not hold (a rotation), at most once per ``cooldown`` seconds. The
+    server's certificate is checked against ``ca_file`` (default: the
+    system's CAs)."""
+
+    def __init__(self, url: str, ca_file: str | None = None, lifespan: float = 300.0,
+                 cooldown: float = 30.0, timeout: float = 10.0):
+        import ssl
+        import threading
+
+        self.url, self.lifespan, self.cooldown = url, lifespan, cooldown
+        self._client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=timeout,
+                                       ssl_context=ssl.create_default_context(cafile=ca_file))
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched = 0.0
+        self._wake = threading.Event()
+        self._fetch()
+        threading.Thread(target=self._run, name="jwks", daemon=True).start()
+
+    def _fetch(self) -> None:
+        try:
+            keys = self._client.get_jwk_set(refresh=True).keys
+            self._keys = {key.key_id: key for key in keys}  # one assignment: no torn reads
+        except jwt.PyJWKClientError as e:
+            log.warning("the issuer's key set could not be fetched from %s: %s", self.url, e)
+        self._fetched = time.monotonic()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self.lifespan)
+            self._wake.clear()
+            time.sleep(max(0.0, self._fetched + self.cooldown - time.monotonic()))
+            self._fetch()
+
+    def key(self, kid: str | None) -> jwt.PyJWK:
+        """The key ``kid`` names (without ``kid``: the set's only key).
+        Raises InvalidTokenError, and has the set fetched again, if the set
+        does not hold it."""
+        keys = self._keys
+        found = keys.get(kid) if kid is not None else (
+            next(iter(keys.values())) if len(keys) == 1 else None)
+        if found is None:
+            self._wake.set()
+            raise jwt.InvalidTokenError(
+                f"the issuer's key set has no key {kid!r}; if the issuer has just rotated its "
+                f"keys, retry in {self.cooldown:g} seconds")
+        return found
+
+
 class TokenVerifier:
     """Verifies bearer tokens against the configured issuer keys.
 
     Settings: ``PLANZOOM_AUTH_PUBLIC_KEY_FILE`` (a PEM public key) or
-    ``PLANZOOM_AUTH_JWKS`` (a JWKS document: a file path, or an https:// URL,
-    fetched and cached by PyJWT's PyJWKClient; plain http:// is refused, as
-    anyone on the path could hand over keys of their own), with
+    ``PLANZOOM_AUTH_JWKS`` (a JWKS document: a file path, or an https:// URL
+    kept by :class:`RemoteKeys`, off the request path; plain http:// is
+    refused, as anyone on the path could hand over keys of their own), with
     ``PLANZOOM_AUTH_ISSUER``, ``PLANZOOM_AUTH_AUDIENCE`` and
     ``PLANZOOM_AUTH_ALGORITHM`` (only that algorithm is accepted). A token
     valid for longer than ``PLANZOOM_AUTH_MAX_TOKEN_SECONDS`` (``exp`` minus
@@ -112,7 +165,7 @@ class TokenVerifier:
         self.algorithms = [settings.auth_algorithm]
         self.max_seconds = settings.auth_max_token_seconds
         self._key = None
-        self._jwks_client: jwt.PyJWKClient | None = None
+        self._remote: RemoteKeys | None = None
         self._jwks: jwt.PyJWKSet | None = None
         if settings.auth_public_key_file:
             self._key = Path(settings.auth_public_key_file).read_bytes()
@@ -122,7 +175,8 @@ class TokenVerifier:
                 raise ValueError("PLANZOOM_AUTH_JWKS must be an https:// URL or a file: keys "
                                  "fetched over plain http can be replaced on the way")
             if source.startswith("https://"):
-                self._jwks_client = jwt.PyJWKClient(source, cache_keys=True, lifespan=300)
+                self._remote = RemoteKeys(source, settings.tls_ca_file,
+                                          cooldown=settings.auth_jwks_cooldown_seconds)
             else:
                 self._jwks = jwt.PyJWKSet.from_json(Path(source).read_text())
         else:
@@ -132,9 +186,9 @@ class TokenVerifier:
     def _signing_key(self, token: str):
         if self._key is not None:
             return self._key
-        if self._jwks_client is not None:
-            return self._jwks_client.get_signing_key_from_jwt(token)
         kid = jwt.get_unverified_header(token).get("kid")
+        if self._remote is not None:
+            return self._remote.key(kid)
         for key in self._jwks.keys:
             if kid is None or key.key_id == kid:
                 return key

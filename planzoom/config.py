@@ -59,6 +59,7 @@ class Settings(BaseSettings):
                             "EdDSA"] = "RS256"  # the only algorithm accepted
     auth_public_key_file: str | None = None  # the issuer's PEM public key, or
     auth_jwks: str | None = None  # its JWKS: a file path or an https:// URL
+    auth_jwks_cooldown_seconds: float = Field(30.0, gt=0)  # least time between two JWKS fetches
     auth_max_token_seconds: float = Field(86400.0, gt=0)  # longest validity accepted (exp - iat)
 
     # Ingest limits
