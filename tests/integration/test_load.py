@@ -12,6 +12,7 @@ import pytest
 
 from planzoom.jobstore import job_key
 from planzoom.messaging import topology
+from planzoom.updates import apply_update
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
 from planzoom_cli.client import channel
 from tests.helpers import run_nats, wait_until
@@ -41,6 +42,15 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _viewers(stack):
+    """A ProgressService stub and WATCHERS viewers' call metadata: a viewer
+    per stream, as in the field (one caller may hold only so many,
+    PLANZOOM_MAX_WATCHES_PER_CALLER)."""
+    stub = progress_pb2_grpc.ProgressServiceStub(channel(stack.env()["PLANZOOM_PROGRESS_ADDR"]))
+    return stub, [(("authorization", "Bearer " + stack.issuer.mint(
+        "acme", "viewer", subject=f"viewer-{i}@acme")),) for i in range(WATCHERS)]
+
+
 def test_twenty_jobs_two_hundred_watchers(corpus, stack, client):
     second = stack.start_service("tile", replica=2)
     try:
@@ -54,10 +64,13 @@ def test_twenty_jobs_two_hundred_watchers(corpus, stack, client):
         assert len(set(job_ids)) == JOBS
 
         results: dict[int, list[tuple[int, int, int]]] = {}
+        stub, viewers = _viewers(stack)
 
         def watch(w: int) -> None:
-            seq = []
-            for job in client.watch(job_ids[w % JOBS], timeout=600):
+            seq, job = [], None
+            for update in stub.WatchJob(progress_pb2.WatchJobRequest(job_id=job_ids[w % JOBS]),
+                                        timeout=600, metadata=viewers[w]):
+                job = apply_update(job, update)
                 seq.append((job.revision, job.state, job.completed_pages))
             results[w] = seq
 
@@ -98,17 +111,11 @@ def test_progress_memory_flat_as_watchers_come_and_go(corpus, stack, client):
             return sum(1 for i in infos
                        if subject in (i.config.filter_subject, *(i.config.filter_subjects or ())))
 
-        # A viewer per stream, as in the field: one caller may hold only so
-        # many (PLANZOOM_MAX_WATCHES_PER_CALLER).
-        tokens = [stack.issuer.mint("acme", "viewer", subject=f"viewer-{i}@acme")
-                  for i in range(WATCHERS)]
-        stub = progress_pb2_grpc.ProgressServiceStub(
-            channel(stack.env()["PLANZOOM_PROGRESS_ADDR"]))
+        stub, viewers = _viewers(stack)
 
         def one_round() -> None:
             calls = [stub.WatchJob(progress_pb2.WatchJobRequest(job_id=job_id), timeout=60,
-                                   metadata=(("authorization", f"Bearer {token}"),))
-                     for token in tokens]
+                                   metadata=viewer) for viewer in viewers]
             for call in calls:
                 assert next(call).job.job_id == job_id  # the stream is open
             wait_until("the job has a KV watcher",
