@@ -20,9 +20,11 @@ of the service's (docs/threat-model.md):
 - resources: address space (RLIMIT_AS, ``memory_bytes``), CPU time per task
   (RLIMIT_CPU), the largest file (RLIMIT_FSIZE, ``file_bytes``), open
   files, processes, no core dumps. A worker that overruns is killed with
-  its whole process group. Tasks go to it as pickles (the service is trusted); what
-comes back is JSON (the worker is not): a registered result dataclass or an
-error, rebuilt in the service only from classes it knows.
+  its whole process group.
+
+Tasks go to it as pickles (the service is trusted); what comes back is JSON
+(the worker is not): a registered result dataclass or an error, rebuilt in
+the service only from classes it knows.
 
 Each task runs on one worker with its own time limit, counted from when the
 worker starts it: waiting for a free worker never counts against a file,
@@ -101,7 +103,8 @@ class WorkersBusy(Unavailable):
 _FS_RIGHTS = {1: 0x1FFF, 2: 0x3FFF, 3: 0x7FFF, 5: 0xFFFF}
 _EXECUTE, _READ_FILE, _READ_DIR = 0x1, 0x4, 0x8
 _READ = _READ_FILE | _READ_DIR
-_FILE_ONLY = 0x1 | 0x2 | 0x4 | 0x4000 | 0x8000  # rights a rule on a file (not a directory) may hold
+#: The rights a rule on a file (not a directory) may hold.
+_FILE_ONLY = 0x1 | 0x2 | 0x4 | 0x4000 | 0x8000
 #: Paths every worker reads: the system's libraries and data, and what the
 #: libraries ask the kernel of (processors, memory). Nothing under /etc but
 #: what the libraries read, no home directory, no other process in /proc.
