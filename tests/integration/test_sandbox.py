@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from planzoom.engines.sandbox import ProcessPool, WorkerTimeout, landlock_abi
+from planzoom.engines.confinement import landlock_abi
+from planzoom.engines.sandbox import ProcessPool, WorkerTimeout
 from tests.engines import escape, outlive
 
 TESTS = str(Path(__file__).resolve().parents[1])
