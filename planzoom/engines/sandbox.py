@@ -10,9 +10,9 @@ of the service's (docs/threat-model.md):
 
 - files (Landlock, :mod:`planzoom.engines.confinement`): it reads the
   system's libraries, Python and planzoom's package, lists the import
-  path, and reads and writes its pool's ``scratch`` directory only: no secret file, no checkout, no other
-  process's ``/proc`` (the service is non-dumpable as well); no TCP, no
-  signal to any process outside itself;
+  path, and reads and writes its pool's ``scratch`` directory only: no
+  secret file, no checkout, no other process's ``/proc`` (the service is
+  non-dumpable as well); no TCP, no signal to any process outside itself;
 - system calls (seccomp): ``socket()`` for anything but AF_UNIX, ptrace and
   ``process_vm_*``, namespaces, mounts, keyrings, BPF, ``setsid`` and
   ``setpgid`` (:data:`planzoom.engines.confinement.DENIED_SYSCALLS`) fail;
