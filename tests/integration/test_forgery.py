@@ -52,6 +52,15 @@ async def _publish(nc, subject: str, payload: bytes) -> str:
         return type(e).__name__
 
 
+def _dead_letters(stack, subject: str) -> int:
+    """Dead letters kept on ``subject``."""
+    async def count(js):
+        info = await js.stream_info(topology.DEAD_LETTER_STREAM, subjects_filter=subject)
+        return sum((info.state.subjects or {}).values())
+
+    return run_nats(stack.admin_nats_url, count)
+
+
 def _event(job_id: str, stage: str, state: int, **page) -> bytes:
     return events_pb2.ProgressEvent(
         job_id=job_id, stage=stage, emitted_at=now_ts(),
@@ -104,13 +113,8 @@ def test_forged_events_are_refused_and_kept(stack, client, waiting_job):
         outcome, _ = _as(stack, "render", lambda nc, p=payload: _publish(nc, subject, p))
         assert outcome == "stored"  # render may publish there; the progress service refuses it
 
-    async def letters(js):
-        info = await js.stream_info(topology.DEAD_LETTER_STREAM,
-                                    subjects_filter=f"deadletter.progress.{job_id}")
-        return sum((info.state.subjects or {}).values())
-
     wait_until("both forgeries are dead letters",
-               lambda: run_nats(stack.admin_nats_url, letters) >= 2, timeout=30)
+               lambda: _dead_letters(stack, f"deadletter.progress.{job_id}") >= 2, timeout=30)
     page = client.get_job(job_id).pages[0]
     assert page.state == jobs_pb2.PAGE_STATE_PENDING and page.width_px != 1
     assert page == before, "a forged event changed the page"
@@ -155,11 +159,6 @@ def test_a_tile_job_naming_another_object_is_refused(stack, client, corpus, s3):
         nc, "pages.tile.acme", forged.SerializeToString()))
     assert outcome == "stored"
 
-    async def letters(js):
-        info = await js.stream_info(topology.DEAD_LETTER_STREAM,
-                                    subjects_filter=f"deadletter.tile.{done.job_id}")
-        return sum((info.state.subjects or {}).values())
-
     wait_until("the forged tile job is a dead letter",
-               lambda: run_nats(stack.admin_nats_url, letters) >= 1, timeout=30)
+               lambda: _dead_letters(stack, f"deadletter.tile.{done.job_id}") >= 1, timeout=30)
     assert s3.head_object(Bucket="planzoom", Key=target), "tile deleted what it was sent"

@@ -153,32 +153,43 @@ def test_one_org_cannot_take_every_upload_slot(corpus, stack, client):
     assert _upload(client, (corpus / SITEPLAN).read_bytes(), plan).job_id
 
 
-def test_a_slow_pdf_never_fails_other_uploads(corpus, stack):
-    """Two uploads that take PDFium seconds and a gigabyte to open (a 164 KB
-    cross-reference bomb) against an ingest with two inspection workers and
-    a 2 s limit: they are refused as too slow; three innocent uploads sent
-    at the same time all become jobs (at worst delayed), none 'damaged'."""
-    name = stack.start_service("ingest", replica=2, env={
-        "PLANZOOM_INSPECT_TIMEOUT_SECONDS": "2", "PLANZOOM_INSPECT_WORKERS": "2"})
-    env = stack.env()
+def _bombs_and_bystanders(corpus, stack, replica: int, env: dict[str, str], project: str,
+                          bystanders_after: float = 0.0) -> list:
+    """On an ingest replica started with ``env``: two cross-reference bombs
+    (a 164 KB PDF that takes PDFium seconds and a gigabyte to open) of org
+    "attacker" and, ``bystanders_after`` seconds later, an innocent upload
+    of each of three other orgs, all at once. Each one's reply or error."""
+    name = stack.start_service("ingest", replica=replica, env=env)
+    progress = stack.env()["PLANZOOM_PROGRESS_ADDR"]
     bomb, innocent = xref_bomb(), (corpus / SITEPLAN).read_bytes()
     orgs = ["attacker", "attacker", "bystander-1", "bystander-2", "bystander-3"]
-    clients = [Client(stack.addrs[name], env["PLANZOOM_PROGRESS_ADDR"],
-                      token=stack.token(org, "uploader")) for org in orgs]
+    clients = [Client(stack.addrs[name], progress, token=stack.token(org, "uploader"))
+               for org in orgs]
     try:
         def send(i: int):
-            plan = jobs_pb2.PlanRef(org=orgs[i], project="slow-pdf", plan=f"upload-{i}")
+            plan = jobs_pb2.PlanRef(org=orgs[i], project=project, plan=f"upload-{i}")
+            if i >= 2:
+                time.sleep(bystanders_after)
             try:
                 return _upload(clients[i], bomb if i < 2 else innocent, plan)
             except grpc.RpcError as e:
                 return e
 
         with ThreadPoolExecutor(5) as pool:
-            outcomes = list(pool.map(send, range(5)))
+            return list(pool.map(send, range(5)))
     finally:
         for c in clients:
             c.close()
         stack.stop_service(name)
+
+
+def test_a_slow_pdf_never_fails_other_uploads(corpus, stack):
+    """Two uploads that take PDFium seconds and a gigabyte to open (a 164 KB
+    cross-reference bomb) against an ingest with two inspection workers and
+    a 2 s limit: they are refused as too slow; three innocent uploads sent
+    at the same time all become jobs (at worst delayed), none 'damaged'."""
+    outcomes = _bombs_and_bystanders(corpus, stack, 2, {
+        "PLANZOOM_INSPECT_TIMEOUT_SECONDS": "2", "PLANZOOM_INSPECT_WORKERS": "2"}, "slow-pdf")
     for bad in outcomes[:2]:
         assert isinstance(bad, grpc.RpcError), "the bomb was accepted"
         assert bad.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(bad) == \
@@ -194,30 +205,9 @@ def test_one_orgs_slow_files_hold_at_most_half_the_inspection_workers(corpus, st
     one worker (its second bomb waits for it, then is refused as busy or too
     slow), so three other orgs' uploads, sent just after, all become jobs
     instead of waiting out the bombs."""
-    name = stack.start_service("ingest", replica=3, env={
+    outcomes = _bombs_and_bystanders(corpus, stack, 3, {
         "PLANZOOM_INSPECT_TIMEOUT_SECONDS": "6", "PLANZOOM_INSPECT_QUEUE_SECONDS": "4",
-        "PLANZOOM_INSPECT_WORKERS": "2"})
-    env = stack.env()
-    bomb, innocent = xref_bomb(), (corpus / SITEPLAN).read_bytes()
-    orgs = ["attacker", "attacker", "bystander-1", "bystander-2", "bystander-3"]
-    clients = [Client(stack.addrs[name], env["PLANZOOM_PROGRESS_ADDR"],
-                      token=stack.token(org, "uploader")) for org in orgs]
-    try:
-        def send(i: int):
-            plan = jobs_pb2.PlanRef(org=orgs[i], project="fair-inspection", plan=f"upload-{i}")
-            if i >= 2:
-                time.sleep(1.0)  # the bombs are in the workers first
-            try:
-                return _upload(clients[i], bomb if i < 2 else innocent, plan)
-            except grpc.RpcError as e:
-                return e
-
-        with ThreadPoolExecutor(5) as pool:
-            outcomes = list(pool.map(send, range(5)))
-    finally:
-        for c in clients:
-            c.close()
-        stack.stop_service(name)
+        "PLANZOOM_INSPECT_WORKERS": "2"}, "fair-inspection", bystanders_after=1.0)
     for bad in outcomes[:2]:
         assert isinstance(bad, grpc.RpcError), "the bomb was accepted"
         assert (bad.code(), _reason(bad)) in {
