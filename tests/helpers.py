@@ -66,13 +66,23 @@ def run_nats(nats_url: str, fn):
     return asyncio.run(go())
 
 
-def lose_progress_events(stack, job_id: str) -> None:
+def lose_progress_events(stack, job_id: str, pages: int = 1) -> None:
     """Purge every progress event of ``job_id`` from PLANZOOM_PROGRESS, as
-    if they had never arrived (the progress service should be stopped)."""
+    if they had never arrived (the progress service should be stopped),
+    once tile's reports of its ``pages`` pages are among them: tile writes a
+    page's outputs before it reports them, so a purge right after the
+    outputs appear could miss a report."""
+
+    async def reported(js):
+        info = await js.stream_info(topology.PROGRESS_STREAM,
+                                    subjects_filter=f"progress.tile.{job_id}")
+        return sum((info.state.subjects or {}).values())
 
     async def purge(js):
         await js.purge_stream(topology.PROGRESS_STREAM, subject=f"progress.*.{job_id}")
 
+    wait_until("tile's reports", lambda: run_nats(stack.admin_nats_url, reported) >= pages,
+               timeout=60)
     run_nats(stack.admin_nats_url, purge)
 
 

@@ -259,7 +259,7 @@ def test_reconcile_repairs_lost_progress_events(corpus, stack, client, s3):
                    lambda: len([k for k in list_keys(s3, resp.job.tiles_prefix)
                                 if k.endswith(".dzi")]) == 7, timeout=120)
 
-        lose_progress_events(stack, resp.job_id)
+        lose_progress_events(stack, resp.job_id, pages=7)
     finally:
         stack.start_service("progress")
     reconciled = client.reconcile(resp.job_id)
