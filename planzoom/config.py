@@ -147,6 +147,8 @@ class Settings(BaseSettings):
     gateway_upload_part_bytes: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024, le=5 * 1024**3)
     gateway_upload_expiry_seconds: int = Field(24 * 3600, ge=1)  # unfinished uploads removed after
     gateway_max_concurrent_patches: int = Field(16, ge=1)  # PATCH bodies at once (a part each)
+    gateway_max_concurrent_patches_per_org: int = Field(4, ge=1)  # of those, one org's
+    gateway_patch_idle_seconds: float = Field(30.0, gt=0)  # a PATCH body silent this long is cut
     # Webhooks: deliveries tried this often, waiting retry, 2 x retry, ... up to max
     webhook_max_attempts: int = Field(12, ge=1)
     webhook_retry_seconds: float = Field(5.0, gt=0)

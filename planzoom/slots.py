@@ -8,7 +8,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 
-from planzoom.errors import ResourceExhausted
+from planzoom.errors import PlanzoomError, ResourceExhausted, Unavailable
 
 #: Seconds a refused caller is told to wait (google.rpc.RetryInfo).
 RETRY_AFTER_SECONDS = 5.0
@@ -22,6 +22,10 @@ class WatchesBusy(ResourceExhausted):
     reason = "TOO_MANY_WATCHES"
 
 
+class PatchesBusy(Unavailable):
+    reason = "UPLOADS_BUSY"
+
+
 class Slots:
     """At most ``total`` of ``what`` (a plural noun: "uploads") at once in
     this process, ``per_org`` of them for one org and ``per_caller`` for one
@@ -29,14 +33,14 @@ class Slots:
     retry hint, naming the setting (``settings``: the total's, the org's and
     the caller's) an operator would raise."""
 
-    def __init__(self, what: str, error: type[ResourceExhausted], total: int, per_org: int,
+    def __init__(self, what: str, error: type[PlanzoomError], total: int, per_org: int,
                  per_caller: int = 0, settings: tuple[str, str, str] = ("", "", "")):
         self.what, self.error, self.settings = what, error, settings
         self.total, self.per_org, self.per_caller = total, per_org, per_caller
         self._by_org: Counter[str] = Counter()
         self._by_caller: Counter[tuple[str, str]] = Counter()
 
-    def _refuse(self, held: str, most: int, setting: str) -> ResourceExhausted:
+    def _refuse(self, held: str, most: int, setting: str) -> PlanzoomError:
         return self.error(f"{held} {most} {self.what} in progress, the most allowed at once; "
                           f"retry in {RETRY_AFTER_SECONDS:g} s"
                           + (f" or ask the operator to raise PLANZOOM_{setting}" if setting

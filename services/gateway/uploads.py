@@ -30,8 +30,9 @@ from starlette.requests import ClientDisconnect
 
 from planzoom import keys
 from planzoom.config import Settings
-from planzoom.errors import NotFound, Unavailable, reason_code
+from planzoom.errors import NotFound, reason_code
 from planzoom.options import resolve_options
+from planzoom.slots import PatchesBusy, Slots
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2
 from services.gateway.access import Access
@@ -65,13 +66,35 @@ class Held:
     revision: int
 
 
+async def _until_idle(body: AsyncIterator[bytes], seconds: float) -> AsyncIterator[bytes]:
+    """``body``'s chunks until it ends, or sends nothing for ``seconds``
+    (then as if the client had gone: what arrived is kept, and the request's
+    slot is free for one whose bytes flow)."""
+    chunks = aiter(body)
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            log.info("upload request silent for %g s; cut", seconds)
+            raise ClientDisconnect() from None
+        yield chunk
+
+
 class Uploads:
     """tus uploads: their state in KV, their bytes in S3."""
 
     def __init__(self, settings: Settings, bus: Bus, store: ObjectStore, upstream: Upstream):
         self.s, self.bus, self.store, self.upstream = settings, bus, store, upstream
         self.part_bytes = settings.gateway_upload_part_bytes
-        self.slots = asyncio.Semaphore(settings.gateway_max_concurrent_patches)
+        # One org's requests hold at most its share of the PATCH slots: its
+        # trickling uploads cannot take every slot from the other orgs.
+        self.slots = Slots("upload requests", PatchesBusy,
+                           settings.gateway_max_concurrent_patches,
+                           settings.gateway_max_concurrent_patches_per_org, settings=(
+                               "GATEWAY_MAX_CONCURRENT_PATCHES",
+                               "GATEWAY_MAX_CONCURRENT_PATCHES_PER_ORG", ""))
 
     @staticmethod
     def key(upload_id: str) -> str:
@@ -149,11 +172,8 @@ class Uploads:
             raise Problem(409, f"Upload-Offset is {offset} but the upload has {upload.offset} "
                           "bytes; resume from there", "OFFSET_MISMATCH",
                           tus_headers(**{"Upload-Offset": str(upload.offset)}))
-        if self.slots.locked():
-            raise Unavailable("the gateway is taking as many upload requests as it can; try "
-                              "again shortly", reason="UPLOADS_BUSY", retry_after=2.0)
         refusal = None
-        async with self.slots:
+        with self.slots.hold(access.caller.org):
             upload.lease = secrets.token_hex(8)
             upload.lease_until.CopyFrom(timestamp(time.time() + LEASE_SECONDS))
             await self._save(held)
@@ -187,7 +207,7 @@ class Uploads:
         base = upload.offset - len(buffer)  # bytes already in parts
         renewed = time.monotonic()
         try:
-            async for chunk in body:
+            async for chunk in _until_idle(body, self.s.gateway_patch_idle_seconds):
                 if base + len(buffer) + len(chunk) > upload.length:
                     raise Problem(413, f"more bytes than the upload's length ({upload.length})",
                                   "UPLOAD_TOO_LONG", tus_headers())

@@ -239,3 +239,40 @@ def test_expired_uploads_are_gone_and_cleaned_up(stack, corpus, s3):
             assert not multipart.get("Uploads"), "the multipart upload was not aborted"
     finally:
         stack.stop_service("gateway-expiry")
+
+
+def test_one_org_holds_its_share_of_upload_requests_and_silence_frees_it(stack, corpus):
+    """A gateway with two PATCH slots, one per org, and a 6 s silence limit:
+    while one org's PATCH trickles, its second is refused 503 UPLOADS_BUSY
+    and another org's goes through; once the first has sent nothing for the
+    limit it is cut (what arrived is kept) and its org may PATCH again."""
+    url = stack.start_gateway(name="gateway-patches", env={
+        "PLANZOOM_GATEWAY_MAX_CONCURRENT_PATCHES": "2",
+        "PLANZOOM_GATEWAY_MAX_CONCURRENT_PATCHES_PER_ORG": "1",
+        "PLANZOOM_GATEWAY_PATCH_IDLE_SECONDS": "6"})
+    data = (corpus / PLANSET).read_bytes()[:200_000]
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            def upload(org: str) -> str:
+                resp = create(http, stack, len(data), token_org=org, plan=f"share-{org}")
+                assert resp.status_code == 201, resp.text
+                return str(httpx.URL(url).join(resp.headers["location"]))
+
+            def send(org: str, target: str, offset: int, chunk: bytes) -> httpx.Response:
+                return http.patch(target, content=chunk, headers={
+                    **TUS, **bearer(stack, org, "uploader"), "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream"})
+
+            first, second, theirs = upload("acme"), upload("acme"), upload("other")
+            with patch_in_flight(first, stack.token("acme", "uploader"), 0, len(data),
+                                 data[:1000]):
+                busy = send("acme", second, 0, data[:1000])
+                assert_problem(busy, 503, "UPLOADS_BUSY")
+                assert int(busy.headers["retry-after"]) >= 1
+                assert send("other", theirs, 0, data[:1000]).status_code == 204
+                time.sleep(5)  # the trickling PATCH has now been silent past the limit
+                assert send("acme", second, 0, data[:1000]).status_code == 204
+            kept = http.head(first, headers={**TUS, **bearer(stack)})
+            assert kept.headers["upload-offset"] == "1000", "the cut request's bytes are kept"
+    finally:
+        stack.stop_service("gateway-patches")
