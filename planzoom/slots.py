@@ -1,6 +1,7 @@
-"""Admission of long-lived work in one process (uploads spooling, watch
-streams): how many at once in all, per org and per caller, so one org, or
-one token, cannot take every slot."""
+"""Admission of long-lived work in one process (uploads spooling in ingest,
+watch streams in progress, tus PATCH requests in the gateway): how many at
+once in all, per org and per caller, so one org, or one token, cannot take
+every slot."""
 
 from __future__ import annotations
 
