@@ -149,6 +149,10 @@ class Settings(BaseSettings):
     gateway_max_concurrent_patches: int = Field(16, ge=1)  # PATCH bodies at once (a part each)
     gateway_max_concurrent_patches_per_org: int = Field(4, ge=1)  # of those, one org's
     gateway_patch_idle_seconds: float = Field(30.0, gt=0)  # a PATCH body silent this long is cut
+    # Zip downloads: each file listed costs the gateway about 1 KiB while its zip is sent
+    gateway_max_zip_entries: int = Field(100_000, ge=10)  # files in one zip
+    gateway_max_concurrent_zips: int = Field(4, ge=1)  # zips listed or sent at once
+    gateway_max_concurrent_zips_per_org: int = Field(2, ge=1)  # of those, one org's
     # Webhooks: deliveries tried this often, waiting retry, 2 x retry, ... up to max
     webhook_max_attempts: int = Field(12, ge=1)
     webhook_retry_seconds: float = Field(5.0, gt=0)

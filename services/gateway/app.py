@@ -23,6 +23,7 @@ from planzoom import tracing
 from planzoom.config import Settings, get_settings
 from planzoom.metrics import serve_metrics
 from planzoom.server import service_process
+from planzoom.slots import Slots
 from planzoom.storage import AsyncReader, ObjectStore
 from services.gateway import (
     downloads,
@@ -57,6 +58,7 @@ class Gateway:
     webhooks: webhooks.Webhooks
     archives: Archives
     searches: sheet_routes.SearchIndexes  # jobs' search indexes, on local disk
+    zips: Slots  # zip downloads listed or sent at once
 
 
 class BodyLimit:
@@ -121,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     uploads.Uploads(settings, bus, store, upstream), hooks,
                                     Archives(store, reader, settings.gateway_archives,
                                              settings.gateway_tile_cache_bytes),
-                                    sheet_routes.SearchIndexes(store))
+                                    sheet_routes.SearchIndexes(store),
+                                    downloads.zip_slots(settings))
         sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
         await hooks.start()
         try:

@@ -28,11 +28,20 @@ disk, no server needed (what ``planzoom demo`` leaves).
 
 Only an ended job (its ``manifest.json`` written) can be downloaded: 409
 while it runs.
+
+Every file listed costs the gateway memory while its zip is sent (about
+1 KiB: its entry here and in the zip's central directory), so a zip holds
+at most ``PLANZOOM_GATEWAY_MAX_ZIP_ENTRIES`` files, counted from the
+pyramids' geometry before the bucket is listed (400 ``ZIP_TOO_LARGE``
+beyond: fewer pages or levels, or layout ARCHIVE, whose page is one file),
+and a gateway lists or sends ``PLANZOOM_GATEWAY_MAX_CONCURRENT_ZIPS`` zips
+at once, ``_PER_ORG`` of one org's (429 ``TOO_MANY_DOWNLOADS`` beyond).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import json
@@ -46,14 +55,18 @@ import itsdangerous
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import iterate_in_threadpool
 from zipstream import ZipStream
 
+from planzoom.config import Settings
 from planzoom.dzi import DziInfo, dzi_xml, level_size, tile_name
 from planzoom.engines.archive import ArchiveIndex
-from planzoom.errors import FailedPrecondition, InvalidInput, Unauthenticated
+from planzoom.errors import FailedPrecondition, InvalidInput, ResourceExhausted, Unauthenticated
 from planzoom.ids import check_id
 from planzoom.keys import ARCHIVE_SUFFIX
 from planzoom.pages import level_dpi
+from planzoom.slots import Slots
 from planzoom.storage import ObjectNotFound, ObjectStore
 from services.gateway.viewer import STATIC_DIR, viewer_page
 
@@ -64,6 +77,21 @@ PREFETCH = 32
 #: Jobs in one batch download.
 MAX_BATCH_JOBS = 50
 PAGES = re.compile(r"\s*(\d{1,6})\s*(?:-\s*(\d{1,6})\s*)?")
+
+
+class ZipTooLarge(InvalidInput):
+    reason = "ZIP_TOO_LARGE"
+
+
+class DownloadsBusy(ResourceExhausted):
+    reason = "TOO_MANY_DOWNLOADS"
+
+
+def zip_slots(settings: Settings) -> Slots:
+    """The gateway's zip downloads at once, in all and per org."""
+    return Slots("zip downloads", DownloadsBusy, settings.gateway_max_concurrent_zips,
+                 settings.gateway_max_concurrent_zips_per_org, settings=(
+                     "GATEWAY_MAX_CONCURRENT_ZIPS", "GATEWAY_MAX_CONCURRENT_ZIPS_PER_ORG", ""))
 
 
 @dataclass
@@ -135,6 +163,34 @@ def _archive_tiles(store: ObjectStore, key: str, folder: str, page: int, top: in
     return [Entry(f"{folder}/page-{page}_files/{tile_name(level, col, row, index.dzi.format)}",
                   length, key=key, offset=offset)
             for level, col, row, offset, length in index.tiles(read) if level <= top]
+
+
+def count_entries(manifest: dict, pages: list[int], max_level: int | None,
+                  expand: bool = False, viewer: bool = False) -> int:
+    """How many files :func:`job_entries` (and, with ``viewer``, the
+    pages' variants) would list for these pages, from each page's DZI
+    geometry: no bucket read. An upper bound (a page's words may be
+    missing)."""
+    archive = manifest.get("options", {}).get("layout") == "PYRAMID_LAYOUT_ARCHIVE"
+    count = 2  # manifest.json, sheets.json
+    for page in pages:
+        record = manifest["pages"][page - 1]
+        if record.get("state") != "PAGE_STATE_DONE":
+            continue
+        _, info, _ = _bundle_page(record, max_level)
+        whole = archive and max_level is None and not expand
+        count += 2 + (1 if whole else info.tile_count())  # .dzi, words, tiles
+        count += len(record.get("variants", [])) if viewer else 0
+    return count
+
+
+def check_zip_size(count: int, most: int) -> None:
+    """ZipTooLarge (400) if ``count`` files are more than ``most``."""
+    if count > most:
+        raise ZipTooLarge(f"this download would hold {count:,} files, more than the "
+                          f"{most:,} one zip may; ask for fewer pages (?pages=) or levels "
+                          "(?max_level=), fewer jobs at once, or convert with layout ARCHIVE "
+                          "(one file per page)", field="max_level")
 
 
 def job_entries(store: ObjectStore, manifest: dict, folder: str, pages: list[int],
@@ -282,12 +338,39 @@ async def read_manifest(store: ObjectStore, tiles_prefix: str, job_id: str) -> d
                                  reason="JOB_RUNNING") from None
 
 
-def zip_response(request: Request, zs: ZipStream, filename: str) -> Response:
+def zip_response(request: Request, zs: ZipStream, filename: str,
+                 held: contextlib.ExitStack) -> Response:
+    """The zip as the answer; ``held`` (its download slot) is released
+    when the last byte is sent or the client goes away."""
     headers = {"Content-Length": str(len(zs)), "Cache-Control": "private, no-store",
                "Content-Disposition": f'attachment; filename="{filename}"'}
     if request.method == "HEAD":
+        held.close()
         return Response(status_code=200, media_type="application/zip", headers=headers)
-    return StreamingResponse(iter(zs), media_type="application/zip", headers=headers)
+
+    async def body():
+        try:
+            async for chunk in iterate_in_threadpool(iter(zs)):
+                yield chunk
+        finally:
+            held.close()
+    # The background task also runs when the client disconnected mid-zip.
+    return StreamingResponse(body(), media_type="application/zip", headers=headers,
+                             background=BackgroundTask(held.close))
+
+
+@contextlib.contextmanager
+def download_slot(request: Request, org: str, subject: str) -> Iterator[contextlib.ExitStack]:
+    """One of the gateway's zip slots for ``org`` (DownloadsBusy, 429, if
+    none), held in the ExitStack yielded: the block hands it on to
+    :func:`zip_response`, or it is released if the block raises."""
+    held = contextlib.ExitStack()
+    held.enter_context(request.app.state.gateway.zips.hold(org, subject))
+    try:
+        yield held
+    except BaseException:
+        held.close()
+        raise
 
 
 @router.api_route("/jobs/{job_id}/download", methods=["GET", "HEAD"],
@@ -306,15 +389,19 @@ async def download(request: Request, job_id: str, pages: str | None = None,
     place = await gw.upstream.place(access, job_id)
     manifest = await read_manifest(gw.store, place.tiles_prefix, job_id)
     selected = parse_pages(pages, len(manifest["pages"]))
-    entries = await asyncio.to_thread(job_entries, gw.store, manifest, job_id, selected,
-                                      max_level, viewer)
-    if viewer:
-        bundle = json.loads(entries[0].data)  # the bundle's manifest.json
-        words = await asyncio.to_thread(offline_words, gw.store, bundle, manifest)
-        entries += viewer_entries(bundle, job_id, words)
-        entries += await asyncio.to_thread(variant_entries, gw.store, bundle, job_id)
-    plan = manifest["plan"]["plan"]
-    return zip_response(request, build_zip(gw.store, entries), f"{plan}-{job_id}.zip")
+    check_zip_size(count_entries(manifest, selected, max_level, viewer, viewer),
+                   gw.settings.gateway_max_zip_entries)
+    with download_slot(request, access.caller.org, access.caller.subject) as held:
+        entries = await asyncio.to_thread(job_entries, gw.store, manifest, job_id, selected,
+                                          max_level, viewer)
+        if viewer:
+            bundle = json.loads(entries[0].data)  # the bundle's manifest.json
+            words = await asyncio.to_thread(offline_words, gw.store, bundle, manifest)
+            entries += viewer_entries(bundle, job_id, words)
+            entries += await asyncio.to_thread(variant_entries, gw.store, bundle, job_id)
+        plan = manifest["plan"]["plan"]
+        return zip_response(request, build_zip(gw.store, entries), f"{plan}-{job_id}.zip",
+                            held)
 
 
 class BatchRequest(BaseModel):
@@ -345,22 +432,28 @@ async def create_batch(request: Request, body: BatchRequest) -> BatchLink:
     for job_id in dict.fromkeys(body.jobs):
         place = await gw.upstream.place(access, check_id("job_id", job_id))
         jobs.append([job_id, place.tiles_prefix])
-    zs = await _batch_zip(gw.store, jobs, body.max_level)  # 409 for a job still running
+    with gw.zips.hold(access.caller.org, access.caller.subject):
+        # 409 for a job still running, 400 for too many files
+        zs = await _batch_zip(gw, jobs, body.max_level)
     token = _batch_signer(request).dumps({"o": access.caller.org, "s": access.caller.subject,
                                           "j": jobs, "m": body.max_level})
     return BatchLink(url=str(request.base_url).rstrip("/") + f"/v1/downloads/{token}",
                      size_bytes=len(zs), expires_in_seconds=gw.settings.gateway_link_seconds)
 
 
-async def _batch_zip(store: ObjectStore, jobs: list[list[str]], max_level: int | None
-                     ) -> ZipStream:
+async def _batch_zip(gw, jobs: list[list[str]], max_level: int | None) -> ZipStream:
+    """The zip of several ended jobs, each under ``<job_id>/``: the files
+    of all of them counted against the zip's limit before any is listed."""
+    manifests = [(job_id, await read_manifest(gw.store, prefix, job_id))
+                 for job_id, prefix in jobs]
+    check_zip_size(sum(count_entries(m, parse_pages(None, len(m["pages"])), max_level)
+                       for _, m in manifests), gw.settings.gateway_max_zip_entries)
     entries = []
-    for job_id, prefix in jobs:
-        manifest = await read_manifest(store, prefix, job_id)
-        entries += await asyncio.to_thread(job_entries, store, manifest, job_id,
+    for job_id, manifest in manifests:
+        entries += await asyncio.to_thread(job_entries, gw.store, manifest, job_id,
                                            parse_pages(None, len(manifest["pages"])),
                                            max_level)
-    return build_zip(store, entries)
+    return build_zip(gw.store, entries)
 
 
 @router.api_route("/downloads/{token}", methods=["GET", "HEAD"],
@@ -377,6 +470,7 @@ async def batch_download(request: Request, token: str) -> Response:
     except itsdangerous.BadData:
         raise Unauthenticated("this download link is not valid", reason="BAD_LINK") from None
     gw.gatekeeper.throttle(f"{grant['o']}:{grant['s']}")
-    zs = await _batch_zip(gw.store, grant["j"], grant["m"])
-    return zip_response(request, zs, "planzoom-download.zip")
+    with download_slot(request, grant["o"], grant["s"]) as held:
+        zs = await _batch_zip(gw, grant["j"], grant["m"])
+        return zip_response(request, zs, "planzoom-download.zip", held)
 

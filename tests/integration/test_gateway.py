@@ -16,7 +16,8 @@ import pyvips
 from planzoom.dzi import DziInfo, level_size, parse_dzi
 from planzoom.states import ended
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_ended
+from tests.helpers import wait_ended, wait_until
+from tests.integration.conftest import client_for
 
 SETS = "arch-renovation-plans-7p-a4-affinity-latirasse.pdf"
 PLAN = jobs_pb2.PlanRef(org="acme", project="gateway", plan="renovation")
@@ -366,3 +367,54 @@ def test_batch_download_holds_each_job(stack, http, done_job, corpus, client):
     assert_problem(http.post("/v1/downloads", json={"jobs": [done_job.job_id]},
                              headers=bearer(stack, org="intruder")), 404)
     assert_problem(http.post("/v1/downloads", json={"jobs": []}, headers=bearer(stack)), 400)
+
+
+def test_zips_are_bounded_per_request_and_one_org_cannot_take_them_all(
+        stack, done_job, corpus, s3_proxy):
+    """A gateway with a 40-file zip limit and two zip slots, one per org: a
+    whole job (about a hundred files) is refused 400 before anything is
+    listed, one page of it is sent; while one of acme's zips is held (its
+    tile reads hang in S3), acme's next is refused 429 and another org's
+    goes through; once the held one is let go and dropped, acme may again."""
+    other = client_for(stack, "bravo")
+    try:
+        theirs = wait_ended(other, other.submit(
+            str(corpus / SETS), jobs_pb2.PlanRef(org="bravo", project="gateway", plan="zips"),
+            jobs_pb2.JobOptions(dpi=30)).job_id)
+    finally:
+        other.close()
+    url = stack.start_gateway(name="gateway-zips", env={
+        "PLANZOOM_GATEWAY_MAX_ZIP_ENTRIES": "40",
+        "PLANZOOM_GATEWAY_MAX_CONCURRENT_ZIPS": "2",
+        "PLANZOOM_GATEWAY_MAX_CONCURRENT_ZIPS_PER_ORG": "1"})
+    mine = f"/v1/jobs/{done_job.job_id}/download"
+    try:
+        with httpx.Client(base_url=url, timeout=30) as gw:
+            too_large = assert_problem(gw.get(mine, headers=bearer(stack)), 400, "ZIP_TOO_LARGE")
+            assert "?pages=" in too_large["detail"] and "ARCHIVE" in too_large["detail"]
+            assert_problem(gw.post("/v1/downloads", json={"jobs": [done_job.job_id]},
+                                   headers=bearer(stack)), 400, "ZIP_TOO_LARGE")
+            one_page = gw.get(mine, params={"pages": "1"}, headers=bearer(stack))
+            assert one_page.status_code == 200
+            assert check_zip_pyramids(one_page.content, done_job.job_id).keys() == {1}
+
+            s3_proxy.match, s3_proxy.hang = f"{done_job.job_id}/page-1_files/", 1.0
+            try:
+                with gw.stream("GET", mine, params={"pages": "1"}, headers=bearer(stack)) as held:
+                    assert held.status_code == 200
+                    wait_until("the held zip reads a tile", lambda: s3_proxy.counts["hang"] >= 1)
+                    busy = gw.get(mine, params={"pages": "2"}, headers=bearer(stack))
+                    assert_problem(busy, 429, "TOO_MANY_DOWNLOADS")
+                    assert int(busy.headers["retry-after"]) >= 1
+                    bravo = gw.get(f"/v1/jobs/{theirs.job_id}/download", params={"pages": "1"},
+                                   headers=bearer(stack, org="bravo"))
+                    assert bravo.status_code == 200, bravo.text
+                    s3_proxy.hang = 0.0
+                    s3_proxy.release()
+            finally:
+                s3_proxy.hang, s3_proxy.match = 0.0, ""
+                s3_proxy.release()
+            wait_until("acme's slot is free again", lambda: gw.get(
+                mine, params={"pages": "2"}, headers=bearer(stack)).status_code == 200)
+    finally:
+        stack.stop_service("gateway-zips")
