@@ -1,5 +1,6 @@
 """Per-org quotas: how many jobs, and how many pixels, one org may have in
-flight. A job over its org's quota is not refused: it is created PENDING
+flight, and how many bytes it may hold staged (uploaded, not yet
+submitted). A job over its org's quota is not refused: it is created PENDING
 with ``queued`` set and its page jobs unpublished, and it is released, in
 the order its org submitted, when an earlier job of the org ends.
 
@@ -10,17 +11,24 @@ releases what now fits. A job alone is always admitted, however large (the
 per-job budget bounds it), so a queue always drains. The sweep calls
 :meth:`Admission.tidy` to drop jobs that ended or vanished without being
 finished here (a process that stopped in between).
+
+Staged uploads (presigned POSTs and tus uploads, both named by ingest's
+CreateUploadUrl) reserve their size in the same record until SubmitJob
+takes them or their reservation lapses, so one org cannot fill the bucket
+with uploads it never submits.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from planzoom.clock import now_ts
 from planzoom.config import Settings
+from planzoom.errors import ResourceExhausted
 from planzoom.ids import check_id
 from planzoom.jobstore import Conflict, JobNotFound, JobStore, compare_and_set
 from planzoom.messaging.workqueues import WorkQueues
@@ -34,14 +42,21 @@ def usage_key(org: str) -> str:
     return f"org.{check_id('org', org)}"
 
 
+class TooMuchStaged(ResourceExhausted):
+    reason = "TOO_MUCH_STAGED"
+
+
 @dataclass(frozen=True)
 class Quota:
     jobs: int  # jobs in flight
     pixels: int  # their planned pixels
+    staged_bytes: int = 2**63  # bytes of uploads staged and not submitted
+    staged_uploads: int = 2**31  # such uploads
 
     @classmethod
     def from_settings(cls, s: Settings) -> Quota:
-        return cls(jobs=s.org_max_jobs_in_flight, pixels=s.org_max_pixels_in_flight)
+        return cls(jobs=s.org_max_jobs_in_flight, pixels=s.org_max_pixels_in_flight,
+                   staged_bytes=s.org_max_staged_bytes, staged_uploads=s.org_max_staged_uploads)
 
     def fits(self, usage: events_pb2.OrgUsage, pixels: int) -> bool:
         """True if one more job of ``pixels`` fits beside ``usage``."""
@@ -125,6 +140,40 @@ class Admission:
             usage.in_flight[job_id] = pixels
             released.append(job_id)
         return released
+
+    async def stage(self, org: str, upload_id: str, size: int, seconds: float) -> None:
+        """Reserve ``size`` bytes for the org's upload ``upload_id`` for
+        ``seconds``. Raises TooMuchStaged (RESOURCE_EXHAUSTED, retryable)
+        if the org's reservations that have not lapsed leave no room."""
+
+        def change(usage: events_pb2.OrgUsage) -> None:
+            now = time.time()
+            for gone in [k for k, v in usage.staged.items() if v.expires_at < now]:
+                del usage.staged[gone]
+            held = sum(v.bytes for v in usage.staged.values())
+            if (len(usage.staged) >= self.quota.staged_uploads
+                    or held + size > self.quota.staged_bytes):
+                raise TooMuchStaged(
+                    f"org {org!r} has {len(usage.staged)} uploads holding {held:,} bytes staged "
+                    f"and not submitted; at most {self.quota.staged_uploads} uploads and "
+                    f"{self.quota.staged_bytes:,} bytes may be: submit or finish those first "
+                    "(or declare this upload's size), or ask the operator to raise "
+                    "PLANZOOM_ORG_MAX_STAGED_BYTES", retryable=True,
+                    retry_after=max(1.0, min((v.expires_at for v in usage.staged.values()),
+                                             default=now + 1) - now))
+            usage.staged[upload_id].bytes = size
+            usage.staged[upload_id].expires_at = int(now + seconds)
+
+        await self._change(org, change)
+
+    async def unstage(self, org: str, upload_id: str) -> None:
+        """Drop ``upload_id``'s reservation (SubmitJob took it)."""
+
+        def change(usage: events_pb2.OrgUsage) -> None:
+            if upload_id in usage.staged:
+                del usage.staged[upload_id]
+
+        await self._change(org, change)
 
     async def release(self, job_id: str) -> None:
         """Mark a job that left the queue as released and publish its page

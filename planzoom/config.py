@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     org_max_jobs_in_flight: int = Field(10, ge=1)
     org_max_pixels_in_flight: int = Field(200_000_000_000, ge=1)
     org_max_pages_in_flight: int = Field(64, ge=1)  # per stage (render, tile)
+    #: Bytes an org may hold staged (presigned and tus uploads not yet
+    #: submitted) at once, reserved at their declared size or their limit.
+    org_max_staged_bytes: int = Field(32 * 1024**3, ge=1)
+    org_max_staged_uploads: int = Field(200, ge=1)
 
     # Workers
     render_concurrency: int = Field(1, ge=1)  # PDFium processes

@@ -49,6 +49,9 @@ def source_key(plan: jobs_pb2.PlanRef, sha256_hex: str, suffix: str = "pdf") -> 
 
 #: Where presigned uploads land before SubmitJob checks them.
 UPLOADS_PREFIX = "uploads/"
+#: A staged upload stays this long after its URL expired (a SubmitJob may be
+#: reading it).
+UPLOAD_GRACE_SECONDS = 600.0
 
 
 def upload_prefix(plan: jobs_pb2.PlanRef) -> str:

@@ -8,11 +8,21 @@ import time
 from collections.abc import Callable
 
 import boto3
+import grpc
 import nats
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from planzoom.messaging import topology
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
+
+
+def rpc_reason(error: grpc.RpcError) -> str:
+    """The reason (docs/reasons.md) in a refused call's ErrorInfo detail."""
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    return next((info.reason for d in status.details if d.Unpack(info)), "")
 
 
 def wait_ended(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Job:

@@ -63,12 +63,14 @@ class Upstream:
 
     async def create_upload(self, access: Access, plan: jobs_pb2.PlanRef, filename: str,
                             size_bytes: int, content_type: str = "") -> str:
-        """The object key where a file of ``size_bytes`` for ``plan`` may be
-        staged (CreateUploadUrl: ingest checks the plan, the caller's role
-        and org, and the size). Raises grpc.aio.AioRpcError."""
+        """The object key where a resumable (tus) upload of ``size_bytes``
+        for ``plan`` may be staged (CreateUploadUrl: ingest checks the plan,
+        the caller's role and org, and the size, and reserves the bytes
+        against the org's staging quota). Raises grpc.aio.AioRpcError."""
         resp = await self.ingest.CreateUploadUrl(
             ingest_pb2.CreateUploadUrlRequest(plan=plan, filename=filename,
-                                              size_bytes=size_bytes, content_type=content_type),
+                                              size_bytes=size_bytes, content_type=content_type,
+                                              resumable=True),
             metadata=access.metadata, timeout=CALL_SECONDS)
         return resp.object_key
 

@@ -160,9 +160,14 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         if content_type not in UPLOAD_TYPES:
             raise InvalidInput(f"content_type {content_type[:80]!r} is not one planzoom takes: "
                                f"{', '.join(sorted(UPLOAD_TYPES))}", field="content_type")
-        key = keys.upload_key(request.plan, secrets.token_hex(16))
+        upload_id = secrets.token_hex(16)
+        key = keys.upload_key(request.plan, upload_id)
         low, high = ((request.size_bytes, request.size_bytes) if request.size_bytes
                      else (1, limit))
+        # Reserved until SubmitJob takes it or it can no longer be submitted.
+        held = (self.s.gateway_upload_expiry_seconds if request.resumable
+                else self.s.upload_url_expiry_seconds) + keys.UPLOAD_GRACE_SECONDS
+        await self.admission.stage(request.plan.org, upload_id, high, held)
         url, fields = await asyncio.to_thread(
             self.store.presigned_post, key, content_type, low, high,
             self.s.upload_url_expiry_seconds)
@@ -190,6 +195,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                                                   2 * self.s.upload_url_expiry_seconds):
                     raise FailedPrecondition("this upload was submitted already; each upload "
                                              "makes one job", reason="UPLOAD_USED")
+                await self._unstage(request.plan.org, upload_id)
                 if size > self.s.largest_upload_bytes:
                     raise UploadTooLarge(size, self.s.largest_upload_bytes)
                 with self.slots.hold(request.plan.org):
@@ -210,6 +216,15 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             finally:
                 # The staged upload is either stored under sources/ now or refused.
                 await asyncio.to_thread(self.store.delete, request.object_key)
+
+    async def _unstage(self, org: str, upload_id: str) -> None:
+        """Free a submitted upload's staging reservation (it lapses by
+        itself if the bus cannot take the change now)."""
+        try:
+            await self.admission.unstage(org, upload_id)
+        except Exception:
+            log.warning("could not free an upload's staging reservation; it lapses by itself",
+                        exc_info=True, extra={"org": org, "upload_id": upload_id})
 
     async def GetJob(self, request, context):
         """The caller's job record (viewer)."""

@@ -39,9 +39,6 @@ log = logging.getLogger(__name__)
 #: (clock skew between hosts, one sweep period), so that a page job ingest
 #: did publish is never stored twice.
 REPUBLISH_WITHIN_SECONDS = DUPLICATE_WINDOW_SECONDS - 180
-#: A staged upload stays this long after its URL expired (a SubmitJob may be
-#: reading it).
-UPLOAD_GRACE_SECONDS = 600.0
 #: A record still finalizing this long after its last change was left by a
 #: writer that stopped; the sweep finalizes it.
 FINALIZE_AFTER_SECONDS = 30.0
@@ -207,7 +204,7 @@ class Sweeper:
         """Delete staged uploads (``uploads/``) whose presigned POST expired
         before anyone submitted them (on AWS S3, a lifecycle rule on the
         prefix does the same; docs/s3-policies.md)."""
-        cutoff = now - self.s.upload_url_expiry_seconds - UPLOAD_GRACE_SECONDS
+        cutoff = now - self.s.upload_url_expiry_seconds - keys.UPLOAD_GRACE_SECONDS
         stale = [key for key, modified in self.store.list_objects(keys.UPLOADS_PREFIX)
                  if modified < cutoff]
         for key in stale:

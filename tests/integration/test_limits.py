@@ -17,7 +17,7 @@ from grpc_status import rpc_status
 from planzoom.states import ended
 from planzoom.v1 import ingest_pb2, jobs_pb2, progress_pb2
 from planzoom_cli.client import Client
-from tests.helpers import list_keys, wait_ended, wait_until
+from tests.helpers import list_keys, rpc_reason, wait_ended, wait_until
 from tests.hostile import huge_pages, xref_bomb
 from tests.integration.conftest import MAX_JOB_PIXELS, UPLOAD_IDLE_SECONDS, client_for
 
@@ -43,12 +43,6 @@ def _refusal(call) -> grpc.RpcError:
     return e.value
 
 
-def _reason(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)
-    info = error_details_pb2.ErrorInfo()
-    return next((info.reason for d in status.details if d.Unpack(info)), "")
-
-
 def _rss_kib(pid: int) -> int:
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -68,7 +62,7 @@ def test_amplification_is_refused_before_anything_is_stored(client, s3):
                                                            jobs_pb2.JobOptions(dpi=1200,
                                                                                tile_size=ts)))
         assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.details()
-        assert limit in e.details() and _reason(e) == "JOB_TOO_LARGE"
+        assert limit in e.details() and rpc_reason(e) == "JOB_TOO_LARGE"
     assert client.list_jobs(plan) == []
     assert list_keys(s3, "sources/acme/limits/amplification/") == []
     # The same file at a sane DPI is a job.
@@ -101,7 +95,7 @@ def test_an_idle_upload_is_cut_off(client, s3):
 
     t0 = time.monotonic()
     e = _refusal(lambda: client.ingest.Upload(messages()))
-    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and _reason(e) == "UPLOAD_IDLE"
+    assert e.code() == grpc.StatusCode.DEADLINE_EXCEEDED and rpc_reason(e) == "UPLOAD_IDLE"
     assert time.monotonic() - t0 < UPLOAD_IDLE_SECONDS * 3
     assert list_keys(s3, "sources/acme/limits/idle/") == []
 
@@ -136,7 +130,7 @@ def test_one_org_cannot_take_every_upload_slot(corpus, stack, client):
     calls = [client.ingest.Upload.future(held(), timeout=60) for _ in range(4)]
     time.sleep(1.0)
     e = _refusal(lambda: _upload(client, (corpus / SITEPLAN).read_bytes(), plan))
-    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(e) == "TOO_MANY_UPLOADS"
+    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and rpc_reason(e) == "TOO_MANY_UPLOADS"
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in rpc_status.from_call(e).details)
     assert retry.retry_delay.seconds >= 1
@@ -192,7 +186,7 @@ def test_a_slow_pdf_never_fails_other_uploads(corpus, stack):
         "PLANZOOM_INSPECT_TIMEOUT_SECONDS": "2", "PLANZOOM_INSPECT_WORKERS": "2"}, "slow-pdf")
     for bad in outcomes[:2]:
         assert isinstance(bad, grpc.RpcError), "the bomb was accepted"
-        assert bad.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _reason(bad) == \
+        assert bad.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and rpc_reason(bad) == \
             "PDF_TOO_SLOW", bad.details()
     for good in outcomes[2:]:
         assert not isinstance(good, grpc.RpcError), good.details()
@@ -210,7 +204,7 @@ def test_one_orgs_slow_files_hold_at_most_half_the_inspection_workers(corpus, st
         "PLANZOOM_INSPECT_WORKERS": "2"}, "fair-inspection", bystanders_after=1.0)
     for bad in outcomes[:2]:
         assert isinstance(bad, grpc.RpcError), "the bomb was accepted"
-        assert (bad.code(), _reason(bad)) in {
+        assert (bad.code(), rpc_reason(bad)) in {
             (grpc.StatusCode.RESOURCE_EXHAUSTED, "PDF_TOO_SLOW"),
             (grpc.StatusCode.UNAVAILABLE, "WORKERS_BUSY")}, bad.details()
     for good in outcomes[2:]:
@@ -314,12 +308,12 @@ def test_watch_streams_are_capped_per_caller_and_per_org(corpus, stack, client):
         watch(callers[0])
         e = _refusal(lambda: watch(callers[0]))
         assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and \
-            _reason(e) == "TOO_MANY_WATCHES", e.details()
+            rpc_reason(e) == "TOO_MANY_WATCHES", e.details()
         retry = error_details_pb2.RetryInfo()
         assert any(d.Unpack(retry) for d in rpc_status.from_call(e).details)
         watch(callers[1])  # the org's third
         e = _refusal(lambda: watch(callers[1]))
-        assert _reason(e) == "TOO_MANY_WATCHES" and "org 'acme'" in e.details()
+        assert rpc_reason(e) == "TOO_MANY_WATCHES" and "org 'acme'" in e.details()
         first.cancel()
         wait_until("the closed stream's slot is free",
                    lambda: _opened(lambda: watch(callers[1])), timeout=10)

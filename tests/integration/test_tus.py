@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import grpc
 import httpx
 import pypdfium2 as pdfium
 import pytest
+import requests
 from tusclient import client as tus
 
 from planzoom.errors import reason_code
-from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_ended, wait_until
+from planzoom.v1 import ingest_pb2, jobs_pb2
+from planzoom_cli.client import Client
+from tests.helpers import rpc_reason, wait_ended, wait_until
 from tests.integration.conftest import MAX_UPLOAD_BYTES
 from tests.integration.test_gateway import assert_problem, bearer
 
@@ -276,3 +279,59 @@ def test_one_org_holds_its_share_of_upload_requests_and_silence_frees_it(stack, 
             assert kept.headers["upload-offset"] == "1000", "the cut request's bytes are kept"
     finally:
         stack.stop_service("gateway-patches")
+
+
+def test_an_org_stages_at_most_its_quota_tus_and_presigned_alike(stack, corpus):
+    """An ingest (and a gateway on it) where an org may hold 3 MB in 3
+    uploads staged and not submitted: presigned and tus uploads draw on one
+    reservation, an upload of no declared size reserves the whole upload
+    limit; past the quota both are refused TOO_MUCH_STAGED while another
+    org stages; submitting an upload frees its share."""
+    name = stack.start_service("ingest", replica=4, env={
+        "PLANZOOM_ORG_MAX_STAGED_BYTES": "3000000", "PLANZOOM_ORG_MAX_STAGED_UPLOADS": "3"})
+    url = stack.start_gateway(name="gateway-staged",
+                              env={"PLANZOOM_INGEST_ADDR": stack.addrs[name]})
+    progress = stack.env()["PLANZOOM_PROGRESS_ADDR"]
+    mine, theirs = (Client(stack.addrs[name], progress, token=stack.token(org, "uploader"))
+                    for org in ("stager", "bystander"))
+    plan = jobs_pb2.PlanRef(org="stager", project="staged", plan="p")
+    data = (corpus / "arch-renovation-plans-7p-a4-affinity-latirasse.pdf").read_bytes()
+
+    def presign(client: Client, plan: jobs_pb2.PlanRef, size: int = 0):
+        return client.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
+            plan=plan, size_bytes=size), timeout=10)
+
+    def refused(call) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert rpc_reason(e.value) == "TOO_MUCH_STAGED", e.value.details()
+        return e.value
+
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            first = presign(mine, plan, len(data))
+            assert create(http, stack, 1_000_000, token_org="stager",
+                          project="staged").status_code == 201
+            unsized = refused(lambda: presign(mine, plan)).details()
+            assert "2 uploads" in unsized and "3,000,000 bytes" in unsized
+            refused(lambda: presign(mine, plan, 3_000_000 - 1_000_000 - len(data) + 1))
+            over = create(http, stack, 2_000_000, token_org="stager", project="staged")
+            assert_problem(over, 429, "TOO_MUCH_STAGED")
+            assert int(over.headers["retry-after"]) >= 1
+            assert presign(theirs, jobs_pb2.PlanRef(org="bystander", project="staged",
+                                                    plan="p"), 2_000_000).object_key
+            # Submitting the presigned upload frees its bytes.
+            assert requests.post(first.url, data=dict(first.fields), timeout=30, files={
+                "file": ("plan.pdf", data, "application/pdf")}).status_code == 204
+            job = mine.ingest.SubmitJob(ingest_pb2.SubmitJobRequest(
+                plan=plan, object_key=first.object_key,
+                options=jobs_pb2.JobOptions(dpi=20)), timeout=60)
+            assert job.job_id
+            assert create(http, stack, 1_900_000, token_org="stager",
+                          project="staged").status_code == 201
+    finally:
+        mine.close()
+        theirs.close()
+        stack.stop_service("gateway-staged")
+        stack.stop_service(name)
