@@ -23,6 +23,7 @@ from planzoom.messaging import connection, topology
 from planzoom.messaging.events import report_page
 from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
 from planzoom.messaging.workqueues import WorkQueues
+from planzoom.scratch import Scratch
 from planzoom.server import Service
 from planzoom.sources import SourceCache
 from planzoom.storage import ObjectStore
@@ -137,15 +138,17 @@ class SourceStage(PageStage):
     transcode): ``tmp`` (its scratch directory under ``PLANZOOM_WORK_DIR``),
     ``pool`` (``make_pool(tmp)``: the stage's
     :class:`planzoom.engines.sandbox.ProcessPool`, confined to ``tmp``, its
-    size the stage's concurrency) and ``sources`` (sources cached in
-    ``tmp``). All three are released when the stage stops."""
+    size the stage's concurrency), ``scratch`` (the volume's room,
+    :mod:`planzoom.scratch`) and ``sources`` (sources cached in ``tmp``).
+    The pool and ``tmp`` are released when the stage stops."""
 
     def __init__(self, settings: Settings, make_pool):
         super().__init__(settings)
         self.tmp = tempfile.mkdtemp(prefix=f"planzoom-{self.name}-", dir=settings.work_dir)
         self.pool = make_pool(self.tmp)
         self.concurrency = self.pool.workers
-        self.sources = SourceCache(self.store, self.tmp)
+        self.scratch = Scratch(settings.work_dir, settings.scratch_bytes)
+        self.sources = SourceCache(self.store, self.tmp, self.scratch)
 
     async def release(self) -> None:
         await self.pool.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     ack_wait_seconds: float = Field(60.0, gt=1)
     max_deliver: int = Field(5, ge=1)
     work_dir: str | None = None  # temp files; default: the system temp dir
+    #: Bytes the scratch volume at work_dir holds (a Kubernetes emptyDir's
+    #: sizeLimit, which statvfs cannot see), as bytes or a Kubernetes
+    #: quantity ("4Gi"); 0: only the file system's free space counts.
+    scratch_bytes: int = Field(0, ge=0)
 
     # Progress service
     job_retention_seconds: float = Field(24 * 3600, gt=0)  # ended jobs stay in KV this long
@@ -171,10 +175,31 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
+    @field_validator("scratch_bytes", mode="before")
+    @classmethod
+    def _quantity(cls, value):
+        return quantity_bytes(value) if isinstance(value, str) else value
+
     @property
     def largest_upload_bytes(self) -> int:
         """The largest file any kind may be (a video's limit, or the others')."""
         return max(self.max_upload_bytes, self.max_video_bytes)
+
+
+_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+             "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15}
+
+
+def quantity_bytes(text: str) -> int:
+    """Bytes of a Kubernetes quantity ("4Gi", "500M", "1024"). Raises
+    ValueError for anything else."""
+    text = text.strip()
+    for suffix, factor in _SUFFIXES.items():
+        if text.endswith(suffix) and text[:-len(suffix)].isdigit():
+            return int(text[:-len(suffix)]) * factor
+    if text.isdigit():
+        return int(text)
+    raise ValueError(f"{text!r} is not a size in bytes or a quantity such as 4Gi or 500M")
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,7 @@ from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.media import KINDS, Kind
 from planzoom.options import resolve_options
 from planzoom.pages import Work, job_work, set_geometry
+from planzoom.scratch import Scratch
 from planzoom.slots import Slots, UploadsBusy
 from planzoom.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, jobs_pb2
 from services.ingest.spool import Spool, UploadTooLarge
@@ -86,6 +87,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                            settings.max_concurrent_uploads_per_org, settings=(
                                "MAX_CONCURRENT_UPLOADS", "MAX_CONCURRENT_UPLOADS_PER_ORG", ""))
         self.limits = Limits.from_settings(settings)
+        self.scratch = Scratch(settings.work_dir, settings.scratch_bytes)
 
     def register(self, server):
         ingest_pb2_grpc.add_IngestServiceServicer_to_server(self, server)
@@ -123,7 +125,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             if header.size_bytes > self.s.largest_upload_bytes:
                 raise UploadTooLarge(header.size_bytes, self.s.largest_upload_bytes)
             with self.slots.hold(header.plan.org):
-                spool = Spool(self.tmp, self.s.max_upload_bytes, self.s.max_video_bytes)
+                spool = self._spool()
                 try:
                     while (req := await self._next(messages)) is not None:
                         if req.WhichOneof("payload") != "chunk":
@@ -190,6 +192,9 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             if size is None:
                 raise NotFound(f"no uploaded object at {request.object_key}; POST the file to "
                                "the presigned URL first", reason="UPLOAD_NOT_FOUND")
+            # Before the upload is marked used: one refused for want of room
+            # stays staged and can be submitted again.
+            await asyncio.to_thread(self.scratch.need, size, "the upload")
             try:
                 if not await self.jobs.use_upload(upload_id,
                                                   2 * self.s.upload_url_expiry_seconds):
@@ -199,7 +204,7 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 if size > self.s.largest_upload_bytes:
                     raise UploadTooLarge(size, self.s.largest_upload_bytes)
                 with self.slots.hold(request.plan.org):
-                    spool = Spool(self.tmp, self.s.max_upload_bytes, self.s.max_video_bytes)
+                    spool = self._spool(checked=True)
                     try:
                         body = await asyncio.to_thread(self.store.get_stream,
                                                        request.object_key)
@@ -216,6 +221,13 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
             finally:
                 # The staged upload is either stored under sources/ now or refused.
                 await asyncio.to_thread(self.store.delete, request.object_key)
+
+    def _spool(self, checked: bool = False) -> Spool:
+        """A new upload's file in this server's scratch directory, which
+        it checks for room as it grows unless that was ``checked`` for its
+        whole size beforehand."""
+        return Spool(self.tmp, self.s.max_upload_bytes, self.s.max_video_bytes,
+                     None if checked else self.scratch)
 
     async def _unstage(self, org: str, upload_id: str) -> None:
         """Free a submitted upload's staging reservation (it lapses by

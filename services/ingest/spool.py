@@ -8,6 +8,7 @@ import tempfile
 
 from planzoom.errors import InvalidInput, ResourceExhausted
 from planzoom.media import HEADER_WINDOW, Kind, sniff
+from planzoom.scratch import Scratch
 
 
 class UploadTooLarge(ResourceExhausted):
@@ -22,12 +23,15 @@ class UploadTooLarge(ResourceExhausted):
 class Spool:
     """The upload in a temporary file under ``work_dir``: its size, sha256,
     first bytes and :class:`~planzoom.media.Kind`. Refuses more than
-    ``limit`` bytes (UploadTooLarge) and, once the first 1024 bytes are in,
+    ``limit`` bytes (UploadTooLarge), more than ``scratch`` has room for
+    (ScratchFull, retryable) and, once the first 1024 bytes are in,
     anything that is not a PDF or a still image (Unsupported)."""
 
-    def __init__(self, work_dir: str | None, limit: int, video_limit: int | None = None):
+    def __init__(self, work_dir: str | None, limit: int, video_limit: int | None = None,
+                 scratch: Scratch | None = None):
         """``limit`` bytes for any file; a video (known from its first bytes)
         may have up to ``video_limit``."""
+        self.scratch = scratch
         fd, self.path = tempfile.mkstemp(prefix="planzoom-upload-", dir=work_dir)
         self._file = os.fdopen(fd, "wb")
         self.video_limit = video_limit or limit
@@ -47,6 +51,8 @@ class Spool:
                 self.limit = self.video_limit if self.kind.is_video else self._other_limit
                 if self.size > self.limit:
                     raise UploadTooLarge(self.size, self.limit)
+        if self.scratch:
+            self.scratch.need(len(chunk), "the upload")
         self._sha.update(chunk)
         self._file.write(chunk)
 

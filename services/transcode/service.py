@@ -18,7 +18,7 @@ from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines.sandbox import ProcessPool, WorkerTimeout
 from planzoom.engines.video import probe, transcode
-from planzoom.errors import Timeout, Unavailable
+from planzoom.errors import Timeout
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -64,10 +64,8 @@ class Transcode(SourceStage):
         source = await self.sources.path(job.source_key, job.source_sha256)
         info = await self.pool.run(self.s.inspect_timeout_seconds, probe, source,
                                    self.s.max_video_seconds, self.s.max_video_pixels)
-        free = shutil.disk_usage(self.tmp).free
-        if free < SCRATCH_FACTOR * os.path.getsize(source):
-            raise Unavailable(f"only {free:,} bytes of scratch space free; waiting for more",
-                              reason="SCRATCH_FULL")
+        await asyncio.to_thread(self.scratch.need, SCRATCH_FACTOR * os.path.getsize(source),
+                                "the video's renditions")
         out_dir = tempfile.mkdtemp(prefix=f"{job.job_id}-", dir=self.tmp)
         try:
             result = await self._transcode(job, source, info, out_dir, delivery)

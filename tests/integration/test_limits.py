@@ -11,9 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+import requests
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from planzoom.scratch import tree_bytes
 from planzoom.states import ended
 from planzoom.v1 import ingest_pb2, jobs_pb2, progress_pb2
 from planzoom_cli.client import Client
@@ -332,3 +334,36 @@ def _opened(open_stream) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_uploads_wait_for_scratch_space_and_lose_nothing(corpus, stack, client, tmp_path):
+    """An ingest whose scratch volume holds 600 kB (PLANZOOM_SCRATCH_BYTES,
+    as the chart sets it from the emptyDir's size): a 1.2 MB upload is
+    refused UNAVAILABLE SCRATCH_FULL, streamed or presigned, and leaves
+    nothing on the volume; the presigned one stays staged and another
+    ingest submits it; a small upload still goes through."""
+    name = stack.start_service("ingest", replica=6, env={
+        "PLANZOOM_WORK_DIR": str(tmp_path), "PLANZOOM_SCRATCH_BYTES": "600k"})
+    small = Client(stack.addrs[name], stack.env()["PLANZOOM_PROGRESS_ADDR"],
+                   token=stack.token("acme", "uploader"))
+    big = (corpus / "arch-floorplan-a1-rot90-heavyvector-scaledetection-drawing.pdf").read_bytes()
+    plan = jobs_pb2.PlanRef(org="acme", project="limits", plan="scratch")
+    try:
+        streamed = _refusal(lambda: _upload(small, big, plan))
+        assert (streamed.code(), rpc_reason(streamed)) == (
+            grpc.StatusCode.UNAVAILABLE, "SCRATCH_FULL"), streamed.details()
+        assert "bytes of scratch space" in streamed.details()
+        url = small.ingest.CreateUploadUrl(ingest_pb2.CreateUploadUrlRequest(
+            plan=plan, size_bytes=len(big)), timeout=10)
+        assert requests.post(url.url, data=dict(url.fields), timeout=30, files={
+            "file": ("big.pdf", big, "application/pdf")}).status_code == 204
+        submit = ingest_pb2.SubmitJobRequest(plan=plan, object_key=url.object_key,
+                                             options=jobs_pb2.JobOptions(dpi=20))
+        refused = _refusal(lambda: small.ingest.SubmitJob(submit, timeout=60))
+        assert rpc_reason(refused) == "SCRATCH_FULL", refused.details()
+        assert tree_bytes(str(tmp_path)) == 0, "a refused upload left bytes behind"
+        assert client.ingest.SubmitJob(submit, timeout=60).job_id, "the staged upload was lost"
+        assert _upload(small, (corpus / SITEPLAN).read_bytes(), plan).job_id
+    finally:
+        small.close()
+        stack.stop_service(name)
