@@ -12,6 +12,12 @@ decoded, so a decompression bomb is refused without a decode.
 HEIC/HEIF (HEVC) is decoded with libheif through ``pillow-heif`` (libvips'
 wheel has no HEVC decoder), everything else with libvips.
 
+A TIFF-structured file is a RAW or a TIFF image by its structure
+(:func:`effective_kind`), decided here from the whole file, the same way at
+inspection and at render: ingest's sniff saw its first bytes only, and a
+RAW's sensor data may sit past them, or in a layout only LibRaw knows (a
+Kodak KDC's first directory is a 96 x 64 thumbnail).
+
 Normalisation, in order: orientation applied: EXIF orientation, and for
 HEIF/AVIF the container's irot/imir transforms (libheif applies them; EXIF
 orientation is used only for a file that has none, as an iPhone HEIC
@@ -35,7 +41,7 @@ from planzoom.engines.base import Limits, SourceInfo, TooManyPages
 from planzoom.engines.raster import Raster, raster_writer
 from planzoom.engines.variants import fit, save, watermarked
 from planzoom.errors import InvalidInput, ResourceExhausted
-from planzoom.media import Kind
+from planzoom.media import HEADER_WINDOW, RAW, TIFF, Kind, raw_magic, tiff_layout
 from planzoom.v1 import events_pb2, jobs_pb2
 
 #: A page whose header gives no usable resolution is taken as 72 DPI.
@@ -119,6 +125,7 @@ def image_pages(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
     max_pages = limits.max_pages
     import pyvips
 
+    kind = effective_kind(path, kind, limits)
     if kind.is_raw:
         return [_raw_page(path, limits)]
     if kind.name == "heif":
@@ -209,6 +216,7 @@ def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,
     largest = max(sizes, default=0)
     if not largest:
         return []
+    kind = effective_kind(path, kind)
     if kind.is_raw or kind.name == "heif":
         base = fit(decoded(path, kind, _planned(geometry)), largest)  # no reduced decode
     else:
@@ -286,6 +294,77 @@ def _check_jpeg_end(path: str) -> None:
         if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
             raise ImageDamaged("the JPEG is truncated (its image data has no end-of-image "
                                "marker); upload the whole file")
+
+
+def effective_kind(path: str, kind: Kind, limits: Limits | None = None) -> Kind:
+    """RAW or TIFF for a file ingest sniffed as either, from its whole
+    structure (:func:`planzoom.media.tiff_layout`), never from the maker it
+    names; any other kind as it is. Deterministic for a file, so inspection
+    and render agree:
+
+    - a RAW header (CR2, IIQ, ORF, RW2, RAF), or no classic TIFF: as sniffed;
+    - RAW structure (DNGVersion, sensor data in a directory): RAW, unless
+      its sensor data is no larger than an ordinary image in it, LibRaw
+      refuses the file and libvips reads it (a TIFF image carrying a stray
+      CFA tag): then a TIFF;
+    - no RAW structure, but a file that could hide one (it names a maker
+      and has no full-size ordinary image, or directories of an unknown
+      kind): RAW if LibRaw opens and unpacks it to an image larger than
+      the file's largest ordinary directory, else a TIFF;
+    - else a TIFF.
+
+    LibRaw unpacks nothing declared over ``limits`` (such a file is RAW and
+    refused by its size)."""
+    import mmap
+
+    if kind.name not in ("tiff", "raw"):
+        return kind
+    with open(path, "rb") as f:
+        head = f.read(HEADER_WINDOW)
+        if raw_magic(head) or head[:4] not in (b"II*\x00", b"MM\x00*"):
+            return kind
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            layout = tiff_layout(data)
+    if layout.raw:
+        if (0 < layout.raw_pixels <= layout.image_pixels and _libraw_size(path, limits) is None
+                and _vips_reads(path)):
+            return TIFF
+        return RAW
+    if layout.could_hide_raw:
+        size = _libraw_size(path, limits)
+        if size is not None and size[0] * size[1] > layout.image_pixels:
+            return RAW
+    return TIFF
+
+
+def _libraw_size(path: str, limits: Limits | None) -> tuple[int, int] | None:
+    """The size of the image LibRaw makes of ``path`` once it has opened it
+    and unpacked its sensor data, or None if it refuses either; a size
+    declared over ``limits`` is returned without unpacking."""
+    import rawpy
+
+    try:
+        with rawpy.imread(path) as raw:
+            sizes = raw.sizes
+            if limits is None or (
+                    sizes.raw_width * sizes.raw_height <= limits.max_image_pixels
+                    and (not limits.max_image_side
+                         or max(sizes.raw_width, sizes.raw_height) <= limits.max_image_side)):
+                raw.unpack()
+    except (rawpy.LibRawError, OSError):
+        return None
+    return sizes.width, sizes.height
+
+
+def _vips_reads(path: str) -> bool:
+    """True if libvips opens ``path`` as an image (its header)."""
+    import pyvips
+
+    try:
+        pyvips.Image.new_from_file(path, access="sequential")
+    except pyvips.Error:
+        return False
+    return True
 
 
 def _raw_page(path: str, limits: Limits) -> ImagePage:
@@ -385,6 +464,7 @@ def decoded(path: str, kind: Kind, page: ImagePage):
     ImageDamaged."""
     import pyvips
 
+    kind = effective_kind(path, kind)
     if kind.is_raw:
         image = _developed_raw(path)
     elif kind.name == "heif":
