@@ -21,8 +21,7 @@ from PIL import Image, ImageCms, ImageOps
 
 from planzoom.v1 import jobs_pb2
 from tests.dzi_check import check_page, psnr
-from tests.helpers import wait_ended
-from tests.integration.test_limits import _reason
+from tests.helpers import rpc_reason, wait_ended
 
 BOMB = "hostile-decompression-bomb-jpeg-280mp-sharp.jpg"
 #: file, kind, pages, upright (width, height) of page 1, bands (1 = grey)
@@ -135,7 +134,7 @@ def test_what_cannot_be_taken_is_refused_up_front(corpus, client, name, code, re
         client.submit(str(corpus / "media" / name),
                       jobs_pb2.PlanRef(org="acme", project="media", plan="refused"),
                       jobs_pb2.JobOptions())
-    assert refused.value.code() == code and _reason(refused.value) == reason, \
+    assert refused.value.code() == code and rpc_reason(refused.value) == reason, \
         refused.value.details()
     assert "/" not in refused.value.details(), "a path leaked"
     if name.endswith(".svg"):

@@ -23,8 +23,7 @@ import pyvips
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
 from planzoom_devstack.samples import repeated_video
-from tests.helpers import list_keys, wait_ended, wait_until
-from tests.integration.test_limits import _reason
+from tests.helpers import list_keys, rpc_reason, wait_ended, wait_until
 
 MEDIA = "media"
 #: file, upright (width, height), rungs, has audio
@@ -187,7 +186,7 @@ def test_what_cannot_be_used_is_refused_before_any_transcode(corpus, stack, clie
             client.submit(str(path), jobs_pb2.PlanRef(org="acme", project="video",
                                                        plan="refused"), jobs_pb2.JobOptions())
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _reason(refused.value) == reason, refused.value.details()
+        assert rpc_reason(refused.value) == reason, refused.value.details()
     name = stack.start_service("ingest", replica=5, env={"PLANZOOM_MAX_VIDEO_SECONDS": "5",
                                                          "PLANZOOM_MAX_VIDEO_PIXELS": "500000"})
     limited = Client(stack.addrs[name], stack.env()["PLANZOOM_PROGRESS_ADDR"],
@@ -199,7 +198,7 @@ def test_what_cannot_be_used_is_refused_before_any_transcode(corpus, stack, clie
                 limited.submit(str(corpus / MEDIA / video), jobs_pb2.PlanRef(
                     org="acme", project="video", plan="limits"), jobs_pb2.JobOptions())
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert _reason(refused.value) == "VIDEO_TOO_LARGE"
+            assert rpc_reason(refused.value) == "VIDEO_TOO_LARGE"
             assert what in refused.value.details()
     finally:
         limited.close()
