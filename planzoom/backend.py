@@ -113,7 +113,8 @@ class PageStage(BackedService):
                      kind: str = "") -> None:
         """Report ``record`` for the page of ``job`` (a PageJob or TileJob);
         ``kind`` tells apart two reports of one state in one attempt."""
-        await report_page(self.js, self.name, job.job_id, job.plan, record, attempt, kind)
+        await report_page(self.js, self.name, job.job_id, job.plan, record, attempt, kind,
+                          job.grant)
 
     async def skip_ended(self, job, ctx: dict, what: str = "page skipped") -> bool:
         """True (and logged, counted) if ``job``'s job has ended or is gone:

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     #: sizeLimit, which statvfs cannot see), as bytes or a Kubernetes
     #: quantity ("4Gi"); 0: only the file system's free space counts.
     scratch_bytes: int = Field(0, ge=0)
+    #: Signs the grants of the work handed to render, tile and transcode
+    #: (planzoom.grants); ingest and progress need the same key, the stages
+    #: none. Unset: progress does not check reports against grants.
+    work_grant_key: str | None = None
 
     # Progress service
     job_retention_seconds: float = Field(24 * 3600, gt=0)  # ended jobs stay in KV this long

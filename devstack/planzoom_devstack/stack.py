@@ -158,6 +158,8 @@ class EmbeddedStack:
     nats_passwords: dict[str, str] = field(default_factory=dict)
     #: Signs the gateway's links (kept across its restarts).
     link_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: Signs the grants of the work ingest and progress hand to the stages.
+    grant_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: SeaweedFS's own listeners (made at the first start, kept across its
     #: restarts: its data names them).
     seaweed_ports: dict[str, int] = field(default_factory=dict)
@@ -306,7 +308,11 @@ class EmbeddedStack:
             proc_name, port = f"{name}-{replica}", free_port()
         self.metrics_ports[proc_name] = free_port()
         self.addrs[proc_name] = f"127.0.0.1:{port}"
-        env = {**self.nats_credentials(name), **(env or {}),
+        env = {**self.nats_credentials(name),
+               # only the services that hand out work hold the grants' key
+               **({"PLANZOOM_WORK_GRANT_KEY": self.grant_key}
+                  if name in ("ingest", "progress") else {}),
+               **(env or {}),
                f"PLANZOOM_{name.upper()}_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports[proc_name])}
         argv = [sys.executable, "-m", f"services.{name}"]

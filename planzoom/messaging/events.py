@@ -22,17 +22,19 @@ from planzoom.v1 import events_pb2, jobs_pb2
 
 
 async def report_page(js: JetStreamContext, stage: str, job_id: str, plan: jobs_pb2.PlanRef,
-                      page: jobs_pb2.PageRecord, attempt: int, kind: str = "") -> None:
+                      page: jobs_pb2.PageRecord, attempt: int, kind: str = "",
+                      grant: str = "") -> None:
     """Publish a ProgressEvent for one page on ``progress.<stage>.<job_id>``.
 
     ``page`` is a PageRecord with the fields the stage knows; ``attempt`` is
     the delivery of the page job that reports (part of the message id, so
     a redelivered page reports anew while a retried publish is stored
-    once; ``kind`` tells apart two reports of one state in one attempt).
+    once; ``kind`` tells apart two reports of one state in one attempt);
+    ``grant`` is the stage's for the job (:mod:`planzoom.grants`).
     Retried as :func:`~planzoom.messaging.publishing.publish_retrying`.
     """
     ev = events_pb2.ProgressEvent(job_id=job_id, plan=plan, stage=stage, page=page,
-                                  emitted_at=now_ts())
+                                  emitted_at=now_ts(), grant=grant)
     await publish_retrying(js, progress_subject(stage, job_id), ev.SerializeToString(),
                            f"{job_id}.{page.page}.{stage}.{page.state}.{attempt}{kind}")
 

@@ -24,6 +24,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from planzoom.config import Settings
+from planzoom.grants import WorkGrants
 from planzoom.ids import check_id
 from planzoom.media import VIDEO_KINDS
 from planzoom.messaging.publishing import publish
@@ -87,6 +88,9 @@ class WorkQueues:
 
     def __init__(self, js: JetStreamContext, settings: Settings):
         self.js, self.s = js, settings
+        # Ingest and progress hold the key; a stage that publishes only
+        # tile jobs passes on the grant it was given.
+        self.grants = WorkGrants(settings.work_grant_key) if settings.work_grant_key else None
         self._ensured: dict[tuple[str, str], float] = {}
 
     def _config(self, prefix: str, subject: str, org: str) -> ConsumerConfig:
@@ -130,11 +134,16 @@ class WorkQueues:
         subject, stored = _QUEUES[stream][1](job.plan.org), []
         pages = list(pages)
 
+        grants = {}
+        if self.grants:
+            grants = {"grant": self.grants.mint("transcode" if video else "render", job.job_id),
+                      "tile_grant": "" if video else self.grants.mint("tile", job.job_id)}
+
         def page_job(page: int, **fields) -> events_pb2.PageJob:
             return events_pb2.PageJob(
                 job_id=job.job_id, plan=job.plan, source_key=job.source_key,
                 source_sha256=job.source_sha256, page=page, total_pages=job.total_pages,
-                options=job.options, source_kind=job.source_kind, **fields)
+                options=job.options, source_kind=job.source_kind, **grants, **fields)
 
         async def publish_pages(numbers: list[int]) -> None:
             for page in numbers:

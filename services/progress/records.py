@@ -23,6 +23,7 @@ from planzoom import keys, metrics, tracing
 from planzoom.admission import Admission
 from planzoom.clock import now_ts
 from planzoom.errors import FailedPrecondition, InvalidInput, reason_code, reason_name
+from planzoom.grants import WorkGrants
 from planzoom.ids import ID_PATTERN
 from planzoom.jobstore import JobStore, compare_and_set
 from planzoom.keys import RENDITION_NAME
@@ -62,12 +63,14 @@ class ForgedEvent(InvalidInput):
     reason = "FORGED_EVENT"
 
 
-def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
+def trusted_event(subject: str, data: bytes, grants: WorkGrants | None = None
+                  ) -> events_pb2.ProgressEvent:
     """The ProgressEvent of a message on ``progress.<stage>.<job_id>``, with
     its job id and stage taken from the subject (which NATS permissions tie
     to the publisher), not from the payload. Raises ForgedEvent if the
-    payload names another job or stage, or a state the stage may not
-    report."""
+    payload names another job or stage, a state the stage may not report,
+    or (with ``grants``) carries no grant of the stage for the job: the
+    stage was never given work of it (:mod:`planzoom.grants`)."""
     parts = subject.split(".")
     if len(parts) != 3 or parts[1] not in STAGE_STATES or not ID_PATTERN.fullmatch(parts[2]):
         raise ForgedEvent(f"not a progress subject: {subject!r}")
@@ -75,6 +78,9 @@ def trusted_event(subject: str, data: bytes) -> events_pb2.ProgressEvent:
     ev = events_pb2.ProgressEvent.FromString(data)
     if ev.job_id != job_id or ev.stage != stage:
         raise ForgedEvent(f"an event on {subject} names job {ev.job_id!r}, stage {ev.stage!r}")
+    if grants and not grants.check(stage, job_id, ev.grant):
+        raise ForgedEvent(f"{stage} reported on job {job_id} without its grant: it was not "
+                          "given work of this job")
     if ev.page.state not in STAGE_STATES[stage]:
         raise ForgedEvent(f"{stage} may not report page state "
                           f"{jobs_pb2.PageState.Name(ev.page.state)}")
@@ -100,9 +106,9 @@ class JobRecords:
     ``retention_seconds``."""
 
     def __init__(self, jobs: JobStore, store: ObjectStore, admission: Admission,
-                 retention_seconds: float):
+                 retention_seconds: float, grants: WorkGrants | None = None):
         self.jobs, self.store, self.admission = jobs, store, admission
-        self.retention_seconds = retention_seconds
+        self.retention_seconds, self.grants = retention_seconds, grants
 
     async def change(self, job_id: str, change: Change) -> jobs_pb2.Job:
         """Apply ``change`` to the record with compare-and-set and, if that
@@ -194,7 +200,7 @@ class JobRecords:
     async def on_event(self, data: bytes, delivery: Delivery) -> None:
         """Fold one ProgressEvent (a message of PLANZOOM_PROGRESS) into its
         job's record; a forged one is refused (and dead-lettered)."""
-        ev = trusted_event(delivery.subject, data)
+        ev = trusted_event(delivery.subject, data, self.grants)
         tracing.annotate(job_id=ev.job_id, page=ev.page.page)
         await self.change(ev.job_id, lambda job: apply_event(job, ev))
         if ev.HasField("emitted_at"):

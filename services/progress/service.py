@@ -39,7 +39,11 @@ class Progress(BackedService):
     async def start(self) -> None:
         await self.connect()
         admission = Admission(self.jobs, Quota.from_settings(self.s), self.queues)
-        self.records = JobRecords(self.jobs, self.store, admission, self.s.job_retention_seconds)
+        if not self.queues.grants:
+            log.warning("PLANZOOM_WORK_GRANT_KEY is not set: progress events are not checked "
+                        "against the jobs their stage was given (planzoom.grants)")
+        self.records = JobRecords(self.jobs, self.store, admission, self.s.job_retention_seconds,
+                                  self.queues.grants)
         self.sweeper = Sweeper(self.s, self.jobs, self.store, self.records, admission, self.js)
         self.feeds = JobFeeds(self.kv, self.jobs)
         dead_letters = DeadLetters(self.js, self.records)

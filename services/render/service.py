@@ -104,6 +104,7 @@ class Render(SourceStage):
             options=job.options, raster_key=raster_key,
             encoding=events_pb2.RASTER_ENCODING_RAW_ZSTD,
             width_px=result.width_px, height_px=result.height_px, bands=result.bands,
+            grant=job.tile_grant,
         )
         await self.queues.publish_tile_job(tile_job)
         metrics.STAGE_SECONDS.labels(self.name).observe(time.monotonic() - started)

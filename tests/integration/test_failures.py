@@ -287,7 +287,8 @@ def test_sweep_publishes_pages_ingest_never_did(corpus, stack, client, s3):
         kv = await js.key_value(topology.JOBS_BUCKET)
         await JobStore(js, kv, topology.JOBS_BUCKET).create(job)
         queues = WorkQueues(js, Settings(ack_wait_seconds=ACK_WAIT_SECONDS,
-                                         max_deliver=MAX_DELIVER))
+                                         max_deliver=MAX_DELIVER,
+                                         work_grant_key=stack.grant_key))
         return await queues.publish_page_jobs(job, [1])
 
     assert run_nats(stack.admin_nats_url, create_and_publish_page_1) == [1]

@@ -11,6 +11,7 @@ import pytest
 
 from planzoom import keys
 from planzoom.clock import now_ts
+from planzoom.grants import WorkGrants
 from planzoom.messaging import topology
 from planzoom.v1 import events_pb2, jobs_pb2
 from tests.helpers import run_nats, wait_ended, wait_until
@@ -61,9 +62,9 @@ def _dead_letters(stack, subject: str) -> int:
     return run_nats(stack.admin_nats_url, count)
 
 
-def _event(job_id: str, stage: str, state: int, **page) -> bytes:
+def _event(job_id: str, stage: str, state: int, grant: str = "", **page) -> bytes:
     return events_pb2.ProgressEvent(
-        job_id=job_id, stage=stage, emitted_at=now_ts(),
+        job_id=job_id, stage=stage, emitted_at=now_ts(), grant=grant,
         page=jobs_pb2.PageRecord(page=1, state=state, **page)).SerializeToString()
 
 
@@ -108,13 +109,20 @@ def test_forged_events_are_refused_and_kept(stack, client, waiting_job):
         _event("0" * 22, "render", jobs_pb2.PAGE_STATE_RENDERING),
         # render claiming a page is tiled (only tile reports DONE)
         _event(job_id, "render", jobs_pb2.PAGE_STATE_DONE, width_px=1, height_px=1, levels=1),
+        # a well-formed report on a job render was never given work of: no
+        # grant, another job's grant, tile's grant for this job
+        _event(job_id, "render", jobs_pb2.PAGE_STATE_RENDERING),
+        _event(job_id, "render", jobs_pb2.PAGE_STATE_RENDERING,
+               grant=WorkGrants(stack.grant_key).mint("render", "0" * 22)),
+        _event(job_id, "render", jobs_pb2.PAGE_STATE_RENDERING,
+               grant=WorkGrants(stack.grant_key).mint("tile", job_id)),
     ]
     for payload in forgeries:
         outcome, _ = _as(stack, "render", lambda nc, p=payload: _publish(nc, subject, p))
         assert outcome == "stored"  # render may publish there; the progress service refuses it
 
-    wait_until("both forgeries are dead letters",
-               lambda: _dead_letters(stack, f"deadletter.progress.{job_id}") >= 2, timeout=30)
+    wait_until("every forgery is a dead letter",
+               lambda: _dead_letters(stack, f"deadletter.progress.{job_id}") >= 5, timeout=30)
     page = client.get_job(job_id).pages[0]
     assert page.state == jobs_pb2.PAGE_STATE_PENDING and page.width_px != 1
     assert page == before, "a forged event changed the page"
@@ -132,7 +140,9 @@ def test_a_page_key_comes_from_the_job_never_from_an_event(stack, client, corpus
         outcome, _ = _as(stack, "tile", lambda nc: _publish(
             nc, f"progress.tile.{job.job_id}",
             _event(job.job_id, "tile", jobs_pb2.PAGE_STATE_DONE, dzi_key=evil, width_px=10,
-                   height_px=10, levels=5, tile_size=256, format="jpg")))
+                   height_px=10, levels=5, tile_size=256, format="jpg",
+                   # as a tile given this job's page would hold
+                   grant=WorkGrants(stack.grant_key).mint("tile", job.job_id))))
         assert outcome == "stored"
         final = wait_ended(client, job.job_id, timeout=60)
     finally:

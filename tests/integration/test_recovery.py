@@ -133,7 +133,8 @@ def test_a_page_job_delivered_after_its_job_completed_leaves_nothing(corpus, sta
 
     async def deliver_again(js):
         queues = WorkQueues(js, Settings(ack_wait_seconds=ACK_WAIT_SECONDS,
-                                         max_deliver=MAX_DELIVER))
+                                         max_deliver=MAX_DELIVER,
+                                         work_grant_key=stack.grant_key))
         # The same page again, under a message id the stream has not seen.
         page_job = events_pb2.PageJob(job_id=job.job_id, plan=job.plan,
                                       source_key=job.source_key,

@@ -130,3 +130,25 @@ def test_a_report_with_a_variant_planzoom_does_not_make_is_refused():
     job = jobs_pb2.Job(job_id=job_id, plan=plan, total_pages=1, source_kind="pdf")
     job.pages.add(page=1).variants.add(name="../../evil", format="jpg", key="x")
     assert keys.with_keys(job).pages[0].variants[0].key == ""
+
+
+def test_a_report_without_its_stages_grant_for_the_job_is_refused():
+    """With grants on, an event is folded only if it carries the grant of
+    its stage for its job: not another job's, not another stage's."""
+    from planzoom.grants import WorkGrants
+    from services.progress.records import ForgedEvent, trusted_event
+
+    grants, job_id, other = WorkGrants("k" * 32), new_job_id(), new_job_id()
+
+    def event(grant: str) -> bytes:
+        return events_pb2.ProgressEvent(job_id=job_id, stage="render", grant=grant, page=(
+            jobs_pb2.PageRecord(page=1, state=jobs_pb2.PAGE_STATE_RENDERING))).SerializeToString()
+
+    subject = f"progress.render.{job_id}"
+    assert trusted_event(subject, event(grants.mint("render", job_id)), grants).job_id == job_id
+    for forged in ("", grants.mint("render", other), grants.mint("tile", job_id),
+                   WorkGrants("x" * 32).mint("render", job_id), "é" * 64):
+        with pytest.raises(ForgedEvent, match="without its grant"):
+            trusted_event(subject, event(forged), grants)
+    with pytest.raises(ValueError):
+        WorkGrants("short")
