@@ -59,3 +59,4 @@ class SourceInfo:
     indexes: list[int] = ()
     facts: list[dict] = ()  # ImageFacts fields, GPS included
     video: dict | None = None  # VideoInfo fields (planzoom.engines.video)
+    kind: str = ""  # the kind found, where it is not the one sniffed ("raw" for "tiff")

@@ -114,7 +114,14 @@ def _is_overview(page, first) -> bool:
 
 
 def image_pages(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
-    """The pages of an image file from its headers: every page of a TIFF
+    """The pages of an image file of ``kind`` as sniffed (see
+    :func:`effective_kind`); :func:`pages_of` tells what is refused."""
+    return pages_of(path, effective_kind(path, kind, limits), limits)
+
+
+def pages_of(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
+    """The pages of an image file of ``kind`` (as :func:`effective_kind`
+    decided it) from its headers: every page of a TIFF
     (overviews and directories libvips cannot read skipped), the first frame
     of a GIF, the primary image of a HEIF/AVIF, the developed image of a RAW.
 
@@ -125,7 +132,6 @@ def image_pages(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
     max_pages = limits.max_pages
     import pyvips
 
-    kind = effective_kind(path, kind, limits)
     if kind.is_raw:
         return [_raw_page(path, limits)]
     if kind.name == "heif":
@@ -171,9 +177,11 @@ def image_pages(path: str, kind: Kind, limits: Limits) -> list[ImagePage]:
 
 def inspect(path: str, kind: Kind, limits: Limits) -> SourceInfo:
     """The pages of an image file from its headers (nothing is decoded; see
-    :func:`image_pages` for what is refused)."""
-    pages = image_pages(path, kind, limits)
-    return SourceInfo(page_sizes=[(p.width_pt, p.height_pt) for p in pages],
+    :func:`pages_of` for what is refused), and its kind where its structure
+    says otherwise than the sniff did (a RAW in a TIFF container)."""
+    kind = effective_kind(path, kind, limits)
+    pages = pages_of(path, kind, limits)
+    return SourceInfo(kind=kind.name, page_sizes=[(p.width_pt, p.height_pt) for p in pages],
                       pixel_sizes=[(p.width_px, p.height_px) for p in pages],
                       dpis=[p.dpi for p in pages], indexes=[p.index for p in pages],
                       facts=[p.facts for p in pages])

@@ -315,8 +315,10 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         """Inspect the spooled file, then return the job these bytes, plan and
         options already have (deduplicated) or create it: store the source
         under its hash, store the record, publish one page job per page."""
-        kind = spool.kind
-        info = await self._inspect(spool.path, kind, plan.org)
+        info = await self._inspect(spool.path, spool.kind, plan.org)
+        # A TIFF container may hold a RAW (and a RAW-looking file be a TIFF):
+        # the worker decided from the whole file.
+        kind = KINDS.get(info.kind, spool.kind)
         geometries = engines.geometries(info, options, self.s.max_page_side_pixels)
         work = self._check_budget(info, geometries, options)
         job_id = new_job_id()
