@@ -24,7 +24,7 @@ class Spool:
     """The upload in a temporary file under ``work_dir``: its size, sha256,
     first bytes and :class:`~planzoom.media.Kind`. Refuses more than
     ``limit`` bytes (UploadTooLarge), more than ``scratch`` has room for
-    (ScratchFull, retryable) and, once the first 1024 bytes are in,
+    (ScratchFull, retryable) and, once its first HEADER_WINDOW bytes are in,
     anything that is not a PDF or a still image (Unsupported)."""
 
     def __init__(self, work_dir: str | None, limit: int, video_limit: int | None = None,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from planzoom.config import Settings
 from planzoom.errors import PlanzoomError
 from planzoom.ids import ID_PATTERN, InvalidId, check_id
-from planzoom.media import Unsupported, sniff
+from planzoom.media import HEADER_WINDOW, PDF_WINDOW, Unsupported, sniff
 from planzoom.options import resolve_options
 from planzoom.v1 import jobs_pb2
 from services.ingest.spool import Spool
@@ -37,10 +37,10 @@ def test_sniff_fuzz(head):
     try:
         kind = sniff(head)
     except Unsupported as e:
-        assert b"%PDF-" not in head[:1024] and e.message
+        assert b"%PDF-" not in head[:PDF_WINDOW] and e.message
         return
     if kind.name == "pdf":
-        assert b"%PDF-" in head[:1024]
+        assert b"%PDF-" in head[:PDF_WINDOW]
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 2**32 - 1),
@@ -67,7 +67,7 @@ def test_spool_fuzz(tmp_path_factory, chunks, limit):
             spool.write(c)
         spool.finish()
         data = b"".join(chunks)
-        assert len(data) <= limit and spool.kind == sniff(data[:1024])
+        assert len(data) <= limit and spool.kind == sniff(data[:HEADER_WINDOW])
     except PlanzoomError as e:
         data = b"".join(chunks)
         assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
