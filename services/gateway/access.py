@@ -141,15 +141,20 @@ class Gatekeeper:
                 reason="RATE_LIMITED", retry_after=1.0)
 
     def check(self, request: Request, role: str, allow_link: bool = False,
-              job_id: str | None = None) -> Access:
+              job_id: str | None = None, cap: str | None = None) -> Access:
         """The request's :class:`Access`, if it may act with ``role``.
 
-        A signed link (``?cap=``) counts where ``allow_link`` is set, as a
-        viewer of its own job (``job_id``) only: another job is 404, as if
-        it did not exist. Raises Unauthenticated (401), PermissionDenied
-        (403), NotFound (404) or ResourceExhausted (429)."""
+        A signed link counts where ``allow_link`` is set, as a viewer of its
+        own job (``job_id``) only: another job is 404, as if it did not
+        exist. The link is ``cap`` where the route has it in its path (IIIF
+        clients build URLs by appending to a service id and send no
+        headers), else ``?cap=``. Raises Unauthenticated (401),
+        PermissionDenied (403), NotFound (404) or ResourceExhausted (429)."""
         header = request.headers.get("authorization")
-        cap = request.query_params.get("cap") if allow_link else None
+        if allow_link and cap is None:
+            cap = request.query_params.get("cap")
+        elif not allow_link:
+            cap = None
         anonymous = f"anonymous:{request.client.host if request.client else 'unknown'}"
         if header is None and cap is None:
             self.throttle(anonymous)
