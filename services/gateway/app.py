@@ -27,6 +27,7 @@ from planzoom.slots import Slots
 from planzoom.storage import AsyncReader, ObjectStore
 from services.gateway import (
     downloads,
+    iiif,
     job_routes,
     problems,
     sheet_routes,
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(upload_routes.router)
     app.include_router(webhooks.router)
     app.include_router(viewer.router)
+    app.include_router(iiif.router)
     if not viewer.OPENSEADRAGON.exists():
         log.warning("%s is missing (run make setup): the viewer will not load",
                     viewer.OPENSEADRAGON)

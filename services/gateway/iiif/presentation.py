@@ -1,0 +1,5 @@
+"""IIIF presentation (being written)."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
