@@ -20,7 +20,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PLANZOOM_", extra="ignore")
 
     # Infrastructure
+    #: One NATS server, or several of one cluster separated by commas
+    #: (``nats://n1:4222,nats://n2:4222``): a client moves to another when
+    #: its server goes away.
     nats_url: str = "nats://127.0.0.1:4222"
+    #: Copies JetStream keeps of each stream, durable consumer and KV bucket:
+    #: 1 on a single server; 3 (or 5) on a cluster of at least as many
+    #: servers, so losing one server (and its volume) loses nothing.
+    nats_replicas: int = 1
     nats_creds_file: str | None = None  # NATS credentials file (JWT + nkey seed), or
     nats_user: str | None = None  # a user and password (planzoom.messaging.permissions)
     nats_password: str | None = None
@@ -178,6 +185,18 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
 
     log_level: str = "INFO"
+
+    @field_validator("nats_replicas")
+    @classmethod
+    def _odd_replicas(cls, value: int) -> int:
+        if value not in (1, 3, 5):
+            raise ValueError("JetStream keeps 1, 3 or 5 replicas")
+        return value
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The server URLs of ``nats_url`` (one, or several separated by commas)."""
+        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
 
     @field_validator("scratch_bytes", mode="before")
     @classmethod

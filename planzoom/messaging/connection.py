@@ -16,16 +16,17 @@ log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, name: str) -> NATS:
-    """Connect as ``planzoom-<name>`` with unlimited reconnects (a restarted
-    server is picked up), the credentials of the settings (a creds file, or
-    a user and password) and the service's own reply inbox prefix (see
-    :mod:`planzoom.messaging.permissions`)."""
+    """Connect as ``planzoom-<name>`` to one of the servers of
+    ``PLANZOOM_NATS_URL``, with unlimited reconnects (a restarted server, or
+    another of the cluster, is picked up), the credentials of the settings
+    (a creds file, or a user and password) and the service's own reply
+    inbox prefix (see :mod:`planzoom.messaging.permissions`)."""
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", e)
 
     return await nats.connect(
-        settings.nats_url,
+        settings.nats_servers,
         user_credentials=settings.nats_creds_file,
         user=settings.nats_user,
         password=settings.nats_password,

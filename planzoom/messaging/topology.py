@@ -30,11 +30,21 @@ KV bucket ``planzoom_jobs`` holds job records (see :mod:`planzoom.jobstore`),
 ``planzoom_gateway`` the gateway's state: tus uploads, webhook endpoints
 and webhook dead letters.
 All setup calls are idempotent: every service runs them at startup.
+
+Replicas: every stream, durable consumer and KV bucket is kept on
+``PLANZOOM_NATS_REPLICAS`` servers (1, or 3 or 5 on a JetStream cluster).
+A stream or bucket made with another count is changed in place (the server
+copies it to the new peers; setup waits until they are current); if the
+server refuses (more replicas than servers), it keeps its count and the
+refusal is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from dataclasses import replace
 
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -46,7 +56,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from planzoom.config import Settings
@@ -82,6 +92,9 @@ DEAD_LETTER_MAX_AGE_SECONDS = 30 * 24 * 3600
 #: takes milliseconds to fold, and one must not be dropped while NATS or KV
 #: is briefly unreachable.
 PROGRESS_ACK_WAIT_SECONDS, PROGRESS_MAX_DELIVER = 30.0, 50
+#: How long setup waits for a stream whose replica count it changed to have
+#: a leader and every new replica current.
+REPLICATION_WAIT_SECONDS = 60.0
 
 #: Message type and stage of each work stream (the page jobs).
 WORK_STREAMS = {
@@ -118,26 +131,60 @@ def decode_work(stream: str, data: bytes):
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     try:
-        await js.stream_info(config.name)
+        info = await js.stream_info(config.name)
     except NotFoundError:
         try:
             await js.add_stream(config)
             return
-        except BadRequestError:
-            pass  # created concurrently by another service: fall through to update
-    await js.update_stream(config)
+        except BadRequestError:  # created concurrently by another service
+            info = await js.stream_info(config.name)
+    await _update_stream(js, config, info.config.num_replicas)
+
+
+async def _update_stream(js: JetStreamContext, config: StreamConfig, had: int) -> None:
+    """Bring a stream that has ``had`` replicas to ``config``. A change of
+    replicas the server refuses is logged, and the rest of ``config``
+    applied with the replicas it has."""
+    if config.num_replicas == had:
+        await js.update_stream(config)
+        return
+    try:
+        await js.update_stream(config)
+    except APIError as e:
+        log.error("stream %s keeps %s replicas: the server refused %s (%s); "
+                  "PLANZOOM_NATS_REPLICAS cannot exceed the servers of the JetStream cluster",
+                  config.name, had, config.num_replicas, e.description or e)
+        await js.update_stream(replace(config, num_replicas=had))
+        return
+    log.info("stream %s: replicas %s, was %s", config.name, config.num_replicas, had)
+    await _wait_replicated(js, config.name, config.num_replicas)
+
+
+async def _wait_replicated(js: JetStreamContext, stream: str, replicas: int) -> None:
+    """Wait until ``stream`` has a leader and ``replicas - 1`` current
+    followers (consumers cannot be placed before); log if that takes longer
+    than REPLICATION_WAIT_SECONDS."""
+    deadline = time.monotonic() + REPLICATION_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        cluster = (await js.stream_info(stream)).cluster
+        if cluster is None or (cluster.leader and sum(
+                bool(p.current) for p in cluster.replicas or ()) >= replicas - 1):
+            return
+        await asyncio.sleep(0.5)
+    log.error("stream %s: its %s replicas are not all current after %.0f s",
+              stream, replicas, REPLICATION_WAIT_SECONDS)
 
 
 #: The consumer settings planzoom sets, compared to decide whether to update.
 _CONSUMER_FIELDS = ("filter_subject", "ack_policy", "deliver_policy", "ack_wait", "max_deliver",
-                    "max_ack_pending")
+                    "max_ack_pending", "num_replicas")
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer, or bring an existing one's settings in
     line. Never deletes one: that would drop the delivery state of every
     page in flight. The server changes editable settings (ack wait,
-    deliveries, ...) in place; if it refuses a change (a setting that
+    deliveries, replicas, ...) in place; if it refuses a change (a setting that
     cannot be edited, or another replica's differing settings), the
     consumer is kept as it is and the difference is logged."""
     try:
@@ -162,8 +209,10 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
 
 
 async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue:
-    """Create or update streams, durable consumers and the jobs KV bucket;
-    return the bucket. Safe to call from every service at every start."""
+    """Create or update streams, durable consumers and the jobs KV bucket,
+    each with ``settings.nats_replicas`` replicas; return the bucket. Safe
+    to call from every service at every start."""
+    replicas = settings.nats_replicas
     advisories = [f"{MAX_DELIVERIES_ADVISORY}.{stream}.*" for stream in WORK_STREAMS]
     for name, subjects, retention, max_age in (
         (RENDER_STREAM, [RENDER_SUBJECTS], RetentionPolicy.WORK_QUEUE, None),
@@ -185,6 +234,7 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
                 max_age=max_age,
+                num_replicas=replicas,
             ),
         )
     try:
@@ -211,17 +261,24 @@ async def ensure_jetstream(js: JetStreamContext, settings: Settings) -> KeyValue
                 ack_wait=ack_wait,
                 max_deliver=max_deliver,
                 max_ack_pending=1000,
+                num_replicas=replicas,
             ),
         )
-    await ensure_bucket(js, GATEWAY_BUCKET)
-    return await ensure_bucket(js, JOBS_BUCKET)
+    await ensure_bucket(js, GATEWAY_BUCKET, replicas)
+    return await ensure_bucket(js, JOBS_BUCKET, replicas)
 
 
-async def ensure_bucket(js: JetStreamContext, name: str) -> KeyValue:
-    """The KV bucket ``name`` (one revision per key, file storage), created
-    if missing."""
+async def ensure_bucket(js: JetStreamContext, name: str, replicas: int = 1) -> KeyValue:
+    """The KV bucket ``name`` (one revision per key, file storage, on
+    ``replicas`` servers), created if missing; an existing one is brought
+    to ``replicas``."""
     try:
-        return await js.key_value(name)
+        bucket = await js.key_value(name)
     except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE))
+        return await js.create_key_value(KeyValueConfig(
+            bucket=name, history=1, storage=StorageType.FILE, replicas=replicas))
+    info = await js.stream_info(f"KV_{name}")
+    if info.config.num_replicas != replicas:
+        await _update_stream(js, replace(info.config, num_replicas=replicas),
+                             info.config.num_replicas)
+    return bucket

@@ -99,7 +99,7 @@ class WorkQueues:
             ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
             ack_wait=self.s.ack_wait_seconds, max_deliver=self.s.max_deliver,
             max_ack_pending=self.s.org_max_pages_in_flight,
-            inactive_threshold=IDLE_CONSUMER_SECONDS)
+            inactive_threshold=IDLE_CONSUMER_SECONDS, num_replicas=self.s.nats_replicas)
 
     async def ensure(self, org: str, streams: tuple[str, ...] = (RENDER_STREAM, TILE_STREAM)
                      ) -> None:

@@ -266,7 +266,8 @@ class Webhooks:
             durable_name=f"{topology.WEBHOOKS_CONSUMER}-{org}",
             filter_subject=topology.webhook_subject(org), ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL, ack_wait=topology.WEBHOOK_ACK_WAIT_SECONDS,
-            max_deliver=-1, max_ack_pending=self.s.webhook_org_in_flight))
+            max_deliver=-1, max_ack_pending=self.s.webhook_org_in_flight,
+            num_replicas=self.s.nats_replicas))
         self._ensured.add(org)
 
     async def fan_out(self, data: bytes, delivery: Delivery) -> None:
