@@ -34,12 +34,14 @@ tile_workers_option = click.option(
 
 
 def start_stack(data_dir: Path | None, tile_workers: int,
-                ports: Ports | None = None) -> EmbeddedStack:
+                ports: Ports | None = None, nats_cluster: int = 1) -> EmbeddedStack:
     """Start the embedded stack in ``data_dir`` (default: a new temp dir) on
-    ``ports`` (default: the documented fixed ones); exit with status 2,
-    saying which part failed, if it does not come up."""
+    ``ports`` (default: the documented fixed ones), with ``nats_cluster``
+    NATS servers; exit with status 2, saying which part failed, if it does
+    not come up."""
     data = data_dir or Path(tempfile.mkdtemp(prefix="planzoom-stack-"))
-    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers, ports=ports or Ports())
+    stack = EmbeddedStack(data_dir=data, tile_workers=tile_workers, ports=ports or Ports(),
+                          nats_cluster=nats_cluster)
     with console.status("starting NATS JetStream, the S3 endpoint and the four services…"):
         try:
             stack.start()
@@ -53,12 +55,18 @@ def start_stack(data_dir: Path | None, tile_workers: int,
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="JetStream store, S3 data and logs (default: a new temp dir).")
 @tile_workers_option
-def up(data_dir, tile_workers):
+@click.option("--nats-cluster", type=click.Choice(["1", "3", "5"]), default="1",
+              show_default=True,
+              help="NATS servers: 3 or 5 run as one JetStream cluster that keeps every "
+                   "stream and KV bucket on each, so losing a server loses nothing.")
+def up(data_dir, tile_workers, nats_cluster):
     """Run the embedded stack on 127.0.0.1 until Ctrl-C."""
-    stack = start_stack(data_dir, tile_workers)
+    stack = start_stack(data_dir, tile_workers, nats_cluster=int(nats_cluster))
     env = stack.env()
     table = Table("part", "address")
-    table.add_row("NATS JetStream", env["PLANZOOM_NATS_URL"])
+    nats = "NATS JetStream" if stack.nats_cluster == 1 else \
+        f"NATS JetStream (cluster of {stack.nats_cluster}, replicas {stack.nats_cluster})"
+    table.add_row(nats, env["PLANZOOM_NATS_URL"])
     table.add_row("S3 endpoint (bucket planzoom)", env["PLANZOOM_S3_ENDPOINT_URL"])
     for name in ("ingest", "progress", "render", "tile", "transcode"):
         table.add_row(f"{name} (gRPC)", env[f"PLANZOOM_{name.upper()}_ADDR"])

@@ -10,6 +10,12 @@ store (SeaweedFS), or turns S3 faults on for a while (throttling and reset
 connections, through the fault proxy). Then the chaos stops and every job
 is given ``--grace`` seconds to end.
 
+With ``--nats-cluster 3`` NATS is a JetStream cluster of three servers
+(streams, consumers and KV buckets at three replicas), and the chaos also
+SIGKILLs one of the three at random and starts it again a few seconds
+later ("kill nats node", about two faults in five); "restart nats"
+restarts all three.
+
 Printed at the end, each a count that must be zero:
 
 - not ended: jobs that have not ended;
@@ -63,6 +69,9 @@ SETS = [("arch-renovation-plans-7p-a4-affinity-latirasse.pdf", 30),
 ORGS = ("north", "south", "east")
 CHAOS = ("kill render", "kill tile", "kill progress", "restart nats", "restart s3",
          "s3 faults")
+#: With a NATS cluster, the share of faults that SIGKILL one of its servers
+#: (the others are drawn from CHAOS as without one).
+NODE_KILL_SHARE = 0.4
 #: A submit's layout, in turn.
 LAYOUTS = (jobs_pb2.PYRAMID_LAYOUT_FILES, jobs_pb2.PYRAMID_LAYOUT_ARCHIVE)
 
@@ -140,11 +149,19 @@ class Soak:
                     print(f"  {log.stem}: {line[:4000]}", file=sys.stderr)
 
     def _chaos(self) -> None:
+        cluster = self.stack.nats_cluster > 1
         while not self.stop.wait(self.rng.uniform(5, 15)):
-            what = self.rng.choice(CHAOS)
+            what = "kill nats node" if cluster and self.rng.random() < NODE_KILL_SHARE \
+                else self.rng.choice(CHAOS)
             self.chaos[what] += 1
             print(f"chaos: {what}", file=sys.stderr)
-            if what.startswith("kill "):
+            if what == "kill nats node":
+                node = self.rng.randint(1, self.stack.nats_cluster)
+                print(f"chaos: SIGKILL NATS server {node}", file=sys.stderr)
+                self.stack.kill_nats_node(node)
+                self.stop.wait(self.rng.uniform(2, 6))
+                self.stack.restart_nats_node(node)
+            elif what.startswith("kill "):
                 name = what.split()[1]
                 self.stack.kill(name)
                 self.stack.start_service(name)
@@ -176,6 +193,19 @@ class Soak:
             watcher.join(max(0.0, deadline - time.monotonic()))
         return self._verdict(baseline, n)
 
+    def _get_job(self, org: str, job_id: str, patience: float = 60.0) -> jobs_pb2.Job:
+        """The job's record, asked again while the answer is UNAVAILABLE (as
+        any client does): right after the chaos, a stream whose leader went
+        with a killed NATS server may still be electing a new one."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return self.clients[org].get_job(job_id)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
     def _verdict(self, baseline: dict[str, int], submitted: int) -> dict[str, int]:
         import boto3
 
@@ -186,7 +216,7 @@ class Soak:
                           region_name="us-east-1")
         counts = Counter()
         for job_id, org in self.jobs.items():
-            job = self.clients[org].get_job(job_id)
+            job = self._get_job(org, job_id)
             if not ended(job):
                 counts["not ended"] += 1
                 continue
@@ -225,11 +255,15 @@ def main() -> None:
                         help="seconds the jobs get to end afterwards")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--nats-cluster", type=int, choices=(1, 3), default=1,
+                        help="NATS servers: 3 run as one JetStream cluster, and the chaos "
+                             "kills one of them at times")
     args = parser.parse_args()
     ports = Ports.free()
     proxy = FaultProxy(f"http://127.0.0.1:{ports.s3}").start()
     with tempfile.TemporaryDirectory(prefix="planzoom-soak-") as tmp:
-        stack = EmbeddedStack(data_dir=Path(tmp), ports=ports, tile_workers=2, extra_env={
+        stack = EmbeddedStack(data_dir=Path(tmp), ports=ports, tile_workers=2,
+                              nats_cluster=args.nats_cluster, extra_env={
             "PLANZOOM_S3_ENDPOINT_URL": proxy.url, "PLANZOOM_ACK_WAIT_SECONDS": "10",
             "PLANZOOM_SWEEP_SECONDS": "5", "PLANZOOM_STALL_SECONDS": "60"})
         stack.start()

