@@ -280,6 +280,8 @@ def test_images_follow_registry_and_tag():
 @pytest.mark.parametrize("bad", [
     {"s3": {"bucket": "Bad_Bucket!"}},
     {"nats": {"url": "http://nats:4222"}},
+    {"nats": {"url": "nats://nats-0:4222,http://nats-1:4222"}},
+    {"nats": {"replicas": 2}},
     {"components": {"tile": {"enabled": True, "grpcPort": 70000}}},
     {"config": {"NOT_PLANZOOM": "1"}},
     {"image": {"repository": "planzoom", "pullPolicy": "Sometimes"}},
@@ -289,6 +291,16 @@ def test_schema_rejects_bad_values(bad):
         chart.validate_schema({})  # the defaults pass
         with pytest.raises(helm.errors.HelmValuesError):
             chart.validate_schema(bad)
+
+
+def test_jetstream_is_replicated_on_three_servers_by_default():
+    (cm,) = by_kind(render({}), "ConfigMap").values()
+    assert cm["data"]["PLANZOOM_NATS_REPLICAS"] == "3"
+    several = "nats://nats-0.nats-headless:4222,nats://nats-1.nats-headless:4222"
+    (cm,) = by_kind(render({"nats": {"url": several, "replicas": 1}}), "ConfigMap").values()
+    assert (cm["data"]["PLANZOOM_NATS_URL"], cm["data"]["PLANZOOM_NATS_REPLICAS"]) == (several, "1")
+    nats = yaml.safe_load((ROOT / "deploy" / "k8s" / "nats" / "values.yaml").read_text())
+    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
 
 
 def test_notes_tell_how_to_submit():

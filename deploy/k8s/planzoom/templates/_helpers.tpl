@@ -68,6 +68,7 @@ Job, a pre-install hook that runs before the ConfigMap exists, gets them as
 env values). A YAML map of strings. */}}
 {{- define "planzoom.config" -}}
 PLANZOOM_NATS_URL: {{ .Values.nats.url | quote }}
+PLANZOOM_NATS_REPLICAS: {{ .Values.nats.replicas | int | quote }}
 PLANZOOM_S3_REGION: {{ .Values.s3.region | quote }}
 PLANZOOM_S3_BUCKET: {{ .Values.s3.bucket | quote }}
 PLANZOOM_S3_CREATE_BUCKET: {{ .Values.s3.createBucket | quote }}
