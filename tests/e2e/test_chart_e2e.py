@@ -163,6 +163,7 @@ def cluster(images, tmp_path_factory):
                                       "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY})
           for c in COMPONENTS),
         secret("planzoom-gateway", {"signing-key": secrets.token_hex(32)}),
+        secret("planzoom-work-grants", {"key": secrets.token_hex(32)}),
     ]
     # The defaults, plus what an operator must set for this cluster, plus
     # two tile pods (the default autoscaler floor is one) and short ack
@@ -170,6 +171,8 @@ def cluster(images, tmp_path_factory):
     values = {
         "nats": {"url": "nats://nats:4222", "usersSecret": "planzoom-nats-users"},
         "s3": {"endpointUrl": "http://s3:9000", "createBucket": True},
+        "networkPolicy": {"s3": {"ports": [9000], "to": [{"podSelector": {"matchLabels": {
+            "app": "s3"}}}]}},
         "tls": {"secretName": "planzoom-tls"},
         "auth": {"issuer": ISSUER, "audience": AUDIENCE},
         "ackWaitSeconds": 10,

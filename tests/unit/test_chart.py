@@ -19,6 +19,8 @@ CHART = ROOT / "deploy" / "k8s" / "planzoom"
 K8S_VERSION = "1.30.0"
 COMPONENTS = ("gateway", "ingest", "progress", "render", "tile", "transcode")
 
+MINIO = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}},
+         "podSelector": {"matchLabels": {"app": "minio"}}}
 VARIANTS = {
     "defaults": {},
     "keda-off": {"keda": {"enabled": False}},
@@ -27,7 +29,8 @@ VARIANTS = {
     "minio-and-nats-creds": {"s3": {"endpointUrl": "http://minio.storage:9000",
                                     "createBucket": True, "credentialsSecret": "minio-keys"},
                              "nats": {"url": "tls://nats.nats:4222",
-                                      "credentialsSecret": "planzoom-nats"}},
+                                      "credentialsSecret": "planzoom-nats"},
+                             "networkPolicy": {"s3": {"ports": [9000], "to": [MINIO]}}},
     "registry-and-tag": {"image": {"registry": "registry.example.com/plans", "tag": "1.2.3"},
                          "config": {"PLANZOOM_DEFAULT_DPI": "200", "PLANZOOM_MAX_PAGES": 500}},
     "render-disabled": {"components": {"render": {"enabled": False, "grpcPort": 50053}}},
@@ -351,11 +354,17 @@ def test_network_policies_allow_exactly_the_documented_traffic():
     clients = json.dumps([{"namespaceSelector": team}], sort_keys=True)
     scrapers = json.dumps([{"namespaceSelector": {"matchLabels": {"m": "y"}}}], sort_keys=True)
     ports = {"ingest": 50051, "progress": 50052, "gateway": 8080}
+    public = [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "169.254.0.0/16",
+        "100.64.0.0/10", "0.0.0.0/8"]}},
+        {"ipBlock": {"cidr": "::/0", "except": ["fc00::/7", "fe80::/10", "::1/128"]}}]
     common_egress = {
         ((53, "TCP"), (53, "UDP")): json.dumps([{"namespaceSelector": {"matchLabels": {
             "kubernetes.io/metadata.name": "kube-system"}}}], sort_keys=True),
-        ((4222, "TCP"),): json.dumps("anywhere"),
-        ((443, "TCP"), (9000, "TCP")): json.dumps("anywhere"),
+        ((4222, "TCP"),): json.dumps([{"podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "nats"}}}], sort_keys=True),
+        # AWS S3 (no endpoint set): public addresses only
+        ((443, "TCP"), (9000, "TCP")): json.dumps(public, sort_keys=True),
     }
     for component in COMPONENTS:
         spec = policies[f"pz-planzoom-{component}"]["spec"]
@@ -369,14 +378,64 @@ def test_network_policies_allow_exactly_the_documented_traffic():
         egress = set(common_egress.items())
         if component == "gateway":
             egress |= {(((50051, "TCP"),), pods("ingest")), (((50052, "TCP"),), pods("progress"))}
-            [hooks] = [r for r in spec["egress"] if any("ipBlock" in p for p in r.get("to", []))]
-            assert {p["port"] for p in hooks["ports"]} == {80, 443}
-            blocks = {p["ipBlock"]["cidr"]: set(p["ipBlock"]["except"]) for p in hooks["to"]}
-            assert {"10.0.0.0/8", "169.254.0.0/16", "127.0.0.0/8"} <= blocks["0.0.0.0/0"]
-            assert {"fc00::/7", "::1/128"} <= blocks["::/0"]
-            egress.add((tuple(sorted((p["port"], "TCP") for p in hooks["ports"])),
-                        json.dumps(hooks["to"], sort_keys=True)))
+            egress.add((((80, "TCP"), (443, "TCP")), json.dumps(public, sort_keys=True)))
         assert _rules(spec["egress"], "to") == egress, component
+
+
+def test_an_s3_endpoint_of_ones_own_must_be_named_for_egress():
+    """With s3.endpointUrl set (MinIO, SeaweedFS, ...) the pods' S3 egress
+    goes to networkPolicy.s3.to only; left empty, the chart refuses to
+    render (any address on the endpoint's ports is no policy), unless
+    insecure."""
+    minio = {"s3": {"endpointUrl": "http://minio.storage:9000"},
+             "networkPolicy": {"s3": {"ports": [9000]}}}
+    with pytest.raises(Exception, match="networkPolicy.s3.to must name the S3 endpoint"):
+        render(minio)
+    named = {**minio, "networkPolicy": {"s3": {"ports": [9000], "to": [MINIO]}}}
+    for policy in by_kind(render(named), "NetworkPolicy").values():
+        [rule] = [r for r in policy["spec"]["egress"] if r["ports"] == [
+            {"port": 9000, "protocol": "TCP"}]]
+        assert rule["to"] == [MINIO]
+    insecure = by_kind(render({**minio, "insecure": True}, secure=False), "NetworkPolicy")
+    assert insecure, "insecure renders, S3 open on its ports"
+
+
+def test_each_pod_knows_its_scratch_volume():
+    """Every Deployment's emptyDir and PLANZOOM_SCRATCH_BYTES say the same
+    size: the component's tmpSizeLimit, else tmp.sizeLimit."""
+    docs = render({"tmp": {"sizeLimit": "3Gi"}, "components": {
+        "tile": {"enabled": True, "grpcPort": 50054, "tmpSizeLimit": "512Mi"}}})
+    sizes = {}
+    for name, deployment in by_kind(docs, "Deployment").items():
+        pod = deployment["spec"]["template"]["spec"]
+        [volume] = [v for v in pod["volumes"] if v["name"] == "tmp"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["PLANZOOM_SCRATCH_BYTES"] == volume["emptyDir"]["sizeLimit"], name
+        sizes[name.removeprefix("pz-planzoom-")] = volume["emptyDir"]["sizeLimit"]
+    assert sizes == {"gateway": "3Gi", "ingest": "12Gi", "progress": "3Gi", "render": "8Gi",
+                     "tile": "512Mi", "transcode": "24Gi"}
+    defaults = by_kind(render({}), "Deployment")
+    assert {n: [v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp"][0][
+        "emptyDir"]["sizeLimit"] for n, d in defaults.items()} == {
+        "pz-planzoom-gateway": "4Gi", "pz-planzoom-ingest": "12Gi", "pz-planzoom-progress": "4Gi",
+        "pz-planzoom-render": "8Gi", "pz-planzoom-tile": "4Gi", "pz-planzoom-transcode": "24Gi"}
+
+
+def test_only_ingest_and_progress_hold_the_work_grants_key():
+    """The key that signs work grants reaches the two services that hand out
+    work, never the stages that do it; with no Secret named, none."""
+    def holders(docs):
+        return {name.removeprefix("pz-planzoom-") for name, d in by_kind(docs, "Deployment").items()
+                if any(e["name"] == "PLANZOOM_WORK_GRANT_KEY"
+                       for e in d["spec"]["template"]["spec"]["containers"][0]["env"])}
+
+    docs = render({})
+    assert holders(docs) == {"ingest", "progress"}
+    [ingest] = [d for n, d in by_kind(docs, "Deployment").items() if n.endswith("-ingest")]
+    [env] = [e for e in ingest["spec"]["template"]["spec"]["containers"][0]["env"]
+             if e["name"] == "PLANZOOM_WORK_GRANT_KEY"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "planzoom-work-grants", "key": "key"}
+    assert holders(render({"workGrants": {"keySecret": ""}})) == set()
 
 
 def test_default_network_policy_lets_any_client_reach_the_apis():

@@ -124,3 +124,18 @@ in clear from the gateway to ingest and progress.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+NetworkPolicy peers: every address but private, loopback, link-local and
+shared ranges (networkPolicy.webhooks.exceptIPv4/exceptIPv6).
+*/}}
+{{- define "planzoom.publicAddresses" -}}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    except:
+      {{- toYaml .Values.networkPolicy.webhooks.exceptIPv4 | nindent 6 }}
+- ipBlock:
+    cidr: ::/0
+    except:
+      {{- toYaml .Values.networkPolicy.webhooks.exceptIPv6 | nindent 6 }}
+{{- end }}
