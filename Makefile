@@ -46,16 +46,22 @@ $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt \
 	    -e '.[cli,embedded,dev,test,bench]' -e ./cli -e ./devstack
+	# iiif-prezi3, the IIIF Presentation 3 model the tests validate manifests
+	# with, pins Pillow<=12.0.0, which planzoom cannot take (13.0.0 fixes
+	# advisories against 12.x): installed without its dependencies (pydantic
+	# and requests are here already), for tests only, never into an image.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt iiif-prezi3
 	touch $@
 
-# The viewer's OpenSeadragon, hls.js and pmtiles (with the fflate it bundles):
-# the npm packages pinned in services/gateway/web/package-lock.json
-# (integrity-checked by npm ci), their builds copied to where the gateway
-# serves them. Nothing comes from a CDN.
+# The viewer's OpenSeadragon, hls.js and pmtiles (with the fflate it bundles),
+# and Mirador 4 for IIIF manifests (its UMD build bundles React, MUI and its
+# own OpenSeadragon): the npm packages pinned in
+# services/gateway/web/package-lock.json (integrity-checked by npm ci), their
+# builds copied to where the gateway serves them. Nothing comes from a CDN.
 $(OSD): $(WEB)/package.json $(WEB)/package-lock.json
 	npm ci --prefix $(WEB) --no-audit --no-fund --ignore-scripts --loglevel=error
-	rm -rf $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles
-	mkdir -p $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles
+	rm -rf $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles $(VENDOR)/mirador
+	mkdir -p $(VENDOR)/openseadragon $(VENDOR)/hls.js $(VENDOR)/pmtiles $(VENDOR)/mirador
 	cp -r $(WEB)/node_modules/openseadragon/build/openseadragon/openseadragon.min.js \
 	      $(WEB)/node_modules/openseadragon/build/openseadragon/images \
 	      $(WEB)/node_modules/openseadragon/LICENSE.txt $(VENDOR)/openseadragon/
@@ -64,6 +70,8 @@ $(OSD): $(WEB)/package.json $(WEB)/package-lock.json
 	cp $(WEB)/node_modules/pmtiles/dist/pmtiles.js $(WEB)/node_modules/pmtiles/package.json \
 	   $(VENDOR)/pmtiles/
 	cp $(WEB)/node_modules/fflate/LICENSE $(VENDOR)/pmtiles/fflate-LICENSE
+	cp $(WEB)/node_modules/mirador/dist/mirador.min.js $(WEB)/node_modules/mirador/LICENSE \
+	   $(VENDOR)/mirador/
 
 # Generated protobuf/gRPC code is not committed: it is built from protos/ here.
 proto: $(GEN)
