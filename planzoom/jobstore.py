@@ -17,6 +17,7 @@ using compare-and-set on the KV revision (``update(..., last=revision)``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 
@@ -272,6 +273,18 @@ class JobStore:
             entry = await self.kv.get(key)
             holder, _, claimed_at = entry.value.decode().partition(" ")
             return holder, float(claimed_at or 0)
+
+    async def release_dedup(self, key: str, job_id: str) -> None:
+        """Drop ``job_id``'s claim on ``key`` (its job was never created), so
+        an identical submit need not wait for the claim to go stale. A claim
+        someone else holds by now is left alone."""
+        try:
+            entry = await self.kv.get(key)
+        except (KeyNotFoundError, KeyDeletedError):
+            return
+        if entry.value.decode().partition(" ")[0] == job_id:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self.kv.delete(key, last=entry.revision)
 
     async def replace_dedup(self, key: str, old_job_id: str, job_id: str) -> bool:
         """Move a claim from ``old_job_id`` (a job that ended without

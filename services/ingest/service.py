@@ -321,14 +321,37 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         kind = KINDS.get(info.kind, spool.kind)
         geometries = engines.geometries(info, options, self.s.max_page_side_pixels)
         work = self._check_budget(info, geometries, options)
-        job_id = new_job_id()
-        existing = await self._claim(dedup_key(plan, sha, options), job_id)
+        job_id, claim = new_job_id(), dedup_key(plan, sha, options)
+        existing = await self._claim(claim, job_id)
         if existing is not None:
             log.info("duplicate submit", extra={"job_id": existing.job_id})
             metrics.JOBS.labels("deduplicated").inc()
             return ingest_pb2.SubmitJobResponse(job_id=existing.job_id, deduplicated=True,
                                                 job=existing)
+        try:
+            return await self._store_job(spool, sha, plan, options, filename, job_id, kind,
+                                         info, geometries, work)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release_claim(claim, job_id))
+            raise
 
+    async def _release_claim(self, claim: str, job_id: str) -> None:
+        """Drop ``job_id``'s dedup claim if no record came of it, so an
+        identical retry need not wait for the claim to go stale (a record
+        that was stored keeps it: the sweep publishes its pages)."""
+        try:
+            await self.jobs.get(job_id)
+        except JobNotFound:
+            await self.jobs.release_dedup(claim, job_id)
+
+    async def _store_job(self, spool: Spool, sha: str, plan: jobs_pb2.PlanRef,
+                         options: jobs_pb2.JobOptions, filename: str, job_id: str, kind: Kind,
+                         info: SourceInfo, geometries: list[events_pb2.PageGeometry],
+                         work: Work) -> ingest_pb2.SubmitJobResponse:
+        """Store the source and the record of a job whose dedup claim is
+        ``job_id``'s, and publish its page jobs (unless its org is at its
+        quota)."""
         src_key = keys.source_key(plan, sha, kind.suffix)
         if not await asyncio.to_thread(self.store.exists, src_key):
             await asyncio.to_thread(self.store.upload_file, spool.path, src_key,

@@ -13,6 +13,7 @@ from grpc_status import rpc_status
 from planzoom.messaging import topology
 from planzoom.v1 import events_pb2, ingest_pb2, jobs_pb2
 from planzoom.v1.reasons_pb2 import Reason
+from planzoom_cli.client import upload_requests
 from tests.helpers import list_keys, run_nats, wait_ended
 from tests.integration.conftest import MAX_PAGES, MAX_UPLOAD_BYTES
 
@@ -143,6 +144,27 @@ def test_duplicate_submit_returns_the_same_job(corpus, stack, client):
     assert not third.deduplicated and third.job_id != first.job_id
     for job_id in (first.job_id, third.job_id):
         assert wait_ended(client, job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+
+
+def test_a_submit_that_failed_does_not_hold_up_its_retry(corpus, client, s3_proxy):
+    """Storing the source fails (every PUT under sources/ of this plan is
+    refused by S3) after the submit claimed its dedup key: the claim is let
+    go, so the identical retry makes its job at once instead of waiting for
+    the claim to go stale (600 s)."""
+    plan = jobs_pb2.PlanRef(org="acme", project="dedup", plan="failed-first")
+    s3_proxy.match, s3_proxy.slowdown = "PUT /planzoom/sources/acme/dedup/failed-first/", 1.0
+    try:
+        with pytest.raises(grpc.RpcError) as first:  # once: no retry on its hint
+            client.ingest.Upload(upload_requests(str(corpus / SITEPLAN), plan,
+                                                 jobs_pb2.JobOptions(dpi=22)), timeout=60)
+        assert s3_proxy.counts["slowdown"] >= 1
+    finally:
+        s3_proxy.match, s3_proxy.slowdown = "", 0.0
+    assert first.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+    retry = client.ingest.Upload(
+        upload_requests(str(corpus / SITEPLAN), plan, jobs_pb2.JobOptions(dpi=22)), timeout=30)
+    assert not retry.deduplicated and retry.job.total_pages == 1
+    assert wait_ended(client, retry.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
 
 
 def test_presigned_upload_then_submit(corpus, client, s3):
