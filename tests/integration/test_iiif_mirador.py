@@ -62,6 +62,12 @@ def test_mirador_opens_a_set_zooms_to_one_to_one_and_finds_a_word(stack, browser
         " i.naturalWidth > 0 && i.src.includes('.thumbnail.jpg')).length >= 4",
         timeout=30_000)
 
+    # The sheet's callouts, listed as annotations by where they lead.
+    page.get_by_role("tab", name="Annotations").first.click()
+    section = labels[3]  # the crayfish inn's plans call out sections on 300-00
+    page.get_by_text(f"→ {section}").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOT.with_name("planzoom-mirador-callouts.png")))
+
     # Deep zoom at 1:1: the view's width in canvas pixels is its width on screen.
     window_id = page.evaluate("Object.keys(planzoomMirador.store.getState().windows)[0]")
     page.wait_for_function("() => document.querySelector('.openseadragon-canvas canvas')")

@@ -163,9 +163,11 @@ def test_callouts_are_linking_annotations_to_the_sheets_they_name():
     first, second = page["items"]
     assert first["motivation"] == "linking"
     assert first["target"] == f"{c[1]['id']}#xywh=410,520,60,48"
-    assert first["body"] == {"id": c[3]["id"], "type": "Canvas",
-                             "label": {"none": ["S-201 · Sections"]}}
-    assert second["body"]["id"] == c[2]["id"]
+    sheet, text = first["body"]
+    assert sheet == {"id": c[3]["id"], "type": "Canvas", "label": {"none": ["S-201 · Sections"]}}
+    assert text == {"type": "TextualBody", "value": "3/S-201 → S-201 · Sections",
+                    "format": "text/plain", "purpose": "describing"}
+    assert second["body"][0]["id"] == c[2]["id"]
     assert all("annotations" not in c[n] for n in (2, 3, 4))
     # Without sheets.json (a running job) the record's sheets label the
     # canvases, and there are no callouts.

@@ -123,20 +123,24 @@ def _xywh(box) -> str:
 def callout_page(urls: Urls, page: int, sheet: dict | None,
                  labels: dict[int, str]) -> dict | None:
     """Page ``page``'s callouts as an AnnotationPage of ``linking``
-    annotations: each targets the callout's box on this canvas and has the
-    canvas of the sheet it names as its body. None when it has none."""
+    annotations: each targets the callout's box on this canvas; its body is
+    the canvas of the sheet it names and, for viewers that list
+    annotations by their text, a ``describing`` TextualBody ("3/S-201 →
+    S-201 · Sections"). None when it has none."""
     refs = [r for r in (sheet or {}).get("references") or [] if r.get("box") and r.get("page")]
     if not refs:
         return None
     canvas = urls.canvas(page)
-    items = [{
-        "id": f"{canvas}/callout/{k}", "type": "Annotation", "motivation": "linking",
-        "label": lang(f"{r.get('text') or r.get('number')} → "
-                      f"{labels.get(r['page'], r.get('number') or '')}"),
-        "body": {"id": urls.canvas(r["page"]), "type": "Canvas",
-                 "label": lang(labels.get(r["page"], f"Page {r['page']}"))},
-        "target": f"{canvas}#{_xywh(r['box'])}",
-    } for k, r in enumerate(refs, 1)]
+    items = []
+    for k, r in enumerate(refs, 1):
+        name = labels.get(r["page"], f"Page {r['page']}")
+        text = f"{r.get('text') or r.get('number')} → {name}"
+        items.append({
+            "id": f"{canvas}/callout/{k}", "type": "Annotation", "motivation": "linking",
+            "body": [{"id": urls.canvas(r["page"]), "type": "Canvas", "label": lang(name)},
+                     {"type": "TextualBody", "value": text, "format": "text/plain",
+                      "purpose": "describing"}],
+            "target": f"{canvas}#{_xywh(r['box'])}"})
     return {"id": f"{urls.capped}/callouts/{page}", "type": "AnnotationPage", "items": items}
 
 

@@ -21,5 +21,8 @@
     workspace: {type: "mosaic"},
     workspaceControlPanel: {enabled: false},
     osdConfig: {maxZoomPixelRatio: 2},
+    // The sheets' callouts are "linking" annotations: listed and drawn too.
+    annotations: {filteredMotivations: ["oa:commenting", "oa:tagging", "sc:painting",
+                                        "commenting", "tagging", "linking"]},
   });
 })();
