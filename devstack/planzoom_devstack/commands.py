@@ -12,9 +12,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import grpc
+import httpx
 from rich.table import Table
 
 from planzoom.auth import ROLES
@@ -88,6 +90,16 @@ def up(data_dir, tile_workers, nats_cluster):
             stack.stop()
 
 
+def iiif_manifest_url(stack: EmbeddedStack, job_id: str, org: str) -> str:
+    """The job's IIIF manifest in the form that needs no header: its
+    signed link (the gateway's ``GET /v1/jobs/{id}/links``) in the path
+    (docs/iiif.md)."""
+    links = httpx.get(f"{stack.gateway_url}/v1/jobs/{job_id}/links", timeout=30,
+                      headers={"Authorization": f"Bearer {stack.token(org, 'viewer')}"})
+    links.raise_for_status()
+    return f"{stack.gateway_url}/iiif/3/cap/{links.json()['cap']}/jobs/{job_id}/manifest"
+
+
 @click.command()
 @click.argument("pdf", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -117,6 +129,11 @@ def demo(pdf, out, dpi, tile_size, overlap, quality, layout, tile_workers):
                       f"{resp.job.source_bytes:,} bytes; watch it live (while the demo "
                       f"runs): {stack.gateway_url}/view/{resp.job_id}"
                       f"#token={stack.token(plan.org, 'viewer')}", soft_wrap=True)
+        manifest = iiif_manifest_url(stack, resp.job_id, plan.org)
+        console.print(f"its IIIF manifest, for any IIIF viewer, no token needed (once the "
+                      f"job has ended, while the demo runs): {manifest}\nin Mirador: "
+                      f"{stack.gateway_url}/iiif/3/mirador/view?manifest="
+                      f"{quote(manifest, safe='')}", soft_wrap=True)
         job = watch_job(client, resp.job_id)
         wall = time.monotonic() - t0
         print_job(job)
