@@ -89,16 +89,26 @@ def _store_away(error: Exception) -> bool:
     return False
 
 
+def outage(error: Exception) -> Unavailable | None:
+    """``error`` as the Unavailable it means when a dependency is away (NATS
+    restarting or electing leaders, the object store not answering), else
+    None: an RPC answers it UNAVAILABLE, a page job is tried again later,
+    and neither is an unexpected error."""
+    if isinstance(error, _NATS_AWAY):
+        return Unavailable("the message bus is restarting; try again in a moment",
+                           reason="BUS_UNAVAILABLE", retry_after=1.0)
+    if _store_away(error):
+        return Unavailable("the object store is not answering; try again in a moment",
+                           reason="STORE_UNAVAILABLE", retry_after=2.0)
+    return None
+
+
 async def _refuse(context: grpc.aio.ServicerContext, method: str, error: Exception) -> None:
     """End the RPC for ``error`` (raises grpc's abort exception)."""
-    if isinstance(error, _NATS_AWAY):
-        log.warning("%s: NATS unreachable: %r", method, error)
-        error = Unavailable("the message bus is restarting; try again in a moment",
-                            reason="BUS_UNAVAILABLE", retry_after=1.0)
-    elif _store_away(error):
-        log.warning("%s: object store unreachable: %r", method, error)
-        error = Unavailable("the object store is not answering; try again in a moment",
-                            reason="STORE_UNAVAILABLE", retry_after=2.0)
+    away = outage(error)
+    if away is not None:
+        log.warning("%s: %s: %r", method, away.reason, error)
+        error = away
     if isinstance(error, PlanzoomError):
         metrics.RPC_ERRORS.labels(method, error.code.name).inc()
         log.info("%s refused: %s", method, error.message,

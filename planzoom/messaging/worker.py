@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
 from planzoom import metrics, tracing
+from planzoom.boundary import outage
 from planzoom.errors import Internal, PlanzoomError, Timeout
 from planzoom.messaging.events import dead_letter
 
@@ -323,6 +324,10 @@ class PullWorker:
             beat.cancel()
 
     async def _failed(self, msg: Msg, delivery: Delivery, error: Exception) -> None:
+        away = outage(error)
+        if away is not None:
+            log.warning("%s: %s: %r", self.durable, away.reason, error)
+            error = away
         permanent = is_permanent(error)
         if not isinstance(error, PlanzoomError):
             # Its text may name internals (an endpoint, a path): it stays in

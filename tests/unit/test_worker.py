@@ -167,3 +167,27 @@ def test_orgs_take_turns_whatever_their_backlog():
     assert order == ["big", "small", "big", "big"], "the small org is not left behind"
     assert next_org({"a": (0, 2), "b": (0, 0)}, {}) == "a", "an unacked message gets a pull"
     assert next_org({"a": (0, 0)}, {}) is None
+
+
+async def test_a_bus_or_store_away_is_an_outage_not_an_unexpected_error(caplog):
+    """A NATS timeout (leaders being elected after a server died) or S3's
+    SlowDown met while handling a page is retried and, on the last
+    delivery, recorded as BUS_UNAVAILABLE / STORE_UNAVAILABLE: never logged
+    as an unexpected error under an error id."""
+    from botocore.exceptions import ClientError
+    from nats.errors import TimeoutError as NatsTimeoutError
+
+    bus, store = Msg(PAGE), Msg(PAGE, delivered=3)
+    slow = ClientError({"Error": {"Code": "SlowDown"},
+                        "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+    outcomes = iter([NatsTimeoutError(), slow])
+
+    async def handle(data, delivery):
+        raise next(outcomes)
+
+    with caplog.at_level("WARNING"):
+        js, failures, dead = await _run([[bus], [store]], handle)
+    assert bus.calls == [("nak", 2.0)] and store.calls == ["term"]
+    assert [f.reason for f in failures] == ["STORE_UNAVAILABLE"]
+    assert not [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert any("BUS_UNAVAILABLE" in r.getMessage() for r in caplog.records)
