@@ -250,7 +250,15 @@ async def cut(gw, page: Page, src: Source, plan: Plan, regions: Regions,
     thread. Raises RegionsBusy (503), TileMissing (500)."""
     async with regions.slot():
         tiles = await read_tiles(gw, page, src)
-        return await asyncio.to_thread(compose, page.dzi, src, tiles, plan, quality)
+        work = asyncio.ensure_future(asyncio.to_thread(compose, page.dzi, src, tiles, plan,
+                                                       quality))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The client went away: the thread still runs; its slot is held
+            # until it ends, so the bound on CPU work holds.
+            await asyncio.wait({work})
+            raise
 
 
 def missing_page(page: int) -> NotFound:

@@ -213,10 +213,12 @@ async def _image(request: Request, ident: str, region: str, size: str, rotation:
 ID = "{ident:iiif_image}"
 CAP = "/cap/{link}"
 REQUEST = "{region}/{size}/{rotation}/{quality_format}"
+METHODS = ["GET", "HEAD"]  # HEAD: recommended by section 7
 
 
-@router.get(f"/{ID}", summary="An image service's base URI: 303 to its info.json",
-            status_code=303)
+@router.api_route(f"/{ID}", methods=METHODS,
+                  summary="An image service's base URI: 303 to its info.json",
+                  status_code=303)
 async def image_base(request: Request, ident: str) -> Response:
     """303 to ``…/{ident}/info.json`` (Image API 3.0, section 2,
     ``baseUriRedirect``). ``ident`` is ``{job_id}-{page}``. Bearer token
@@ -225,8 +227,9 @@ async def image_base(request: Request, ident: str) -> Response:
     return await _base(request, ident, None)
 
 
-@router.get(f"{CAP}/{ID}", summary="An image service's base URI (signed link in the path)",
-            status_code=303)
+@router.api_route(f"{CAP}/{ID}", methods=METHODS,
+                  summary="An image service's base URI (signed link in the path)",
+                  status_code=303)
 async def image_base_cap(request: Request, link: str, ident: str) -> Response:
     """As ``GET /iiif/3/{ident}``, the grant being ``link``, a signed link
     of the image's job (``GET /v1/jobs/{id}/links``, ``cap``); 401 for a
@@ -234,7 +237,8 @@ async def image_base_cap(request: Request, link: str, ident: str) -> Response:
     return await _base(request, ident, link)
 
 
-@router.get(f"/{ID}/info.json", summary="An image's IIIF information (info.json)")
+@router.api_route(f"/{ID}/info.json", methods=METHODS,
+                  summary="An image's IIIF information (info.json)")
 async def image_info(request: Request, ident: str) -> Response:
     """The image information of page ``{page}`` of job ``{job_id}``
     (``ident`` = ``{job_id}-{page}``; Image API 3.0, section 5): ``width``
@@ -249,7 +253,8 @@ async def image_info(request: Request, ident: str) -> Response:
     return await _info(request, ident, None)
 
 
-@router.get(f"{CAP}/{ID}/info.json", summary="An image's info.json (signed link in the path)")
+@router.api_route(f"{CAP}/{ID}/info.json", methods=METHODS,
+                  summary="An image's info.json (signed link in the path)")
 async def image_info_cap(request: Request, link: str, ident: str) -> Response:
     """As ``GET /iiif/3/{ident}/info.json`` with ``link`` as the grant; its
     ``id`` is the cap form's URL, so a client that appends to it keeps the
@@ -257,7 +262,8 @@ async def image_info_cap(request: Request, link: str, ident: str) -> Response:
     return await _info(request, ident, link)
 
 
-@router.get(f"/{ID}/{REQUEST}", summary="A region of an image (IIIF image request)")
+@router.api_route(f"/{ID}/{REQUEST}", methods=METHODS,
+                  summary="A region of an image (IIIF image request)")
 async def image_request(request: Request, ident: str, region: str, size: str, rotation: str,
                         quality_format: str) -> Response:
     """An image cut from the page's stored pyramid (Image API 3.0, section
@@ -275,7 +281,8 @@ async def image_request(request: Request, ident: str, region: str, size: str, ro
     return await _image(request, ident, region, size, rotation, quality_format, None)
 
 
-@router.get(f"{CAP}/{ID}/{REQUEST}", summary="A region of an image (signed link in the path)")
+@router.api_route(f"{CAP}/{ID}/{REQUEST}", methods=METHODS,
+                  summary="A region of an image (signed link in the path)")
 async def image_request_cap(request: Request, link: str, ident: str, region: str, size: str,
                             rotation: str, quality_format: str) -> Response:
     """As ``GET /iiif/3/{ident}/{region}/{size}/{rotation}/{quality}.{format}``
