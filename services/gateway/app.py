@@ -24,7 +24,8 @@ from planzoom.config import Settings, get_settings
 from planzoom.metrics import serve_metrics
 from planzoom.server import service_process
 from planzoom.slots import Slots
-from planzoom.storage import AsyncReader, ObjectStore
+from planzoom.storage import ObjectStore
+from planzoom.store_reader import AsyncReader
 from services.gateway import (
     downloads,
     iiif,

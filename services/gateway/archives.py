@@ -18,7 +18,8 @@ import functools
 from collections import OrderedDict
 
 from planzoom.engines.archive import ArchiveIndex
-from planzoom.storage import AsyncReader, ObjectStore
+from planzoom.storage import ObjectStore
+from planzoom.store_reader import AsyncReader
 
 
 class Archives:
