@@ -94,6 +94,11 @@ def sheet_candidates_key(job_id: str, page: int) -> str:
     return f"{work_prefix(job_id)}page-{page}.sheet.json"
 
 
+def org_tiles_prefix(org: str) -> str:
+    """Where every plan of ``org`` has its folder of outputs."""
+    return f"tiles/{check_id('org', org)}/"
+
+
 def plan_tiles_prefix(plan: jobs_pb2.PlanRef) -> str:
     return f"tiles/{_plan_path(plan)}/"
 

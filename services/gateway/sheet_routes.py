@@ -1,9 +1,10 @@
 """What a set's sheets say: ``GET /v1/jobs/{job_id}/sheets`` (the sheet
 index), ``GET /v1/jobs/{job_id}/pages/{n}/words`` (a page's words with
-their boxes) and ``GET /v1/search`` (words across a job or a plan's
-current set). Boxes are ``[x, y, w, h]`` in the pixels of the page's
-full-resolution level, origin top-left: the coordinates of its DZI. The
-formats and how sheets are read: docs/sheets.md.
+their boxes) and ``GET /v1/search`` (words across a job, a plan's
+current set, or the current sets of a project's or an org's plans). Boxes
+are ``[x, y, w, h]`` in the pixels of the page's full-resolution level,
+origin top-left: the coordinates of its DZI. The formats and how sheets are
+read: docs/sheets.md.
 """
 
 from __future__ import annotations
@@ -185,39 +186,109 @@ async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
     return current["job_id"], current["tiles_prefix"]
 
 
+#: Plans one project- or org-wide search reads at most (their current sets'
+#: indexes, a download each the first time).
+SEARCH_MAX_PLANS = 50
+#: Indexes searched at once for one request.
+SEARCH_PARALLEL = 4
+
+
+def _org_plans(store, org: str, project: str | None) -> list[jobs_pb2.PlanRef]:
+    """The plans of ``org`` (of its ``project`` only, if given) that have a
+    folder in the bucket, in name order, at most SEARCH_MAX_PLANS + 1 (one
+    more tells the caller there were more). Blocking."""
+    root = keys.org_tiles_prefix(org)
+    projects = [f"{root}{project}/"] if project else sorted(store.list_folders(root))
+    plans: list[jobs_pb2.PlanRef] = []
+    for folder in projects:
+        for plan in sorted(store.list_folders(folder)):
+            plans.append(jobs_pb2.PlanRef(org=org, project=folder[len(root):-1],
+                                          plan=plan[len(folder):-1]))
+            if len(plans) > SEARCH_MAX_PLANS:
+                return plans
+    return plans
+
+
+async def _scope_sets(request: Request, project: str | None, org: str | None
+                      ) -> tuple[list[tuple[str, str, str]], bool]:
+    """The current sets a project- or org-wide search reads: (plan as
+    "org/project/plan", job id, tiles prefix) each, and whether plans were
+    left out (over SEARCH_MAX_PLANS). 404 for another org's, as for a plan."""
+    gw = request.app.state.gateway
+    access = gw.gatekeeper.check(request, "viewer")
+    parts = (project or "").split("/") if project is not None else [org or ""]
+    if len(parts) != (2 if project is not None else 1):
+        raise BadQuery("project is org/project")
+    scope_org = check_id("org", parts[0])
+    scope_project = check_id("project", parts[1]) if project is not None else None
+    if scope_org != access.caller.org:
+        raise NotFound(f"{project or org}: not found", reason="NOT_FOUND")
+    plans = await asyncio.to_thread(_org_plans, gw.store, scope_org, scope_project)
+    sets = []
+    for ref in plans[:SEARCH_MAX_PLANS]:
+        try:
+            data, _, _ = await gw.reader.get_if_changed(keys.current_key(ref), None)
+        except ObjectNotFound:
+            continue  # no complete set yet
+        current = json.loads(data)
+        sets.append((f"{ref.org}/{ref.project}/{ref.plan}", current["job_id"],
+                     current["tiles_prefix"]))
+    return sets, len(plans) > SEARCH_MAX_PLANS
+
+
 @router.get("/search", summary="Search inside sheets")
 async def search_sheets(request: Request,
                         q: Annotated[str, Query(max_length=search.MAX_QUERY_CHARS)],
                         job_id: Annotated[str | None, Query()] = None,
                         plan: Annotated[str | None, Query()] = None,
+                        project: Annotated[str | None, Query()] = None,
+                        org: Annotated[str | None, Query()] = None,
                         limit: Annotated[int, Query(ge=1, le=search.MAX_HITS)] = 100) -> dict:
-    """``{"hits": [{"job_id", "page", "sheet", "text", "boxes"}]}``: the lines
-    of a job's pages (``job_id``), or of a plan's current set (``plan=
-    org/project/plan``), that hold ``q``, in page order, at most ``limit``.
-    Case- and accent-insensitive; each word of ``q`` is a word prefix and
-    several words a phrase ("fire damp" finds "FIRE DAMPER"); construction
-    text is matched as typed (``2'-6"``, ``Ø12``, ``W12x26``, ``GL-3``).
-    ``sheet`` is the page's sheet number (or null); ``boxes`` the matched
-    words' ``[x, y, w, h]`` in full-resolution pixels. 400 for an empty or
-    over-long query or neither/both scopes; 404 for a job or plan the
-    caller cannot see, or one with no index yet. Bearer (viewer); a job's
-    signed link (``?cap=``) searches that job."""
-    if (job_id is None) == (plan is None):
-        raise BadQuery("give one of job_id or plan")
+    """``{"hits": [{"job_id", "plan", "page", "sheet", "text", "boxes"}],
+    "truncated": bool}``: the lines that hold ``q`` in a job's pages
+    (``job_id``), a plan's current set (``plan=org/project/plan``), or the
+    current sets of every plan of a project (``project=org/project``) or of
+    the caller's org (``org=org``; at most SEARCH_MAX_PLANS plans, in name
+    order: ``truncated`` says when more were left out), in plan and page
+    order, at most ``limit``. Case- and accent-insensitive; each word of
+    ``q`` is a word prefix and several words a phrase ("fire damp" finds
+    "FIRE DAMPER"); construction text is matched as typed (``2'-6"``,
+    ``Ø12``, ``W12x26``, ``GL-3``). ``sheet`` is the page's sheet number (or
+    null); ``boxes`` the matched words' ``[x, y, w, h]`` in full-resolution
+    pixels; ``plan`` is null for a job's search. 400 for an empty or
+    over-long query or not exactly one scope; 404 for a job, plan, project
+    or org the caller cannot see, or a job or plan with no index yet.
+    Bearer (viewer); a job's signed link (``?cap=``) searches that job."""
+    if sum(x is not None for x in (job_id, plan, project, org)) != 1:
+        raise BadQuery("give one of job_id, plan, project or org")
     try:
         search.terms(q)
     except search.BadQuery as e:
         raise BadQuery(str(e)) from None
+    truncated = False
     if job_id is not None:
         place = await _place(request, job_id)
-        job, prefix = check_id("job_id", job_id), place.tiles_prefix
+        sets = [(None, check_id("job_id", job_id), place.tiles_prefix)]
+    elif plan is not None:
+        sets = [(plan, *await _plan_job(request, plan))]
     else:
-        job, prefix = await _plan_job(request, plan)
-    try:
-        path = await request.app.state.gateway.searches.path(f"{prefix}search.sqlite")
-    except ObjectNotFound:
-        raise NotFound(f"job {job}: no search index (it is made when a PDF job ends)",
-                       reason="SHEETS_NOT_READY") from None
-    hits = await asyncio.to_thread(search.query, path, q, limit)
-    return {"hits": [{"job_id": job, "page": h.page, "sheet": h.sheet, "text": h.text,
-                      "boxes": h.boxes} for h in hits]}
+        sets, truncated = await _scope_sets(request, project, org)
+    indexes = request.app.state.gateway.searches
+    parallel = asyncio.Semaphore(SEARCH_PARALLEL)
+
+    async def one(scope: str | None, job: str, prefix: str) -> list[dict]:
+        async with parallel:
+            try:
+                path = await indexes.path(f"{prefix}search.sqlite")
+            except ObjectNotFound:
+                if len(sets) > 1:
+                    return []  # a set of photos, or one ended before indexes
+                raise NotFound(f"job {job}: no search index (it is made when a PDF job "
+                               "ends)", reason="SHEETS_NOT_READY") from None
+            hits = await asyncio.to_thread(search.query, path, q, limit)
+        return [{"job_id": job, "plan": scope, "page": h.page, "sheet": h.sheet,
+                 "text": h.text, "boxes": h.boxes} for h in hits]
+
+    found = await asyncio.gather(*(one(*s) for s in sets))
+    hits = [h for batch in found for h in batch][:limit]
+    return {"hits": hits, "truncated": truncated or len(hits) < sum(map(len, found))}

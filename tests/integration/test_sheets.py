@@ -110,6 +110,45 @@ def test_search_finds_words_on_their_sheets(http, stack, plan_set):
     assert plan_hits and plan_hits[0]["job_id"] == plan_set.job_id
 
 
+def test_search_across_a_project_or_an_org(http, stack, corpus):
+    """The current sets of every plan of a project, or of the caller's org,
+    searched at once: each hit names its plan; another org's is 404."""
+    from tests.integration.conftest import client_for
+
+    own = client_for(stack, "searchorg")
+    try:
+        plans = [jobs_pb2.PlanRef(org="searchorg", project=project, plan=plan)
+                 for project, plan in (("alpha", "one"), ("alpha", "two"), ("beta", "three"))]
+        for job in [own.submit(str(corpus / SET), plan, jobs_pb2.JobOptions(dpi=20))
+                    for plan in plans]:
+            assert wait_ended(own, job.job_id).state == jobs_pb2.JOB_STATE_COMPLETE
+    finally:
+        own.close()
+    token = bearer(stack, org="searchorg")
+
+    def found(**scope) -> dict:
+        resp = http.get("/v1/search", params={"q": "roof plan", **scope}, headers=token)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    alpha = found(project="searchorg/alpha")
+    assert {h["plan"] for h in alpha["hits"]} == {"searchorg/alpha/one", "searchorg/alpha/two"}
+    assert not alpha["truncated"]
+    assert all(h["sheet"] == "100-00" for h in alpha["hits"] if h["page"] == 1)
+    everything = found(org="searchorg")
+    assert {h["plan"] for h in everything["hits"]} == {f"searchorg/{p.project}/{p.plan}"
+                                                       for p in plans}
+    assert len(found(org="searchorg", limit=2)["hits"]) == 2
+    assert found(org="searchorg", limit=2)["truncated"]
+    assert_problem(http.get("/v1/search", params={"q": "roof", "org": "searchorg"},
+                            headers=bearer(stack)), 404)
+    assert_problem(http.get("/v1/search", params={"q": "roof", "project": "searchorg"},
+                            headers=token), 400, "BAD_QUERY")
+    assert_problem(http.get("/v1/search", params={"q": "roof", "org": "searchorg",
+                                                  "project": "searchorg/alpha"},
+                            headers=token), 400, "BAD_QUERY")
+
+
 def test_search_refusals(http, stack, plan_set):
     url = f"/v1/search?job_id={plan_set.job_id}"
     assert_problem(http.get(url + "&q=roof"), 401)
