@@ -279,6 +279,16 @@ def test_rotation_mirror_quality_and_formats(photo):
     assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"
 
 
+def test_a_region_at_its_levels_scale_is_encoded_straight_and_matches_pyvips(photo):
+    """A JPEG of the canvas as it is (no resize, rotation or conversion) is
+    encoded without pyvips; the pixels are those pyvips would encode."""
+    pixels, dzi, tiles = photo
+    direct = _cut(dzi, tiles, plan("64,64,256,128", "max", w=500, h=300))
+    through_vips = _cut(dzi, tiles, plan("64,64,256,128", "max", "!0", w=500, h=300))
+    assert direct.shape == (128, 256, 3) and _psnr(direct, pixels[64:192, 64:320]) > 38
+    assert _psnr(direct, through_vips[:, ::-1]) > 45
+
+
 def test_grey_pyramids_stay_grey_unless_color_is_asked():
     pixels = np.tile(np.arange(200, dtype=np.uint8)[None, :, None], (120, 1, 1))
     dzi, tiles = _pyramid(pixels)
