@@ -172,6 +172,15 @@ class Settings(BaseSettings):
     gateway_max_zip_entries: int = Field(100_000, ge=10)  # files in one zip
     gateway_max_concurrent_zips: int = Field(4, ge=1)  # zips listed or sent at once
     gateway_max_concurrent_zips_per_org: int = Field(2, ge=1)  # of those, one org's
+    # IIIF Image API (services/gateway/iiif): info.json's limits, pixels; regions
+    # cut at once per gateway (one org at most half of them, running or waiting)
+    iiif_max_width: int = Field(10_000, ge=1)
+    iiif_max_height: int = Field(10_000, ge=1)
+    iiif_max_area: int = Field(25_000_000, ge=1)
+    iiif_max_concurrent_regions: int = Field(4, ge=1)
+    iiif_max_waiting_regions: int = Field(16, ge=0)
+    iiif_region_wait_seconds: float = Field(10.0, gt=0)  # longest wait before 503
+    iiif_quality: int = Field(90, ge=1, le=100)  # JPEG and WebP quality of cut images
     # Webhooks: deliveries tried this often, waiting retry, 2 x retry, ... up to max
     webhook_max_attempts: int = Field(12, ge=1)
     webhook_retry_seconds: float = Field(5.0, gt=0)

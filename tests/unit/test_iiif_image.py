@@ -13,11 +13,12 @@ import pytest
 import pyvips
 
 from planzoom import iiif
+from planzoom.config import Settings
 from planzoom.dzi import DziInfo
 from planzoom.engines.pyramid import cut_pyramid
 from planzoom.iiif import IiifBadRequest, IiifEmpty, IiifTooLarge, IiifUpscale, Limits
-from services.gateway.iiif.cut import IiifSettings, Regions, RegionsBusy, compose
-from services.gateway.iiif.image import IMAGE_ID, info
+from services.gateway.iiif.cut import Regions, RegionsBusy, compose
+from services.gateway.iiif.image import IMAGE_ID, Iiif, info
 
 LIMITS = Limits(10_000, 10_000, 25_000_000)
 
@@ -303,7 +304,7 @@ def test_regions_wait_for_a_slot_then_refuse_with_a_retry_hint():
         order = []
 
         async def hold(name, seconds):
-            async with regions.slot():
+            async with regions.slot(org=name):  # each its own org
                 order.append(name)
                 await asyncio.sleep(seconds)
 
@@ -326,9 +327,35 @@ def test_regions_wait_for_a_slot_then_refuse_with_a_retry_hint():
     asyncio.run(scenario())
 
 
+def test_one_org_holds_at_most_half_of_the_region_slots():
+    """Two running and two waiting slots: one org's third cut is refused at
+    once while another org's still gets a slot."""
+    async def scenario():
+        regions = Regions(running=2, waiting=2, wait_seconds=1.0)
+        release = asyncio.Event()
+
+        async def hold(org):
+            async with regions.slot(org):
+                await release.wait()
+
+        held = [asyncio.create_task(hold("busy")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(RegionsBusy) as busy:
+            await hold("busy")
+        assert "its share" in busy.value.message
+        other = asyncio.create_task(hold("other"))  # waits for a running slot
+        await asyncio.sleep(0.01)
+        assert not other.done()
+        release.set()
+        await asyncio.gather(*held, other)
+        assert not regions._by_org
+
+    asyncio.run(scenario())
+
+
 def test_info_json_describes_the_pyramid():
     dzi = DziInfo(9933, 7016, 256, 1, "jpg")
-    doc = info(dzi, "https://x.example/iiif/3/0123456789abcdef012345-1", IiifSettings())
+    doc = info(dzi, "https://x.example/iiif/3/0123456789abcdef012345-1", Iiif(Settings()).limits)
     assert list(doc)[:3] == ["@context", "id", "type"]
     assert (doc["type"], doc["profile"], doc["width"], doc["height"]) == (
         "ImageService3", "level2", 9933, 7016)

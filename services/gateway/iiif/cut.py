@@ -12,16 +12,17 @@ thread: each tile decoded (libjpeg-turbo through simplejpeg), its overlap
 cropped, pasted into a canvas the size of the region at that level, and
 pyvips resizes it to the exact output size, mirrors and rotates it,
 converts its quality and encodes it. Memory is the canvas (at most
-:attr:`IiifSettings.canvas_pixels`, about twice the output) and the
+:attr:`Iiif.canvas_pixels <services.gateway.iiif.image.Iiif>`, about twice the output) and the
 output: a level is never decoded whole.
 
 A request exactly on one stored tile (its region and size the tile's,
 overlap included, format the pyramid's, quality default or color, no
 rotation) is answered with the stored bytes and no decoding.
 
-Cuts run :attr:`IiifSettings.max_concurrent_regions` at once per gateway
-(``PLANZOOM_IIIF_MAX_CONCURRENT_REGIONS``); as many more wait up to
-``PLANZOOM_IIIF_REGION_WAIT_SECONDS``; beyond, 503 ``REGIONS_BUSY`` with
+Cuts run ``PLANZOOM_IIIF_MAX_CONCURRENT_REGIONS`` at once per gateway;
+``PLANZOOM_IIIF_MAX_WAITING_REGIONS`` more wait up to
+``PLANZOOM_IIIF_REGION_WAIT_SECONDS``; one org holds at most half of
+those, running or waiting; beyond, 503 ``REGIONS_BUSY`` with
 ``Retry-After`` (:class:`Regions`).
 """
 
@@ -29,19 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyvips
 import simplejpeg
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from planzoom.dzi import DziInfo, parse_dzi, tile_name
 from planzoom.errors import Internal, NotFound, Unavailable
-from planzoom.iiif import Limits, Plan, Source, pieces
+from planzoom.iiif import Plan, Source, pieces
 from planzoom.keys import ARCHIVE_SUFFIX, page_name
 from planzoom.storage import ObjectNotFound
 
@@ -49,30 +48,6 @@ from planzoom.storage import ObjectNotFound
 RETRY_AFTER_SECONDS = 1.0
 #: Pages whose descriptors are kept (a page's never changes once written).
 DESCRIPTORS_KEPT = 4096
-
-
-class IiifSettings(BaseSettings):
-    """The Image API's settings, from ``PLANZOOM_IIIF_*`` variables."""
-
-    model_config = SettingsConfigDict(env_prefix="PLANZOOM_IIIF_", extra="ignore")
-
-    max_width: int = Field(10_000, ge=1)  # info.json maxWidth, pixels
-    max_height: int = Field(10_000, ge=1)  # maxHeight, pixels
-    max_area: int = Field(25_000_000, ge=1)  # maxArea, pixels
-    max_concurrent_regions: int = Field(4, ge=1)  # cuts at once per gateway
-    max_waiting_regions: int = Field(16, ge=0)  # cuts waiting for one of those
-    region_wait_seconds: float = Field(10.0, gt=0)  # longest wait before 503
-    quality: int = Field(90, ge=1, le=100)  # JPEG and WebP quality of cut images
-
-    @property
-    def limits(self) -> Limits:
-        """info.json's maxWidth, maxHeight, maxArea, pixels."""
-        return Limits(self.max_width, self.max_height, self.max_area)
-
-    @property
-    def canvas_pixels(self) -> int:
-        """The most level pixels one cut decodes (twice ``maxArea``)."""
-        return 2 * self.max_area
 
 
 class RegionsBusy(Unavailable):
@@ -85,39 +60,53 @@ class TileMissing(Internal):
 
 class Regions:
     """At most ``running`` cuts at once; ``waiting`` more wait their turn
-    for up to ``wait_seconds``; beyond that, or after it, RegionsBusy (503
-    with ``Retry-After``). One per gateway, used on its event loop."""
+    for up to ``wait_seconds``; one org holds at most half of ``running +
+    waiting`` (at least one), so one org's viewers cannot take every slot
+    from the others; beyond that, or after the wait, RegionsBusy (503 with
+    ``Retry-After``). One per gateway, used on its event loop."""
 
     def __init__(self, running: int, waiting: int, wait_seconds: float):
         self.running, self.waiting, self.wait_seconds = running, waiting, wait_seconds
+        self.per_org = max(1, (running + waiting) // 2)
         self._free = asyncio.Semaphore(running)
         self._queued = 0
+        self._by_org: Counter[str] = Counter()
 
-    def _busy(self) -> RegionsBusy:
-        return RegionsBusy(f"this gateway is cutting {self.running} IIIF regions and "
-                           f"{self._queued} more wait; retry in {RETRY_AFTER_SECONDS:g} s (or "
-                           "ask the operator to raise PLANZOOM_IIIF_MAX_CONCURRENT_REGIONS)",
+    def _busy(self, why: str) -> RegionsBusy:
+        return RegionsBusy(f"{why}; retry in {RETRY_AFTER_SECONDS:g} s (or ask the operator "
+                           "to raise PLANZOOM_IIIF_MAX_CONCURRENT_REGIONS)",
                            retry_after=RETRY_AFTER_SECONDS)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the ``running`` slots for the block."""
-        if self._free.locked():
-            if self._queued >= self.waiting:
-                raise self._busy()
-            self._queued += 1
-            try:
-                await asyncio.wait_for(self._free.acquire(), self.wait_seconds)
-            except TimeoutError:
-                raise self._busy() from None
-            finally:
-                self._queued -= 1
-        else:
-            await self._free.acquire()
+    async def slot(self, org: str = "") -> AsyncIterator[None]:
+        """Hold one of the ``running`` slots for the block, for ``org``."""
+        if self._by_org[org] >= self.per_org:
+            raise self._busy(f"org {org!r} has {self.per_org} IIIF regions being cut or "
+                             "waiting, its share of this gateway")
+        self._by_org[org] += 1
         try:
-            yield
+            if self._free.locked():
+                if self._queued >= self.waiting:
+                    raise self._busy(f"this gateway is cutting {self.running} IIIF regions "
+                                     f"and {self._queued} more wait")
+                self._queued += 1
+                try:
+                    await asyncio.wait_for(self._free.acquire(), self.wait_seconds)
+                except TimeoutError:
+                    raise self._busy(f"no IIIF region slot came free in "
+                                     f"{self.wait_seconds:g} s") from None
+                finally:
+                    self._queued -= 1
+            else:
+                await self._free.acquire()
+            try:
+                yield
+            finally:
+                self._free.release()
         finally:
-            self._free.release()
+            self._by_org[org] -= 1
+            if not self._by_org[org]:
+                del self._by_org[org]
 
 
 @dataclass(frozen=True)
@@ -256,11 +245,11 @@ def compose(dzi: DziInfo, src: Source, tiles: list[tuple[bytes, tuple]], plan: P
 
 
 async def cut(gw, page: Page, src: Source, plan: Plan, regions: Regions,
-              quality: int) -> bytes:
+              quality: int, org: str = "") -> bytes:
     """``plan`` cut from ``page`` at ``src`` (:func:`planzoom.iiif.source`)
-    in one of ``regions``' slots: tiles read on the loop, the rest in a
-    thread. Raises RegionsBusy (503), TileMissing (500)."""
-    async with regions.slot():
+    in one of ``regions``' slots, held for ``org``: tiles read on the loop,
+    the rest in a thread. Raises RegionsBusy (503), TileMissing (500)."""
+    async with regions.slot(org):
         tiles = await read_tiles(gw, page, src)
         work = asyncio.ensure_future(asyncio.to_thread(compose, page.dzi, src, tiles, plan,
                                                        quality))

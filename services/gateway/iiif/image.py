@@ -34,11 +34,11 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from planzoom import iiif
+from planzoom.config import Settings
 from planzoom.dzi import DziInfo
 from planzoom.errors import NotFound
 from planzoom.storage import ObjectNotFound
 from services.gateway.iiif.cut import (
-    IiifSettings,
     Page,
     Pages,
     Regions,
@@ -88,19 +88,25 @@ class NoImageService(NotFound):
 
 
 class Iiif:
-    """What the Image API keeps per gateway (``app.state.iiif``)."""
+    """What the Image API keeps per gateway (``app.state.iiif``): its
+    limits (``PLANZOOM_IIIF_*``), its region slots and the pages' descriptors."""
 
-    def __init__(self, settings: IiifSettings):
-        self.settings = settings
-        self.regions = Regions(settings.max_concurrent_regions, settings.max_waiting_regions,
-                               settings.region_wait_seconds)
+    def __init__(self, settings: Settings):
+        self.limits = iiif.Limits(settings.iiif_max_width, settings.iiif_max_height,
+                                  settings.iiif_max_area)
+        #: The most level pixels one cut decodes (twice ``maxArea``).
+        self.canvas_pixels = 2 * settings.iiif_max_area
+        self.quality = settings.iiif_quality  # JPEG and WebP quality of cut images
+        self.regions = Regions(settings.iiif_max_concurrent_regions,
+                               settings.iiif_max_waiting_regions,
+                               settings.iiif_region_wait_seconds)
         self.pages = Pages()
 
 
 def _iiif(request: Request) -> Iiif:
     state = getattr(request.app.state, "iiif", None)
     if state is None:
-        state = request.app.state.iiif = Iiif(IiifSettings())
+        state = request.app.state.iiif = Iiif(request.app.state.gateway.settings)
     return state
 
 
@@ -138,13 +144,12 @@ def _headers(request: Request, etag: str, link: str = PROFILE_LINK) -> dict[str,
     return {"ETag": etag, "Cache-Control": cache_control(request), "Link": link}
 
 
-def info(dzi: DziInfo, service_id: str, settings: IiifSettings) -> dict:
+def info(dzi: DziInfo, service_id: str, limits: iiif.Limits) -> dict:
     """info.json (Image API 3.0, section 5) of a page with pyramid ``dzi``:
     its full-resolution ``width`` and ``height`` (pixels), ``tiles`` of the
     pyramid's tile size at a scale factor per level (so a tile request is
     one stored tile's pixels), ``sizes`` of the pyramid's small levels, and
-    the limits."""
-    limits = settings.limits
+    the limits (pixels)."""
     sizes = []
     for level in range(dzi.levels):
         w, h = dzi.level_size(level)
@@ -177,7 +182,7 @@ async def _info(request: Request, ident: str, link: str | None) -> Response:
     place, page, service_id = await _open(request, ident, link)
     accept = request.headers.get("accept", "")
     plain = "application/json" in accept and "application/ld+json" not in accept
-    body = info(page.dzi, service_id, _iiif(request).settings)
+    body = info(page.dzi, service_id, _iiif(request).limits)
     etag = _etag(place.tiles_prefix, ident, body, plain)
     headers = {**_headers(request, etag), "Vary": "Accept"}
     if request.headers.get("if-none-match") == etag:
@@ -192,21 +197,21 @@ async def _image(request: Request, ident: str, region: str, size: str, rotation:
     place, page, service_id = await _open(request, ident, link)  # 401 and 404 first
     wanted = iiif.parse(region, size, rotation, quality_format)
     state = _iiif(request)
-    limits = state.settings.limits
+    limits = state.limits
     plan = iiif.resolve(wanted, page.dzi.width, page.dzi.height, limits)
     canonical = iiif.canonical(plan, limits)
-    etag = _etag(place.tiles_prefix, ident, canonical, state.settings.quality)
+    etag = _etag(place.tiles_prefix, ident, canonical, state.quality)
     headers = _headers(request, etag, f'<{service_id}/{canonical}>;rel="canonical", '
                                       + PROFILE_LINK)
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    src = iiif.source(page.dzi, plan, state.settings.canvas_pixels)
+    src = iiif.source(page.dzi, plan, state.canvas_pixels)
     stored = iiif.stored_tile(page.dzi, plan, src)
     if stored and wanted.format == page.dzi.format and wanted.quality in ("default", "color") \
             and not wanted.mirror and not wanted.rotation:
         data = await tile(gw, page, src.level, *stored)
     else:
-        data = await cut(gw, page, src, plan, state.regions, state.settings.quality)
+        data = await cut(gw, page, src, plan, state.regions, state.quality, place.org)
     return Response(data, media_type=CONTENT_TYPES[wanted.format], headers=headers)
 
 
