@@ -29,11 +29,15 @@ BASE_IMAGE ?= planzoom-base:bookworm-ocr
         chart-e2e clean
 
 # Tesseract (Debian's tesseract-ocr) reads title blocks that have no text
-# layer; without it (no root for apt) such pages get no sheet number.
+# layer; without it (no root for apt) such pages get no sheet number. The
+# IIIF validator the tests run reads file types with libmagic (libmagic1).
 setup: $(STAMP) $(GEN) $(OSD)
 	@command -v tesseract >/dev/null || { apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr >/dev/null; } || \
 	  echo "tesseract-ocr is not installed: pages with no text layer get no sheet number"
+	@ldconfig -p | grep -q 'libmagic\.so\.1 ' || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmagic1 >/dev/null; } || \
+	  echo "libmagic1 is not installed: the IIIF validator's tests cannot run"
 
 # Python packages: direct ones pinned in the pyproject.toml files, every one
 # in constraints.txt (refresh: pip freeze --exclude-editable > constraints.txt).
