@@ -5,7 +5,7 @@ A :class:`~planzoom.iiif.Plan` is answered from the smallest pyramid level
 whose pixels cover the output (:func:`planzoom.iiif.source`): only the
 tiles under the region are read, all at once on the event loop (layout
 FILES: one object per tile through the gateway's
-:class:`~planzoom.storage.AsyncReader`; layout ARCHIVE: one range GET of
+:class:`~planzoom.store_reader.AsyncReader`; layout ARCHIVE: one range GET of
 the page's archive through :class:`~services.gateway.archives.Archives`,
 which keeps directories and recent tiles), then :func:`compose` runs in a
 thread: each tile decoded (libjpeg-turbo through simplejpeg), its overlap
