@@ -169,7 +169,8 @@ def cluster(images, tmp_path_factory):
     # two tile pods (the default autoscaler floor is one) and short ack
     # waits so that a lost page comes back within the test.
     values = {
-        "nats": {"url": "nats://nats:4222", "usersSecret": "planzoom-nats-users"},
+        # one NATS server here: its streams cannot keep three replicas
+        "nats": {"url": "nats://nats:4222", "usersSecret": "planzoom-nats-users", "replicas": 1},
         "s3": {"endpointUrl": "http://s3:9000", "createBucket": True},
         "networkPolicy": {"s3": {"ports": [9000], "to": [{"podSelector": {"matchLabels": {
             "app": "s3"}}}]}},
