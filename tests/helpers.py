@@ -48,6 +48,14 @@ def wait_ended(client: Client, job_id: str, timeout: float = 300) -> jobs_pb2.Jo
     return seen[-1]
 
 
+def completed(client: Client, path: str, plan: jobs_pb2.PlanRef,
+              options: jobs_pb2.JobOptions) -> jobs_pb2.Job:
+    """Submit ``path`` and follow its job to its end, which must be COMPLETE."""
+    job = wait_ended(client, client.submit(path, plan, options).job_id)
+    assert job.state == jobs_pb2.JOB_STATE_COMPLETE, job.error
+    return job
+
+
 def wait_until(what: str, predicate: Callable[[], object], timeout: float = 60,
                interval: float = 0.1):
     deadline = time.monotonic() + timeout

@@ -4,6 +4,7 @@ processes, talked to over real gRPC and HTTP sockets."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from planzoom_cli.client import Client
@@ -74,6 +75,13 @@ def stack(tmp_path_factory, s3_proxy, otlp) -> EmbeddedStack:
     s.start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def http(stack):
+    """An HTTP client of the stack's gateway (no credentials of its own)."""
+    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
+        yield c
 
 
 def client_for(stack, org: str = "acme", role: str = "admin", ttl: float = 3600) -> Client:

@@ -10,7 +10,6 @@ import time
 import zipfile
 from collections import Counter
 
-import httpx
 import numpy as np
 import pytest
 import pyvips
@@ -33,12 +32,6 @@ def _submit(client, corpus, name, plan_id, dpi, layout=ARCHIVE):
 
 def _bearer(stack, org="acme", role="viewer"):
     return {"Authorization": f"Bearer {stack.token(org, role)}"}
-
-
-@pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,6 @@ PLAN = jobs_pb2.PlanRef(org="acme", project="gateway", plan="renovation")
 DZI_NS = "{http://schemas.microsoft.com/deepzoom/2008}"
 
 
-@pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=30) as c:
-        yield c
-
-
 def bearer(stack, org="acme", role="viewer") -> dict[str, str]:
     return {"Authorization": f"Bearer {stack.token(org, role)}"}
 

@@ -29,12 +29,6 @@ PROFILE = '<http://iiif.io/api/image/3/level2.json>;rel="profile"'
 
 
 @pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def jobs(corpus, client) -> dict[str, jobs_pb2.Job]:
     """The validator's image in both layouts and without overlap, a plan
     set at 100 DPI in both layouts, and a video, converted at once."""

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_ended
+from tests.helpers import completed
 from tests.integration.test_gateway import assert_problem, bearer
 
 SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
@@ -24,17 +24,8 @@ PRESENTATION = 'application/ld+json;profile="http://iiif.io/api/presentation/3/c
 
 
 @pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def plan_set(corpus, client):
-    resp = client.submit(str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
-    job = wait_ended(client, resp.job_id)
-    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
-    return job
+    return completed(client, str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
 
 
 def fetched_ids(node) -> list[str]:

@@ -10,13 +10,12 @@ import gzip
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
 
 from planzoom.engines.titleblock import number_key
 from planzoom.v1 import jobs_pb2
-from tests.helpers import wait_ended
+from tests.helpers import completed, wait_ended
 from tests.integration.test_gateway import assert_problem, bearer
 from tests.integration.test_viewer import browser  # noqa: F401 - the fixture
 
@@ -32,17 +31,8 @@ def expected(corpus: Path, name: str) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def plan_set(corpus, client):
-    resp = client.submit(str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
-    job = wait_ended(client, resp.job_id)
-    assert job.state == jobs_pb2.JOB_STATE_COMPLETE
-    return job
+    return completed(client, str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
 
 
 def test_every_sheet_is_read_with_its_number_and_title(corpus, http, stack, s3, plan_set):

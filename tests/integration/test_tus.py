@@ -39,12 +39,6 @@ def metadata(**values: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def http(stack):
-    with httpx.Client(base_url=stack.gateway_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def big_set(corpus, tmp_path_factory) -> Path:
     """A plan set with site photos, over one S3 part: the crayfishinn sheets
     followed by three real photos as pages (about 10 MB, 11 pages)."""
