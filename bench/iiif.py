@@ -27,11 +27,10 @@ import pypdfium2 as pdfium
 
 from bench.measure import PeakSampler
 from bench.sheets import CORPUS
+from bench.stacks import unthrottled
 from planzoom import iiif
 from planzoom.dzi import DziInfo, parse_dzi
 from planzoom.v1 import jobs_pb2
-from planzoom_cli.client import Client
-from planzoom_devstack.stack import EmbeddedStack, Ports
 
 SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
 DPI = 300
@@ -106,14 +105,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="planzoom-bench-iiif-"))
     sheet = first_sheet(work)
-    # One caller sends everything: the per-caller rate is not what is measured.
-    stack = EmbeddedStack(data_dir=work / "stack", ports=Ports.free(),
-                          extra_env={"PLANZOOM_GATEWAY_RATE_PER_SECOND": "100000"})
-    stack.start()
-    try:
-        env = stack.env()
-        client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
-                        token=stack.token("bench", "uploader"))
+    with unthrottled(work) as (stack, client):
         layout = {"files": jobs_pb2.PYRAMID_LAYOUT_FILES,
                   "archive": jobs_pb2.PYRAMID_LAYOUT_ARCHIVE}[a.layout]
         plan = jobs_pb2.PlanRef(org="bench", project="iiif", plan="a1")
@@ -138,8 +130,6 @@ def main() -> None:
                 region_s = timed(http, [base + p for p, _ in regions], a.concurrency)
                 tile_s = timed(http, [f"/v1/jobs/{job_id}/pages/1_files/{t}" for t in tiles],
                                a.concurrency)
-    finally:
-        stack.stop()
 
     reads = sorted(n for _, n in regions)
     print(f"\nIIIF regions vs DZI tiles: page 1 of {SET} at {DPI} DPI "

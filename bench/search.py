@@ -30,12 +30,12 @@ import httpx
 import pypdfium2 as pdfium
 
 from bench.sheets import CORPUS
+from bench.stacks import unthrottled
 from planzoom import keys, search
 from planzoom.engines.text import read_words
 from planzoom.pages import raster_size
 from planzoom.v1 import jobs_pb2
-from planzoom_cli.client import Client
-from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY, EmbeddedStack, Ports
+from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
 
 SETS = ["arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf",
         "manypages-117p-vectorfigures-pypdf-geotopo.pdf",
@@ -120,14 +120,7 @@ def main() -> None:
     build = time.perf_counter() - t0
     qs = queries(pages, a.queries)
 
-    # One caller sends every query: the per-caller rate is not what is measured.
-    stack = EmbeddedStack(data_dir=work / "stack", ports=Ports.free(),
-                          extra_env={"PLANZOOM_GATEWAY_RATE_PER_SECOND": "100000"})
-    stack.start()
-    try:
-        env = stack.env()
-        client = Client(env["PLANZOOM_INGEST_ADDR"], env["PLANZOOM_PROGRESS_ADDR"],
-                        token=stack.token("bench", "uploader"))
+    with unthrottled(work) as (stack, client):
         plan = jobs_pb2.PlanRef(org="bench", project="search", plan="big")
         job_id = client.submit(str(Path(CORPUS) / SETS[0]), plan,
                                jobs_pb2.JobOptions(dpi=20)).job_id
@@ -156,8 +149,6 @@ def main() -> None:
             t = time.perf_counter()
             scan(sidecars, q)
             scans.append(time.perf_counter() - t)
-    finally:
-        stack.stop()
     words = sum(len(p["words"]) for p in pages)
     print(f"\nsearch over {a.sheets} sheets ({words:,} words, {lines:,} lines; index "
           f"{index.stat().st_size / 2**20:.1f} MiB, built in {build:.1f} s); {len(qs)} queries, "
