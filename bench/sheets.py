@@ -25,7 +25,7 @@ import pypdfium2 as pdfium
 
 from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.sheets import page_candidates, page_text
-from planzoom.engines.text import OCR_BELOW_GLYPHS, read_words
+from planzoom.engines.text import OCR_BELOW_GLYPHS, document_hints, read_words
 from planzoom.engines.titleblock import fold, number_key
 from planzoom.pages import raster_size
 
@@ -44,7 +44,7 @@ def _same_number(a: str | None, b: str | None) -> bool:
 
 
 def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False,
-        ocr: bool = True) -> dict:
+        ocr: bool = True, hints: bool = True) -> dict:
     by_file: dict[str, list[dict]] = defaultdict(list)
     for row in labels:
         by_file[row["file"]].append(row)
@@ -62,6 +62,7 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
                 results.append((row, None))
             continue
         cands = {}
+        own = document_hints(doc) if hints else {}
         for n in range(1, len(doc) + 1):
             page = doc[n - 1]
             w, h = raster_size(*page.get_size(), dpi)
@@ -74,7 +75,7 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
                 ocr_times.append(time.perf_counter() - t0)
             sizes.append(len(gzip.compress(json.dumps(
                 words.to_json(), separators=(",", ":"), ensure_ascii=False).encode())))
-            cands[n] = page_candidates(words) if words.words else None
+            cands[n] = page_candidates(words, own.get(n - 1, []))
             page.close()
         doc.close()
         sheets = {s.page: s for s in identify_set(cands)}
@@ -165,13 +166,15 @@ def main() -> None:
     ap.add_argument("--pdfs", help="where the labels' PDFs are (default: beside the labels)")
     ap.add_argument("--show", action="store_true", help="print every page's answer")
     ap.add_argument("--no-ocr", action="store_true", help="the text layer only")
+    ap.add_argument("--no-hints", action="store_true",
+                    help="without the PDF's bookmarks and page labels")
     args = ap.parse_args()
     files = args.labels or [os.path.join(CORPUS, "sheets.json")]
     labels = []
     for f in files:
         labels.extend(json.load(open(f, encoding="utf-8")))
     pdf_dir = args.pdfs or os.path.dirname(os.path.abspath(files[0]))
-    report(run(labels, pdf_dir, show=args.show, ocr=not args.no_ocr))
+    report(run(labels, pdf_dir, show=args.show, ocr=not args.no_ocr, hints=not args.no_hints))
 
 
 if __name__ == "__main__":

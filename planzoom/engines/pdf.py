@@ -28,6 +28,7 @@ from planzoom.v1 import events_pb2, jobs_pb2
 # Pages are cached per worker process: consecutive pages of one set reuse the
 # parsed document.
 _doc_cache: dict[str, object] = {}
+_hint_cache: dict[str, dict[int, list[str]]] = {}
 
 
 class PdfDamaged(InvalidInput):
@@ -97,6 +98,17 @@ def close_documents() -> None:
     for doc in _doc_cache.values():
         doc.close()
     _doc_cache.clear()
+    _hint_cache.clear()
+
+
+def _hints(path: str, page: int) -> list[str]:
+    """Page ``page``'s bookmarks and label (:func:`~planzoom.engines.text.document_hints`),
+    read once per document."""
+    from planzoom.engines.text import document_hints
+
+    if path not in _hint_cache:
+        _hint_cache[path] = document_hints(_document(path))
+    return _hint_cache[path].get(page - 1, [])
 
 
 def _document(path: str):
@@ -205,7 +217,8 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
         if text:
             from planzoom.engines.sheets import write_page_text
 
-            words = write_page_text(page, width, height, out_path)
+            words = write_page_text(page, width, height, out_path,
+                                    _hints(path, geometry.page))
         return Raster(width_px=width, height_px=height, bands=bands,
                       raster_bytes=os.path.getsize(out_path), words=words)
     finally:

@@ -18,6 +18,9 @@ ACCEPT_LEVEL = 0.8
 #: text layer, and from OCR (whose misreadings of marks and dimensions
 #: must not pass for a number on a sheet that has none).
 MIN_SCORE, MIN_OCR_SCORE = 2.2, 3.0
+#: What the PDF's own bookmarks or page label naming a candidate add to its
+#: score: a second, independent source that agrees.
+HINT_NUMBER_BONUS, HINT_TITLE_BONUS = 2.0, 2.5
 
 
 # -- the whole set ---------------------------------------------------------------
@@ -62,9 +65,11 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             places[number_key(x["text"])].append((n, tuple(x["slot"])))
     seen = _Seen(places)
     # The slot that wins on most pages: the template's number cell.
+    hinted_on = {n: {number_key(h["number"]) for h in c.get("hints", [])} - {""}
+                 for n, c in pages.items() if c}
     slots = Counter()
-    for c in numbered.values():
-        best = _pick(c["numbers"], seen, count, None)
+    for n, c in numbered.items():
+        best = _pick(c["numbers"], seen, count, None, hinted_on[n])
         if best:
             slots[tuple(best["slot"])] += 1
     cell = None
@@ -89,18 +94,24 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
         if not c:
             out.append(sheet)
             continue
-        best = _pick(c.get("numbers", []), seen, count, cell)
+        hints, hinted = c.get("hints", []), hinted_on[n]
+        best = _pick(c.get("numbers", []), seen, count, cell, hinted)
         ocr = c.get("source") == "ocr"
         if best and best["adj"] >= (MIN_OCR_SCORE if ocr else MIN_SCORE):
             chosen[n] = best
             sheet.number = _clean_number(best["text"])
             sheet.box = best["box"]
             sheet.source = c.get("source") or source
-            sheet.confidence = _confidence(best, c["numbers"], seen, count, cell)
+            sheet.confidence = _confidence(best, c["numbers"], seen, count, cell, hinted)
+            if len(hinted) == 1 and not _named(best["text"], hinted):
+                # The page's one bookmark names another number: a person
+                # looks. (Several are a page's views or parts, not its name.)
+                sheet.confidence = min(sheet.confidence, ACCEPT_LEVEL - 0.05)
             if sheet.source == "ocr":
                 # What OCR read is never accepted unseen: a person confirms it.
                 sheet.confidence = min(sheet.confidence, ACCEPT_LEVEL - 0.05)
-        title = _pick_title(c.get("titles", []), best, common)
+        title = _pick_title(c.get("titles", []), best, common,
+                            [h["title"] for h in hints if h["title"]])
         if title:
             sheet.title = title["text"]
             sheet.title_box = title["box"]
@@ -146,10 +157,11 @@ class _Seen:
                     if abs(px - sx) <= 1 and abs(py - sy) <= 1})
 
 
-def _pick(numbers: list[dict], seen: _Seen, count: int, cell) -> dict | None:
+def _pick(numbers: list[dict], seen: _Seen, count: int, cell,
+          hinted: set[str] = frozenset()) -> dict | None:
     best = None
     for x in numbers:
-        adj = x["score"]
+        adj = x["score"] + (HINT_NUMBER_BONUS if _named(x["text"], hinted) else 0.0)
         repeats = seen.pages(x)
         if count >= 3 and repeats >= max(2, 0.6 * count):
             adj -= 3.0  # the same on most sheets: the project's, not the sheet's
@@ -163,11 +175,12 @@ def _pick(numbers: list[dict], seen: _Seen, count: int, cell) -> dict | None:
     return best
 
 
-def _confidence(best: dict, numbers: list[dict], seen: _Seen, count: int, cell) -> float:
+def _confidence(best: dict, numbers: list[dict], seen: _Seen, count: int, cell,
+                hinted: set[str] = frozenset()) -> float:
     """From the winner's score and its lead over the next value: a number
     read in a labelled field, in the set's number cell, far ahead of any
-    other, is near 1."""
-    others = [_pick([x], seen, count, cell) for x in numbers
+    other (or named by the PDF's bookmarks too), is near 1."""
+    others = [_pick([x], seen, count, cell, hinted) for x in numbers
               if number_key(x["text"]) != number_key(best["text"])]
     second = max((o["adj"] for o in others if o), default=0.0)
     lead = best["adj"] - second
@@ -175,12 +188,33 @@ def _confidence(best: dict, numbers: list[dict], seen: _Seen, count: int, cell) 
     return max(0.0, min(1.0, conf))
 
 
-def _pick_title(titles: list[dict], number: dict | None, common: set[str]) -> dict | None:
-    """The best title candidate: its own score, near the number, and none
-    of its lines printed on most of the set's sheets."""
+def _named(number: str, hinted: set[str]) -> bool:
+    """True if a bookmark names ``number``: the same key, or one key ending
+    the other (an export prefixes its file name: "XL3476_PS_SC20-02T" for
+    sheet "SC20-02T"; ISO 19650 sheets are bookmarked by their last field)."""
+    key = number_key(number)
+    return bool(key) and any(key == h or (min(len(key), len(h)) >= 3 and (
+        key.endswith(h) or h.endswith(key))) for h in hinted)
+
+
+def _same_title(candidate: str, hint: str) -> bool:
+    """A title candidate as a bookmark names it: holding the bookmark's
+    title (once folded and spaced alike), or held in it and at least 60 %
+    of its length."""
+    c, h = (" ".join(re.findall(r"[0-9A-ZА-Я]+", fold(x))) for x in (candidate, hint))
+    return bool(c and h) and (h in c or (c in h and len(c) >= 0.6 * len(h)))
+
+
+def _pick_title(titles: list[dict], number: dict | None, common: set[str],
+                hinted: list[str] = ()) -> dict | None:
+    """The best title candidate: its own score, near the number, none of
+    its lines printed on most of the set's sheets, and as the PDF's
+    bookmarks name the sheet (``hinted``)."""
     best = None
     for t in titles:
         adj = t["score"]
+        if any(_same_title(t["text"], h) for h in hinted):
+            adj += HINT_TITLE_BONUS
         lines = t.get("lines") or [fold(t["text"])]
         if number and number_key(number.get("text", "")) and \
                 number_key(number["text"]) in number_key(t["text"]):

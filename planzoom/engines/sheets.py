@@ -45,6 +45,7 @@ from planzoom.engines.titleblock import (
     fold,
     number_key,
     number_shaped,
+    parse_hint,
     phrases,
     reading_frame,
 )
@@ -144,18 +145,22 @@ def _splits(p: Phrase) -> list[tuple[str, tuple[int, int, int, int], list[Word]]
 KEEP = 8
 
 
-def page_candidates(page: PageWords) -> dict:
+def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     """A page's candidates for its sheet number, title and scale, and its
     callouts, as a dict (stored in the page's word sidecar; read back by
     :func:`planzoom.engines.sheet_set.identify_set`): ``{"numbers": [...], "titles": [...], "scale":
     …, "callouts": [...], "glyphs": n, "words": n}``. Each candidate has its
     text, box (full-resolution pixels), score, letter height (points) and
-    slot (its place on the sheet in 2 % steps)."""
+    slot (its place on the sheet in 2 % steps). ``hints``: what the PDF's
+    bookmarks and page label say of the page, kept as ``{"number",
+    "title"}`` where they name a sheet (:func:`~planzoom.engines.titleblock.parse_hint`)."""
     width, height = page.width, page.height
+    named = _dedupe([h for h in map(parse_hint, hints) if h],
+                    lambda h: (h["number"], h["title"]))
     ph = phrases(page)
     if not ph:
         return {"numbers": [], "titles": [], "scale": None, "callouts": [],
-                "glyphs": page.glyphs, "words": 0}
+                "glyphs": page.glyphs, "words": 0, "hints": named}
     zone = {id(p): _zone_score(p, width, height) for p in ph}
     block = [p for p in ph if zone[id(p)] > 0]
     sizes = sorted(p.size for p in (block or ph))
@@ -248,7 +253,8 @@ def page_candidates(page: PageWords) -> dict:
             break
     return {"numbers": [c.to_json() for c in numbers], "titles": titles,
             "scale": scale.to_json() if scale else None, "callouts": callouts(ph),
-            "glyphs": page.glyphs, "words": len(page.words), "source": page.source}
+            "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
+            "hints": named}
 
 
 def _stacked_numbers(ph: list[Phrase]) -> list[Phrase]:
@@ -416,11 +422,13 @@ def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
     return found
 
 
-def write_page_text(page, width: int, height: int, out_base: str) -> int:
+def write_page_text(page, width: int, height: int, out_base: str,
+                    hints: list[str] | tuple = ()) -> int:
     """Read an open page's words (:func:`page_text`) and write, beside a
     raster at ``out_base``: ``<out_base>.words.json.gz``, the page's word
     sidecar (docs/sheets.md), and ``<out_base>.sheet.json``, its sheet
-    candidates (:func:`page_candidates`). Returns the words written."""
+    candidates (:func:`page_candidates`, with the page's ``hints``: its
+    bookmarks and label). Returns the words written."""
     import gzip
     import json
 
@@ -428,5 +436,5 @@ def write_page_text(page, width: int, height: int, out_base: str) -> int:
     with gzip.open(out_base + ".words.json.gz", "wt", encoding="utf-8", compresslevel=6) as f:
         json.dump(found.to_json(), f, ensure_ascii=False, separators=(",", ":"))
     with open(out_base + ".sheet.json", "w", encoding="utf-8") as f:
-        json.dump(page_candidates(found), f, ensure_ascii=False, separators=(",", ":"))
+        json.dump(page_candidates(found, hints), f, ensure_ascii=False, separators=(",", ":"))
     return len(found.words)

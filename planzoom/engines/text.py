@@ -115,6 +115,34 @@ class PageWords:
                    bool(doc.get("truncated", False)))
 
 
+#: Bookmarks read at most per document (an outline can be long; pypdfium2
+#: stops at a loop).
+MAX_OUTLINE_ITEMS = 5000
+#: Longest bookmark or page label kept, characters.
+MAX_HINT_CHARS = 200
+
+
+def document_hints(doc) -> dict[int, list[str]]:
+    """What a PDF says of its own pages (pypdfium2 ``PdfDocument``): by
+    0-based page index, the titles of the bookmarks that open the page and
+    its page label ("A101 - FLOOR PLAN", "[1] LS-11435"), as printed. CAD
+    and Revit exports name each sheet so; a book names its chapters."""
+    hints: dict[int, list[str]] = {}
+    for n, item in enumerate(doc.get_toc(max_depth=4)):
+        if n >= MAX_OUTLINE_ITEMS:
+            break
+        dest = item.get_dest()
+        index = dest.get_index() if dest is not None else None
+        title = (item.get_title() or "").replace("\x00", "").strip()
+        if index is not None and title:
+            hints.setdefault(index, []).append(title[:MAX_HINT_CHARS])
+    for index in range(len(doc)):
+        label = (doc.get_page_label(index) or "").replace("\x00", "").strip()
+        if label:
+            hints.setdefault(index, []).append(label[:MAX_HINT_CHARS])
+    return hints
+
+
 def _page_to_pixels(page, width: int, height: int):
     """The affine map (a, b, c, d, e, f: x' = a x + c y + e, y' = b x + d y
     + f) from the page's user space (points) to its full-resolution pixels,

@@ -262,3 +262,22 @@ def discipline(number: str | None, title: str | None) -> str | None:
             if pattern.search(t):
                 return name
     return None
+
+
+#: A bookmark or page label that names a sheet: "A101 - FLOOR PLAN",
+#: "Sheets: L02-…-AR-00001 - Cover Sheet", "[1] LS-11435", "A2-03".
+_HINT_PREFIX = re.compile(r"^(?:\[\d+\]\s*|(?:sheets?|tavole|fogli|planos|pl[aä]ne)\s*:\s*)",
+                          re.IGNORECASE)
+_HINT = re.compile(r"^(?P<number>\S{1,48})\s+[-\u2013\u2014:]\s+(?P<title>\S.*)$")
+
+
+def parse_hint(text: str) -> dict | None:
+    """``{"number", "title"}`` of a bookmark or page label that names a
+    sheet (a number, or a number, a dash and a title), else None."""
+    t = _HINT_PREFIX.sub("", text.strip()).strip()
+    m = _HINT.match(t)
+    if m and number_shaped(m["number"]):
+        return {"number": m["number"], "title": m["title"].strip()}
+    if number_shaped(t) and " " not in t and not (t.isdigit() and len(t) <= 3):
+        return {"number": t, "title": ""}  # not a page counter ("1", "12")
+    return None

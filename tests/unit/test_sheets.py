@@ -135,3 +135,63 @@ def test_callouts_link_only_to_sheets_of_the_set(corpus):
     assert {r["page"] for r in got[2].references} == {4}
     assert got[4].references == []
     assert all(r["number"] == "300-00" for r in got[1].references)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("A101 - EXISTING MAIN FLOOR PLAN", ("A101", "EXISTING MAIN FLOOR PLAN")),
+    ("Sheets: L02-R02D01-FOS-00-XX-DWG-AR-00001 - Cover Sheet",
+     ("L02-R02D01-FOS-00-XX-DWG-AR-00001", "Cover Sheet")),
+    ("ASK-05 - STRUCTURE - MOMENT FRAME (1)", ("ASK-05", "STRUCTURE - MOMENT FRAME (1)")),
+    ("[1] LS-11435", ("LS-11435", "")),
+    ("[1] Model", None), ("12", None), ("iii", None), ("Chapter 1: Creators", None),
+    ("1.2 Metrische Räume", None),
+])
+def test_bookmarks_and_page_labels_that_name_a_sheet(text, want):
+    from planzoom.engines.titleblock import parse_hint
+
+    got = parse_hint(text)
+    assert (got and (got["number"], got["title"])) == (want or None)
+
+
+def test_the_pdfs_own_bookmarks_cross_check_the_title_block():
+    """A bookmark naming the sheet lifts the candidate it names over a
+    louder one (also when an export prefixed it) and its title over
+    another; one naming a number the title block does not hold sends the
+    page to review; a page with no title block read stays without a
+    number (a bookmark is not what is printed on the sheet)."""
+    def page(numbers, titles, hints):
+        c = _cands(1, numbers)
+        c["titles"] = [{"text": t, "box": [0, 0, 10, 10], "score": s, "size": 10.0,
+                        "slot": [40, 40], "lines": [t.upper()]} for t, s in titles]
+        c["hints"] = [{"number": n, "title": t} for n, t in hints]
+        return c
+
+    pages = {
+        1: page([("3", 4.0, (40, 40)), ("A101", 3.0, (47, 49))],
+                [("GENERAL NOTES", 3.0), ("Existing main floor plan", 2.0)],
+                [("A101", "EXISTING MAIN FLOOR PLAN")]),
+        2: page([("A102", 5.0, (47, 49))], [], [("A-103", "")]),
+        3: page([], [], [("A104", "ROOF PLAN")]),
+        4: page([("A104", 5.0, (47, 49))], [], []),
+        5: page([("7", 3.4, (40, 40)), ("SC20-02T", 3.0, (47, 49))], [],
+                [("XL3476_PS_SC20-02T", "")]),
+    }
+    sheets = {s.page: s for s in identify_set(pages)}
+    assert (sheets[1].number, sheets[1].title) == ("A101", "Existing main floor plan")
+    assert sheets[2].number == "A102" and sheets[2].needs_review
+    assert not sheets[4].needs_review
+    assert sheets[3].number is None
+    assert sheets[5].number == "SC20-02T"
+
+
+def test_a_cad_exports_bookmarks_reach_its_page_candidates(corpus, tmp_path):
+    from planzoom.engines.text import document_hints
+
+    name = "arch-floorplan-a1-rot90-heavyvector-scaledetection-drawing.pdf"
+    doc = pdfium.PdfDocument(str(corpus / name))
+    assert "A2-200 - GROUND FLOOR PLAN" in document_hints(doc)[0]
+    page = doc[0]
+    w, h = raster_size(*page.get_size(), 40)
+    write_page_text(page, w, h, str(tmp_path / "p"), document_hints(doc)[0])
+    stored = json.loads((tmp_path / "p.sheet.json").read_text())
+    assert {"number": "A2-200", "title": "GROUND FLOOR PLAN"} in stored["hints"]
