@@ -28,7 +28,7 @@ import numpy as np
 import pypdfium2 as pdfium
 import simplejpeg
 
-from planzoom.engines.pdf import render_rows
+from planzoom.engines.bands import render_rows
 from planzoom.pages import raster_size
 from planzoom_devstack.stack import installed_binary
 

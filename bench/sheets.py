@@ -24,7 +24,8 @@ from collections import defaultdict
 import pypdfium2 as pdfium
 
 from planzoom.engines.sheet_set import identify_set
-from planzoom.engines.sheets import page_candidates, page_text
+from planzoom.engines.sheets import page_candidates
+from planzoom.engines.sidecar import page_text
 from planzoom.engines.text import OCR_BELOW_GLYPHS, document_hints, read_words
 from planzoom.engines.titleblock import fold, number_key
 from planzoom.pages import raster_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from planzoom.engines.pdf import StripSizer
+from planzoom.engines.bands import StripSizer
 from tests.dzi_check import psnr, reference_render
 from tests.engines import pdf_geometry, render_pdf_page
 

@@ -11,7 +11,8 @@ import pypdfium2 as pdfium
 import pytest
 
 from planzoom.engines.sheet_set import identify_set
-from planzoom.engines.sheets import page_candidates, write_page_text
+from planzoom.engines.sheets import page_candidates
+from planzoom.engines.sidecar import write_page_text
 from planzoom.engines.text import PageWords, Word, read_words
 from planzoom.engines.titleblock import discipline, number_key
 from planzoom.pages import raster_size
