@@ -20,7 +20,7 @@ raw (34892, DNG) or sequential CFA (32892), whose compression is one only
 RAW formats use, or that carries TIFF/EP's CFA pattern tags (33421, 33422).
 The header shows the first directories only; the inspection worker reads the
 whole file, and where the structure could hide a RAW it cannot show, asks
-LibRaw (:func:`planzoom.engines.image.effective_kind`).
+LibRaw (:func:`planzoom.engines.raw_or_tiff.effective_kind`).
 """
 
 from __future__ import annotations

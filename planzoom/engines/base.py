@@ -1,6 +1,6 @@
 """What every engine takes and gives: the limits a source is opened under
 (:class:`Limits`), what opening it found (:class:`SourceInfo`), and the
-refusal they share (:class:`TooManyPages`).
+refusals they share (:class:`TooManyPages`, :class:`ImageDamaged`).
 
 These travel between a service and its sandboxed workers: :class:`Limits`
 as a pickle (service to worker, trusted), :class:`SourceInfo` as JSON
@@ -12,7 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planzoom.engines.sandbox import sandbox_result
-from planzoom.errors import ResourceExhausted
+from planzoom.errors import InvalidInput, ResourceExhausted
+
+
+class ImageDamaged(InvalidInput):
+    """The image cannot be read: truncated, corrupt or not what it says."""
+
+    reason = "IMAGE_DAMAGED"
 
 
 class TooManyPages(ResourceExhausted):

@@ -37,23 +37,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from planzoom.engines.base import Limits, SourceInfo, TooManyPages
+from planzoom.engines.base import ImageDamaged, Limits, SourceInfo, TooManyPages
+from planzoom.engines.exif import image_facts
+from planzoom.engines.heif import decoded_heif, heif_orientation, open_heif
 from planzoom.engines.raster import Raster, raster_writer
+from planzoom.engines.raw_or_tiff import effective_kind
 from planzoom.engines.variants import fit, save, watermarked
-from planzoom.errors import InvalidInput, ResourceExhausted
-from planzoom.media import HEADER_WINDOW, RAW, TIFF, Kind, raw_magic, tiff_layout
+from planzoom.errors import ResourceExhausted
+from planzoom.media import Kind
 from planzoom.v1 import events_pb2, jobs_pb2
 
 #: A page whose header gives no usable resolution is taken as 72 DPI.
 DEFAULT_DPI = 72.0
 #: Resolutions outside this range (DPI) are treated as missing.
 DPI_RANGE = (50.0, 20000.0)
-
-
-class ImageDamaged(InvalidInput):
-    """The image cannot be read: truncated, corrupt or not what it says."""
-
-    reason = "IMAGE_DAMAGED"
 
 
 class ImageTooLarge(ResourceExhausted):
@@ -249,45 +246,6 @@ def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,
     return made
 
 
-def _text(value) -> str:
-    return value.strip("\x00 ").strip()[:100] if isinstance(value, str) else ""
-
-
-def _degrees(dms, ref) -> float | None:
-    try:
-        value = float(dms[0]) + float(dms[1]) / 60 + float(dms[2]) / 3600
-    except (TypeError, ValueError, IndexError, ZeroDivisionError):
-        return None
-    return -value if ref in ("S", "W") else value
-
-
-def image_facts(exif: bytes | None, width: int, height: int, orientation: int) -> dict:
-    """ImageFacts fields from an EXIF block (parsed with Pillow's reader):
-    capture time, camera, the stored size and the orientation applied, and
-    the GPS position if there is one (the caller keeps it only if asked)."""
-    facts = {"original_width": width, "original_height": height,
-             "orientation": orientation if orientation in range(1, 9) else 1}
-    if not exif:
-        return facts
-    from PIL import Image
-
-    tags = Image.Exif()
-    try:
-        tags.load(exif)
-        detail, gps = tags.get_ifd(0x8769), tags.get_ifd(0x8825)
-    except Exception:
-        return facts
-    facts["camera_make"], facts["camera_model"] = _text(tags.get(0x010F)), _text(tags.get(0x0110))
-    taken = _text(detail.get(0x9003) or tags.get(0x0132))
-    if len(taken) >= 19 and taken[4] == ":" and taken[7] == ":":
-        facts["captured_at"] = taken[:10].replace(":", "-") + "T" + taken[11:19]
-    if gps and 2 in gps and 4 in gps:
-        lat, lon = _degrees(gps[2], gps.get(1)), _degrees(gps[4], gps.get(3))
-        if lat is not None and lon is not None and abs(lat) <= 90 and abs(lon) <= 180:
-            facts["gps_latitude"], facts["gps_longitude"] = round(lat, 7), round(lon, 7)
-    return {k: v for k, v in facts.items() if v != ""}
-
-
 def _check_jpeg_end(path: str) -> None:
     """The last start-of-scan marker (FFDA) of a JPEG must be followed by an
     end-of-image marker (FFD9); inside scan data an FF byte is always
@@ -302,77 +260,6 @@ def _check_jpeg_end(path: str) -> None:
         if scan < 0 or data.find(b"\xff\xd9", scan) < 0:
             raise ImageDamaged("the JPEG is truncated (its image data has no end-of-image "
                                "marker); upload the whole file")
-
-
-def effective_kind(path: str, kind: Kind, limits: Limits | None = None) -> Kind:
-    """RAW or TIFF for a file ingest sniffed as either, from its whole
-    structure (:func:`planzoom.media.tiff_layout`), never from the maker it
-    names; any other kind as it is. Deterministic for a file, so inspection
-    and render agree:
-
-    - a RAW header (CR2, IIQ, ORF, RW2, RAF), or no classic TIFF: as sniffed;
-    - RAW structure (DNGVersion, sensor data in a directory): RAW, unless
-      its sensor data is no larger than an ordinary image in it, LibRaw
-      refuses the file and libvips reads it (a TIFF image carrying a stray
-      CFA tag): then a TIFF;
-    - no RAW structure, but a file that could hide one (it names a maker
-      and has no full-size ordinary image, or directories of an unknown
-      kind): RAW if LibRaw opens and unpacks it to an image larger than
-      the file's largest ordinary directory, else a TIFF;
-    - else a TIFF.
-
-    LibRaw unpacks nothing declared over ``limits`` (such a file is RAW and
-    refused by its size)."""
-    import mmap
-
-    if kind.name not in ("tiff", "raw"):
-        return kind
-    with open(path, "rb") as f:
-        head = f.read(HEADER_WINDOW)
-        if raw_magic(head) or head[:4] not in (b"II*\x00", b"MM\x00*"):
-            return kind
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            layout = tiff_layout(data)
-    if layout.raw:
-        if (0 < layout.raw_pixels <= layout.image_pixels and _libraw_size(path, limits) is None
-                and _vips_reads(path)):
-            return TIFF
-        return RAW
-    if layout.could_hide_raw:
-        size = _libraw_size(path, limits)
-        if size is not None and size[0] * size[1] > layout.image_pixels:
-            return RAW
-    return TIFF
-
-
-def _libraw_size(path: str, limits: Limits | None) -> tuple[int, int] | None:
-    """The size of the image LibRaw makes of ``path`` once it has opened it
-    and unpacked its sensor data, or None if it refuses either; a size
-    declared over ``limits`` is returned without unpacking."""
-    import rawpy
-
-    try:
-        with rawpy.imread(path) as raw:
-            sizes = raw.sizes
-            if limits is None or (
-                    sizes.raw_width * sizes.raw_height <= limits.max_image_pixels
-                    and (not limits.max_image_side
-                         or max(sizes.raw_width, sizes.raw_height) <= limits.max_image_side)):
-                raw.unpack()
-    except (rawpy.LibRawError, OSError):
-        return None
-    return sizes.width, sizes.height
-
-
-def _vips_reads(path: str) -> bool:
-    """True if libvips opens ``path`` as an image (its header)."""
-    import pyvips
-
-    try:
-        pyvips.Image.new_from_file(path, access="sequential")
-    except pyvips.Error:
-        return False
-    return True
 
 
 def _raw_page(path: str, limits: Limits) -> ImagePage:
@@ -392,65 +279,15 @@ def _raw_page(path: str, limits: Limits) -> ImagePage:
                                        {0: 1, 3: 3, 5: 8, 6: 6}.get(sizes.flip, 1)))
 
 
-def _heif(path: str):
-    import pillow_heif
-
-    try:
-        return pillow_heif.open_heif(path, convert_hdr_to_8bit=True)
-    except (ValueError, RuntimeError, OSError) as e:
-        raise ImageDamaged(f"the HEIF image cannot be read: {e}") from None
-
-
-def _heif_orientation(path: str, heif) -> int:
-    """The EXIF orientation to apply to a HEIF that libheif decoded: none
-    if the file has irot/imir transforms (libheif applied them)."""
-    exif = heif.info.get("exif")
-    if not exif:
-        return 1
-    with open(path, "rb") as f:
-        head = f.read(1 << 18)
-    if b"irot" in head or b"imir" in head:
-        return 1
-    from PIL import Image
-
-    tags = Image.Exif()
-    try:
-        tags.load(exif)
-    except Exception:
-        return 1
-    value = tags.get(0x0112, 1)
-    return value if value in range(1, 9) else 1
-
-
 def _heif_page(path: str, limits: Limits) -> ImagePage:
-    heif = _heif(path)
+    heif = open_heif(path)
     width, height = heif.size
-    orientation = _heif_orientation(path, heif)
+    orientation = heif_orientation(path, heif)
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     _check_pixels(width, height, limits, "the HEIF image")
     return ImagePage(index=0, width_px=width, height_px=height, dpi=DEFAULT_DPI,
                      facts=image_facts(heif.info.get("exif"), *heif.size, orientation))
-
-
-def _decoded_heif(path: str):
-    import numpy as np
-    import pyvips
-
-    heif = _heif(path)
-    try:
-        pixels = np.ascontiguousarray(np.asarray(heif))
-    except (ValueError, RuntimeError) as e:
-        raise ImageDamaged(f"the HEIF image cannot be decoded: {e}") from None
-    bands = pixels.shape[2] if pixels.ndim == 3 else 1
-    image = pyvips.Image.new_from_memory(pixels.data, pixels.shape[1], pixels.shape[0], bands,
-                                         "uchar")
-    image = image.copy(interpretation="srgb" if bands >= 3 else "b-w")
-    icc = heif.info.get("icc_profile")
-    if icc:
-        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
-    image.set_type(pyvips.GValue.gint_type, "orientation", _heif_orientation(path, heif))
-    return image
 
 
 def _raw_reason(error: Exception) -> str:
@@ -476,7 +313,7 @@ def decoded(path: str, kind: Kind, page: ImagePage):
     if kind.is_raw:
         image = _developed_raw(path)
     elif kind.name == "heif":
-        image = _decoded_heif(path).autorot()
+        image = decoded_heif(path).autorot()
     else:
         extra = {"page": page.index} if kind.name == "tiff" else {}
         try:

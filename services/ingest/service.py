@@ -21,7 +21,7 @@ from planzoom.boundary import method_roles
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines import Limits, SourceInfo
-from planzoom.engines.image import ImageDamaged
+from planzoom.engines.base import ImageDamaged
 from planzoom.engines.pdf import PdfDamaged
 from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.engines.video import VideoDamaged

@@ -1,6 +1,6 @@
 """RAW or TIFF: a TIFF-structured upload is told by its structure, never by
 the maker it names (planzoom.media.tiff_layout, sniff; the inspection and
-render worker's planzoom.engines.image.effective_kind).
+render worker's planzoom.engines.raw_or_tiff.effective_kind).
 
 Files: the corpus (../shared/corpus/media), tests/fixtures/media (see its
 SOURCES.md: a real Kodak DC50 KDC, ExifTool's Nikon D70 NEF), and files
@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from planzoom import engines
-from planzoom.engines.base import Limits
-from planzoom.engines.image import ImageDamaged, decoded, effective_kind, image_pages, normalised
+from planzoom.engines.base import ImageDamaged, Limits
+from planzoom.engines.image import decoded, image_pages, normalised
+from planzoom.engines.raw_or_tiff import effective_kind
 from planzoom.media import (
     HEADER_WINDOW,
     MAX_TIFF_WALK_DIRECTORIES,
