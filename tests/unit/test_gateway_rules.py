@@ -14,8 +14,9 @@ from planzoom.config import Settings
 from planzoom.errors import InvalidInput
 from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom.v1.reasons_pb2 import Reason
+from services.gateway.endpoints import Unsafe, check_url, resolve_allowed
 from services.gateway.tus import job_request, parse_metadata
-from services.gateway.webhooks import Unsafe, _backoff, check_url, payload, resolve_allowed
+from services.gateway.webhooks import _backoff, payload
 
 
 def b64(text: str) -> str:
