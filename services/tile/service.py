@@ -28,7 +28,7 @@ from planzoom.heap import keep_freed_blocks
 from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
-from planzoom.storage import PartUpload
+from planzoom.parts import PartUpload
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.tile.put_pool import PutPool
 

@@ -18,7 +18,8 @@ from botocore.exceptions import ClientError
 
 from planzoom.config import Settings
 from planzoom.errors import Unavailable
-from planzoom.storage import ObjectNotFound, ObjectStore, PartUpload, WriteConflict
+from planzoom.parts import PartUpload
+from planzoom.storage import ObjectNotFound, ObjectStore, WriteConflict
 from planzoom.store_reader import AsyncReader
 from planzoom.v1 import jobs_pb2
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
