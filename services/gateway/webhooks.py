@@ -206,6 +206,8 @@ class Webhooks:
             return
         org = ended.plan.org
         wanted = [e for e in await self.endpoints(org) if event_type in e.events]
+        log.info("job ended: %d webhook deliveries", len(wanted),
+                 extra={"org": org, "job_id": ended.job_id, "event": event_type})
         if not wanted:
             return
         await self._ensure_org(org)

@@ -307,7 +307,7 @@ def test_one_orgs_hanging_endpoints_do_not_hold_every_delivery_worker(stack, gat
             assert slow_job.state == jobs_pb2.JOB_STATE_COMPLETE
             wait_until("both hanging deliveries under way",
                        lambda: len(receiver.at("/hang-0")) + len(receiver.at("/hang-1")) >= 1,
-                       timeout=30)
+                       timeout=60)
             job = _job_of(stack, "hooks-prompt")
             [request] = wait_until("the other org's delivery", lambda: receiver.at("/prompt"),
                                    timeout=30)
