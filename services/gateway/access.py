@@ -29,10 +29,12 @@ from limits import RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from planzoom import keys
 from planzoom.auth import ROLES, Caller, TokenVerifier
 from planzoom.config import Settings
 from planzoom.errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from planzoom.jobstore import JobNotFound
+from planzoom.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,12 @@ class Gatekeeper:
         token = self.links.dumps({"j": link.job_id, "o": link.org, "p": link.tiles_prefix,
                                   "s": link.subject, "a": link.archive, "e": int(expires)})
         return token, float(int(expires))
+
+    def job_link(self, job: jobs_pb2.Job, caller: Caller) -> tuple[str, float]:
+        """A signed link to read ``job``'s outputs, minted for ``caller`` (it
+        ends when the caller's token does), and its expiry (:meth:`sign`)."""
+        return self.sign(Link(job.job_id, job.plan.org, job.tiles_prefix, caller.subject,
+                              keys.is_archive(job.options)), token_expires_at=caller.expires_at)
 
     def _link(self, cap: str) -> Link:
         # A viewer sends its link with every tile: verify it once, then

@@ -41,6 +41,7 @@ from services.gateway import (
 from services.gateway.access import Gatekeeper
 from services.gateway.archives import Archives
 from services.gateway.bus import Bus
+from services.gateway.iiif.image import Iiif
 from services.gateway.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class Gateway:
     archives: Archives
     searches: sheet_routes.SearchIndexes  # jobs' search indexes, on local disk
     zips: Slots  # zip downloads listed or sent at once
+    iiif: Iiif  # the IIIF Image API's limits, region slots and pages' descriptors
 
 
 class BodyLimit:
@@ -126,7 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                     Archives(store, reader, settings.gateway_archives,
                                              settings.gateway_tile_cache_bytes),
                                     sheet_routes.SearchIndexes(store),
-                                    downloads.zip_slots(settings))
+                                    downloads.zip_slots(settings), Iiif(settings))
         sweep = asyncio.create_task(app.state.gateway.uploads.clean_forever())
         await hooks.start()
         try:

@@ -24,7 +24,6 @@ from planzoom.ids import check_id
 from planzoom.states import ended
 from planzoom.updates import apply_update
 from planzoom.v1 import jobs_pb2
-from services.gateway.access import Link
 from services.gateway.problems import to_problem
 
 log = logging.getLogger(__name__)
@@ -143,9 +142,7 @@ async def job_links(request: Request, job_id: str) -> dict:
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     job = await gw.upstream.get_job(access, check_id("job_id", job_id))
-    cap, expires = gw.gatekeeper.sign(
-        Link(job.job_id, job.plan.org, job.tiles_prefix, access.caller.subject,
-             keys.is_archive(job.options)), token_expires_at=access.caller.expires_at)
+    cap, expires = gw.gatekeeper.job_link(job, access.caller)
     base = str(request.base_url).rstrip("/") + f"/v1/jobs/{job.job_id}"
     links = {
         "cap": cap,

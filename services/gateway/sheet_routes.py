@@ -25,7 +25,7 @@ from planzoom.ids import check_id
 from planzoom.sheets import sheet_json
 from planzoom.storage import ObjectNotFound
 from planzoom.v1 import jobs_pb2
-from services.gateway.tiles import _absent, _place, cache_control
+from services.gateway.tiles import _absent, cache_control, job_place
 
 router = APIRouter(prefix="/v1", tags=["sheets"])
 
@@ -99,7 +99,7 @@ async def job_sheets(request: Request, job_id: str) -> Response:
     (the PDF's text layer), ``ocr``, ``index``, ``user`` or ``none``.
     Boxes: ``[x, y, w, h]``, full-resolution pixels. 404 until the job has
     ended. Bearer (viewer) or ``?cap=``."""
-    place = await _place(request, job_id)
+    place = await job_place(request, job_id)
     return await _json_object(request, f"{place.tiles_prefix}sheets.json",
                               f"the sheet index of job {job_id}")
 
@@ -113,7 +113,7 @@ async def page_words(request: Request, job_id: str, page: int) -> Response:
     (an image, a page not yet rendered). Bearer (viewer) or ``?cap=``."""
     if not 1 <= page <= 999_999:
         raise _absent(f"page {page}")
-    place = await _place(request, job_id)
+    place = await job_place(request, job_id)
     gw = request.app.state.gateway
     key = f"{place.tiles_prefix}page-{page}.words.json.gz"
     try:
@@ -184,6 +184,17 @@ async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
         raise NotFound(f"plan {plan}: no complete set yet", reason="NOT_FOUND") from None
     current = json.loads(data)
     return current["job_id"], current["tiles_prefix"]
+
+
+async def search_index(request: Request, job_id: str, tiles_prefix: str) -> str:
+    """A local copy of the search index of job ``job_id`` (outputs under
+    ``tiles_prefix``). Raises NotFound (SHEETS_NOT_READY) for a job with
+    none: not a PDF, or not ended."""
+    try:
+        return await request.app.state.gateway.searches.path(f"{tiles_prefix}search.sqlite")
+    except ObjectNotFound:
+        raise NotFound(f"job {job_id}: no search index (it is made when a PDF job ends)",
+                       reason="SHEETS_NOT_READY") from None
 
 
 #: Plans one project- or org-wide search reads at most (their current sets'
@@ -267,24 +278,22 @@ async def search_sheets(request: Request,
         raise BadQuery(str(e)) from None
     truncated = False
     if job_id is not None:
-        place = await _place(request, job_id)
+        place = await job_place(request, job_id)
         sets = [(None, check_id("job_id", job_id), place.tiles_prefix)]
     elif plan is not None:
         sets = [(plan, *await _plan_job(request, plan))]
     else:
         sets, truncated = await _scope_sets(request, project, org)
-    indexes = request.app.state.gateway.searches
     parallel = asyncio.Semaphore(SEARCH_PARALLEL)
 
     async def one(scope: str | None, job: str, prefix: str) -> list[dict]:
         async with parallel:
             try:
-                path = await indexes.path(f"{prefix}search.sqlite")
-            except ObjectNotFound:
+                path = await search_index(request, job, prefix)
+            except NotFound:
                 if len(sets) > 1:
                     return []  # a set of photos, or one ended before indexes
-                raise NotFound(f"job {job}: no search index (it is made when a PDF job "
-                               "ends)", reason="SHEETS_NOT_READY") from None
+                raise
             hits = await asyncio.to_thread(search.query, path, q, limit)
         return [{"job_id": job, "plan": scope, "page": h.page, "sheet": h.sheet,
                  "text": h.text, "boxes": h.boxes} for h in hits]

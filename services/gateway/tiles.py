@@ -55,10 +55,15 @@ def _absent(what: str) -> NotFound:
                     "page is done)", reason="NOT_FOUND")
 
 
-async def _place(request: Request, job_id: str) -> JobPlace:
+async def job_place(request: Request, job_id: str, cap: str | None = None) -> JobPlace:
+    """Where job ``job_id``'s outputs are, if ``request`` may read them: a
+    bearer token (viewer) or a signed link of the job (``cap`` when the
+    route has it in its path, else ``?cap=``). Marks whether a link was the
+    grant (:func:`cache_control`). Raises Unauthenticated (401), NotFound
+    (404: unknown, or another org's) or ResourceExhausted (429)."""
     gw = request.app.state.gateway
     job_id = check_id("job_id", job_id)
-    access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id)
+    access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id, cap=cap)
     place = await gw.upstream.place(access, job_id)
     request.state.via_link = access.link is not None
     return place
@@ -66,7 +71,7 @@ async def _place(request: Request, job_id: str) -> JobPlace:
 
 def cache_control(request: Request) -> str:
     """``Cache-Control`` for a job's output read by ``request`` (after
-    :func:`_place`): ``public`` only when a signed link was the grant. A shared
+    :func:`job_place`): ``public`` only when a signed link was the grant. A shared
     cache (a CDN, an ingress) keys on the URL alone, so an answer to a bearer
     token stored there would be served to anyone who has the URL
     (RFC 9111 section 5.2.2.7, ``private``)."""
@@ -87,7 +92,8 @@ async def _immutable(request: Request, content_type: str, etag: str,
     return Response(body, media_type=content_type, headers=headers)
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
+    """An ETag naming ``parts`` (what makes an answer what it is)."""
     return '"' + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest() + '"'
 
 
@@ -119,7 +125,7 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
     the job does not have.
     Bearer (viewer) or ``?cap=``."""
     if match := PAGE_DZI.fullmatch(name):
-        place = await _place(request, job_id)
+        place = await job_place(request, job_id)
         if place.archive:
             try:
                 index = await request.app.state.gateway.archives.index(
@@ -127,11 +133,11 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
             except ObjectNotFound:
                 raise _absent(request.url.path) from None
             xml = dzi_xml(index.dzi)
-            return await _immutable(request, CONTENT_TYPES["dzi"], _digest(xml), xml)
+            return await _immutable(request, CONTENT_TYPES["dzi"], digest(xml), xml)
         return await _object(request, f"{place.tiles_prefix}page-{match[1]}.dzi",
                              CONTENT_TYPES["dzi"])
     if match := PAGE_VARIANT.fullmatch(name):
-        place = await _place(request, job_id)
+        place = await job_place(request, job_id)
         return await _object(request, f"{place.tiles_prefix}page-{match['page']}."
                              f"{match['name']}.{match['ext']}", CONTENT_TYPES[match["ext"]])
     raise _absent(f"{name} (a descriptor is named <page>.dzi, a variant "
@@ -147,7 +153,7 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
     page, cell = PAGE_FILES.fullmatch(files), TILE.fullmatch(tile)
     if not page or not cell or not 0 <= level <= 64:
         raise _absent(f"tile {files}/{level}/{tile}")
-    place = await _place(request, job_id)
+    place = await job_place(request, job_id)
     if place.archive:
         archives = request.app.state.gateway.archives
         key = f"{place.tiles_prefix}page-{page[1]}.{ARCHIVE_SUFFIX}"
@@ -159,7 +165,7 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
             raise _absent(f"tile {files}/{level}/{tile}")
         # An archive never changes once written: where the bytes are in it
         # names them (identical tiles, stored once, share it).
-        return await _immutable(request, CONTENT_TYPES[cell[3]], _digest(key, *found),
+        return await _immutable(request, CONTENT_TYPES[cell[3]], digest(key, *found),
                                 lambda: archives.read(key, *found))
     key = f"{place.tiles_prefix}page-{page[1]}_files/{level}/{cell[1]}_{cell[2]}.{cell[3]}"
     return await _object(request, key, CONTENT_TYPES[cell[3]])
@@ -175,8 +181,8 @@ async def video_file(request: Request, job_id: str, path: str) -> Response:
     configuration) follows them."""
     if not PREVIEW_FILE.fullmatch(path):
         raise _absent(f"video file {path}")
-    place = await _place(request, job_id)
-    key = "previews/" + place.tiles_prefix.removeprefix("tiles/") + path
+    place = await job_place(request, job_id)
+    key = place.preview_prefix + path
     ext = path.rsplit(".", 1)[1]
     response = await _object(request, key, CONTENT_TYPES[ext])
     cap = request.query_params.get("cap")

@@ -45,6 +45,12 @@ class JobPlace:
     tiles_prefix: str
     archive: bool  # layout ARCHIVE: each page's pyramid in one object
 
+    @property
+    def preview_prefix(self) -> str:
+        """Where a video job's HLS preview is (planzoom/keys.py: beside
+        ``tiles/<plan>/<job>/`` as ``previews/<plan>/<job>/``)."""
+        return "previews/" + self.tiles_prefix.removeprefix("tiles/")
+
 
 class Upstream:
     """ProgressService and IngestService calls as the caller (its token

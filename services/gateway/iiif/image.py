@@ -26,7 +26,6 @@ also its canonical URL (``rel="canonical"``, section 4.8). Errors are RFC
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from fastapi import APIRouter, Request, Response
@@ -46,7 +45,7 @@ from services.gateway.iiif.cut import (
     missing_page,
     tile,
 )
-from services.gateway.tiles import CONTENT_TYPES, cache_control
+from services.gateway.tiles import CONTENT_TYPES, cache_control, digest, job_place
 from services.gateway.upstream import JobPlace
 
 router = APIRouter()
@@ -88,7 +87,7 @@ class NoImageService(NotFound):
 
 
 class Iiif:
-    """What the Image API keeps per gateway (``app.state.iiif``): its
+    """What the Image API keeps per gateway (``Gateway.iiif``): its
     limits (``PLANZOOM_IIIF_*``), its region slots and the pages' descriptors."""
 
     def __init__(self, settings: Settings):
@@ -103,13 +102,6 @@ class Iiif:
         self.pages = Pages()
 
 
-def _iiif(request: Request) -> Iiif:
-    state = getattr(request.app.state, "iiif", None)
-    if state is None:
-        state = request.app.state.iiif = Iiif(request.app.state.gateway.settings)
-    return state
-
-
 async def _open(request: Request, ident: str, link: str | None
                 ) -> tuple[JobPlace, Page, str]:
     """The page behind image id ``ident`` if the request may read it: its
@@ -118,26 +110,19 @@ async def _open(request: Request, ident: str, link: str | None
     done, a video's page) or ResourceExhausted (429)."""
     gw = request.app.state.gateway
     job_id, page_no = IMAGE_ID.fullmatch(ident).groups()
-    access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id, cap=link)
-    place = await gw.upstream.place(access, job_id)
-    request.state.via_link = access.link is not None
+    place = await job_place(request, job_id, link)
     base = str(request.base_url).rstrip("/") + "/iiif/3"
-    if access.link is not None:
+    if request.state.via_link:
         base += f"/cap/{link or request.query_params['cap']}"
-    page = await _iiif(request).pages.page(gw, place.tiles_prefix, place.archive, int(page_no))
+    page = await gw.iiif.pages.page(gw, place.tiles_prefix, place.archive, int(page_no))
     if page is None:
-        video = "previews/" + place.tiles_prefix.removeprefix("tiles/") + "master.m3u8"
         try:
-            await gw.reader.get_if_changed(video, None)
+            await gw.reader.get_if_changed(place.preview_prefix + "master.m3u8", None)
         except ObjectNotFound:
             raise missing_page(int(page_no)) from None
         raise NoImageService(f"{ident} is a video's page: videos have no IIIF image service "
                              f"(their preview is /v1/jobs/{job_id}/video/master.m3u8)")
     return place, page, f"{base}/{ident}"
-
-
-def _etag(*parts: object) -> str:
-    return '"' + hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest() + '"'
 
 
 def _headers(request: Request, etag: str, link: str = PROFILE_LINK) -> dict[str, str]:
@@ -182,8 +167,8 @@ async def _info(request: Request, ident: str, link: str | None) -> Response:
     place, page, service_id = await _open(request, ident, link)
     accept = request.headers.get("accept", "")
     plain = "application/json" in accept and "application/ld+json" not in accept
-    body = info(page.dzi, service_id, _iiif(request).limits)
-    etag = _etag(place.tiles_prefix, ident, body, plain)
+    body = info(page.dzi, service_id, request.app.state.gateway.iiif.limits)
+    etag = digest(place.tiles_prefix, ident, body, plain)
     headers = {**_headers(request, etag), "Vary": "Accept"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
@@ -196,11 +181,11 @@ async def _image(request: Request, ident: str, region: str, size: str, rotation:
     gw = request.app.state.gateway
     place, page, service_id = await _open(request, ident, link)  # 401 and 404 first
     wanted = iiif.parse(region, size, rotation, quality_format)
-    state = _iiif(request)
+    state = gw.iiif
     limits = state.limits
     plan = iiif.resolve(wanted, page.dzi.width, page.dzi.height, limits)
     canonical = iiif.canonical(plan, limits)
-    etag = _etag(place.tiles_prefix, ident, canonical, state.quality)
+    etag = digest(place.tiles_prefix, ident, canonical, state.quality)
     headers = _headers(request, etag, f'<{service_id}/{canonical}>;rel="canonical", '
                                       + PROFILE_LINK)
     if request.headers.get("if-none-match") == etag:

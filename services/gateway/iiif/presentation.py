@@ -21,15 +21,15 @@ import json
 from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
 
-from planzoom import keys
 from planzoom.errors import FailedPrecondition, NotFound
 from planzoom.ids import check_id
 from planzoom.storage import ObjectNotFound
 from planzoom.v1 import jobs_pb2
-from services.gateway.access import Access, Link
+from services.gateway.access import Access
 from services.gateway.iiif import manifest as build
 from services.gateway.iiif import mirador, search
 from services.gateway.sheet_routes import _plan_job
+from services.gateway.tiles import job_place
 
 #: Manifests over this many bytes go gzipped to a client that accepts it
 #: (a 2,000-page set's is ~8 MB of JSON, ~0.6 MB gzipped), at this level.
@@ -80,9 +80,7 @@ async def _record(request: Request, job_id: str,
         cap = request.path_params.get("link") or request.query_params["cap"]
         return job, cap
     job = await gw.upstream.get_job(access, job_id)
-    cap, _ = gw.gatekeeper.sign(
-        Link(job.job_id, job.plan.org, job.tiles_prefix, access.caller.subject,
-             keys.is_archive(job.options)), token_expires_at=access.caller.expires_at)
+    cap, _ = gw.gatekeeper.job_link(job, access.caller)
     return job, cap
 
 
@@ -166,9 +164,7 @@ async def callouts(request: Request, link: str, job_id: str, page: int) -> Respo
     (target: its box, ``{canvas id}#xywh=``; body: the canvas of the sheet
     it names). Signed link in the path. 404 for a page with no callouts or
     a job with no sheet index (not a PDF, or not ended)."""
-    job_id, access = _check(request, job_id, link)
-    gw = request.app.state.gateway
-    place = await gw.upstream.place(access, job_id)
+    place = await job_place(request, job_id, link)
     index = await _read_json(request, f"{place.tiles_prefix}sheets.json")
     sheets = {s["page"]: s for s in (index or {}).get("sheets", [])}
     labels = {n: build.canvas_label(n, s) for n, s in sheets.items()}

@@ -23,12 +23,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from planzoom import search
-from planzoom.errors import NotFound
-from planzoom.ids import check_id
-from planzoom.storage import ObjectNotFound
-from services.gateway.access import Access
 from services.gateway.iiif.manifest import Urls
-from services.gateway.sheet_routes import BadQuery
+from services.gateway.sheet_routes import BadQuery, search_index
+from services.gateway.tiles import job_place
 
 router = APIRouter()
 
@@ -131,21 +128,12 @@ def search1(list_id: str, urls: Urls, hits: list[search.Hit], terms: list[str],
 
 async def _search(request: Request, job_id: str, link: str | None,
                   q: str | None) -> tuple[Urls, list[search.Hit], list[str]]:
-    gw = request.app.state.gateway
-    job_id = check_id("job_id", job_id)
-    access: Access = gw.gatekeeper.check(request, "viewer", allow_link=True, job_id=job_id,
-                                         cap=link)
-    place = await gw.upstream.place(access, job_id)
-    request.state.via_link = access.link is not None
+    place = await job_place(request, job_id, link)
     try:
         terms = search.terms(q or "")
     except search.BadQuery as e:
         raise BadQuery(f"{e} (q=…)") from None
-    try:
-        path = await gw.searches.path(f"{place.tiles_prefix}search.sqlite")
-    except ObjectNotFound:
-        raise NotFound(f"job {job_id}: no search index (it is made when a PDF job ends)",
-                       reason="SHEETS_NOT_READY") from None
+    path = await search_index(request, job_id, place.tiles_prefix)
     hits = await asyncio.to_thread(search.query, path, q, search.MAX_HITS)
     return Urls(str(request.base_url).rstrip("/"), job_id, link or ""), hits, terms
 
