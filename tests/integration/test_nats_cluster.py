@@ -36,13 +36,8 @@ def cluster(tmp_path_factory) -> EmbeddedStack:
     stack = EmbeddedStack(data_dir=tmp_path_factory.mktemp("cluster"), ports=Ports.free(),
                           issuer=DevIssuer(tmp_path_factory.mktemp("cluster-issuer")),
                           nats_cluster=3)
-    (stack.data_dir / "tmp").mkdir()
+    stack.start()
     try:
-        stack.start_nats()
-        stack.setup_jetstream()
-        stack.start_s3()
-        for name in SERVICES:
-            stack.start_service(name)
         yield stack
     finally:
         stack.stop()
