@@ -69,15 +69,19 @@ async def job_place(request: Request, job_id: str, cap: str | None = None) -> Jo
     return place
 
 
+def cache_scope(request: Request) -> str:
+    """``public`` when a signed link was the grant of ``request`` (after
+    :func:`job_place`), else ``private``. A shared cache (a CDN, an ingress)
+    keys on the URL alone, so an answer to a bearer token stored there would
+    be served to anyone who has the URL (RFC 9111 section 5.2.2.7)."""
+    return "public" if getattr(request.state, "via_link", False) else "private"
+
+
 def cache_control(request: Request) -> str:
-    """``Cache-Control`` for a job's output read by ``request`` (after
-    :func:`job_place`): ``public`` only when a signed link was the grant. A shared
-    cache (a CDN, an ingress) keys on the URL alone, so an answer to a bearer
-    token stored there would be served to anyone who has the URL
-    (RFC 9111 section 5.2.2.7, ``private``)."""
-    scope = "public" if getattr(request.state, "via_link", False) else "private"
+    """``Cache-Control`` for a job's output, which never changes, read by
+    ``request`` (:func:`cache_scope`)."""
     seconds = request.app.state.gateway.settings.gateway_cache_seconds
-    return f"{scope}, max-age={seconds}, immutable"
+    return f"{cache_scope(request)}, max-age={seconds}, immutable"
 
 
 async def _immutable(request: Request, content_type: str, etag: str,

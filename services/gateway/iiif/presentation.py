@@ -29,7 +29,7 @@ from services.gateway.access import Access
 from services.gateway.iiif import manifest as build
 from services.gateway.iiif import mirador, search
 from services.gateway.sheet_routes import _plan_job
-from services.gateway.tiles import job_place
+from services.gateway.tiles import cache_scope, job_place
 
 #: Manifests over this many bytes go gzipped to a client that accepts it
 #: (a 2,000-page set's is ~8 MB of JSON, ~0.6 MB gzipped), at this level.
@@ -93,8 +93,8 @@ def respond(request: Request, doc: dict) -> Response:
     time. Over GZIP_BYTES, gzipped for a client that accepts it."""
     body = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
     etag = '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
-    scope = "public" if getattr(request.state, "via_link", False) else "private"
-    headers = {"ETag": etag, "Cache-Control": f"{scope}, no-cache", "Vary": "Accept-Encoding"}
+    headers = {"ETag": etag, "Cache-Control": f"{cache_scope(request)}, no-cache",
+               "Vary": "Accept-Encoding"}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     if len(body) > GZIP_BYTES and "gzip" in request.headers.get("accept-encoding", ""):

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Query, Request, Response
 from planzoom import search
 from services.gateway.iiif.manifest import Urls
 from services.gateway.sheet_routes import BadQuery, search_index
-from services.gateway.tiles import job_place
+from services.gateway.tiles import cache_scope, job_place
 
 router = APIRouter()
 
@@ -139,10 +139,9 @@ async def _search(request: Request, job_id: str, link: str | None,
 
 
 def _answer(request: Request, doc: dict, profile: str) -> Response:
-    scope = "public" if request.state.via_link else "private"
     return Response(json.dumps(doc, ensure_ascii=False, separators=(",", ":")),
                     media_type=f'application/ld+json;profile="{profile}"',
-                    headers={"Cache-Control": f"{scope}, max-age=300"})
+                    headers={"Cache-Control": f"{cache_scope(request)}, max-age=300"})
 
 
 def _ignored(request: Request, implemented: set[str]) -> list[str]:
