@@ -16,6 +16,7 @@
     work/<job>/page-<n>.sheet.json                 (a page's sheet candidates, until the job ends)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
+    tiles/<org>/<project>/<plan>/register.json     (the plan's sets, for its sheets' versions)
     previews/<org>/<project>/<plan>/<job>/master.m3u8, <rung>/index.m3u8,
         <rung>/seg-NNNNN.ts, poster.jpg, thumbnail.jpg       (a video's HLS)
 
@@ -159,6 +160,11 @@ def sheets_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
 
 def manifest_key(plan: jobs_pb2.PlanRef, job_id: str) -> str:
     return f"{tiles_prefix(plan, job_id)}manifest.json"
+
+
+def register_key(plan: jobs_pb2.PlanRef) -> str:
+    """The plan's register of its complete jobs' sheets (docs/revisions.md)."""
+    return f"{plan_tiles_prefix(plan)}register.json"
 
 
 def current_key(plan: jobs_pb2.PlanRef) -> str:

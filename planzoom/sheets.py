@@ -23,10 +23,30 @@ def box(value) -> jobs_pb2.Box | None:
     return jobs_pb2.Box(x=x, y=y, w=w, h=h)
 
 
+#: A SheetVersion's fields, as JSON names them too.
+VERSION_FIELDS = ("job_id", "page", "number", "title", "revision", "issued", "paired_by",
+                  "change")
+
+
+def version_json(v: jobs_pb2.SheetVersion) -> dict:
+    """A sheet's version in its plan: ``{"job_id", "page", "number",
+    "title", "revision", "issued", "paired_by", "change"}`` (docs/revisions.md)."""
+    return {f: getattr(v, f) for f in VERSION_FIELDS}
+
+
+def version_from_json(row: dict) -> jobs_pb2.SheetVersion:
+    """An entry of :func:`version_json` (absent values as empty) as a SheetVersion."""
+    return jobs_pb2.SheetVersion(**{f: row.get(f) or (0 if f == "page" else "")
+                                    for f in VERSION_FIELDS})
+
+
 def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
     """One page's entry: ``{"page", "number", "title", "discipline",
     "scale", "confidence", "needs_review", "source", "box", "title_box",
-    "references": [{"number", "page", "box", "text"}]}``."""
+    "references": [{"number", "page", "box", "text"}], "change",
+    "paired_by", "previous", "duplicate_number"}`` (the last four against
+    the plan's versions, docs/revisions.md; null until a complete job
+    joins its plan)."""
     return {
         "page": page, "number": s.number or None, "title": s.title or None,
         "discipline": s.discipline or None, "scale": s.scale or None,
@@ -35,6 +55,9 @@ def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
         "title_box": _box_json(s, "title_box"),
         "references": [{"number": r.number, "page": r.page, "text": r.text,
                         "box": _box_json(r, "box")} for r in s.references],
+        "change": s.change or None, "paired_by": s.paired_by or None,
+        "previous": version_json(s.previous) if s.HasField("previous") else None,
+        "duplicate_number": s.duplicate_number,
     }
 
 
@@ -44,7 +67,11 @@ def sheet_from_json(row: dict) -> jobs_pb2.Sheet:
         number=row.get("number") or "", title=row.get("title") or "",
         discipline=row.get("discipline") or "", scale=row.get("scale") or "",
         confidence=float(row.get("confidence") or 0), needs_review=bool(row.get("needs_review")),
-        source=row.get("source") or "none")
+        source=row.get("source") or "none", change=row.get("change") or "",
+        paired_by=row.get("paired_by") or "",
+        duplicate_number=bool(row.get("duplicate_number")))
+    if row.get("previous"):
+        sheet.previous.CopyFrom(version_from_json(row["previous"]))
     for field in ("box", "title_box", "scale_box"):
         b = box(row.get(field))
         if b is not None:

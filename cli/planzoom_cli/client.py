@@ -131,6 +131,10 @@ class Client:
         return self.progress.GetJob(jobs_pb2.GetJobRequest(job_id=job_id),
                                     timeout=CALL_TIMEOUT_SECONDS)
 
+    def list_sheets(self, plan: jobs_pb2.PlanRef) -> progress_pb2.ListSheetsResponse:
+        """The plan's current set with each sheet's versions (ListSheets)."""
+        return self.progress.ListSheets(progress_pb2.ListSheetsRequest(plan=plan))
+
     def list_jobs(self, plan: jobs_pb2.PlanRef, limit: int = 50) -> list[jobs_pb2.Job]:
         """Up to ``limit`` records of the plan, newest first, page by page."""
         jobs, token = [], ""

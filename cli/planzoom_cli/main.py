@@ -21,6 +21,7 @@ import grpc
 from rich.table import Table
 
 from planzoom.config import get_settings
+from planzoom.sheets import version_json
 from planzoom.states import ended, job_state_name
 from planzoom.v1 import jobs_pb2
 from planzoom_cli.client import Client
@@ -233,13 +234,28 @@ def jobs(ctx, org, project, plan_id, limit):
 
 
 @main.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
+@click.option("--org", help="With --project and --plan: the plan's current set instead.")
+@click.option("--project", help="Project id (with --plan).")
+@click.option("--plan", "plan_id", help="Plan id: print the plan's current set and versions.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
-def sheets(ctx, job_id, as_json):
+def sheets(ctx, job_id, org, project, plan_id, as_json):
     """Print a job's sheet index: each page's sheet number, title,
-    discipline, scale, confidence (0-1) and source; "review" marks a sheet
-    whose number needs a person's look. Filled in when the job ends."""
+    discipline, scale, confidence (0-1), source and change against the
+    plan's previous version; "review" marks a sheet whose number needs a
+    person's look. Filled in when the job ends.
+
+    With --org/--project/--plan instead of JOB_ID: the plan's current set,
+    the newest version of every sheet, with its versions newest first
+    (job:page, change, how it was paired; docs/revisions.md)."""
+    if plan_id or org or project:
+        if job_id or not (org and project and plan_id):
+            raise click.UsageError("give either JOB_ID or all of --org, --project and --plan")
+        _plan_sheets(ctx, jobs_pb2.PlanRef(org=org, project=project, plan=plan_id), as_json)
+        return
+    if not job_id:
+        raise click.UsageError("give JOB_ID, or --org, --project and --plan")
     try:
         job = _client(ctx).get_job(job_id)
     except grpc.RpcError as e:
@@ -247,7 +263,8 @@ def sheets(ctx, job_id, as_json):
     rows = [{"page": p.page, "number": p.sheet.number or None, "title": p.sheet.title or None,
              "discipline": p.sheet.discipline or None, "scale": p.sheet.scale or None,
              "confidence": round(p.sheet.confidence, 2), "needs_review": p.sheet.needs_review,
-             "source": p.sheet.source or "none"} for p in job.pages]
+             "source": p.sheet.source or "none", "change": p.sheet.change or None}
+            for p in job.pages]
     if as_json:
         click.echo(json.dumps({"job_id": job.job_id, "sheets": rows}, ensure_ascii=False,
                               indent=2))
@@ -255,11 +272,37 @@ def sheets(ctx, job_id, as_json):
     if not ended(job):
         console.print(f"job {job.job_id} is {job_state_name(job.state)}: its sheets are "
                       "read when it ends")
-    table = Table("page", "sheet", "title", "discipline", "scale", "confidence", "source", "")
+    table = Table("page", "sheet", "title", "discipline", "scale", "confidence", "source",
+                  "change", "")
     for r in rows:
         table.add_row(str(r["page"]), r["number"] or "-", r["title"] or "",
                       r["discipline"] or "", r["scale"] or "", f"{r['confidence']:.2f}",
-                      r["source"], "review" if r["needs_review"] and r["number"] else "")
+                      r["source"], r["change"] or "",
+                      "review" if r["needs_review"] and r["number"] else "")
+    console.print(table)
+
+
+def _plan_sheets(ctx, plan: jobs_pb2.PlanRef, as_json: bool) -> None:
+    try:
+        resp = _client(ctx).list_sheets(plan)
+    except grpc.RpcError as e:
+        fail_rpc(e)
+    rows = [{"number": s.sheet.number or None, "title": s.sheet.title or None,
+             "discipline": s.sheet.discipline or None, "job_id": s.job_id, "page": s.page,
+             "duplicate_number": s.sheet.duplicate_number,
+             "versions": [version_json(v) for v in s.versions]} for s in resp.sheets]
+    if as_json:
+        click.echo(json.dumps({"job_id": resp.job_id, "sheets": rows}, ensure_ascii=False,
+                              indent=2))
+        return
+    table = Table("sheet", "title", "current", "versions (newest first)", "")
+    for r in rows:
+        versions = "\n".join(
+            f"{v['job_id']}:{v['page']} {v['change']}"
+            + (f" (by {v['paired_by']})" if v["paired_by"] and v["paired_by"] != "number"
+               else "") for v in r["versions"])
+        table.add_row(r["number"] or "-", r["title"] or "", f"{r['job_id']}:{r['page']}",
+                      versions, "same number twice" if r["duplicate_number"] else "")
     console.print(table)
 
 

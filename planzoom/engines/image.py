@@ -205,7 +205,7 @@ def rasterize(path: str, kind: Kind, geometry: events_pb2.PageGeometry, out_path
             rows = min(band_rows, height - y0)
             z.write(image.crop(0, y0, width, rows).write_to_memory())
     return Raster(width_px=width, height_px=height, bands=bands,
-                  raster_bytes=os.path.getsize(out_path))
+                  raster_bytes=os.path.getsize(out_path), digest=z.digest)
 
 
 def variants(path: str, kind: Kind, geometry: events_pb2.PageGeometry,

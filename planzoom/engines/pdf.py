@@ -191,6 +191,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
                 if red is None:
                     break
                 gz.write(red.data)
+        digest = gz.digest
         if red is not None:
             os.replace(grey_path, out_path)
             bands = 1
@@ -207,6 +208,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
                     pixels = band[: min(band_rows, height - y)]
                     render_rows(page, pixels, y, height, sizer)
                     z.write(memoryview(pixels).cast("B"))
+            digest = z.digest
         words = -1
         if text:
             from planzoom.engines.sidecar import write_page_text
@@ -214,7 +216,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
             words = write_page_text(page, width, height, out_path,
                                     _hints(path, geometry.page))
         return Raster(width_px=width, height_px=height, bands=bands,
-                      raster_bytes=os.path.getsize(out_path), words=words)
+                      raster_bytes=os.path.getsize(out_path), words=words, digest=digest)
     finally:
         page.close()
 

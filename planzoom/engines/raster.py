@@ -12,6 +12,7 @@ blocks of whole rows; :class:`Raster` is what an engine that wrote one
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
@@ -45,17 +46,37 @@ class Raster:
     bands: int
     raster_bytes: int
     words: int = -1
+    #: sha256 (hex) of the samples written (:class:`RasterSink`).
+    digest: str = ""
+
+
+class RasterSink:
+    """Where a raster's rows go: compressed into the file, and hashed, so
+    that the raster's ``digest`` (sha256 of its samples, hex) tells an
+    unchanged page from a revised one without reading it again."""
+
+    def __init__(self, z: zstandard.ZstdCompressionWriter):
+        self._z, self._hash = z, hashlib.sha256()
+
+    def write(self, data) -> None:
+        self._hash.update(data)
+        self._z.write(data)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
 
 
 @contextlib.contextmanager
-def raster_writer(path: str) -> Iterator[zstandard.ZstdCompressionWriter]:
+def raster_writer(path: str) -> Iterator[RasterSink]:
     """A stream to write a raster's rows to, at ``path``: one zstd frame
     (level 1: the raster lives for seconds, between render and tile)."""
     import zstandard
 
     with open(path, "wb") as f, \
             zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z:
-        yield z
+        sink = RasterSink(z)
+        yield sink
         z.flush(zstandard.FLUSH_FRAME)
 
 

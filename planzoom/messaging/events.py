@@ -76,6 +76,9 @@ async def announce_ended(js: JetStreamContext, job: jobs_pb2.Job) -> None:
     ended = events_pb2.JobEnded(
         job_id=job.job_id, plan=job.plan, state=job.state, total_pages=job.total_pages,
         completed_pages=job.completed_pages, failed_pages=job.failed_pages, error=job.error,
-        reason=job.reason, manifest_key=job.manifest_key, finished_at=job.finished_at)
+        reason=job.reason, manifest_key=job.manifest_key, finished_at=job.finished_at,
+        sheet_changes=[events_pb2.SheetChange(page=p.page, number=p.sheet.number,
+                                              change=p.sheet.change)
+                       for p in job.pages if p.sheet.change])
     await publish_retrying(js, job_ended_subject(job.plan.org, job.job_id),
                            ended.SerializeToString(), f"ended.{job.job_id}")

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from planzoom import keys, search
 from planzoom.errors import InvalidInput, NotFound
 from planzoom.ids import check_id
-from planzoom.sheets import sheet_json
+from planzoom.sheets import sheet_json, version_json
 from planzoom.storage import ObjectNotFound
 from planzoom.v1 import jobs_pb2
 from services.gateway.tiles import _absent, cache_control, job_place
@@ -154,16 +154,23 @@ async def set_sheet(request: Request, job_id: str, page: int, body: SheetCorrect
 
 @router.get("/plans/{org}/{project}/{plan}/sheets", summary="A plan's current set of sheets")
 async def plan_sheets(request: Request, org: str, project: str, plan: str) -> dict:
-    """``{"job_id", "sheets": [...]}``: the sheets (as ``GET
-    /v1/jobs/{id}/sheets`` gives them, references aside) of the plan's
-    current job, the newest complete one. Needs the viewer role in ``org``
-    (403 for another org's plans); 404 while the plan has no complete job."""
+    """The plan's current set: ``{"job_id": the newest complete job,
+    "sheets": [...]}``, the newest version of every sheet the plan's
+    complete jobs issued (an addendum's sheets from the addendum, the rest
+    from earlier sets), each as ``GET /v1/jobs/{id}/sheets`` gives it plus
+    ``job_id`` (the job of that version) and ``versions`` (newest first:
+    ``{"job_id", "page", "number", "title", "revision", "issued",
+    "paired_by", "change"}``; docs/revisions.md). Needs the viewer role in
+    ``org`` (403 for another org's plans); 404 while the plan has no
+    complete job."""
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     ref = jobs_pb2.PlanRef(org=check_id("org", org), project=check_id("project", project),
                            plan=check_id("plan", plan))
     resp = await gw.upstream.list_sheets(access, ref)
-    return {"job_id": resp.job_id, "sheets": [sheet_json(s.page, s.sheet) for s in resp.sheets]}
+    return {"job_id": resp.job_id, "sheets": [
+        {**sheet_json(s.page, s.sheet), "job_id": s.job_id,
+         "versions": [version_json(v) for v in s.versions]} for s in resp.sheets]}
 
 
 async def _plan_job(request: Request, plan: str) -> tuple[str, str]:

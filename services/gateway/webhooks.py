@@ -12,8 +12,9 @@ job ends (``job.completed``, ``job.failed``, ``job.cancelled``).
   (``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">``, keyed by the
   base64 secret after ``whsec_``). Body: ``{"type": <event>, "timestamp":
   <RFC 3339>, "data": {job_id, plan, state, total_pages, completed_pages,
-  failed_pages, error, reason, finished_at}}`` (``reason``: PAGES_FAILED or
-  JOB_CANCELLED, docs/reasons.md; empty for a complete job).
+  failed_pages, error, reason, finished_at, sheets}}`` (``reason``:
+  PAGES_FAILED or JOB_CANCELLED, docs/reasons.md; empty for a complete job;
+  ``sheets``: which sheets were new, revised or unchanged, docs/revisions.md).
 - Durable: the progress service announces each ended job on JetStream
   (``jobs.ended.<org>.<job>``); consumer ``webhooks`` turns it into one
   WebhookDelivery per endpoint on ``webhooks.deliver.<org>``, and the
@@ -108,8 +109,21 @@ def payload(ended: events_pb2.JobEnded, event_type: str) -> bytes:
                  "total_pages": ended.total_pages, "completed_pages": ended.completed_pages,
                  "failed_pages": ended.failed_pages, "error": ended.error,
                  "reason": reason_name(ended.reason),
-                 "finished_at": ended.finished_at.ToJsonString()},
+                 "finished_at": ended.finished_at.ToJsonString(),
+                 "sheets": sheet_changes(ended)},
     }, separators=(",", ":")).encode()
+
+
+def sheet_changes(ended: events_pb2.JobEnded) -> dict[str, list[dict]]:
+    """A complete PDF job's sheets against the plan's versions before it
+    (docs/revisions.md): ``{"new": [...], "revised": [...], "unchanged":
+    [...]}``, each ``{"page", "number"}`` (number null for a sheet with
+    none); empty lists for any other job."""
+    out: dict[str, list[dict]] = {"new": [], "revised": [], "unchanged": []}
+    for c in ended.sheet_changes:
+        if c.change in out:
+            out[c.change].append({"page": c.page, "number": c.number or None})
+    return out
 
 
 class Webhooks:

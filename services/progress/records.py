@@ -5,11 +5,12 @@ A change is a compare-and-set on the record's KV revision, retried on a
 fresh read while another writer gets in first. The change that ends a job
 (COMPLETE, FAILED or CANCELLED) stores it with ``finalizing`` set, and only
 the writer whose compare-and-set won then does the job's side effects, once
-and outside any retry: ``manifest.json`` written from that very record,
-``current.json`` moved, ``work/<job>/`` emptied, the org's queued jobs
-released. A last write clears ``finalizing`` (and starts the record's
-retention TTL); watchers end at that record. A writer that stops in between
-leaves a finalizing record, which the sweep finishes.
+and outside any retry: a complete job added to its plan's register and
+``current.json``, ``manifest.json`` written from that very record,
+``work/<job>/`` emptied, the org's queued jobs released. A last write
+clears ``finalizing`` (and starts the record's retention TTL); watchers
+end at that record. A writer that stops in between leaves a finalizing
+record, which the sweep finishes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from planzoom.messaging.worker import Delivery
 from planzoom.states import ended, job_state_name
 from planzoom.storage import ObjectStore
 from planzoom.v1 import events_pb2, jobs_pb2
-from services.progress import sheets
+from services.progress import register, sheets
 from services.progress.fold import apply_event, end_if_pages_ended
 from services.progress.outputs import write_outputs
 
@@ -149,6 +150,9 @@ class JobRecords:
         final = jobs_pb2.Job()
         final.CopyFrom(job)
         final.finalizing = False
+        sketches = await asyncio.to_thread(sheets.read_set, self.store, final)
+        if final.state == jobs_pb2.JOB_STATE_COMPLETE:
+            await asyncio.to_thread(register.join_plan, self.store, final, sketches)
         await asyncio.to_thread(sheets.write, self.store, final)
         await asyncio.to_thread(write_outputs, self.store, final)
         for released in await self.admission.finish(job):

@@ -9,7 +9,7 @@ from planzoom.auth import current, require_org, visible
 from planzoom.errors import NotFound, Unavailable
 from planzoom.ids import check_id, check_plan
 from planzoom.jobstore import JobNotFound, JobStore
-from planzoom.sheets import sheet_from_json
+from planzoom.sheets import sheet_from_json, version_from_json
 from planzoom.slots import Slots
 from planzoom.states import finalized
 from planzoom.v1 import jobs_pb2, progress_pb2, progress_pb2_grpc
@@ -76,8 +76,8 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
                                             request.title)
 
     async def ListSheets(self, request, context):
-        """The plan's current set, a sheet per page (viewer): from the
-        current job's record while it is kept, else its ``sheets.json``."""
+        """The plan's current set (viewer): the newest version of each of
+        its sheets with all its versions (services.progress.register)."""
         check_plan(request.plan)
         require_org(request.plan.org)
         found = await asyncio.to_thread(sheets.current_sheets, self.records.store, request.plan)
@@ -85,15 +85,10 @@ class ProgressRpcs(progress_pb2_grpc.ProgressServiceServicer):
             raise NotFound(f"plan {request.plan.org}/{request.plan.project}/"
                            f"{request.plan.plan} has no complete set yet", reason="NOT_FOUND")
         resp = progress_pb2.ListSheetsResponse(job_id=found["job_id"])
-        try:
-            job = await self.jobs.get(found["job_id"])
-            for p in job.pages:
-                resp.sheets.add(page=p.page, sheet=p.sheet)
-            return resp
-        except JobNotFound:
-            pass  # past the record's retention: the stored index has it
-        for row in found["sheets"]:
-            resp.sheets.add(page=int(row["page"]), sheet=sheet_from_json(row))
+        for e in found["sheets"]:
+            resp.sheets.add(page=int(e["page"]), job_id=e["job_id"],
+                            sheet=sheet_from_json(e["sheet"]),
+                            versions=[version_from_json(v) for v in e.get("versions", [])])
         return resp
 
     async def WatchJob(self, request, context):

@@ -16,6 +16,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 from planzoom import keys, search
+from planzoom.engines import revisions
 from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.titleblock import discipline
 from planzoom.errors import FailedPrecondition, NotFound
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 #: far less: MAX_WORDS words).
 MAX_CANDIDATES_BYTES = 1 << 20
 MAX_WORDS_BYTES = 16 << 20
+#: Largest current.json read (a plan's sheets and their versions).
+MAX_CURRENT_BYTES = 64 << 20
 #: S3 reads at once.
 READERS = 8
 #: Longest sheet number or title a person may set, in characters.
@@ -80,15 +83,29 @@ def write_correction(store: ObjectStore, job: jobs_pb2.Job, page: int) -> None:
 
 
 def current_sheets(store: ObjectStore, plan: jobs_pb2.PlanRef) -> dict | None:
-    """The plan's current set: ``current.json``'s job and its
-    ``sheets.json``, or None when the plan has no complete job yet."""
-    current = _read_json(store, keys.current_key(plan), MAX_CANDIDATES_BYTES, False)
+    """The plan's current set: ``{"job_id": newest complete job, "sheets":
+    [{"job_id", "page", "versions", "sheet": the page's row of its job's
+    sheets.json}]}`` from ``current.json`` (services.progress.register),
+    or None when the plan has no complete job yet."""
+    current = _read_json(store, keys.current_key(plan), MAX_CURRENT_BYTES, False)
     if not current:
         return None
-    job_id = current.get("job_id", "")
-    tiles = current.get("tiles_prefix", "")
-    doc = _read_json(store, f"{tiles}sheets.json", MAX_WORDS_BYTES, False) if tiles else None
-    return {"job_id": job_id, "sheets": (doc or {}).get("sheets", [])}
+    entries = current.get("sheets")
+    if entries is None:  # a current.json from before plans kept registers
+        entries = [{"job_id": current.get("job_id", ""), "page": p + 1, "versions": []}
+                   for p in range(int(current.get("total_pages", 0)))]
+    jobs = sorted({e["job_id"] for e in entries})
+    with ThreadPoolExecutor(READERS) as pool:
+        docs = dict(zip(jobs, pool.map(lambda j: _read_json(
+            store, keys.sheets_key(plan, j), MAX_WORDS_BYTES, False) or {}, jobs), strict=True))
+    rows = {(j, int(r["page"])): r for j, d in docs.items() for r in d.get("sheets", [])}
+    out = []
+    for e in entries:
+        row = rows.get((e["job_id"], int(e["page"])))
+        if row is not None or e.get("versions"):
+            out.append({**e, "sheet": row or {"page": e["page"], "number": e.get("number"),
+                                              "title": e.get("title")}})
+    return {"job_id": current.get("job_id", ""), "sheets": out}
 
 
 def _is_pdf(job: jobs_pb2.Job) -> bool:
@@ -160,21 +177,28 @@ def compact(sheet: jobs_pb2.Sheet) -> jobs_pb2.Sheet:
     return out
 
 
-def write(store: ObjectStore, job: jobs_pb2.Job) -> None:
-    """Identify the sheets of a PDF job that did not end cancelled, store
-    ``sheets.json`` and its search index. Sets ``job.pages[].sheet``."""
+def read_set(store: ObjectStore, job: jobs_pb2.Job) -> dict[int, str]:
+    """Identify the sheets of a PDF job that did not end cancelled and store
+    its search index. Sets ``job.pages[].sheet``. Returns a sketch of each
+    page's words (planzoom.engines.revisions.sketch; pages with no words left out)."""
     if not _is_pdf(job) or job.state == jobs_pb2.JOB_STATE_CANCELLED:
-        return
-    key = keys.sheets_key(job.plan, job.job_id)
+        return {}
     if identify(store, job) < 0:
         # A finalize run again after work/ was emptied: what the first run
         # stored stands; the record gets it back from there.
-        doc = _read_json(store, key, MAX_WORDS_BYTES, False)
+        doc = _read_json(store, keys.sheets_key(job.plan, job.job_id), MAX_WORDS_BYTES, False)
         if doc:
             _restore(job, doc)
-        return
-    store.put_bytes(key, sheets_json(job), "application/json")
-    index(store, job)
+        return {}
+    return index(store, job)
+
+
+def write(store: ObjectStore, job: jobs_pb2.Job) -> None:
+    """Store a PDF job's ``sheets.json`` (once :func:`read_set` and, for a
+    complete job, the plan's register have set its sheets)."""
+    if _is_pdf(job) and job.state != jobs_pb2.JOB_STATE_CANCELLED:
+        store.put_bytes(keys.sheets_key(job.plan, job.job_id), sheets_json(job),
+                        "application/json")
 
 
 def _restore(job: jobs_pb2.Job, doc: dict) -> None:
@@ -185,12 +209,13 @@ def _restore(job: jobs_pb2.Job, doc: dict) -> None:
             job.pages[n - 1].sheet.CopyFrom(sheet_from_json(s))
 
 
-def index(store: ObjectStore, job: jobs_pb2.Job) -> int:
+def index(store: ObjectStore, job: jobs_pb2.Job) -> dict[int, str]:
     """Build the job's search index from its DONE pages' word sidecars and
-    store it at ``search.sqlite`` (planzoom.search). Returns the lines
-    indexed (0, and nothing stored, for a job with no words)."""
+    store it at ``search.sqlite`` (planzoom.search; nothing stored for a job
+    with no words). Returns each page's sketch of its words
+    (planzoom.engines.revisions.sketch), pages with none left out."""
     if not _is_pdf(job) or job.state == jobs_pb2.JOB_STATE_CANCELLED:
-        return 0
+        return {}
     done = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE]
 
     def read(page: jobs_pb2.PageRecord):
@@ -201,12 +226,13 @@ def index(store: ObjectStore, job: jobs_pb2.Job) -> int:
     with ThreadPoolExecutor(READERS) as pool:
         pages = [p for p in pool.map(read, done) if p]
     if not pages:
-        return 0
+        return {}
+    sketches = {n: revisions.sketch(w[0] for w in doc.get("words", [])) for n, doc, _ in pages}
     fd, path = tempfile.mkstemp(suffix=".sqlite")
     os.close(fd)
     try:
-        lines = search.build(path, pages)
+        search.build(path, pages)
         store.upload_file(path, keys.search_key(job.plan, job.job_id), "application/vnd.sqlite3")
-        return lines
+        return {n: s for n, s in sketches.items() if s}
     finally:
         os.unlink(path)

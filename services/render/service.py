@@ -98,7 +98,7 @@ class Render(SourceStage):
         # no later report; DONE carries the bands too, should they cross).
         await self.report(job, jobs_pb2.PageRecord(
             page=job.page, state=jobs_pb2.PAGE_STATE_TILING, bands=result.bands,
-            variants=variants), delivery.attempt)
+            variants=variants, content_digest=result.digest), delivery.attempt)
         tile_job = events_pb2.TileJob(
             job_id=job.job_id, plan=job.plan, page=job.page, total_pages=job.total_pages,
             options=job.options, raster_key=raster_key,

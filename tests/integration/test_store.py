@@ -23,7 +23,7 @@ from planzoom.storage import ObjectNotFound, ObjectStore, WriteConflict
 from planzoom.store_reader import AsyncReader
 from planzoom.v1 import jobs_pb2
 from planzoom_devstack.stack import S3_ACCESS_KEY, S3_SECRET_KEY
-from services.progress.outputs import move_current
+from services.progress.register import join_plan
 
 BUCKET = "planzoom"
 MIB = 1024 * 1024
@@ -122,14 +122,21 @@ def test_a_part_upload_is_invisible_until_it_ends_and_whole_after(store, direct)
 
 
 def test_current_json_ends_at_the_newest_of_jobs_ending_at_once(store):
+    """Twelve sets of one plan end at once: each lands in the register, and
+    current.json names the newest and holds all twelve versions."""
     plan = jobs_pb2.PlanRef(org="acme", project="store", plan="race")
     ids = [f"0{n:02d}race" for n in range(12)]  # job ids sort by creation time
-    jobs = [jobs_pb2.Job(job_id=i, plan=plan, state=jobs_pb2.JOB_STATE_COMPLETE) for i in ids]
+    jobs = [jobs_pb2.Job(job_id=i, plan=plan, state=jobs_pb2.JOB_STATE_COMPLETE,
+                         source_kind="pdf", total_pages=1,
+                         pages=[jobs_pb2.PageRecord(
+                             page=1, state=jobs_pb2.PAGE_STATE_DONE, content_digest=f"d{i}",
+                             sheet=jobs_pb2.Sheet(number="A-101", title="First floor"))])
+            for i in ids]
     start = threading.Barrier(len(jobs))
 
     def end(job):
         start.wait()
-        move_current(store, job)
+        join_plan(store, job, {})
 
     threads = [threading.Thread(target=end, args=(j,)) for j in jobs]
     for t in threads:
@@ -137,7 +144,10 @@ def test_current_json_ends_at_the_newest_of_jobs_ending_at_once(store):
     for t in threads:
         t.join()
     current = json.loads(store.get_bytes("tiles/acme/store/race/current.json"))
-    assert current["job_id"] == max(ids)
+    assert current["job_id"] == max(ids) and current["register_jobs"] == 12
+    [sheet] = current["sheets"]
+    assert [v["job_id"] for v in sheet["versions"]] == sorted(ids, reverse=True)
+    assert [v["change"] for v in sheet["versions"]] == ["revised"] * 11 + ["new"]
     with pytest.raises(WriteConflict):
         store.put_bytes("tiles/acme/store/race/current.json", b"{}", "application/json",
                         if_absent=True)

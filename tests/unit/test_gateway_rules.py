@@ -92,7 +92,21 @@ def test_payload_is_the_documented_json():
     assert body["data"] == {"job_id": "j1", "plan": {"org": "o", "project": "p", "plan": "l"},
                             "state": "JOB_STATE_FAILED", "total_pages": 3,
                             "completed_pages": 2, "failed_pages": 1, "error": "page 3: broken",
-                            "reason": "PAGES_FAILED", "finished_at": "2027-01-15T08:00:00Z"}
+                            "reason": "PAGES_FAILED", "finished_at": "2027-01-15T08:00:00Z",
+                            "sheets": {"new": [], "revised": [], "unchanged": []}}
+
+
+def test_a_completed_sets_payload_lists_its_new_revised_and_unchanged_sheets():
+    ended = events_pb2.JobEnded(job_id="j2", state=jobs_pb2.JOB_STATE_COMPLETE, sheet_changes=[
+        events_pb2.SheetChange(page=1, number="A-101", change="revised"),
+        events_pb2.SheetChange(page=2, number="A-102", change="unchanged"),
+        events_pb2.SheetChange(page=3, number="", change="new"),
+        events_pb2.SheetChange(page=4, number="A-104", change="new")])
+    body = json.loads(payload(ended, "job.completed"))
+    assert body["data"]["sheets"] == {
+        "new": [{"page": 3, "number": None}, {"page": 4, "number": "A-104"}],
+        "revised": [{"page": 1, "number": "A-101"}],
+        "unchanged": [{"page": 2, "number": "A-102"}]}
 
 
 def _cap_request(cap: str):
