@@ -1,12 +1,14 @@
 """Registration and change finding of sheet overlays against known moves:
-``python -m bench.overlay [--cases N] [--seed S] [--dpi 150] [--no-words]``.
+``python -m bench.overlay [--cases N] [--seed S] [--dpi 150] [--no-words]``;
+``--pipeline``: the time from a revised A1 sheet's job ending to its
+overlay, through the embedded stack.
 
 Each case takes a real sheet of the corpus and re-plots it with
 planzoom_devstack.revise: a shift of up to 5 % of the sheet, a scale of
 0.9-1.1, a rotation of up to ±2° (and one case per sheet turned 90°),
-half of them with an element added and one removed. Both versions are
-drawn by PDFium at ``--dpi`` with their words (as render reads them), and
-planzoom.engines.overlay registers them. Prints per case and in all: the
+half of them with a mark added (1.2 x 0.6 % of the sheet) and a 5 % square
+painted out. Both versions are drawn by PDFium at ``--dpi`` with their
+words (as render reads them), and planzoom.engines.overlay registers them. Prints per case and in all: the
 error of the fitted transform against the true one over a grid of points
 on the sheet (pixels at ``--dpi``: median and p95), whether every added or
 removed element was found and nothing else reported, and the time per
@@ -22,6 +24,7 @@ import os
 import random
 import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -98,6 +101,38 @@ def ecc_alone(prev: np.ndarray, cur: np.ndarray) -> list | None:
     return cv2.invertAffineTransform(warp).reshape(-1).tolist()
 
 
+def pipeline(dpi: float) -> None:
+    """Through the embedded stack: an A1 sheet, then its revision in the same
+    plan; seconds from the revision's job ending to its overlay's answer."""
+    import requests
+
+    from bench.stacks import unthrottled
+    from planzoom.v1 import jobs_pb2
+
+    plan = jobs_pb2.PlanRef(org="bench", project="overlay", plan="a1")
+    src = os.path.join(CORPUS, SHEETS[0][0])
+    with tempfile.TemporaryDirectory() as tmp, unthrottled(Path(tmp)) as (stack, client):
+        revised = os.path.join(tmp, "revised.pdf")
+        revise(src, revised, [1], {1: Edit(shift=(0.02, 0.01), scale=1.03, rotate=0.8,
+                                           add=[(0.4, 0.4, 0.04, 0.03)])})
+        first = os.path.join(tmp, "first.pdf")
+        revise(src, first, [1], {})
+        options = jobs_pb2.JobOptions(dpi=dpi)
+        for path in (first, revised):
+            job = client.submit(path, plan, options)
+            record = list(client.watch(job.job_id))[-1]
+        ended = time.time()
+        url = f"{stack.gateway_url}/v1/jobs/{job.job_id}/pages/1/overlay"
+        headers = {"Authorization": f"Bearer {stack.token('bench', 'viewer')}"}
+        while (r := requests.get(url, headers=headers, timeout=10)).status_code == 409:
+            time.sleep(0.1)
+        page = record.pages[0]
+        print(f"A1 sheet at {dpi:g} DPI ({page.width_px} x {page.height_px} px): overlay "
+              f"answered {time.time() - ended:.1f} s after its job ended "
+              f"(HTTP {r.status_code}, {len(r.json().get('changes', []))} changes, "
+              f"method {r.json().get('method')})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=3, help="moves per sheet (and one turn)")
@@ -105,7 +140,12 @@ def main() -> None:
     ap.add_argument("--dpi", type=float, default=150)
     ap.add_argument("--no-words", action="store_true",
                     help="register from the images alone (as for a scan)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="instead: time an A1 overlay through the embedded stack at --dpi 300")
     a = ap.parse_args()
+    if a.pipeline:
+        pipeline(300 if a.dpi == 150 else a.dpi)
+        return
     rng = random.Random(a.seed)
     errors, ecc_errors, seconds, rows = [], [], [], []
     found_all = missed = extra = 0
@@ -118,7 +158,7 @@ def main() -> None:
                      for _ in range(a.cases)] + [Edit(turn=90, shift=(0.01, -0.01))]
             for i, edit in enumerate(edits):
                 if i % 2 == 0:
-                    edit.add = [(rng.uniform(0.1, 0.7), rng.uniform(0.1, 0.7), 0.04, 0.03)]
+                    edit.add = [(rng.uniform(0.1, 0.7), rng.uniform(0.1, 0.7), 0.012, 0.006)]
                     edit.remove = [(rng.uniform(0.2, 0.7), rng.uniform(0.2, 0.7), 0.05, 0.05)]
                 out = os.path.join(tmp, f"{len(rows)}.pdf")
                 truth = revise(src, out, [page], {page: edit})[1]

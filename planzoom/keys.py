@@ -13,6 +13,8 @@
     tiles/<org>/<project>/<plan>/<job>/page-<n>.words.json.gz  (a PDF page's words and boxes)
     tiles/<org>/<project>/<plan>/<job>/search.sqlite  (the job's words, SQLite FTS5)
     tiles/<org>/<project>/<plan>/<job>/sheets.json    (the job's sheet index)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.overlay.json, .overlay.dzi, .overlay_files/
+                                                   (a revised sheet over its previous version)
     work/<job>/page-<n>.sheet.json                 (a page's sheet candidates, until the job ends)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
@@ -141,6 +143,18 @@ def done_key(plan: jobs_pb2.PlanRef, job_id: str, page: int,
 def page_files_prefix(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     """Prefix of a page's tiles: ``…/page-<n>_files/`` (``<level>/<col>_<row>.jpg`` follow)."""
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}_files/"
+
+
+def overlay_name(page: int) -> str:
+    """Base name of a page's overlay over its previous version:
+    ``page-<n>.overlay`` (``.dzi``, ``_files/`` and ``.json`` follow)."""
+    return f"{page_name(page)}.overlay"
+
+
+def overlay_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
+    """A page's overlay: the transform and changes (docs/revisions.md),
+    written after its pyramid."""
+    return f"{tiles_prefix(plan, job_id)}{overlay_name(page)}.json"
 
 
 def words_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:

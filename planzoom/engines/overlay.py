@@ -16,7 +16,8 @@ is not used: on thin line work it does not converge from any but a very
 close start (``python -m bench.overlay`` compares it).
 
 Changes (:func:`changes`): the previous image warped onto the current one;
-ink of one not within :data:`TOLERANCE_PX` of ink of the other, in specks
+ink of one with :data:`INK_MASS` more blurred darkness than the other has
+within :data:`TOLERANCE_PX`, in specks
 of at least :data:`MIN_SPECK_PX`, gathered into regions
 :data:`GATHER_PX` apart: ``added`` (current only), ``removed`` (previous
 only) or ``changed`` (both).
@@ -34,15 +35,17 @@ from planzoom.engines.sandbox import sandbox_result
 
 #: Resolution registration and change finding work at, DPI.
 WORK_DPI = 150
-#: Below this grey level a pixel is ink; below FAINT, a trace of ink (a thin
-#: line one version draws dark may be drawn light by the other).
+#: Below this grey level a pixel is ink.
 INK = 128
-FAINT = 235
+#: Ink differs where one version's blurred darkness (Gaussian, sigma in
+#: pixels at WORK_DPI) exceeds the other's by this much (0-255).
+INK_BLUR = 0.8
+INK_MASS = 80
 #: Ink of one version within this many pixels (at WORK_DPI) of the other's
 #: is the same ink: registration error and re-rasterisation.
 TOLERANCE_PX = 2
 #: Smaller specks of difference are noise (pixels at WORK_DPI).
-MIN_SPECK_PX = 12
+MIN_SPECK_PX = 24
 #: Differences closer than this (pixels at WORK_DPI) are one region.
 GATHER_PX = 24
 #: Word centres needed for a fit from words, and the share that must agree.
@@ -209,9 +212,15 @@ def changes(prev: np.ndarray, cur: np.ndarray, m: np.ndarray) -> tuple[list, np.
     inside = cv2.warpAffine(np.ones_like(prev), mi, (w, h), flags=cv2.INTER_NEAREST,
                             borderValue=0)
     a, b = _ink(warped), _ink(cur)
+    # Ink compared as mass (blurred darkness), so that one line drawn thin
+    # and dark by one version and wide and light by the other is the same
+    # line, while black drawn over a grey fill is not; the other's most
+    # ink within TOLERANCE_PX counts.
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * TOLERANCE_PX + 1,) * 2)
-    removed = a & (1 - cv2.dilate((cur < FAINT).astype(np.uint8), near)) & inside
-    added = b & (1 - cv2.dilate((warped < FAINT).astype(np.uint8), near)) & inside
+    mass_a = cv2.GaussianBlur(255 - warped, (0, 0), INK_BLUR).astype(np.int16)
+    mass_b = cv2.GaussianBlur(255 - cur, (0, 0), INK_BLUR).astype(np.int16)
+    removed = a & ((mass_a - cv2.dilate(mass_b, near)) > INK_MASS).astype(np.uint8) & inside
+    added = b & ((mass_b - cv2.dilate(mass_a, near)) > INK_MASS).astype(np.uint8) & inside
     removed, added = _without_specks(removed), _without_specks(added)
     gather = cv2.getStructuringElement(cv2.MORPH_RECT, (GATHER_PX,) * 2)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(

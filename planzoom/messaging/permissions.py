@@ -6,7 +6,8 @@ consumers and KV bucket before the services start.
   render and tile may read them, never write.
 - Only ingest and progress publish page jobs (``pages.render.>``) and
   video jobs (``videos.transcode.>``); only render publishes tile jobs
-  (``pages.tile.>``).
+  (``pages.tile.>``), and progress the overlays of revised sheets there (the
+  tile stage makes one only if the job record names that version).
 - render may publish only ``progress.render.>``, tile only
   ``progress.tile.>``, transcode only ``progress.transcode.>``: the
   progress service trusts the stage in the subject (see services/progress/records.py).
@@ -98,7 +99,7 @@ PUBLISH: dict[str, list[str]] = {
         *_consume(TILE_STREAM, "*"), f"{API}.CONSUMER.LIST.{TILE_STREAM}",
     ],
     "progress": [
-        "pages.render.>", "videos.transcode.>", "deadletter.>", "jobs.ended.>",
+        "pages.render.>", "pages.tile.>", "videos.transcode.>", "deadletter.>", "jobs.ended.>",
         *_kv_read(), *_kv_write(),
         *_kv_watch(KV_STREAM),  # watching job records
         *_consume(PROGRESS_STREAM, PROGRESS_CONSUMER), *_consume(ADVISORY_STREAM,

@@ -31,6 +31,7 @@ from services.gateway import (
     iiif,
     job_routes,
     problems,
+    revision_routes,
     sheet_routes,
     tiles,
     upload_routes,
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_routes.router)
     app.include_router(tiles.router)
     app.include_router(sheet_routes.router)
+    app.include_router(revision_routes.router)
     app.include_router(downloads.router)
     app.include_router(upload_routes.router)
     app.include_router(webhooks.router)

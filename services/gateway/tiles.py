@@ -37,6 +37,10 @@ from services.gateway.upstream import JobPlace
 router = APIRouter(prefix="/v1", tags=["tiles"])
 
 PAGE_DZI = re.compile(r"([1-9][0-9]{0,5})\.dzi")
+#: A revised page's overlay over its previous version (docs/revisions.md),
+#: always in layout FILES.
+OVERLAY_DZI = re.compile(r"([1-9][0-9]{0,5})\.overlay\.dzi")
+OVERLAY_FILES = re.compile(r"([1-9][0-9]{0,5})\.overlay_files")
 PAGE_VARIANT = re.compile(
     rf"(?P<page>[1-9][0-9]{{0,5}})\.(?P<name>{VARIANT_NAME.pattern})\.(?P<ext>jpg|webp)")
 PAGE_FILES = re.compile(r"([1-9][0-9]{0,5})_files")
@@ -121,8 +125,9 @@ async def _object(request: Request, key: str, content_type: str) -> Response:
 @router.get("/jobs/{job_id}/pages/{name}",
             summary="A page's Deep Zoom descriptor (.dzi) or one of its variants")
 async def page_dzi(request: Request, job_id: str, name: str) -> Response:
-    """The DZI XML of page ``n`` (``{n}.dzi``, 1-based), or one of the
-    page's variants (``{n}.thumbnail.jpg``, ``{n}.overview.jpg``,
+    """The DZI XML of page ``n`` (``{n}.dzi``, 1-based), of its overlay
+    over its previous version (``{n}.overlay.dzi``, docs/revisions.md), or
+    one of the page's variants (``{n}.thumbnail.jpg``, ``{n}.overview.jpg``,
     ``{n}.icon.jpg``, ``{n}.display.jpg``, ``{n}.webp-{px}.webp``; the job
     record lists them). 404 until the page has it (a PDF's overview and
     thumbnail come first, the ``.dzi`` once the page is DONE), or for one
@@ -140,6 +145,10 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
             return await _immutable(request, CONTENT_TYPES["dzi"], digest(xml), xml)
         return await _object(request, f"{place.tiles_prefix}page-{match[1]}.dzi",
                              CONTENT_TYPES["dzi"])
+    if match := OVERLAY_DZI.fullmatch(name):
+        place = await job_place(request, job_id)
+        return await _object(request, f"{place.tiles_prefix}page-{match[1]}.overlay.dzi",
+                             CONTENT_TYPES["dzi"])
     if match := PAGE_VARIANT.fullmatch(name):
         place = await job_place(request, job_id)
         return await _object(request, f"{place.tiles_prefix}page-{match['page']}."
@@ -152,12 +161,17 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
 async def page_tile(request: Request, job_id: str, files: str, level: int,
                     tile: str) -> Response:
     """The tile at ``level`` (0 = 1x1 px), column ``col`` and row ``row``
-    (``{col}_{row}.{ext}``, ext as the descriptor's Format). Bearer (viewer)
+    (``{col}_{row}.{ext}``, ext as the descriptor's Format) of a page
+    (``{n}_files``) or of its overlay (``{n}.overlay_files``). Bearer (viewer)
     or ``?cap=``. 404 for a tile that does not exist."""
     page, cell = PAGE_FILES.fullmatch(files), TILE.fullmatch(tile)
-    if not page or not cell or not 0 <= level <= 64:
+    overlay = OVERLAY_FILES.fullmatch(files)
+    if not (page or overlay) or not cell or not 0 <= level <= 64:
         raise _absent(f"tile {files}/{level}/{tile}")
     place = await job_place(request, job_id)
+    if overlay:
+        return await _object(request, f"{place.tiles_prefix}page-{overlay[1]}.overlay_files/"
+                             f"{level}/{cell[1]}_{cell[2]}.{cell[3]}", CONTENT_TYPES[cell[3]])
     if place.archive:
         archives = request.app.state.gateway.archives
         key = f"{place.tiles_prefix}page-{page[1]}.{ARCHIVE_SUFFIX}"

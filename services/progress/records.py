@@ -155,6 +155,7 @@ class JobRecords:
             await asyncio.to_thread(register.join_plan, self.store, final, sketches)
         await asyncio.to_thread(sheets.write, self.store, final)
         await asyncio.to_thread(write_outputs, self.store, final)
+        await self.admission.queues.publish_overlays(final)
         for released in await self.admission.finish(job):
             await self.admission.release(released)
         # Announced before the record leaves "finalizing": a crash between

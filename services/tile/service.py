@@ -23,13 +23,14 @@ from planzoom.engines import archive
 from planzoom.engines.archive import page_descriptor
 from planzoom.engines.pyramid import cut_pyramid
 from planzoom.engines.raster import raster_rows
-from planzoom.errors import Cancelled, InvalidInput
+from planzoom.errors import Cancelled, InvalidInput, reason_code
 from planzoom.heap import keep_freed_blocks
 from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.parts import PartUpload
 from planzoom.v1 import events_pb2, jobs_pb2
+from services.tile import overlays
 from services.tile.put_pool import PutPool
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,9 @@ class Tile(PageStage):
     async def handle(self, data: bytes, delivery: Delivery) -> None:
         job = events_pb2.TileJob.FromString(data)
         tracing.annotate(job_id=job.job_id, page=job.page)
+        if job.HasField("overlay"):
+            await self._overlay(job)
+            return
         own_raster(job)
         ctx = {"job_id": job.job_id, "page": job.page, "attempt": delivery.attempt}
         done_key = keys.done_key(job.plan, job.job_id, job.page, job.options)
@@ -171,6 +175,31 @@ class Tile(PageStage):
                                       "s3_requests": layout.requests,
                                       "seconds": round(time.monotonic() - started, 2)})
 
+
+    async def _overlay(self, job: events_pb2.TileJob) -> None:
+        """Lay a revised page over its previous version (services.tile.overlays),
+        once the job record confirms that version."""
+        started = time.monotonic()
+        try:
+            record = await self.jobs.get(job.job_id)
+        except JobNotFound:
+            log.info("overlay skipped: its job is gone", extra={"job_id": job.job_id})
+            return
+        overlays.check_request(job, record)
+        await asyncio.to_thread(overlays.make_overlay, self.store, job, record)
+        metrics.STAGE_SECONDS.labels("overlay").observe(time.monotonic() - started)
+
+    async def on_failure(self, data: bytes, delivery: Delivery, error) -> None:
+        """A page that fails for good is reported FAILED; an overlay that
+        fails for good leaves ``overlay.json`` saying why (the page itself
+        is done)."""
+        job = events_pb2.TileJob.FromString(data)
+        if not job.HasField("overlay"):
+            await super().on_failure(data, delivery, error)
+            return
+        if error.reason_code == reason_code("FORGED_EVENT"):
+            return  # nothing is written for a request the record does not make
+        await asyncio.to_thread(overlays.record_failure, self.store, job, error)
 
     async def _remove_page(self, job: events_pb2.TileJob, layout, ctx: dict) -> None:
         """Remove what a page of an ended job left: its pyramid, and the

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from planzoom.v1 import jobs_pb2
 from planzoom_devstack.revise import Edit, revise
-from tests.helpers import completed
+from tests.helpers import completed, wait_until
 from tests.integration.test_gateway import assert_problem, bearer
+from tests.integration.test_viewer import browser  # noqa: F401 - the fixture
 
 SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
 PLAN = jobs_pb2.PlanRef(org="acme", project="revisions", plan="crayfishinn")
@@ -26,14 +28,14 @@ def versions(corpus, client, tmp_path_factory):
     first = completed(client, str(corpus / SET), PLAN, jobs_pb2.JobOptions(dpi=DPI))
     addendum = str(tmp_path_factory.mktemp("revisions") / "addendum.pdf")
     # Sheet 100-00 re-plotted moved and scaled with a new element; 201-00 as it was.
-    revise(str(corpus / SET), addendum, [1, 3],
-           {1: Edit(shift=(0.02, 0.01), scale=1.02, add=[(0.3, 0.3, 0.05, 0.05)])})
+    moves = revise(str(corpus / SET), addendum, [1, 3],
+                   {1: Edit(shift=(0.02, 0.01), scale=1.02, add=[(0.3, 0.3, 0.05, 0.05)])})
     second = completed(client, addendum, PLAN, jobs_pb2.JobOptions(dpi=DPI))
-    return first, second
+    return first, second, moves[1]
 
 
 def test_an_addendum_slips_into_the_plans_current_set(http, stack, versions):
-    first, second = versions
+    first, second, _ = versions
     body = http.get(f"/v1/plans/{PLAN.org}/{PLAN.project}/{PLAN.plan}/sheets",
                     headers=bearer(stack)).json()
     assert body["job_id"] == second.job_id
@@ -54,7 +56,7 @@ def test_an_addendum_slips_into_the_plans_current_set(http, stack, versions):
 
 
 def test_the_addendums_record_says_what_changed_against_what(client, versions):
-    first, second = versions
+    first, second, _ = versions
     record = client.get_job(second.job_id)
     site, first_floor = record.pages[0].sheet, record.pages[1].sheet
     assert (site.change, site.paired_by) == ("revised", "number")
@@ -67,7 +69,7 @@ def test_the_addendums_record_says_what_changed_against_what(client, versions):
 
 
 def test_current_json_and_list_sheets_hold_the_versions(client, s3, versions):
-    first, second = versions
+    first, second, _ = versions
     key = f"tiles/{PLAN.org}/{PLAN.project}/{PLAN.plan}/current.json"
     current = json.loads(s3.get_object(Bucket="planzoom", Key=key)["Body"].read())
     assert current["job_id"] == second.job_id and current["register_jobs"] == 2
@@ -81,7 +83,7 @@ def test_current_json_and_list_sheets_hold_the_versions(client, s3, versions):
 def test_cli_prints_the_plans_current_set(stack, versions):
     from planzoom_cli.main import main
 
-    first, second = versions
+    first, second, _ = versions
     runner = CliRunner()
     env = {**stack.env(), "PLANZOOM_TOKEN": stack.token("acme", "viewer"), "COLUMNS": "200"}
     args = ["sheets", "--org", PLAN.org, "--project", PLAN.project, "--plan", PLAN.plan]
@@ -97,3 +99,101 @@ def test_cli_prints_the_plans_current_set(stack, versions):
 def test_another_orgs_plan_is_refused(http, stack, versions):
     assert_problem(http.get(f"/v1/plans/intruder/{PLAN.project}/{PLAN.plan}/sheets",
                             headers=bearer(stack)), 403)
+
+
+def test_a_revised_sheet_is_laid_over_its_previous_version(http, stack, versions):
+    first, second, move = versions
+    url = f"/v1/jobs/{second.job_id}/pages/1/overlay"
+
+    def ready():
+        r = http.get(url, headers=bearer(stack))
+        if r.status_code == 409:
+            assert r.json()["reason"] == "OVERLAY_NOT_READY" and r.headers["Retry-After"]
+            return None
+        return r
+
+    resp = wait_until("the overlay", ready, timeout=60, interval=0.5)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["previous"] == {"job_id": first.job_id, "page": 1}
+    # The true move, display points to the pages' pixels at DPI.
+    s = DPI / 72
+    truth = np.array([[move[0], move[2], move[4] * s], [move[1], move[3], move[5] * s]])
+    found = np.array(body["transform"]).reshape(2, 3)
+    page = second.pages[0]
+    corners = np.array([[0, 0], [page.width_px, 0], [0, page.height_px],
+                        [page.width_px, page.height_px]], float)
+    error = np.linalg.norm(corners @ (truth - found)[:, :2].T + (truth - found)[:, 2], axis=1)
+    assert error.max() < 1.5, (body["transform"], truth)
+    added = [c for c in body["changes"] if c["kind"] == "added"]
+    assert len(added) == 1, body["changes"]
+    x, y, w, h = added[0]["box"]
+    tx, ty, tw, th = (0.3 * page.width_px, 0.3 * page.height_px, 0.05 * page.width_px,
+                      0.05 * page.height_px)
+    overlap = max(0, min(x + w, tx + tw) - max(x, tx)) * max(0, min(y + h, ty + th) - max(y, ty))
+    assert overlap / (w * h + tw * th - overlap) > 0.7, (added, (tx, ty, tw, th))
+    assert not [c for c in body["changes"] if c["kind"] != "added"]
+    # Its pyramid: previous red, this one blue, both grey.
+    dzi = http.get(body["dzi"], headers=bearer(stack))
+    assert dzi.status_code == 200 and b"<Image" in dzi.content
+    top = max(body["width"], body["height"]).bit_length()
+    tile = http.get(f"/v1/jobs/{second.job_id}/pages/1.overlay_files/{top}/0_0.jpg",
+                    headers=bearer(stack))
+    assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+
+
+def test_a_page_with_no_revision_has_no_overlay(http, stack, versions):
+    first, second, _ = versions
+    for job, page in ((second, 2), (first, 1)):  # unchanged; the first version
+        assert_problem(http.get(f"/v1/jobs/{job.job_id}/pages/{page}/overlay",
+                                headers=bearer(stack)), 404, "NO_PREVIOUS_VERSION")
+    assert_problem(http.get(f"/v1/jobs/{second.job_id}/pages/1/overlay",
+                            headers=bearer(stack, org="intruder")), 404)
+
+
+def test_viewer_overlays_a_revised_sheet_with_its_changes(stack, browser, versions,  # noqa: F811
+                                                         tmp_path):
+    first, second, _ = versions
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{stack.gateway_url}/view/{second.job_id}#token={stack.token('acme', 'viewer')}")
+    page.wait_for_function("() => planzoom.sheets && planzoom.sheets[1] && "
+                           "planzoom.viewer.world.getItemCount() === 1")
+    assert page.is_visible("#overlay-toggle")
+    page.wait_for_function("() => document.querySelector('#versions').textContent"
+                           ".includes('revised')")
+    assert f"{first.job_id[-6:]} p1 (new)" in page.inner_text("#versions")
+    before = page.screenshot(clip={"x": 0, "y": 0, "width": 1200, "height": 800})
+    page.check("#overlay-toggle")
+    page.wait_for_function("() => planzoom.revisions.shown && planzoom.viewer.world"
+                           ".getItemCount() === 2 && planzoom.viewer.world.getItemAt(1)"
+                           ".getFullyLoaded() && document.querySelectorAll('.change').length"
+                           " === 1", timeout=30_000)
+    assert "1 change" in page.inner_text("#overlay-status")
+    cloud = page.locator(".change").first.bounding_box()
+    assert cloud and cloud["width"] > 4 and cloud["height"] > 4
+    page.fill("#overlay-opacity", "100")
+    page.dispatch_event("#overlay-opacity", "input")
+    page.wait_for_timeout(500)
+    shot = tmp_path / "overlay.png"
+    page.screenshot(path=str(shot))
+    after = shot.read_bytes()
+    assert after != before
+    # The overlay draws the previous version in red and this one in blue.
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    assert ((b > 180) & (r < 120)).sum() > 200  # what this version added, blue
+    assert ((r > 150) & (g < 100) & (b > 150)).sum() > 50  # the cloud's magenta
+    page.uncheck("#overlay-toggle")
+    page.wait_for_function("() => planzoom.viewer.world.getItemCount() === 1 && "
+                           "!document.querySelector('.change')")
+    # An unchanged sheet says so and offers no overlay.
+    page.evaluate("planzoom.select(2)")
+    page.wait_for_function("() => document.querySelector('#overlay-status').textContent"
+                           " === 'unchanged'")
+    assert not page.is_visible("#overlay-toggle")
+    assert not errors, errors
+    page.close()

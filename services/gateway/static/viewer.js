@@ -72,10 +72,12 @@ function planzoomViewer(element, config) {
   viewer.addHandler("animation", showZoom);
   viewer.addHandler("open", showZoom);
   viewer.addHandler("open", drawOverlays);
+  const revisions = planzoomRevisions({viewer, $, config, api, job: () => job, sheetOf, rect,
+                                       redraw: drawOverlays});
   window.planzoom = {viewer, get job() { return job; }, get page() { return selected; }, select,
                      get hls() { return hls; }, get shown() { return shown; },
                      get sheets() { return sheets; }, get hits() { return hits; },
-                     search, goToSheet};
+                     search, goToSheet, revisions: revisions.state};
 
   function pageState(p) { return (p.state || "").replace("PAGE_STATE_", "").toLowerCase(); }
   function done(p) { return pageState(p) === "done"; }
@@ -269,6 +271,7 @@ function planzoomViewer(element, config) {
     render();
     drawOverlays();
     showReferenced();
+    if (selected) revisions.show(selected);
   }
   function goToSheet(text) {
     const key = numberKey(text);
@@ -329,6 +332,7 @@ function planzoomViewer(element, config) {
         viewer.addOverlay(el, rect(p, box));
       }
     });
+    revisions.draw(selected);
   }
 
   // -- search ---------------------------------------------------------------
@@ -430,6 +434,7 @@ function planzoomViewer(element, config) {
       (p.width_px ? ` · ${p.width_px} × ${p.height_px} px` : "") : "");
     showReferenced();
     showNotice();
+    revisions.show(n);
     if (viewable(n)) open(n); else { viewer.close(); shown = ""; }
   }
 
