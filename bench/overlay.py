@@ -8,12 +8,13 @@ planzoom_devstack.revise: a shift of up to 5 % of the sheet, a scale of
 0.9-1.1, a rotation of up to ±2° (and one case per sheet turned 90°),
 half of them with a mark added (1.2 x 0.6 % of the sheet) and a 5 % square
 painted out. Both versions are drawn by PDFium at ``--dpi`` with their
-words (as render reads them), and planzoom.engines.overlay registers them. Prints per case and in all: the
-error of the fitted transform against the true one over a grid of points
-on the sheet (pixels at ``--dpi``: median and p95), whether every added or
-removed element was found and nothing else reported, and the time per
-overlay. The same cases are registered by OpenCV's ECC alone (the image
-registration a user could pick: translation start, affine) beside it.
+words (as render reads them), and planzoom.engines.overlay registers them.
+Prints per case and in all: the error of the fitted transform against the
+true one over a grid of points on the sheet (pixels at ``--dpi``: median
+and p95), whether every added or removed element was found and nothing
+else reported, and the time per overlay. The same cases are registered by
+OpenCV's ECC alone (the image registration a user could pick: affine, from
+the identity) beside it.
 How it is measured and the last figures: docs/revisions.md.
 """
 
