@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 #: Seconds between checks, while a page is being tiled, that its job is not
 #: cancelled.
 CANCEL_CHECK_SECONDS = 1.0
+#: Reads of a record still being finalised before an overlay is tried again later.
+FINALIZING_READS, FINALIZING_WAIT_SECONDS = 10, 0.2
 
 
 class JobCancelled(Cancelled):
@@ -182,6 +184,13 @@ class Tile(PageStage):
         started = time.monotonic()
         try:
             record = await self.jobs.get(job.job_id)
+            # Progress asks just before its last write of the record: a
+            # moment's wait saves a redelivery's backoff.
+            for _ in range(FINALIZING_READS):
+                if not record.finalizing:
+                    break
+                await asyncio.sleep(FINALIZING_WAIT_SECONDS)
+                record = await self.jobs.get(job.job_id)
         except JobNotFound:
             log.info("overlay skipped: its job is gone", extra={"job_id": job.job_id})
             return
