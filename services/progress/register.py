@@ -128,7 +128,7 @@ def join_plan(store: ObjectStore, job: jobs_pb2.Job, sketches: dict[int, str]) -
     """Add a COMPLETE ``job`` to its plan's register, write ``current.json``
     from it, and set each sheet page's ``change``, ``previous`` and
     ``duplicate_number`` (planzoom.engines.revisions). ``sketches``: each page's
-    words (:func:`services.progress.sheets.write`). Raises WriteConflict
+    words (:func:`services.progress.sheets.read_set`). Raises WriteConflict
     after :data:`ATTEMPTS` lost races."""
     register = _add_to_register(store, job, job_summary(job, sketches))
     _write_current(store, job.plan, register)
