@@ -7,6 +7,7 @@
 #   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
 #   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
 #   make bench-iiif            IIIF regions against DZI tiles; a 2,000-page manifest
+#   make bench-overlay         sheet overlays: registration error, changes found, latency
 #   make soak DURATION=180     jobs from several orgs under chaos; every count must be 0
 #   make chart-e2e             the Helm chart's rendered pods run as a kubelet would (Docker)
 
@@ -26,7 +27,7 @@ OSD    := $(VENDOR)/openseadragon/openseadragon.min.js
 VERSION    := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 BASE_IMAGE ?= planzoom-base:bookworm-ocr
 
-.PHONY: setup proto demo up test test-fast lint images bench bench-media bench-sheets bench-iiif soak \
+.PHONY: setup proto demo up test test-fast lint images bench bench-media bench-sheets bench-iiif bench-overlay soak \
         chart-e2e clean
 
 # Tesseract (Debian's tesseract-ocr) reads title blocks that have no text
@@ -142,6 +143,11 @@ bench-iiif: setup
 	$(BIN)/python -m bench.iiif
 	$(BIN)/python -m bench.iiif --concurrency 4
 	$(BIN)/python -m bench.manifest
+
+bench-overlay: setup
+	$(BIN)/python -m bench.overlay
+	$(BIN)/python -m bench.overlay --no-words
+	$(BIN)/python -m bench.overlay --pipeline
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \
