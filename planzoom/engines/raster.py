@@ -46,38 +46,54 @@ class Raster:
     bands: int
     raster_bytes: int
     words: int = -1
-    #: sha256 (hex) of the samples written (:class:`RasterSink`).
+    #: sha256 (hex) of the raster as written (:class:`RasterSink`).
     digest: str = ""
 
 
 class RasterSink:
-    """Where a raster's rows go: compressed into the file, and hashed, so
-    that the raster's ``digest`` (sha256 of its samples, hex) tells an
-    unchanged page from a revised one without reading it again."""
+    """Where a raster's rows go: compressed into the file, whose bytes are
+    hashed on their way, so that ``digest`` (sha256 of the raster's zstd
+    frame, hex) tells an unchanged page from a revised one without reading
+    it again. The frame is a function of the samples (zstd is deterministic
+    for one version, level and sequence of writes: rows in the same bands),
+    and hashing it costs a tenth of hashing the samples."""
 
-    def __init__(self, z: zstandard.ZstdCompressionWriter):
-        self._z, self._hash = z, hashlib.sha256()
-
-    def write(self, data) -> None:
-        self._hash.update(data)
-        self._z.write(data)
+    def __init__(self, z: zstandard.ZstdCompressionWriter, hashed: _Hashed):
+        self._z, self._hashed = z, hashed
+        self.write = z.write
 
     @property
     def digest(self) -> str:
-        return self._hash.hexdigest()
+        return self._hashed.hash.hexdigest()
+
+
+class _Hashed:
+    """A file whose written bytes are hashed too."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.hash = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 @contextlib.contextmanager
 def raster_writer(path: str) -> Iterator[RasterSink]:
     """A stream to write a raster's rows to, at ``path``: one zstd frame
-    (level 1: the raster lives for seconds, between render and tile)."""
+    (level 1: the raster lives for seconds, between render and tile). Its
+    ``digest`` is final once the block ends."""
     import zstandard
 
-    with open(path, "wb") as f, \
-            zstandard.ZstdCompressor(level=1).stream_writer(f, closefd=False) as z:
-        sink = RasterSink(z)
-        yield sink
-        z.flush(zstandard.FLUSH_FRAME)
+    with open(path, "wb") as f:
+        hashed = _Hashed(f)
+        with zstandard.ZstdCompressor(level=1).stream_writer(hashed, closefd=False) as z:
+            sink = RasterSink(z, hashed)
+            yield sink
+            z.flush(zstandard.FLUSH_FRAME)
 
 
 def raster_rows(stream: BinaryIO, width: int, height: int, bands: int,
