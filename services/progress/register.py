@@ -63,11 +63,11 @@ def job_summary(job: jobs_pb2.Job, sketches: dict[int, str]) -> dict:
     return {"job_id": job.job_id, "pages": pages}
 
 
-def _current(register: dict) -> bytes:
+def _current(register: dict, history: list[dict]) -> bytes:
     """``current.json`` from the register: the newest job's fields,
     ``register_jobs`` (how many jobs it was made from) and ``sheets``."""
     sheets = []
-    for s in revisions.sheet_history(register["jobs"]):
+    for s in history:
         last = s["versions"][0]
         sheets.append({
             "number": last["number"] or None, "title": last["title"] or None,
@@ -105,8 +105,10 @@ def _add_to_register(store: ObjectStore, job: jobs_pb2.Job, summary: dict) -> di
     raise WriteConflict(key)
 
 
-def _write_current(store: ObjectStore, plan: jobs_pb2.PlanRef, register: dict) -> None:
+def _write_current(store: ObjectStore, plan: jobs_pb2.PlanRef, register: dict,
+                   history: list[dict]) -> None:
     key = keys.current_key(plan)
+    body = _current(register, history)
     for _ in range(ATTEMPTS):
         try:
             data, etag = store.get_with_etag(key)
@@ -116,7 +118,7 @@ def _write_current(store: ObjectStore, plan: jobs_pb2.PlanRef, register: dict) -
         if stored > len(register["jobs"]):
             return  # made from a register with more jobs: it stands
         try:
-            store.put_bytes(key, _current(register), "application/json", if_match=etag,
+            store.put_bytes(key, body, "application/json", if_match=etag,
                             if_absent=etag is None)
             return
         except WriteConflict:
@@ -131,8 +133,9 @@ def join_plan(store: ObjectStore, job: jobs_pb2.Job, sketches: dict[int, str]) -
     words (:func:`services.progress.sheets.read_set`). Raises WriteConflict
     after :data:`ATTEMPTS` lost races."""
     register = _add_to_register(store, job, job_summary(job, sketches))
-    _write_current(store, job.plan, register)
-    for s in revisions.sheet_history(register["jobs"]):
+    history = revisions.sheet_history(register["jobs"])
+    _write_current(store, job.plan, register, history)
+    for s in history:
         for i, v in enumerate(s["versions"]):
             if v["job_id"] != job.job_id:
                 continue
