@@ -1,5 +1,5 @@
 """Sheet identity against what a person reads: ``python -m bench.sheets
-[LABELS.json …] [--pdfs DIR] [--show]``.
+[LABELS.json …] [--pdfs DIR] [--fields FIELDS.json] [--show]``.
 
 LABELS is a list of ``{"file", "page", "sheet_number", "sheet_title",
 "text_layer", "template", "references"}`` objects (the corpus's
@@ -7,8 +7,9 @@ LABELS is a list of ``{"file", "page", "sheet_number", "sheet_title",
 in all: sheet numbers right (exact after collapsing spaces and dash
 forms), "none" right on pages without one, accept-level answers
 (``needs_review`` false) and how many of them are wrong, titles exact
-(case and whitespace aside) and containing, and the time to read a page's
-words at p95. How it is measured and the last figures: docs/sheets.md.
+(case and whitespace aside) and containing, revision marks and issue
+dates against ``--fields`` labels, and the time to read a page's words at
+p95. How it is measured and the last figures: docs/sheets.md.
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
                 st["accepted wrong"] += not ok
                 if truth is not None:
                     st["accepted numbered"] += 1
+            for field in ("revision", "issued"):
+                if f"want_{field}" not in row:
+                    continue  # not labelled
+                want, got = row[f"want_{field}"], getattr(sheet, field, None) if sheet else None
+                st[f"{field} labelled"] += 1
+                st[f"{field} right"] += _norm_title(want) == _norm_title(got)
             if row.get("sheet_title"):
                 st["titled"] += 1
                 gt = _norm_title(sheet.title if sheet else None)
@@ -155,6 +162,14 @@ def report(out: dict) -> None:
     print(f"words of a page read in {out['p95_ms']:.1f} ms at p95 ({out['pages']} pages, 150 DPI);"
           f" word sidecar {out['sidecar_p95_kib']:.1f} KiB gzipped at p95; OCR of a page with "
           f"no text layer {out['ocr_p95_s']:.1f} s at p95 ({out['ocr_pages']} pages)")
+    if stats["all"]["revision labelled"]:
+        print(f"{'':52} {'revision right':>18} {'issue date right':>18}   "
+              "(as printed; null when none is)")
+        for key in order:
+            st = stats.get(key)
+            if st and st["revision labelled"]:
+                print(f"{key[:52]:52} {_pct(st['revision right'], st['revision labelled']):>18} "
+                      f"{_pct(st['issued right'], st['issued labelled']):>18}")
     lk = out["links"]
     print(f"callouts (sheets a page links to, of those in the set): precision "
           f"{_pct(lk['true'], lk['true'] + lk['false'])}, recall "
@@ -166,6 +181,8 @@ def main() -> None:
     ap.add_argument("labels", nargs="*", help="label files (default: the corpus's sheets.json)")
     ap.add_argument("--pdfs", help="where the labels' PDFs are (default: beside the labels)")
     ap.add_argument("--show", action="store_true", help="print every page's answer")
+    ap.add_argument("--fields", help="labels of revision marks and issue dates: a list of "
+                    '{"file", "page", "revision", "issued"} (null where none is printed)')
     ap.add_argument("--no-ocr", action="store_true", help="the text layer only")
     ap.add_argument("--no-hints", action="store_true",
                     help="without the PDF's bookmarks and page labels")
@@ -174,6 +191,12 @@ def main() -> None:
     labels = []
     for f in files:
         labels.extend(json.load(open(f, encoding="utf-8")))
+    if args.fields:
+        fields = {(r["file"], r["page"]): r for r in json.load(open(args.fields, encoding="utf-8"))}
+        for row in labels:
+            got = fields.get((row["file"], row["page"]))
+            if got:
+                row["want_revision"], row["want_issued"] = got["revision"], got["issued"]
     pdf_dir = args.pdfs or os.path.dirname(os.path.abspath(files[0]))
     report(run(labels, pdf_dir, show=args.show, ocr=not args.no_ocr, hints=not args.no_hints))
 

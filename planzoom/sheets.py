@@ -23,6 +23,9 @@ def box(value) -> jobs_pb2.Box | None:
     return jobs_pb2.Box(x=x, y=y, w=w, h=h)
 
 
+#: A Sheet's boxes other than its references'.
+BOX_FIELDS = ("box", "title_box", "scale_box", "revision_box", "issued_box")
+
 #: A SheetVersion's fields, as JSON names them too.
 VERSION_FIELDS = ("job_id", "page", "number", "title", "revision", "issued", "paired_by",
                   "change")
@@ -42,7 +45,7 @@ def version_from_json(row: dict) -> jobs_pb2.SheetVersion:
 
 def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
     """One page's entry: ``{"page", "number", "title", "discipline",
-    "scale", "confidence", "needs_review", "source", "box", "title_box",
+    "scale", "revision", "issued", "confidence", "needs_review", "source", "box", "title_box",
     "references": [{"number", "page", "box", "text"}], "change",
     "paired_by", "previous", "duplicate_number"}`` (the last four against
     the plan's versions, docs/revisions.md; null until a complete job
@@ -50,6 +53,7 @@ def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
     return {
         "page": page, "number": s.number or None, "title": s.title or None,
         "discipline": s.discipline or None, "scale": s.scale or None,
+        "revision": s.revision or None, "issued": s.issued or None,
         "confidence": round(s.confidence, 3), "needs_review": s.needs_review,
         "source": s.source or "none", "box": _box_json(s, "box"),
         "title_box": _box_json(s, "title_box"),
@@ -66,13 +70,14 @@ def sheet_from_json(row: dict) -> jobs_pb2.Sheet:
     sheet = jobs_pb2.Sheet(
         number=row.get("number") or "", title=row.get("title") or "",
         discipline=row.get("discipline") or "", scale=row.get("scale") or "",
+        revision=row.get("revision") or "", issued=row.get("issued") or "",
         confidence=float(row.get("confidence") or 0), needs_review=bool(row.get("needs_review")),
         source=row.get("source") or "none", change=row.get("change") or "",
         paired_by=row.get("paired_by") or "",
         duplicate_number=bool(row.get("duplicate_number")))
     if row.get("previous"):
         sheet.previous.CopyFrom(version_from_json(row["previous"]))
-    for field in ("box", "title_box", "scale_box"):
+    for field in BOX_FIELDS:
         b = box(row.get(field))
         if b is not None:
             getattr(sheet, field).CopyFrom(b)

@@ -242,7 +242,7 @@ def jobs(ctx, org, project, plan_id, limit):
 @click.pass_context
 def sheets(ctx, job_id, org, project, plan_id, as_json):
     """Print a job's sheet index: each page's sheet number, title,
-    discipline, scale, confidence (0-1), source and change against the
+    discipline, scale, revision mark and issue date, confidence (0-1), source and change against the
     plan's previous version; "review" marks a sheet whose number needs a
     person's look. Filled in when the job ends.
 
@@ -262,6 +262,7 @@ def sheets(ctx, job_id, org, project, plan_id, as_json):
         fail_rpc(e)
     rows = [{"page": p.page, "number": p.sheet.number or None, "title": p.sheet.title or None,
              "discipline": p.sheet.discipline or None, "scale": p.sheet.scale or None,
+             "revision": p.sheet.revision or None, "issued": p.sheet.issued or None,
              "confidence": round(p.sheet.confidence, 2), "needs_review": p.sheet.needs_review,
              "source": p.sheet.source or "none", "change": p.sheet.change or None}
             for p in job.pages]
@@ -272,14 +273,22 @@ def sheets(ctx, job_id, org, project, plan_id, as_json):
     if not ended(job):
         console.print(f"job {job.job_id} is {job_state_name(job.state)}: its sheets are "
                       "read when it ends")
-    table = Table("page", "sheet", "title", "discipline", "scale", "confidence", "source",
-                  "change", "")
+    table = Table("page", "sheet", "title", "discipline", "scale", "rev / issued", "confidence",
+                  "source", "change", "")
     for r in rows:
         table.add_row(str(r["page"]), r["number"] or "-", r["title"] or "",
-                      r["discipline"] or "", r["scale"] or "", f"{r['confidence']:.2f}",
+                      r["discipline"] or "", r["scale"] or "", _issue(r),
+                      f"{r['confidence']:.2f}",
                       r["source"], r["change"] or "",
                       "review" if r["needs_review"] and r["number"] else "")
     console.print(table)
+
+
+def _issue(row: dict) -> str:
+    """"rev B · 06-26-19" from a row's revision mark and issue date."""
+    parts = ([f"rev {row['revision']}"] if row.get("revision") else []) + \
+        ([row["issued"]] if row.get("issued") else [])
+    return " · ".join(parts)
 
 
 def _plan_sheets(ctx, plan: jobs_pb2.PlanRef, as_json: bool) -> None:
@@ -299,6 +308,7 @@ def _plan_sheets(ctx, plan: jobs_pb2.PlanRef, as_json: bool) -> None:
     for r in rows:
         versions = "\n".join(
             f"{v['job_id']}:{v['page']} {v['change']}"
+            + (f" ({_issue(v)})" if v["revision"] or v["issued"] else "")
             + (f" (by {v['paired_by']})" if v["paired_by"] and v["paired_by"] != "number"
                else "") for v in r["versions"])
         table.add_row(r["number"] or "-", r["title"] or "", f"{r['job_id']}:{r['page']}",

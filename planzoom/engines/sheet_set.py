@@ -40,6 +40,10 @@ class Sheet:
     box: list[int] | None = None
     title_box: list[int] | None = None
     scale_box: list[int] | None = None
+    revision: str | None = None
+    issued: str | None = None
+    revision_box: list[int] | None = None
+    issued_box: list[int] | None = None
     references: list[dict] | None = None
 
     def to_json(self) -> dict:
@@ -47,7 +51,9 @@ class Sheet:
                 "discipline": self.discipline, "scale": self.scale,
                 "confidence": round(self.confidence, 3), "needs_review": self.needs_review,
                 "source": self.source, "box": self.box, "title_box": self.title_box,
-                "scale_box": self.scale_box, "references": self.references or []}
+                "scale_box": self.scale_box, "revision": self.revision, "issued": self.issued,
+                "revision_box": self.revision_box, "issued_box": self.issued_box,
+                "references": self.references or []}
 
 
 def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sheet]:
@@ -117,9 +123,10 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             sheet.title_box = title["box"]
             if sheet.source == "none":
                 sheet.source = c.get("source") or source
-        if c.get("scale"):
-            sheet.scale = c["scale"]["text"]
-            sheet.scale_box = c["scale"]["box"]
+        for field in ("scale", "revision", "issued"):
+            if c.get(field):
+                setattr(sheet, field, c[field]["text"])
+                setattr(sheet, f"{field}_box", c[field]["box"])
         out.append(sheet)
     index = {number_key(s.number): s.page for s in out if s.number}
     for s in out:

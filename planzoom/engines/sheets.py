@@ -29,12 +29,12 @@ import re
 from dataclasses import dataclass
 
 from planzoom.engines.text import PageWords, Word
+from planzoom.engines.title_fields import title_fields
 from planzoom.engines.titleblock import (
     MONTHS,
     NUMBER_LABEL,
     OTHER_LABEL,
     SCALE_LABEL,
-    SCALE_VALUE,
     TITLE_LABEL,
     TRAILING_DATE,
     Phrase,
@@ -142,10 +142,12 @@ KEEP = 8
 
 
 def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
-    """A page's candidates for its sheet number, title and scale, and its
-    callouts, as a dict (stored in the page's word sidecar; read back by
-    :func:`planzoom.engines.sheet_set.identify_set`): ``{"numbers": [...], "titles": [...], "scale":
-    …, "callouts": [...], "glyphs": n, "words": n}``. Each candidate has its
+    """A page's candidates for its sheet number, title, scale, revision
+    mark and issue date, and its callouts, as a dict (stored in the page's
+    word sidecar; read back by :func:`planzoom.engines.sheet_set.identify_set`):
+    ``{"numbers": [...], "titles": [...], "scale": …, "revision": …,
+    "issued": …, "callouts": [...], "glyphs": n, "words": n}``
+    (:mod:`planzoom.engines.title_fields` reads the last three). Each candidate has its
     text, box (full-resolution pixels), score, letter height (points) and
     slot (its place on the sheet in 2 % steps). ``hints``: what the PDF's
     bookmarks and page label say of the page, kept as ``{"number",
@@ -155,7 +157,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
                     lambda h: (h["number"], h["title"]))
     ph = phrases(page)
     if not ph:
-        return {"numbers": [], "titles": [], "scale": None, "callouts": [],
+        return {"numbers": [], "titles": [], "scale": None, "revision": None, "issued": None,
+                "callouts": [],
                 "glyphs": page.glyphs, "words": 0, "hints": named}
     zone = {id(p): _zone_score(p, width, height) for p in ph}
     block = [p for p in ph if zone[id(p)] > 0]
@@ -234,21 +237,16 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     titles.sort(key=lambda c: -c["score"])
     titles = _dedupe(titles, lambda c: (c["text"], tuple(c["box"])))[:2 * KEEP]
 
-    scale = None
-    for lab in (p for p in ph if SCALE_LABEL.match(fold(p.text))):
-        rest = SCALE_LABEL.sub("", fold(lab.text)).strip(" :")
-        if SCALE_VALUE.search(rest):
-            scale = Candidate(lab.text[len(lab.text) - len(rest):].strip(), lab.box, 1.0,
-                              lab.size, _slot(lab, width, height))
-            break
-        values = sorted((p for p in ph if _near(lab, p, 4.0) > 0 and SCALE_VALUE.search(p.text)),
-                        key=lambda p: -_near(lab, p, 4.0))
-        if values:
-            scale = Candidate(values[0].text, values[0].box, 1.0, values[0].size,
-                              _slot(values[0], width, height))
-            break
+    fields = {}
+    for name, found in title_fields(ph, _near).items():
+        if found:
+            text, p = found
+            fields[name] = Candidate(text, p.box, 1.0, p.size, _slot(p, width, height)).to_json()
+        else:
+            fields[name] = None
     return {"numbers": [c.to_json() for c in numbers], "titles": titles,
-            "scale": scale.to_json() if scale else None, "callouts": callouts(ph),
+            "scale": fields["scale"], "revision": fields["revision"],
+            "issued": fields["issued"], "callouts": callouts(ph),
             "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
             "hints": named}
 

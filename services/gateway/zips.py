@@ -22,6 +22,7 @@ from planzoom.engines.archive import ArchiveIndex
 from planzoom.errors import InvalidInput
 from planzoom.keys import ARCHIVE_SUFFIX
 from planzoom.pages import level_dpi
+from planzoom.sheets import BOX_FIELDS
 from planzoom.storage import ObjectNotFound, ObjectStore
 from services.gateway.viewer import STATIC_DIR, viewer_page
 
@@ -86,7 +87,7 @@ def _scaled_sheet(sheet: dict, factor: float) -> dict:
         return {k: round(int(b.get(k, 0)) * factor) for k in ("x", "y", "w", "h")}
 
     out = {**sheet}
-    for field in ("box", "title_box", "scale_box"):
+    for field in BOX_FIELDS:
         if field in out:
             out[field] = box(out[field])
     out["references"] = [{**r, **({"box": box(r["box"])} if "box" in r else {})}

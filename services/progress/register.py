@@ -59,7 +59,7 @@ def job_summary(job: jobs_pb2.Job, sketches: dict[int, str]) -> dict:
             if p.state == jobs_pb2.PAGE_STATE_DONE:
                 pages.append(revisions.page_summary(
                     p.page, p.sheet.number, p.sheet.title, p.content_digest,
-                    sketches.get(p.page, "")))
+                    sketches.get(p.page, ""), p.sheet.revision, p.sheet.issued))
     return {"job_id": job.job_id, "pages": pages}
 
 

@@ -166,7 +166,7 @@ def sheets_json(job: jobs_pb2.Job) -> bytes:
 
 def compact(sheet: jobs_pb2.Sheet) -> jobs_pb2.Sheet:
     """What the job record in KV keeps of a sheet: everything but the
-    references and the title's and scale's boxes (``sheets.json`` and
+    references and the boxes of the title, scale, revision and date (``sheets.json`` and
     ``manifest.json`` have those), so that a 2,000-page record stays
     within a NATS message."""
     out = jobs_pb2.Sheet()
@@ -174,6 +174,8 @@ def compact(sheet: jobs_pb2.Sheet) -> jobs_pb2.Sheet:
     out.ClearField("references")
     out.ClearField("title_box")
     out.ClearField("scale_box")
+    out.ClearField("revision_box")
+    out.ClearField("issued_box")
     return out
 
 

@@ -53,6 +53,9 @@ def test_an_addendum_slips_into_the_plans_current_set(http, stack, versions):
         assert current[number]["job_id"] == first.job_id
         assert len(current[number]["versions"]) == 1
     assert current["200-00"]["title"].upper() == "GROUND FLOOR PLAN"
+    # The issue date its title block prints, on the sheet and each version.
+    assert site["issued"] == "04/12/2016" and site["revision"] is None
+    assert {v["issued"] for v in site["versions"]} == {"04/12/2016"}
 
 
 def test_the_addendums_record_says_what_changed_against_what(client, versions):

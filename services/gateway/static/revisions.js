@@ -98,8 +98,10 @@ function planzoomRevisions(ctx) {
     for (const v of sheet.versions) {
       const here = v.job_id === ctx.config.jobId && v.page === n;
       const el = document.createElement(here ? "strong" : "a");
-      el.textContent = `${v.job_id.slice(-6)} p${v.page} (${v.change})`;
-      el.title = `job ${v.job_id}, page ${v.page}: ${v.change}` +
+      // A version is named by its revision mark and date where the title block prints them.
+      const issue = [v.revision && `rev ${v.revision}`, v.issued].filter(Boolean).join(" · ");
+      el.textContent = `${issue ? `${issue} · ` : ""}${v.job_id.slice(-6)} p${v.page} (${v.change})`;
+      el.title = `job ${v.job_id}, page ${v.page}${issue ? `, ${issue}` : ""}: ${v.change}` +
         (v.paired_by && v.paired_by !== "number" ? `, paired by ${v.paired_by}` : "");
       if (!here) el.href = location.pathname.replace(ctx.config.jobId, v.job_id);
       list.append(" ", el);
