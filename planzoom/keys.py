@@ -157,8 +157,14 @@ def overlay_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
     return f"{tiles_prefix(plan, job_id)}{overlay_name(page)}.json"
 
 
+#: The most a page's word sidecar is read at (bytes, stored and decompressed):
+#: a dense sheet's is well under 1 MiB.
+MAX_WORDS_BYTES = 16 << 20
+
+
 def words_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
-    """A PDF page's words with their boxes (docs/sheets.md), gzipped JSON."""
+    """A PDF page's words with their boxes (docs/sheets.md), gzipped JSON,
+    read at most :data:`MAX_WORDS_BYTES`."""
     return f"{tiles_prefix(plan, job_id)}{page_name(page)}.words.json.gz"
 
 

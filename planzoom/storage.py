@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import re
 import urllib.request
+import zlib
 from collections.abc import Iterator
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -210,6 +212,28 @@ class ObjectStore:
     def get_bytes(self, key: str) -> bytes:
         """The object's bytes. Raises ObjectNotFound."""
         return self.get_stream(key).read()
+
+    def get_json(self, key: str, limit: int, gzipped: bool = False) -> dict | None:
+        """The JSON object at ``key`` (gzip-compressed with ``gzipped``), or
+        None when it is missing, over ``limit`` bytes (stored, and once
+        decompressed) or not JSON: what a stage wrote for another to read
+        (word sidecars, candidates, sheet indexes) is read with a bound,
+        since a stage that parsed a hostile file may have written it."""
+        try:
+            size = self.size(key)
+            if size is None or size > limit:
+                return None
+            data = self.get_bytes(key)
+            if gzipped:
+                unzip = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing, RFC 1952
+                data = unzip.decompress(data, limit)
+                if unzip.unconsumed_tail:
+                    raise ValueError(f"over {limit} bytes decompressed")
+            doc = json.loads(data)
+            return doc if isinstance(doc, dict) else None
+        except (ObjectNotFound, OSError, ValueError, zlib.error) as e:
+            log.warning("unreadable %s: %s", key, e)
+            return None
 
     def get_stream(self, key: str) -> BinaryIO:
         """A streaming body for ``key``; the caller reads and closes it.

@@ -8,7 +8,6 @@ Everything here that reads the bucket blocks: call it from a thread."""
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import re
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from zipstream import ZipStream
 from planzoom.dzi import DziInfo, dzi_xml, level_size, tile_name
 from planzoom.engines.archive import ArchiveIndex
 from planzoom.errors import InvalidInput
-from planzoom.keys import ARCHIVE_SUFFIX
+from planzoom.keys import ARCHIVE_SUFFIX, MAX_WORDS_BYTES
 from planzoom.pages import level_dpi
 from planzoom.sheets import BOX_FIELDS
-from planzoom.storage import ObjectNotFound, ObjectStore
+from planzoom.storage import ObjectStore
 from services.gateway.viewer import STATIC_DIR, viewer_page
 
 #: Objects fetched ahead of the one being written into the zip.
@@ -190,9 +189,8 @@ def offline_words(store: ObjectStore, bundle: dict, manifest: dict) -> dict[str,
     prefix, out, count = manifest["tiles_prefix"], {}, 0
     for record in bundle["pages"]:
         n = record["page"]
-        try:
-            doc = json.loads(gzip.decompress(store.get_bytes(f"{prefix}page-{n}.words.json.gz")))
-        except ObjectNotFound:
+        doc = store.get_json(f"{prefix}page-{n}.words.json.gz", MAX_WORDS_BYTES, gzipped=True)
+        if doc is None:
             continue
         factor = record["width_px"] / max(1, manifest["pages"][n - 1]["width_px"])
         out[str(n)] = [[w[0], *(round(v * factor) for v in w[1:5])] for w in doc["words"]]

@@ -8,7 +8,6 @@ that runs again (the sweep) makes the same.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -21,15 +20,14 @@ from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.titleblock import discipline
 from planzoom.errors import FailedPrecondition, NotFound
 from planzoom.sheets import sheet_from_json, sheet_json
-from planzoom.storage import ObjectNotFound, ObjectStore
+from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
 
 log = logging.getLogger(__name__)
 
-#: Largest candidates file and word sidecar read (bytes; the engine writes
+#: Largest candidates file read (bytes; the engine writes
 #: far less: MAX_WORDS words).
 MAX_CANDIDATES_BYTES = 1 << 20
-MAX_WORDS_BYTES = 16 << 20
 #: Largest current.json read (a plan's sheets and their versions).
 MAX_CURRENT_BYTES = 64 << 20
 #: S3 reads at once.
@@ -61,7 +59,7 @@ def write_correction(store: ObjectStore, job: jobs_pb2.Job, page: int) -> None:
     boxes the record does not keep stay as they were)."""
     sheet = job.pages[page - 1].sheet
     key = keys.sheets_key(job.plan, job.job_id)
-    doc = _read_json(store, key, MAX_WORDS_BYTES, False) or {"job_id": job.job_id, "sheets": []}
+    doc = store.get_json(key, keys.MAX_WORDS_BYTES) or {"job_id": job.job_id, "sheets": []}
     rows = {int(r["page"]): r for r in doc.get("sheets", [])}
     row = rows.setdefault(page, {"page": page, "references": [], "box": None,
                                  "title_box": None, "scale": None})
@@ -72,7 +70,7 @@ def write_correction(store: ObjectStore, job: jobs_pb2.Job, page: int) -> None:
     store.put_bytes(key, json.dumps(doc, ensure_ascii=False, indent=1).encode(),
                     "application/json")
     manifest_key = keys.manifest_key(job.plan, job.job_id)
-    manifest = _read_json(store, manifest_key, MAX_WORDS_BYTES * 4, False)
+    manifest = store.get_json(manifest_key, keys.MAX_WORDS_BYTES * 4)
     if manifest and len(manifest.get("pages", [])) >= page:
         entry = manifest["pages"][page - 1].setdefault("sheet", {})
         entry.update({"number": sheet.number, "title": sheet.title,
@@ -87,7 +85,7 @@ def current_sheets(store: ObjectStore, plan: jobs_pb2.PlanRef) -> dict | None:
     [{"job_id", "page", "versions", "sheet": the page's row of its job's
     sheets.json}]}`` from ``current.json`` (services.progress.register),
     or None when the plan has no complete job yet."""
-    current = _read_json(store, keys.current_key(plan), MAX_CURRENT_BYTES, False)
+    current = store.get_json(keys.current_key(plan), MAX_CURRENT_BYTES)
     if not current:
         return None
     entries = current.get("sheets")
@@ -96,8 +94,9 @@ def current_sheets(store: ObjectStore, plan: jobs_pb2.PlanRef) -> dict | None:
                    for p in range(int(current.get("total_pages", 0)))]
     jobs = sorted({e["job_id"] for e in entries})
     with ThreadPoolExecutor(READERS) as pool:
-        docs = dict(zip(jobs, pool.map(lambda j: _read_json(
-            store, keys.sheets_key(plan, j), MAX_WORDS_BYTES, False) or {}, jobs), strict=True))
+        docs = dict(zip(jobs, pool.map(
+            lambda j: store.get_json(keys.sheets_key(plan, j), keys.MAX_WORDS_BYTES) or {}, jobs),
+            strict=True))
     rows = {(j, int(r["page"])): r for j, d in docs.items() for r in d.get("sheets", [])}
     out = []
     for e in entries:
@@ -112,20 +111,6 @@ def _is_pdf(job: jobs_pb2.Job) -> bool:
     return job.source_kind in ("", "pdf")
 
 
-def _read_json(store: ObjectStore, key: str, limit: int, gzipped: bool) -> dict | None:
-    try:
-        size = store.size(key)
-        if size is None or size > limit:
-            return None
-        data = store.get_bytes(key)
-        if gzipped:
-            data = gzip.decompress(data)
-        return json.loads(data)
-    except (ObjectNotFound, OSError, ValueError) as e:
-        log.warning("unreadable %s: %s", key, e)
-        return None
-
-
 def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
     """Set ``job.pages[].sheet`` of a PDF job's DONE pages from their
     candidates and the set as a whole (planzoom.engines.sheet_set). A page a
@@ -136,9 +121,8 @@ def identify(store: ObjectStore, job: jobs_pb2.Job) -> int:
         return 0
     done = [p.page for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE]
     with ThreadPoolExecutor(READERS) as pool:
-        found = list(pool.map(lambda n: _read_json(
-            store, keys.sheet_candidates_key(job.job_id, n), MAX_CANDIDATES_BYTES, False),
-            done))
+        found = list(pool.map(lambda n: store.get_json(
+            keys.sheet_candidates_key(job.job_id, n), MAX_CANDIDATES_BYTES), done))
     candidates = dict(zip(done, found, strict=True))
     if done and not any(found):
         return -1  # nothing left to read: work/ is gone (a finalize that runs again)
@@ -188,7 +172,7 @@ def read_set(store: ObjectStore, job: jobs_pb2.Job) -> dict[int, str]:
     if identify(store, job) < 0:
         # A finalize run again after work/ was emptied: what the first run
         # stored stands; the record gets it back from there.
-        doc = _read_json(store, keys.sheets_key(job.plan, job.job_id), MAX_WORDS_BYTES, False)
+        doc = store.get_json(keys.sheets_key(job.plan, job.job_id), keys.MAX_WORDS_BYTES)
         if doc:
             _restore(job, doc)
         return {}
@@ -221,8 +205,8 @@ def index(store: ObjectStore, job: jobs_pb2.Job) -> dict[int, str]:
     done = [p for p in job.pages if p.state == jobs_pb2.PAGE_STATE_DONE]
 
     def read(page: jobs_pb2.PageRecord):
-        doc = _read_json(store, keys.words_key(job.plan, job.job_id, page.page),
-                         MAX_WORDS_BYTES, True)
+        doc = store.get_json(keys.words_key(job.plan, job.job_id, page.page),
+                             keys.MAX_WORDS_BYTES, gzipped=True)
         return (page.page, doc, page.sheet.number or None) if doc else None
 
     with ThreadPoolExecutor(READERS) as pool:

@@ -12,7 +12,6 @@ Blocking (S3, OpenCV): call from a thread.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -37,8 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Tile GETs at once while a level is read.
 READERS = 16
-#: Largest word sidecar read (bytes, gzipped).
-MAX_WORDS_BYTES = 16 << 20
 #: Largest level read, pixels (an A0 sheet at 150 DPI is about 27 MP).
 MAX_LEVEL_PIXELS = 64_000_000
 #: JPEG quality of the overlay's tiles.
@@ -137,14 +134,8 @@ def read_level(dzi: DziInfo, fetch, level: int) -> np.ndarray:
 
 
 def _words(store: ObjectStore, plan: jobs_pb2.PlanRef, job_id: str, page: int) -> list | None:
-    key = keys.words_key(plan, job_id, page)
-    try:
-        size = store.size(key)
-        if size is None or size > MAX_WORDS_BYTES:
-            return None
-        return json.loads(gzip.decompress(store.get_bytes(key))).get("words") or None
-    except (ObjectNotFound, OSError, ValueError):
-        return None
+    doc = store.get_json(keys.words_key(plan, job_id, page), keys.MAX_WORDS_BYTES, gzipped=True)
+    return (doc or {}).get("words") or None
 
 
 def record_failure(store: ObjectStore, job: events_pb2.TileJob, error) -> None:

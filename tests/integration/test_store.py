@@ -175,3 +175,24 @@ def test_the_async_reader_reads_ranges_and_revalidates(store, stack, direct):
             await refused.aclose()
 
     asyncio.run(go())
+
+
+def test_json_another_stage_wrote_is_read_within_its_bound(store):
+    import gzip
+
+    store.put_bytes("t/json/ok.json.gz", gzip.compress(b'{"words": [["A-201", 1, 2, 3, 4]]}'),
+                    "application/gzip")
+    assert store.get_json("t/json/ok.json.gz", 1024, gzipped=True) == {
+        "words": [["A-201", 1, 2, 3, 4]]}
+    # 10 MiB of spaces gzip to 10 KiB: within the stored bound, over the decompressed one.
+    store.put_bytes("t/json/bomb.json.gz", gzip.compress(b"{" + b" " * (10 * MIB) + b"}"),
+                    "application/gzip")
+    assert store.get_json("t/json/bomb.json.gz", 1 * MIB, gzipped=True) is None
+    assert store.get_json("t/json/bomb.json.gz", 16 * MIB, gzipped=True) == {}
+    store.put_bytes("t/json/big.json", b'{"a": "' + b"x" * 2048 + b'"}', "application/json")
+    assert store.get_json("t/json/big.json", 1024) is None
+    store.put_bytes("t/json/list.json", b"[1, 2]", "application/json")
+    store.put_bytes("t/json/bad.json.gz", b"not gzip", "application/gzip")
+    assert store.get_json("t/json/list.json", 1024) is None
+    assert store.get_json("t/json/bad.json.gz", 1024, gzipped=True) is None
+    assert store.get_json("t/json/missing.json", 1024) is None
