@@ -21,6 +21,9 @@ MIN_SCORE, MIN_OCR_SCORE = 2.2, 3.0
 #: What the PDF's own bookmarks or page label naming a candidate add to its
 #: score: a second, independent source that agrees.
 HINT_NUMBER_BONUS, HINT_TITLE_BONUS = 2.0, 2.5
+#: Least score of a title candidate (its place in the title block, its
+#: size) whose trailing date is taken for the sheet's issue date.
+DATED_LINE_MIN = 1.0
 
 
 # -- the whole set ---------------------------------------------------------------
@@ -127,6 +130,13 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             if c.get(field):
                 setattr(sheet, field, c[field]["text"])
                 setattr(sheet, f"{field}_box", c[field]["box"])
+        if not sheet.issued:
+            # "SITE PLAN - 07/11/2019": the date a title block prints after
+            # the title (or the project's name), where no field is labelled.
+            dated = [title] if title and title.get("date") else [
+                t for t in c.get("titles", []) if t.get("date") and t["score"] >= DATED_LINE_MIN]
+            if dated:
+                sheet.issued, sheet.issued_box = dated[0]["date"], dated[0]["box"]
         out.append(sheet)
     index = {number_key(s.number): s.page for s in out if s.number}
     for s in out:

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from planzoom.engines.text import PageWords, Word
-from planzoom.engines.title_fields import title_fields
+from planzoom.engines.title_fields import date_of, title_fields
 from planzoom.engines.titleblock import (
     MONTHS,
     NUMBER_LABEL,
@@ -233,6 +233,9 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         text = TRAILING_DATE.sub("", p.text).strip()
         c = Candidate(text, p.box, score, p.size, _slot(p, width, height)).to_json()
         c["lines"] = _lines(p)
+        dated = date_of(p.text[len(text):].strip(" -–—,"))
+        if dated:
+            c["date"] = dated  # the sheet's issue date where no field gives one
         titles.append(c)
     titles.sort(key=lambda c: -c["score"])
     titles = _dedupe(titles, lambda c: (c["text"], tuple(c["box"])))[:2 * KEEP]

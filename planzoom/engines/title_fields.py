@@ -95,6 +95,19 @@ def mark_of(text: str) -> str | None:
     return t[0] if m else None
 
 
+#: A scale bar's figure with its unit ("50mm", "20cm", "5 m").
+_BAR_LENGTH = re.compile(r"^\d+(?:[.,]\d+)? ?(?:MM|CM|M|FT|')$")
+
+
+def _scale_bar(ph: list[Phrase], p: Phrase) -> bool:
+    """Whether ``p`` (a bare figure) is one of a scale bar's: a length
+    with its unit on its line nearby."""
+    h = max(p.box[3], 1)
+    return p.text.isdigit() and any(
+        q is not p and _same_line(p, q) and abs(q.cx - p.cx) < 15 * h
+        and _BAR_LENGTH.match(fold(q.text)) for q in ph)
+
+
 def _inline(label: re.Pattern, p: Phrase) -> str | None:
     """What is printed after ``label`` in the same phrase ("Date:
     11/07/16"), or None when the phrase is the label alone."""
@@ -109,12 +122,13 @@ Near = Callable[[Phrase, Phrase, float], float]
 
 
 def _field(ph: list[Phrase], labels: list[Phrase], shape: Callable[[str], str | None],
-           near: Near, label: re.Pattern, reach: float, first: bool = False
-           ) -> tuple[str, Phrase] | None:
+           near: Near, label: re.Pattern, reach: float, first: bool = False,
+           reject: Callable[[Phrase], bool] = lambda p: False) -> tuple[str, Phrase] | None:
     """The value of the shape ``shape`` reads that sits best as the value
     of one of ``labels`` (``first``: of the first label, in page order,
-    that has one)."""
+    that has one), ``reject`` aside."""
     best: tuple[float, str, Phrase] | None = None
+    values = None
     for lab in labels:
         rest = _inline(label, lab)
         if rest is not None:
@@ -123,14 +137,15 @@ def _field(ph: list[Phrase], labels: list[Phrase], shape: Callable[[str], str | 
                 return v, lab
             if not first:
                 continue  # words that start like a label ("DATA STATION ...", "ISSUED FOR")
-        for p in ph:
-            v = shape(p.text)
-            if not v:
-                continue
+        if values is None:
+            values = [(p, v) for p in ph for v in (shape(p.text),) if v]
+        for p, v in values:
             score = near(lab, p, reach)
-            if score > 0 and _same_line(lab, p):
+            if score <= 0 or reject(p):
+                continue
+            if _same_line(lab, p):
                 score += 0.5  # the cell's own value beats the next cell's under it
-            if score > 0 and (best is None or score > best[0]):
+            if best is None or score > best[0]:
                 best = (score, v, p)
         if first and best:
             break
@@ -234,8 +249,9 @@ def title_fields(ph: list[Phrase], near: Near) -> dict:
         if dates and any(TABLE_WORD.match(folded[id(p)]) for p in line):
             headers.append((r, dates[0]))
     in_header = {id(p) for pair in headers for p in pair}
-    out["revision"] = _field(ph, [p for p in rev_labels if id(p) not in in_header], mark_of,
-                             near, REVISION_LABEL, 3.0)
+    out["revision"] = _field(ph, [p for p in rev_labels if id(p) not in in_header],
+                             mark_of, near, REVISION_LABEL, 3.0,
+                             reject=lambda p: p.text.isdigit() and _scale_bar(ph, p))
     out["issued"] = _field(ph, [p for p in date_labels if id(p) not in in_header], date_of,
                            near, DATE_LABEL, 12.0)
     rows = [row for r, d in headers for row in _header_rows(ph, r, d)]

@@ -71,10 +71,18 @@ def test_marks_and_dates_that_are_not_a_sheets():
     # A plot stamp, a scale bar's figures under a label, words that start like a label.
     assert _fields([_w("PLOT DATE", 2500, 1800, 110), _w("12/31/2024", 2620, 1800)]) \
         == (None, None)
-    assert _fields([_w("REV:", 2500, 1800), _w("50mm", 2500, 1830), _w("SCALE", 2700, 1800)]) \
-        == (None, None)
+    assert _fields([_w("REV:", 2500, 1800), _w("0", 2500, 1830), _w("50mm", 2560, 1830),
+                    _w("SCALE", 2700, 1800)]) == (None, None)
     assert _fields([_w("DATA STATION AND RAMP METER CABINET", 1000, 800),
                     _w("12/05/2017", 1000, 830)]) == (None, None)
     assert mark_of("NO") is None and mark_of("1:50") is None and mark_of("T-1") == "T-1"
     assert date_of("C18/07/2017") == "18/07/2017" and mark_of("C18/07/2017") == "C"
     assert date_of("1601") is None and date_of("4 - 6 - 2021") == "4 - 6 - 2021"
+
+
+def test_a_date_printed_after_the_title_where_no_field_is_labelled():
+    page = PageWords(3000, 2000, 1440, 960, [
+        _w("A-101", 2700, 1900), _w("SITE", 2300, 1850), _w("PLAN", 2360, 1850),
+        _w("-", 2415, 1850), _w("07/11/2019", 2435, 1850)])
+    sheet = identify_set({1: page_candidates(page)})[0]
+    assert (sheet.title, sheet.issued) == ("SITE PLAN", "07/11/2019")
