@@ -7,7 +7,8 @@
 #   make bench                 planzoom against the reference pipeline (BENCH_ARGS=--runs 1)
 #   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
 #   make bench-iiif            IIIF regions against DZI tiles; a 2,000-page manifest
-#   make bench-overlay         sheet overlays: registration error, changes found, latency
+#   make bench-overlay         sheet overlays: registration error, changes found, latency;
+#                              real re-issued pairs (PAIRS=pairs.json, else the fixture's)
 #   make soak DURATION=180     jobs from several orgs under chaos; every count must be 0
 #   make chart-e2e             the Helm chart's rendered pods run as a kubelet would (Docker)
 
@@ -148,6 +149,7 @@ bench-overlay: setup
 	$(BIN)/python -m bench.overlay
 	$(BIN)/python -m bench.overlay --no-words
 	$(BIN)/python -m bench.overlay --pipeline
+	$(BIN)/python -m bench.revpairs $(PAIRS)
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \

@@ -2,11 +2,13 @@
 made from it (one sheet re-plotted with a move and an added element, one
 re-issued as it was) submitted to the same plan: the plan's current set
 (HTTP, gRPC, CLI, current.json), the addendum's record and the first set's
-sheets left current."""
+sheets left current. Then a real re-issue (tests/fixtures/revisions): an
+architect's 3-sheet set and its site plan sent again 18 days later."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +202,33 @@ def test_viewer_overlays_a_revised_sheet_with_its_changes(stack, browser, versio
     assert not page.is_visible("#overlay-toggle")
     assert not errors, errors
     page.close()
+
+
+REAL = Path(__file__).parent.parent / "fixtures" / "revisions"
+REAL_PLAN = jobs_pb2.PlanRef(org="acme", project="revisions", plan="kegonsa")
+
+
+def test_a_real_reissued_sheet_is_paired_and_laid_over_its_first_issue(http, stack, client):
+    first = completed(client, str(REAL / "kegonsa-plans-2014-08-22.pdf"), REAL_PLAN,
+                      jobs_pb2.JobOptions(dpi=150))
+    second = completed(client, str(REAL / "kegonsa-site-plan-2014-09-09.pdf"), REAL_PLAN,
+                       jobs_pb2.JobOptions(dpi=150))
+    body = http.get(f"/v1/plans/{REAL_PLAN.org}/{REAL_PLAN.project}/{REAL_PLAN.plan}/sheets",
+                    headers=bearer(stack)).json()
+    current = {s["number"]: s for s in body["sheets"]}
+    assert list(current) == ["A-100", "A-101", "A-102"]
+    assert [(v["job_id"], v["change"], v["paired_by"]) for v in current["A-100"]["versions"]] \
+        == [(second.job_id, "revised", "number"), (first.job_id, "new", "")]
+    assert current["A-101"]["job_id"] == current["A-102"]["job_id"] == first.job_id
+    url = f"/v1/jobs/{second.job_id}/pages/1/overlay"
+    resp = wait_until("the overlay", lambda: (r := http.get(url, headers=bearer(stack)))
+                      .status_code != 409 and r, timeout=60, interval=0.5)
+    overlay = resp.json()
+    assert resp.status_code == 200, overlay
+    # Re-plotted at the same place and scale (the page turned by its /Rotate
+    # only): the words printed on both meet within a pixel, and the revised
+    # notes and outlines are found.
+    m = np.array(overlay["transform"]).reshape(2, 3)  # previous pixels onto these
+    assert np.abs(m[:, :2] - np.eye(2)).max() < 0.005 and np.abs(m[:, 2]).max() < 3
+    assert overlay["method"] == "words" and overlay["residual_px"] < 1.0
+    assert len(overlay["changes"]) >= 5
