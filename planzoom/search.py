@@ -21,7 +21,7 @@ import os
 import re
 import sqlite3
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 #: The index's schema version (a reader refuses another).
@@ -144,17 +144,21 @@ class Hit:
     boxes: list[list[int]]
 
 
-def query(path: str, q: str, limit: int = 100) -> list[Hit]:
+def query(path: str, q: str, limit: int = 100, pages: Collection[int] | None = None
+          ) -> list[Hit]:
     """The lines of the index at ``path`` that match ``q`` (see the module
-    docstring), in page order. Raises BadQuery."""
+    docstring), in page order; only on ``pages`` (1-based) if given. Raises
+    BadQuery."""
     words = terms(q)
     limit = max(1, min(limit, MAX_HITS))
+    only = "" if pages is None else " AND l.page IN (SELECT value FROM json_each(?))"
+    args = (_phrase(words),) + (() if pages is None else (json.dumps(sorted(pages)),))
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         rows = db.execute(
             "SELECT l.page, p.sheet, l.text, l.boxes FROM lines l JOIN pages p "
-            "ON p.page = l.page WHERE lines MATCH ? ORDER BY l.page, l.rowid LIMIT ?",
-            (_phrase(words), limit)).fetchall()
+            f"ON p.page = l.page WHERE lines MATCH ?{only} ORDER BY l.page, l.rowid LIMIT ?",
+            (*args, limit)).fetchall()
     finally:
         db.close()
     hits = []

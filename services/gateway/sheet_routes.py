@@ -173,9 +173,9 @@ async def plan_sheets(request: Request, org: str, project: str, plan: str) -> di
          "versions": [version_json(v) for v in s.versions]} for s in resp.sheets]}
 
 
-async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
-    """(job id, tiles prefix) of the current set of ``plan``
-    ("org/project/plan"), for a caller of that org."""
+async def _plan_current(request: Request, plan: str) -> tuple[jobs_pb2.PlanRef, dict]:
+    """The plan ``plan`` ("org/project/plan") and its ``current.json``, for
+    a caller of that org (404 for another org's, as for none)."""
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     parts = plan.split("/")
@@ -185,12 +185,42 @@ async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
                            plan=check_id("plan", parts[2]))
     if ref.org != access.caller.org:
         raise NotFound(f"plan {plan}: not found", reason="NOT_FOUND")
+    current = await _read_current(request, ref)
+    if current is None:
+        raise NotFound(f"plan {plan}: no complete set yet", reason="NOT_FOUND")
+    return ref, current
+
+
+async def _read_current(request: Request, ref: jobs_pb2.PlanRef) -> dict | None:
     try:
-        data, _, _ = await gw.reader.get_if_changed(keys.current_key(ref), None)
+        data, _, _ = await request.app.state.gateway.reader.get_if_changed(
+            keys.current_key(ref), None)
     except ObjectNotFound:
-        raise NotFound(f"plan {plan}: no complete set yet", reason="NOT_FOUND") from None
-    current = json.loads(data)
+        return None
+    return json.loads(data)
+
+
+async def _plan_job(request: Request, plan: str) -> tuple[str, str]:
+    """(job id, tiles prefix) of the newest complete job of ``plan``
+    ("org/project/plan"), for a caller of that org."""
+    _, current = await _plan_current(request, plan)
     return current["job_id"], current["tiles_prefix"]
+
+
+def _current_sets(ref: jobs_pb2.PlanRef, current: dict
+                  ) -> list[tuple[str, str, str, dict[int, int] | None]]:
+    """What a search of the plan's current set reads: (plan as
+    "org/project/plan", job id, tiles prefix, {page: its place in the
+    current set}) per job that issued a current sheet (docs/revisions.md);
+    the newest job's every page (None) for a plan with no sheets (photos,
+    video)."""
+    scope = f"{ref.org}/{ref.project}/{ref.plan}"
+    pages: dict[str, dict[int, int]] = collections.defaultdict(dict)
+    for place, sheet in enumerate(current.get("sheets") or []):
+        pages[sheet["job_id"]][int(sheet["page"])] = place
+    if not pages:
+        return [(scope, current["job_id"], current["tiles_prefix"], None)]
+    return [(scope, job, keys.tiles_prefix(ref, job), on) for job, on in sorted(pages.items())]
 
 
 async def search_index(request: Request, job_id: str, tiles_prefix: str) -> str:
@@ -228,10 +258,10 @@ def _org_plans(store, org: str, project: str | None) -> list[jobs_pb2.PlanRef]:
 
 
 async def _scope_sets(request: Request, project: str | None, org: str | None
-                      ) -> tuple[list[tuple[str, str, str]], bool]:
-    """The current sets a project- or org-wide search reads: (plan as
-    "org/project/plan", job id, tiles prefix) each, and whether plans were
-    left out (over SEARCH_MAX_PLANS). 404 for another org's, as for a plan."""
+                      ) -> tuple[list[tuple[str, str, str, dict[int, int] | None]], bool]:
+    """The current sets a project- or org-wide search reads (as
+    :func:`_current_sets`, plan by plan), and whether plans were left out
+    (over SEARCH_MAX_PLANS). 404 for another org's, as for a plan."""
     gw = request.app.state.gateway
     access = gw.gatekeeper.check(request, "viewer")
     parts = (project or "").split("/") if project is not None else [org or ""]
@@ -244,13 +274,9 @@ async def _scope_sets(request: Request, project: str | None, org: str | None
     plans = await asyncio.to_thread(_org_plans, gw.store, scope_org, scope_project)
     sets = []
     for ref in plans[:SEARCH_MAX_PLANS]:
-        try:
-            data, _, _ = await gw.reader.get_if_changed(keys.current_key(ref), None)
-        except ObjectNotFound:
-            continue  # no complete set yet
-        current = json.loads(data)
-        sets.append((f"{ref.org}/{ref.project}/{ref.plan}", current["job_id"],
-                     current["tiles_prefix"]))
+        current = await _read_current(request, ref)
+        if current is not None:  # else no complete set yet
+            sets.extend(_current_sets(ref, current))
     return sets, len(plans) > SEARCH_MAX_PLANS
 
 
@@ -264,18 +290,20 @@ async def search_sheets(request: Request,
                         limit: Annotated[int, Query(ge=1, le=search.MAX_HITS)] = 100) -> dict:
     """``{"hits": [{"job_id", "plan", "page", "sheet", "text", "boxes"}],
     "truncated": bool}``: the lines that hold ``q`` in a job's pages
-    (``job_id``), a plan's current set (``plan=org/project/plan``), or the
+    (``job_id``), a plan's current set (``plan=org/project/plan``: the
+    newest version of each sheet, whichever job issued it), or the
     current sets of every plan of a project (``project=org/project``) or of
     the caller's org (``org=org``; at most SEARCH_MAX_PLANS plans, in name
     order: ``truncated`` says when more were left out), in plan and page
-    order, at most ``limit``. Case- and accent-insensitive; each word of
-    ``q`` is a word prefix and several words a phrase ("fire damp" finds
-    "FIRE DAMPER"); construction text is matched as typed (``2'-6"``,
-    ``Ø12``, ``W12x26``, ``GL-3``). ``sheet`` is the page's sheet number (or
-    null); ``boxes`` the matched words' ``[x, y, w, h]`` in full-resolution
-    pixels; ``plan`` is null for a job's search. 400 for an empty or
-    over-long query or not exactly one scope; 404 for a job, plan, project
-    or org the caller cannot see, or a job or plan with no index yet.
+    order (a plan's in its current set's order), at most ``limit``.
+    Case- and accent-insensitive; each word of ``q`` is a word prefix and
+    several words a phrase ("fire damp" finds "FIRE DAMPER"); construction
+    text is matched as typed (``2'-6"``, ``Ø12``, ``W12x26``, ``GL-3``).
+    ``sheet`` is the page's sheet number (or null); ``boxes`` the matched
+    words' ``[x, y, w, h]`` in full-resolution pixels; ``plan`` is null for
+    a job's search. 400 for an empty or over-long query or not exactly one
+    scope; 404 for a job, plan, project or org the caller cannot see, or a
+    job or plan with no index yet.
     Bearer (viewer); a job's signed link (``?cap=``) searches that job."""
     if sum(x is not None for x in (job_id, plan, project, org)) != 1:
         raise BadQuery("give one of job_id, plan, project or org")
@@ -286,14 +314,15 @@ async def search_sheets(request: Request,
     truncated = False
     if job_id is not None:
         place = await job_place(request, job_id)
-        sets = [(None, check_id("job_id", job_id), place.tiles_prefix)]
+        sets = [(None, check_id("job_id", job_id), place.tiles_prefix, None)]
     elif plan is not None:
-        sets = [(plan, *await _plan_job(request, plan))]
+        sets = _current_sets(*await _plan_current(request, plan))
     else:
         sets, truncated = await _scope_sets(request, project, org)
     parallel = asyncio.Semaphore(SEARCH_PARALLEL)
 
-    async def one(scope: str | None, job: str, prefix: str) -> list[dict]:
+    async def one(scope: str | None, job: str, prefix: str, on: dict[int, int] | None
+                  ) -> list[dict]:
         async with parallel:
             try:
                 path = await search_index(request, job, prefix)
@@ -301,10 +330,14 @@ async def search_sheets(request: Request,
                 if len(sets) > 1:
                     return []  # a set of photos, or one ended before indexes
                 raise
-            hits = await asyncio.to_thread(search.query, path, q, limit)
+            hits = await asyncio.to_thread(search.query, path, q, limit, on)
+        at = on or {}
         return [{"job_id": job, "plan": scope, "page": h.page, "sheet": h.sheet,
-                 "text": h.text, "boxes": h.boxes} for h in hits]
+                 "text": h.text, "boxes": h.boxes,
+                 "_at": (scope or "", at.get(h.page, 0), h.page)} for h in hits]
 
     found = await asyncio.gather(*(one(*s) for s in sets))
-    hits = [h for batch in found for h in batch][:limit]
+    # Plan by plan, in the order of each plan's current set.
+    ordered = sorted((h for batch in found for h in batch), key=lambda h: h.pop("_at"))
+    hits = ordered[:limit]
     return {"hits": hits, "truncated": truncated or len(hits) < sum(map(len, found))}

@@ -101,6 +101,20 @@ def test_cli_prints_the_plans_current_set(stack, versions):
     assert bad.exit_code != 0 and "--org" in bad.output
 
 
+def test_a_plans_search_reads_its_current_set_across_jobs(http, stack, versions):
+    first, second, _ = versions
+    body = http.get("/v1/search", params={"q": "ramsgate", "plan": "acme/revisions/crayfishinn"},
+                    headers=bearer(stack)).json()
+    got = [(h["job_id"], h["page"], h["sheet"]) for h in body["hits"]]
+    # Every current sheet once, in the set's order; the versions the addendum
+    # replaced (the first set's pages 1 and 3) not at all.
+    assert [g[2] for g in got] == ["100-00", "200-00", "201-00", "300-00", "400-00", "500-00",
+                                   "700-00", "701-00"], got
+    assert got[0][:2] == (second.job_id, 1) and got[2][:2] == (second.job_id, 2)
+    assert (first.job_id, 1) not in [g[:2] for g in got]
+    assert (first.job_id, 3) not in [g[:2] for g in got]
+
+
 def test_another_orgs_plan_is_refused(http, stack, versions):
     assert_problem(http.get(f"/v1/plans/intruder/{PLAN.project}/{PLAN.plan}/sheets",
                             headers=bearer(stack)), 403)

@@ -54,3 +54,9 @@ def test_fts5_syntax_is_only_text(index, q):
 def test_nothing_to_search_for_is_refused(index, q):
     with pytest.raises(search.BadQuery):
         search.query(index, q)
+
+
+def test_only_the_pages_asked_for(index):
+    assert [h.page for h in search.query(index, "fire", pages=[1, 3])] == [1]
+    assert search.query(index, "fire", pages=[2]) == []
+    assert search.query(index, "fire", pages=[]) == []
