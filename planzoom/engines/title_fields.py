@@ -3,9 +3,8 @@ revision mark and the issue date (docs/sheets.md, docs/revisions.md).
 
 A field is a label ("SCALE", "REV.", "Revision No:", "DATE", "Issue
 Date", "DATA", "FECHA", "datum izdelave") with its value after it on its
-line, under it or over it in the same cell
-(:func:`planzoom.engines.sheets.near`), or in the same phrase ("Date:
-11/07/16"). Only values of the field's shape count: a date for a date, a
+line, under it or over it in the same cell (as the caller's ``near``
+scores it), or in the same phrase ("Date: 11/07/16"). Only values of the field's shape count: a date for a date, a
 short mark for a revision, so a neighbouring cell's label or a scale bar's
 "0" is not taken for one.
 
@@ -171,6 +170,9 @@ def _header_rows(ph: list[Phrase], header: Phrase, date_label: Phrase
               and abs(p.cy - header.cy) >= hh and abs(p.cy - header.cy) < 60 * hh
               and p.box[0] < hx0 + hw + hh and p.box[0] + p.box[2] > hx0 - hh
               and p.text.split() and mark_of(p.text.split()[0])]
+    # The phrases of the date column, within the table's reach.
+    dates = [q for q in ph if abs(q.cy - header.cy) < 61 * hh
+             and q.box[0] < dx0 + dw + 4 * hh and q.box[0] + q.box[2] > dx0 - 2 * hh]
     rows = []
     for side in (1, -1):
         last = header.cy
@@ -180,9 +182,8 @@ def _header_rows(ph: list[Phrase], header: Phrase, date_label: Phrase
                 break  # the column ends: what follows is another cell's
             last = p.cy
             date = None
-            for q in ph:
-                if abs(q.cy - p.cy) <= 0.6 * max(hh, q.box[3]) and \
-                        q.box[0] < dx0 + dw + 4 * hh and q.box[0] + q.box[2] > dx0 - 2 * hh:
+            for q in dates:
+                if abs(q.cy - p.cy) <= 0.6 * max(hh, q.box[3]):
                     date = date_of(q.text) or date_of(q.text.split()[0])
                     if date:
                         break
