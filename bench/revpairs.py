@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 import pypdfium2 as pdfium
 
+from bench.overlay import draw
 from planzoom.engines.overlay import RegistrationFailed, overlay, register
 from planzoom.engines.revisions import page_summary, sheet_history, sketch
 from planzoom.engines.sheet_set import identify_set
@@ -69,20 +70,6 @@ def paired(older: dict, newer: dict, older_page: int, newer_page: int) -> tuple[
                 return (prev["job_id"], prev["page"]) == (older["job_id"], older_page), \
                     v["paired_by"]
     return False, ""
-
-
-def draw(path: str, page: int, dpi: float) -> tuple[np.ndarray, list]:
-    doc = pdfium.PdfDocument(path)
-    try:
-        p = doc[page - 1]
-        image = p.render(scale=dpi / 72, grayscale=True).to_numpy()
-        image = image[:, :, 0] if image.ndim == 3 else image
-        h, w = image.shape
-        words = [[x.text, x.x, x.y, x.w, x.h] for x in read_words(p, w, h).words]
-        p.close()
-        return np.ascontiguousarray(image), words
-    finally:
-        doc.close()
 
 
 def disagreement(a: list, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
