@@ -21,6 +21,9 @@ MIN_SCORE, MIN_OCR_SCORE = 2.2, 3.0
 #: What the PDF's own bookmarks or page label naming a candidate add to its
 #: score: a second, independent source that agrees.
 HINT_NUMBER_BONUS, HINT_TITLE_BONUS = 2.0, 2.5
+#: How much less than one of its lines a title set on several lines may
+#: score and still be taken whole.
+BLOCK_MARGIN = 0.6
 #: Least score of a title candidate (its place in the title block, its
 #: size) whose trailing date is taken for the sheet's issue date.
 DATED_LINE_MIN = 1.0
@@ -227,7 +230,7 @@ def _pick_title(titles: list[dict], number: dict | None, common: set[str],
     """The best title candidate: its own score, near the number, none of
     its lines printed on most of the set's sheets, and as the PDF's
     bookmarks name the sheet (``hinted``)."""
-    best = None
+    scored = []
     for t in titles:
         adj = t["score"]
         if any(_same_title(t["text"], h) for h in hinted):
@@ -246,6 +249,16 @@ def _pick_title(titles: list[dict], number: dict | None, common: set[str],
             tx, ty, tw, th = t["box"]
             dist = (abs((tx + tw / 2) - (nx + nw / 2)) + abs((ty + th / 2) - (ny + nh / 2)))
             adj += 3.0 * max(0.0, 1.0 - dist / (12 * max(nh, nw, 1)))
-        if best is None or adj > best["adj"]:
-            best = {**t, "adj": adj}
-    return best if best and best["adj"] > 0.8 else None
+        scored.append({**t, "adj": adj, "shared": shared})
+    if not scored:
+        return None
+    best = max(scored, key=lambda t: t["adj"])
+    # A title set on several lines scores about as its lines do: its last
+    # line alone ("WEST" of "ELEVATIONS - NORTH & WEST") must not win.
+    lines = best.get("lines") or [fold(best["text"])]
+    if len(lines) == 1:
+        whole = [t for t in scored if len(t.get("lines") or ()) > 1 and lines[0] in t["lines"]
+                 and not t["shared"] and t["adj"] >= best["adj"] - BLOCK_MARGIN]
+        if whole:
+            best = max(whole, key=lambda t: (len(t["lines"]), t["adj"]))
+    return best if best["adj"] > 0.8 else None

@@ -4,9 +4,9 @@ revision mark and the issue date (docs/sheets.md, docs/revisions.md).
 A field is a label ("SCALE", "REV.", "Revision No:", "DATE", "Issue
 Date", "DATA", "FECHA", "datum izdelave") with its value after it on its
 line, under it or over it in the same cell (as the caller's ``near``
-scores it), or in the same phrase ("Date: 11/07/16"). Only values of the field's shape count: a date for a date, a
-short mark for a revision, so a neighbouring cell's label or a scale bar's
-"0" is not taken for one.
+scores it), or in the same phrase ("Date: 11/07/16"). Only values of the
+field's shape count: a date for a date, a short mark for a revision, so a
+neighbouring cell's label or a scale bar's "0" is not taken for one.
 
 A revision table (rows of mark, date and description under a header that
 prints a revision label and a date label on one line) gives its newest

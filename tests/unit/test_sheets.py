@@ -196,3 +196,25 @@ def test_a_cad_exports_bookmarks_reach_its_page_candidates(corpus, tmp_path):
     write_page_text(page, w, h, str(tmp_path / "p"), document_hints(doc)[0])
     stored = json.loads((tmp_path / "p.sheet.json").read_text())
     assert {"number": "A2-200", "title": "GROUND FLOOR PLAN"} in stored["hints"]
+
+
+def test_a_title_on_two_lines_is_taken_whole_not_its_last_line():
+    def title(text, lines, score, box):
+        return {"text": text, "box": box, "score": score, "size": 20.0, "slot": [45, 45],
+                "lines": lines}
+
+    page = _cands(1, [("A-201", 4.0, (47, 49))])
+    page["titles"] = [
+        title("West", ["WEST"], 2.33, [5632, 3707, 167, 55]),
+        title("Elevations - North & West", ["ELEVATIONS - NORTH &", "WEST"], 2.33,
+              [5375, 3618, 683, 144]),
+        title("Elevations - North &", ["ELEVATIONS - NORTH &"], 2.32, [5375, 3618, 683, 57])]
+    assert identify_set({1: page})[0].title == "Elevations - North & West"
+    # A block that takes in the project's name, printed on every sheet, is not.
+    pages = {n: _cands(n, [(f"A-20{n}", 4.0, (47, 49))]) for n in (1, 2, 3)}
+    for n, p in pages.items():
+        p["titles"] = [title(f"Plan {n}", [f"PLAN {n}"], 2.3, [5632, 3707, 167, 55]),
+                       title(f"Villa Rosa Plan {n}", ["VILLA ROSA", f"PLAN {n}"], 2.3,
+                             [5375, 3618, 683, 144]),
+                       title("Villa Rosa", ["VILLA ROSA"], 2.2, [5375, 3618, 683, 57])]
+    assert [s.title for s in identify_set(pages)] == ["Plan 1", "Plan 2", "Plan 3"]
