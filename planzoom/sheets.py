@@ -46,7 +46,7 @@ def version_from_json(row: dict) -> jobs_pb2.SheetVersion:
 def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
     """One page's entry: ``{"page", "number", "title", "discipline",
     "scale", "revision", "issued", "confidence", "needs_review", "source", "box", "title_box",
-    "references": [{"number", "page", "box", "text"}], "change",
+    "references": [{"number", "page", "box", "text", "target_box"}], "change",
     "paired_by", "previous", "duplicate_number"}`` (the last four against
     the plan's versions, docs/revisions.md; null until a complete job
     joins its plan)."""
@@ -58,7 +58,8 @@ def sheet_json(page: int, s: jobs_pb2.Sheet) -> dict:
         "source": s.source or "none", "box": _box_json(s, "box"),
         "title_box": _box_json(s, "title_box"),
         "references": [{"number": r.number, "page": r.page, "text": r.text,
-                        "box": _box_json(r, "box")} for r in s.references],
+                        "box": _box_json(r, "box"), "target_box": _box_json(r, "target_box")}
+                       for r in s.references],
         "change": s.change or None, "paired_by": s.paired_by or None,
         "previous": version_json(s.previous) if s.HasField("previous") else None,
         "duplicate_number": s.duplicate_number,
@@ -83,5 +84,5 @@ def sheet_from_json(row: dict) -> jobs_pb2.Sheet:
             getattr(sheet, field).CopyFrom(b)
     for r in row.get("references") or []:
         sheet.references.add(number=r["number"], page=int(r["page"]), text=r.get("text", ""),
-                             box=box(r.get("box")))
+                             box=box(r.get("box")), target_box=box(r.get("target_box")))
     return sheet

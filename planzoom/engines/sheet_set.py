@@ -10,6 +10,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
+from planzoom.engines.callouts import detail_id
 from planzoom.engines.titleblock import discipline, fold, number_key
 
 #: Confidence at or above which an answer is accepted without review.
@@ -150,8 +151,15 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
         for ref in (c or {}).get("callouts", []):
             target = index.get(number_key(ref["number"]))
             if target is not None and target != s.page:
-                refs.append({"number": _clean_number(ref["number"]), "page": target,
-                             "box": ref["box"], "text": ref["text"]})
+                found = {"number": _clean_number(ref["number"]), "page": target,
+                         "box": ref["box"], "text": ref["text"]}
+                # Where it lands: the view of that id on the target sheet.
+                view = detail_id(ref["text"])
+                landing = [v["box"] for v in (pages.get(target) or {}).get("views", [])
+                           if view is not None and v["id"] == view]
+                if landing:
+                    found["target_box"] = landing[0]
+                refs.append(found)
         s.references = refs
     return out
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from planzoom.engines.callouts import callouts, views
 from planzoom.engines.text import PageWords, Word
 from planzoom.engines.title_fields import date_of, title_fields
 from planzoom.engines.titleblock import (
@@ -143,10 +144,11 @@ KEEP = 8
 
 def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     """A page's candidates for its sheet number, title, scale, revision
-    mark and issue date, and its callouts, as a dict (stored in the page's
-    word sidecar; read back by :func:`planzoom.engines.sheet_set.identify_set`):
-    ``{"numbers": [...], "titles": [...], "scale": …, "revision": …,
-    "issued": …, "callouts": [...], "glyphs": n, "words": n}``
+    mark and issue date, its callouts and view titles, as a dict (stored in
+    the page's word sidecar; read back by
+    :func:`planzoom.engines.sheet_set.identify_set`): ``{"numbers": [...],
+    "titles": [...], "scale": …, "revision": …, "issued": …, "callouts":
+    [...], "views": [...], "glyphs": n, "words": n}``
     (:mod:`planzoom.engines.title_fields` reads the last three). Each candidate has its
     text, box (full-resolution pixels), score, letter height (points) and
     slot (its place on the sheet in 2 % steps). ``hints``: what the PDF's
@@ -158,7 +160,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     ph = phrases(page)
     if not ph:
         return {"numbers": [], "titles": [], "scale": None, "revision": None, "issued": None,
-                "callouts": [],
+                "callouts": [], "views": [],
                 "glyphs": page.glyphs, "words": 0, "hints": named}
     zone = {id(p): _zone_score(p, width, height) for p in ph}
     block = [p for p in ph if zone[id(p)] > 0]
@@ -249,7 +251,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             fields[name] = None
     return {"numbers": [c.to_json() for c in numbers], "titles": titles,
             "scale": fields["scale"], "revision": fields["revision"],
-            "issued": fields["issued"], "callouts": callouts(ph),
+            "issued": fields["issued"], "callouts": callouts(ph), "views": views(ph),
             "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
             "hints": named}
 
@@ -345,51 +347,4 @@ def _blocks(ph: list[Phrase], width: int, height: int) -> list[Phrase]:
                 out.append(block)
                 if len(run) == TITLE_LINES:
                     break
-    return out
-
-
-# -- callouts ------------------------------------------------------------------
-
-_REF_WORDS = re.compile(
-    r"\b(?:SEE|REF\.?|REFER TO|ON|SHEET|SHT\.?|DWG\.?|VEDI|VEDERE|SIEHE|VOIR|VER)\s+"
-    r"(?:SHEET\s+|SHT\.?\s+|DWG\.?\s+|DRAWING\s+|TAV\.?\s+)?"
-    r"([A-Z]{1,3}[-. ]?\d{1,4}(?:[.-]\d{1,3})?[A-Z]?)\b")
-_SLASH_REF = re.compile(r"^(\d{1,3}|[A-Z]\d?)\s*/\s*([A-Z]{1,3}[-.]?\d{1,4}(?:[.-]\d{1,3})?)$")
-
-
-def callouts(ph: list[Phrase]) -> list[dict]:
-    """References to other sheets on a page, unresolved: ``{"text",
-    "number", "box"}`` where ``number`` is the sheet it names as printed.
-    Three shapes: words ("SEE A-201", "REF. S-101", "DETAIL 5 ON SHEET
-    A-502"), a slash ("3/A-501"), and a bubble (a detail number with a
-    sheet number under it, a line apart, centred)."""
-    out = []
-    for p in ph:
-        t = fold(p.text)
-        for m in _REF_WORDS.finditer(t):
-            out.append({"text": p.text, "number": m.group(1), "box": list(p.box)})
-        for w in p.words:
-            m = _SLASH_REF.match(fold(w.text))
-            if m:
-                out.append({"text": w.text, "number": m.group(2),
-                            "box": [w.x, w.y, w.w, w.h]})
-    words = [w for p in ph for w in p.words if w.angle == 0]
-    # A sheet number under a detail number or a section letter: any
-    # number-shaped word but a bare one- to three-digit number (dimensions
-    # stack those); :func:`planzoom.engines.sheet_set.identify_set` keeps only those the set has.
-    shaped = [w for w in words if number_shaped(w.text)
-              and not re.fullmatch(r"\d{1,3}", fold(w.text))]
-    detail = [w for w in words if re.fullmatch(r"\d{1,2}|[A-Z]\d?", fold(w.text))]
-    for s in shaped:
-        cx = s.x + s.w / 2
-        for d in detail:
-            dcx = d.x + d.w / 2
-            gap = s.y - (d.y + d.h)
-            if abs(dcx - cx) <= 0.35 * max(s.w, d.w) and -0.2 * s.h <= gap <= 2.0 * s.h \
-                    and abs(d.h - s.h) <= 0.6 * max(d.h, s.h):
-                x0, y0 = min(d.x, s.x), d.y
-                x1, y1 = max(d.x + d.w, s.x + s.w), s.y + s.h
-                out.append({"text": f"{d.text}/{s.text}", "number": s.text,
-                            "box": [x0, y0, x1 - x0, y1 - y0]})
-                break
     return out

@@ -89,7 +89,7 @@ def _scaled_sheet(sheet: dict, factor: float) -> dict:
     for field in BOX_FIELDS:
         if field in out:
             out[field] = box(out[field])
-    out["references"] = [{**r, **({"box": box(r["box"])} if "box" in r else {})}
+    out["references"] = [{**r, **{f: box(r[f]) for f in ("box", "target_box") if f in r}}
                          for r in sheet.get("references", [])]
     return out
 

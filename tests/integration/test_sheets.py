@@ -271,9 +271,17 @@ def test_viewer_labels_searches_and_follows_callouts(stack, browser, plan_set): 
     page.evaluate("planzoom.viewer.viewport.goHome(true)")
     callout = page.locator(".callout").first
     callout.scroll_into_view_if_needed()
+    target = page.evaluate("planzoom.sheets[1].references[0]")
     callout.click(force=True)
     page.wait_for_function("() => planzoom.page === 4")
     assert "referenced from" in page.inner_text("#referenced")
+    # ... at the section it names: the view fits round that section's title.
+    x, y, w, h = target["target_box"]
+    width = plan_set.pages[3].width_px
+    page.wait_for_function(
+        "([cx, cy]) => { const b = planzoom.viewer.viewport.getBounds(true);"
+        " return b.width < 0.5 && b.x < cx && cx < b.x + b.width && b.y < cy &&"
+        " cy < b.y + b.height; }", arg=[(x + w / 2) / width, (y + h / 2) / width])
     assert not errors, errors
     page.close()
 

@@ -10,11 +10,12 @@ import json
 import pypdfium2 as pdfium
 import pytest
 
+from planzoom.engines.callouts import detail_id, views
 from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.sheets import page_candidates
 from planzoom.engines.sidecar import write_page_text
 from planzoom.engines.text import PageWords, Word, read_words
-from planzoom.engines.titleblock import discipline, number_key
+from planzoom.engines.titleblock import discipline, fold, number_key, phrases
 from planzoom.pages import raster_size
 
 CRAYFISH = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
@@ -136,6 +137,28 @@ def test_callouts_link_only_to_sheets_of_the_set(corpus):
     assert {r["page"] for r in got[2].references} == {4}
     assert got[4].references == []
     assert all(r["number"] == "300-00" for r in got[1].references)
+    # Each section bubble lands on its section's title on the section sheet.
+    titles = {fold(w.text) for w in words_of(corpus / CRAYFISH, 4).words}
+    assert {"SECTION", "A-A", "D-D"} <= titles
+    for r in got[1].references:
+        x, y, w, h = r["target_box"]
+        want = r["text"].split("/")[0]
+        assert 0 < w and 0 < h, r
+        names = " ".join(v.text for v in words_of(corpus / CRAYFISH, 4).words
+                         if x <= v.x + v.w / 2 <= x + w and y <= v.y + v.h / 2 <= y + h)
+        assert names == f"SECTION {want}-{want}", (r, names)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("SECTION A-A", "A"), ("Section 2", "2"), ("DETAIL 5: EAVES", "5"), ("SEZIONE B-B", "B"),
+    ("SECTIONS", None), ("SECTION A-B", None), ("DETAILS OF STAIR", None), ("ELEVATION", None),
+])
+def test_view_titles_name_their_view(text, want):
+    words = [Word(t, 100 + 60 * i, 100, 50, 20, 10) for i, t in enumerate(text.split())]
+    got = views(phrases(PageWords(3000, 2000, 1440, 960, words)))
+    assert [v["id"] for v in got] == ([want] if want else [])
+    assert detail_id("D/300-00") == "D" and detail_id("3/A-501") == "3"
+    assert detail_id("SEE A-201") is None
 
 
 @pytest.mark.parametrize("text, want", [

@@ -245,7 +245,8 @@ function planzoomViewer(element, config) {
       const box = (b) => !b ? null : Array.isArray(b) ? b : [b.x || 0, b.y || 0, b.w || 0, b.h || 0];
       for (const s of found) {
         sheets[s.page] = {...s, box: box(s.box),
-                          references: (s.references || []).map((r) => ({...r, box: box(r.box)}))};
+                          references: (s.references || []).map((r) => ({
+                            ...r, box: box(r.box), target_box: box(r.target_box)}))};
       }
     } catch (e) {
       console.warn("no sheet index", e);
@@ -319,9 +320,11 @@ function planzoomViewer(element, config) {
       a.className = "callout"; a.href = "#"; a.dataset.page = ref.page;
       a.title = `${ref.text || ref.number}: open sheet ${ref.number}`;
       a.setAttribute("aria-label", a.title);
+      // It opens its sheet at the view it names, when that view was found.
+      const follow = () => openAt(ref.page, ref.target_box, 3, 6);
       // OpenSeadragon's own click handling would eat the click.
-      new OpenSeadragon.MouseTracker({element: a, clickHandler: () => select(ref.page)});
-      a.addEventListener("keydown", (e) => { if (e.key === "Enter") select(ref.page); });
+      new OpenSeadragon.MouseTracker({element: a, clickHandler: follow});
+      a.addEventListener("keydown", (e) => { if (e.key === "Enter") follow(); });
       viewer.addOverlay(a, rect(p, ref.box));
     }
     hits.forEach((h, i) => {
@@ -384,18 +387,21 @@ function planzoomViewer(element, config) {
     const h = hits[hit];
     $("search-count").textContent = `${hit + 1} of ${hits.length}`;
     stepButtons();
+    openAt(h.page, h.boxes[0], 4, 12);
+  }
+  // Page n, zoomed on box (full-resolution pixels) with margins of mx box
+  // widths and my box heights on each side; the whole page without a box.
+  function openAt(n, box, mx, my) {
     const zoomTo = () => {
-      const p = job.pages[h.page - 1];
       drawOverlays();
-      if (h.boxes.length) {
-        const r = rect(p, h.boxes[0]);
-        viewer.viewport.fitBoundsWithConstraints(
-          new OpenSeadragon.Rect(r.x - r.width * 4, r.y - r.height * 12, r.width * 9, r.height * 25));
-      }
+      if (!box) return;
+      const r = rect(job.pages[n - 1], box);
+      viewer.viewport.fitBoundsWithConstraints(new OpenSeadragon.Rect(
+        r.x - r.width * mx, r.y - r.height * my, r.width * (2 * mx + 1), r.height * (2 * my + 1)));
     };
-    if (h.page !== selected) {
+    if (n !== selected) {
       viewer.addOnceHandler("open", zoomTo);
-      select(h.page);
+      select(n);
     } else {
       zoomTo();
     }
