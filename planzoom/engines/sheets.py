@@ -138,6 +138,12 @@ def _splits(p: Phrase) -> list[tuple[str, tuple[int, int, int, int], list[Word]]
     return out
 
 
+#: A street address ("1810 SOUTH PARK STREET", "3232 AALSETH LANE"): the
+#: project's place, never a sheet's title.
+_ADDRESS = re.compile(r"^\d{1,6}[A-Z]? (?:[A-Z.'-]+ ){1,4}(?:STREET|ST|AVENUE|AVE|ROAD|RD|LANE|LN"
+                      r"|DRIVE|DR|BOULEVARD|BLVD|WAY|COURT|CT|PLACE|PL|HIGHWAY|HWY|PARKWAY|PKWY"
+                      r"|STRASSE|STR|VIA|CALLE|RUE)\b\.?")
+
 #: Candidates kept per page and field (the set-wide step picks among them).
 KEEP = 8
 
@@ -230,8 +236,10 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         score += 2.5 * near
         score -= 2.0 * max([_near(lab, p, 2.0) for lab in others] or [0.0])
         if "@" in p.text or "WWW" in t or re.search(r"\+?\d[\d ()-]{7,}", t) \
-                or MONTHS.search(t):
-            score -= 2.0
+                or MONTHS.search(t) or _ADDRESS.match(t):
+            score -= 2.0  # an e-mail, a web or street address, a phone, a date
+        if t.startswith(("- ", "-")):
+            score -= 1.0  # the end of a line cut from its start
         text = TRAILING_DATE.sub("", p.text).strip()
         c = Candidate(text, p.box, score, p.size, _slot(p, width, height)).to_json()
         c["lines"] = _lines(p)

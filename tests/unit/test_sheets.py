@@ -241,3 +241,13 @@ def test_a_title_on_two_lines_is_taken_whole_not_its_last_line():
                              [5375, 3618, 683, 144]),
                        title("Villa Rosa", ["VILLA ROSA"], 2.2, [5375, 3618, 683, 57])]
     assert [s.title for s in identify_set(pages)] == ["Plan 1", "Plan 2", "Plan 3"]
+
+
+def test_a_street_address_is_not_a_title():
+    page = PageWords(3000, 2000, 1440, 960, [
+        Word("L-100", 2800, 1940, 90, 30, 14),
+        *[Word(t, 2500 + 80 * i, 1850, 70, 24, 12)
+          for i, t in enumerate(["1810", "SOUTH", "PARK", "STREET"])],
+        *[Word(t, 2500 + 110 * i, 1900, 100, 20, 10)
+          for i, t in enumerate(["LANDSCAPE", "PLAN"])]])
+    assert identify_set({1: page_candidates(page)})[0].title == "LANDSCAPE PLAN"
