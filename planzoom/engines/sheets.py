@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from planzoom.engines.callouts import callouts, views
+from planzoom.engines.callouts import VIEW_TITLE, callouts, views
 from planzoom.engines.text import PageWords, Word
 from planzoom.engines.title_fields import date_of, title_fields
 from planzoom.engines.titleblock import (
@@ -240,6 +240,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             score -= 2.0  # an e-mail, a web or street address, a phone, a date
         if t.startswith(("- ", "-")):
             score -= 1.0  # the end of a line cut from its start
+        if VIEW_TITLE.match(t.strip()):
+            score -= 1.0  # one view's title ("SECTION D-D"), not the sheet's
         text = TRAILING_DATE.sub("", p.text).strip()
         c = Candidate(text, p.box, score, p.size, _slot(p, width, height)).to_json()
         c["lines"] = _lines(p)

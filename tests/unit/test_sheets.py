@@ -251,3 +251,11 @@ def test_a_street_address_is_not_a_title():
         *[Word(t, 2500 + 110 * i, 1900, 100, 20, 10)
           for i, t in enumerate(["LANDSCAPE", "PLAN"])]])
     assert identify_set({1: page_candidates(page)})[0].title == "LANDSCAPE PLAN"
+
+
+def test_a_views_title_is_not_the_sheets():
+    page = PageWords(3000, 2000, 1440, 960, [
+        Word("A-301", 2800, 1940, 90, 30, 14),
+        *[Word(t, 2500 + 110 * i, 1850, 100, 24, 12) for i, t in enumerate(["SECTION", "D-D"])],
+        *[Word(t, 2500 + 110 * i, 1900, 100, 20, 10) for i, t in enumerate(["SECTIONS"])]])
+    assert identify_set({1: page_candidates(page)})[0].title == "SECTIONS"
