@@ -144,6 +144,8 @@ _ADDRESS = re.compile(r"^\d{1,6}[A-Z]? (?:[A-Z.'-]+ ){1,4}(?:STREET|ST|AVENUE|AV
                       r"|DRIVE|DR|BOULEVARD|BLVD|WAY|COURT|CT|PLACE|PL|HIGHWAY|HWY|PARKWAY|PKWY"
                       r"|STRASSE|STR|VIA|CALLE|RUE)\b\.?")
 
+_FILE_NAME = re.compile(r"\.(?:DWG|DXF|DGN|RVT|PLN|PLA|SKP|PDF|IFC)\b")
+
 #: Candidates kept per page and field (the set-wide step picks among them).
 KEEP = 8
 
@@ -242,6 +244,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             score -= 1.0  # the end of a line cut from its start
         if VIEW_TITLE.match(t.strip()):
             score -= 1.0  # one view's title ("SECTION D-D"), not the sheet's
+        if _FILE_NAME.search(t):
+            score -= 1.5  # a CAD file's name ("MO-S_4.dwg")
         text = TRAILING_DATE.sub("", p.text).strip()
         c = Candidate(text, p.box, score, p.size, _slot(p, width, height)).to_json()
         c["lines"] = _lines(p)

@@ -259,3 +259,10 @@ def test_a_views_title_is_not_the_sheets():
         *[Word(t, 2500 + 110 * i, 1850, 100, 24, 12) for i, t in enumerate(["SECTION", "D-D"])],
         *[Word(t, 2500 + 110 * i, 1900, 100, 20, 10) for i, t in enumerate(["SECTIONS"])]])
     assert identify_set({1: page_candidates(page)})[0].title == "SECTIONS"
+
+
+def test_a_cad_files_name_is_not_a_title():
+    page = PageWords(3000, 2000, 1440, 960, [
+        Word("A101", 2800, 1940, 90, 30, 14), Word("MO-S_4.dwg", 2500, 1850, 160, 24, 12),
+        Word("PIANTA", 2500, 1900, 100, 20, 10)])
+    assert identify_set({1: page_candidates(page)})[0].title == "PIANTA"
