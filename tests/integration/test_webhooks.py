@@ -305,9 +305,16 @@ def test_one_orgs_hanging_endpoints_do_not_hold_every_delivery_worker(stack, gat
             register(http, stack, receiver.url("/prompt"), org="hooks-prompt")
             slow_job = _job_of(stack, "hooks-slow")
             assert slow_job.state == jobs_pb2.JOB_STATE_COMPLETE
-            wait_until("both hanging deliveries under way",
-                       lambda: len(receiver.at("/hang-0")) + len(receiver.at("/hang-1")) >= 1,
-                       timeout=60)
+            try:
+                wait_until("both hanging deliveries under way",
+                           lambda: len(receiver.at("/hang-0")) + len(receiver.at("/hang-1")) >= 1,
+                           timeout=120)
+            except AssertionError as e:
+                # What the gateway did with the job's event, to tell why.
+                log = (stack.log_dir / "gateway-fair.log").read_text(errors="replace")
+                said = [ln for ln in log.splitlines() if "webhook" in ln.lower()
+                        or slow_job.job_id in ln or "Error" in ln or "failed" in ln]
+                raise AssertionError(f"{e}; gateway-fair said:\n" + "\n".join(said[-40:])) from e
             job = _job_of(stack, "hooks-prompt")
             [request] = wait_until("the other org's delivery", lambda: receiver.at("/prompt"),
                                    timeout=30)
