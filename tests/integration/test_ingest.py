@@ -154,9 +154,11 @@ def test_a_submit_that_failed_does_not_hold_up_its_retry(corpus, client, s3_prox
     plan = jobs_pb2.PlanRef(org="acme", project="dedup", plan="failed-first")
     s3_proxy.match, s3_proxy.slowdown = "PUT /planzoom/sources/acme/dedup/failed-first/", 1.0
     try:
+        # The store's client tries a refused PUT 8 times, backing off up to
+        # 20 s between tries (botocore's standard mode): over a minute at worst.
         with pytest.raises(grpc.RpcError) as first:  # once: no retry on its hint
             client.ingest.Upload(upload_requests(str(corpus / SITEPLAN), plan,
-                                                 jobs_pb2.JobOptions(dpi=22)), timeout=60)
+                                                 jobs_pb2.JobOptions(dpi=22)), timeout=240)
         assert s3_proxy.counts["slowdown"] >= 1
     finally:
         s3_proxy.match, s3_proxy.slowdown = "", 0.0
