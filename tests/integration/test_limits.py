@@ -278,7 +278,9 @@ def test_one_orgs_big_job_does_not_delay_another_orgs_page(corpus, stack, client
     print(f"fairness: one page of another org done in {small_seconds:.1f} s while big had "
           f"{waiting} pages left; a page of big takes {per_page:.2f} s in render+tile")
     assert waiting > 50, "big's backlog was not there to delay small"
-    assert small_seconds < 3 * per_page + 10, (
+    # Waiting behind big's backlog would take over 50 of its pages; a loaded
+    # 2-core machine may add some seconds to small's own render and finish.
+    assert small_seconds < min(3 * per_page + 30, waiting * per_page / 2), (
         f"small waited {small_seconds:.1f} s; one page of big takes {per_page:.2f} s")
 
 
