@@ -19,7 +19,7 @@ from planzoom.engines import revisions
 from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.titleblock import discipline
 from planzoom.errors import FailedPrecondition, NotFound
-from planzoom.sheets import sheet_from_json, sheet_json
+from planzoom.sheets import BOX_FIELDS, sheet_from_json, sheet_json
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
 
@@ -150,16 +150,15 @@ def sheets_json(job: jobs_pb2.Job) -> bytes:
 
 def compact(sheet: jobs_pb2.Sheet) -> jobs_pb2.Sheet:
     """What the job record in KV keeps of a sheet: everything but the
-    references and the boxes of the title, scale, revision and date (``sheets.json`` and
+    references and every box but the number's (``sheets.json`` and
     ``manifest.json`` have those), so that a 2,000-page record stays
     within a NATS message."""
     out = jobs_pb2.Sheet()
     out.CopyFrom(sheet)
     out.ClearField("references")
-    out.ClearField("title_box")
-    out.ClearField("scale_box")
-    out.ClearField("revision_box")
-    out.ClearField("issued_box")
+    for field in BOX_FIELDS:
+        if field != "box":
+            out.ClearField(field)
     return out
 
 
