@@ -65,12 +65,17 @@ def draw(path: str, page: int, dpi: float) -> tuple[np.ndarray, list]:
         doc.close()
 
 
+def grid(shape: tuple[int, int]) -> np.ndarray:
+    """A 20 x 20 grid of points over a sheet of ``shape`` (h, w) pixels, as (x, y) rows."""
+    h, w = shape
+    xs, ys = np.meshgrid(np.linspace(0, w, 20), np.linspace(0, h, 20))
+    return np.stack([xs.ravel(), ys.ravel()], 1)
+
+
 def grid_error(truth: list, found: list, shape: tuple[int, int], dpi: float) -> np.ndarray:
     """Distances (pixels) between where ``truth`` (display points) and
     ``found`` (pixels) put a 20 x 20 grid of the previous sheet."""
-    h, w = shape
-    xs, ys = np.meshgrid(np.linspace(0, w, 20), np.linspace(0, h, 20))
-    pts = np.stack([xs.ravel(), ys.ravel()], 1)
+    pts = grid(shape)
     a, b, c, d, e, f = truth
     s = dpi / 72
     true = np.stack([a * pts[:, 0] + c * pts[:, 1] + e * s,

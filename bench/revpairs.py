@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 import pypdfium2 as pdfium
 
-from bench.overlay import draw
+from bench.overlay import draw, grid
 from planzoom.engines.overlay import RegistrationFailed, overlay, register
 from planzoom.engines.revisions import page_summary, sheet_history, sketch
 from planzoom.engines.sheet_set import identify_set
@@ -74,9 +74,7 @@ def paired(older: dict, newer: dict, older_page: int, newer_page: int) -> tuple[
 
 def disagreement(a: list, b: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Distances (pixels) between where two transforms put a 20 x 20 grid."""
-    h, w = shape
-    xs, ys = np.meshgrid(np.linspace(0, w, 20), np.linspace(0, h, 20))
-    pts = np.stack([xs.ravel(), ys.ravel()], 1)
+    pts = grid(shape)
     ma = np.array(a).reshape(2, 3)
     return np.linalg.norm((pts @ ma[:, :2].T + ma[:, 2]) - (pts @ b[:, :2].T + b[:, 2]), axis=1)
 
