@@ -160,13 +160,16 @@ def worker_main(memory_bytes: int, confine: dict) -> None:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything a library prints goes to the log, not the pipe
     while (frame := _read_frame(stdin)) is not None:
-        fn, args, cpu_seconds = pickle.loads(frame)
-        _limit_cpu(cpu_seconds)
+        # Unpickling (which imports the task's module) and encoding the
+        # result are inside the try too: a failure of ours there is reported
+        # as one, never mistaken for an input that killed its worker.
         try:
-            outcome = _outcome(fn(*args))
+            fn, args, cpu_seconds = pickle.loads(frame)
+            _limit_cpu(cpu_seconds)
+            data = json.dumps(_outcome(fn(*args))).encode()
         except BaseException as e:  # noqa: BLE001 (every failure goes back to the service)
-            outcome = _failure(e)
-        _write_frame(stdout, json.dumps(outcome).encode())
+            data = json.dumps(_failure(e)).encode()
+        _write_frame(stdout, data)
 
 
 # -- the service side ----------------------------------------------------------

@@ -11,7 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 
 from planzoom import engines, keys, metrics
 from planzoom.admission import Admission, Quota
@@ -250,14 +250,26 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
         the workers: its slow files wait for each other, not other orgs'.
         Only this file's own time counts against it: waiting for a worker
         ends, at worst, in WorkersBusy (UNAVAILABLE, retry), never in a
-        verdict on the file."""
+        verdict on the file. Raises the kind's Damaged error (INVALID_ARGUMENT)
+        if the file kills two workers in turn, ResourceExhausted if it
+        overruns ``inspect_timeout_seconds``."""
         limit = self.s.inspect_timeout_seconds
         what, slow, damaged = (("PDF", "PDF_TOO_SLOW", PdfDamaged) if kind.is_pdf else
                                ("video", "VIDEO_TOO_SLOW", VideoDamaged) if kind.is_video else
                                ("image", "IMAGE_TOO_SLOW", ImageDamaged))
+
+        def inspect() -> Awaitable[SourceInfo]:
+            return self.pool.run(limit, engines.inspect, path, kind.name, self.limits, owner=org)
+
         try:
-            return await self.pool.run(limit, engines.inspect, path, kind.name, self.limits,
-                                       owner=org)
+            try:
+                return await inspect()
+            except WorkerCrashed as e:
+                # A worker can die of something other than its input (memory
+                # short at a bad moment, a kill from outside): only a file
+                # that kills a second, fresh worker is called damaged.
+                log.warning("an inspecting worker died (%s); trying a fresh one", e.message)
+                return await inspect()
         except WorkerTimeout:
             raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
                                     "too complex or malformed", reason=slow) from None

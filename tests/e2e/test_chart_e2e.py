@@ -319,7 +319,15 @@ def test_rolling_restart_of_every_deployment_loses_nothing(cluster, client, s3, 
         for job in client.follow(job_id, give_up_after=120):
             seen.append((job.revision, job.completed_pages))
 
+    failures: list[BaseException] = []
+
     def submit_forever() -> None:
+        try:
+            submit_until_stopped()
+        except BaseException as e:  # the test fails on it below, not as a thread's warning
+            failures.append(e)
+
+    def submit_until_stopped() -> None:
         n = 0
         while not stop.is_set():
             n += 1
@@ -352,6 +360,7 @@ def test_rolling_restart_of_every_deployment_loses_nothing(cluster, client, s3, 
     finally:
         stop.set()
         submitter.join(120)
+    assert not failures, f"a submit failed during the restarts: {failures[0]!r}"
     assert submitted, "no job was submitted"
     assert len(set(submitted)) == len(submitted)
     for job_id in submitted:

@@ -4,6 +4,8 @@ through the whole service, a client that stalls."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import random
 import time
 from pathlib import Path
@@ -11,9 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from planzoom.config import Settings
+from planzoom.engines.pdf import PdfDamaged
 from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
-from planzoom.errors import InvalidInput
+from planzoom.errors import Internal, InvalidInput
+from planzoom.media import KINDS
 from planzoom.v1 import ingest_pb2, jobs_pb2
+from services.ingest.service import Ingest
 from tests.conftest import CORPUS
 from tests.engines import render_pdf_page
 from tests.helpers import list_keys, wait_ended
@@ -152,3 +158,56 @@ def test_a_task_waiting_behind_an_overrun_gets_the_next_worker():
 
     result, waited = asyncio.run(run())
     assert result == 7 and waited < 8, f"waited {waited:.1f} s for a worker"
+
+
+def test_the_worker_reports_a_result_it_cannot_encode_and_lives_on():
+    """A task whose result is not JSON (bytes here) is a failure of ours,
+    reported as WORKER_FAILED, not a worker that died of its input."""
+    pool = ProcessPool(workers=1, recycle_after=5, readable=READABLE)
+
+    async def run():
+        try:
+            with pytest.raises(Internal) as failed:
+                await pool.run(10, bytes.fromhex, "00ff")
+            return failed.value, await pool.run(10, abs, -3)
+        finally:
+            await pool.close()
+
+    error, after = asyncio.run(run())
+    assert not isinstance(error, WorkerCrashed) and error.reason == "WORKER_FAILED"
+    assert after == 3
+
+
+def test_a_worker_that_dies_once_is_no_verdict_on_the_file(corpus, tmp_path):
+    """Ingest inspects an upload in a fresh worker when the first one died
+    under it (killed from outside, memory short at a bad moment): a good PDF
+    is read. Only a file that kills the second worker too is refused as
+    damaged."""
+    service = Ingest(Settings(work_dir=str(tmp_path), inspect_workers=2))
+    path = Path(service.tmp) / "upload.pdf"
+    path.write_bytes((corpus / SEEDS[0]).read_bytes())
+    real_run, tasks = service.pool.run, []
+
+    async def run_dying(deaths: int, timeout, fn, *args, owner=None):
+        tasks.append(fn)
+        if len(tasks) <= deaths:  # the worker dies in the middle of the task
+            return await real_run(timeout, os._exit, 1, owner=owner)
+        return await real_run(timeout, fn, *args, owner=owner)
+
+    async def inspect(deaths: int):
+        tasks.clear()
+        service.pool.run = functools.partial(run_dying, deaths)
+        return await service._inspect(str(path), KINDS["pdf"], "acme")
+
+    async def run():
+        try:
+            info = await inspect(deaths=1)
+            with pytest.raises(PdfDamaged) as refused:
+                await inspect(deaths=2)
+            return info, refused.value
+        finally:
+            await service.pool.close()
+
+    info, refused = asyncio.run(run())
+    assert len(info.page_sizes) == 1 and len(tasks) == 2
+    assert "exit code 1" in refused.message and "probably damaged" in refused.message
