@@ -1,6 +1,6 @@
 """Registration and change finding of sheet overlays against known moves:
 ``python -m bench.overlay [--cases N] [--seed S] [--dpi 150] [--no-words]``;
-``--pipeline``: the time from a revised A1 sheet's job ending to its
+``--pipeline``: the time from a revised A1 sheet's page being done to its
 overlay, through the embedded stack.
 
 Each case takes a real sheet of the corpus and re-plots it with
@@ -108,8 +108,10 @@ def ecc_alone(prev: np.ndarray, cur: np.ndarray) -> list | None:
 
 
 def pipeline(dpi: float) -> None:
-    """Through the embedded stack: an A1 sheet, then its revision in the same
-    plan; seconds from the revision's job ending to its overlay's answer."""
+    """Through the embedded stack: three A1 sheets, then the set again with
+    the first sheet revised, in the same plan; seconds from the revised
+    page being done (its record's ``finished_at``) to its overlay's answer,
+    and whether its job was still rendering the other sheets then."""
     import requests
 
     from bench.stacks import unthrottled
@@ -119,24 +121,29 @@ def pipeline(dpi: float) -> None:
     src = os.path.join(CORPUS, SHEETS[0][0])
     with tempfile.TemporaryDirectory() as tmp, unthrottled(Path(tmp)) as (stack, client):
         revised = os.path.join(tmp, "revised.pdf")
-        revise(src, revised, [1], {1: Edit(shift=(0.02, 0.01), scale=1.03, rotate=0.8,
-                                           add=[(0.4, 0.4, 0.04, 0.03)])})
+        revise(src, revised, [1, 2, 3], {1: Edit(shift=(0.02, 0.01), scale=1.03, rotate=0.8,
+                                                 add=[(0.4, 0.4, 0.04, 0.03)])})
         first = os.path.join(tmp, "first.pdf")
-        revise(src, first, [1], {})
+        revise(src, first, [1, 2, 3], {})
         options = jobs_pb2.JobOptions(dpi=dpi)
-        for path in (first, revised):
-            job = client.submit(path, plan, options)
-            record = list(client.watch(job.job_id))[-1]
-        ended = time.time()
+        job = client.submit(first, plan, options)
+        list(client.watch(job.job_id))
+        job = client.submit(revised, plan, options)
         url = f"{stack.gateway_url}/v1/jobs/{job.job_id}/pages/1/overlay"
         headers = {"Authorization": f"Bearer {stack.token('bench', 'viewer')}"}
-        while (r := requests.get(url, headers=headers, timeout=10)).status_code == 409:
+        while (r := requests.get(url, headers=headers, timeout=10)).status_code in (404, 409):
             time.sleep(0.1)
+        answered = time.time()
+        record = client.get_job(job.job_id)
         page = record.pages[0]
-        print(f"A1 sheet at {dpi:g} DPI ({page.width_px} x {page.height_px} px): overlay "
-              f"answered {time.time() - ended:.1f} s after its job ended "
-              f"(HTTP {r.status_code}, {len(r.json().get('changes', []))} changes, "
-              f"method {r.json().get('method')})")
+        done = page.finished_at.ToNanoseconds() / 1e9
+        state = jobs_pb2.JobState.Name(record.state).removeprefix("JOB_STATE_").lower()
+        print(f"A1 sheet at {dpi:g} DPI ({page.width_px} x {page.height_px} px), page 1 of 3: "
+              f"overlay answered {answered - done:.1f} s after its page was done; its job "
+              f"was {state} then, {record.completed_pages} of {record.total_pages} pages "
+              f"done (HTTP {r.status_code}, {len(r.json().get('changes', []))} changes, "
+              f"method {r.json().get('method')}, provisional {r.json().get('provisional')})")
+        list(client.watch(job.job_id))
 
 
 def main() -> None:

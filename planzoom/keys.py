@@ -13,8 +13,9 @@
     tiles/<org>/<project>/<plan>/<job>/page-<n>.words.json.gz  (a PDF page's words and boxes)
     tiles/<org>/<project>/<plan>/<job>/search.sqlite  (the job's words, SQLite FTS5)
     tiles/<org>/<project>/<plan>/<job>/sheets.json    (the job's sheet index)
-    tiles/<org>/<project>/<plan>/<job>/page-<n>.overlay.json, .overlay.dzi, .overlay_files/
-                                                   (a revised sheet over its previous version)
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.overlay.json  (a revised sheet over its previous
+    tiles/<org>/<project>/<plan>/<job>/page-<n>.overlay-<prev job>-<prev page>.dzi, …_files/
+                                                   version: transform, changes; its pyramid)
     work/<job>/page-<n>.sheet.json                 (a page's sheet candidates, until the job ends)
     tiles/<org>/<project>/<plan>/<job>/manifest.json
     tiles/<org>/<project>/<plan>/current.json
@@ -147,8 +148,17 @@ def page_files_prefix(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:
 
 def overlay_name(page: int) -> str:
     """Base name of a page's overlay over its previous version:
-    ``page-<n>.overlay`` (``.dzi``, ``_files/`` and ``.json`` follow)."""
+    ``page-<n>.overlay`` (``.json`` follows)."""
     return f"{page_name(page)}.overlay"
+
+
+def overlay_pyramid(page: int, previous_job_id: str, previous_page: int) -> str:
+    """Base name of the pyramid of a page's overlay over one version:
+    ``page-<n>.overlay-<previous job>-<previous page>`` (``.dzi`` and
+    ``_files/`` follow). Named by the version, so that an overlay made
+    while the job ran over a version its end did not confirm never shares
+    tiles with the one made then."""
+    return f"{overlay_name(page)}-{previous_job_id}-{previous_page}"
 
 
 def overlay_key(plan: jobs_pb2.PlanRef, job_id: str, page: int) -> str:

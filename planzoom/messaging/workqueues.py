@@ -169,22 +169,31 @@ class WorkQueues:
 
     async def publish_overlays(self, job: jobs_pb2.Job) -> int:
         """Ask the tile stage to lay each page ``job`` revised over its
-        previous version (a TileJob with ``overlay``, Nats-Msg-Id
-        ``overlay.<job_id>.<page>``: a finalisation run again publishes
-        nothing new). Returns the overlays asked for."""
+        previous version (:meth:`publish_overlay`). Returns the overlays
+        asked for."""
         revised = [p for p in job.pages if p.sheet.change == "revised"
                    and p.sheet.HasField("previous")]
-        if revised:
-            await self.ensure(job.plan.org, (TILE_STREAM,))
         for p in revised:
-            request = events_pb2.TileJob(
-                job_id=job.job_id, plan=job.plan, page=p.page, total_pages=job.total_pages,
-                options=job.options, overlay=events_pb2.OverlayRequest(
-                    previous_job_id=p.sheet.previous.job_id,
-                    previous_page=p.sheet.previous.page))
-            await publish(self.js, tile_subject(job.plan.org), request.SerializeToString(),
-                          f"overlay.{job.job_id}.{p.page}")
+            await self.publish_overlay(job, p.page, p.sheet.previous.job_id,
+                                       p.sheet.previous.page)
         return len(revised)
+
+    async def publish_overlay(self, job: jobs_pb2.Job, page: int, previous_job_id: str,
+                              previous_page: int, provisional: bool = False) -> None:
+        """Ask the tile stage to lay ``page`` of ``job`` over page
+        ``previous_page`` of job ``previous_job_id`` (a TileJob with
+        ``overlay``; Nats-Msg-Id ``overlay.<job_id>.<page>``, and
+        ``….provisional`` for a request made while the job runs: a
+        finalisation run again, or a page reported done twice, publishes
+        nothing new)."""
+        await self.ensure(job.plan.org, (TILE_STREAM,))
+        request = events_pb2.TileJob(
+            job_id=job.job_id, plan=job.plan, page=page, total_pages=job.total_pages,
+            options=job.options, overlay=events_pb2.OverlayRequest(
+                previous_job_id=previous_job_id, previous_page=previous_page,
+                provisional=provisional))
+        await publish(self.js, tile_subject(job.plan.org), request.SerializeToString(),
+                      f"overlay.{job.job_id}.{page}" + (".provisional" if provisional else ""))
 
     async def publish_tile_job(self, tile_job: events_pb2.TileJob) -> None:
         """Hand a rendered page to the tile stage (Nats-Msg-Id

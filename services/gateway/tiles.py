@@ -38,9 +38,10 @@ router = APIRouter(prefix="/v1", tags=["tiles"])
 
 PAGE_DZI = re.compile(r"([1-9][0-9]{0,5})\.dzi")
 #: A revised page's overlay over its previous version (docs/revisions.md),
-#: always in layout FILES.
-OVERLAY_DZI = re.compile(r"([1-9][0-9]{0,5})\.overlay\.dzi")
-OVERLAY_FILES = re.compile(r"([1-9][0-9]{0,5})\.overlay_files")
+#: always in layout FILES, named by the version it lies over
+#: (``{n}.overlay-{previous job}-{previous page}``; ``{n}.overlay`` before).
+OVERLAY_DZI = re.compile(r"([1-9][0-9]{0,5})\.overlay((?:-[0-9a-f]{22}-[1-9][0-9]{0,5})?)\.dzi")
+OVERLAY_FILES = re.compile(r"([1-9][0-9]{0,5})\.overlay((?:-[0-9a-f]{22}-[1-9][0-9]{0,5})?)_files")
 PAGE_VARIANT = re.compile(
     rf"(?P<page>[1-9][0-9]{{0,5}})\.(?P<name>{VARIANT_NAME.pattern})\.(?P<ext>jpg|webp)")
 PAGE_FILES = re.compile(r"([1-9][0-9]{0,5})_files")
@@ -126,7 +127,8 @@ async def _object(request: Request, key: str, content_type: str) -> Response:
             summary="A page's Deep Zoom descriptor (.dzi) or one of its variants")
 async def page_dzi(request: Request, job_id: str, name: str) -> Response:
     """The DZI XML of page ``n`` (``{n}.dzi``, 1-based), of its overlay
-    over its previous version (``{n}.overlay.dzi``, docs/revisions.md), or
+    over its previous version (``{n}.overlay-{job}-{page}.dzi``, as the
+    page's ``/overlay`` names it; docs/revisions.md), or
     one of the page's variants (``{n}.thumbnail.jpg``, ``{n}.overview.jpg``,
     ``{n}.icon.jpg``, ``{n}.display.jpg``, ``{n}.webp-{px}.webp``; the job
     record lists them). 404 until the page has it (a PDF's overview and
@@ -147,8 +149,8 @@ async def page_dzi(request: Request, job_id: str, name: str) -> Response:
                              CONTENT_TYPES["dzi"])
     if match := OVERLAY_DZI.fullmatch(name):
         place = await job_place(request, job_id)
-        return await _object(request, f"{place.tiles_prefix}page-{match[1]}.overlay.dzi",
-                             CONTENT_TYPES["dzi"])
+        return await _object(request, f"{place.tiles_prefix}page-{match[1]}.overlay{match[2]}"
+                             ".dzi", CONTENT_TYPES["dzi"])
     if match := PAGE_VARIANT.fullmatch(name):
         place = await job_place(request, job_id)
         return await _object(request, f"{place.tiles_prefix}page-{match['page']}."
@@ -162,7 +164,7 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
                     tile: str) -> Response:
     """The tile at ``level`` (0 = 1x1 px), column ``col`` and row ``row``
     (``{col}_{row}.{ext}``, ext as the descriptor's Format) of a page
-    (``{n}_files``) or of its overlay (``{n}.overlay_files``). Bearer (viewer)
+    (``{n}_files``) or of its overlay (``{n}.overlay-{job}-{page}_files``). Bearer (viewer)
     or ``?cap=``. 404 for a tile that does not exist."""
     page, cell = PAGE_FILES.fullmatch(files), TILE.fullmatch(tile)
     overlay = OVERLAY_FILES.fullmatch(files)
@@ -170,8 +172,9 @@ async def page_tile(request: Request, job_id: str, files: str, level: int,
         raise _absent(f"tile {files}/{level}/{tile}")
     place = await job_place(request, job_id)
     if overlay:
-        return await _object(request, f"{place.tiles_prefix}page-{overlay[1]}.overlay_files/"
-                             f"{level}/{cell[1]}_{cell[2]}.{cell[3]}", CONTENT_TYPES[cell[3]])
+        return await _object(request, f"{place.tiles_prefix}page-{overlay[1]}.overlay"
+                             f"{overlay[2]}_files/{level}/{cell[1]}_{cell[2]}.{cell[3]}",
+                             CONTENT_TYPES[cell[3]])
     if place.archive:
         archives = request.app.state.gateway.archives
         key = f"{place.tiles_prefix}page-{page[1]}.{ARCHIVE_SUFFIX}"

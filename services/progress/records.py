@@ -110,6 +110,7 @@ class JobRecords:
                  retention_seconds: float, grants: WorkGrants | None = None):
         self.jobs, self.store, self.admission = jobs, store, admission
         self.retention_seconds, self.grants = retention_seconds, grants
+        self.current_sets = sheets.CurrentSets(store)
 
     async def change(self, job_id: str, change: Change) -> jobs_pb2.Job:
         """Apply ``change`` to the record with compare-and-set and, if that
@@ -207,9 +208,22 @@ class JobRecords:
         job's record; a forged one is refused (and dead-lettered)."""
         ev = trusted_event(delivery.subject, data, self.grants)
         tracing.annotate(job_id=ev.job_id, page=ev.page.page)
-        await self.change(ev.job_id, lambda job: apply_event(job, ev))
+        job = await self.change(ev.job_id, lambda job: apply_event(job, ev))
+        if ev.stage == "tile" and ev.page.state == jobs_pb2.PAGE_STATE_DONE \
+                and not ended(job) and not job.finalizing:
+            await self._provisional_overlay(job, ev.page.page)
         if ev.HasField("emitted_at"):
             metrics.UPDATE_LAG.observe(max(0.0, time.time() - ev.emitted_at.ToNanoseconds() / 1e9))
+
+    async def _provisional_overlay(self, job: jobs_pb2.Job, page: int) -> None:
+        """Ask for page ``page``'s overlay as soon as it is done, over the
+        version of its plan's current set with its number
+        (:func:`sheets.provisional_previous`); the job's end asks again
+        for the version the whole set pairs it with."""
+        previous = await asyncio.to_thread(sheets.provisional_previous, self.store,
+                                           self.current_sets, job, page)
+        if previous is not None:
+            await self.admission.queues.publish_overlay(job, page, *previous, provisional=True)
 
     async def fail_page(self, job_id: str, page: int, error: str, reason: int,
                         attempts: int) -> None:

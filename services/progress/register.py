@@ -74,7 +74,7 @@ def _current(register: dict, history: list[dict]) -> bytes:
             "discipline": discipline(last["number"] or None, last["title"] or None),
             "job_id": last["job_id"], "page": last["page"],
             "revision": last["revision"] or None, "issued": last["issued"] or None,
-            "duplicate_number": last["duplicate_number"],
+            "duplicate_number": last["duplicate_number"], "digest": last["digest"],
             "versions": [{k: v[k] for k in VERSION_FIELDS} for v in s["versions"]],
         })
     return json.dumps({**register["current"], "register_jobs": len(register["jobs"]),

@@ -12,12 +12,13 @@ import json
 import logging
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from planzoom import keys, search
 from planzoom.engines import revisions
 from planzoom.engines.sheet_set import identify_set
-from planzoom.engines.titleblock import discipline
+from planzoom.engines.titleblock import discipline, number_key
 from planzoom.errors import FailedPrecondition, NotFound
 from planzoom.sheets import BOX_FIELDS, sheet_from_json, sheet_json
 from planzoom.storage import ObjectStore
@@ -32,6 +33,8 @@ MAX_CANDIDATES_BYTES = 1 << 20
 MAX_CURRENT_BYTES = 64 << 20
 #: S3 reads at once.
 READERS = 8
+#: How long a plan's current.json read for a page done is used again (seconds).
+CURRENT_SECONDS = 10.0
 #: Longest sheet number or title a person may set, in characters.
 MAX_FIELD_CHARS = 200
 
@@ -105,6 +108,58 @@ def current_sheets(store: ObjectStore, plan: jobs_pb2.PlanRef) -> dict | None:
             out.append({**e, "sheet": row or {"page": e["page"], "number": e.get("number"),
                                               "title": e.get("title")}})
     return {"job_id": current.get("job_id", ""), "sheets": out}
+
+
+class CurrentSets:
+    """Plans' ``current.json``, each read again once it is
+    :data:`CURRENT_SECONDS` old: a running job's pages, done one after
+    another, look up the same plan's (which changes only when a job of the
+    plan completes; a stale one only costs an overlay the job's end makes
+    again). Holds at most ``plans`` of them."""
+
+    def __init__(self, store: ObjectStore, plans: int = 256):
+        self.store, self.plans = store, plans
+        self._read: dict[str, tuple[float, dict | None]] = {}
+
+    def get(self, plan: jobs_pb2.PlanRef) -> dict | None:
+        key = keys.current_key(plan)
+        at, doc = self._read.get(key, (0.0, None))
+        if time.monotonic() - at > CURRENT_SECONDS:
+            doc = self.store.get_json(key, MAX_CURRENT_BYTES)
+            if len(self._read) >= self.plans:
+                self._read.clear()
+            if doc:  # a plan with none yet may have one any moment
+                self._read[key] = (time.monotonic(), doc)
+        return doc
+
+
+def provisional_previous(store: ObjectStore, current_sets: CurrentSets, job: jobs_pb2.Job,
+                         page: int) -> tuple[str, int] | None:
+    """The version a page just done (its job still running) most likely
+    revises: the one sheet of the plan's current set, from another job,
+    whose number is the page's own (read from its candidates alone, without
+    the rest of the set), unless its raster is the same (unchanged). None
+    when there is no such sheet. The job's end pairs the whole set again
+    (:func:`services.progress.register.join_plan`)."""
+    if not _is_pdf(job) or not 1 <= page <= len(job.pages):
+        return None
+    candidates = store.get_json(keys.sheet_candidates_key(job.job_id, page),
+                                MAX_CANDIDATES_BYTES)
+    if not candidates:
+        return None
+    number = identify_set({page: candidates})[0].number
+    current = current_sets.get(job.plan) if number else None
+    if not current:
+        return None
+    key = number_key(number)
+    same = [e for e in current.get("sheets") or []
+            if e.get("number") and number_key(e["number"]) == key]
+    if len(same) != 1 or same[0].get("job_id") in ("", job.job_id):
+        return None  # no sheet, or several, with that number: the set decides
+    digest = job.pages[page - 1].content_digest
+    if digest and same[0].get("digest") == digest:
+        return None  # unchanged
+    return same[0]["job_id"], int(same[0]["page"])
 
 
 def _is_pdf(job: jobs_pb2.Job) -> bool:

@@ -3,9 +3,14 @@ made by the tile stage from what both versions left in the bucket: the
 level of each stored pyramid nearest :data:`~planzoom.engines.overlay.WORK_DPI`
 (either layout) and their word sidecars, registered and compared by
 :mod:`planzoom.engines.overlay`. Writes the overlay's pyramid
-(``page-N.overlay.dzi`` and ``page-N.overlay_files/``, layout FILES
-whatever the job's) and then ``page-N.overlay.json``, whose presence says
-the overlay is done (a redelivery finds it and stops).
+(``page-N.overlay-<previous job>-<previous page>.dzi`` and ``…_files/``,
+layout FILES whatever the job's) and then ``page-N.overlay.json``, whose
+presence says the overlay is done (a redelivery finds it and stops).
+
+A provisional request (asked as soon as the page is done, while its job
+runs) makes the same, but never over an ``overlay.json`` already there;
+the request made when the job ends replaces it if it names another
+version.
 
 Blocking (S3, OpenCV): call from a thread.
 """
@@ -29,7 +34,7 @@ from planzoom.engines.archive import ArchiveIndex
 from planzoom.engines.overlay import WORK_DPI, RegistrationFailed, overlay
 from planzoom.engines.pyramid import save_pyramid
 from planzoom.errors import InvalidInput, NotFound, Unavailable, reason_name
-from planzoom.storage import ObjectNotFound, ObjectStore
+from planzoom.storage import ObjectNotFound, ObjectStore, WriteConflict
 from planzoom.v1 import events_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
@@ -57,12 +62,13 @@ def check_request(job: events_pb2.TileJob, record: jobs_pb2.Job) -> None:
     """Raise OverlayRefused unless ``record`` (the job's own) says page
     ``job.page`` is done and revises the version ``job.overlay`` names;
     Unavailable (tried again) while the record is still being finalised
-    (progress asks for overlays just before its last write)."""
+    (progress asks for overlays just before its last write). A provisional
+    request is checked by :func:`check_provisional` instead."""
     if record.finalizing:
         raise Unavailable(f"job {job.job_id} is being finalised; its overlays wait",
                           reason="OVERLAY_NOT_READY")
-    if not 1 <= job.page <= len(record.pages):
-        raise OverlayRefused(f"job {job.job_id} has no page {job.page}")
+    if not 1 <= job.page <= len(record.pages) or _plan(record.plan) != _plan(job.plan):
+        raise OverlayRefused(f"job {job.job_id} has no page {job.page} in that plan")
     page = record.pages[job.page - 1]
     want = page.sheet.previous
     if page.state != jobs_pb2.PAGE_STATE_DONE or page.sheet.change != "revised" \
@@ -71,6 +77,30 @@ def check_request(job: events_pb2.TileJob, record: jobs_pb2.Job) -> None:
         raise OverlayRefused(f"page {job.page} of job {job.job_id} is not a revision of "
                              f"page {job.overlay.previous_page} of job "
                              f"{job.overlay.previous_job_id}")
+
+
+def check_provisional(job: events_pb2.TileJob, record: jobs_pb2.Job,
+                      previous: jobs_pb2.Job) -> None:
+    """Raise OverlayRefused unless page ``job.page`` is done in ``record``
+    (the job's own) and the version ``job.overlay`` names is a done page of
+    ``previous``, another COMPLETE job of the same plan: a provisional
+    overlay reads nothing a final one of this plan could not."""
+    if not 1 <= job.page <= len(record.pages) \
+            or record.pages[job.page - 1].state != jobs_pb2.PAGE_STATE_DONE:
+        raise OverlayRefused(f"page {job.page} of job {job.job_id} is not done")
+    n, plan = job.overlay.previous_page, _plan(job.plan)
+    if _plan(record.plan) != plan:
+        raise OverlayRefused(f"job {job.job_id} is not in plan {'/'.join(plan)}")
+    if previous.job_id == record.job_id or previous.state != jobs_pb2.JOB_STATE_COMPLETE \
+            or _plan(previous.plan) != plan \
+            or not 1 <= n <= len(previous.pages) \
+            or previous.pages[n - 1].state != jobs_pb2.PAGE_STATE_DONE:
+        raise OverlayRefused(f"page {n} of job {previous.job_id} is not a version of a sheet "
+                             f"in the plan of job {job.job_id}")
+
+
+def _plan(plan: jobs_pb2.PlanRef) -> tuple[str, str, str]:
+    return plan.org, plan.project, plan.plan
 
 
 def _pyramid(store: ObjectStore, plan: jobs_pb2.PlanRef, job_id: str, page: int):
@@ -147,17 +177,24 @@ def record_failure(store: ObjectStore, job: events_pb2.TileJob, error) -> None:
         "application/json")
 
 
-def make_overlay(store: ObjectStore, job: events_pb2.TileJob, record: jobs_pb2.Job) -> dict:
+def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
+                 record: jobs_pb2.Job) -> dict | None:
     """Lay page ``job.page`` over the version ``job.overlay`` names (already
     checked against ``record``), store its pyramid and ``overlay.json``;
-    returns what ``overlay.json`` holds. Idempotent."""
+    returns what ``overlay.json`` holds. Idempotent: an ``overlay.json``
+    over the same version is returned as it is. One over another version
+    (made while the job ran) is replaced, unless this request is itself
+    provisional: then nothing is made (None)."""
     done = keys.overlay_key(job.plan, job.job_id, job.page)
+    prev_id, prev_page = job.overlay.previous_job_id, job.overlay.previous_page
     try:
-        return json.loads(store.get_bytes(done))
+        there = json.loads(store.get_bytes(done))
+        if job.overlay.provisional or there.get("previous") == {"job_id": prev_id,
+                                                                "page": prev_page}:
+            return None if job.overlay.provisional else there
     except ObjectNotFound:
         pass
     page = record.pages[job.page - 1]
-    prev_id, prev_page = job.overlay.previous_job_id, job.overlay.previous_page
     cur_dzi, cur_fetch = _pyramid(store, job.plan, job.job_id, job.page)
     prev_dzi, prev_fetch = _pyramid(store, job.plan, prev_id, prev_page)
     # The previous page's DPI: the same sheet, so about the same long side.
@@ -175,7 +212,7 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob, record: jobs_pb2.J
     except RegistrationFailed as e:
         raise InvalidInput(f"page {job.page} could not be laid over its previous version: "
                            f"{e}", reason="OVERLAY_FAILED") from None
-    name = keys.overlay_name(job.page)
+    name = keys.overlay_pyramid(job.page, prev_id, prev_page)
     prefix = keys.tiles_prefix(job.plan, job.job_id)
     out = tempfile.mkdtemp(prefix="overlay-")
     try:
@@ -195,8 +232,16 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob, record: jobs_pb2.J
            "transform": [round(v, 6) for v in result.transform],
            "residual_px": result.residual_px, "method": result.method,
            "changes": result.changes, "width": w, "height": h,
-           "dpi": round((page.dpi or WORK_DPI) * w / cur_dzi.width, 2)}
-    store.put_bytes(done, json.dumps(doc).encode(), "application/json")
+           "dpi": round((page.dpi or WORK_DPI) * w / cur_dzi.width, 2), "pyramid": name}
+    try:
+        # A provisional overlay never replaces one made meanwhile (the
+        # job's end may have asked for another version's).
+        store.put_bytes(done, json.dumps(doc).encode(), "application/json",
+                        if_absent=job.overlay.provisional)
+    except WriteConflict:
+        log.info("provisional overlay not stored: one was made meanwhile",
+                 extra={"job_id": job.job_id, "page": job.page})
+        return None
     log.info("overlay made", extra={"job_id": job.job_id, "page": job.page,
                                     "changes": len(result.changes), "method": result.method,
                                     "residual_px": result.residual_px})

@@ -29,6 +29,7 @@ from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
 from planzoom.messaging.worker import Delivery
 from planzoom.parts import PartUpload
+from planzoom.states import ended
 from planzoom.v1 import events_pb2, jobs_pb2
 from services.tile import overlays
 from services.tile.put_pool import PutPool
@@ -180,21 +181,28 @@ class Tile(PageStage):
 
     async def _overlay(self, job: events_pb2.TileJob) -> None:
         """Lay a revised page over its previous version (services.tile.overlays),
-        once the job record confirms that version."""
+        once the job record confirms that version; a provisional request
+        only while the job runs."""
         started = time.monotonic()
         try:
             record = await self.jobs.get(job.job_id)
-            # Progress asks just before its last write of the record: a
-            # moment's wait saves a redelivery's backoff.
-            for _ in range(FINALIZING_READS):
-                if not record.finalizing:
-                    break
-                await asyncio.sleep(FINALIZING_WAIT_SECONDS)
-                record = await self.jobs.get(job.job_id)
-        except JobNotFound:
-            log.info("overlay skipped: its job is gone", extra={"job_id": job.job_id})
+            if job.overlay.provisional:
+                if ended(record) or record.finalizing:
+                    return  # its job's end asks for the overlay it confirms
+                previous = await self.jobs.get(job.overlay.previous_job_id)
+                overlays.check_provisional(job, record, previous)
+            else:
+                # Progress asks just before its last write of the record: a
+                # moment's wait saves a redelivery's backoff.
+                for _ in range(FINALIZING_READS):
+                    if not record.finalizing:
+                        break
+                    await asyncio.sleep(FINALIZING_WAIT_SECONDS)
+                    record = await self.jobs.get(job.job_id)
+                overlays.check_request(job, record)
+        except JobNotFound as e:
+            log.info("overlay skipped: %s", e.message, extra={"job_id": job.job_id})
             return
-        overlays.check_request(job, record)
         await asyncio.to_thread(overlays.make_overlay, self.store, job, record)
         metrics.STAGE_SECONDS.labels("overlay").observe(time.monotonic() - started)
 
@@ -206,8 +214,10 @@ class Tile(PageStage):
         if not job.HasField("overlay"):
             await super().on_failure(data, delivery, error)
             return
-        if error.reason_code == reason_code("FORGED_EVENT"):
-            return  # nothing is written for a request the record does not make
+        if error.reason_code == reason_code("FORGED_EVENT") or job.overlay.provisional:
+            # Nothing is written for a request the record does not make, nor
+            # for a provisional one (the job's end asks again and says why).
+            return
         await asyncio.to_thread(overlays.record_failure, self.store, job, error)
 
     async def _remove_page(self, job: events_pb2.TileJob, layout, ctx: dict) -> None:

@@ -14,10 +14,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from planzoom.v1 import jobs_pb2
+from planzoom import keys
+from planzoom.v1 import events_pb2, jobs_pb2
 from planzoom_devstack.revise import Edit, revise
-from tests.helpers import completed, wait_until
+from services.tile import overlays
+from tests.helpers import completed, wait_ended, wait_until
 from tests.integration.test_gateway import assert_problem, bearer
+from tests.integration.test_store import store  # noqa: F401 - the fixture
 from tests.integration.test_viewer import browser  # noqa: F401 - the fixture
 
 SET = "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"
@@ -156,9 +159,10 @@ def test_a_revised_sheet_is_laid_over_its_previous_version(http, stack, versions
     dzi = http.get(body["dzi"], headers=bearer(stack))
     assert dzi.status_code == 200 and b"<Image" in dzi.content
     top = max(body["width"], body["height"]).bit_length()
-    tile = http.get(f"/v1/jobs/{second.job_id}/pages/1.overlay_files/{top}/0_0.jpg",
+    tile = http.get(f"{body['dzi'].removesuffix('.dzi')}_files/{top}/0_0.jpg",
                     headers=bearer(stack))
     assert tile.status_code == 200 and tile.headers["content-type"] == "image/jpeg"
+    assert body["provisional"] is False  # its job has ended: the set's pairing stands
 
 
 def test_a_page_with_no_revision_has_no_overlay(http, stack, versions):
@@ -216,6 +220,64 @@ def test_viewer_overlays_a_revised_sheet_with_its_changes(stack, browser, versio
     assert not page.is_visible("#overlay-toggle")
     assert not errors, errors
     page.close()
+
+
+LIVE_PLAN = jobs_pb2.PlanRef(org="acme", project="revisions", plan="crayfish-live")
+
+
+def test_a_revised_sheet_is_laid_over_while_its_set_still_renders(http, stack, client, corpus,
+                                                                 tmp_path, store):  # noqa: F811
+    """A revised sheet's overlay is made as soon as its page is done (over
+    the version of the plan's current set with its number), not when the
+    whole set ends: here the revised site plan comes first in a set of 29
+    pages. The set's end confirms it; an overlay.json over another version
+    (what a pairing the set's end changed leaves) is not served, and a
+    provisional request never replaces one."""
+    first = completed(client, str(corpus / SET), LIVE_PLAN, jobs_pb2.JobOptions(dpi=DPI))
+    revised = str(tmp_path / "reissue.pdf")
+    revise(str(corpus / SET), revised, [1] + list(range(2, 9)) * 4,
+           {1: Edit(shift=(0.02, 0.01), scale=1.02, add=[(0.3, 0.3, 0.05, 0.05)])})
+    second = client.submit(revised, LIVE_PLAN, jobs_pb2.JobOptions(dpi=DPI))
+    url = f"/v1/jobs/{second.job_id}/pages/1/overlay"
+
+    def made():
+        r = http.get(url, headers=bearer(stack))
+        if r.status_code == 200:
+            return r.json(), client.get_job(second.job_id)
+        assert r.status_code == 404 and r.json()["reason"] == "NO_PREVIOUS_VERSION", r.text
+        return None
+
+    early, job = wait_until("the provisional overlay", made, timeout=120, interval=0.2)
+    assert job.state == jobs_pb2.JOB_STATE_PROCESSING, "the overlay waited for the set's end"
+    assert job.completed_pages < job.total_pages == 29
+    assert early["provisional"] is True
+    assert early["previous"] == {"job_id": first.job_id, "page": 1}
+    assert [c["kind"] for c in early["changes"]] == ["added"]
+    assert http.get(early["dzi"], headers=bearer(stack)).status_code == 200
+    ended = wait_ended(client, second.job_id)
+    assert ended.state == jobs_pb2.JOB_STATE_COMPLETE
+    final = http.get(url, headers=bearer(stack)).json()
+    assert final["provisional"] is False
+    assert {k: v for k, v in final.items() if k != "provisional"} == \
+        {k: v for k, v in early.items() if k != "provisional"}
+    # Only the revised sheet was laid over: the others are unchanged.
+    assert_problem(http.get(f"/v1/jobs/{second.job_id}/pages/2/overlay",
+                            headers=bearer(stack)), 404, "NO_PREVIOUS_VERSION")
+
+    key = keys.overlay_key(LIVE_PLAN, second.job_id, 1)
+    kept = store.get_bytes(key)
+    record = client.get_job(second.job_id)
+    other = events_pb2.TileJob(job_id=second.job_id, plan=LIVE_PLAN, page=1, overlay=(
+        events_pb2.OverlayRequest(previous_job_id=first.job_id, previous_page=2,
+                                  provisional=True)))
+    assert overlays.make_overlay(store, other, record) is None
+    assert store.get_bytes(key) == kept
+    try:
+        store.put_bytes(key, json.dumps({**json.loads(kept), "previous": {
+            "job_id": first.job_id, "page": 2}}).encode(), "application/json")
+        assert_problem(http.get(url, headers=bearer(stack)), 409, "OVERLAY_NOT_READY")
+    finally:
+        store.put_bytes(key, kept, "application/json")
 
 
 REAL = Path(__file__).parent.parent / "fixtures" / "revisions"

@@ -58,7 +58,8 @@ function planzoomRevisions(ctx) {
     if (n !== page || !$("overlay-toggle").checked || item) return;
     $("overlay-status").textContent = `${doc.changes.length} change${doc.changes.length === 1 ? "" : "s"}`;
     viewer.addTiledImage({
-      tileSource: `${ctx.config.api}/jobs/${ctx.config.jobId}/pages/${n}.overlay.dzi`,
+      // Named by the version it lies over (the route's "dzi", under /v1).
+      tileSource: ctx.config.api + doc.dzi.replace(/^\/v1/, ""),
       x: 0, y: 0, width: 1, opacity: $("overlay-opacity").value / 100,
       // Drawn at fewer pixels than the sheet, over the same extent (width 1).
       success: (e) => { item = e.item; $("overlay-opacity").disabled = false; ctx.redraw(); },
