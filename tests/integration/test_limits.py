@@ -4,7 +4,6 @@ service stays up."""
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -252,7 +251,10 @@ def test_jobs_over_the_org_quota_wait_queued(corpus, stack, client):
 def test_one_orgs_big_job_does_not_delay_another_orgs_page(corpus, stack, client):
     """Fairness: org 'big' submits 117 pages; once a few are done, org
     'small' submits one page. Its page waits for at most the pages already
-    being worked on (about one page per stage), not for big's backlog."""
+    being worked on (about one page per stage), not for big's backlog: big
+    finishes a few of its pages meanwhile, not the backlog's half. (Counted
+    in big's pages rather than in seconds, so that a loaded machine slows
+    both sides alike.)"""
     big = client_for(stack, org="big-org")
     small = client_for(stack, org="small-org")
     try:
@@ -260,32 +262,26 @@ def test_one_orgs_big_job_does_not_delay_another_orgs_page(corpus, stack, client
             org="big-org", project="fair", plan="backlog"), jobs_pb2.JobOptions(dpi=150))
         wait_until("big has pages done", lambda: big.get_job(job.job_id).completed_pages >= 5,
                    timeout=120)
+        before = big.get_job(job.job_id)
         t0 = time.time()
         one = small.submit(str(corpus / SITEPLAN), jobs_pb2.PlanRef(
             org="small-org", project="fair", plan="one-page"), jobs_pb2.JobOptions(dpi=150))
         done = wait_ended(small, one.job_id)
         small_seconds = time.time() - t0
-        snapshot = big.get_job(job.job_id)
+        after = big.get_job(job.job_id)
         big.cancel(job.job_id, "the fairness test has what it needs")
     finally:
         big.close()
         small.close()
     assert done.state == jobs_pb2.JOB_STATE_COMPLETE
-    def seconds(page: jobs_pb2.PageRecord) -> float:  # whole seconds would read 0
-        return (page.finished_at.ToNanoseconds() - page.started_at.ToNanoseconds()) / 1e9
-
-    per_page = statistics.median(seconds(p) for p in snapshot.pages
-                                 if p.state == jobs_pb2.PAGE_STATE_DONE)
-    own = seconds(done.pages[0])
-    waiting = snapshot.total_pages - snapshot.completed_pages
-    print(f"fairness: one page of another org done in {small_seconds:.1f} s ({own:.1f} s its "
-          f"own render+tile) while big had {waiting} pages left; a page of big takes "
-          f"{per_page:.2f} s in render+tile")
-    assert waiting > 50, "big's backlog was not there to delay small"
-    # Waiting behind big's backlog would take over 50 of its pages; a loaded
-    # 2-core machine may add some seconds to small's own submit and finish.
-    assert small_seconds - own < min(3 * per_page + 30, waiting * per_page / 2), (
-        f"small waited {small_seconds:.1f} s; one page of big takes {per_page:.2f} s")
+    backlog = before.total_pages - before.completed_pages
+    meanwhile = after.completed_pages - before.completed_pages
+    print(f"fairness: one page of another org done in {small_seconds:.1f} s, while big "
+          f"finished {meanwhile} of the {backlog} pages it had left")
+    assert after.total_pages - after.completed_pages > 50, \
+        "big's backlog was not there to delay small"
+    assert meanwhile < backlog / 2, (
+        f"small's page waited while big finished {meanwhile} of its {backlog} pages")
 
 
 def test_watch_streams_are_capped_per_caller_and_per_org(corpus, stack, client):
