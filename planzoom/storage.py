@@ -290,7 +290,10 @@ class ObjectStore:
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many."""
-        keys = list(self.list_keys(prefix))
+        return self.delete_keys(list(self.list_keys(prefix)))
+
+    def delete_keys(self, keys: list[str]) -> int:
+        """Delete ``keys`` (DeleteObjects, 1,000 a request); returns how many."""
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})

@@ -4,11 +4,17 @@ finish (pyramids, variants)."""
 
 from __future__ import annotations
 
+import re
+
 from google.protobuf import json_format
 
 from planzoom import keys
 from planzoom.storage import ObjectStore
 from planzoom.v1 import jobs_pb2
+
+#: An object of one page under a job's tiles prefix: ``page-<n>_files/…``
+#: or ``page-<n>.<anything>``.
+_PAGE_OBJECT = re.compile(r"page-([1-9][0-9]*)[._]")
 
 
 def manifest_json(job: jobs_pb2.Job) -> bytes:
@@ -34,11 +40,13 @@ def write_outputs(store: ObjectStore, job: jobs_pb2.Job) -> None:
     if job.state == jobs_pb2.JOB_STATE_CANCELLED:
         # A tile worker may finish a page just as the job is cancelled: what
         # it wrote goes here (the worker also looks once more after writing).
+        # One listing of the job's objects, not one per page: a big set is
+        # cancelled while its caller waits.
+        unfinished = {p.page for p in job.pages if p.state != jobs_pb2.PAGE_STATE_DONE}
         prefix = keys.tiles_prefix(job.plan, job.job_id)
-        for page in job.pages:
-            if page.state != jobs_pb2.PAGE_STATE_DONE:
-                name = keys.page_name(page.page)
-                if keys.is_archive(job.options):
-                    store.abort_uploads(keys.archive_key(job.plan, job.job_id, page.page))
-                store.delete_prefix(f"{prefix}{name}_files/")
-                store.delete_prefix(f"{prefix}{name}.")  # .dzi, .pmtiles, variants
+        store.delete_keys([k for k in store.list_keys(prefix)
+                           if (m := _PAGE_OBJECT.match(k, len(prefix)))
+                           and int(m[1]) in unfinished])  # _files/, .dzi, .pmtiles, variants
+        if keys.is_archive(job.options):
+            for n in sorted(unfinished):
+                store.abort_uploads(keys.archive_key(job.plan, job.job_id, n))
