@@ -44,6 +44,12 @@ INK_MASS = 80
 #: Ink of one version within this many pixels (at WORK_DPI) of the other's
 #: is the same ink: registration error and re-rasterisation.
 TOLERANCE_PX = 2
+#: Ink is a fill, not a line, where this share of the square of this side
+#: (pixels at WORK_DPI) around it is ink.
+FILL_SIDE, FILL_SHARE = 7, 0.5
+#: Differences this close to either version's sheet edge are not compared
+#: (pixels at WORK_DPI).
+EDGE_PX = TOLERANCE_PX + 1
 #: Smaller specks of difference are noise (pixels at WORK_DPI).
 MIN_SPECK_PX = 24
 #: Differences closer than this (pixels at WORK_DPI) are one region.
@@ -201,6 +207,16 @@ def _ink(im: np.ndarray) -> np.ndarray:
     return (im < INK).astype(np.uint8)
 
 
+def _lines(im: np.ndarray) -> np.ndarray:
+    """Ink that is part of a line, not of a fill: under
+    :data:`FILL_SHARE` of its :data:`FILL_SIDE`-pixel square is ink (a
+    line screened lighter than :data:`INK`, as existing work is drawn, is
+    not ink). 255 where so, else 0."""
+    ink = (im < INK).astype(np.float32)
+    share = cv2.blur(ink, (FILL_SIDE, FILL_SIDE))
+    return ((ink > 0) & (share < FILL_SHARE)).astype(np.uint8) * 255
+
+
 def changes(prev: np.ndarray, cur: np.ndarray, m: np.ndarray) -> tuple[list, np.ndarray]:
     """Regions where ``cur`` differs from ``prev`` warped by ``m`` (prev
     pixels → cur pixels, between edges as :func:`register` gives it):
@@ -211,6 +227,11 @@ def changes(prev: np.ndarray, cur: np.ndarray, m: np.ndarray) -> tuple[list, np.
     warped = cv2.warpAffine(prev, mi, (w, h), flags=cv2.INTER_AREA, borderValue=255)
     inside = cv2.warpAffine(np.ones_like(prev), mi, (w, h), flags=cv2.INTER_NEAREST,
                             borderValue=0)
+    # Along either sheet's edge a line one version clips and the other does
+    # not (the plot moved) differs in the pixels, not on the sheet.
+    inside[:EDGE_PX], inside[-EDGE_PX:], inside[:, :EDGE_PX], inside[:, -EDGE_PX:] = 0, 0, 0, 0
+    inside = cv2.erode(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                         (2 * EDGE_PX + 1,) * 2))
     a, b = _ink(warped), _ink(cur)
     # Ink compared as mass (blurred darkness), so that one line drawn thin
     # and dark by one version and wide and light by the other is the same
@@ -221,6 +242,12 @@ def changes(prev: np.ndarray, cur: np.ndarray, m: np.ndarray) -> tuple[list, np.
     mass_b = cv2.GaussianBlur(255 - cur, (0, 0), INK_BLUR).astype(np.int16)
     removed = a & ((mass_a - cv2.dilate(mass_b, near)) > INK_MASS).astype(np.uint8) & inside
     added = b & ((mass_b - cv2.dilate(mass_a, near)) > INK_MASS).astype(np.uint8) & inside
+    # Ink darker than a line the other version draws in the same place is
+    # that line drawn again (two strokes on top of each other, a hairline
+    # rasterised across two pixel rows); darker than a fill, or than a
+    # screened line (existing work drawn again as new), is a change.
+    removed &= cv2.bitwise_not(cv2.dilate(_lines(cur), near)) // 255
+    added &= cv2.bitwise_not(cv2.dilate(_lines(warped), near)) // 255
     removed, added = _without_specks(removed), _without_specks(added)
     gather = cv2.getStructuringElement(cv2.MORPH_RECT, (GATHER_PX,) * 2)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bench.overlay import draw, grid_error
-from planzoom.engines.overlay import RegistrationFailed, overlay, register
+from planzoom.engines.overlay import RegistrationFailed, changes, overlay, register
 from planzoom_devstack.revise import Edit, revise
 
 SHEET = "arch-floorplan-70x45cm-archicad-atriumhouse.pdf"
@@ -57,3 +57,48 @@ def test_a_blank_page_cannot_be_registered():
     blank = np.full((400, 300), 255, np.uint8)
     with pytest.raises(RegistrationFailed):
         register(blank, blank, 1.0, 1.0)
+
+
+IDENTITY = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def test_a_line_drawn_darker_is_no_change_but_ink_over_a_fill_is():
+    """One version draws a line as a thin grey hairline, the other as two
+    strokes on top of each other (darker, a pixel wider): the same line.
+    Black drawn over a grey fill or over a screened line (existing work
+    drawn again as new), or a new line across the old one, is a change."""
+    old = np.full((200, 300), 255, np.uint8)
+    old[100, 20:280] = 110  # a hairline
+    old[140:190, 20:120] = 150  # a grey fill
+    old[60, 20:150] = 170  # a screened line
+    darker = old.copy()
+    darker[99:101, 20:280] = 0
+    assert changes(old, darker, IDENTITY)[0] == []
+    over_fill = old.copy()
+    over_fill[160:162, 30:110] = 0
+    [found] = changes(old, over_fill, IDENTITY)[0]
+    assert found["kind"] == "added" and 25 <= found["box"][0] <= 35
+    now_new = old.copy()
+    now_new[59:61, 20:150] = 0
+    [found] = changes(old, now_new, IDENTITY)[0]
+    assert found["kind"] == "added" and found["box"][1] in (59, 60)
+    across = old.copy()
+    across[20:135, 200:202] = 0
+    [found] = changes(old, across, IDENTITY)[0]
+    assert found["kind"] == "added" and found["box"][1] <= 25 and found["box"][3] >= 100
+
+
+def test_a_line_the_previous_plot_clipped_at_its_edge_is_no_change():
+    """The previous plot clipped its border line at the sheet's edge (drawn
+    half, light); moved 10 px in, the new plot draws it whole."""
+    old = np.full((200, 300), 255, np.uint8)
+    old[20:180, 0] = 190
+    old[20:180, 150:152] = 0
+    new = np.full((200, 300), 255, np.uint8)
+    new[20:180, 10:12] = 0
+    new[20:180, 160:162] = 0
+    moved = np.array([[1.0, 0.0, 10.0], [0.0, 1.0, 0.0]])
+    assert changes(old, new, moved)[0] == []
+    new[20:180, 100:102] = 0  # and a line that is new is found
+    [found] = changes(old, new, moved)[0]
+    assert found["box"][0] == 100
