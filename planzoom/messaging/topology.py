@@ -7,6 +7,7 @@ stream             subjects                 retention      durable consumers
 =================  =======================  =============  =========================
 PLANZOOM_RENDER    pages.render.<org>       work queue     render-<org>, one per org
 PLANZOOM_TILE      pages.tile.<org>         work queue     tile-<org>, one per org
+                   pages.tile.overlay.<org>                overlay-<org>, one per org
 PLANZOOM_TRANSCODE videos.transcode.<org>   work queue     transcode-<org>, one per org
 PLANZOOM_PROGRESS  progress.<stage>.<job>   limits (7 d)   progress
 PLANZOOM_JOB_EVENTS jobs.ended.<org>.<job>  limits (7 d)   webhooks (the gateway)
@@ -68,6 +69,10 @@ log = logging.getLogger(__name__)
 #: (``render-<org>``; see :mod:`planzoom.messaging.workqueues`).
 RENDER_STREAM, RENDER_SUBJECTS, RENDER_CONSUMER = "PLANZOOM_RENDER", "pages.render.>", "render"
 TILE_STREAM, TILE_SUBJECTS, TILE_CONSUMER = "PLANZOOM_TILE", "pages.tile.>", "tile"
+#: Overlays of revised sheets (TileJobs with ``overlay``) have consumers of
+#: their own on the tile stream: one asked for as a page is done never
+#: waits behind the set's pages still to tile.
+OVERLAY_SUBJECTS, OVERLAY_CONSUMER = "pages.tile.overlay.>", "overlay"
 TRANSCODE_STREAM, TRANSCODE_SUBJECTS, TRANSCODE_CONSUMER = (
     "PLANZOOM_TRANSCODE", "videos.transcode.>", "transcode")
 PROGRESS_STREAM, PROGRESS_CONSUMER = "PLANZOOM_PROGRESS", "progress"

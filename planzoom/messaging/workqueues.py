@@ -29,6 +29,7 @@ from planzoom.ids import check_id
 from planzoom.media import VIDEO_KINDS
 from planzoom.messaging.publishing import publish
 from planzoom.messaging.topology import (
+    OVERLAY_CONSUMER,
     RENDER_CONSUMER,
     RENDER_STREAM,
     TILE_CONSUMER,
@@ -53,6 +54,10 @@ def render_subject(org: str) -> str:
 
 def tile_subject(org: str) -> str:
     return f"pages.tile.{check_id('org', org)}"
+
+
+def overlay_subject(org: str) -> str:
+    return f"pages.tile.overlay.{check_id('org', org)}"
 
 
 def transcode_subject(org: str) -> str:
@@ -110,6 +115,16 @@ class WorkQueues:
             prefix, subject = _QUEUES[stream]
             await ensure_consumer(self.js, stream, self._config(prefix, subject(org), org))
             self._ensured[(stream, org)] = time.monotonic()
+
+    async def ensure_overlays(self, org: str) -> None:
+        """Create the org's overlay consumer (``overlay-<org>`` on the tile
+        stream) if it is missing."""
+        if time.monotonic() - self._ensured.get((OVERLAY_CONSUMER, org), -1e9) \
+                < ENSURE_AGAIN_SECONDS:
+            return
+        await ensure_consumer(self.js, TILE_STREAM,
+                              self._config(OVERLAY_CONSUMER, overlay_subject(org), org))
+        self._ensured[(OVERLAY_CONSUMER, org)] = time.monotonic()
 
     async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
         """Publish the PageJob of each of ``pages`` (1-based) of ``job``, built
@@ -186,13 +201,13 @@ class WorkQueues:
         ``….provisional`` for a request made while the job runs: a
         finalisation run again, or a page reported done twice, publishes
         nothing new)."""
-        await self.ensure(job.plan.org, (TILE_STREAM,))
+        await self.ensure_overlays(job.plan.org)
         request = events_pb2.TileJob(
             job_id=job.job_id, plan=job.plan, page=page, total_pages=job.total_pages,
             options=job.options, overlay=events_pb2.OverlayRequest(
                 previous_job_id=previous_job_id, previous_page=previous_page,
                 provisional=provisional))
-        await publish(self.js, tile_subject(job.plan.org), request.SerializeToString(),
+        await publish(self.js, overlay_subject(job.plan.org), request.SerializeToString(),
                       f"overlay.{job.job_id}.{page}" + (".provisional" if provisional else ""))
 
     async def publish_tile_job(self, tile_job: events_pb2.TileJob) -> None:

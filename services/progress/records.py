@@ -224,6 +224,9 @@ class JobRecords:
                                            self.current_sets, job, page)
         if previous is not None:
             await self.admission.queues.publish_overlay(job, page, *previous, provisional=True)
+            log.info("provisional overlay asked", extra={
+                "job_id": job.job_id, "page": page, "previous_job_id": previous[0],
+                "previous_page": previous[1]})
 
     async def fail_page(self, job_id: str, page: int, error: str, reason: int,
                         attempts: int) -> None:

@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -195,6 +196,7 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
     except ObjectNotFound:
         pass
     page = record.pages[job.page - 1]
+    started = time.monotonic()
     cur_dzi, cur_fetch = _pyramid(store, job.plan, job.job_id, job.page)
     prev_dzi, prev_fetch = _pyramid(store, job.plan, prev_id, prev_page)
     # The previous page's DPI: the same sheet, so about the same long side.
@@ -205,6 +207,7 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
     prev = read_level(prev_dzi, prev_fetch, prev_level)
     cur_scale = cur_dzi.width / cur.shape[1]
     prev_scale = prev_dzi.width / prev.shape[1]
+    read = time.monotonic()
     try:
         result, image = overlay(prev, cur, prev_scale, cur_scale,
                                 _words(store, job.plan, prev_id, prev_page),
@@ -212,6 +215,7 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
     except RegistrationFailed as e:
         raise InvalidInput(f"page {job.page} could not be laid over its previous version: "
                            f"{e}", reason="OVERLAY_FAILED") from None
+    compared = time.monotonic()
     name = keys.overlay_pyramid(job.page, prev_id, prev_page)
     prefix = keys.tiles_prefix(job.plan, job.job_id)
     out = tempfile.mkdtemp(prefix="overlay-")
@@ -242,7 +246,10 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
         log.info("provisional overlay not stored: one was made meanwhile",
                  extra={"job_id": job.job_id, "page": job.page})
         return None
-    log.info("overlay made", extra={"job_id": job.job_id, "page": job.page,
-                                    "changes": len(result.changes), "method": result.method,
-                                    "residual_px": result.residual_px})
+    log.info("overlay made", extra={
+        "job_id": job.job_id, "page": job.page, "changes": len(result.changes),
+        "method": result.method, "residual_px": result.residual_px,
+        "provisional": job.overlay.provisional, "read_seconds": round(read - started, 2),
+        "compare_seconds": round(compared - read, 2),
+        "write_seconds": round(time.monotonic() - compared, 2)})
     return doc

@@ -27,7 +27,7 @@ from planzoom.errors import Cancelled, InvalidInput, reason_code
 from planzoom.heap import keep_freed_blocks
 from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
-from planzoom.messaging.worker import Delivery
+from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
 from planzoom.parts import PartUpload
 from planzoom.states import ended
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -84,6 +84,21 @@ class Tile(PageStage):
         self.concurrency = settings.tile_concurrency
         self.max_seconds = settings.tile_timeout_seconds
         self.puts = PutPool.from_settings(settings)
+
+    async def start(self) -> None:
+        await super().start()
+        # Overlays from consumers of their own, one at a time beside the
+        # pages (topology.OVERLAY_CONSUMER).
+        self.overlays = PullWorker(
+            self.js, self.stream, topology.OVERLAY_CONSUMER, self.handle, self.on_failure,
+            concurrency=1, ack_wait=self.s.ack_wait_seconds, max_deliver=self.s.max_deliver,
+            on_dead=self.unhealthy, max_seconds=self.max_seconds,
+            source=FairConsumers(self.js, self.nc, self.stream, topology.OVERLAY_CONSUMER,
+                                 topology.OVERLAY_SUBJECTS))
+        await self.overlays.start()
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.gather(super().stop(grace), self.overlays.stop(grace))
 
     async def release(self) -> None:
         await asyncio.to_thread(self.puts.close)
@@ -188,7 +203,9 @@ class Tile(PageStage):
             record = await self.jobs.get(job.job_id)
             if job.overlay.provisional:
                 if ended(record) or record.finalizing:
-                    return  # its job's end asks for the overlay it confirms
+                    log.info("provisional overlay dropped: its job has ended, which asks "
+                             "again", extra={"job_id": job.job_id, "page": job.page})
+                    return
                 previous = await self.jobs.get(job.overlay.previous_job_id)
                 overlays.check_provisional(job, record, previous)
             else:
