@@ -115,9 +115,10 @@ class CurrentSets:
     :data:`CURRENT_SECONDS` old: a running job's pages, done one after
     another, look up the same plan's (which changes only when a job of the
     plan completes; a stale one only costs an overlay the job's end makes
-    again). Holds at most ``plans`` of them."""
+    again). Holds at most ``plans`` of them (each up to
+    :data:`MAX_CURRENT_BYTES`)."""
 
-    def __init__(self, store: ObjectStore, plans: int = 256):
+    def __init__(self, store: ObjectStore, plans: int = 8):
         self.store, self.plans = store, plans
         self._read: dict[str, tuple[float, dict | None]] = {}
 

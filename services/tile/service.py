@@ -73,7 +73,8 @@ def own_raster(job: events_pb2.TileJob) -> str:
 
 class Tile(PageStage):
     """Consumer ``tile``, any number of replicas: a page's raster → its DZI
-    pyramid in S3, ``.dzi`` last."""
+    pyramid in S3, ``.dzi`` last; and consumer ``overlay``: a revised
+    sheet laid over its previous version (services.tile.overlays)."""
 
     name = "tile"
     stream, consumer = topology.TILE_STREAM, topology.TILE_CONSUMER
