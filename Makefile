@@ -149,6 +149,7 @@ bench-overlay: setup
 	$(BIN)/python -m bench.overlay
 	$(BIN)/python -m bench.overlay --no-words
 	$(BIN)/python -m bench.overlay --pipeline
+	$(BIN)/python -m bench.overlay --pipeline --dpi 300
 	$(BIN)/python -m bench.revpairs $(PAIRS)
 
 bench-media: setup

@@ -160,10 +160,10 @@ def main() -> None:
     ap.add_argument("--no-words", action="store_true",
                     help="register from the images alone (as for a scan)")
     ap.add_argument("--pipeline", action="store_true",
-                    help="instead: time an A1 overlay through the embedded stack at --dpi 300")
+                    help="instead: time an A1 overlay through the embedded stack at --dpi")
     a = ap.parse_args()
     if a.pipeline:
-        pipeline(300 if a.dpi == 150 else a.dpi)
+        pipeline(a.dpi)
         return
     rng = random.Random(a.seed)
     errors, ecc_errors, seconds, rows = [], [], [], []
