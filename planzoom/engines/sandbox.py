@@ -2,7 +2,8 @@
 bytes (PDFium is not thread-safe either, so it never runs in a service's
 own process).
 
-A worker is ``python -m planzoom.engines.sandbox`` started by :class:`ProcessPool`
+A worker is ``python -m planzoom.engines.sandbox_worker`` (its loop) started by
+:class:`ProcessPool`
 in its own process group, with an environment that holds no credentials
 (only :data:`SAFE_ENV` and the import path). Before it takes a task it
 confines itself, so that a parser an input has compromised reaches nothing
@@ -36,24 +37,19 @@ retry"). Workers are recycled after ``recycle_after`` tasks.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
 import pickle
 import signal
-import struct
 import sys
 import tempfile
-import traceback
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from planzoom.engines.confinement import restrict
+from planzoom.engines.sandbox_worker import HEADER
 from planzoom.errors import Internal, PlanzoomError, Timeout, Unavailable, reason_code
-from planzoom.heap import keep_freed_blocks
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +59,6 @@ T = TypeVar("T")
 SAFE_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_THREAD_LIMIT")
 #: The largest file a worker may write, unless its pool says otherwise.
 WORKER_FILE_BYTES = 4 * 1024**3
-_HEADER = struct.Struct("!I")
 #: Result dataclasses a worker may return, by "module:qualname".
 _RESULTS: dict[str, type] = {}
 
@@ -92,84 +87,6 @@ class WorkersBusy(Unavailable):
     """No worker became free in time."""
 
     reason = "WORKERS_BUSY"
-
-
-# -- the worker side ---------------------------------------------------------
-
-def _limit_cpu(seconds: float) -> None:
-    """Allow ``seconds`` more CPU time (SIGXCPU beyond). Only the soft limit
-    moves: a hard limit can never be raised again. The service's wall-clock
-    limit on the task is the guard that cannot be lifted from inside."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = usage.ru_utime + usage.ru_stime
-    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    soft = int(used + seconds) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard < 0 else min(soft, hard), hard))
-
-
-def _read_frame(stream) -> bytes | None:
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
-        return None
-    (size,) = _HEADER.unpack(head)
-    return stream.read(size)
-
-
-def _write_frame(stream, data: bytes) -> None:
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _outcome(result: Any) -> dict:
-    if dataclasses.is_dataclass(result):
-        cls = type(result)
-        return {"result": dataclasses.asdict(result),
-                "type": f"{cls.__module__}:{cls.__qualname__}"}
-    return {"result": result}
-
-
-def _failure(error: BaseException) -> dict:
-    if isinstance(error, PlanzoomError):
-        cls = type(error)
-        return {"error": {"type": f"{cls.__module__}:{cls.__qualname__}",
-                          "message": error.message, "reason": error.reason,
-                          "field": error.field, "retryable": error.retryable}}
-    if isinstance(error, MemoryError):
-        return {"error": {"type": "planzoom.errors:ResourceExhausted",
-                          "message": "the input needs more memory than a worker may use",
-                          "reason": "WORKER_MEMORY", "field": None, "retryable": False}}
-    # An engine's own exception: its text may name files, memory or library
-    # internals. It stays in the log (the worker's stderr is the service's),
-    # under an id the caller gets instead.
-    error_id = uuid.uuid4().hex[:16]
-    traceback.print_exception(error, file=sys.stderr)
-    print(f"worker task failed, error id {error_id}", file=sys.stderr, flush=True)
-    return {"error": {"type": "planzoom.errors:Internal",
-                      "message": f"the engine failed unexpectedly (error id {error_id} in the "
-                                 "service log)",
-                      "reason": "WORKER_FAILED", "field": None, "retryable": True}}
-
-
-def worker_main(memory_bytes: int, confine: dict) -> None:
-    """The worker's loop: one task at a time from stdin, its outcome as
-    JSON on stdout, until stdin closes."""
-    keep_freed_blocks()  # page after page allocates the same big buffers
-    restrict(memory_bytes, confine)
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything a library prints goes to the log, not the pipe
-    while (frame := _read_frame(stdin)) is not None:
-        # Unpickling (which imports the task's module) and encoding the
-        # result are inside the try too: a failure of ours there is reported
-        # as one, never mistaken for an input that killed its worker.
-        try:
-            fn, args, cpu_seconds = pickle.loads(frame)
-            _limit_cpu(cpu_seconds)
-            data = json.dumps(_outcome(fn(*args))).encode()
-        except BaseException as e:  # noqa: BLE001 (every failure goes back to the service)
-            data = json.dumps(_failure(e)).encode()
-        _write_frame(stdout, data)
 
 
 # -- the service side ----------------------------------------------------------
@@ -225,10 +142,10 @@ class _Worker:
 
     async def call(self, payload: bytes) -> dict | None:
         """Send one task; its outcome, or None if the worker died."""
-        self.process.stdin.write(_HEADER.pack(len(payload)) + payload)
+        self.process.stdin.write(HEADER.pack(len(payload)) + payload)
         await self.process.stdin.drain()
-        head = await self.process.stdout.readexactly(_HEADER.size)
-        (size,) = _HEADER.unpack(head)
+        head = await self.process.stdout.readexactly(HEADER.size)
+        (size,) = HEADER.unpack(head)
         return json.loads(await self.process.stdout.readexactly(size))
 
     def kill(self) -> None:
@@ -277,7 +194,7 @@ class ProcessPool:
     async def _spawn(self) -> _Worker:
         _undumpable()
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "planzoom.engines.sandbox", str(self.memory_bytes),
+            sys.executable, "-m", "planzoom.engines.sandbox_worker", str(self.memory_bytes),
             json.dumps(self.confine), stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env=self._env(),
             # Its own process group: a kill takes whatever it started too
@@ -397,6 +314,3 @@ async def _exit_code(worker: _Worker, timeout: float = 5.0) -> int | None:
     except TimeoutError:
         return None
 
-
-if __name__ == "__main__":
-    worker_main(int(sys.argv[1]), json.loads(sys.argv[2]))
