@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from planzoom import engines, keys, metrics
 from planzoom.admission import Admission, Quota
@@ -21,26 +20,23 @@ from planzoom.boundary import method_roles
 from planzoom.clock import now_ts
 from planzoom.config import Settings
 from planzoom.engines import Limits, SourceInfo
-from planzoom.engines.base import ImageDamaged
-from planzoom.engines.pdf import PdfDamaged
-from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
-from planzoom.engines.video import VideoDamaged
+from planzoom.engines.sandbox import ProcessPool
 from planzoom.errors import (
     FailedPrecondition,
     InvalidInput,
     NotFound,
     PlanzoomError,
-    ResourceExhausted,
     Timeout,
 )
 from planzoom.ids import check_plan, new_job_id
 from planzoom.jobstore import JobNotFound, dedup_key
 from planzoom.media import KINDS, Kind
 from planzoom.options import resolve_options
-from planzoom.pages import Work, job_work, set_geometry
+from planzoom.pages import Work, set_geometry
 from planzoom.scratch import Scratch
 from planzoom.slots import Slots, UploadsBusy
 from planzoom.v1 import events_pb2, ingest_pb2, ingest_pb2_grpc, jobs_pb2
+from services.ingest import inspection
 from services.ingest.spool import Spool, UploadTooLarge
 
 log = logging.getLogger(__name__)
@@ -244,39 +240,6 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
 
     # -- job creation -------------------------------------------------------
 
-    async def _inspect(self, path: str, kind: Kind, org: str) -> SourceInfo:
-        """Open the upload in a sandboxed worker (a PDF with PDFium, an
-        image's headers with libvips or LibRaw), ``org`` holding at most half
-        the workers: its slow files wait for each other, not other orgs'.
-        Only this file's own time counts against it: waiting for a worker
-        ends, at worst, in WorkersBusy (UNAVAILABLE, retry), never in a
-        verdict on the file. Raises the kind's Damaged error (INVALID_ARGUMENT)
-        if the file kills two workers in turn, ResourceExhausted if it
-        overruns ``inspect_timeout_seconds``."""
-        limit = self.s.inspect_timeout_seconds
-        what, slow, damaged = (("PDF", "PDF_TOO_SLOW", PdfDamaged) if kind.is_pdf else
-                               ("video", "VIDEO_TOO_SLOW", VideoDamaged) if kind.is_video else
-                               ("image", "IMAGE_TOO_SLOW", ImageDamaged))
-
-        def inspect() -> Awaitable[SourceInfo]:
-            return self.pool.run(limit, engines.inspect, path, kind.name, self.limits, owner=org)
-
-        try:
-            try:
-                return await inspect()
-            except WorkerCrashed as e:
-                # A worker can die of something other than its input (memory
-                # short at a bad moment, a kill from outside): only a file
-                # that kills a second, fresh worker is called damaged.
-                log.warning("an inspecting worker died (%s); trying a fresh one", e.message)
-                return await inspect()
-        except WorkerTimeout:
-            raise ResourceExhausted(f"opening the {what} took longer than {limit:g} s; it is "
-                                    "too complex or malformed", reason=slow) from None
-        except WorkerCrashed as e:
-            raise damaged(f"the {what} could not be read safely ({e.message}); it is "
-                          "probably damaged") from None
-
     async def _claim(self, key: str, job_id: str) -> jobs_pb2.Job | None:
         """Claim the dedup ``key`` for ``job_id`` (None), or return the job
         that holds it: identical submits at once, or a client retrying after
@@ -299,40 +262,20 @@ class Ingest(BackedService, ingest_pb2_grpc.IngestServiceServicer):
                 return None
         return None
 
-    def _check_budget(self, info: SourceInfo, geometries: list[events_pb2.PageGeometry],
-                      options: jobs_pb2.JobOptions) -> Work:
-        """The job's pixels and tiles at its options; ResourceExhausted,
-        naming the limit, if over PLANZOOM_MAX_JOB_PIXELS or _TILES."""
-        if info.video:  # bounded by its length and frame size; pixel-seconds for quotas
-            (g,) = geometries
-            pixels = g.width_px * g.height_px
-            return Work(pixels=int(pixels * math.ceil(info.video["duration_seconds"])),
-                        tiles=0, largest_page_pixels=pixels)
-        work = job_work(geometries, options.tile_size, options.overlap)
-        for what, amount, limit, name in (
-            ("pixels", work.pixels, self.s.max_job_pixels, "PLANZOOM_MAX_JOB_PIXELS"),
-            ("tiles", work.tiles, self.s.max_job_tiles, "PLANZOOM_MAX_JOB_TILES"),
-        ):
-            if amount > limit:
-                raise ResourceExhausted(
-                    f"at {options.dpi:g} DPI with {options.tile_size}-pixel tiles this job "
-                    f"makes {amount:,} {what}, more than the {limit:,} one job may ({name}); "
-                    "lower the DPI, use larger tiles, or split the set",
-                    reason="JOB_TOO_LARGE")
-        return work
-
     async def _create_job(self, spool: Spool, sha: str, plan: jobs_pb2.PlanRef,
                           options: jobs_pb2.JobOptions,
                           filename: str) -> ingest_pb2.SubmitJobResponse:
         """Inspect the spooled file, then return the job these bytes, plan and
         options already have (deduplicated) or create it: store the source
         under its hash, store the record, publish one page job per page."""
-        info = await self._inspect(spool.path, spool.kind, plan.org)
+        info = await inspection.inspect_upload(self.pool, self.limits,
+                                               self.s.inspect_timeout_seconds, spool.path,
+                                               spool.kind, plan.org)
         # A TIFF container may hold a RAW (and a RAW-looking file be a TIFF):
         # the worker decided from the whole file.
         kind = KINDS.get(info.kind, spool.kind)
         geometries = engines.geometries(info, options, self.s.max_page_side_pixels)
-        work = self._check_budget(info, geometries, options)
+        work = inspection.check_budget(self.s, info, geometries, options)
         job_id, claim = new_job_id(), dedup_key(plan, sha, options)
         existing = await self._claim(claim, job_id)
         if existing is not None:

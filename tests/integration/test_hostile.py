@@ -19,6 +19,7 @@ from planzoom.engines.sandbox import ProcessPool, WorkerCrashed, WorkerTimeout
 from planzoom.errors import Internal, InvalidInput
 from planzoom.media import KINDS
 from planzoom.v1 import ingest_pb2, jobs_pb2
+from services.ingest.inspection import inspect_upload
 from services.ingest.service import Ingest
 from tests.conftest import CORPUS
 from tests.engines import render_pdf_page
@@ -197,7 +198,9 @@ def test_a_worker_that_dies_once_is_no_verdict_on_the_file(corpus, tmp_path):
     async def inspect(deaths: int):
         tasks.clear()
         service.pool.run = functools.partial(run_dying, deaths)
-        return await service._inspect(str(path), KINDS["pdf"], "acme")
+        return await inspect_upload(service.pool, service.limits,
+                                    service.s.inspect_timeout_seconds, str(path),
+                                    KINDS["pdf"], "acme")
 
     async def run():
         try:
