@@ -88,15 +88,21 @@ class PageStage(BackedService):
 
     async def start(self) -> None:
         await self.connect()
-        subjects = topology.WORK_SUBJECTS[self.stream]
-        self.worker = PullWorker(
-            self.js, self.stream, self.consumer, self.handle, self.on_failure,
-            concurrency=self.concurrency, ack_wait=self.s.ack_wait_seconds,
+        self.worker = self.pull_worker(self.consumer, topology.WORK_SUBJECTS[self.stream],
+                                       self.concurrency)
+        await self.worker.start()
+
+    def pull_worker(self, consumer: str, doorbell: str, concurrency: int) -> PullWorker:
+        """A worker running :meth:`handle` for messages of the per-org
+        consumers ``<consumer>-<org>`` of the stage's stream, orgs in turn
+        (``doorbell``: the subjects that wake it)."""
+        return PullWorker(
+            self.js, self.stream, consumer, self.handle, self.on_failure,
+            concurrency=concurrency, ack_wait=self.s.ack_wait_seconds,
             max_deliver=self.s.max_deliver, on_dead=self.unhealthy,
-            source=FairConsumers(self.js, self.nc, self.stream, self.consumer, subjects),
+            source=FairConsumers(self.js, self.nc, self.stream, consumer, doorbell),
             max_seconds=self.max_seconds,
         )
-        await self.worker.start()
 
     async def stop(self, grace: float) -> None:
         await self.worker.stop(grace)

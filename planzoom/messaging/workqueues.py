@@ -110,21 +110,19 @@ class WorkQueues:
                      ) -> None:
         """Create the org's consumers on ``streams`` if they are missing."""
         for stream in streams:
-            if time.monotonic() - self._ensured.get((stream, org), -1e9) < ENSURE_AGAIN_SECONDS:
-                continue
             prefix, subject = _QUEUES[stream]
-            await ensure_consumer(self.js, stream, self._config(prefix, subject(org), org))
-            self._ensured[(stream, org)] = time.monotonic()
+            await self._ensure(stream, prefix, subject(org), org)
 
     async def ensure_overlays(self, org: str) -> None:
         """Create the org's overlay consumer (``overlay-<org>`` on the tile
         stream) if it is missing."""
-        if time.monotonic() - self._ensured.get((OVERLAY_CONSUMER, org), -1e9) \
-                < ENSURE_AGAIN_SECONDS:
+        await self._ensure(TILE_STREAM, OVERLAY_CONSUMER, overlay_subject(org), org)
+
+    async def _ensure(self, stream: str, prefix: str, subject: str, org: str) -> None:
+        if time.monotonic() - self._ensured.get((prefix, org), -1e9) < ENSURE_AGAIN_SECONDS:
             return
-        await ensure_consumer(self.js, TILE_STREAM,
-                              self._config(OVERLAY_CONSUMER, overlay_subject(org), org))
-        self._ensured[(OVERLAY_CONSUMER, org)] = time.monotonic()
+        await ensure_consumer(self.js, stream, self._config(prefix, subject, org))
+        self._ensured[(prefix, org)] = time.monotonic()
 
     async def publish_page_jobs(self, job: jobs_pb2.Job, pages: Iterable[int]) -> list[int]:
         """Publish the PageJob of each of ``pages`` (1-based) of ``job``, built

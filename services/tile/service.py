@@ -27,7 +27,7 @@ from planzoom.errors import Cancelled, InvalidInput, reason_code
 from planzoom.heap import keep_freed_blocks
 from planzoom.jobstore import JobNotFound
 from planzoom.messaging import topology
-from planzoom.messaging.worker import Delivery, FairConsumers, PullWorker
+from planzoom.messaging.worker import Delivery
 from planzoom.parts import PartUpload
 from planzoom.states import ended
 from planzoom.v1 import events_pb2, jobs_pb2
@@ -90,12 +90,7 @@ class Tile(PageStage):
         await super().start()
         # Overlays from consumers of their own, one at a time beside the
         # pages (topology.OVERLAY_CONSUMER).
-        self.overlays = PullWorker(
-            self.js, self.stream, topology.OVERLAY_CONSUMER, self.handle, self.on_failure,
-            concurrency=1, ack_wait=self.s.ack_wait_seconds, max_deliver=self.s.max_deliver,
-            on_dead=self.unhealthy, max_seconds=self.max_seconds,
-            source=FairConsumers(self.js, self.nc, self.stream, topology.OVERLAY_CONSUMER,
-                                 topology.OVERLAY_SUBJECTS))
+        self.overlays = self.pull_worker(topology.OVERLAY_CONSUMER, topology.OVERLAY_SUBJECTS, 1)
         await self.overlays.start()
 
     async def stop(self, grace: float) -> None:
