@@ -182,7 +182,7 @@ def rasterize(path: str, geometry: events_pb2.PageGeometry, out_path: str,
         # with colour, the grey rows so far are expanded into the RGB
         # raster (exactly: they had R = G = B) and the rest is written RGB.
         grey_path = out_path + ".grey"
-        sizer = StripSizer(width)
+        sizer = StripSizer.for_page(page, width)
         with raster_writer(grey_path) as gz:
             for y0 in range(0, height, band_rows):
                 pixels = band[: min(band_rows, height - y0)]

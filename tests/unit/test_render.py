@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zstandard
 
-from planzoom.engines.bands import StripSizer
+from planzoom.engines.bands import StripSizer, _rectangle, clip_masks
 from tests.dzi_check import psnr, reference_render
 from tests.engines import pdf_geometry, render_pdf_page
 
@@ -60,9 +61,16 @@ def test_line_art_is_grey_and_colour_stays_colour(corpus, tmp_path):
         assert not (tmp_path / "p.zst.grey").exists()
 
 
-def test_a_probe_decides_between_one_call_and_small_strips(corpus, tmp_path, monkeypatch):
-    # The first band big enough gets its probe rows rendered both ways
-    # (small strips, then one call); every other row is rendered once.
+@pytest.mark.parametrize("name, small", [
+    ("arch-vvd2-nyboda-A2-autocad2017-quartz10125-pdfium-slow-michelagalassini-strumet.pdf", True),
+    ("arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf", False),
+])
+def test_strips_follow_the_pages_clip_paths_and_every_row_is_drawn_once(
+        corpus, tmp_path, monkeypatch, name, small):
+    # A Quartz sheet (every object clipped by a page-sized path PDFium
+    # cannot take for a rectangle) gets small strips; a sheet of images big
+    # ones. The choice is read from the page, not timed, so a page renders
+    # to the same pixels however busy the machine is: no row is drawn twice.
     import pypdfium2.raw as pdfium_c
 
     calls = []
@@ -73,30 +81,26 @@ def test_a_probe_decides_between_one_call_and_small_strips(corpus, tmp_path, mon
         return real(width, height, *args)
 
     monkeypatch.setattr(pdfium_c, "FPDFBitmap_CreateEx", create)
-    name = "arch-vvd2-nyboda-A2-autocad2017-quartz10125-pdfium-slow-michelagalassini-strumet.pdf"
-    r = render_pdf_page(str(corpus / name), 1, 150, 10**9, str(tmp_path / "p.raw.zst"), 32 << 20)
-    sizer = StripSizer(r.width_px)
-    assert (32 << 20) // (r.width_px * 3) > r.height_px >= 2 * sizer.probe_rows  # 1 band
+    r = render_pdf_page(str(corpus / name), 2 if not small else 1, 150, 10**9,
+                        str(tmp_path / "p.raw.zst"), 256 << 20)
+    sizer = StripSizer(r.width_px, small=small)
     assert all(w == r.width_px for w, _ in calls)
-    assert sum(h for _, h in calls) >= r.height_px + sizer.probe_rows  # probed once or more
-    assert {h for _, h in calls} >= {sizer.small_rows, sizer.probe_rows}
+    assert sum(h for _, h in calls) == r.height_px  # one band, each row once
+    assert {h for _, h in calls[:-1]} == {sizer.rows}
+    again = render_pdf_page(str(corpus / name), 2 if not small else 1, 150, 10**9,
+                            str(tmp_path / "q.raw.zst"), 256 << 20)
+    assert again.digest == r.digest
 
 
-def test_strip_size_follows_the_probe():
-    sizer = StripSizer(10_000)
-    assert not sizer.decided and sizer.probe_rows > sizer.small_rows >= 1
-    assert sizer.rows == sizer.probe_rows
-    sizer.probed(small_seconds=0.001, big_seconds=0.003)  # blank rows: no decision
-    assert not sizer.decided and sizer.rows == sizer.probe_rows
-    sizer.probed(small_seconds=0.5, big_seconds=1.0)  # a Quartz-like sheet
-    assert sizer.decided and sizer.rows == sizer.small_rows
-    sizer.probed(small_seconds=0.9, big_seconds=1.0)  # not clearly faster
-    assert sizer.rows == sizer.probe_rows
-    sizer.probed(small_seconds=1.5, big_seconds=1.0)  # images
-    assert sizer.rows == sizer.probe_rows
-    cheap = StripSizer(10_000)
-    for _ in range(StripSizer.MAX_PROBES):
-        assert not cheap.decided
-        cheap.probed(small_seconds=0.001, big_seconds=0.001)
-    assert cheap.decided and cheap.rows == cheap.probe_rows  # no more probes
-    assert StripSizer(10**7).small_rows == 1  # a very wide page: one row at a time
+def test_clip_masks_counts_page_sized_clips_that_are_not_rectangles(corpus):
+    import pypdfium2 as pdfium
+
+    quartz = pdfium.PdfDocument(str(
+        corpus / "arch-vvd1-studio-A1-autocad2017-quartz-pdfium-slow-michelagalassini-strumet.pdf"))
+    assert clip_masks(quartz[0]) > 1000  # every one of its 6,128 objects
+    sheet = pdfium.PdfDocument(str(corpus / "arch-planset-8p-a1-rot90-mixedraster-crayfishinn.pdf"))
+    assert clip_masks(sheet[1]) == 0  # small non-rectangular clips: no page-sized mask
+    assert _rectangle([(0, 0), (10, 0), (10, 5), (0, 5), (0, 0)])
+    assert not _rectangle([(0.02, 0), (10, 0), (10, 5), (0, 5), (0.02, 0)])
+    assert StripSizer(10_000).rows > StripSizer(10_000, small=True).rows >= 1
+    assert StripSizer(10**7, small=True).small_rows == 1  # a very wide page: one row at a time
