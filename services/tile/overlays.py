@@ -20,25 +20,27 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import simplejpeg
 
 from planzoom import keys
-from planzoom.dzi import DziInfo, parse_dzi, tile_name
+from planzoom.dzi import DziInfo, dzi_xml, parse_dzi, tile_name
 from planzoom.engines.archive import ArchiveIndex
 from planzoom.engines.overlay import WORK_DPI, RegistrationFailed, overlay
-from planzoom.engines.pyramid import save_pyramid
+from planzoom.engines.pyramid import cut_pyramid
 from planzoom.errors import InvalidInput, NotFound, Unavailable, reason_name
 from planzoom.storage import ObjectNotFound, ObjectStore, WriteConflict
 from planzoom.v1 import events_pb2, jobs_pb2
 
 log = logging.getLogger(__name__)
+
+#: Stores one tile: ``(key, JPEG bytes, content type) -> Future``
+#: (:meth:`services.tile.put_pool.PutPool.put`).
+TilePut = Callable[[str, bytes, str], Future]
 
 #: Tile GETs at once while a level is read.
 READERS = 16
@@ -178,10 +180,12 @@ def record_failure(store: ObjectStore, job: events_pb2.TileJob, error) -> None:
         "application/json")
 
 
-def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
-                 record: jobs_pb2.Job) -> dict | None:
+def make_overlay(store: ObjectStore, job: events_pb2.TileJob, record: jobs_pb2.Job,
+                 put: TilePut) -> dict | None:
     """Lay page ``job.page`` over the version ``job.overlay`` names (already
-    checked against ``record``), store its pyramid and ``overlay.json``;
+    checked against ``record``), store its pyramid (each tile handed to
+    ``put`` as it is cut: the tile stage's PUT processes) and
+    ``overlay.json``;
     returns what ``overlay.json`` holds. Idempotent: an ``overlay.json``
     over the same version is returned as it is. One over another version
     (made while the job ran) is replaced, unless this request is itself
@@ -218,20 +222,15 @@ def make_overlay(store: ObjectStore, job: events_pb2.TileJob,
     compared = time.monotonic()
     name = keys.overlay_pyramid(job.page, prev_id, prev_page)
     prefix = keys.tiles_prefix(job.plan, job.job_id)
-    out = tempfile.mkdtemp(prefix="overlay-")
-    try:
-        h, w = image.shape[:2]
-        tile_size = job.options.tile_size or 254
-        overlap = job.options.overlap if job.options.HasField("overlap") else 1
-        save_pyramid([image], w, h, 3, out, name, tile_size, overlap, QUALITY)
-        uploads = [(os.path.join(root, f), prefix + os.path.relpath(os.path.join(root, f), out))
-                   for root, _, files in os.walk(out) for f in files if not f.endswith(".dzi")]
-        with ThreadPoolExecutor(READERS) as pool:
-            list(pool.map(lambda u: store.upload_file(u[0], u[1], "image/jpeg"), uploads))
-        store.upload_file(os.path.join(out, f"{name}.dzi"), f"{prefix}{name}.dzi",
-                          "application/xml")
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    h, w = image.shape[:2]
+    tile_size = job.options.tile_size or 254
+    overlap = job.options.overlap if job.options.HasField("overlap") else 1
+    dzi = cut_pyramid([image], w, h, 3, tile_size, overlap, QUALITY,
+                      lambda level, col, row, data: put(
+                          f"{prefix}{name}_files/{tile_name(level, col, row, 'jpg')}", data,
+                          "image/jpeg"))
+    # The descriptor last, as for a page: a pyramid with one is complete.
+    store.put_bytes(f"{prefix}{name}.dzi", dzi_xml(dzi), "application/xml")
     doc = {"previous": {"job_id": prev_id, "page": prev_page},
            "transform": [round(v, 6) for v in result.transform],
            "residual_px": result.residual_px, "method": result.method,

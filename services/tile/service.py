@@ -216,7 +216,7 @@ class Tile(PageStage):
         except JobNotFound as e:
             log.info("overlay skipped: %s", e.message, extra={"job_id": job.job_id})
             return
-        await asyncio.to_thread(overlays.make_overlay, self.store, job, record)
+        await asyncio.to_thread(overlays.make_overlay, self.store, job, record, self.puts.put)
         metrics.STAGE_SECONDS.labels("overlay").observe(time.monotonic() - started)
 
     async def on_failure(self, data: bytes, delivery: Delivery, error) -> None:

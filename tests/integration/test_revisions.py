@@ -270,7 +270,10 @@ def test_a_revised_sheet_is_laid_over_while_its_set_still_renders(http, stack, c
     other = events_pb2.TileJob(job_id=second.job_id, plan=LIVE_PLAN, page=1, overlay=(
         events_pb2.OverlayRequest(previous_job_id=first.job_id, previous_page=2,
                                   provisional=True)))
-    assert overlays.make_overlay(store, other, record) is None
+    def put(key, data, content_type):
+        raise AssertionError(f"a provisional request wrote {key} over a made overlay")
+
+    assert overlays.make_overlay(store, other, record, put) is None
     assert store.get_bytes(key) == kept
     try:
         store.put_bytes(key, json.dumps({**json.loads(kept), "previous": {
