@@ -41,6 +41,12 @@ INK = 128
 #: pixels at WORK_DPI) exceeds the other's by this much (0-255).
 INK_BLUR = 0.8
 INK_MASS = 80
+#: Ink too light for INK or INK_MASS (a faint grey line) differs where it
+#: and its blurred darkness are at least FAINT_MASS darker than paper and
+#: the other version has no more than PAPER_MASS within TOLERANCE_PX: it is
+#: gone, not drawn otherwise.
+FAINT_MASS = 40
+PAPER_MASS = 8
 #: Ink of one version within this many pixels (at WORK_DPI) of the other's
 #: is the same ink: registration error and re-rasterisation.
 TOLERANCE_PX = 2
@@ -240,8 +246,11 @@ def changes(prev: np.ndarray, cur: np.ndarray, m: np.ndarray) -> tuple[list, np.
     near = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * TOLERANCE_PX + 1,) * 2)
     mass_a = cv2.GaussianBlur(255 - warped, (0, 0), INK_BLUR).astype(np.int16)
     mass_b = cv2.GaussianBlur(255 - cur, (0, 0), INK_BLUR).astype(np.int16)
-    removed = a & ((mass_a - cv2.dilate(mass_b, near)) > INK_MASS).astype(np.uint8) & inside
-    added = b & ((mass_b - cv2.dilate(mass_a, near)) > INK_MASS).astype(np.uint8) & inside
+    most_a, most_b = cv2.dilate(mass_a, near), cv2.dilate(mass_b, near)
+    faint_a = (warped <= 255 - FAINT_MASS) & (mass_a >= FAINT_MASS) & (most_b <= PAPER_MASS)
+    faint_b = (cur <= 255 - FAINT_MASS) & (mass_b >= FAINT_MASS) & (most_a <= PAPER_MASS)
+    removed = (a & ((mass_a - most_b) > INK_MASS) | faint_a).astype(np.uint8) & inside
+    added = (b & ((mass_b - most_a) > INK_MASS) | faint_b).astype(np.uint8) & inside
     # Ink darker than a line the other version draws in the same place is
     # that line drawn again (two strokes on top of each other, a hairline
     # rasterised across two pixel rows); darker than a fill, or than a

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,3 +103,19 @@ def test_a_line_the_previous_plot_clipped_at_its_edge_is_no_change():
     new[20:180, 100:102] = 0  # and a line that is new is found
     [found] = changes(old, new, moved)[0]
     assert found["box"][0] == 100
+
+
+def test_faint_line_work_painted_out_is_found_and_faint_work_kept_is_not():
+    """Grey hairlines (darkest 113 of 255) too light to count as ink: a
+    patch of them painted out is a removal; the same lines a pixel off are
+    no change."""
+    old = np.full((300, 400), 255, np.uint8)
+    for y in range(40, 260, 12):
+        cv2.line(old, (40, y), (360, y + 3), 113, 1, cv2.LINE_AA)
+    assert changes(old, np.roll(old, 1, axis=1), IDENTITY)[0] == []
+    painted = old.copy()
+    painted[100:180, 150:250] = 255
+    [found] = changes(old, painted, IDENTITY)[0]
+    assert found["kind"] == "removed"
+    x, y, w, h = found["box"]
+    assert 145 <= x <= 160 and 95 <= y <= 110 and 85 <= w <= 105 and 65 <= h <= 85
