@@ -1,8 +1,9 @@
 """An HTTP proxy on 127.0.0.1 that injects S3 faults and latency, for tests
 and benchmarks.
 
-For each request it may answer ``503 SlowDown`` (the S3 throttling error),
-drop the connection without an answer (a reset), hold it and never answer
+For each request it may answer ``503 SlowDown`` (the S3 throttling error,
+which S3 clients retry), ``403 AccessDenied`` (a bucket policy's refusal,
+which they do not), drop the connection without an answer (a reset), hold it and never answer
 (a hang, for requests whose method and path match ``hang_match``), or add a
 fixed delay before forwarding to the upstream endpoint. Decisions come from
 a seeded random generator; counts are kept per outcome.
@@ -27,6 +28,10 @@ SLOWDOWN_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+DENIED_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade"}
 
@@ -41,7 +46,7 @@ class _Server(ThreadingHTTPServer):
 class FaultProxy:
     """``FaultProxy(upstream).start()``; then point clients at ``url``.
 
-    ``slowdown``, ``reset`` and ``hang`` are shares of the requests whose
+    ``slowdown``, ``deny``, ``reset`` and ``hang`` are shares of the requests whose
     "METHOD /path" contains ``match`` (0..1; all requests by default; the
     others are forwarded and not counted);
     ``delay`` is seconds added to every request. All may be changed while
@@ -53,7 +58,7 @@ class FaultProxy:
                  reset: float = 0.0, delay: float = 0.0, seed: int = 1):
         self.upstream = urlsplit(upstream)
         self.slowdown, self.reset, self.delay = slowdown, reset, delay
-        self.hang, self.match = 0.0, ""
+        self.hang, self.deny, self.match = 0.0, 0.0, ""
         self._stopped = threading.Event()
         self._released = threading.Event()
         #: "METHOD /path" of the latest requests, as they arrive.
@@ -91,12 +96,11 @@ class FaultProxy:
             return None
         with self._lock:
             r = self._random.random()
-        if r < self.slowdown:
-            return "slowdown"
-        if r < self.slowdown + self.reset:
-            return "reset"
-        if r < self.slowdown + self.reset + self.hang:
-            return "hang"
+        for outcome, share in (("slowdown", self.slowdown), ("deny", self.deny),
+                               ("reset", self.reset), ("hang", self.hang)):
+            if r < share:
+                return outcome
+            r -= share
         return "forward"
 
     def _hold(self) -> None:
@@ -152,12 +156,15 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if outcome == "slowdown":
-                    self.send_response(503, "Slow Down")
+                if outcome in ("slowdown", "deny"):
+                    status, reason, answer = ((503, "Slow Down", SLOWDOWN_BODY)
+                                              if outcome == "slowdown"
+                                              else (403, "Forbidden", DENIED_BODY))
+                    self.send_response(status, reason)
                     self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(SLOWDOWN_BODY)))
+                    self.send_header("Content-Length", str(len(answer)))
                     self.end_headers()
-                    self.wfile.write(SLOWDOWN_BODY)
+                    self.wfile.write(answer)
                     return
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in _HOP_BY_HOP}
