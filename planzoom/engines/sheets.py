@@ -184,6 +184,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     # Values of other fields ("PROJECT: N96", "JOB NO. 1601"): a number that
     # holds one is the project's, or the project's joined to the sheet's.
     taken = set()
+    others = [p for p in ph if OTHER_LABEL.match(fold(p.text).strip())
+              and not NUMBER_LABEL.match(fold(p.text).strip())]
     for p in ph:
         words = [fold(w.text).strip(" :.#") for w in p.words]
         for i, w in enumerate(words[:-1]):
@@ -208,6 +210,11 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             t = fold(text)
             if any(number_key(w.text) in taken for w in ws):
                 score -= 1.5
+            # Under or after another field's label ("PROJECT NO:" over
+            # "1601") and not a number label's: that field's value.
+            other = max([_near(lab, p, 2.0) for lab in others] or [0.0])
+            if other > near:
+                score -= 2.0 * other
             if re.match(r"^[A-Z]{1,2}[-. ]?\d", t):
                 score += 0.6
             if re.fullmatch(r"\d{1,2}", t):
@@ -221,7 +228,6 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     numbers.sort(key=lambda c: -c.score)
     numbers = _dedupe(numbers, lambda c: (c.text, c.box))[:KEEP]
 
-    others = [p for p in ph if OTHER_LABEL.match(fold(p.text).strip())]
     titles: list[dict] = []
     for p in _blocks(ph, width, height):
         # An issue date printed after the title is not part of it, and no

@@ -266,3 +266,17 @@ def test_a_cad_files_name_is_not_a_title():
         Word("A101", 2800, 1940, 90, 30, 14), Word("MO-S_4.dwg", 2500, 1850, 160, 24, 12),
         Word("PIANTA", 2500, 1900, 100, 20, 10)])
     assert identify_set({1: page_candidates(page)})[0].title == "PIANTA"
+
+
+def test_another_fields_value_is_not_the_sheets_number():
+    """A re-plot pushed the sheet number off the sheet: what is left in the
+    title block's corner is the project number under its label. A sheet
+    alone (a one-sheet addendum) says it has no number rather than that."""
+    corner = [Word("PROJECT", 2500, 1900, 90, 20, 10), Word("NO:", 2600, 1900, 40, 20, 10),
+              Word("1601", 2500, 1935, 90, 32, 16),
+              Word("DWG", 2800, 1900, 50, 20, 10), Word("NO:", 2860, 1900, 40, 20, 10)]
+    page = PageWords(3000, 2000, 1440, 960, corner)
+    assert identify_set({1: page_candidates(page)})[0].number is None
+    # Its own number under its own label is read as before.
+    page = PageWords(3000, 2000, 1440, 960, [*corner, Word("A-101", 2800, 1935, 100, 32, 16)])
+    assert identify_set({1: page_candidates(page)})[0].number == "A-101"
