@@ -20,6 +20,11 @@ Pairing, for each set in turn:
    similarity of at least :data:`CONTENT_MIN`);
 3. any other page is a new sheet.
 
+A sheet's number is its newest version's, or, when that version's was not
+read (a re-plot that cut it off, paired by content), the newest one read
+before (:func:`sheet_number`): a number nobody printed anew is still the
+sheet's.
+
 A version is ``unchanged`` when its raster's digest equals the one before
 (the same pixels), else ``revised``.
 """
@@ -86,6 +91,12 @@ def _version(p: dict, job_id: str, paired_by: str, change: str, duplicate: bool)
             "digest": p.get("digest", ""), "sketch": p.get("sketch", "")}
 
 
+def sheet_number(sheet: dict) -> str:
+    """The number of a sheet of :func:`sheet_history`: its newest version's
+    that has one ("" if none has)."""
+    return next((v["number"] for v in sheet["versions"] if v["number"]), "")
+
+
 def _by_number(pages: list[dict], open_sheets: list[dict]) -> list[tuple[dict, dict]]:
     """(page, sheet) pairs of one number: the one page and the one sheet,
     else most shared words first."""
@@ -115,7 +126,7 @@ def _by_title_or_content(pages: list[dict], open_sheets: list[dict]
             sim = similarity(p["sketch"], last["sketch"])
             if title and title == _title_key(last["title"]) and (sim is None or sim >= TITLE_MIN):
                 scored.append((1.0 + (sim or 0.0), i, j, "title"))
-            elif (not p["number"] or not last["number"]) and sim is not None \
+            elif (not p["number"] or not sheet_number(s)) and sim is not None \
                     and sim >= CONTENT_MIN:
                 scored.append((sim, i, j, "content"))
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
@@ -147,13 +158,12 @@ def _join(sheets: list[dict], job_id: str, pages: list[dict]) -> None:
     placed: dict[int, tuple[dict, str]] = {}
     for key in counts:
         group = [p for p in pages if p["number"] and number_key(p["number"]) == key]
-        same = [s for s in open_sheets if s["versions"][0]["number"]
-                and number_key(s["versions"][0]["number"]) == key]
+        same = [s for s in open_sheets if sheet_number(s)
+                and number_key(sheet_number(s)) == key]
         for p, s in _by_number(group, same):
             placed[p["page"]] = (s, "number")
             open_sheets.remove(s)
-    seen_numbers = {number_key(s["versions"][0]["number"]) for s in sheets
-                    if s["versions"][0]["number"]}
+    seen_numbers = {number_key(sheet_number(s)) for s in sheets if sheet_number(s)}
     rest = [p for p in pages if p["page"] not in placed
             and not (p["number"] and number_key(p["number"]) in seen_numbers)]
     for p, s, how in _by_title_or_content(rest, open_sheets):

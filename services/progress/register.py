@@ -68,10 +68,10 @@ def _current(register: dict, history: list[dict]) -> bytes:
     ``register_jobs`` (how many jobs it was made from) and ``sheets``."""
     sheets = []
     for s in history:
-        last = s["versions"][0]
+        last, number = s["versions"][0], revisions.sheet_number(s) or None
         sheets.append({
-            "number": last["number"] or None, "title": last["title"] or None,
-            "discipline": discipline(last["number"] or None, last["title"] or None),
+            "number": number, "title": last["title"] or None,
+            "discipline": discipline(number, last["title"] or None),
             "job_id": last["job_id"], "page": last["page"],
             "revision": last["revision"] or None, "issued": last["issued"] or None,
             "duplicate_number": last["duplicate_number"], "digest": last["digest"],

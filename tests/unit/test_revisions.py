@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import random
 
-from planzoom.engines.revisions import page_summary, sheet_history, similarity, sketch
+from planzoom.engines.revisions import (
+    page_summary,
+    sheet_history,
+    sheet_number,
+    similarity,
+    sketch,
+)
 
 rng = random.Random(7)
 VOCABULARY = [f"W{n}" for n in range(4000)]
@@ -68,6 +74,16 @@ def test_a_sheet_whose_number_was_not_read_is_paired_by_its_words():
     [sheet] = [s for s in history if len(s["versions"]) == 2]
     assert sheet["versions"][1]["number"] == "A-103"
     assert sheet["versions"][0]["paired_by"] == "content"
+    # It is still sheet A-103: the next set's A-103 continues it by number,
+    # and a page numbered anew is not taken for it by its words.
+    assert sheet_number(sheet) == "A-103"
+    again = {"job_id": "003", "pages": [page(1, "A-103", "Roof plan", "d3c", words(3)),
+                                        page(2, "A-109", "Roof plan 2", "d9", words(3))]}
+    history = sheet_history([FULL, unread, again])
+    [sheet] = [s for s in history if len(s["versions"]) == 3]
+    assert [(v["job_id"], v["paired_by"]) for v in sheet["versions"]] == [
+        ("003", "number"), ("002", "content"), ("001", "")]
+    assert [sheet_number(s) for s in history] == ["A-101", "A-102", "A-103", "A-109"]
 
 
 def test_a_new_sheet_like_another_is_not_taken_for_its_version():
