@@ -8,7 +8,8 @@
 #   make bench-media           the still-image path per kind: MP/s, peak memory, vs vips
 #   make bench-iiif            IIIF regions against DZI tiles; a 2,000-page manifest
 #   make bench-overlay         sheet overlays: registration error, changes found, latency;
-#                              real re-issued pairs (PAIRS=pairs.json, else the fixture's)
+#                              real re-issued pairs (PAIRS=bench/data/revpairs.json PDFS=dir,
+#                              else the fixture's)
 #   make soak DURATION=180     jobs from several orgs under chaos; every count must be 0
 #   make chart-e2e             the Helm chart's rendered pods run as a kubelet would (Docker)
 
@@ -150,7 +151,7 @@ bench-overlay: setup
 	$(BIN)/python -m bench.overlay --no-words
 	$(BIN)/python -m bench.overlay --pipeline
 	$(BIN)/python -m bench.overlay --pipeline --dpi 300
-	$(BIN)/python -m bench.revpairs $(PAIRS)
+	$(BIN)/python -m bench.revpairs $(PAIRS) $(if $(PDFS),--pdfs $(PDFS))
 
 bench-media: setup
 	@command -v vips >/dev/null || { apt-get update -qq && \
