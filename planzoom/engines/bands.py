@@ -151,8 +151,10 @@ def render_rows(page, pixels, y0: int, height: int, sizer: StripSizer | None = N
     sizer = sizer or StripSizer.for_page(page, width)
     pixels.fill(255)
     flags = pdfium_c.FPDF_ANNOT | pdfium_c.FPDF_REVERSE_BYTE_ORDER
-    for top in range(0, rows, sizer.rows):
-        n = min(sizer.rows, rows - top)
+    # A band under two big strips is one call: no cut through its images.
+    strip = sizer.rows if sizer.small or rows >= 2 * sizer.big_rows else rows
+    for top in range(0, rows, strip):
+        n = min(strip, rows - top)
         first = ctypes.c_void_p(pixels.ctypes.data + top * width * 3)
         bitmap = pdfium_c.FPDFBitmap_CreateEx(width, n, pdfium_c.FPDFBitmap_BGR, first, width * 3)
         if not bitmap:
