@@ -64,12 +64,24 @@ def _zone_score(p: Phrase, width: int, height: int) -> float:
     return max(right * (0.5 + 0.5 * fy), bottom * (0.5 + 0.5 * fx), right * bottom)
 
 
-def _near(label: Phrase, p: Phrase, reach: float) -> float:
-    """How well ``p`` sits as the value of field ``label``: after it on its
-    line, or under it (within ``reach`` times the label's height), in the
-    same direction. 0 when not at all."""
-    if label is p or label.angle != p.angle:
-        return 0.0
+#: A word that makes the sheet number after it another sheet's (folded).
+REFERENCE_WORD = re.compile(r"^(?:SEE(?: ALSO)?|REF\.?|REFER TO|CONT(?:INUED|\.)? ON|VEDI|VEDERE"
+                            r"|SIEHE|VOIR|VER)[ .:]*$")
+
+
+def _after(first: Phrase, p: Phrase) -> bool:
+    """True if ``p`` follows ``first`` on its line, within twice the height
+    of ``first``."""
+    if first is p or first.angle != p.angle:
+        return False
+    along, across, _, _, h, p_across = _offsets(first, p)
+    return -h <= along <= 2 * h and abs(across) <= max(h, p_across)
+
+
+def _offsets(label: Phrase, p: Phrase) -> tuple[float, float, float, float, float, float]:
+    """Where ``p`` lies from ``label``, in their reading direction: (gap
+    along the line after it, offset across it, gap below it, offset along
+    it from its start, the label's letter height, ``p``'s height)."""
     h = max(label.box[2] if label.angle in (90, 270) else label.box[3], 1)
     lx, ly, lw, lh = label.box
     px, py, pw, ph = p.box
@@ -85,13 +97,22 @@ def _near(label: Phrase, p: Phrase, reach: float) -> float:
     else:
         along, across = lx - (px + pw), (py + ph / 2) - (ly + lh / 2)
         below, offset = ly - (py + ph), (lx + lw) - (px + pw)
-    if -h <= along <= reach * 2 * h and abs(across) <= max(h, ph if label.angle in (0, 180)
-                                                           else pw) * 0.8:
+    return along, across, below, offset, h, ph if label.angle in (0, 180) else pw
+
+
+def _near(label: Phrase, p: Phrase, reach: float) -> float:
+    """How well ``p`` sits as the value of field ``label``: after it on its
+    line, or under it (within ``reach`` times the label's height), in the
+    same direction. 0 when not at all."""
+    if label is p or label.angle != p.angle:
+        return 0.0
+    along, across, below, offset, h, p_across = _offsets(label, p)
+    if -h <= along <= reach * 2 * h and abs(across) <= max(h, p_across) * 0.8:
         return 1.0 - max(0.0, along) / (reach * 2 * h + 1)
     if -h <= below <= reach * h and -reach * 2 * h <= offset <= reach * 3 * h:
         return 0.8 - 0.5 * below / (reach * h + 1)
     # Above it: templates that print the label at the foot of its cell.
-    above = -below - (ph if label.angle in (0, 180) else pw) - h
+    above = -below - p_across - h
     if -h <= above <= reach * h and abs(offset) <= reach * 3 * h:
         return 0.5 - 0.3 * above / (reach * h + 1)
     return 0.0
@@ -175,6 +196,11 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     sizes = sorted(p.size for p in (block or ph))
     median = sizes[len(sizes) // 2] or 1.0
     labels = [p for p in ph if NUMBER_LABEL.match(fold(p.text).strip())]
+    # "SEE SHEET TS03" (a match line, a note) names another sheet: its
+    # "SHEET" is no label, and what follows is no number of this sheet's.
+    refs = [p for p in ph if REFERENCE_WORD.match(fold(p.text).strip())]
+    referring = refs + [lab for lab in labels if any(_after(r, lab) for r in refs)]
+    labels = [lab for lab in labels if lab not in referring]
     # A phrase that starts with a label ("SHEET NO. A-201", "DWG NO: 12")
     inline = [p for p in ph if p not in labels and NUMBER_LABEL.match(
         fold(" ".join(w.text for w in p.words[:2])).strip())]
@@ -207,6 +233,9 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
                 if ws[-1] is p.words[-1]:
                     score += 0.3  # the whole value after the label
             score += 3.0 * near
+            if any(_after(r, p) for r in referring) or REFERENCE_WORD.match(
+                    fold(" ".join(w.text for w in p.words[:1]))):
+                score -= 3.0
             t = fold(text)
             if any(number_key(w.text) in taken for w in ws):
                 score -= 1.5

@@ -280,3 +280,17 @@ def test_another_fields_value_is_not_the_sheets_number():
     # Its own number under its own label is read as before.
     page = PageWords(3000, 2000, 1440, 960, [*corner, Word("A-101", 2800, 1935, 100, 32, 16)])
     assert identify_set({1: page_candidates(page)})[0].number == "A-101"
+
+
+def test_a_match_lines_sheet_is_not_this_sheets_number():
+    """"SEE SHEET TS03" at a match line names the next sheet; its "SHEET" is
+    no number label. The sheet's own number, small in its title block, is
+    read; without one the page has no number."""
+    match_line = [Word("SEE", 2500, 1500, 60, 30, 14), Word("SHEET", 2590, 1500, 110, 30, 14),
+                  Word("TS03", 2730, 1500, 90, 30, 14)]
+    page = PageWords(3000, 2000, 1440, 960, match_line)
+    found = identify_set({1: page_candidates(page)})[0]
+    assert found.number != "TS03"
+    own = [Word("SHEET", 2800, 1900, 60, 12, 6), Word("TS02", 2800, 1930, 60, 14, 7)]
+    page = PageWords(3000, 2000, 1440, 960, [*match_line, *own])
+    assert identify_set({1: page_candidates(page)})[0].number == "TS02"
