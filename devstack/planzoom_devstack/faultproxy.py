@@ -32,6 +32,9 @@ DENIED_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
     b"<Message>Access Denied</Message></Error>"
 )
+#: The S3 errors a fault answers with: status, reason, body.
+_ANSWERS = {"slowdown": (503, "Slow Down", SLOWDOWN_BODY),
+            "deny": (403, "Forbidden", DENIED_BODY)}
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade"}
 
@@ -156,10 +159,8 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if outcome in ("slowdown", "deny"):
-                    status, reason, answer = ((503, "Slow Down", SLOWDOWN_BODY)
-                                              if outcome == "slowdown"
-                                              else (403, "Forbidden", DENIED_BODY))
+                if outcome in _ANSWERS:
+                    status, reason, answer = _ANSWERS[outcome]
                     self.send_response(status, reason)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(answer)))

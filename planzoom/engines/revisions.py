@@ -155,15 +155,15 @@ def _join(sheets: list[dict], job_id: str, pages: list[dict]) -> None:
         if p["number"]:
             counts[number_key(p["number"])] = counts.get(number_key(p["number"]), 0) + 1
     open_sheets = list(sheets)
+    sheet_keys = {id(s): number_key(sheet_number(s)) for s in sheets if sheet_number(s)}
     placed: dict[int, tuple[dict, str]] = {}
     for key in counts:
         group = [p for p in pages if p["number"] and number_key(p["number"]) == key]
-        same = [s for s in open_sheets if sheet_number(s)
-                and number_key(sheet_number(s)) == key]
+        same = [s for s in open_sheets if sheet_keys.get(id(s)) == key]
         for p, s in _by_number(group, same):
             placed[p["page"]] = (s, "number")
             open_sheets.remove(s)
-    seen_numbers = {number_key(sheet_number(s)) for s in sheets if sheet_number(s)}
+    seen_numbers = set(sheet_keys.values())
     rest = [p for p in pages if p["page"] not in placed
             and not (p["number"] and number_key(p["number"]) in seen_numbers)]
     for p, s, how in _by_title_or_content(rest, open_sheets):

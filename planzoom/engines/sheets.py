@@ -234,7 +234,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
                     score += 0.3  # the whole value after the label
             score += 3.0 * near
             if any(_after(r, p) for r in referring) or REFERENCE_WORD.match(
-                    fold(" ".join(w.text for w in p.words[:1]))):
+                    fold(p.words[0].text)):
                 score -= 3.0
             t = fold(text)
             if any(number_key(w.text) in taken for w in ws):
