@@ -32,9 +32,11 @@ from planzoom.engines.callouts import VIEW_TITLE, callouts, views
 from planzoom.engines.text import PageWords, Word
 from planzoom.engines.title_fields import date_of, title_fields
 from planzoom.engines.titleblock import (
+    FORMAT_LABEL,
     MONTHS,
     NUMBER_LABEL,
     OTHER_LABEL,
+    PAPER_SIZE,
     SCALE_LABEL,
     TITLE_LABEL,
     TRAILING_DATE,
@@ -63,6 +65,8 @@ def _zone_score(p: Phrase, width: int, height: int) -> float:
     bottom = max(0.0, (fy - (1 - EDGE)) / EDGE)
     return max(right * (0.5 + 0.5 * fy), bottom * (0.5 + 0.5 * fx), right * bottom)
 
+
+_SAYS_NUMBER = re.compile(r"(?:NR|NO|NUMBER|NUMMER|NUM|N°|Nº|№|#)\.?[ :]*$")
 
 #: A word that makes the sheet number after it another sheet's (folded).
 REFERENCE_WORD = re.compile(r"^(?:SEE(?: ALSO)?|REF\.?|REFER TO|CONT(?:INUED|\.)? ON|VEDI|VEDERE"
@@ -201,9 +205,13 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     refs = [p for p in ph if REFERENCE_WORD.match(fold(p.text).strip())]
     referring = refs + [lab for lab in labels if any(_after(r, lab) for r in refs)]
     labels = [lab for lab in labels if lab not in referring]
-    # A phrase that starts with a label ("SHEET NO. A-201", "DWG NO: 12")
-    inline = [p for p in ph if p not in labels and NUMBER_LABEL.match(
-        fold(" ".join(w.text for w in p.words[:2])).strip())]
+    # A phrase that starts with a label ("SHEET NO. A-201", "DWG NO: 12",
+    # "Plan-Nr.: 6075_A_GR_EG_901")
+    # A one-word label must say "number" ("SHEET 1 OF 12" is a counter).
+    inline = [p for p in ph if p not in labels and len(p.words) > 1 and (
+        NUMBER_LABEL.match(fold(" ".join(w.text for w in p.words[:2])).strip())
+        or (NUMBER_LABEL.match(first := fold(p.words[0].text).strip())
+            and _SAYS_NUMBER.search(first)))]
     title_labels = [p for p in ph if TITLE_LABEL.match(fold(p.text).strip())]
     label_words = {id(w) for lab in labels + title_labels for w in lab.words}
 
@@ -217,21 +225,27 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         for i, w in enumerate(words[:-1]):
             if OTHER_LABEL.match(w) and any(ch.isdigit() for ch in words[i + 1]):
                 taken.add(number_key(words[i + 1]))
+    formats = [p for p in others if FORMAT_LABEL.match(fold(p.text).strip())]
     numbers: list[Candidate] = []
     for p in ph + _stacked_numbers(ph):
+        labelled = max([_near(lab, p, 3.0) for lab in labels] or [0.0])
         for text, box, ws in _splits(p):
             if any(id(w) in label_words for w in ws):
                 continue
-            if not number_shaped(text):
+            # A part of a line is judged where it stands ("TX17886.00 - S2.01"
+            # under "PROJECT NO." and "DRAWING NO.": each under its own).
+            part = p if ws is p.words else Phrase(text, box, p.size, p.angle, ws)
+            near = labelled if part is p else max(
+                [labelled] + [_near(lab, part, 3.0) for lab in labels])
+            if p in inline and ws is not p.words and ws[0] is not p.words[0]:
+                near = max(near, 1.0)
+            if not number_shaped(text, labelled=near >= 0.5):
                 continue
             size = sorted(w.size for w in ws)[len(ws) // 2]
             score = 1.5 * _zone_score(p, width, height)
             score += max(-1.0, min(2.0, 1.4 * _log2(size / median)))
-            near = max([_near(lab, p, 3.0) for lab in labels] or [0.0])
-            if p in inline and ws is not p.words and ws[0] is not p.words[0]:
-                near = max(near, 1.0)
-                if ws[-1] is p.words[-1]:
-                    score += 0.3  # the whole value after the label
+            if p in inline and near == 1.0 and ws[-1] is p.words[-1]:
+                score += 0.3  # the whole value after the label
             score += 3.0 * near
             if any(_after(r, p) for r in referring) or REFERENCE_WORD.match(
                     fold(p.words[0].text)):
@@ -241,9 +255,11 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
                 score -= 1.5
             # Under or after another field's label ("PROJECT NO:" over
             # "1601") and not a number label's: that field's value.
-            other = max([_near(lab, p, 2.0) for lab in others] or [0.0])
+            other = max([_near(lab, part, 2.0) for lab in others] or [0.0])
             if other > near:
                 score -= 2.0 * other
+            if PAPER_SIZE.match(t) and any(_near(lab, p, 8.0) for lab in formats):
+                score -= 2.0  # the paper's size ("FORMAT A0")
             if re.match(r"^[A-Z]{1,2}[-. ]?\d", t):
                 score += 0.6
             if re.fullmatch(r"\d{1,2}", t):

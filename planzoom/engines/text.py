@@ -241,17 +241,20 @@ def read_words(page, width: int, height: int) -> PageWords:
         textpage.close()
 
 
-#: Words this long that mix digits with a date's or a time's separators are
-#: checked for two fields PDFium ran together ("A1012/05/2017": a sheet
-#: number in large letters against a date in small ones, with no space).
+#: Words this long that mix digits with a date's or a time's separators,
+#: or with letters, are checked for two fields PDFium ran together
+#: ("A1012/05/2017": a sheet number in large letters against a date in
+#: small ones, with no space; "01freecadfloorplans.com": a sheet number
+#: against a line of text set upright beside it).
 GLUED_MIN = 7
-_GLUED = re.compile(r"\d.*[/:]|[/:].*\d")
+_GLUED = re.compile(r"\d.*[/:]|[/:].*\d|\d[^\W\d_]|[^\W\d_]\d")
 
 
 def _split_glued(textpage, text: str, start: int, n: int) -> list[tuple[int, int]]:
     """Split a run of characters where the letters' height changes by more
-    than half or a gap opens wider than a third of their height: (start,
-    length) of each part."""
+    than half, a gap opens wider than 0.6 of their height, or the next one
+    is off the line (further than that across it): (start, length) of each
+    part."""
     import pypdfium2.raw as pdfium_c
 
     left, right = ctypes.c_double(), ctypes.c_double()
@@ -261,19 +264,24 @@ def _split_glued(textpage, text: str, start: int, n: int) -> list[tuple[int, int
         pdfium_c.FPDFText_GetCharBox(textpage, i, ctypes.byref(left), ctypes.byref(right),
                                      ctypes.byref(bottom), ctypes.byref(top))
         boxes.append((left.value, right.value, bottom.value, top.value))
-    angle = pdfium_c.FPDFText_GetCharAngle(textpage, start)
     import math
 
-    across_y = abs(math.cos(angle)) >= abs(math.sin(angle))  # text runs along x
+    # Each letter's own direction: a run can turn (a number, then a line
+    # set upright), and a turn is a cut.
+    along_x = [abs(math.cos(t)) >= abs(math.sin(t)) for t in (
+        pdfium_c.FPDFText_GetCharAngle(textpage, i) for i in range(start, start + n))]
     cuts = [start]
     for i in range(1, n):
         a, b = boxes[i - 1], boxes[i]
-        if across_y:
+        if along_x[i] != along_x[i - 1]:
+            cuts.append(start + i)
+            continue
+        if along_x[i]:
             ha, hb = a[3] - a[2], b[3] - b[2]
-            gap = max(b[0] - a[1], a[0] - b[1])
+            gap = max(b[0] - a[1], a[0] - b[1], b[2] - a[3], a[2] - b[3])
         else:
             ha, hb = a[1] - a[0], b[1] - b[0]
-            gap = max(b[2] - a[3], a[2] - b[3])
+            gap = max(b[2] - a[3], a[2] - b[3], b[0] - a[1], a[0] - b[1])
         both = text[start + i - 1].isalnum() and text[start + i].isalnum()
         h = max(ha, hb, 1e-6)
         if (both and min(ha, hb) > 0 and h / min(ha, hb) > 1.6) or gap > 0.6 * h:

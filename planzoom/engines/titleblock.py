@@ -136,7 +136,7 @@ NUMBER_LABEL = re.compile(
     r"|PLANCHE|TAV(?:OLA)?|LAMINA|HOJA|BLATT|LISTA|ЛИСТ|ЧЕРТЕЖ|N[°O]?\.? ?DE ?PLAN|SHT)"
     r"\b[ .:#-]*(?:NO\b|NR\b|NUMBER|NUM\b|N[°O.]?\b|#|ST\b|NUMERO|NUMERO|NUM\.?|Nº|№)?[ .:#]*$"
     r"|^(?:N[°O]|NO\.?|№) ?(?:DE )?(?:PLAN|PLANO|DESSIN|TAV(?:OLA)?)\b[ .:]*$"
-    r"|^(?:PLAN-?NR|BLATT-?NR|ZEICHNUNGS-?NR|TEGNINGSNR)\.?[ :]*$"
+    r"|^(?:(?:PLAN|BLATT|ZEICHNUNGS)-?(?:NR|NUMMER)|TEGNINGSNR)\.?[ :]*$"
     r"|^RISBA ?ST\.?[ :]*$|^TAV\.?(?: N\.?)?[ :]*$|^(?:PLAN )?REF(?:ERENCE)?\.? ?NO\.?[ :]*$",
 )
 
@@ -155,7 +155,8 @@ OTHER_LABEL = re.compile(
     r"|STATUS|PURPOSE|SUITABILITY|FILE|PLOT|PRINTED|COMMITTENTE|PROGETTISTA|DISEGNATORE"
     r"|CLIENTE|PROGETTO|DATA|STUDENTE|DOCENTE|CORSO|PROMOTOR|AUTOR|FECHA|PROYECTO|BAUHERR"
     r"|DATUM|PROJEKT|MAITRE|INVESTITOR|INVESTOR|PROJEKTANT|ЗАКАЗЧИК|ДАТА|РАЗРАБ"
-    r"|ПРОВЕР|ГИП|СТАДИЯ|COPYRIGHT|VERS(?:ION|IONE)?)\b")
+    r"|ПРОВЕР|ГИП|СТАДИЯ|COPYRIGHT|VERS(?:ION|IONE)?|FORMAT|FORMATO|(?:BLATT)?GROSSE"
+    r"|(?:PAPER|SHEET|PLOT) SIZE|GEZEICHNET|GEPRUFT|BEARBEITER)\b")
 
 #: An issue date printed at the end of a title's line ("GLULAM CONNECTIONS
 #: - 06/12/2019").
@@ -164,6 +165,10 @@ TRAILING_DATE = re.compile(r"\s*[-–—,]\s*[\d/ .]{6,}$")
 MONTHS = re.compile(r"\b(?:JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC)[A-Z]*\.? \d|"
                      r"\b(?:MONDAY|TUESDAY|WEDNESDAY|THURSDAY|FRIDAY|SATURDAY|SUNDAY)\b|"
                      r"\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}")
+
+#: Labels of the paper size's field, and the sizes it holds ("A0", "ARCH D").
+FORMAT_LABEL = re.compile(r"^(?:FORMAT|FORMATO|(?:BLATT)?GROSSE|(?:PAPER|SHEET|PLOT) SIZE)\b")
+PAPER_SIZE = re.compile(r"^(?:[AB][0-4]|(?:ANSI|ARCH) ?[A-E])$")
 
 #: Labels of the scale field.
 SCALE_LABEL = re.compile(r"^(?:SCALE|SCALA|ESCALA|MASSSTAB|MASSTAB|MAßSTAB|ECHELLE|МАСШТАБ"
@@ -186,6 +191,8 @@ _DATE_IN = re.compile(r"\d{1,2}/\d{1,2}/\d{2,4}|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"
 _PHONE = re.compile(r"\d{3}[-. )]\d{3}[-. ]\d{4}")
 _COUNTER = re.compile(r"^\d{1,4} ?(?:OF|DI|DE|VON|/|AV|ИЗ|OD) ?\d{1,4}$")
 _YEAR = re.compile(r"^(?:19|20)\d{2}$")
+#: A number of letters alone, which only its field's label makes one.
+_LETTER_CODE = re.compile(r"^[A-Z]{1,4}[-.][A-Z]{1,4}$")
 
 #: US National CAD Standard discipline designators (UDS, sheet
 #: identification), most specific first.
@@ -222,12 +229,17 @@ def number_key(number: str) -> str:
     return re.sub(r"[^0-9A-Z]", "", fold(number))
 
 
-def number_shaped(text: str) -> bool:
+def number_shaped(text: str, labelled: bool = False) -> bool:
+    """True if ``text`` looks like a sheet number. ``labelled``: it is the
+    value of a sheet number's field, so a short date's shape ("5.1.00") is
+    a number; a date with its year in full never is."""
     t = fold(text).strip(" .:;,()[]-")
+    if labelled and _LETTER_CODE.match(t):
+        return True  # "COV-S" under "DRAWING NO:"
     if not t or len(t) > 48 or not any(ch.isdigit() for ch in t):
         return False
-    if _DATE.match(t) or _DATE_IN.search(t) or _COUNTER.match(t) or _YEAR.match(t) \
-            or SCALE_VALUE.search(t):
+    if (_DATE.match(t) and not labelled) or _DATE_IN.search(t) or _COUNTER.match(t) \
+            or _YEAR.match(t) or SCALE_VALUE.search(t):
         return False
     if re.fullmatch(r"\d{6,}", t) or _PHONE.search(t):  # a phone, a job or a file number
         return False

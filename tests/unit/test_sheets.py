@@ -294,3 +294,67 @@ def test_a_match_lines_sheet_is_not_this_sheets_number():
     own = [Word("SHEET", 2800, 1900, 60, 12, 6), Word("TS02", 2800, 1930, 60, 14, 7)]
     page = PageWords(3000, 2000, 1440, 960, [*match_line, *own])
     assert identify_set({1: page_candidates(page)})[0].number == "TS02"
+
+
+def test_a_number_run_together_with_upright_text_is_its_own_word(tmp_path):
+    """PDFium can run a sheet number into a line set upright beside it when
+    one text object holds both ("01freecad.com"): the word is cut where the
+    next letter leaves the number's line."""
+    pikepdf = pytest.importorskip("pikepdf")
+    pdf = pikepdf.new()
+    font = pdf.make_indirect(pikepdf.Dictionary(
+        Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Helvetica))
+    content = b"BT /F1 24 Tf 1 0 0 1 560 60 Tm (01) Tj 0 1 -1 0 587 500 Tm /F1 8 Tf " \
+              b"(freecad.com) Tj ET"
+    pdf.pages.append(pikepdf.Page(pikepdf.Dictionary(
+        Type=pikepdf.Name.Page, MediaBox=[0, 0, 1224, 792],
+        Resources=pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=font)),
+        Contents=pdf.make_stream(content))))
+    pdf.save(tmp_path / "glued.pdf")
+    doc = pdfium.PdfDocument(str(tmp_path / "glued.pdf"))
+    assert "01freecad" in doc[0].get_textpage().get_text_range()  # as PDFium runs them
+    words = read_words(doc[0], 1224, 792).words
+    assert [(w.text, w.angle) for w in words] == [("01", 0), ("freecad.com", 90)]
+
+
+def _corner(*cells: tuple[str, int, int, float]) -> PageWords:
+    """A sheet 3000 x 2000 px whose words are (text, x, y, size in points),
+    each word as wide as its letters."""
+    return PageWords(3000, 2000, 1440, 960, [
+        Word(t, x, y, max(8, int(len(t) * size * 1.1)), int(size * 2), size)
+        for t, x, y, size in cells])
+
+
+def test_a_label_run_into_its_value_on_one_line():
+    """"Plan-Nr.: 6075_A_GR_EG_901" beside a building's code printed large
+    in the corner: the value after the one-word label is the number."""
+    page = _corner(("Plan-Nr.:", 2500, 1900, 6), ("6075_A_GR_EG_901", 2570, 1900, 7),
+                   ("ST30", 2900, 1950, 12))
+    assert identify_set({1: page_candidates(page)})[0].number == "6075_A_GR_EG_901"
+
+
+def test_a_number_shaped_like_a_date_under_its_label_and_no_paper_size():
+    """German templates: "PLANNUMMER" over "5.1.00" (a short date's shape),
+    "FORMAT A0" in the corner. Without the label, "5.1.00" is a date."""
+    size = [("FORMAT", 2600, 1960, 6), ("A0", 2900, 1960, 9)]
+    page = _corner(("PLANNUMMER", 2600, 1850, 6), ("5.1.00", 2600, 1868, 20), *size)
+    assert identify_set({1: page_candidates(page)})[0].number == "5.1.00"
+    page = _corner(("DATUM", 2600, 1850, 6), ("5.1.00", 2600, 1868, 20), *size)
+    assert identify_set({1: page_candidates(page)})[0].number is None
+
+
+def test_a_project_number_and_the_sheets_on_one_line():
+    """"TX17886.00 - S2.01", each part under its own label ("PROJECT No.",
+    "DRAWING No."), beside other labels' values on the sheet."""
+    page = _corner(("PROJECT", 2300, 1900, 6), ("No.", 2345, 1900, 6),
+                   ("DRAWING", 2600, 1900, 6), ("No.", 2650, 1900, 6),
+                   ("TX17886.00", 2300, 1915, 20), ("-", 2560, 1925, 20),
+                   ("S2.01", 2600, 1915, 20), ("BP1", 1500, 1500, 21))
+    assert identify_set({1: page_candidates(page)})[0].number == "S2.01"
+
+
+def test_a_number_of_letters_only_under_its_label():
+    page = _corner(("DRAWING", 2600, 1900, 7), ("No:", 2660, 1900, 7), ("COV-S", 2600, 1920, 10))
+    assert identify_set({1: page_candidates(page)})[0].number == "COV-S"
+    page = _corner(("NOTE", 2600, 1900, 7), ("COV-S", 2600, 1920, 10))
+    assert identify_set({1: page_candidates(page)})[0].number is None
