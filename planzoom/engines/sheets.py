@@ -26,7 +26,7 @@ docs/sheets.md.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planzoom.engines.callouts import VIEW_TITLE, callouts, views
 from planzoom.engines.text import PageWords, Word
@@ -190,6 +190,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     width, height = page.width, page.height
     named = _dedupe([h for h in map(parse_hint, hints) if h],
                     lambda h: (h["number"], h["title"]))
+    if any(w.curved for w in page.words):  # a seal's ring of words names no field
+        page = replace(page, words=[w for w in page.words if not w.curved])
     ph = phrases(page)
     if not ph:
         return {"numbers": [], "titles": [], "scale": None, "revision": None, "issued": None,

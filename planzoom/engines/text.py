@@ -26,6 +26,7 @@ models require the GUI build of OpenCV beside planzoom's headless one
 from __future__ import annotations
 
 import ctypes
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class Word:
     h: int
     size: float
     angle: int = 0
+    #: Set along a curve (a seal's "PROFESSIONAL ENGINEER"): searchable,
+    #: never a field of the title block. Not kept in the sidecar.
+    curved: bool = False
 
     def row(self) -> list:
         """The sidecar's row: ``[text, x, y, w, h, size, angle]``."""
@@ -224,7 +228,11 @@ def read_words(page, width: int, height: int) -> PageWords:
             x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
             if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
                 continue  # off the sheet (outside the crop box)
-            angle = _display_angle(pdfium_c.FPDFText_GetCharAngle(textpage, start), a, b, c, d)
+            first = pdfium_c.FPDFText_GetCharAngle(textpage, start)
+            angle = _display_angle(first, a, b, c, d)
+            turn = abs(pdfium_c.FPDFText_GetCharAngle(textpage, start + n - 1) - first) \
+                if n >= 3 else 0.0
+            curved = CURVED_RADIANS < turn < 2 * math.pi - CURVED_RADIANS
             # The box's height across the line, in points: PDFium's font
             # size is before the text matrix (CAD output often sets 1 and
             # scales the matrix), the box is what is printed.
@@ -232,7 +240,7 @@ def read_words(page, width: int, height: int) -> PageWords:
             out.words.append(Word(text[start:start + n].translate(_DASHES),
                                   max(0, int(x0)), max(0, int(y0)),
                                   max(1, round(x1 - max(0, x0))), max(1, round(y1 - max(0, y0))),
-                                  across / scale, angle))
+                                  across / scale, angle, curved))
         out.glyphs = glyphs
         if not glyphs:
             out.source = "none"
@@ -240,6 +248,10 @@ def read_words(page, width: int, height: int) -> PageWords:
     finally:
         textpage.close()
 
+
+#: A word whose last letter turns from its first by more than this (10°)
+#: is set along a curve.
+CURVED_RADIANS = 0.175
 
 #: Words this long that mix digits with a date's or a time's separators,
 #: or with letters, are checked for two fields PDFium ran together
@@ -264,8 +276,6 @@ def _split_glued(textpage, text: str, start: int, n: int) -> list[tuple[int, int
         pdfium_c.FPDFText_GetCharBox(textpage, i, ctypes.byref(left), ctypes.byref(right),
                                      ctypes.byref(bottom), ctypes.byref(top))
         boxes.append((left.value, right.value, bottom.value, top.value))
-    import math
-
     # Each letter's own direction: a run can turn (a number, then a line
     # set upright), and a turn is a cut.
     along_x = [abs(math.cos(t)) >= abs(math.sin(t)) for t in (
@@ -295,8 +305,6 @@ def _display_angle(char_angle: float, a: float, b: float, c: float, d: float) ->
     quarter turn counter-clockwise: its direction in user space (PDFium's
     angle, radians clockwise there: the text matrix (0, 1, -1, 0) reads
     3π/2) taken through the page-to-pixel map (whose y grows down)."""
-    import math
-
     if char_angle < 0:
         char_angle = 0.0
     ux, uy = math.cos(char_angle), -math.sin(char_angle)

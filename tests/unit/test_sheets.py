@@ -317,6 +317,37 @@ def test_a_number_run_together_with_upright_text_is_its_own_word(tmp_path):
     assert [(w.text, w.angle) for w in words] == [("01", 0), ("freecad.com", 90)]
 
 
+def test_a_seals_ring_of_words_is_no_title(tmp_path):
+    """An engineer's seal sets "PROFESSIONAL" along a circle: its box is
+    tall, as if its letters were large, but the word is curved. It stays
+    searchable and is never the title."""
+    pikepdf = pytest.importorskip("pikepdf")
+    import math
+
+    parts = [b"BT /F1 30 Tf"]
+    for i, ch in enumerate("PROFESSIONAL"):
+        a = math.radians(150 - i * 10)
+        t = a - math.pi / 2
+        parts.append(f"{math.cos(t):.4f} {math.sin(t):.4f} {-math.sin(t):.4f} {math.cos(t):.4f} "
+                     f"{1000 + 80 * math.cos(a):.2f} {150 + 80 * math.sin(a):.2f} Tm ({ch}) Tj"
+                     .encode())
+    parts.append(b"ET BT /F1 10 Tf 1 0 0 1 900 40 Tm (FLOOR PLAN) Tj "
+                 b"1 0 0 1 1150 20 Tm (A-101) Tj ET")
+    pdf = pikepdf.new()
+    font = pdf.make_indirect(pikepdf.Dictionary(
+        Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Helvetica))
+    pdf.pages.append(pikepdf.Page(pikepdf.Dictionary(
+        Type=pikepdf.Name.Page, MediaBox=[0, 0, 1224, 792],
+        Resources=pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=font)),
+        Contents=pdf.make_stream(b" ".join(parts)))))
+    pdf.save(tmp_path / "seal.pdf")
+    doc = pdfium.PdfDocument(str(tmp_path / "seal.pdf"))
+    words = read_words(doc[0], 2448, 1584)
+    assert {w.text for w in words.words if w.curved} >= {"ONAL"}
+    assert not any(w.curved for w in words.words if w.text in ("FLOOR", "PLAN", "A-101"))
+    assert identify_set({1: page_candidates(words)})[0].title == "FLOOR PLAN"
+
+
 def _corner(*cells: tuple[str, int, int, float]) -> PageWords:
     """A sheet 3000 x 2000 px whose words are (text, x, y, size in points),
     each word as wide as its letters."""
