@@ -62,7 +62,7 @@ def reading_frame(w: Word, width: int, height: int) -> tuple[float, float, float
 BUCKETS = 512
 
 
-def phrases(page: PageWords, gap: float = 0.9) -> list[Phrase]:
+def phrases(page: PageWords, gap: float = 1.0) -> list[Phrase]:
     """The page's words joined into phrases: same direction, overlapping
     across the line by half the smaller height, and apart along it by at
     most ``gap`` times the letters' height."""

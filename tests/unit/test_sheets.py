@@ -389,3 +389,12 @@ def test_a_number_of_letters_only_under_its_label():
     assert identify_set({1: page_candidates(page)})[0].number == "COV-S"
     page = _corner(("NOTE", 2600, 1900, 7), ("COV-S", 2600, 1920, 10))
     assert identify_set({1: page_candidates(page)})[0].number is None
+
+
+def test_a_titles_words_a_wide_space_apart_are_one_title():
+    """CAD fonts space words up to about their letters' height apart
+    ("FOOTING" and "PLAN", 0.95 of it)."""
+    page = PageWords(3000, 2000, 1440, 960, [
+        Word("S2.01", 2800, 1940, 90, 30, 14), Word("FOOTING", 2300, 1850, 170, 30, 14),
+        Word("PLAN", 2498, 1850, 95, 30, 14)])
+    assert identify_set({1: page_candidates(page)})[0].title == "FOOTING PLAN"
