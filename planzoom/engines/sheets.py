@@ -104,7 +104,7 @@ def _offsets(label: Phrase, p: Phrase) -> tuple[float, float, float, float, floa
     return along, across, below, offset, h, ph if label.angle in (0, 180) else pw
 
 
-def _near(label: Phrase, p: Phrase, reach: float) -> float:
+def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False) -> float:
     """How well ``p`` sits as the value of field ``label``: after it on its
     line, or under it (within ``reach`` times the label's height), in the
     same direction. 0 when not at all."""
@@ -113,8 +113,11 @@ def _near(label: Phrase, p: Phrase, reach: float) -> float:
     along, across, below, offset, h, p_across = _offsets(label, p)
     if -h <= along <= reach * 2 * h and abs(across) <= max(h, p_across) * 0.8:
         return 1.0 - max(0.0, along) / (reach * 2 * h + 1)
-    if -h <= below <= reach * h and -reach * 2 * h <= offset <= reach * 3 * h:
-        return 0.8 - 0.5 * below / (reach * h + 1)
+    # Under it: within reach of the label's height, or with ``by_value``
+    # of the larger of the two (a 2 pt "PLAN REF NO" over its 5 pt number).
+    v = max(h, p_across) if by_value else h
+    if -h <= below <= reach * v and -reach * 2 * h <= offset <= reach * 3 * h:
+        return 0.8 - 0.5 * below / (reach * v + 1)
     # Above it: templates that print the label at the foot of its cell.
     above = -below - p_across - h
     if -h <= above <= reach * h and abs(offset) <= reach * 3 * h:
@@ -230,7 +233,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     formats = [p for p in others if FORMAT_LABEL.match(fold(p.text).strip())]
     numbers: list[Candidate] = []
     for p in ph + _stacked_numbers(ph):
-        labelled = max([_near(lab, p, 3.0) for lab in labels] or [0.0])
+        labelled = max([_near(lab, p, 3.0, True) for lab in labels] or [0.0])
         for text, box, ws in _splits(p):
             if any(id(w) in label_words for w in ws):
                 continue
@@ -238,7 +241,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             # under "PROJECT NO." and "DRAWING NO.": each under its own).
             part = p if ws is p.words else Phrase(text, box, p.size, p.angle, ws)
             near = labelled if part is p else max(
-                [labelled] + [_near(lab, part, 3.0) for lab in labels])
+                [labelled] + [_near(lab, part, 3.0, True) for lab in labels])
             if p in inline and ws is not p.words and ws[0] is not p.words[0]:
                 near = max(near, 1.0)
             if not number_shaped(text, labelled=near >= 0.5):

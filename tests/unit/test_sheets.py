@@ -398,3 +398,14 @@ def test_a_titles_words_a_wide_space_apart_are_one_title():
         Word("S2.01", 2800, 1940, 90, 30, 14), Word("FOOTING", 2300, 1850, 170, 30, 14),
         Word("PLAN", 2498, 1850, 95, 30, 14)])
     assert identify_set({1: page_candidates(page)})[0].title == "FOOTING PLAN"
+
+
+def test_a_tiny_label_over_its_larger_number():
+    """WSDOT prints "PLAN REF NO" in 2 pt letters and the number in 5 pt a
+    line below: it is the label's value, whatever large station mark the
+    drawing holds."""
+    page = _corner(("PLAN", 2800, 1880, 2), ("REF", 2815, 1880, 2), ("NO", 2830, 1880, 2),
+                   ("TS01", 2805, 1900, 5), ("S5F4", 2500, 700, 18),
+                   *[(t, 2400 + 90 * i, 1950, 5) for i, t in enumerate(
+                       ("NEW", "EXPRESSWAY", "STATE", "ROUTE"))])
+    assert identify_set({1: page_candidates(page)})[0].number == "TS01"
