@@ -243,6 +243,8 @@ class Webhooks:
         if got is None:
             return
         endpoint = got[0]
+        log.info("webhook sending", extra={"org": message.org, "delivery_id":
+                                           message.delivery_id, "attempt": delivery.attempt})
         scheme, host, port = check_url(endpoint.url)
         address = await resolve_allowed(host, port, self.s.webhook_allow_private)
         parts = urlsplit(endpoint.url)

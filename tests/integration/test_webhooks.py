@@ -6,6 +6,7 @@ gateway restart, the SSRF guard, and every refusal."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -305,24 +306,37 @@ def test_one_orgs_hanging_endpoints_do_not_hold_every_delivery_worker(stack, gat
             register(http, stack, receiver.url("/prompt"), org="hooks-prompt")
             slow_job = _job_of(stack, "hooks-slow")
             assert slow_job.state == jobs_pb2.JOB_STATE_COMPLETE
-            try:
+            with _told_why(stack, slow_job):
                 wait_until("both hanging deliveries under way",
                            lambda: len(receiver.at("/hang-0")) + len(receiver.at("/hang-1")) >= 1,
                            timeout=120)
-            except AssertionError as e:
-                # What the gateway did with the job's event, to tell why.
-                log = (stack.log_dir / "gateway-fair.log").read_text(errors="replace")
-                said = [ln for ln in log.splitlines() if "webhook" in ln.lower()
-                        or slow_job.job_id in ln or "Error" in ln or "failed" in ln]
-                raise AssertionError(f"{e}; gateway-fair said:\n" + "\n".join(said[-40:])) from e
             job = _job_of(stack, "hooks-prompt")
-            [request] = wait_until("the other org's delivery", lambda: receiver.at("/prompt"),
-                                   timeout=30)
+            with _told_why(stack, job):
+                [request] = wait_until("the other org's delivery",
+                                       lambda: receiver.at("/prompt"), timeout=30)
             ended_at = job.finished_at.seconds + job.finished_at.nanos / 1e9
             assert request["at"] - ended_at < 5, "it waited for the hanging endpoints"
     finally:
         stack.stop_service("gateway-fair")
         stack.start_gateway(env=gateway[1])
+
+
+@contextlib.contextmanager
+def _told_why(stack, job: jobs_pb2.Job):
+    """A wait that times out says what the gateway and progress logged of
+    ``job``'s event and of deliveries."""
+    try:
+        yield
+    except AssertionError as e:
+        said = []
+        for path in sorted(stack.log_dir.glob("progress*.log")) + [
+                stack.log_dir / "gateway-fair.log"]:
+            gateway = path.stem.startswith("gateway")
+            said += [f"{path.stem}: {ln}" for ln in path.read_text(errors="replace").splitlines()
+                     if job.job_id in ln or (gateway and (
+                         "webhook" in ln.lower() or "deliver" in ln or "Error" in ln
+                         or "failed" in ln))][-40:]
+        raise AssertionError(f"{e}; the logs said:\n" + "\n".join(said)) from e
 
 
 def _job_of(stack, org: str) -> jobs_pb2.Job:
