@@ -25,6 +25,9 @@ HINT_NUMBER_BONUS, HINT_TITLE_BONUS = 2.0, 2.5
 #: How much less than one of its lines a title set on several lines may
 #: score and still be taken whole.
 BLOCK_MARGIN = 0.6
+#: Sheets of the set a drawing index must name (by their best numbers) to
+#: be taken for the set's index.
+MIN_INDEX_MATCHES = 3
 #: Least score of a title candidate (its place in the title block, its
 #: size) whose trailing date is taken for the sheet's issue date.
 DATED_LINE_MIN = 1.0
@@ -80,9 +83,15 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
     # The slot that wins on most pages: the template's number cell.
     hinted_on = {n: {number_key(h["number"]) for h in c.get("hints", [])} - {""}
                  for n, c in pages.items() if c}
+    # A drawing index printed in the set names its sheets too: each page's
+    # candidates that it lists count as named, as a bookmark names them.
+    listed, index_page = _drawing_index(numbered)
+    named_on = {n: hinted | {k for x in numbered.get(n, {}).get("numbers", [])
+                             if n != index_page and (k := number_key(x["text"])) in listed}
+                for n, hinted in hinted_on.items()}
     slots = Counter()
     for n, c in numbered.items():
-        best = _pick(c["numbers"], seen, count, None, hinted_on[n])
+        best = _pick(c["numbers"], seen, count, None, named_on[n])
         if best:
             slots[tuple(best["slot"])] += 1
     cell = None
@@ -108,14 +117,14 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             out.append(sheet)
             continue
         hints, hinted = c.get("hints", []), hinted_on[n]
-        best = _pick(c.get("numbers", []), seen, count, cell, hinted)
+        best = _pick(c.get("numbers", []), seen, count, cell, named_on[n])
         ocr = c.get("source") == "ocr"
         if best and best["adj"] >= (MIN_OCR_SCORE if ocr else MIN_SCORE):
             chosen[n] = best
             sheet.number = _clean_number(best["text"])
             sheet.box = best["box"]
             sheet.source = c.get("source") or source
-            sheet.confidence = _confidence(best, c["numbers"], seen, count, cell, hinted)
+            sheet.confidence = _confidence(best, c["numbers"], seen, count, cell, named_on[n])
             if len(hinted) == 1 and not _named(best["text"], hinted):
                 # The page's one bookmark names another number: a person
                 # looks. (Several are a page's views or parts, not its name.)
@@ -123,8 +132,10 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
             if sheet.source == "ocr":
                 # What OCR read is never accepted unseen: a person confirms it.
                 sheet.confidence = min(sheet.confidence, ACCEPT_LEVEL - 0.05)
+        row = listed.get(number_key(sheet.number or "")) if n != index_page else None
         title = _pick_title(c.get("titles", []), best, common,
-                            [h["title"] for h in hints if h["title"]])
+                            [h["title"] for h in hints if h["title"]]
+                            + ([row["title"]] if row else []))
         if title:
             sheet.title = title["text"]
             sheet.title_box = title["box"]
@@ -162,6 +173,25 @@ def identify_set(pages: dict[int, dict | None], source: str = "text") -> list[Sh
                 refs.append(found)
         s.references = refs
     return out
+
+
+def _drawing_index(numbered: dict[int, dict]) -> tuple[dict[str, dict], int | None]:
+    """The set's drawing index: of the pages that print one
+    (``page_candidates``' ``index``), the one whose rows name the most
+    numbers read on the set's other pages, when that is at least
+    MIN_INDEX_MATCHES and half its rows. Returns its rows by number key and
+    its page; ({}, None) without one."""
+    keys = {n: {number_key(x["text"]) for x in c["numbers"]} for n, c in numbered.items()}
+    found: tuple[dict[str, dict], int | None] = ({}, None)
+    most = MIN_INDEX_MATCHES - 1
+    for n, c in numbered.items():
+        # A list numbered 1, 2, 3 is a page's notes as often as an index.
+        rows = {k: r for r in c.get("index") or ()
+                if not re.fullmatch(r"\d{1,2}", k := number_key(r["number"]))}
+        named = {k for p, ks in keys.items() if p != n for k in ks & rows.keys()}
+        if len(named) > most and len(named) >= 0.5 * len(rows):
+            found, most = (rows, n), len(named)
+    return found
 
 
 def _clean_number(text: str) -> str:
@@ -229,8 +259,12 @@ def _same_title(candidate: str, hint: str) -> bool:
     """A title candidate as a bookmark names it: holding the bookmark's
     title (once folded and spaced alike), or held in it and at least 60 %
     of its length."""
-    c, h = (" ".join(re.findall(r"[0-9A-ZА-Я]+", fold(x))) for x in (candidate, hint))
+    c, h = _words(candidate), _words(hint)
     return bool(c and h) and (h in c or (c in h and len(c) >= 0.6 * len(h)))
+
+
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[0-9A-ZА-Я]+", fold(text)))
 
 
 def _pick_title(titles: list[dict], number: dict | None, common: set[str],
@@ -243,6 +277,8 @@ def _pick_title(titles: list[dict], number: dict | None, common: set[str],
         adj = t["score"]
         if any(_same_title(t["text"], h) for h in hinted):
             adj += HINT_TITLE_BONUS
+            if any(_words(t["text"]) == _words(h) for h in hinted):
+                adj += 0.5  # the whole of it, not a part or more
         lines = t.get("lines") or [fold(t["text"])]
         if number and number_key(number.get("text", "")) and \
                 number_key(number["text"]) in number_key(t["text"]):

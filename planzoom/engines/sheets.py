@@ -26,6 +26,7 @@ docs/sheets.md.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from planzoom.engines.callouts import VIEW_TITLE, callouts, views
@@ -184,7 +185,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     the page's word sidecar; read back by
     :func:`planzoom.engines.sheet_set.identify_set`): ``{"numbers": [...],
     "titles": [...], "scale": …, "revision": …, "issued": …, "callouts":
-    [...], "views": [...], "glyphs": n, "words": n}``
+    [...], "views": [...], "index": [...], "glyphs": n, "words": n}``
+    (``index``: the rows of a drawing index printed on it, :func:`index_rows`)
     (:mod:`planzoom.engines.title_fields` reads the last three). Each candidate has its
     text, box (full-resolution pixels), score, letter height (points) and
     slot (its place on the sheet in 2 % steps). ``hints``: what the PDF's
@@ -199,7 +201,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     if not ph:
         return {"numbers": [], "titles": [], "scale": None, "revision": None, "issued": None,
                 "callouts": [], "views": [],
-                "glyphs": page.glyphs, "words": 0, "hints": named}
+                "glyphs": page.glyphs, "words": 0, "hints": named, "index": []}
     zone = {id(p): _zone_score(p, width, height) for p in ph}
     block = [p for p in ph if zone[id(p)] > 0]
     sizes = sorted(p.size for p in (block or ph))
@@ -323,7 +325,57 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             "scale": fields["scale"], "revision": fields["revision"],
             "issued": fields["issued"], "callouts": callouts(ph), "views": views(ph),
             "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
-            "hints": named}
+            "hints": named, "index": index_rows(ph)}
+
+
+#: Rows of a drawing index kept per page, and how many must line up in one
+#: column (sheet numbers down it, titles beside them) to be read as one.
+MAX_INDEX_ROWS, MIN_INDEX_ROWS = 400, 4
+#: How far right of its number a row's title may start, in letter heights.
+INDEX_REACH = 40
+
+
+def index_rows(ph: list[Phrase]) -> list[dict]:
+    """A drawing index (sheet list) printed on the page: ``[{"number",
+    "title", "box"}]``, one per row, where at least MIN_INDEX_ROWS
+    number-shaped phrases stand in one column, each with a title to its
+    right on its line ("A131 … REFLECTED CEILING PLAN"). Upright text
+    only; [] when the page holds none."""
+    upright = [p for p in ph if p.angle == 0]
+    numbers = [p for p in upright if len(p.words) <= 3 and len(p.text) <= 24
+               and number_shaped(p.text)]
+    if len(numbers) < MIN_INDEX_ROWS:
+        return []
+    lines: dict[int, list[Phrase]] = defaultdict(list)
+    for q in upright:
+        lines[int(q.cy // 16)].append(q)
+    titled: dict[int, bool] = {}
+
+    def a_title(q: Phrase) -> bool:
+        if id(q) not in titled:
+            t = fold(q.text)
+            titled[id(q)] = len(re.findall(r"[A-ZА-Я]", t)) >= 3 and not (
+                number_shaped(q.text) or NUMBER_LABEL.match(t) or TITLE_LABEL.match(t))
+        return titled[id(q)]
+
+    columns: dict[int, list[dict]] = defaultdict(list)
+    for p in numbers:
+        h = max(p.box[3], 1)
+        right = p.box[0] + p.box[2]
+        best = None
+        for b in range(int((p.cy - h) // 16), int((p.cy + h) // 16) + 1):
+            for q in lines.get(b, ()):
+                gap = q.box[0] - right
+                if q is p or not -h / 2 <= gap <= INDEX_REACH * h \
+                        or (best is not None and gap >= best[0]) \
+                        or abs(q.cy - p.cy) > 0.6 * max(h, q.box[3]) or not a_title(q):
+                    continue
+                best = (gap, q)
+        if best is not None:
+            columns[round(p.box[0] / (2 * h))].append(
+                {"number": p.text, "title": best[1].text, "box": list(p.box)})
+    rows = [r for col in columns.values() if len(col) >= MIN_INDEX_ROWS for r in col]
+    return sorted(rows, key=lambda r: (r["box"][0], r["box"][1]))[:MAX_INDEX_ROWS]
 
 
 def _stacked_numbers(ph: list[Phrase]) -> list[Phrase]:

@@ -409,3 +409,47 @@ def test_a_tiny_label_over_its_larger_number():
                    *[(t, 2400 + 90 * i, 1950, 5) for i, t in enumerate(
                        ("NEW", "EXPRESSWAY", "STATE", "ROUTE"))])
     assert identify_set({1: page_candidates(page)})[0].number == "TS01"
+
+
+def test_a_drawing_index_is_read_in_its_column_only():
+    """Sheet numbers down a column, each with its title to the right, are a
+    drawing index; a dimension beside a room's name elsewhere is not."""
+    rows = [("G001", "GENERAL NOTES"), ("A101", "FIRST FLOOR PLAN"),
+            ("A102", "SECOND FLOOR PLAN"), ("A201", "ELEVATIONS"), ("E101", "LIGHTING PLAN")]
+    words = []
+    for i, (number, title) in enumerate(rows):
+        words.append(Word(number, 2000, 400 + 30 * i, 60, 16, 7))
+        words += [Word(t, 2120 + 110 * k, 400 + 30 * i, 100, 16, 7)
+                  for k, t in enumerate(title.split())]
+    words += [Word("3.65", 500, 900, 50, 16, 7), Word("KITCHEN", 560, 900, 90, 16, 7),
+              Word("4.10", 900, 1300, 50, 16, 7), Word("BATH", 960, 1300, 60, 16, 7)]
+    index = page_candidates(PageWords(3000, 2000, 1440, 960, words))["index"]
+    assert [(r["number"], r["title"]) for r in index] == [
+        (n, t) for n, t in sorted(rows, key=lambda r: rows.index(r))]
+
+
+def test_the_drawing_index_names_each_sheets_number_and_title():
+    """A cover's index lists A-101…A-104. On each sheet a detail mark
+    scores a little higher than the number and the title's first line alone
+    a little higher than the title: the index settles both. Without it the
+    detail marks win."""
+    def sheets(with_index: bool):
+        cover = _cands(1, [("G-001", 4.0, (47, 49))])
+        cover["index"] = [{"number": f"A-10{n}", "title": f"PLAN LEVEL {n}",
+                           "box": [100, 100 + 20 * n, 40, 10]} for n in range(1, 5)] \
+            if with_index else []
+        pages = {1: cover}
+        for n in range(1, 5):
+            c = _cands(n + 1, [(f"D-{n}", 3.2, (20, 30)), (f"A-10{n}", 3.0, (47, 49))])
+            c["titles"] = [
+                {"text": "PLAN", "box": [0, 0, 10, 10], "score": 2.5, "size": 10.0,
+                 "slot": [45, 48], "lines": ["PLAN"]},
+                {"text": f"PLAN LEVEL {n}", "box": [0, 0, 10, 20], "score": 1.6,
+                 "size": 10.0, "slot": [45, 48], "lines": ["PLAN", f"LEVEL {n}"]}]
+            pages[n + 1] = c
+        return identify_set(pages)[1:]
+
+    found = sheets(True)
+    assert [s.number for s in found] == ["A-101", "A-102", "A-103", "A-104"]
+    assert [s.title for s in found] == [f"PLAN LEVEL {n}" for n in range(1, 5)]
+    assert [s.number for s in sheets(False)] == ["D-1", "D-2", "D-3", "D-4"]
