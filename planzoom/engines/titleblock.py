@@ -132,9 +132,12 @@ def fold(text: str) -> str:
 #: Field labels of a sheet number in the languages of the sets planzoom
 #: reads (folded: upper case, no accents).
 NUMBER_LABEL = re.compile(
-    r"^(?:SHEET|DWG|DRG|DRAWING|DRAW|PLAN|PLANO|PAGE|DOC(?:UMENT)?|ZEICHNUNGS?|TEGNING|RISBA"
-    r"|PLANCHE|TAV(?:OLA)?|LAMINA|HOJA|BLATT|LISTA|ЛИСТ|ЧЕРТЕЖ|N[°O]?\.? ?DE ?PLAN|SHT)"
-    r"\b[ .:#-]*(?:NO\b|NR\b|NUMBER|NUM\b|N[°O.]?\b|#|ST\b|NUMERO|NUMERO|NUM\.?|Nº|№)?[ .:#]*$"
+    r"^(?:SHEET|DWG|DRG|DRAWING|DRAW|PLAN|PLANO|PAGE|DOC(?:UMENT)?|DOKUMENT|ZEICHNUNGS?"
+    r"|TEGNING|RITNING|RISBA|PLANCHE|TAV(?:OLA)?|LAMINA|HOJA|BLATT|LISTA|ЛИСТ|ЧЕРТЕЖ"
+    r"|N[°O]?\.? ?DE ?PLAN|SHT|PRANCHA|DESENHO)"
+    r"\b[ .:#-]*(?:NO\b|NR\b|NUMBER|NUMMER|NUM\b|N[°O.]?\b|N[°º®]|#|ST\b|NUMERO|NUM\.?|Nº|№)?"
+    r"[ .:#]*$"
+    r"|^(?:DOKUMENT|RITNINGS|TEGNINGS|ZEICHNUNGS)-?(?:NUMMER|NR)\.?[ :]*$"
     r"|^(?:N[°O]|NO\.?|№) ?(?:DE )?(?:PLAN|PLANO|DESSIN|TAV(?:OLA)?)\b[ .:]*$"
     r"|^(?:(?:PLAN|BLATT|ZEICHNUNGS)-?(?:NR|NUMMER)|TEGNINGSNR)\.?[ :]*$"
     r"|^RISBA ?ST\.?[ :]*$|^TAV\.?(?: N\.?)?[ :]*$|^(?:PLAN )?REF(?:ERENCE)?\.? ?NO\.?[ :]*$",
@@ -178,12 +181,14 @@ SCALE_VALUE = re.compile(
     r"(?:\b1 ?: ?\d{1,5}\b|\d+(?:/\d+)?\" ?= ?\d+'(?: ?-? ?\d+\")?|AS (?:NOTED|INDICATED|SHOWN)"
     r"|\bN\.?T\.?S\.?\b|NOT TO SCALE|\bM ?1 ?: ?\d+)", re.I)
 
-#: A sheet number's shape: an optional discipline designator, digits, and
-#: separated groups (A-201, A2-200, 100-00, 02.7, A001.01, S101, E1.3a,
+#: A sheet number's shape: optional letter groups (a discipline
+#: designator, a project's code), digits, and separated groups (A-201,
+#: A2-200, 100-00, 02.7, A001.01, S101, E1.3a, A-B5-1-00T, K33:01,
+#: TEMPLE/28-1/24/SD-001, F014-PMEP-00-00-DR-E-01,
 #: L02-R02D01-FOS-00-XX-DWG-AR-00001).
 NUMBER_SHAPE = re.compile(
-    r"^(?:[A-Z]{1,4}[-. ]?)?\d{1,5}[A-Z]?"
-    r"(?:[-. /_]{1,3}[A-Z]{1,3}|[-. /_]{0,3}[A-Z]{0,5}\d[A-Z0-9]{0,5}){0,8}$")
+    r"^(?:[A-Z]{1,4}[-. :]|[A-Z]{1,8}/){0,3}(?:[A-Z]{1,4}[-. :]?)?\d{1,5}[A-Z]?"
+    r"(?:[-. /_:]{1,3}[A-Z]{1,4}|[-. /_:]{0,3}[A-Z]{0,5}\d[A-Z0-9]{0,5}){0,8}$")
 
 _DATE = re.compile(r"^\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}$|^\d{1,2}:\d{2}(:\d{2})?$")
 _DATE_IN = re.compile(r"\d{1,2}/\d{1,2}/\d{2,4}|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"
@@ -238,9 +243,11 @@ def number_shaped(text: str, labelled: bool = False) -> bool:
         return True  # "COV-S" under "DRAWING NO:"
     if not t or len(t) > 48 or not any(ch.isdigit() for ch in t):
         return False
-    if (_DATE.match(t) and not labelled) or _DATE_IN.search(t) or _COUNTER.match(t) \
-            or _YEAR.match(t) or SCALE_VALUE.search(t):
+    if (_DATE.match(t) and not labelled) or _COUNTER.match(t) or _YEAR.match(t) \
+            or SCALE_VALUE.search(t):
         return False
+    if _DATE_IN.search(t) and not (labelled and re.search(r"[A-Z]", t)):
+        return False  # a date, unless its field holds a code ("CCC/25/01/25/MD/SD-001")
     if re.fullmatch(r"\d{6,}", t) or _PHONE.search(t):  # a phone, a job or a file number
         return False
     parts = t.split()

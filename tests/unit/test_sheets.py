@@ -453,3 +453,40 @@ def test_the_drawing_index_names_each_sheets_number_and_title():
     assert [s.number for s in found] == ["A-101", "A-102", "A-103", "A-104"]
     assert [s.title for s in found] == [f"PLAN LEVEL {n}" for n in range(1, 5)]
     assert [s.number for s in sheets(False)] == ["D-1", "D-2", "D-3", "D-4"]
+
+
+@pytest.mark.parametrize("text", [
+    "A-B5-1-00T", "T-V-P-0-B3-01", "K33:01", "V-57:11", "TEMPLE/28-1/24/SD-001",
+    "BIC/03-0225-SD-001", "F014-PMEP-00-00-DR-E-01", "708171-M-30-1-0001"])
+def test_number_shapes_of_other_offices(text):
+    """Letter groups before the digits (Danish A-B5-…), colons (Swedish
+    K33:01), a project's code and slashes (Indian TEMPLE/28-1/24/SD-001),
+    four-letter originator codes (ISO 19650)."""
+    from planzoom.engines.titleblock import number_shaped
+
+    assert number_shaped(text)
+
+
+@pytest.mark.parametrize("text", ["LEVEL-2", "BATHROOM1", "12:30", "25/01/25"])
+def test_words_times_and_dates_are_not_number_shaped(text):
+    from planzoom.engines.titleblock import number_shaped
+
+    assert not number_shaped(text)
+
+
+def test_a_code_with_a_date_in_it_under_its_label():
+    """"CCC/25/01/25/MD/SD-001" holds a date's shape; under "DRAWING NO." it
+    is the number, anywhere else a date is never one."""
+    from planzoom.engines.titleblock import number_shaped
+
+    assert number_shaped("CCC/25/01/25/MD/SD-001", labelled=True)
+    assert not number_shaped("CCC/25/01/25/MD/SD-001")
+    assert not number_shaped("25/01/2025", labelled=True)
+
+
+@pytest.mark.parametrize("label", ["DOKUMENTNUMMER", "Dwg n°:", "RITNINGSNUMMER", "TEGNINGSNR",
+                                   "Tegning nr.", "PRANCHA", "Dwg. No."])
+def test_number_labels_of_more_languages(label):
+    from planzoom.engines.titleblock import NUMBER_LABEL
+
+    assert NUMBER_LABEL.match(fold(label).strip())
