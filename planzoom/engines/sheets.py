@@ -112,11 +112,12 @@ def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False) -> flo
     if label is p or label.angle != p.angle:
         return 0.0
     along, across, below, offset, h, p_across = _offsets(label, p)
-    if -h <= along <= reach * 2 * h and abs(across) <= max(h, p_across) * 0.8:
-        return 1.0 - max(0.0, along) / (reach * 2 * h + 1)
-    # Under it: within reach of the label's height, or with ``by_value``
-    # of the larger of the two (a 2 pt "PLAN REF NO" over its 5 pt number).
+    # Within reach of the label's height, or with ``by_value`` of the larger
+    # of the two (a 2 pt "PLAN REF NO" over its 5 pt number, a 13 pt
+    # number after its 8 pt "Dwg. No.").
     v = max(h, p_across) if by_value else h
+    if -h <= along <= reach * 2 * v and abs(across) <= max(h, p_across) * 0.8:
+        return 1.0 - max(0.0, along) / (reach * 2 * v + 1)
     if -h <= below <= reach * v and -reach * 2 * h <= offset <= reach * 3 * h:
         return 0.8 - 0.5 * below / (reach * v + 1)
     # Above it: templates that print the label at the foot of its cell.

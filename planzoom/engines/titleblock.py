@@ -196,6 +196,7 @@ _DATE_IN = re.compile(r"\d{1,2}/\d{1,2}/\d{2,4}|\d{4}[/.-]\d{1,2}[/.-]\d{1,2}"
 _PHONE = re.compile(r"\d{3}[-. )]\d{3}[-. ]\d{4}")
 _COUNTER = re.compile(r"^\d{1,4} ?(?:OF|DI|DE|VON|/|AV|ИЗ|OD) ?\d{1,4}$")
 _YEAR = re.compile(r"^(?:19|20)\d{2}$")
+_PHONE_LABEL = re.compile(r"^(?:TEL|TELEFON|PHONE|FAX|MOB|MOBILE|CELL)\b\.?:? ?\+?\d")
 #: A number of letters alone, which only its field's label makes one.
 _LETTER_CODE = re.compile(r"^[A-Z]{1,4}[-.][A-Z]{1,4}$")
 
@@ -239,6 +240,12 @@ def number_shaped(text: str, labelled: bool = False) -> bool:
     value of a sheet number's field, so a short date's shape ("5.1.00") is
     a number; a date with its year in full never is."""
     t = fold(text).strip(" .:;,()[]-")
+    if _PHONE_LABEL.match(t):
+        return False
+    # "25 /02 /2015" is a date however it is spaced.
+    if _DATE_IN.search(re.sub(r"\s*([/.-])\s*", r"\1", t)) and not (
+            labelled and re.search(r"[A-Z]", t)):
+        return False
     if labelled and _LETTER_CODE.match(t):
         return True  # "COV-S" under "DRAWING NO:"
     if not t or len(t) > 48 or not any(ch.isdigit() for ch in t):

@@ -490,3 +490,20 @@ def test_number_labels_of_more_languages(label):
     from planzoom.engines.titleblock import NUMBER_LABEL
 
     assert NUMBER_LABEL.match(fold(label).strip())
+
+
+def test_a_large_number_set_well_after_its_small_label():
+    """"Dwg. No." in 8 pt letters and, 6 of its heights to the right, the
+    number in 13 pt; the project's code alone elsewhere in the corner."""
+    page = _corner(("Dwg.", 2300, 1900, 8), ("No.", 2345, 1900, 8),
+                   ("L118-CSC-ZZ-XX-DR-C-0100", 2480, 1895, 13), ("L118", 2900, 1950, 13),
+                   *[(t, 2300 + 90 * i, 1960, 8) for i, t in enumerate(
+                       ("Drn", "by", "Chkd", "by", "Date"))])
+    assert identify_set({1: page_candidates(page)})[0].number == "L118-CSC-ZZ-XX-DR-C-0100"
+
+
+@pytest.mark.parametrize("text", ["25 /02 /2015", "tel.0302886050", "Fax: 030 288 60 50"])
+def test_spaced_dates_and_phones_are_not_numbers(text):
+    from planzoom.engines.titleblock import number_shaped
+
+    assert not number_shaped(text) and not number_shaped(text, labelled=True)
