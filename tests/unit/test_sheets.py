@@ -494,7 +494,7 @@ def test_number_labels_of_more_languages(label):
 
 def test_a_large_number_set_well_after_its_small_label():
     """"Dwg. No." in 8 pt letters and, 6 of its heights to the right, the
-    number in 13 pt; the project's code alone elsewhere in the corner."""
+    number in 13 pt; the project's code alone, as large, in the corner."""
     page = _corner(("Dwg.", 2300, 1900, 8), ("No.", 2345, 1900, 8),
                    ("L118-CSC-ZZ-XX-DR-C-0100", 2480, 1895, 13), ("L118", 2900, 1950, 13),
                    *[(t, 2300 + 90 * i, 1960, 8) for i, t in enumerate(
