@@ -289,7 +289,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         if len(re.findall(r"[A-ZА-Я]", t)) < 3 or NUMBER_LABEL.match(t) or TITLE_LABEL.match(t):
             continue
         if SCALE_LABEL.match(t) or number_shaped(p.text) or OTHER_LABEL.match(t) \
-                or t.rstrip().endswith(":"):
+                or t.rstrip().endswith(":") or _COUNTER_LINE.search(t):
             continue
         score = 1.2 * _zone_score(p, width, height) + max(-1.0, min(1.5, 1.2 * _log2(
             p.size / median)))
@@ -305,7 +305,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             score -= 1.0  # one view's title ("SECTION D-D"), not the sheet's
         if _FILE_NAME.search(t):
             score -= 1.5  # a CAD file's name ("MO-S_4.dwg")
-        text = TRAILING_DATE.sub("", p.text).strip()
+        text = _without_label(TRAILING_DATE.sub("", p.text).strip())
         c = Candidate(text, p.box, score, p.size, _slot(p, width, height)).to_json()
         c["lines"] = _lines(p)
         dated = date_of(p.text[len(text):].strip(" -–—,"))
@@ -327,6 +327,23 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             "issued": fields["issued"], "callouts": callouts(ph), "views": views(ph),
             "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
             "hints": named, "index": index_rows(ph)}
+
+
+#: A sheet counter's line ("SHEET 7 OF 13", "BLATT 2 VON 5"), folded.
+_COUNTER_LINE = re.compile(r"^(?:SHEET|PAGE|BLATT|FOGLIO|HOJA|PLANCHE|PRANCHA|BLAD|SIDE|LISTA)"
+                           r"\b[ .:]*\d{1,4} ?(?:OF|DI|DE|VON|AV|/|AF|OD) ?\d{1,4}$")
+
+
+def _without_label(text: str) -> str:
+    """A title without the field's label it was printed after ("Drawing
+    Title: Roof Plan" → "Roof Plan"; a one-word label only with its colon)."""
+    words = text.split()
+    for k in (3, 2, 1):
+        head = " ".join(words[:k])
+        if len(words) > k and (k > 1 or head.endswith(":")) \
+                and TITLE_LABEL.match(fold(head).strip()):
+            return " ".join(words[k:])
+    return text
 
 
 #: Rows of a drawing index kept per page, and how many must line up in one
@@ -456,6 +473,8 @@ def _blocks(ph: list[Phrase], width: int, height: int) -> list[Phrase]:
                 break
             if v0 < lv1 - 0.3 * lh or abs((v1 - v0) - lh) > 0.25 * lh:
                 continue
+            if _COUNTER_LINE.search(fold(q.text)):
+                break  # "SHEET 7 OF 13" closes the cell's title
             left = abs(u0 - lu0) <= 0.8 * lh
             centred = abs((u0 + u1) / 2 - (lu0 + lu1) / 2) <= 0.8 * lh
             if left or centred:

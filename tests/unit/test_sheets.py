@@ -507,3 +507,22 @@ def test_spaced_dates_and_phones_are_not_numbers(text):
     from planzoom.engines.titleblock import number_shaped
 
     assert not number_shaped(text) and not number_shaped(text, labelled=True)
+
+
+def test_a_titles_label_and_the_sheet_counter_are_not_the_title():
+    """"Drawing Title:" on the title's first line and "Sheet 7 of 13" under
+    it: the title is what lies between."""
+    page = _corner(("Drawing", 2300, 1800, 10), ("Title:", 2390, 1800, 10),
+                   ("Roof", 2460, 1800, 10), ("Plan", 2520, 1800, 10),
+                   ("EXISTING", 2300, 1830, 10), ("Sheet", 2300, 1860, 10),
+                   ("7", 2370, 1860, 10), ("of", 2390, 1860, 10), ("13", 2420, 1860, 10),
+                   ("PD.104", 2800, 1950, 14))
+    assert identify_set({1: page_candidates(page)})[0].title == "Roof Plan EXISTING"
+
+
+@pytest.mark.parametrize("label", ["Sagsnr.", "Bygherre", "Ritad", "Granskad", "Uppdragsnr",
+                                   "Proprietário", "Auftraggeber"])
+def test_other_fields_labels_of_more_languages(label):
+    from planzoom.engines.titleblock import OTHER_LABEL
+
+    assert OTHER_LABEL.match(fold(label).strip())
