@@ -105,7 +105,8 @@ def _offsets(label: Phrase, p: Phrase) -> tuple[float, float, float, float, floa
     return along, across, below, offset, h, ph if label.angle in (0, 180) else pw
 
 
-def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False) -> float:
+def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False,
+          cell: bool = False) -> float:
     """How well ``p`` sits as the value of field ``label``: after it on its
     line, or under it (within ``reach`` times the label's height), in the
     same direction. 0 when not at all."""
@@ -118,7 +119,11 @@ def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False) -> flo
     v = max(h, p_across) if by_value else h
     if -h <= along <= reach * 2 * v and abs(across) <= max(h, p_across) * 0.8:
         return 1.0 - max(0.0, along) / (reach * 2 * v + 1)
-    if -h <= below <= reach * v and -reach * 2 * h <= offset <= reach * 3 * h:
+    # ``cell``: a value centred in a wide cell under its label, judged by
+    # the value's height (titles, where a client's name sits the same way).
+    first = p.words[0]
+    o = reach * 3 * (max(h, first.h if p.angle in (0, 180) else first.w) if cell else h)
+    if -h <= below <= reach * v and -reach * 2 * h <= offset <= o:
         return 0.8 - 0.5 * below / (reach * v + 1)
     # Above it: templates that print the label at the foot of its cell.
     above = -below - p_across - h
@@ -293,9 +298,9 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             continue
         score = 1.2 * _zone_score(p, width, height) + max(-1.0, min(1.5, 1.2 * _log2(
             p.size / median)))
-        near = max([_near(lab, p, 3.0) for lab in title_labels] or [0.0])
+        near = max([_near(lab, p, 3.0, cell=True) for lab in title_labels] or [0.0])
         score += 2.5 * near
-        score -= 2.0 * max([_near(lab, p, 2.0) for lab in others] or [0.0])
+        score -= 2.0 * max([_near(lab, p, 2.0, cell=True) for lab in others] or [0.0])
         if "@" in p.text or "WWW" in t or re.search(r"\+?\d[\d ()-]{7,}", t) \
                 or MONTHS.search(t) or _ADDRESS.match(t):
             score -= 2.0  # an e-mail, a web or street address, a phone, a date

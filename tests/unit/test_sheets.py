@@ -526,3 +526,14 @@ def test_other_fields_labels_of_more_languages(label):
     from planzoom.engines.titleblock import OTHER_LABEL
 
     assert OTHER_LABEL.match(fold(label).strip())
+
+
+def test_values_centred_in_wide_cells_under_their_labels():
+    """Darmody's block: "Title." and "Client." at the left of wide cells,
+    each value centred in its cell; the client's name sits nearer the
+    corner and is as large as the title."""
+    page = _corner(("Title.", 2200, 1780, 6), ("Proposed", 2370, 1796, 11),
+                   ("Landscape", 2480, 1796, 11), ("Plan", 2600, 1796, 11),
+                   ("Client.", 2200, 1875, 6), ("Lefgem", 2450, 1890, 11), ("Ltd.", 2540, 1890, 11),
+                   ("Dwg.", 2200, 1950, 7), ("No.", 2250, 1950, 7), ("PA-010", 2310, 1968, 10))
+    assert identify_set({1: page_candidates(page)})[0].title == "Proposed Landscape Plan"
