@@ -179,6 +179,22 @@ _ADDRESS = re.compile(r"^\d{1,6}[A-Z]? (?:[A-Z.'-]+ ){1,4}(?:STREET|ST|AVENUE|AV
                       r"|DRIVE|DR|BOULEVARD|BLVD|WAY|COURT|CT|PLACE|PL|HIGHWAY|HWY|PARKWAY|PKWY"
                       r"|STRASSE|STR|VIA|CALLE|RUE)\b\.?")
 
+#: A postal code and its town ("2860 SØBORG", "10779 BERLIN", "D-76275
+#: ETTLINGEN"), folded.
+_POSTAL = re.compile(r"^(?:[A-Z]{1,2}-)?\d{4,5} [^\W\d_]{3,}")
+
+
+def _grid_letters(t: str) -> bool:
+    """True for a sheet border's zone letters read as one line ("A B C D
+    E F G H", "- FEDCBAGH"): four or more letters, each once, that are a run
+    of the alphabet (two missing at most)."""
+    letters = [c for c in t if c.isalpha()]
+    if len(letters) < 4 or any(not c.isascii() for c in letters) \
+            or len(set(letters)) != len(letters) or re.search(r"\d", t):
+        return False
+    return ord(max(letters)) - ord(min(letters)) + 1 <= len(letters) + 2
+
+
 _FILE_NAME = re.compile(r"\.(?:DWG|DXF|DGN|RVT|PLN|PLA|SKP|PDF|IFC)\b")
 
 #: Candidates kept per page and field (the set-wide step picks among them).
@@ -294,7 +310,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         if len(re.findall(r"[A-ZА-Я]", t)) < 3 or NUMBER_LABEL.match(t) or TITLE_LABEL.match(t):
             continue
         if SCALE_LABEL.match(t) or number_shaped(p.text) or OTHER_LABEL.match(t) \
-                or t.rstrip().endswith(":") or _COUNTER_LINE.search(t):
+                or t.rstrip().endswith(":") or _COUNTER_LINE.search(t) or _grid_letters(t):
             continue
         score = 1.2 * _zone_score(p, width, height) + max(-1.0, min(1.5, 1.2 * _log2(
             p.size / median)))
@@ -302,7 +318,7 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
         score += 2.5 * near
         score -= 2.0 * max([_near(lab, p, 2.0, cell=True) for lab in others] or [0.0])
         if "@" in p.text or "WWW" in t or re.search(r"\+?\d[\d ()-]{7,}", t) \
-                or MONTHS.search(t) or _ADDRESS.match(t):
+                or MONTHS.search(t) or _ADDRESS.match(t) or _POSTAL.match(t):
             score -= 2.0  # an e-mail, a web or street address, a phone, a date
         if t.startswith(("- ", "-")):
             score -= 1.0  # the end of a line cut from its start

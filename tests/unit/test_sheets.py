@@ -537,3 +537,10 @@ def test_values_centred_in_wide_cells_under_their_labels():
                    ("Client.", 2200, 1875, 6), ("Lefgem", 2450, 1890, 11), ("Ltd.", 2540, 1890, 11),
                    ("Dwg.", 2200, 1950, 7), ("No.", 2250, 1950, 7), ("PA-010", 2310, 1968, 10))
     assert identify_set({1: page_candidates(page)})[0].title == "Proposed Landscape Plan"
+
+
+def test_a_borders_zone_letters_and_a_postal_town_are_not_titles():
+    page = _corner(("ABCDEFGH", 2300, 1960, 14), ("2860", 2300, 1900, 13),
+                   ("Søborg", 2380, 1900, 13), ("Plantegning", 2300, 1850, 10),
+                   ("Bygn.", 2430, 1850, 10), ("7", 2500, 1850, 10), ("A-B7-1-000", 2800, 1950, 12))
+    assert identify_set({1: page_candidates(page)})[0].title == "Plantegning Bygn. 7"
