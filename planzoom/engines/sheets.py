@@ -67,6 +67,7 @@ def _zone_score(p: Phrase, width: int, height: int) -> float:
     return max(right * (0.5 + 0.5 * fy), bottom * (0.5 + 0.5 * fx), right * bottom)
 
 
+#: A label's last word that says "number" (folded).
 _SAYS_NUMBER = re.compile(r"(?:NR|NO|NUMBER|NUMMER|NUM|N°|Nº|№|#)\.?[ :]*$")
 
 #: A word that makes the sheet number after it another sheet's (folded).
@@ -109,18 +110,18 @@ def _near(label: Phrase, p: Phrase, reach: float, by_value: bool = False,
           cell: bool = False) -> float:
     """How well ``p`` sits as the value of field ``label``: after it on its
     line, or under it (within ``reach`` times the label's height), in the
-    same direction. 0 when not at all."""
+    same direction. 0 when not at all. ``by_value``: within reach of the
+    larger of the label's and ``p``'s heights (a 2 pt "PLAN REF NO" over
+    its 5 pt number, a 13 pt number after its 8 pt "Dwg. No."). ``cell``:
+    under it as far to the right as a value centred in a wide cell sits,
+    judged by the value's letter height (a title, or a client's name,
+    under a label at the cell's left)."""
     if label is p or label.angle != p.angle:
         return 0.0
     along, across, below, offset, h, p_across = _offsets(label, p)
-    # Within reach of the label's height, or with ``by_value`` of the larger
-    # of the two (a 2 pt "PLAN REF NO" over its 5 pt number, a 13 pt
-    # number after its 8 pt "Dwg. No.").
     v = max(h, p_across) if by_value else h
     if -h <= along <= reach * 2 * v and abs(across) <= max(h, p_across) * 0.8:
         return 1.0 - max(0.0, along) / (reach * 2 * v + 1)
-    # ``cell``: a value centred in a wide cell under its label, judged by
-    # the value's height (titles, where a client's name sits the same way).
     first = p.words[0]
     o = reach * 3 * (max(h, first.h if p.angle in (0, 180) else first.w) if cell else h)
     if -h <= below <= reach * v and -reach * 2 * h <= offset <= o:
@@ -179,6 +180,10 @@ _ADDRESS = re.compile(r"^\d{1,6}[A-Z]? (?:[A-Z.'-]+ ){1,4}(?:STREET|ST|AVENUE|AV
                       r"|DRIVE|DR|BOULEVARD|BLVD|WAY|COURT|CT|PLACE|PL|HIGHWAY|HWY|PARKWAY|PKWY"
                       r"|STRASSE|STR|VIA|CALLE|RUE)\b\.?")
 
+#: A sheet counter's line ("SHEET 7 OF 13", "BLATT 2 VON 5"), folded.
+_COUNTER_LINE = re.compile(r"^(?:SHEET|PAGE|BLATT|FOGLIO|HOJA|PLANCHE|PRANCHA|BLAD|SIDE|LISTA)"
+                           r"\b[ .:]*\d{1,4} ?(?:OF|DI|DE|VON|AV|/|AF|OD) ?\d{1,4}$")
+
 #: A postal code and its town ("2860 SØBORG", "10779 BERLIN", "D-76275
 #: ETTLINGEN"), folded.
 _POSTAL = re.compile(r"^(?:[A-Z]{1,2}-)?\d{4,5} [^\W\d_]{3,}")
@@ -235,8 +240,8 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
     referring = refs + [lab for lab in labels if any(_after(r, lab) for r in refs)]
     labels = [lab for lab in labels if lab not in referring]
     # A phrase that starts with a label ("SHEET NO. A-201", "DWG NO: 12",
-    # "Plan-Nr.: 6075_A_GR_EG_901")
-    # A one-word label must say "number" ("SHEET 1 OF 12" is a counter).
+    # "Plan-Nr.: 6075_A_GR_EG_901"); a one-word label must say "number"
+    # ("SHEET 1 OF 12" is a counter).
     inline = [p for p in ph if p not in labels and len(p.words) > 1 and (
         NUMBER_LABEL.match(fold(" ".join(w.text for w in p.words[:2])).strip())
         or (NUMBER_LABEL.match(first := fold(p.words[0].text).strip())
@@ -348,11 +353,6 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
             "issued": fields["issued"], "callouts": callouts(ph), "views": views(ph),
             "glyphs": page.glyphs, "words": len(page.words), "source": page.source,
             "hints": named, "index": index_rows(ph)}
-
-
-#: A sheet counter's line ("SHEET 7 OF 13", "BLATT 2 VON 5"), folded.
-_COUNTER_LINE = re.compile(r"^(?:SHEET|PAGE|BLATT|FOGLIO|HOJA|PLANCHE|PRANCHA|BLAD|SIDE|LISTA)"
-                           r"\b[ .:]*\d{1,4} ?(?:OF|DI|DE|VON|AV|/|AF|OD) ?\d{1,4}$")
 
 
 def _without_label(text: str) -> str:
