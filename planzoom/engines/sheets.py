@@ -261,8 +261,10 @@ def page_candidates(page: PageWords, hints: list[str] | tuple = ()) -> dict:
                 taken.add(number_key(words[i + 1]))
     formats = [p for p in others if FORMAT_LABEL.match(fold(p.text).strip())]
     numbers: list[Candidate] = []
-    for p in ph + _stacked_numbers(ph):
-        labelled = max([_near(lab, p, 3.0, True) for lab in labels] or [0.0])
+    glued = _glued_values(ph)
+    for p in ph + _stacked_numbers(ph) + glued:
+        labelled = 1.0 if p in glued else max(
+            [_near(lab, p, 3.0, True) for lab in labels] or [0.0])
         for text, box, ws in _splits(p):
             if any(id(w) in label_words for w in ws):
                 continue
@@ -415,6 +417,31 @@ def index_rows(ph: list[Phrase]) -> list[dict]:
                 {"number": p.text, "title": best[1].text, "box": list(p.box)})
     rows = [r for col in columns.values() if len(col) >= MIN_INDEX_ROWS for r in col]
     return sorted(rows, key=lambda r: (r["box"][0], r["box"][1]))[:MAX_INDEX_ROWS]
+
+
+_GLUED_LABEL = re.compile(r"^(N[OR°º]\.?)[-.:#]+(\S+)$", re.I)
+
+
+def _glued_values(ph: list[Phrase]) -> list[Phrase]:
+    """Values PDFium ran into their label's last word ("DRAWING
+    NO-ID20250018 -01" → "ID20250018 -01"), as phrases of their own."""
+    out = []
+    for p in ph:
+        for i, w in enumerate(p.words[1:3], start=1):
+            m = _GLUED_LABEL.match(w.text)
+            if not m or not NUMBER_LABEL.match(fold(" ".join(
+                    [x.text for x in p.words[:i]] + [m.group(1)])).strip()):
+                continue
+            cut = len(w.text) - len(m.group(2))
+            dx = w.w * cut // max(1, len(w.text)) if w.angle == 0 else 0
+            ws = [Word(m.group(2), w.x + dx, w.y, max(1, w.w - dx), w.h, w.size, w.angle),
+                  *p.words[i + 1:]]
+            x0, y0 = min(x.x for x in ws), min(x.y for x in ws)
+            x1, y1 = max(x.x + x.w for x in ws), max(x.y + x.h for x in ws)
+            out.append(Phrase(" ".join(x.text for x in ws), (x0, y0, x1 - x0, y1 - y0),
+                              p.size, p.angle, ws))
+            break
+    return out
 
 
 def _stacked_numbers(ph: list[Phrase]) -> list[Phrase]:

@@ -544,3 +544,11 @@ def test_a_borders_zone_letters_and_a_postal_town_are_not_titles():
                    ("Søborg", 2380, 1900, 13), ("Plantegning", 2300, 1850, 10),
                    ("Bygn.", 2430, 1850, 10), ("7", 2500, 1850, 10), ("A-B7-1-000", 2800, 1950, 12))
     assert identify_set({1: page_candidates(page)})[0].title == "Plantegning Bygn. 7"
+
+
+def test_a_number_run_into_its_labels_last_word():
+    """"DRAWING NO-ID20250018 -01": PDFium reads a hyphen where the title
+    block has a space, and the number starts inside the label's word."""
+    page = _corner(("DRAWING", 2300, 1900, 7), ("NO-ID20250018", 2360, 1900, 7),
+                   ("-01", 2470, 1900, 7), ("A2", 1400, 0, 60))
+    assert identify_set({1: page_candidates(page)})[0].number == "ID20250018-01"
