@@ -552,3 +552,43 @@ def test_a_number_run_into_its_labels_last_word():
     page = _corner(("DRAWING", 2300, 1900, 7), ("NO-ID20250018", 2360, 1900, 7),
                    ("-01", 2470, 1900, 7), ("A2", 1400, 0, 60))
     assert identify_set({1: page_candidates(page)})[0].number == "ID20250018-01"
+
+
+def _stamped_page(tmp_path, scanned: bool):
+    """A letter page with a line of text (an archive's stamp) over a
+    full-page image when ``scanned``, over nothing else otherwise."""
+    pikepdf = pytest.importorskip("pikepdf")
+    pdf = pikepdf.new()
+    font = pdf.make_indirect(pikepdf.Dictionary(
+        Type=pikepdf.Name.Font, Subtype=pikepdf.Name.Type1, BaseFont=pikepdf.Name.Helvetica))
+    resources = pikepdf.Dictionary(Font=pikepdf.Dictionary(F1=font))
+    content = b""
+    if scanned:
+        image = pdf.make_stream(bytes([200] * 64), Type=pikepdf.Name.XObject,
+                                Subtype=pikepdf.Name.Image, Width=8, Height=8,
+                                ColorSpace=pikepdf.Name.DeviceGray, BitsPerComponent=8)
+        resources.XObject = pikepdf.Dictionary(Im0=image)
+        content += b"q 612 0 0 792 0 0 cm /Im0 Do Q "
+    content += b"BT /F1 8 Tf 20 20 Td (This is a copy of the drawing, not the original. " \
+               b"Printed 2020-03-17) Tj ET"
+    pdf.pages.append(pikepdf.Page(pikepdf.Dictionary(
+        Type=pikepdf.Name.Page, MediaBox=[0, 0, 612, 792], Resources=resources,
+        Contents=pdf.make_stream(content))))
+    path = tmp_path / f"stamped-{scanned}.pdf"
+    pdf.save(path)
+    return pdfium.PdfDocument(str(path))[0]
+
+
+@pytest.mark.parametrize("scanned", [True, False])
+def test_a_scan_with_a_stamp_in_text_is_read_by_ocr(tmp_path, scanned):
+    """A scanned sheet an archive stamped in text has a text layer, but not
+    the sheet's: it is read by OCR all the same. A vector page with as
+    little text is not."""
+    from planzoom.engines.sidecar import needs_ocr
+    from planzoom.engines.text import OCR_BELOW_GLYPHS, raster_share
+
+    page = _stamped_page(tmp_path, scanned)
+    found = read_words(page, 1275, 1650)
+    assert found.glyphs > OCR_BELOW_GLYPHS
+    assert raster_share(page) == pytest.approx(1.0 if scanned else 0.0, abs=0.01)
+    assert needs_ocr(found, page) is scanned
