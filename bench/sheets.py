@@ -26,8 +26,8 @@ import pypdfium2 as pdfium
 
 from planzoom.engines.sheet_set import identify_set
 from planzoom.engines.sheets import page_candidates
-from planzoom.engines.sidecar import needs_ocr, page_text
-from planzoom.engines.text import document_hints, read_words
+from planzoom.engines.sidecar import page_text
+from planzoom.engines.text import OCR_BELOW_GLYPHS, document_hints, read_words
 from planzoom.engines.titleblock import fold, number_key
 from planzoom.pages import raster_size
 
@@ -71,7 +71,7 @@ def run(labels: list[dict], pdf_dir: str, dpi: float = 150.0, show: bool = False
             t0 = time.perf_counter()
             words = read_words(page, w, h)
             times.append(time.perf_counter() - t0)
-            if ocr and needs_ocr(words, page):
+            if ocr and words.glyphs < OCR_BELOW_GLYPHS:
                 t0 = time.perf_counter()
                 words = page_text(page, w, h)
                 ocr_times.append(time.perf_counter() - t0)

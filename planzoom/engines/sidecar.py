@@ -8,37 +8,20 @@ from __future__ import annotations
 from planzoom.engines.sheets import page_candidates
 from planzoom.engines.text import (
     OCR_BELOW_GLYPHS,
-    OCR_SPARSE_GLYPHS,
     OCR_SURE_SCORE,
-    SCANNED_SHARE,
     PageWords,
     ocr_words,
-    raster_share,
     read_words,
 )
 
 
-def needs_ocr(found: PageWords, page=None) -> bool:
-    """True for a page whose text layer cannot say its sheet: almost none
-    (fewer than OCR_BELOW_GLYPHS characters: a scan, letters drawn as
-    outlines), or, on an open pypdfium2 ``page`` that is mostly images
-    (:func:`raster_share` at least SCANNED_SHARE), a little (fewer than
-    OCR_SPARSE_GLYPHS: a scan an archive stamped "copy, not the original"
-    in text)."""
-    if found.glyphs < OCR_BELOW_GLYPHS:
-        return True
-    return page is not None and found.glyphs < OCR_SPARSE_GLYPHS \
-        and raster_share(page) >= SCANNED_SHARE
-
-
 def page_text(page, width: int, height: int, ocr: bool = True) -> PageWords:
     """An open page's words: its text layer (:func:`read_words`), and where
-    that cannot say its sheet (:func:`needs_ocr`), what OCR reads in its
-    title block
+    it has (almost) none, what OCR reads in its title block
     (:func:`ocr_words`, upright, then turned when nothing upright looks
     like a sheet number; ``source`` "ocr")."""
     found = read_words(page, width, height)
-    if ocr and needs_ocr(found, page):
+    if ocr and found.glyphs < OCR_BELOW_GLYPHS:
         read = ocr_words(page, width, height)
         numbers = page_candidates(read)["numbers"] if read.words else []
         if read.words and (not numbers or numbers[0]["score"] < OCR_SURE_SCORE):

@@ -315,12 +315,6 @@ def _display_angle(char_angle: float, a: float, b: float, c: float, d: float) ->
 #: A page with fewer characters in its text layer than this is read by OCR
 #: in its title-block regions (scanned, or letters drawn as outlines).
 OCR_BELOW_GLYPHS = 20
-#: A page with fewer characters than this that is mostly images (at least
-#: SCANNED_SHARE of it) is read by OCR too: a scan with a stamp in text.
-OCR_SPARSE_GLYPHS, SCANNED_SHARE = 400, 0.5
-#: Page objects looked at for :func:`raster_share` (a scan has a few: its
-#: image, or its tiles, and a stamp).
-SHARE_OBJECTS = 500
 #: Resolution the title-block regions are drawn at for OCR (Tesseract reads
 #: 8-12 pt print best at 200-300 DPI).
 OCR_DPI = 200.0
@@ -347,25 +341,6 @@ def ocr_available() -> bool:
     import shutil
 
     return shutil.which("tesseract") is not None
-
-
-def raster_share(page) -> float:
-    """The share of an open pypdfium2 page's area its image objects cover
-    (their bounding boxes summed, so 0 to more than 1), over its first
-    SHARE_OBJECTS objects: about 1 for a scan, drawn whole or in tiles."""
-    import pypdfium2.raw as pdfium_c
-
-    width_pt, height_pt = page.get_size()
-    left, bottom = ctypes.c_float(), ctypes.c_float()
-    right, top = ctypes.c_float(), ctypes.c_float()
-    area = 0.0
-    for i in range(min(pdfium_c.FPDFPage_CountObjects(page), SHARE_OBJECTS)):
-        obj = pdfium_c.FPDFPage_GetObject(page, i)
-        if pdfium_c.FPDFPageObj_GetType(obj) == pdfium_c.FPDF_PAGEOBJ_IMAGE and \
-                pdfium_c.FPDFPageObj_GetBounds(obj, ctypes.byref(left), ctypes.byref(bottom),
-                                               ctypes.byref(right), ctypes.byref(top)):
-            area += max(0.0, right.value - left.value) * max(0.0, top.value - bottom.value)
-    return area / max(width_pt * height_pt, 1.0)
 
 
 def ocr_words(page, width: int, height: int, turns: tuple[int, ...] = (0,)) -> PageWords:
